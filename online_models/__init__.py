@@ -1,0 +1,1 @@
+"""River models wrapped by composition, and drift detectors: no I/O."""

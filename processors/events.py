@@ -1,0 +1,145 @@
+"""The one touchpoint event schema: the contract every producer depends on.
+
+One JSON object per Kafka message, validated here and nowhere else. Decoding happens once, at the
+edge (:func:`processors.validation.decode`); processors only ever see :class:`TouchpointEvent`.
+
+The models are frozen and reject unknown fields: an unexpected top-level field is almost always a
+producer bug, and silently dropping it would hide that bug.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from functools import cached_property
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+SCHEMA_VERSION: Final = 1
+
+CHANNELS: Final = ("web", "app", "email", "support", "sales", "social", "ads", "other")
+Channel = Literal["web", "app", "email", "support", "sales", "social", "ads", "other"]
+
+IDENTITY_KINDS: Final = ("anonymous_id", "device_id", "user_id", "email", "crm_id")
+IdentityKind = Literal["anonymous_id", "device_id", "user_id", "email", "crm_id"]
+
+MAX_TEXT_CHARS: Final = 10_000
+MAX_PROPERTIES: Final = 50
+TOUCHPOINT_PATTERN: Final = r"^[a-z][a-z0-9_]{0,63}$"
+
+
+_TIME_FORMS: Final = (
+    "occurred_at must be an RFC 3339 timestamp with offset (2026-03-01T12:00:00.123Z) "
+    "or integer epoch milliseconds"
+)
+_NUMERIC: Final = re.compile(r"^\s*[-+]?[0-9.eE+-]+\s*$")
+
+
+def _epoch_ms_to_datetime(value: Any) -> Any:
+    """Integers are epoch milliseconds (never seconds: the contract says so, no guessing)."""
+    if isinstance(value, bool):
+        raise ValueError(_TIME_FORMS)
+    if isinstance(value, int):
+        try:
+            return datetime.fromtimestamp(value / 1000, tz=UTC)
+        except (OverflowError, OSError, ValueError) as exc:
+            raise ValueError(f"epoch milliseconds {value} is out of range") from exc
+    if isinstance(value, float) or (isinstance(value, str) and _NUMERIC.match(value)):
+        # pydantic would guess seconds or milliseconds from the magnitude; the contract does not.
+        raise ValueError(_TIME_FORMS)
+    return value
+
+
+EventTime = Annotated[AwareDatetime, BeforeValidator(_epoch_ms_to_datetime)]
+IdentifierValue = Annotated[str, StringConstraints(min_length=1, max_length=512)]
+PropertyValue = str | int | float | bool | None
+
+
+class Identities(BaseModel):
+    """The identifiers one event carries. Several together say they are the same customer."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    anonymous_id: IdentifierValue | None = None
+    device_id: IdentifierValue | None = None
+    user_id: IdentifierValue | None = None
+    email: IdentifierValue | None = None
+    crm_id: IdentifierValue | None = None
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> Identities:
+        if (
+            self.anonymous_id is None
+            and self.device_id is None
+            and self.user_id is None
+            and self.email is None
+            and self.crm_id is None
+        ):
+            raise ValueError(
+                "identities needs at least one of anonymous_id, device_id, user_id, email, crm_id"
+            )
+        return self
+
+    def items(self) -> list[tuple[IdentityKind, str]]:
+        """The identifiers present, as (kind, raw value) pairs in a fixed kind order."""
+        out: list[tuple[IdentityKind, str]] = []
+        if self.anonymous_id is not None:
+            out.append(("anonymous_id", self.anonymous_id))
+        if self.device_id is not None:
+            out.append(("device_id", self.device_id))
+        if self.user_id is not None:
+            out.append(("user_id", self.user_id))
+        if self.email is not None:
+            out.append(("email", self.email))
+        if self.crm_id is not None:
+            out.append(("crm_id", self.crm_id))
+        return out
+
+
+class TouchpointEvent(BaseModel):
+    """One step a customer took, on one channel, at one moment of event time."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    occurred_at: EventTime
+    channel: Channel
+    touchpoint: Annotated[str, StringConstraints(pattern=TOUCHPOINT_PATTERN)]
+    identities: Identities
+    session_id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    revenue: Annotated[float, Field(ge=0)] | None = None
+    text: Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)] | None = None
+    properties: dict[Annotated[str, StringConstraints(max_length=128)], PropertyValue] | None = (
+        None
+    )
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+    @field_validator("revenue")
+    @classmethod
+    def _finite_revenue(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("revenue must be a finite number")
+        return value
+
+    @field_validator("properties")
+    @classmethod
+    def _few_properties(cls, value: dict[str, PropertyValue] | None) -> dict[str, PropertyValue]:
+        if value is not None and len(value) > MAX_PROPERTIES:
+            raise ValueError(f"properties has {len(value)} keys; at most {MAX_PROPERTIES} allowed")
+        return value  # type: ignore[return-value]
+
+    @cached_property
+    def ts_ms(self) -> int:
+        """Event time as integer epoch milliseconds (UTC): the unit every processor works in."""
+        return int(self.occurred_at.timestamp() * 1000)

@@ -1,0 +1,1 @@
+"""A customer-journey simulator that knows the ground truth of every journey it writes."""

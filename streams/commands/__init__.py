@@ -1,0 +1,1 @@
+"""One module per CLI command; `streams.cli` loads them lazily so `--help` stays fast."""

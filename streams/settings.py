@@ -1,0 +1,206 @@
+"""Settings: `journeymap.toml` plus `JOURNEYMAP_*` environment variables, validated once at start.
+
+Precedence, highest first: explicit arguments, environment variables (nested groups with a double
+underscore, e.g. ``JOURNEYMAP_KAFKA__BOOTSTRAP_SERVERS``), the TOML file, defaults. The file is
+``./journeymap.toml`` unless ``JOURNEYMAP_CONFIG`` or ``--config`` names another.
+
+A bad value fails here, at start, with a :class:`~processors.errors.ConfigError` that names the
+field. Processors receive the plain values of :meth:`Settings.processing`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from processors.config import (
+    FunnelConfig,
+    IdentityConfig,
+    JourneyConfig,
+    OutcomesConfig,
+    ProcessingConfig,
+    WindowsConfig,
+)
+from processors.errors import ConfigError
+
+DEFAULT_CONFIG_FILE = "journeymap.toml"
+ENV_PREFIX = "JOURNEYMAP_"
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TopicNames(_Group):
+    raw: str = "touchpoints.raw"
+    dlq: str = "touchpoints.dlq"
+    resolved: str = "touchpoints.resolved"
+    merges: str = "identity.merges"
+    late: str = "journey.late"
+    scores: str = "scores"
+    alerts: str = "alerts"
+
+
+class KafkaSettings(_Group):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    partitions: Annotated[int, Field(ge=1, le=10_000)] = 4
+    replication_factor: Annotated[int, Field(ge=1, le=10)] = 1
+    retention_ms: Annotated[int, Field(ge=-1)] = 7 * 86_400_000
+    dlq_retention_ms: Annotated[int, Field(ge=-1)] = 30 * 86_400_000
+    topics: TopicNames = TopicNames()
+    consumer_group: str = "journeymap"
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port...], got {value!r}")
+        return value
+
+
+class RedisSettings(_Group):
+    url: str = "redis://127.0.0.1:6379/0"
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"expected a redis://host:port/db URL, got {value!r}")
+        return value
+
+
+class ClickHouseSettings(_Group):
+    # http(s)://host:port for a server; a filesystem path (or chdb:PATH) for embedded chDB.
+    url: str = ".journeymap/chdb"
+    database: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")] = "journeymap"
+    user: str = "default"
+    password: SecretStr = SecretStr("")
+    flush_rows: Annotated[int, Field(ge=1)] = 50_000
+    flush_interval_s: Annotated[float, Field(gt=0)] = 1.0
+    ttl_days: Annotated[int, Field(ge=0)] = 0  # 0 keeps raw touchpoints forever
+
+    @property
+    def is_server(self) -> bool:
+        return urlsplit(self.url).scheme in ("http", "https")
+
+    @property
+    def embedded_path(self) -> Path:
+        return Path(self.url.removeprefix("chdb:").removeprefix("file:"))
+
+
+class ServicesSettings(_Group):
+    """Local development services started by `journeymap services up` (all on 127.0.0.1)."""
+
+    home: Path = Path(".journeymap/services")
+    kafka_controller_port: Annotated[int, Field(ge=1, le=65535)] = 9093
+    clickhouse_tcp_port: Annotated[int, Field(ge=1, le=65535)] = 9000
+    kafka_version: str = "4.1.1"
+
+
+class WorkerSettings(_Group):
+    batch_max: Annotated[int, Field(ge=1, le=100_000)] = 1_000
+    batch_within_s: Annotated[float, Field(gt=0)] = 0.5
+    web_port: Annotated[int, Field(ge=1, le=65535)] = 6066
+    store: str = "rocksdb://"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    clickhouse: ClickHouseSettings = ClickHouseSettings()
+    services: ServicesSettings = ServicesSettings()
+    worker: WorkerSettings = WorkerSettings()
+    outcomes: OutcomesConfig = OutcomesConfig()
+    funnels: list[FunnelConfig] = []
+    windows: WindowsConfig = WindowsConfig()
+    journey: JourneyConfig = JourneyConfig()
+    identity: IdentityConfig = IdentityConfig()
+    identity_salt: SecretStr = SecretStr("journeymap-dev-salt")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = _CONFIG_FILE.get("path")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    def processing(self) -> ProcessingConfig:
+        """The plain values processors take."""
+        return ProcessingConfig(
+            outcomes=self.outcomes,
+            funnels=self.funnels,
+            windows=self.windows,
+            journey=self.journey,
+            identity=self.identity,
+            identity_salt=self.identity_salt.get_secret_value(),
+        )
+
+
+_CONFIG_FILE: dict[str, Path | None] = {}
+
+
+def _describe(exc: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for err in exc.errors(include_url=False):
+        field = ".".join(str(p) for p in err["loc"])
+        env = ENV_PREFIX + "__".join(str(p) for p in err["loc"] if not isinstance(p, int)).upper()
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting (check the spelling against journeymap.toml.example)"
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+        lines.append(f"  {field}: {msg}{shown}   [file key `{field}` or env {env}]")
+    return "\n".join(lines)
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings once. Raises ConfigError naming every bad field."""
+    path: Path | None
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+    elif os.environ.get(ENV_PREFIX + "CONFIG"):
+        path = Path(os.environ[ENV_PREFIX + "CONFIG"])
+        if not path.is_file():
+            raise ConfigError(f"{ENV_PREFIX}CONFIG names {str(path)!r}, which does not exist")
+    else:
+        path = Path(DEFAULT_CONFIG_FILE) if Path(DEFAULT_CONFIG_FILE).is_file() else None
+    origin = f"{path}, environment" if path else "environment"
+    _CONFIG_FILE["path"] = path
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origin)) from None
+    except ValueError as exc:  # a TOML syntax error surfaces as ValueError (tomllib)
+        raise ConfigError(f"could not read {origin}: {exc}") from None
+    finally:
+        _CONFIG_FILE.clear()
