@@ -143,3 +143,38 @@ class TouchpointEvent(BaseModel):
     def ts_ms(self) -> int:
         """Event time as integer epoch milliseconds (UTC): the unit every processor works in."""
         return int(self.occurred_at.timestamp() * 1000)
+
+
+class ResolvedEvent:
+    """An accepted event with the customer it belongs to: what flows after identity resolution.
+
+    `customer_id` is the canonical id from :mod:`processors.identity`; `segment` is the
+    behavioural segment the customer is in when the event happens (``"all"`` until the segment
+    model has assigned one). `ts_ms` is the event time in epoch milliseconds.
+    """
+
+    __slots__ = ("customer_id", "event", "segment", "ts_ms")
+
+    def __init__(self, customer_id: str, event: TouchpointEvent, segment: str = "all") -> None:
+        self.customer_id = customer_id
+        self.event = event
+        self.segment = segment
+        self.ts_ms = event.ts_ms
+
+    def __repr__(self) -> str:
+        return (
+            f"ResolvedEvent({self.customer_id!r}, {self.event.event_id!r}, "
+            f"{self.event.touchpoint!r}, ts_ms={self.ts_ms}, segment={self.segment!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ResolvedEvent):
+            return NotImplemented
+        return (self.customer_id, self.event, self.segment) == (
+            other.customer_id,
+            other.event,
+            other.segment,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.customer_id, self.event.event_id, self.segment))
