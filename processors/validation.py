@@ -67,6 +67,8 @@ Decoded = Accepted | DeadLetter
 
 
 def _short(value: Any) -> Any:
+    if isinstance(value, int) and not -(2**63) <= value < 2**64:
+        return str(value)
     if isinstance(value, str | bytes) and len(value) > MAX_INPUT_SHOWN:
         return value[:MAX_INPUT_SHOWN] + ("…" if isinstance(value, str) else b"...")
     if isinstance(value, dict | list) and len(orjson.dumps(value, default=str)) > MAX_INPUT_SHOWN:
@@ -108,7 +110,10 @@ def decode(raw: bytes, source: Source = Source()) -> Decoded:
     try:
         return Accepted(_EVENT_ADAPTER.validate_json(raw), source)
     except ValidationError as exc:
-        errors = _errors_of(exc)
+        try:
+            errors = _errors_of(exc)
+        except Exception:  # noqa: BLE001 - an odd input value must not lose the message
+            errors = [{"field": "<root>", "type": "unreportable", "message": str(exc)[:500]}]
         return DeadLetter(raw, _reason_of(errors, exc.error_count()), source, errors)
     except Exception as exc:  # noqa: BLE001 - the contract: bad input never raises
         return DeadLetter(raw, f"could not decode: {type(exc).__name__}: {exc}", source)

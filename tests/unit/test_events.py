@@ -1,0 +1,122 @@
+"""The event contract: what is accepted, and what is dead-lettered with which reason."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+
+from processors.events import TouchpointEvent
+from processors.validation import Accepted, DeadLetter, Source, decode, decode_batch
+
+GOOD = {
+    "event_id": "e-1",
+    "occurred_at": "2026-03-01T12:00:00.123Z",
+    "channel": "web",
+    "touchpoint": "pricing_page",
+    "identities": {"anonymous_id": "a-1"},
+}
+
+
+def raw(**changes: object) -> bytes:
+    body = {**GOOD, **changes}
+    return orjson.dumps({k: v for k, v in body.items() if v is not ...})
+
+
+def dead(message: bytes) -> DeadLetter:
+    result = decode(message, Source("touchpoints.raw", 3, 42))
+    assert isinstance(result, DeadLetter), result
+    return result
+
+
+def test_minimal_event_is_accepted_with_utc_millis() -> None:
+    result = decode(raw())
+    assert isinstance(result, Accepted)
+    assert result.event.ts_ms == int(datetime(2026, 3, 1, 12, tzinfo=UTC).timestamp() * 1000) + 123
+
+
+def test_epoch_milliseconds_are_milliseconds_never_seconds() -> None:
+    result = decode(raw(occurred_at=1_700_000_000_000))
+    assert isinstance(result, Accepted)
+    assert result.event.ts_ms == 1_700_000_000_000
+    small = decode(raw(occurred_at=1_700_000_000))  # seconds by mistake: 1970-01-20, still ms
+    assert isinstance(small, Accepted) and small.event.ts_ms == 1_700_000_000
+
+
+def test_full_event_round_trips() -> None:
+    message = raw(
+        session_id="s-9",
+        revenue=49.5,
+        text="The export button is broken",
+        properties={"plan": "pro", "seats": 3, "trial": True, "ref": None, "ratio": 0.5},
+        identities={"email": " Ana@Example.com ", "crm_id": "crm-7", "user_id": "u-1"},
+        channel="support",
+    )
+    result = decode(message)
+    assert isinstance(result, Accepted)
+    again = TouchpointEvent.model_validate_json(result.event.model_dump_json())
+    assert again == result.event
+    assert result.event.identities.items() == [
+        ("user_id", "u-1"),
+        ("email", " Ana@Example.com "),
+        ("crm_id", "crm-7"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("message", "reason_part"),
+    [
+        (raw(occurred_at="2026-03-01T12:00:00"), "occurred_at"),
+        (raw(occurred_at=1.7e12), "integer epoch milliseconds"),
+        (raw(occurred_at="1700000000000"), "integer epoch milliseconds"),
+        (raw(occurred_at=True), "integer epoch milliseconds"),
+        (raw(channel="tv"), "channel"),
+        (raw(touchpoint="Pricing Page"), "touchpoint"),
+        (raw(touchpoint="x" * 65), "touchpoint"),
+        (raw(event_id=""), "event_id"),
+        (raw(event_id="e" * 129), "event_id"),
+        (raw(identities={}), "at least one of anonymous_id"),
+        (raw(identities={"cookie": "x"}), "unknown field 'identities.cookie'"),
+        (raw(identities=...), "identities: Field required"),
+        (raw(revenue=-1), "revenue"),
+        (raw(text="x" * 10_001), "text"),
+        (raw(properties={f"k{i}": i for i in range(51)}), "at most 50"),
+        (raw(properties={"nested": {"a": 1}}), "properties.nested"),
+        (raw(utm_source="newsletter"), "unknown field 'utm_source'"),
+        (b"{not json", "not valid JSON"),
+        (b"", "not valid JSON"),
+        (b"\xff\xfe\x00garbage", "not valid JSON"),
+        (b"[1, 2, 3]", "not a JSON object"),
+        (b"null", "not a JSON object"),
+    ],
+)
+def test_bad_events_are_dead_lettered_with_a_reason(message: bytes, reason_part: str) -> None:
+    letter = dead(message)
+    assert reason_part in letter.reason
+    record = letter.to_record()
+    assert base64.b64decode(record["raw_b64"]) == message  # the original bytes, untouched
+    assert record["source"] == {"topic": "touchpoints.raw", "partition": 3, "offset": 42}
+    orjson.loads(letter.to_json())  # the record itself is valid JSON
+
+
+def test_nan_revenue_is_rejected() -> None:
+    message = raw().replace(b'"identities"', b'"revenue":NaN,"identities"')
+    assert "revenue" in dead(message).reason or "JSON" in dead(message).reason
+
+
+def test_huge_inputs_are_truncated_in_the_error_but_kept_in_raw() -> None:
+    message = raw(touchpoint="x" * 1_000_000)
+    letter = dead(message)
+    shown = letter.errors[0]["input"]
+    assert len(shown) <= 201
+    assert base64.b64decode(letter.to_record()["raw_b64"]) == message
+
+
+def test_decode_batch_keeps_order_and_loses_nothing() -> None:
+    messages = [(raw(event_id=f"e{i}"), Source("t", 0, i)) for i in range(5)]
+    messages.insert(2, (b"oops", Source("t", 0, 99)))
+    accepted, dead_letters = decode_batch(messages)
+    assert [a.event.event_id for a in accepted] == ["e0", "e1", "e2", "e3", "e4"]
+    assert [d.source.offset for d in dead_letters] == [99]
