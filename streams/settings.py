@@ -90,6 +90,8 @@ class ClickHouseSettings(_Group):
     flush_rows: Annotated[int, Field(ge=1)] = 50_000
     flush_interval_s: Annotated[float, Field(gt=0)] = 1.0
     ttl_days: Annotated[int, Field(ge=0)] = 0  # 0 keeps raw touchpoints forever
+    # How long the sink retries (with backoff) while ClickHouse is down before giving up.
+    retry_total_s: Annotated[float, Field(gt=0)] = 120.0
 
     @property
     def is_server(self) -> bool:
