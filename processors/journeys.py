@@ -1,0 +1,483 @@
+"""Per-customer journey state: sessions, Markov steps, outcomes, dedup and lateness.
+
+:class:`JourneyProcessor` turns batches of :class:`~processors.events.ResolvedEvent` into
+:class:`Step` records (one Markov transition each) and keeps a small state per customer.
+
+Markov states. A journey starts at ``start``; a conversion touchpoint (``OutcomesConfig``) is the
+transition ``prev -> conversion``; a churn touchpoint is ``prev -> null``; a journey with no event
+for ``null_horizon_s`` ends with ``last -> null`` at event time ``last_ts + horizon``. Both
+``conversion`` and ``null`` are absorbing: the customer's next event begins a *new* journey at
+``start`` (``journey_no`` counts them). Second-order context is ``prev2``; it is ``""`` on the
+first step of a journey, so second-order counts begin at ``(start, a) -> b``.
+
+Time. The partition watermark is the largest event time seen (or given); the *frontier* is the
+watermark minus ``allowed_lateness_s``. An event older than the frontier is not applied and comes
+back in :attr:`JourneyOutput.late`. Within the lateness we insert in order and correct: every
+customer keeps its recent events (``history``: all events at or after the frontier, and at least
+the last ``last_touchpoints_kept``); an out-of-order event is inserted at its place and the steps
+from there on are recomputed, emitted as retractions (``sign=-1``) and additions (``sign=+1``)
+whose sum equals in-order delivery exactly. Events are ordered by ``(ts_ms, hash(event_id))``, so
+ties are broken the same way whatever the arrival order. Outputs go out at once (no buffering
+delay), which serving needs; out-of-order events cost a few extra steps.
+
+Dedup. The last ``dedup_ids_per_customer`` event ids of each customer are remembered as 8-byte
+BLAKE2b digests in one ``bytearray``: 8 bytes per id, 512 bytes at the default 64. A duplicate is
+returned in :attr:`JourneyOutput.duplicates` and counts once.
+
+Merges. :meth:`JourneyProcessor.merge` recombines two customers' kept histories in event-time
+order and returns the count corrections. Only events after the later of the two histories' starts
+are recombined (at least the last ``last_touchpoints_kept`` events of each); older transitions
+keep the customer they were counted under.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from bisect import insort
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Final, NamedTuple
+
+from processors.config import ProcessingConfig
+from processors.events import ResolvedEvent
+
+START: Final = "start"
+CONVERSION: Final = "conversion"
+NULL: Final = "null"
+DIGEST_BYTES: Final = 8
+
+
+class Step(NamedTuple):
+    """One Markov transition of one customer: what the transition counter and the sink consume.
+
+    `touchpoint` is the event's own touchpoint, ``""`` for a null-horizon expiry. `channel` and
+    `segment` are those of the event the customer moved to (of the last event for an expiry).
+    `gap_ms` is the time since the previous touchpoint in the journey (0 from ``start``).
+    `sign` is +1 for an applied step and -1 for the retraction of one emitted before.
+    """
+
+    customer_id: str
+    segment: str
+    channel: str
+    touchpoint: str
+    src: str
+    dst: str
+    prev2: str
+    gap_ms: int
+    ts_ms: int
+    session_id: str
+    is_new_session: bool
+    revenue: float
+    journey_no: int
+    sign: int = 1
+
+
+class Entry(NamedTuple):
+    """One applied event as the customer's history keeps it (no payload, no text)."""
+
+    ts_ms: int
+    digest: bytes
+    touchpoint: str
+    channel: str
+    session_id: str | None
+    segment: str
+    revenue: float
+
+
+class Cursor(NamedTuple):
+    """The walk state after some prefix of a customer's events (``last_ts_ms = -1``: none)."""
+
+    last_ts_ms: int = -1
+    is_open: bool = False
+    src: str = START
+    prev2: str = ""
+    session_id: str = ""
+    session_start_ms: int = -1
+    journey_no: int = 0
+    channel: str = ""
+    segment: str = ""
+
+
+_EMPTY: Final = Cursor()
+
+
+@dataclass(slots=True)
+class CustomerState:
+    """Everything kept per customer: small plain data that pickles (see docs/journey-map.md)."""
+
+    seen: bytearray = field(default_factory=bytearray)  # ring of event-id digests
+    seen_pos: int = 0
+    base: Cursor = _EMPTY  # state before history[0]
+    cur: Cursor = _EMPTY  # state after history[-1] (and after any expiry)
+    history: list[Entry] = field(default_factory=list)
+    n_events: int = 0
+    n_sessions: int = 0
+    n_support: int = 0
+    n_conversions: int = 0
+    n_churns: int = 0
+    n_expired: int = 0
+    revenue: float = 0.0
+    first_ts_ms: int = -1
+    by_channel: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerSnapshot:
+    """One customer's live journey state, for serving (Redis) and the models."""
+
+    customer_id: str
+    last_touchpoints: list[tuple[int, str, str]]  # (ts_ms, touchpoint, channel), oldest first
+    markov_state: str  # the last state: a touchpoint, `start` (none yet), `conversion`, `null`
+    journey_open: bool
+    journey_no: int
+    session_id: str
+    session_start_ms: int
+    first_seen_ms: int
+    last_seen_ms: int
+    since_previous_ms: int  # time between the last two touchpoints, -1 with fewer than two
+    n_events: int
+    n_sessions: int
+    n_support: int
+    n_conversions: int
+    n_churns: int
+    n_expired: int
+    revenue: float
+    by_channel: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class LateEvent:
+    """An event older than the frontier: not applied, routed to the late-events output."""
+
+    event: ResolvedEvent
+    watermark_ms: int
+    frontier_ms: int
+    reason: str = "older than the watermark minus the allowed lateness"
+
+
+@dataclass(slots=True)
+class JourneyOutput:
+    """What one call produced: signed steps, late and duplicate events, the customers changed."""
+
+    steps: list[Step] = field(default_factory=list)
+    late: list[LateEvent] = field(default_factory=list)
+    duplicates: list[ResolvedEvent] = field(default_factory=list)
+    changed: set[str] = field(default_factory=set)
+
+
+def event_digest(event_id: str) -> bytes:
+    """A stable 8-byte digest of an event id (stable across processes, unlike `hash`)."""
+    return hashlib.blake2b(event_id.encode(), digest_size=DIGEST_BYTES).digest()
+
+
+class JourneyProcessor:
+    """Per-customer journeys over batches of resolved events (one instance per partition).
+
+    `customers` is the whole state (a dict of :class:`CustomerState`, picklable); the streaming
+    worker keeps it in a table, the replay in memory. Call :meth:`expire` as the watermark
+    moves (e.g. once per window step) to end idle journeys in ``null`` and fold old history.
+    """
+
+    def __init__(self, config: ProcessingConfig) -> None:
+        journey = config.journey
+        self.session_gap_ms = journey.session_gap_s * 1000
+        self.lateness_ms = journey.allowed_lateness_s * 1000
+        self.kept = journey.last_touchpoints_kept
+        self.dedup_bytes = journey.dedup_ids_per_customer * DIGEST_BYTES
+        self.horizon_ms = config.outcomes.null_horizon_s * 1000
+        self.conversion = frozenset(config.outcomes.conversion)
+        self.churn = frozenset(config.outcomes.churn)
+        self.customers: dict[str, CustomerState] = {}
+        self.watermark_ms = -(2**62)
+
+    # -- the walk: a pure function of (cursor, entry) -------------------------------------
+
+    def _walk(self, cid: str, cur: Cursor, e: Entry, out: list[Step] | None) -> Cursor:
+        """The cursor after `e`, appending its step(s) to `out` (an expiry may precede it)."""
+        last_ts, is_open, src, prev2, sess, sess_start, jno, _, _ = cur
+        ts = e.ts_ms
+        if is_open and ts - last_ts >= self.horizon_ms:
+            if out is not None:
+                out.append(self._expiry_step(cid, cur))
+            is_open = False
+        if not is_open:
+            jno += 1
+            src = START
+            prev2 = ""
+        given = e.session_id
+        if given is not None:
+            is_new = given != sess or last_ts < 0
+            session = given
+        elif last_ts >= 0 and ts - last_ts <= self.session_gap_ms:
+            is_new = False
+            session = sess
+        else:
+            is_new = True
+            session = f"{cid}/{ts}"
+        if is_new:
+            sess_start = ts
+        tp = e.touchpoint
+        dst = CONVERSION if tp in self.conversion else NULL if tp in self.churn else tp
+        if out is not None:
+            gap = 0 if src == START else ts - last_ts
+            out.append(
+                Step(cid, e.segment, e.channel, tp, src, dst, prev2, gap, ts, session, is_new,
+                     e.revenue, jno)
+            )
+        return Cursor(ts, dst != CONVERSION and dst != NULL, dst, src, session, sess_start, jno,
+                      e.channel, e.segment)
+
+    def _expiry_step(self, cid: str, cur: Cursor) -> Step:
+        return Step(cid, cur.segment, cur.channel, "", cur.src, NULL, cur.prev2, self.horizon_ms,
+                    cur.last_ts_ms + self.horizon_ms, cur.session_id, False, 0.0, cur.journey_no)
+
+    def _replay(self, cid: str, cur: Cursor, entries: Iterable[Entry],
+                out: list[Step] | None) -> Cursor:
+        for e in entries:
+            cur = self._walk(cid, cur, e, out)
+        return cur
+
+    # -- counters -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _count(s: CustomerState, step: Step, sign: int) -> None:
+        if step.touchpoint:
+            s.n_events += sign
+            ch = step.channel
+            n = s.by_channel.get(ch, 0) + sign
+            if n:
+                s.by_channel[ch] = n
+            else:
+                del s.by_channel[ch]
+            if ch == "support":
+                s.n_support += sign
+            if step.is_new_session:
+                s.n_sessions += sign
+            if step.revenue:
+                s.revenue += sign * step.revenue
+            if step.dst == CONVERSION:
+                s.n_conversions += sign
+            elif step.dst == NULL:
+                s.n_churns += sign
+        else:
+            s.n_expired += sign
+
+    def _emit(self, s: CustomerState, steps: list[Step], out: JourneyOutput) -> None:
+        for step in steps:
+            self._count(s, step, step.sign)
+        out.steps.extend(steps)
+
+    # -- the public API -------------------------------------------------------------------
+
+    @property
+    def frontier_ms(self) -> int:
+        """Events before this event time are late: the watermark minus the allowed lateness."""
+        return self.watermark_ms - self.lateness_ms
+
+    def apply(self, events: Iterable[ResolvedEvent], watermark_ms: int | None = None
+              ) -> JourneyOutput:
+        """Apply a batch in arrival order; the watermark is max(given, event times seen)."""
+        out = JourneyOutput()
+        if watermark_ms is not None and watermark_ms > self.watermark_ms:
+            self.watermark_ms = watermark_ms
+        customers = self.customers
+        steps = out.steps
+        for ev in events:
+            cid = ev.customer_id
+            s = customers.get(cid)
+            digest = event_digest(ev.event.event_id)
+            if s is not None and self._seen(s, digest):
+                out.duplicates.append(ev)
+                continue
+            ts = ev.ts_ms
+            frontier = self.watermark_ms - self.lateness_ms
+            if ts < frontier:
+                out.late.append(LateEvent(ev, self.watermark_ms, frontier))
+                continue
+            if s is None:
+                s = customers[cid] = CustomerState()
+            if ts > self.watermark_ms:
+                self.watermark_ms = ts
+                frontier = ts - self.lateness_ms
+            self._remember(s, digest)
+            e = Entry(ts, digest, ev.event.touchpoint, ev.event.channel, ev.event.session_id,
+                      ev.segment, ev.event.revenue or 0.0)
+            hist = s.history
+            if not hist or (ts, digest) > (hist[-1].ts_ms, hist[-1].digest):
+                n0 = len(steps)
+                s.cur = self._walk(cid, s.cur, e, steps)
+                for i in range(n0, len(steps)):
+                    self._count(s, steps[i], 1)
+                hist.append(e)
+            else:
+                self._insert(cid, s, e, out)
+            if s.first_ts_ms < 0 or ts < s.first_ts_ms:
+                s.first_ts_ms = ts
+            if len(hist) > self.kept and hist[0].ts_ms < frontier:
+                self._fold(cid, s, frontier)
+            out.changed.add(cid)
+        return out
+
+    def expire(self, now_ms: int) -> JourneyOutput:
+        """Advance the watermark to `now_ms`; end journeys idle past the null horizon.
+
+        A journey whose last event is at `t` ends with ``last -> null`` at event time
+        ``t + null_horizon_s`` once that time is behind the frontier (so no event that can still
+        be applied comes before it). Also folds history no longer needed for corrections.
+        Scans every customer: call it once per window step, not per event.
+        """
+        out = JourneyOutput()
+        if now_ms > self.watermark_ms:
+            self.watermark_ms = now_ms
+        frontier = self.frontier_ms
+        for cid, s in self.customers.items():
+            if len(s.history) > self.kept and s.history[0].ts_ms < frontier:
+                self._fold(cid, s, frontier)
+            cur = s.cur
+            if cur.is_open and cur.last_ts_ms + self.horizon_ms <= frontier:
+                step = self._expiry_step(cid, cur)
+                self._emit(s, [step], out)
+                s.cur = cur._replace(is_open=False)
+                out.changed.add(cid)
+        return out
+
+    def merge(self, loser: str, winner: str) -> JourneyOutput:
+        """Combine `loser`'s journey into `winner`'s in event-time order; return corrections.
+
+        Retracts the steps of both kept histories after the later of their two starts and adds
+        the steps of the recombined sequence under `winner`. Counters are summed.
+        """
+        out = JourneyOutput()
+        if loser == winner or loser not in self.customers:
+            return out
+        ls = self.customers.pop(loser)
+        ws = self.customers.get(winner)
+        if ws is None:
+            ws = self.customers[winner] = CustomerState()
+        out.changed.update((loser, winner))
+        # Both bases are states after events we no longer keep; recombine after the later one.
+        cut = max(ws.base.last_ts_ms, ls.base.last_ts_ms)
+        start = ws.base if ws.base.last_ts_ms >= ls.base.last_ts_ms else ls.base
+        retracted: list[Step] = []
+        for cid, s in ((winner, ws), (loser, ls)):
+            i = 0
+            cur = s.base
+            while i < len(s.history) and s.history[i].ts_ms <= cut:
+                cur = self._walk(cid, cur, s.history[i], None)
+                i += 1
+            old: list[Step] = []
+            end = self._replay(cid, cur, s.history[i:], old)
+            if s.cur.is_open != end.is_open:  # an expiry emitted by `expire` after the history
+                old.append(self._expiry_step(cid, end))
+            retracted.extend(old)
+        kept = sorted(
+            {e.digest: e for e in ws.history + ls.history if e.ts_ms > cut}.values(),
+            key=lambda e: (e.ts_ms, e.digest),
+        )
+        added: list[Step] = []
+        new_cur = self._replay(winner, start, kept, added)
+        # Sum the counters, then correct them by the steps that changed.
+        ws.n_events += ls.n_events
+        ws.n_sessions += ls.n_sessions
+        ws.n_support += ls.n_support
+        ws.n_conversions += ls.n_conversions
+        ws.n_churns += ls.n_churns
+        ws.n_expired += ls.n_expired
+        ws.revenue += ls.revenue
+        for ch, n in ls.by_channel.items():
+            ws.by_channel[ch] = ws.by_channel.get(ch, 0) + n
+        firsts = [t for t in (ws.first_ts_ms, ls.first_ts_ms) if t >= 0]
+        ws.first_ts_ms = min(firsts) if firsts else -1
+        self._emit(ws, [st._replace(sign=-1) for st in retracted], out)
+        if new_cur.is_open and new_cur.last_ts_ms + self.horizon_ms <= self.frontier_ms:
+            added.append(self._expiry_step(winner, new_cur))
+            new_cur = new_cur._replace(is_open=False)
+        self._emit(ws, added, out)
+        ws.base = start
+        ws.cur = new_cur
+        ws.history = kept
+        seen = ws.seen + ls.seen
+        ws.seen = seen[-self.dedup_bytes:] if len(seen) > self.dedup_bytes else seen
+        ws.seen_pos = 0
+        return out
+
+    def snapshot(self, customer_id: str) -> CustomerSnapshot | None:
+        """The serving view of one customer, or None if the customer is unknown."""
+        s = self.customers.get(customer_id)
+        if s is None:
+            return None
+        hist = s.history[-self.kept:]
+        cur = s.cur
+        return CustomerSnapshot(
+            customer_id=customer_id,
+            last_touchpoints=[(e.ts_ms, e.touchpoint, e.channel) for e in hist],
+            markov_state=cur.src if cur.is_open or cur.src in (START, CONVERSION) else NULL,
+            journey_open=cur.is_open,
+            journey_no=cur.journey_no,
+            session_id=cur.session_id,
+            session_start_ms=cur.session_start_ms,
+            first_seen_ms=s.first_ts_ms,
+            last_seen_ms=cur.last_ts_ms,
+            since_previous_ms=hist[-1].ts_ms - hist[-2].ts_ms if len(hist) >= 2 else -1,
+            n_events=s.n_events,
+            n_sessions=s.n_sessions,
+            n_support=s.n_support,
+            n_conversions=s.n_conversions,
+            n_churns=s.n_churns,
+            n_expired=s.n_expired,
+            revenue=s.revenue,
+            by_channel=dict(s.by_channel),
+        )
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _seen(self, s: CustomerState, digest: bytes) -> bool:
+        ring = s.seen
+        i = ring.find(digest)
+        while i >= 0:
+            if i % DIGEST_BYTES == 0:
+                return True
+            i = ring.find(digest, i + 1)
+        return False
+
+    def _remember(self, s: CustomerState, digest: bytes) -> None:
+        if len(s.seen) < self.dedup_bytes:
+            s.seen += digest
+        else:
+            pos = s.seen_pos
+            s.seen[pos:pos + DIGEST_BYTES] = digest
+            s.seen_pos = (pos + DIGEST_BYTES) % self.dedup_bytes
+
+    def _insert(self, cid: str, s: CustomerState, e: Entry, out: JourneyOutput) -> None:
+        """Insert an out-of-order entry and emit the corrections of the steps after it."""
+        hist = s.history
+        key = (e.ts_ms, e.digest)
+        i = 0
+        while i < len(hist) and (hist[i].ts_ms, hist[i].digest) < key:
+            i += 1
+        cur = self._replay(cid, s.base, hist[:i], None)
+        old: list[Step] = []
+        self._replay(cid, cur, hist[i:], old)
+        new: list[Step] = []
+        end = self._replay(cid, cur, [e, *hist[i:]], new)
+        # Identical steps cancel; only the changed ones go out.
+        diff = Counter(new)
+        diff.subtract(old)
+        changed = [st for st, n in diff.items() if n > 0 for _ in range(n)]
+        changed += [st._replace(sign=-1) for st, n in diff.items() if n < 0 for _ in range(-n)]
+        self._emit(s, changed, out)
+        insort(hist, e, key=lambda x: (x.ts_ms, x.digest))
+        s.cur = end
+
+    def _fold(self, cid: str, s: CustomerState, frontier: int) -> None:
+        """Drop history older than the frontier beyond the last `kept` entries into `base`."""
+        hist = s.history
+        n = 0
+        base = s.base
+        while len(hist) - n > self.kept and hist[n].ts_ms < frontier:
+            base = self._walk(cid, base, hist[n], None)
+            n += 1
+        if n:
+            s.base = base
+            del hist[:n]
