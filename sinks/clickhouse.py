@@ -1,0 +1,770 @@
+"""The ClickHouse sink: connection, schema migrations, batched idempotent writes, read-only SQL.
+
+One URL chooses the store: ``http(s)://host:port`` is a ClickHouse server, anything else (a path,
+or ``chdb:PATH``) is embedded chDB on that data directory, through clickhouse-connect's own
+``chdb`` interface, so the server and the replay run the very same code. One process owns an
+embedded data directory at a time (an ``flock`` on ``journeymap.lock`` inside it).
+
+Why writes are idempotent (at-least-once delivery must never count a batch twice):
+
+* Every analyst table is a ``ReplacingMergeTree`` whose sorting key is deterministic: taken from
+  the event (``touchpoints``: channel, touchpoint, occurred_at, event_id), or the full identity of
+  an aggregate cell (``transitions``: window, size, segment, channel, order, src1, src, dst).
+  Aggregates are written as their *full current value*, never as a delta, so rewriting a cell
+  after a redelivery or a replay replaces it instead of adding to it (a SummingMergeTree of deltas
+  would double count). A version column (ingested_at, updated_at, as_of) makes the newest win.
+* Each flushed batch carries an ``insert_deduplication_token`` fixed when the batch is sealed and
+  reused by every retry, with ``non_replicated_deduplication_window`` on the tables: an insert that
+  reached the server although the client saw a timeout is dropped when it is retried, so even
+  queries without FINAL do not see that retry twice.
+
+Replacement happens at merge time. Queries through ``journeymap query`` run with the ``final=1``
+setting and the views use ``FINAL``, so results are exact; other clients add ``FINAL`` after the
+table name (or ``SETTINGS final = 1``) for exact counts (docs/analysts.md).
+
+Faust's ``stream.take()`` acknowledges a batch in a ``finally``: call :meth:`SinkWriter.flush`
+before the batch is acknowledged. It retries with exponential backoff while ClickHouse is down
+(bounded by ``retry_total_s``) and raises :class:`ServiceUnavailable` after that, keeping the
+buffer, so nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final, Protocol
+from urllib.parse import urlsplit
+
+import clickhouse_connect
+import orjson
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import (
+    ClickHouseError,
+    DatabaseError,
+    DataError,
+    OperationalError,
+)
+
+from processors.errors import (
+    QueryError,
+    SchemaError,
+    ServiceError,
+    ServiceUnavailable,
+    StoreLockedError,
+)
+from processors.events import ResolvedEvent
+from processors.validation import DeadLetter
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE: Final = "journeymap.lock"
+_IDENTIFIER: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_MIGRATION_FILE: Final = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+# ClickHouse error codes worth waiting for: overload and network trouble, not bad SQL.
+RETRYABLE_CODES: Final = frozenset({159, 202, 209, 210, 241, 252, 425, 1000})
+_CODE: Final = re.compile(r"Code: (\d+)")
+# Tables whose rows age out when clickhouse.ttl_days > 0, and their time column.
+TTL_TABLES: Final = {"touchpoints": "occurred_at", "dead_letters": "received_at"}
+# Upper bounds (exclusive, ms) of the `transitions.gap_buckets` histogram; the last is open.
+GAP_BUCKET_BOUNDS_MS: Final = (
+    1_000, 10_000, 60_000, 300_000, 900_000, 3_600_000, 21_600_000, 86_400_000, 604_800_000,
+)
+
+
+class ClickHouseTarget(Protocol):
+    """What :func:`connect` needs (streams.settings.ClickHouseSettings has it)."""
+
+    url: str
+    database: str
+    user: str
+    password: Any  # SecretStr or str
+
+
+# --------------------------------------------------------------------------------------------
+# Connection
+
+
+@dataclass
+class _Held:
+    fd: int
+    users: int
+
+
+_LOCKS: dict[str, _Held] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _acquire_dir_lock(path: Path) -> str:
+    """Own `path` for this process; a second process gets StoreLockedError naming the holder."""
+    path.mkdir(parents=True, exist_ok=True)
+    key = os.path.realpath(path)
+    with _LOCKS_GUARD:
+        held = _LOCKS.get(key)
+        if held is not None:
+            held.users += 1
+            return key
+        lock_path = os.path.join(key, LOCK_FILE)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreLockedError(
+                f"embedded ClickHouse data directory {key} is in use by another process "
+                f"(pid {holder}); stop that process, or point clickhouse.url at another "
+                "directory or at a ClickHouse server"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _LOCKS[key] = _Held(fd, 1)
+        return key
+
+
+def _release_dir_lock(key: str) -> None:
+    with _LOCKS_GUARD:
+        held = _LOCKS.get(key)
+        if held is None:
+            return
+        held.users -= 1
+        if held.users == 0:
+            del _LOCKS[key]
+            os.ftruncate(held.fd, 0)
+            fcntl.flock(held.fd, fcntl.LOCK_UN)
+            os.close(held.fd)
+
+
+@dataclass
+class Store:
+    """An open ClickHouse: the clickhouse-connect `client` plus what owns it. Close it when done."""
+
+    client: Client
+    database: str
+    url: str
+    embedded: bool
+    _lock_key: str | None = field(default=None, repr=False)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close()
+        if self._lock_key is not None:
+            _release_dir_lock(self._lock_key)
+            self._lock_key = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def database_exists(self) -> bool:
+        rows = self.client.query(
+            "SELECT count() FROM system.databases WHERE name = {db:String}",
+            parameters={"db": self.database},
+        ).result_rows
+        return bool(rows[0][0])
+
+    def writer(self, **kwargs: Any) -> SinkWriter:
+        return SinkWriter(self.client, **kwargs)
+
+
+def _secret(value: Any) -> str:
+    getter = getattr(value, "get_secret_value", None)
+    return str(getter() if getter else value or "")
+
+
+def connect(target: ClickHouseTarget, *, connect_timeout_s: float = 10.0) -> Store:
+    """Open the store `target.url` names. The database is selected when it exists.
+
+    Raises StoreLockedError (embedded directory owned by another process) or ServiceUnavailable.
+    """
+    if not _IDENTIFIER.match(target.database):
+        raise SchemaError(f"clickhouse.database {target.database!r} is not a valid identifier")
+    parts = urlsplit(target.url)
+    if parts.scheme in ("http", "https"):
+        try:
+            client = clickhouse_connect.get_client(
+                host=parts.hostname or "127.0.0.1",
+                port=parts.port or (8443 if parts.scheme == "https" else 8123),
+                interface=parts.scheme,
+                username=target.user,
+                password=_secret(target.password),
+                connect_timeout=connect_timeout_s,
+                send_receive_timeout=300,
+                autogenerate_session_id=False,
+            )
+        except ClickHouseError as exc:
+            raise ServiceUnavailable(
+                f"ClickHouse at {target.url} is not reachable: {_one_line(exc)}; start it "
+                "(`journeymap services up`) or fix clickhouse.url"
+            ) from None
+        store = Store(client, target.database, target.url, embedded=False)
+    else:
+        path = Path(target.url.removeprefix("chdb:").removeprefix("file:"))
+        key = _acquire_dir_lock(path)
+        try:
+            client = clickhouse_connect.get_client(interface="chdb", path=key)
+        except Exception as exc:
+            _release_dir_lock(key)
+            raise ServiceError(f"could not open embedded ClickHouse at {key}: {exc}") from exc
+        store = Store(client, target.database, key, embedded=True, _lock_key=key)
+    try:
+        if store.database_exists():
+            client.database = target.database
+    except ClickHouseError as exc:
+        store.close()
+        raise ServiceUnavailable(f"ClickHouse at {target.url}: {_one_line(exc)}") from None
+    return store
+
+
+# --------------------------------------------------------------------------------------------
+# Migrations
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+    def statements(self) -> list[str]:
+        """The statements of the file, comments removed, split on `;` at the end of a line."""
+        body = "\n".join(
+            line for line in self.sql.splitlines() if not line.lstrip().startswith("--")
+        )
+        return [s.strip() for s in re.split(r";\s*(?:\n|$)", body) if s.strip()]
+
+
+def load_migrations() -> list[Migration]:
+    """The migrations shipped with this journeymap, in version order (versions 1..N, no gaps)."""
+    folder = resources.files("sinks") / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        match = _MIGRATION_FILE.match(entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda m: m.version)
+    if [m.version for m in found] != list(range(1, len(found) + 1)):
+        raise SchemaError(f"migration versions must be 1..N without gaps: {found}")
+    return found
+
+
+def required_version() -> int:
+    return len(load_migrations())
+
+
+_SCHEMA_MIGRATIONS_DDL: Final = """
+CREATE TABLE IF NOT EXISTS schema_migrations
+(
+    version UInt32,
+    name String,
+    applied_at DateTime64(3, 'UTC'),
+    checksum String
+)
+ENGINE = ReplacingMergeTree(applied_at)
+ORDER BY version
+"""
+
+
+def _applied(store: Store) -> dict[int, tuple[str, str]]:
+    """version -> (name, checksum) of the migrations recorded in the database."""
+    if not store.database_exists():
+        return {}
+    exists = store.client.query(
+        "SELECT count() FROM system.tables WHERE database = {db:String} "
+        "AND name = 'schema_migrations'",
+        parameters={"db": store.database},
+    ).result_rows[0][0]
+    if not exists:
+        return {}
+    rows = store.client.query(
+        "SELECT version, name, checksum FROM {db:Identifier}.schema_migrations FINAL",
+        parameters={"db": store.database},
+    ).result_rows
+    return {int(v): (n, c) for v, n, c in rows}
+
+
+def schema_version(store: Store) -> int:
+    """The highest migration version applied to the database (0 when none)."""
+    return max(_applied(store), default=0)
+
+
+def check_schema(store: Store) -> int:
+    """Refuse to run on a database this code cannot use. Returns its version.
+
+    Raises SchemaError with the command that fixes it.
+    """
+    need = required_version()
+    have = schema_version(store)
+    if have < need:
+        raise SchemaError(
+            f"database {store.database} is at version {have}, this journeymap needs {need}: "
+            f"run `journeymap migrate`"
+        )
+    if have > need:
+        raise SchemaError(
+            f"database {store.database} is at version {have}, newer than this journeymap "
+            f"({need}): upgrade journeymap"
+        )
+    return have
+
+
+@dataclass(frozen=True)
+class MigrationResult:
+    database: str
+    before: int
+    after: int
+    applied: list[Migration]
+    ttl: str
+
+
+def migrate(store: Store, *, ttl_days: int = 0, now_ms: Callable[[], int] | None = None) -> (
+    MigrationResult
+):
+    """Apply pending migrations in order, then set the TTL. Safe to run again (idempotent)."""
+    clock = now_ms or (lambda: int(time.time() * 1000))
+    migrations = load_migrations()
+    client = store.client
+    client.command(f"CREATE DATABASE IF NOT EXISTS `{store.database}`")
+    client.database = store.database
+    client.command(_SCHEMA_MIGRATIONS_DDL)
+    applied = _applied(store)
+    before = max(applied, default=0)
+    known = {m.version for m in migrations}
+    if before > max(known, default=0):
+        raise SchemaError(
+            f"database {store.database} is at version {before}, newer than this journeymap "
+            f"({max(known, default=0)}): upgrade journeymap"
+        )
+    done: list[Migration] = []
+    for migration in migrations:
+        if migration.version in applied:
+            name, checksum = applied[migration.version]
+            if checksum != migration.checksum:
+                raise SchemaError(
+                    f"migration {migration.version} ({name}) was changed after it was applied "
+                    f"to {store.database}; ship schema changes as a new migration file"
+                )
+            continue
+        for statement in migration.statements():
+            try:
+                client.command(statement)
+            except DatabaseError as exc:
+                raise SchemaError(
+                    f"migration {migration.version:04d}_{migration.name} failed: "
+                    f"{_one_line(exc)}"
+                ) from None
+        client.insert(
+            "schema_migrations",
+            [[migration.version], [migration.name], [clock()], [migration.checksum]],
+            column_names=["version", "name", "applied_at", "checksum"],
+            column_oriented=True,
+        )
+        done.append(migration)
+    ttl = apply_ttl(store, ttl_days)
+    return MigrationResult(store.database, before, max(before, *known), done, ttl)
+
+
+def apply_ttl(store: Store, ttl_days: int) -> str:
+    """Make the raw tables' TTL match the setting (0 = keep forever). Idempotent."""
+    days = int(ttl_days)
+    if days < 0:
+        raise SchemaError(f"clickhouse.ttl_days must be >= 0, got {days}")
+    for table, column in TTL_TABLES.items():
+        ddl = store.client.query(
+            "SELECT create_table_query FROM system.tables "
+            "WHERE database = {db:String} AND name = {t:String}",
+            parameters={"db": store.database, "t": table},
+        ).result_rows[0][0]
+        has_ttl = " TTL " in ddl
+        if days > 0:
+            # An int from validated settings: DDL takes no query parameters here.
+            store.client.command(
+                f"ALTER TABLE {table} MODIFY TTL toDateTime({column}) + toIntervalDay({days})"
+            )
+        elif has_ttl:
+            store.client.command(f"ALTER TABLE {table} REMOVE TTL")
+    return f"{days} days" if days > 0 else "none (rows are kept forever)"
+
+
+# --------------------------------------------------------------------------------------------
+# Batched writes
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc)
+    text = re.sub(r"^Received ClickHouse exception, code: \d+, server response: ", "", text)
+    text = re.sub(r"\s*\(for url [^)]*\)", "", text)
+    text = re.sub(r"\s*\(version [\d.]+[^)]*\)", "", text)
+    first = " ".join(text.split())
+    return first[:500] + ("…" if len(first) > 500 else "")
+
+
+def _error_code(exc: BaseException) -> int | None:
+    match = _CODE.search(str(exc))
+    return int(match[1]) if match else None
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, DataError):
+        return False
+    if isinstance(exc, OperationalError):
+        return True
+    return isinstance(exc, DatabaseError) and _error_code(exc) in RETRYABLE_CODES
+
+
+@dataclass
+class _Batch:
+    """Rows sealed for one insert; its token stays the same across retries."""
+
+    table: str
+    names: tuple[str, ...]
+    columns: list[list[Any]]
+    n_rows: int
+    token: str = field(default_factory=lambda: f"jm-{uuid.uuid4().hex}")
+
+
+@dataclass
+class _Buffer:
+    names: tuple[str, ...]
+    columns: list[list[Any]]
+    n_rows: int = 0
+
+
+class SinkWriter:
+    """Buffers rows per table and inserts them column-oriented in large batches.
+
+    A table is flushed when it holds `flush_rows` rows; everything is flushed when the oldest
+    buffered row is `flush_interval_s` old (checked on `add` and `maybe_flush`) and on `flush()`.
+    Rows of one table are mappings with the same keys (column names); `add_columns` takes
+    prepared columns. `clock` and `sleep` are parameters so tests need no real waiting.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        flush_rows: int = 50_000,
+        flush_interval_s: float = 1.0,
+        retry_total_s: float = 120.0,
+        backoff_initial_s: float = 0.1,
+        backoff_max_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if flush_rows < 1 or flush_interval_s <= 0 or retry_total_s <= 0:
+            raise ValueError("flush_rows, flush_interval_s and retry_total_s must be positive")
+        self.client = client
+        self.flush_rows = flush_rows
+        self.flush_interval_s = flush_interval_s
+        self.retry_total_s = retry_total_s
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self._clock = clock
+        self._sleep = sleep
+        self._buffers: dict[str, _Buffer] = {}
+        self._sealed: dict[str, list[_Batch]] = {}
+        self._oldest: float | None = None
+        self.n_rows_written = 0
+        self.n_batches_written = 0
+        self.n_retries = 0
+
+    @property
+    def pending_rows(self) -> int:
+        """Rows accepted by `add` and not yet confirmed written."""
+        buffered = sum(b.n_rows for b in self._buffers.values())
+        return buffered + sum(b.n_rows for q in self._sealed.values() for b in q)
+
+    def _buffer(self, table: str, names: tuple[str, ...]) -> _Buffer:
+        buf = self._buffers.get(table)
+        if buf is None or buf.n_rows == 0:
+            buf = _Buffer(names, [[] for _ in names])
+            self._buffers[table] = buf
+        elif buf.names != names:
+            raise ValueError(
+                f"rows for {table} have columns {sorted(names)}, earlier rows had "
+                f"{sorted(buf.names)}: every row of a table must have the same keys"
+            )
+        return buf
+
+    def add(self, table: str, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Buffer rows (mappings column -> value). Returns the rows flushed by this call."""
+        if not _IDENTIFIER.match(table):
+            raise ValueError(f"{table!r} is not a table name")
+        buf: _Buffer | None = None
+        width = 0
+        pairs: list[tuple[str, list[Any]]] = []
+        n = 0
+        for row in rows:
+            if buf is None:
+                buf = self._buffer(table, tuple(row))
+                width = len(buf.names)
+                pairs = list(zip(buf.names, buf.columns, strict=True))
+            if len(row) != width:
+                raise ValueError(
+                    f"a row for {table} has columns {sorted(row)}, expected {sorted(buf.names)}"
+                )
+            try:
+                for name, column in pairs:
+                    column.append(row[name])
+            except KeyError as exc:
+                # Undo the partial row so the buffer's columns stay aligned.
+                for column in buf.columns:
+                    del column[buf.n_rows + n :]
+                raise ValueError(f"a row for {table} lacks column {exc.args[0]!r}") from None
+            n += 1
+        if buf is None:
+            return self.maybe_flush()
+        buf.n_rows += n
+        return self._after_add(table, buf)
+
+    def add_columns(self, table: str, columns: Mapping[str, Sequence[Any]]) -> int:
+        """Buffer prepared columns (name -> equal-length values). Returns the rows flushed."""
+        if not _IDENTIFIER.match(table):
+            raise ValueError(f"{table!r} is not a table name")
+        lengths = {len(v) for v in columns.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"columns for {table} have different lengths: {sorted(lengths)}")
+        (n,) = lengths
+        buf = self._buffer(table, tuple(columns))
+        for column, values in zip(buf.columns, columns.values(), strict=True):
+            column.extend(values)
+        buf.n_rows += n
+        return self._after_add(table, buf)
+
+    def _after_add(self, table: str, buf: _Buffer) -> int:
+        if self._oldest is None:
+            self._oldest = self._clock()
+        if buf.n_rows >= self.flush_rows:
+            return self.flush(tables=[table]) + self.maybe_flush()
+        return self.maybe_flush()
+
+    def due(self) -> bool:
+        """True when the oldest buffered row has waited `flush_interval_s`."""
+        return self._oldest is not None and self._clock() - self._oldest >= self.flush_interval_s
+
+    def maybe_flush(self) -> int:
+        """Flush everything if the interval has passed (call it from a timer too)."""
+        return self.flush() if self.due() else 0
+
+    def flush(self, tables: Sequence[str] | None = None) -> int:
+        """Write the buffered rows now, synchronously. Returns the number of rows written.
+
+        Raises ServiceUnavailable after `retry_total_s` of failed retries; nothing is dropped
+        then: the rows stay buffered (with the same dedup tokens) for the next flush.
+        """
+        names = list(self._buffers) if tables is None else list(tables)
+        for table in names:
+            buf = self._buffers.get(table)
+            if buf is not None and buf.n_rows:
+                self._sealed.setdefault(table, []).append(
+                    _Batch(table, buf.names, buf.columns, buf.n_rows)
+                )
+                del self._buffers[table]
+        written = 0
+        order = list(self._sealed) if tables is None else [t for t in names if t in self._sealed]
+        for table in order:
+            queue = self._sealed[table]
+            while queue:
+                self._insert(queue[0])
+                batch = queue.pop(0)
+                written += batch.n_rows
+                self.n_rows_written += batch.n_rows
+                self.n_batches_written += 1
+            del self._sealed[table]
+        if not any(b.n_rows for b in self._buffers.values()) and not self._sealed:
+            self._oldest = None
+        return written
+
+    def _insert(self, batch: _Batch) -> None:
+        deadline = self._clock() + self.retry_total_s
+        delay = self.backoff_initial_s
+        while True:
+            try:
+                self.client.insert(
+                    batch.table,
+                    batch.columns,
+                    column_names=list(batch.names),
+                    column_oriented=True,
+                    settings={"insert_deduplication_token": batch.token},
+                )
+                return
+            except DataError as exc:
+                raise ValueError(
+                    f"rows for {batch.table} do not fit its columns: {_one_line(exc)}"
+                ) from exc
+            except DatabaseError as exc:
+                if not _retryable(exc):
+                    code = _error_code(exc)
+                    kind = SchemaError if code in (16, 47, 60, 81) else ServiceError
+                    hint = ": run `journeymap migrate`" if kind is SchemaError else ""
+                    raise kind(
+                        f"insert into {batch.table} failed: {_one_line(exc)}{hint}"
+                    ) from None
+                left = deadline - self._clock()
+                if left <= 0:
+                    raise ServiceUnavailable(
+                        f"ClickHouse did not accept {batch.n_rows} rows for {batch.table} for "
+                        f"{self.retry_total_s:.0f}s ({_one_line(exc)}); the rows are kept "
+                        "buffered and will be written by the next flush"
+                    ) from None
+                wait = min(delay, left)
+                self.n_retries += 1
+                log.warning(
+                    "ClickHouse unavailable (%s); retrying %d rows for %s in %.1fs "
+                    "(giving up in %.0fs)",
+                    _one_line(exc)[:200], batch.n_rows, batch.table, wait, left,
+                )
+                self._sleep(wait)
+                delay = min(delay * 2, self.backoff_max_s)
+
+
+# --------------------------------------------------------------------------------------------
+# Rows for the tables whose inputs already exist
+
+
+def _property_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
+
+
+def touchpoint_row(
+    resolved: ResolvedEvent, ingested_at_ms: int, sentiment: float | None = None
+) -> dict[str, Any]:
+    """The `touchpoints` row of one resolved event (times as epoch ms)."""
+    event = resolved.event
+    return {
+        "event_id": event.event_id,
+        "occurred_at": resolved.ts_ms,
+        "customer_id": resolved.customer_id,
+        "channel": event.channel,
+        "touchpoint": event.touchpoint,
+        "session_id": event.session_id or "",
+        "segment": resolved.segment,
+        "revenue": event.revenue or 0.0,
+        "properties": {k: _property_text(v) for k, v in (event.properties or {}).items()},
+        "has_text": bool(event.text),
+        "sentiment": sentiment,
+        "ingested_at": ingested_at_ms,
+    }
+
+
+def dead_letter_row(dead: DeadLetter, received_at_ms: int) -> dict[str, Any]:
+    """The `dead_letters` row of one dead letter."""
+    record = dead.to_record()
+    return {
+        "received_at": received_at_ms,
+        "reason": dead.reason,
+        "stage": dead.stage,
+        "source_topic": dead.source.topic,
+        "source_partition": dead.source.partition,
+        "source_offset": dead.source.offset,
+        "errors": orjson.dumps(dead.errors).decode(),
+        "raw_b64": record["raw_b64"],
+    }
+
+
+def gap_histogram(gaps_ms: Iterable[int]) -> list[int]:
+    """Counts of gaps per `GAP_BUCKET_BOUNDS_MS` bucket (the last bucket is open-ended)."""
+    counts = [0] * (len(GAP_BUCKET_BOUNDS_MS) + 1)
+    for gap in gaps_ms:
+        i = 0
+        while i < len(GAP_BUCKET_BOUNDS_MS) and gap >= GAP_BUCKET_BOUNDS_MS[i]:
+            i += 1
+        counts[i] += 1
+    return counts
+
+
+# --------------------------------------------------------------------------------------------
+# Read-only queries
+
+_READ_KEYWORDS: Final = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXPLAIN", "EXISTS")
+_PLACEHOLDER: Final = re.compile(r"\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*:\s*([^}]+)\}")
+_LEADING_NOISE: Final = re.compile(r"^(?:\s+|--[^\n]*\n?|/\*.*?\*/|\()*", re.S)
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    columns: list[str]
+    types: list[str]
+    rows: list[tuple[Any, ...]]
+
+
+def parse_params(pairs: Iterable[str]) -> dict[str, str]:
+    """`name=value` strings -> {name: value}; the value is sent as a server-side parameter."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        name = name.strip()
+        if not sep or not _IDENTIFIER.match(name):
+            raise QueryError(f"bad --param {pair!r}: expected name=value, e.g. --param day=7")
+        if name in out:
+            raise QueryError(f"--param {name} is given twice")
+        out[name] = value
+    return out
+
+
+def check_read_only(sql: str) -> None:
+    """Accept one read-only statement; anything else is a QueryError that says why."""
+    text = _LEADING_NOISE.sub("", sql)
+    if not text:
+        raise QueryError("the query is empty")
+    word = re.match(r"[A-Za-z]*", text)[0].upper()  # type: ignore[index]
+    if word not in _READ_KEYWORDS:
+        raise QueryError(
+            f"only read-only queries are allowed (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN, EXISTS); "
+            f"got {word or text[:20]!r}"
+        )
+    body = sql.strip().rstrip(";").strip()
+    if ";" in re.sub(r"'(?:[^'\\]|\\.)*'", "''", body):
+        raise QueryError("one statement per query, please (found a `;` between statements)")
+
+
+def run_query(store: Store, sql: str, params: Mapping[str, str] | None = None) -> QueryResult:
+    """Run one read-only, parameterized query; user values only travel as {name:Type} params.
+
+    Runs with readonly=1 (the server refuses writes) and final=1 (exact, deduplicated results).
+    """
+    params = dict(params or {})
+    check_read_only(sql)
+    used = {m[1] for m in _PLACEHOLDER.finditer(sql)}
+    missing = sorted(used - set(params))
+    if missing:
+        raise QueryError(
+            f"the query uses parameter(s) {', '.join(missing)} but no value was given: "
+            f"add --param {missing[0]}=VALUE"
+        )
+    unused = sorted(set(params) - used)
+    if unused:
+        raise QueryError(
+            f"--param {', '.join(unused)} is not used by the query (write {{{unused[0]}:Type}})"
+        )
+    try:
+        result = store.client.query(
+            sql.strip().rstrip(";"),
+            parameters=params or None,
+            settings={"readonly": 1, "final": 1},
+        )
+    except ClickHouseError as exc:
+        raise QueryError(_one_line(exc)) from None
+    return QueryResult(
+        list(result.column_names),
+        [t.name for t in result.column_types],
+        [tuple(r) for r in result.result_rows],
+    )
