@@ -1,0 +1,503 @@
+"""Identity resolution: one customer out of anonymous, device, email, user and CRM identifiers.
+
+Every event says "these identifiers are the same person". The resolver keeps a union-find graph
+over normalized identifiers (one component = one customer) and resolves each event to a
+canonical customer id that does not depend on arrival order: ``"c_" + hash[:16]`` of the
+component's earliest identifier by ``(first_seen_ms, kind, hash)``. Replaying the same events in
+any order and any duplication gives the same partition and the same ids (when no safeguard fires;
+see ``docs/identity.md`` for exactly where safeguards depend on order).
+
+Safeguards (:class:`~processors.config.IdentityConfig`): two different values of a unique kind
+never share a customer, and a non-unique identifier stops linking known customers once it has
+linked ``max_customers_per_identifier`` of them. A refused link is a :class:`Conflict` value.
+
+Identifiers are hashed (SHA-256 with the salt) before anything is stored or emitted: the graph
+itself only holds hashes. Storage sits behind :class:`IdentityStore`: in memory here, Redis in
+:mod:`sinks.identity_redis`. The resolver decides; a store loads a batch's part of the graph
+and commits the result atomically (or says it changed meanwhile, and the batch is decided again).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Literal, NamedTuple, Protocol
+
+from processors.config import IdentityConfig
+from processors.errors import ServiceError
+from processors.events import IDENTITY_KINDS, IdentityKind, ResolvedEvent, TouchpointEvent
+
+# One letter per kind prefixes every node key, so the kind travels with the hash.
+KIND_CODE: Final[dict[str, str]] = {
+    "anonymous_id": "a",
+    "device_id": "d",
+    "user_id": "u",
+    "email": "e",
+    "crm_id": "k",
+}
+KIND_OF_CODE: Final[dict[str, IdentityKind]] = {v: k for k, v in KIND_CODE.items()}  # type: ignore[misc]
+# Which identifier an event resolves around when its identifiers cannot all be linked.
+_RANK: Final[dict[str, int]] = {"u": 0, "k": 1, "e": 2, "d": 3, "a": 4}
+_HASH_CACHE_MAX: Final = 1_000_000
+MAX_COMMIT_ATTEMPTS: Final = 50
+
+MergeReason = Literal["shared_identifier", "earlier_evidence"]
+ConflictReason = Literal["unique_kind", "max_customers"]
+
+
+class MergeRecord(NamedTuple):
+    """Customer `loser` is now `winner` (topic ``identity.merges``); downstream follows winner."""
+
+    loser: str
+    winner: str
+    evidence_event_id: str
+    ts_ms: int
+    reason: MergeReason
+
+
+class IdentityLink(NamedTuple):
+    """A hashed identifier seen for a customer (ClickHouse ``identity_links``)."""
+
+    customer_id: str
+    kind: IdentityKind
+    id_hash: str
+    first_seen_ms: int
+
+
+class Conflict(NamedTuple):
+    """A link the event asked for and the safeguards refused: the customers stay apart."""
+
+    reason: ConflictReason
+    event_id: str
+    ts_ms: int
+    customer_a: str
+    customer_b: str
+    # The hashed identifiers that triggered it: the two unique values, or the saturated ones.
+    id_hashes: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class Root:
+    """One customer: its earliest identifier (which names it), unique-kind values and size."""
+
+    earliest_ts: int
+    earliest_key: str
+    uniq: dict[str, str]  # kind code -> node key, for unique kinds only
+    size: int
+
+
+def customer_id_for(key: str) -> str:
+    """The canonical id of a component whose earliest identifier is node `key`."""
+    return "c_" + key[1:17]
+
+
+class IdentityGraph:
+    """Union-find over node keys, kept flat: every node points at its customer id directly.
+
+    Used as the whole graph (in memory) or as one batch's loaded part of it (Redis). `moves`
+    records which customers were folded into which, in order, so a store can replay the moves on
+    members it did not load.
+    """
+
+    def __init__(self) -> None:
+        self.cid: dict[str, str] = {}
+        self.first: dict[str, int] = {}
+        self.linked: dict[str, int] = {}  # node key -> merges of known customers it took part in
+        self.roots: dict[str, Root] = {}
+        self.members: dict[str, list[str]] = {}
+        self.moves: list[tuple[str, str]] = []
+        self.new_keys: list[str] = []
+
+    def add(self, key: str, ts: int, unique_codes: Collection[str]) -> str:
+        cid = customer_id_for(key)
+        self.cid[key] = cid
+        self.first[key] = ts
+        self.roots[cid] = Root(ts, key, {key[0]: key} if key[0] in unique_codes else {}, 1)
+        self.members[cid] = [key]
+        self.new_keys.append(key)
+        return cid
+
+    def move(self, src: str, dst: str) -> None:
+        """Fold customer `src` into `dst` (a merge, or a rename when `dst` has no root yet)."""
+        moved = self.members.pop(src, [])
+        cids = self.cid
+        for key in moved:
+            cids[key] = dst
+        self.members.setdefault(dst, []).extend(moved)
+        self.moves.append((src, dst))
+        old = self.roots.pop(src)
+        into = self.roots.get(dst)
+        if into is None:
+            self.roots[dst] = old
+        else:
+            if (old.earliest_ts, old.earliest_key) < (into.earliest_ts, into.earliest_key):
+                into.earliest_ts, into.earliest_key = old.earliest_ts, old.earliest_key
+            into.uniq.update(old.uniq)
+            into.size += old.size
+
+    def partition(self) -> dict[str, frozenset[str]]:
+        """Customer id -> its node keys (of the loaded part, for a batch overlay)."""
+        return {cid: frozenset(keys) for cid, keys in self.members.items()}
+
+
+class IdentityStore(Protocol):
+    """Where the graph lives. The resolver makes every decision; a store loads and commits.
+
+    `begin(keys)` returns a graph holding at least those node keys and their customers' roots.
+    `commit(graph)` writes the graph's changes atomically and returns True, or returns False
+    when another writer changed any of the loaded nodes or roots since `begin` (then the batch
+    is decided again on fresh state). Both may block and retry while the store is unreachable.
+    """
+
+    def begin(self, keys: Collection[str]) -> IdentityGraph: ...
+
+    def commit(self, graph: IdentityGraph) -> bool: ...
+
+    def customer_of(self, key: str) -> str | None: ...
+
+    def members_of(self, customer_id: str) -> list[tuple[str, int]]: ...
+
+
+class InMemoryIdentityStore:
+    """The whole graph in one process (the replay, tests). Plain data: it pickles."""
+
+    def __init__(self) -> None:
+        self.graph = IdentityGraph()
+
+    def begin(self, keys: Collection[str]) -> IdentityGraph:
+        return self.graph
+
+    def commit(self, graph: IdentityGraph) -> bool:
+        graph.moves.clear()  # the change log only matters to stores that replay it
+        graph.new_keys.clear()
+        return True
+
+    def customer_of(self, key: str) -> str | None:
+        return self.graph.cid.get(key)
+
+    def members_of(self, customer_id: str) -> list[tuple[str, int]]:
+        g = self.graph
+        return [(key, g.first[key]) for key in g.members.get(customer_id, [])]
+
+
+@dataclass(slots=True)
+class ResolveResult:
+    """What one batch produced. `resolved` keeps the input order of the accepted events."""
+
+    resolved: list[ResolvedEvent] = field(default_factory=list)
+    merges: list[MergeRecord] = field(default_factory=list)
+    links: list[IdentityLink] = field(default_factory=list)
+    conflicts: list[Conflict] = field(default_factory=list)
+    dead: list[tuple[TouchpointEvent, str]] = field(default_factory=list)
+    n_ignored_identifiers: int = 0
+    n_attempts: int = 1
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "n_resolved": len(self.resolved),
+            "n_dead": len(self.dead),
+            "n_merges": len(self.merges),
+            "n_links": len(self.links),
+            "n_conflicts_unique": sum(c.reason == "unique_kind" for c in self.conflicts),
+            "n_conflicts_cap": sum(c.reason == "max_customers" for c in self.conflicts),
+            "n_ignored_identifiers": self.n_ignored_identifiers,
+            "n_retries": self.n_attempts - 1,
+        }
+
+
+class _Decision:
+    """The per-batch outputs while deciding (discarded when a commit must be retried)."""
+
+    __slots__ = ("anchors", "conflicts", "dead", "link_keys", "merges", "n_ignored")
+
+    def __init__(self) -> None:
+        self.anchors: list[str | None] = []
+        self.merges: list[MergeRecord] = []
+        self.conflicts: list[Conflict] = []
+        self.dead: list[tuple[TouchpointEvent, str]] = []
+        self.link_keys: dict[str, None] = {}
+        self.n_ignored = 0
+
+
+class IdentityResolver:
+    """Resolve batches of accepted events to canonical customer ids.
+
+    >>> resolver = IdentityResolver(IdentityConfig(), salt="s")
+    >>> result = resolver.resolve_batch(events)            # doctest: +SKIP
+    """
+
+    def __init__(
+        self, config: IdentityConfig, salt: str, store: IdentityStore | None = None
+    ) -> None:
+        self.config = config
+        self.salt = salt
+        self.store: IdentityStore = store if store is not None else InMemoryIdentityStore()
+        self._salt_bytes = salt.encode()
+        self._ignored = frozenset(v.strip().lower() for v in config.ignored_values)
+        self._unique = frozenset(KIND_CODE[k] for k in config.unique_kinds)
+        self._max_linked = config.max_customers_per_identifier
+        self._keys: dict[tuple[str, str], str | None] = {}
+        self.totals: dict[str, int] = {}
+
+    # -- identifiers ---------------------------------------------------------------------------
+
+    def key_of(self, kind: str, value: str) -> str | None:
+        """The node key (kind code + salted SHA-256 hex) of a raw identifier; None if ignored."""
+        cache_key = (kind, value)
+        key = self._keys.get(cache_key, "")
+        if key != "":
+            return key
+        norm = value.strip()
+        if kind == "email":
+            norm = norm.lower()
+        if norm.lower() in self._ignored:
+            key = None
+        else:
+            digest = hashlib.sha256(self._salt_bytes + f"{kind}:{norm}".encode()).hexdigest()
+            key = KIND_CODE[kind] + digest
+        if len(self._keys) >= _HASH_CACHE_MAX:
+            self._keys.clear()
+        self._keys[cache_key] = key
+        return key
+
+    def hash_of(self, kind: str, value: str) -> str | None:
+        """The salted SHA-256 hex of a normalized identifier, as it appears in outputs."""
+        key = self.key_of(kind, value)
+        return None if key is None else key[1:]
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def customer_of(self, kind: str, value: str) -> str | None:
+        """The customer an identifier belongs to now, or None (unknown or ignored)."""
+        key = self.key_of(kind, value)
+        return None if key is None else self.store.customer_of(key)
+
+    def identifiers_of(self, customer_id: str) -> list[IdentityLink]:
+        """The hashed identifiers that make up a customer, earliest first."""
+        out = [
+            IdentityLink(customer_id, KIND_OF_CODE[key[0]], key[1:], first)
+            for key, first in self.store.members_of(customer_id)
+        ]
+        out.sort(key=lambda link: (link.first_seen_ms, link.kind, link.id_hash))
+        return out
+
+    # -- resolving -----------------------------------------------------------------------------
+
+    def resolve_batch(self, accepted: Sequence[TouchpointEvent]) -> ResolveResult:
+        """Resolve a batch: events in event-time order, then one atomic commit to the store.
+
+        Within a batch the outcome does not depend on the order of `accepted`. Applying the
+        same batch twice changes nothing the second time (no merges, no links).
+        """
+        per_event: list[list[str]] = []
+        n_ignored = 0
+        wanted: dict[str, None] = {}
+        for ev in accepted:
+            keys: list[str] = []
+            for kind, value in ev.identities.items():
+                key = self.key_of(kind, value)
+                if key is None:
+                    n_ignored += 1
+                else:
+                    keys.append(key)
+                    wanted[key] = None
+            per_event.append(keys)
+        order = sorted(
+            range(len(accepted)), key=lambda i: (accepted[i].ts_ms, accepted[i].event_id)
+        )
+
+        attempt = 0
+        while True:
+            attempt += 1
+            graph = self.store.begin(wanted.keys())
+            decision = self._decide(graph, accepted, per_event, order)
+            if self.store.commit(graph):
+                break
+            if attempt >= MAX_COMMIT_ATTEMPTS:  # pragma: no cover - pathological contention
+                raise ServiceError(
+                    f"identity store changed under this batch {attempt} times in a row; "
+                    "is another writer looping on the same customers?"
+                )
+
+        result = ResolveResult(
+            merges=decision.merges,
+            conflicts=decision.conflicts,
+            dead=decision.dead,
+            n_ignored_identifiers=n_ignored,
+            n_attempts=attempt,
+        )
+        cids = graph.cid
+        for ev, anchor in zip(accepted, decision.anchors, strict=True):
+            if anchor is not None:
+                result.resolved.append(ResolvedEvent(cids[anchor], ev))
+        first = graph.first
+        result.links = [
+            IdentityLink(cids[key], KIND_OF_CODE[key[0]], key[1:], first[key])
+            for key in decision.link_keys
+        ]
+        for name, value in result.counters().items():
+            self.totals[name] = self.totals.get(name, 0) + value
+        return result
+
+    def _decide(
+        self,
+        g: IdentityGraph,
+        accepted: Sequence[TouchpointEvent],
+        per_event: list[list[str]],
+        order: list[int],
+    ) -> _Decision:
+        d = _Decision()
+        anchors: list[str | None] = [None] * len(accepted)
+        for i in order:
+            keys = per_event[i]
+            ev = accepted[i]
+            if not keys:
+                d.dead.append(
+                    (
+                        ev,
+                        "no usable identifier: every identity value is a placeholder such as "
+                        "'', 'null' or 'anonymous'",
+                    )
+                )
+                continue
+            anchors[i] = self._apply_event(g, d, ev, keys)
+        d.anchors = anchors
+        return d
+
+    def _apply_event(
+        self, g: IdentityGraph, d: _Decision, ev: TouchpointEvent, keys: list[str]
+    ) -> str:
+        ts = ev.ts_ms
+        cids = g.cid
+        first = g.first
+        fresh: set[str] = set()
+        for key in keys:
+            cid = cids.get(key)
+            if cid is None:
+                g.add(key, ts, self._unique)
+                fresh.add(key)
+                d.link_keys[key] = None
+            elif ts < first[key]:
+                first[key] = ts
+                d.link_keys[key] = None
+                root = g.roots[cid]
+                if (ts, key) < (root.earliest_ts, root.earliest_key):
+                    root.earliest_ts, root.earliest_key = ts, key
+                    new_cid = customer_id_for(key)
+                    if new_cid != cid:
+                        g.move(cid, new_cid)
+                        d.merges.append(
+                            MergeRecord(cid, new_cid, ev.event_id, ts, "earlier_evidence")
+                        )
+        if len(keys) == 1:
+            return keys[0]
+        if len({cids[k] for k in keys}) == 1:
+            return keys[0]
+        return self._fold(g, d, ev, keys, fresh)
+
+    def _saturated(self, g: IdentityGraph, key: str) -> bool:
+        return key[0] not in self._unique and 1 + g.linked.get(key, 0) >= self._max_linked
+
+    def _fold(
+        self, g: IdentityGraph, d: _Decision, ev: TouchpointEvent, keys: list[str], fresh: set[str]
+    ) -> str:
+        """Link the event's components one by one, strongest first, refusing unsafe links."""
+        cids = g.cid
+        groups: dict[str, list[str]] = {}
+        for key in keys:
+            groups.setdefault(cids[key], []).append(key)
+
+        def strength(item: tuple[str, list[str]]) -> tuple[tuple[bool, int], int, str]:
+            cid, members = item
+            root = g.roots[cid]
+            best = min((self._saturated(g, k), _RANK[k[0]]) for k in members)
+            return best, root.earliest_ts, root.earliest_key
+
+        ordered = sorted(groups.items(), key=strength)
+        anchor = min(ordered[0][1], key=lambda k: _RANK[k[0]])
+        group_cid, group_keys = ordered[0]
+        group_known = not all(k in fresh for k in group_keys)
+        for cid, comp_keys in ordered[1:]:
+            cid = cids[comp_keys[0]]  # an earlier fold may have renamed it
+            group_cid = cids[group_keys[0]]
+            if cid == group_cid:
+                group_keys = group_keys + comp_keys
+                continue
+            g_root, c_root = g.roots[group_cid], g.roots[cid]
+            clash = [
+                (g_root.uniq[code], key)
+                for code, key in c_root.uniq.items()
+                if code in g_root.uniq and g_root.uniq[code] != key
+            ]
+            if clash:
+                d.conflicts.append(
+                    Conflict(
+                        "unique_kind",
+                        ev.event_id,
+                        ev.ts_ms,
+                        group_cid,
+                        cid,
+                        tuple(sorted(h[1:] for pair in clash for h in pair)),
+                    )
+                )
+                continue
+            comp_known = not all(k in fresh for k in comp_keys)
+            if group_known and comp_known:
+                g_ok = [k for k in group_keys if not self._saturated(g, k)]
+                c_ok = [k for k in comp_keys if not self._saturated(g, k)]
+                if not g_ok or not c_ok:
+                    blocked = [k for k in group_keys + comp_keys if self._saturated(g, k)]
+                    d.conflicts.append(
+                        Conflict(
+                            "max_customers",
+                            ev.event_id,
+                            ev.ts_ms,
+                            group_cid,
+                            cid,
+                            tuple(sorted(k[1:] for k in blocked)),
+                        )
+                    )
+                    continue
+                for k in group_keys + comp_keys:
+                    if k[0] not in self._unique:
+                        g.linked[k] = g.linked.get(k, 0) + 1
+            if (c_root.earliest_ts, c_root.earliest_key) < (
+                g_root.earliest_ts,
+                g_root.earliest_key,
+            ):
+                winner, loser, loser_known = cid, group_cid, group_known
+            else:
+                winner, loser, loser_known = group_cid, cid, comp_known
+            g.move(loser, winner)
+            if loser_known:
+                winner_known = comp_known if winner == cid else group_known
+                reason: MergeReason = "shared_identifier" if winner_known else "earlier_evidence"
+                d.merges.append(MergeRecord(loser, winner, ev.event_id, ev.ts_ms, reason))
+            group_keys = group_keys + comp_keys
+            group_known = group_known or comp_known
+        return anchor
+
+
+def resolve_identities(
+    config: IdentityConfig, salt: str, events: Iterable[TouchpointEvent]
+) -> tuple[IdentityResolver, ResolveResult]:
+    """Resolve all `events` in memory, in one batch (the replay's entry point)."""
+    resolver = IdentityResolver(config, salt)
+    return resolver, resolver.resolve_batch(list(events))
+
+
+__all__ = [
+    "IDENTITY_KINDS",
+    "Conflict",
+    "IdentityGraph",
+    "IdentityLink",
+    "IdentityResolver",
+    "IdentityStore",
+    "InMemoryIdentityStore",
+    "MergeRecord",
+    "ResolveResult",
+    "Root",
+    "customer_id_for",
+    "resolve_identities",
+]
