@@ -121,6 +121,14 @@ class CustomerState:
     first_ts_ms: int = -1
     by_channel: dict[str, int] = field(default_factory=dict)
 
+    def __getstate__(self) -> tuple[object, ...]:
+        # A bare tuple: no field names in every pickled customer (saves ~200 bytes each).
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setstate__(self, state: tuple[object, ...]) -> None:
+        for name, value in zip(self.__slots__, state, strict=True):
+            object.__setattr__(self, name, value)
+
 
 @dataclass(frozen=True, slots=True)
 class CustomerSnapshot:
@@ -302,7 +310,7 @@ class JourneyProcessor:
                 frontier = ts - self.lateness_ms
             self._remember(s, digest)
             e = Entry(ts, digest, ev.event.touchpoint, ev.event.channel, ev.event.session_id,
-                      ev.segment, ev.event.revenue or 0.0)
+                      ev.segment, ev.event.revenue or 0)
             hist = s.history
             if not hist or (ts, digest) > (hist[-1].ts_ms, hist[-1].digest):
                 n0 = len(steps)
