@@ -495,7 +495,7 @@ class SinkWriter:
         if buf is None or buf.n_rows == 0:
             buf = _Buffer(names, [[] for _ in names])
             self._buffers[table] = buf
-        elif buf.names != names:
+        elif len(buf.names) != len(names) or set(buf.names) != set(names):
             raise ValueError(
                 f"rows for {table} have columns {sorted(names)}, earlier rows had "
                 f"{sorted(buf.names)}: every row of a table must have the same keys"
@@ -503,31 +503,39 @@ class SinkWriter:
         return buf
 
     def add(self, table: str, rows: Iterable[Mapping[str, Any]]) -> int:
-        """Buffer rows (mappings column -> value). Returns the rows flushed by this call."""
+        """Buffer rows (mappings column -> value), all or none. Returns the rows flushed now.
+
+        May raise ServiceUnavailable from a due flush; the rows are buffered before that.
+        """
         if not _IDENTIFIER.match(table):
             raise ValueError(f"{table!r} is not a table name")
         buf: _Buffer | None = None
         width = 0
         pairs: list[tuple[str, list[Any]]] = []
         n = 0
-        for row in rows:
-            if buf is None:
-                buf = self._buffer(table, tuple(row))
-                width = len(buf.names)
-                pairs = list(zip(buf.names, buf.columns, strict=True))
-            if len(row) != width:
-                raise ValueError(
-                    f"a row for {table} has columns {sorted(row)}, expected {sorted(buf.names)}"
-                )
-            try:
-                for name, column in pairs:
-                    column.append(row[name])
-            except KeyError as exc:
-                # Undo the partial row so the buffer's columns stay aligned.
+        try:
+            for row in rows:
+                if buf is None:
+                    buf = self._buffer(table, tuple(row))
+                    width = len(buf.names)
+                    pairs = list(zip(buf.names, buf.columns, strict=True))
+                if len(row) != width:
+                    raise ValueError(
+                        f"a row for {table} has columns {sorted(row)}, "
+                        f"expected {sorted(buf.names)}"
+                    )
+                try:
+                    for name, column in pairs:
+                        column.append(row[name])
+                except KeyError as exc:
+                    raise ValueError(f"a row for {table} lacks column {exc.args[0]!r}") from None
+                n += 1
+        except BaseException:
+            # All or nothing: drop this call's rows so the buffer's columns stay aligned.
+            if buf is not None:
                 for column in buf.columns:
-                    del column[buf.n_rows + n :]
-                raise ValueError(f"a row for {table} lacks column {exc.args[0]!r}") from None
-            n += 1
+                    del column[buf.n_rows :]
+            raise
         if buf is None:
             return self.maybe_flush()
         buf.n_rows += n
@@ -542,8 +550,8 @@ class SinkWriter:
             raise ValueError(f"columns for {table} have different lengths: {sorted(lengths)}")
         (n,) = lengths
         buf = self._buffer(table, tuple(columns))
-        for column, values in zip(buf.columns, columns.values(), strict=True):
-            column.extend(values)
+        for name, column in zip(buf.names, buf.columns, strict=True):
+            column.extend(columns[name])
         buf.n_rows += n
         return self._after_add(table, buf)
 
