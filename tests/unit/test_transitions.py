@@ -1,0 +1,148 @@
+"""Transition counts: hand-drawn window timelines, retraction, gap statistics, sink rows."""
+
+from __future__ import annotations
+
+import pytest
+
+from processors.config import WindowsConfig
+from processors.journeys import NULL, START, Step
+from processors.transitions import (
+    ALL,
+    GAP_BUCKETS,
+    TransitionCounter,
+    TransitionCounts,
+    bucket_bounds_ms,
+    gap_bucket,
+    gap_quantile,
+)
+
+HOUR = 3_600_000
+T0 = 1_000 * HOUR  # pane-aligned origin
+
+
+def step(src: str, dst: str, hour: float, *, prev2: str = "", seg: str = "s1",
+         ch: str = "web", gap_ms: int = 60_000, sign: int = 1) -> Step:
+    ts = T0 + int(hour * HOUR)
+    return Step("c", seg, ch, dst, src, dst, prev2, gap_ms, ts, "sess", False, 0.0, 1, sign)
+
+
+def collect(counter: TransitionCounter, watermark_ms: int) -> dict[tuple[int, int], dict]:
+    """Every window closed by `advance`, as {(start_hour, size_h): {(src, dst): n}}."""
+    seen: dict[tuple[int, int], dict] = {}
+
+    def keep(start_ms: int, size_s: int, counts: TransitionCounts) -> None:
+        seen[((start_ms - T0) // HOUR, size_s // 3600)] = counts.pairs()
+
+    counter.advance(watermark_ms, on_window=keep)
+    return seen
+
+
+def test_hopping_windows_add_and_retract() -> None:
+    #  hour:      0     1     2     3     4
+    #  steps:     a>b   b>c         c>d
+    #  2h windows (step 1h), each [start, start+2h):
+    #   [-1,1): a>b        [0,2): a>b b>c    [1,3): b>c
+    #   [2,4): c>d         [3,5): c>d        (watermark 5h: [4,6) is not final yet)
+    counter = TransitionCounter(WindowsConfig(sizes_s=[7200], step_s=3600))
+    counter.update([step("a", "b", 0.5), step("b", "c", 1.2), step("c", "d", 3.9)])
+    windows = collect(counter, T0 + 5 * HOUR)
+    assert windows == {
+        (-1, 2): {("a", "b"): 1},
+        (0, 2): {("a", "b"): 1, ("b", "c"): 1},
+        (1, 2): {("b", "c"): 1},
+        (2, 2): {("c", "d"): 1},
+        (3, 2): {("c", "d"): 1},
+    }
+    start, latest = counter.window(7200)  # the latest final window is [3, 5)
+    assert (start, latest.pairs()) == (T0 + 3 * HOUR, {("c", "d"): 1})
+    assert counter.totals.pairs() == {("a", "b"): 1, ("b", "c"): 1, ("c", "d"): 1}
+
+
+def test_lateness_keeps_panes_open_and_retractions_cancel() -> None:
+    #  hour:       0          1           | watermark 2.5, lateness 1h -> frontier 1.5
+    #  steps:      a>b(+1)    a>b(+1) a>b(-1, a correction)
+    #  pane 0 final, pane 1 still open: a retraction there costs nothing downstream
+    counter = TransitionCounter(WindowsConfig(sizes_s=[3600], step_s=3600), 3600)
+    counter.update([step("a", "b", 0.1), step("a", "b", 1.1)])
+    rows = counter.advance(T0 + int(2.5 * HOUR))
+    assert [(r.window_start_ms, r.n) for r in rows if r.segment == ALL and r.channel == ALL] \
+        == [(T0, 1)]
+    counter.update([step("a", "b", 1.1, sign=-1)])
+    assert counter.advance(T0 + 10 * HOUR) == []  # pane 1 netted to nothing
+    assert counter.totals.pairs() == {("a", "b"): 1}
+
+
+def test_correction_to_a_final_pane_updates_windows_and_is_emitted_again() -> None:
+    #  hour:    0           | frontier 3: pane 0 final; then a merge retracts a>b at hour 0
+    counter = TransitionCounter(WindowsConfig(sizes_s=[4 * 3600], step_s=3600))
+    counter.update([step("a", "b", 0.2), step("a", "c", 0.3)])
+    counter.advance(T0 + 3 * HOUR)
+    assert counter.window(4 * 3600)[1].pairs() == {("a", "b"): 1, ("a", "c"): 1}
+    counter.update([step("a", "b", 0.2, sign=-1), step("a", "d", 0.2)])
+    assert counter.window(4 * 3600)[1].pairs() == {("a", "c"): 1, ("a", "d"): 1}
+    rows = counter.advance(T0 + 3 * HOUR)
+    global_rows = {(r.src, r.dst): r.n for r in rows if r.order == 1 and r.segment == ALL
+                   and r.channel == ALL}
+    assert global_rows == {("a", "c"): 1, ("a", "d"): 1}  # the whole pane, again
+    assert counter.totals.pairs() == {("a", "c"): 1, ("a", "d"): 1}
+
+
+def test_scopes_second_order_and_matrix() -> None:
+    counts = TransitionCounts()
+    counts.update(START, "a", segment="s1", channel="web")
+    counts.update("a", "b", prev2=START, segment="s1", channel="web")
+    counts.update("a", "b", prev2=START, segment="s2", channel="email")
+    counts.update("a", NULL, prev2=START, segment="s2", channel="email")
+    assert counts.n("a", "b") == 2
+    assert counts.n("a", "b", segment="s1") == 1
+    assert counts.n("a", "b", channel="email") == 1
+    assert counts.n("a", "b", prev2=START) == 2
+    assert counts.matrix() == {START: {"a": 1.0}, "a": {"b": 2 / 3, NULL: 1 / 3}}
+    assert counts.matrix(segment="s2") == {"a": {"b": 0.5, NULL: 0.5}}
+    assert counts.matrix(order=2) == {(START, "a"): {"b": 2 / 3, NULL: 1 / 3}}
+    counts.revert("a", NULL, prev2=START, segment="s2", channel="email")
+    assert counts.matrix(segment="s2") == {"a": {"b": 1.0}}
+    assert counts.triples(segment="s2") == {(START, "a", "b"): 1}
+
+
+def test_revert_restores_exactly_and_leaves_no_empty_keys() -> None:
+    counts = TransitionCounts()
+    counts.update("a", "b", prev2="x", gap_ms=5_000, segment="s", channel="web")
+    counts.revert("a", "b", prev2="x", gap_ms=5_000, segment="s", channel="web")
+    assert not counts and counts.first == {} and counts.second == {}
+
+
+def test_gap_statistics() -> None:
+    counts = TransitionCounts()
+    for gap_s in [10, 10, 10, 10, 10, 10, 10, 10, 10, 1000]:
+        counts.update("a", "b", gap_ms=gap_s * 1000)
+    stats = counts.gap_stats("a", "b")
+    assert stats.n == 10 and stats.mean_ms == pytest.approx(109_000)
+    low, high = bucket_bounds_ms(gap_bucket(10_000))
+    assert low <= stats.p50_ms < high
+    low, high = bucket_bounds_ms(gap_bucket(1_000_000))
+    assert low <= stats.p99_ms < high
+    assert gap_quantile({}, 0.5) == 0.0
+
+
+@pytest.mark.parametrize("gap_ms", [0, 999, 1000, 2999, 3000, 5999, 86_400_000, 10**12])
+def test_gap_buckets_contain_their_gaps(gap_ms: int) -> None:
+    b = gap_bucket(gap_ms)
+    low, high = bucket_bounds_ms(b)
+    assert 0 <= b < GAP_BUCKETS and low <= gap_ms < high
+
+
+def test_rows_and_snapshot() -> None:
+    counter = TransitionCounter(WindowsConfig(sizes_s=[3600, 7200], step_s=3600))
+    counter.update([step("a", "b", 0.5, prev2=START, gap_ms=2_000)])
+    rows = counter.advance(T0 + HOUR)
+    by_scope = {(r.segment, r.channel, r.order) for r in rows}
+    assert by_scope == {(ALL, ALL, 1), ("s1", ALL, 1), (ALL, "web", 1),
+                        (ALL, ALL, 2), ("s1", ALL, 2), (ALL, "web", 2)}
+    first = next(r for r in rows if r.order == 1 and r.segment == ALL and r.channel == ALL)
+    assert (first.window_start_ms, first.window_size_s, first.n, first.gap_sum_ms) == \
+        (T0, 3600, 1, 2_000)
+    assert sum(first.gap_hist) == 1 and len(first.gap_hist) == GAP_BUCKETS
+    snap = counter.snapshot()
+    assert {(r.window_start_ms, r.window_size_s) for r in snap} == {(T0, 3600), (T0 - HOUR, 7200)}
+    assert counter.matrix(7200) == {"a": {"b": 1.0}}
