@@ -10,6 +10,7 @@ a bad configuration, a store that is down, a database that needs migrating.
     │   ├── ServiceUnavailable     not reachable (after retries, where retrying makes sense)
     │   └── StoreLockedError       an embedded data directory is owned by another process
     ├── SchemaError            the ClickHouse schema is missing or older than this code
+    ├── CheckpointError        a model checkpoint is unreadable or from an unknown version
     └── QueryError             a user query or its parameters were rejected
 """
 
@@ -38,6 +39,10 @@ class StoreLockedError(ServiceError):
 
 class SchemaError(JourneymapError):
     """The ClickHouse schema is missing or out of date; run `journeymap migrate`."""
+
+
+class CheckpointError(JourneymapError):
+    """A model checkpoint is corrupt, of another kind, or from a version this code cannot read."""
 
 
 class QueryError(JourneymapError):
