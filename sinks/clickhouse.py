@@ -64,6 +64,8 @@ from processors.errors import (
     StoreLockedError,
 )
 from processors.events import ResolvedEvent
+from processors.identity import IdentityLink, MergeRecord
+from processors.transitions import ALL, TransitionRow
 from processors.validation import DeadLetter
 
 log = logging.getLogger(__name__)
@@ -76,10 +78,8 @@ RETRYABLE_CODES: Final = frozenset({159, 202, 209, 210, 241, 252, 425, 1000})
 _CODE: Final = re.compile(r"Code: (\d+)")
 # Tables whose rows age out when clickhouse.ttl_days > 0, and their time column.
 TTL_TABLES: Final = {"touchpoints": "occurred_at", "dead_letters": "received_at"}
-# Upper bounds (exclusive, ms) of the `transitions.gap_buckets` histogram; the last is open.
-GAP_BUCKET_BOUNDS_MS: Final = (
-    1_000, 10_000, 60_000, 300_000, 900_000, 3_600_000, 21_600_000, 86_400_000, 604_800_000,
-)
+# processors.transitions says "*" for all channels; the analyst schema says "" (see docs).
+ALL_CHANNELS: Final = ""
 
 
 class ClickHouseTarget(Protocol):
@@ -688,15 +688,43 @@ def dead_letter_row(dead: DeadLetter, received_at_ms: int) -> dict[str, Any]:
     }
 
 
-def gap_histogram(gaps_ms: Iterable[int]) -> list[int]:
-    """Counts of gaps per `GAP_BUCKET_BOUNDS_MS` bucket (the last bucket is open-ended)."""
-    counts = [0] * (len(GAP_BUCKET_BOUNDS_MS) + 1)
-    for gap in gaps_ms:
-        i = 0
-        while i < len(GAP_BUCKET_BOUNDS_MS) and gap >= GAP_BUCKET_BOUNDS_MS[i]:
-            i += 1
-        counts[i] += 1
-    return counts
+def transition_row(row: TransitionRow, updated_at_ms: int) -> dict[str, Any]:
+    """The `transitions` row of one window cell: its full current value, never a delta."""
+    first = row.order == 1
+    return {
+        "window_start": row.window_start_ms // 1000,
+        "window_size_s": row.window_size_s,
+        "segment": row.segment,
+        "channel": ALL_CHANNELS if row.channel == ALL else row.channel,
+        "order": row.order,
+        "src1": row.prev2,
+        "src": row.src,
+        "dst": row.dst,
+        "n": row.n,
+        "gap_count": max(row.n, 0) if first else 0,
+        "gap_sum_ms": max(row.gap_sum_ms, 0),
+        "gap_buckets": [max(c, 0) for c in row.gap_hist],
+        "updated_at": updated_at_ms,
+    }
+
+
+def identity_link_row(link: IdentityLink) -> dict[str, Any]:
+    return {
+        "customer_id": link.customer_id,
+        "kind": link.kind,
+        "id_hash": link.id_hash,
+        "first_seen": link.first_seen_ms,
+    }
+
+
+def identity_merge_row(merge: MergeRecord) -> dict[str, Any]:
+    return {
+        "loser": merge.loser,
+        "winner": merge.winner,
+        "evidence_event_id": merge.evidence_event_id,
+        "merged_at": merge.ts_ms,
+        "reason": merge.reason,
+    }
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,15 +8,18 @@ import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
 from processors.errors import QueryError, SchemaError, ServiceUnavailable
+from processors.identity import IdentityLink, MergeRecord
+from processors.transitions import TransitionRow
 from processors.validation import DeadLetter, Source
 from sinks.clickhouse import (
-    GAP_BUCKET_BOUNDS_MS,
     SinkWriter,
     check_read_only,
     dead_letter_row,
-    gap_histogram,
+    identity_link_row,
+    identity_merge_row,
     parse_params,
     touchpoint_row,
+    transition_row,
 )
 from tests.factories import T0_MS, resolved
 
@@ -224,11 +227,26 @@ def test_dead_letter_row_keeps_the_original_bytes_and_where_they_came_from() -> 
     assert row["stage"] == "validate" and '"json_invalid"' in row["errors"]
 
 
-def test_gap_histogram_puts_each_gap_in_its_bucket() -> None:
-    assert len(gap_histogram([])) == len(GAP_BUCKET_BOUNDS_MS) + 1
-    h = gap_histogram([0, 999, 1_000, 59_999, 60_000, 10**12])
-    # bounds: <1s | <10s | <1min | <5min | ... | >=7d
-    assert h == [2, 1, 1, 1, 0, 0, 0, 0, 0, 1]
+def test_transition_rows_are_full_values_with_the_all_channel_as_empty_string() -> None:
+    first = TransitionRow(T0_MS, 86_400, "*", "*", 1, "", "landing_page", "pricing_page",
+                          3, 90_000, (1, 2) + (0,) * 48)
+    row = transition_row(first, updated_at_ms=T0_MS + 1)
+    assert row["window_start"] == T0_MS // 1000 and row["channel"] == "" and row["segment"] == "*"
+    assert (row["order"], row["src1"], row["n"], row["gap_count"], row["gap_sum_ms"]) == (
+        1, "", 3, 3, 90_000)
+    assert row["gap_buckets"][:3] == [1, 2, 0] and row["updated_at"] == T0_MS + 1
+    second = TransitionRow(T0_MS, 86_400, "s1", "web", 2, "a", "b", "c", 2, 0, ())
+    row2 = transition_row(second, updated_at_ms=0)
+    assert (row2["channel"], row2["src1"], row2["gap_count"], row2["gap_buckets"]) == (
+        "web", "a", 0, [])
+
+
+def test_identity_rows() -> None:
+    link = identity_link_row(IdentityLink("c1", "email", "h1", T0_MS))
+    assert link == {"customer_id": "c1", "kind": "email", "id_hash": "h1", "first_seen": T0_MS}
+    merge = identity_merge_row(MergeRecord("c2", "c1", "ev-9", T0_MS, "shared_identifier"))
+    assert merge == {"loser": "c2", "winner": "c1", "evidence_event_id": "ev-9",
+                     "merged_at": T0_MS, "reason": "shared_identifier"}
 
 
 @pytest.mark.parametrize("sql", [
