@@ -53,6 +53,7 @@ MIN_MS: Final = 60_000
 HOUR_MS: Final = 3_600_000
 DAY_MS: Final = 86_400_000
 JUNK_VALUES: Final = ("undefined", "null")
+MAX_STEP_GAP_MS: Final = 25 * MIN_MS  # within a session; sessions are 35+ min apart
 CHURN_HAZARD_PER_NEGATIVE: Final = 0.03  # extra churn chance per step, per negative text
 CHURN_HAZARD_MAX: Final = 0.3
 _M64: Final = (1 << 64) - 1
@@ -438,7 +439,7 @@ def simulate_customer(plan: _Plan, index: int) -> CustomerRun:
             break
         if state != START:
             if rng.random() < seg.session_continue_p:
-                t += max(1000, int(rng.lognormvariate(step_mu, 0.8)))
+                t += min(MAX_STEP_GAP_MS, max(1000, int(rng.lognormvariate(step_mu, 0.8))))
             else:
                 t += max(35 * MIN_MS, int(rng.lognormvariate(session_mu, 1.0)))
                 session_no += 1
@@ -455,7 +456,7 @@ def simulate_customer(plan: _Plan, index: int) -> CustomerRun:
         if nxt in ACCOUNT_TOUCHPOINTS and not signed_up:
             emit("signup", t)
             signed_up = True
-            t += max(1000, int(rng.lognormvariate(step_mu, 0.8)))
+            t += min(MAX_STEP_GAP_MS, max(1000, int(rng.lognormvariate(step_mu, 0.8))))
         emit(nxt, t)
         if nxt == "signup":
             signed_up = True

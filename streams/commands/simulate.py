@@ -45,8 +45,8 @@ def _produce(sim: Simulation, bootstrap: str, topic: str, rate: float | None,
     producer = EventProducer(bootstrap, topic, rate_per_s=rate)
     if not producer.check():
         raise click.ClickException(
-            f"topic {topic!r} does not exist at {bootstrap}; create it first "
-            "(`journeymap topics`), or pass --topic"
+            f"topic {topic!r} does not exist at {bootstrap}; create it with "
+            "`journeymap topics create`, or pass --topic"
         )
     started = time.perf_counter()
     with _progress(quiet) as bar:
