@@ -1,0 +1,430 @@
+"""The sink against real ClickHouse: the same assertions on embedded chDB and on a server.
+
+The server is `JOURNEYMAP_CLICKHOUSE__URL` (default http://127.0.0.1:8123, started by
+`journeymap services up`) when it answers; otherwise the tests start a private one with
+`python -m streams.chdb_server`. The outage test always uses a private server it can stop.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from processors.errors import QueryError, SchemaError
+from sinks import clickhouse as ch
+from sinks.clickhouse import SinkWriter, Store, check_schema, connect, migrate, run_query
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs" / "analysts.md"
+T0 = 1_772_323_200_000  # 2026-03-01T00:00:00Z in epoch ms
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/ping", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+class PrivateServer:
+    """A chDB server of our own (streams.chdb_server) that a test may stop and restart."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.http_port, self.tcp_port = _free_port(), _free_port()
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "config.xml").write_text(
+            "<clickhouse><listen_host>127.0.0.1</listen_host>"
+            f"<http_port>{self.http_port}</http_port><tcp_port>{self.tcp_port}</tcp_port>"
+            "</clickhouse>\n"
+        )
+
+    def start(self) -> None:
+        log = (self.home / "server.log").open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.chdb_server", "--http-port", str(self.http_port),
+             "--tcp-port", str(self.tcp_port), "--data", str(self.home / "data")],
+            cwd=self.home, stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        deadline = time.monotonic() + 60
+        while not _answers(self.url):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((self.home / "server.log").read_text()[-2000:])
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+
+
+@pytest.fixture(scope="module")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("JOURNEYMAP_CLICKHOUSE__URL", "http://127.0.0.1:8123")
+    if url.startswith("http") and _answers(url):
+        yield url
+        return
+    server = PrivateServer(tmp_path_factory.mktemp("chdb-server"))
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def _target(url: str, database: str) -> SimpleNamespace:
+    return SimpleNamespace(url=url, database=database, user="default", password="")
+
+
+@pytest.fixture(params=["embedded", "server"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SimpleNamespace]:
+    """A store URL and a fresh database name; the server's test database is dropped after."""
+    database = f"jm_test_{uuid.uuid4().hex[:12]}"
+    if request.param == "embedded":
+        yield _target(str(tmp_path / "chdb"), database)
+        return
+    url = request.getfixturevalue("server_url")
+    yield _target(url, database)
+    with connect(_target(url, database)) as store:
+        store.client.command(f"DROP DATABASE IF EXISTS `{database}`")
+
+
+@pytest.fixture
+def store(target: SimpleNamespace) -> Iterator[Store]:
+    with connect(target) as opened:
+        migrate(opened)
+        yield opened
+
+
+# ------------------------------------------------------------------------------------------
+# A small, complete data set: every analyst table gets rows.
+
+
+def seed_rows() -> dict[str, list[dict[str, Any]]]:
+    def tp(eid: str, cust: str, touchpoint: str, minute: int, channel: str = "web",
+           revenue: float = 0.0) -> dict[str, Any]:
+        return {"event_id": eid, "occurred_at": T0 + minute * 60_000, "customer_id": cust,
+                "channel": channel, "touchpoint": touchpoint, "session_id": f"s-{cust}",
+                "segment": "all", "revenue": revenue, "properties": {"plan": "pro"},
+                "has_text": False, "sentiment": None, "ingested_at": T0 + 10**6}
+
+    def tr(order: int, src1: str, src: str, dst: str, n: int, updated: int,
+           channel: str = "") -> dict[str, Any]:
+        return {"window_start": T0 // 1000, "window_size_s": 86_400, "segment": "*",
+                "channel": channel, "order": order, "src1": src1, "src": src, "dst": dst,
+                "n": n, "gap_count": n if order == 1 else 0,
+                "gap_sum_ms": n * 60_000 if order == 1 else 0,
+                "gap_buckets": [0, n] if order == 1 else [], "updated_at": T0 + updated}
+
+    return {
+        "touchpoints": [
+            tp("e1", "c1", "landing_page", 0), tp("e2", "c1", "pricing_page", 1),
+            tp("e3", "c1", "purchase", 2, revenue=99.0), tp("e4", "c2", "landing_page", 0),
+            tp("e5", "c2", "blog_post", 3), tp("e6", "c3", "landing_page", 5, channel="email"),
+            tp("e7", "c3", "pricing_page", 6), tp("e8", "c3", "purchase", 9, revenue=49.5),
+        ],
+        "dead_letters": [
+            {"received_at": T0, "reason": "not valid JSON", "stage": "validate",
+             "source_topic": "touchpoints.raw", "source_partition": 0, "source_offset": 7,
+             "errors": "[]", "raw_b64": "e30="},
+        ],
+        "identity_links": [
+            {"customer_id": "c1", "kind": "email", "id_hash": "h-mail", "first_seen": T0},
+            {"customer_id": "c2", "kind": "anonymous_id", "id_hash": "h-anon", "first_seen": T0},
+            {"customer_id": "c3", "kind": "device_id", "id_hash": "h-dev", "first_seen": T0},
+            {"customer_id": "c4", "kind": "crm_id", "id_hash": "h-crm", "first_seen": T0},
+        ],
+        "identity_merges": [
+            {"loser": "c3", "winner": "c1", "evidence_event_id": "e8", "merged_at": T0 + 1,
+             "reason": "shared_identifier"},
+            {"loser": "c4", "winner": "c3", "evidence_event_id": "e6", "merged_at": T0,
+             "reason": "shared_identifier"},
+        ],
+        "transitions": [
+            tr(1, "", "landing_page", "pricing_page", 1, 1),
+            tr(1, "", "landing_page", "blog_post", 1, 1),
+            tr(1, "", "pricing_page", "purchase", 2, 1),
+            tr(2, "landing_page", "pricing_page", "purchase", 2, 1),
+            # The same cell again with its newer full value: it replaces the first.
+            tr(1, "", "landing_page", "pricing_page", 2, 2),
+        ],
+        "funnel_progress": [
+            {"customer_id": c, "funnel": "signup_to_purchase", "from_stage": f, "to_stage": t,
+             "ts": T0 + m * 60_000, "time_in_prev_stage_ms": d, "segment": "all",
+             "cohort_week": "2026-03-01"}
+            for c, f, t, m, d in [("c1", "", "visit", 0, None), ("c1", "visit", "purchase", 2,
+                                  120_000), ("c2", "", "visit", 0, None)]
+        ],
+        "funnel_dropoff": [
+            {"funnel": "signup_to_purchase", "stage": s, "stage_index": i, "segment": "all",
+             "cohort_week": "2026-03-01", "entered": e, "advanced": a, "dropped": d,
+             "median_time_to_advance_ms": med, "p90_time_to_advance_ms": p90, "as_of": T0 + 5}
+            for s, i, e, a, d, med, p90 in [("visit", 0, 2, 1, 1, 120_000.0, 120_000.0),
+                                            ("purchase", 3, 1, 0, 0, None, None)]
+        ],
+        "attribution": [
+            {"as_of": T0, "model": m, "level": "channel", "key": k, "removal_effect": r,
+             "conversions_attributed": c, "revenue_attributed": v}
+            for m, k, r, c, v in [("markov_1", "web", 0.8, 1.5, 100.0),
+                                  ("markov_1", "email", 0.3, 0.5, 48.5),
+                                  ("last_touch", "web", None, 2.0, 148.5)]
+        ],
+        "customer_scores": [
+            {"customer_id": "c2", "as_of": T0, "segment": "all", "p_convert": 0.4,
+             "p_churn": 0.1, "next_best_action": "email_offer", "expected_lift": 0.05,
+             "lookalike": 0.7, "top_features": '{"pricing_page": 0.3}'},
+        ],
+        "segments": [
+            {"segment": "browsers", "as_of": T0, "size": 2, "centroid": '{"web": 0.9}',
+             "conversion_rate": 0.5, "examples": ["c1", "c2"]},
+        ],
+        "alerts": [
+            {"alert_id": "a1", "ts": T0 + 3_600_000, "kind": "drift", "severity": "warning",
+             "segment": "all", "metric": "p_convert", "message": "conversion rate dropped",
+             "evidence": '{"before": 0.5, "after": 0.2}'},
+        ],
+    }
+
+
+def write_seed(store: Store) -> None:
+    writer = SinkWriter(store.client, flush_rows=3)
+    for table, rows in seed_rows().items():
+        if table == "transitions":  # two writes of one cell: the newer full value wins
+            writer.add(table, rows[:-1])
+            writer.flush()
+            writer.add(table, rows[-1:])
+        else:
+            writer.add(table, rows)
+    writer.flush()
+    assert writer.pending_rows == 0
+
+
+PROBES = {
+    "touchpoints": "SELECT count(), sum(revenue), uniqExact(customer_id) FROM touchpoints",
+    "dead_letters": "SELECT count() FROM dead_letters",
+    "customer_map": "SELECT customer_id, winner, hops FROM customer_map ORDER BY customer_id",
+    "transitions": "SELECT count(), sum(n) FROM transitions",
+    "matrix": "SELECT order, src1, src, dst, n, round(p, 4) FROM transition_matrix("
+              "window_size_s=86400, segment='*') ORDER BY order, src, dst",
+    "funnels": "SELECT count() FROM funnel_progress",
+    "others": "SELECT (SELECT count() FROM attribution), (SELECT count() FROM customer_scores), "
+              "(SELECT count() FROM segments), (SELECT count() FROM alerts), "
+              "(SELECT count() FROM funnel_dropoff), (SELECT count() FROM identity_links)",
+}
+
+
+def probe(store: Store) -> dict[str, list[tuple[Any, ...]]]:
+    return {name: run_query(store, sql).rows for name, sql in PROBES.items()}
+
+
+# ------------------------------------------------------------------------------------------
+
+
+def test_migrations_are_idempotent_and_recorded(target: SimpleNamespace) -> None:
+    with connect(target) as store:
+        first = migrate(store)
+        assert [m.version for m in first.applied] == list(range(1, ch.required_version() + 1))
+        tables = store.client.query("SHOW TABLES").result_rows
+        second = migrate(store, ttl_days=30)
+        assert second.applied == [] and second.before == second.after == ch.required_version()
+        assert store.client.query("SHOW TABLES").result_rows == tables
+        recorded = store.client.query(
+            "SELECT version, name, checksum FROM schema_migrations FINAL ORDER BY version"
+        ).result_rows
+        assert recorded == [(m.version, m.name, m.checksum) for m in ch.load_migrations()]
+        ddl = store.client.query("SHOW CREATE TABLE touchpoints").result_rows[0][0]
+        assert "TTL" in ddl
+        migrate(store, ttl_days=0)
+        assert "TTL" not in store.client.query("SHOW CREATE TABLE touchpoints").result_rows[0][0]
+        assert check_schema(store) == ch.required_version()
+
+
+def test_an_unmigrated_or_older_database_is_refused_with_the_fix(
+    target: SimpleNamespace,
+) -> None:
+    need = ch.required_version()
+    with connect(target) as store:
+        with pytest.raises(SchemaError) as err:
+            check_schema(store)
+        assert str(err.value) == (
+            f"database {target.database} is at version 0, this journeymap needs {need}: "
+            "run `journeymap migrate`"
+        )
+        migrate(store)
+        # Pretend only the first two migrations ran: the worker refuses, migrate fixes it.
+        store.client.command("ALTER TABLE schema_migrations DELETE WHERE version > 2 "
+                             "SETTINGS mutations_sync = 2")
+        with pytest.raises(SchemaError, match=f"is at version 2, this journeymap needs {need}"):
+            check_schema(store)
+        again = migrate(store)
+        assert [m.version for m in again.applied] == list(range(3, need + 1))
+        assert check_schema(store) == need
+
+
+def test_a_batch_written_twice_leaves_the_same_query_results(store: Store) -> None:
+    write_seed(store)
+    once = probe(store)
+    assert once["touchpoints"] == [(8, 148.5, 3)]
+    assert once["customer_map"] == [("c1", "c1", 0), ("c2", "c2", 0), ("c3", "c1", 1),
+                                    ("c4", "c1", 2)]
+    assert once["transitions"] == [(4, 7)]
+    assert once["matrix"] == [
+        (1, "", "landing_page", "blog_post", 1, 0.3333),
+        (1, "", "landing_page", "pricing_page", 2, 0.6667),
+        (1, "", "pricing_page", "purchase", 2, 1.0),
+        (2, "landing_page", "pricing_page", "purchase", 2, 1.0),
+    ]
+    write_seed(store)  # at-least-once: the whole batch again, in new insert blocks
+    assert probe(store) == once
+    store.client.command("OPTIMIZE TABLE touchpoints FINAL")
+    assert store.client.query("SELECT count() FROM touchpoints").result_rows == [(8,)]
+
+
+def test_a_retried_insert_with_its_token_is_not_stored_twice(store: Store) -> None:
+    columns = {"alert_id": ["x1", "x2"], "ts": [T0, T0], "kind": ["drift"] * 2,
+               "severity": ["info"] * 2, "segment": ["all"] * 2, "metric": ["m"] * 2,
+               "message": ["", ""], "evidence": ["{}", "{}"]}
+    for _ in range(2):
+        store.client.insert("alerts", list(columns.values()), column_names=list(columns),
+                            column_oriented=True,
+                            settings={"insert_deduplication_token": "jm-same-token"})
+    # No FINAL here: the retry was dropped at insert time, not at merge time.
+    assert store.client.query("SELECT count() FROM alerts SETTINGS final = 0").result_rows == [
+        (2,)]
+
+
+def test_every_sql_example_in_the_analyst_docs_runs(store: Store) -> None:
+    write_seed(store)
+    blocks = re.findall(r"```sql\n(.*?)```", DOCS.read_text(), re.S)
+    assert len(blocks) >= 20
+    for sql in blocks:
+        params = dict(re.findall(r"^-- param (\w+)=(.*)$", sql, re.M))
+        try:
+            run_query(store, sql, params)
+        except QueryError as exc:  # pragma: no cover - the message is the point
+            pytest.fail(f"docs example failed: {exc}\n{sql}")
+
+
+def test_queries_are_read_only_even_past_the_statement_check(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ch, "check_read_only", lambda sql: None)
+    with pytest.raises(QueryError, match=r"readonly|READONLY"):
+        run_query(store, "INSERT INTO alerts (alert_id) VALUES ('x')")
+    with pytest.raises(QueryError, match="UInt8"):
+        run_query(store, "SELECT {x:UInt8}", {"x": "1; DROP TABLE alerts"})
+    # A parameter is a value, never SQL: the quote stays inside the string.
+    assert run_query(store, "SELECT {s:String}", {"s": "a' OR '1'='1"}).rows == [
+        ("a' OR '1'='1",)]
+
+
+def _journeymap(*args: str, target: SimpleNamespace) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "JOURNEYMAP_CLICKHOUSE__URL": target.url,
+           "JOURNEYMAP_CLICKHOUSE__DATABASE": target.database, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-c", "from streams.cli import main; main()", *args],
+        capture_output=True, text=True, env=env, timeout=120, cwd=ROOT,
+    )
+
+
+def test_migrate_and_query_commands(target: SimpleNamespace) -> None:
+    refused = _journeymap("query", "SELECT 1", target=target)
+    assert refused.returncode == 2 and "run `journeymap migrate`" in refused.stderr
+    done = _journeymap("migrate", target=target)
+    assert done.returncode == 0, done.stderr
+    assert "applied 0001_touchpoints" in done.stdout
+    assert "up to date" in _journeymap("migrate", target=target).stdout
+    ok = _journeymap("query", "SELECT {n:UInt32} + 1 AS n, {s:String} AS s", "--param", "n=41",
+                     "-p", "s=it's", "--format", "json", target=target)
+    assert ok.returncode == 0, ok.stderr
+    assert '"n": 42' in ok.stdout and '"s": "it\'s"' in ok.stdout
+    for args, message in [
+        (("SELECT nope FROM touchpoints",), "UNKNOWN_IDENTIFIER"),
+        (("SELECT {n:UInt32}", "-p", "n=many"), "cannot be parsed as UInt32"),
+        (("SELECT {n:UInt32}",), "add --param n=VALUE"),
+        (("DELETE FROM touchpoints WHERE 1",), "only read-only queries"),
+        (("SELECT 1", "-p", "oops"), "expected name=value"),
+    ]:
+        bad = _journeymap("query", *args, target=target)
+        assert bad.returncode == 2, (args, bad.stdout, bad.stderr)
+        lines = bad.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
+
+def test_an_embedded_directory_has_one_owner(tmp_path: Path) -> None:
+    target = _target(str(tmp_path / "chdb"), "journeymap")
+    with connect(target):
+        code = (
+            "import sys; from types import SimpleNamespace as N\n"
+            "from processors.errors import StoreLockedError\n"
+            "from sinks.clickhouse import connect\n"
+            f"try: connect(N(url={target.url!r}, database='journeymap', user='', password=''))\n"
+            "except StoreLockedError as e: print(e); sys.exit(3)\n"
+        )
+        other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                               timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert other.returncode == 3, other.stderr
+        assert str(tmp_path / "chdb") in other.stdout and f"pid {os.getpid()}" in other.stdout
+        # The same process may open it again (one owner, shared).
+        with connect(target) as again:
+            assert again.client.query("SELECT 1").result_rows == [(1,)]
+    # Released on close: another process can take it now.
+    free = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert free.returncode == 0, free.stdout + free.stderr
+
+
+def test_writes_wait_for_a_stopped_server_and_lose_nothing(tmp_path: Path) -> None:
+    server = PrivateServer(tmp_path / "server")
+    server.start()
+    try:
+        target = _target(server.url, "journeymap")
+        with connect(target) as store:
+            migrate(store)
+            writer = SinkWriter(store.client, flush_rows=10**6, retry_total_s=120,
+                                backoff_max_s=1.0)
+            rows = seed_rows()["touchpoints"]
+            writer.add("touchpoints", rows[:4])
+            assert writer.flush() == 4
+            server.stop()
+            writer.add("touchpoints", rows[4:])
+            restarter = threading.Timer(3.0, server.start)
+            restarter.start()
+            t0 = time.monotonic()
+            assert writer.flush() == 4  # blocks while the server is down, then writes
+            restarter.join()
+            assert time.monotonic() - t0 >= 3.0 and writer.n_retries >= 1
+            assert run_query(store, "SELECT count(), sum(revenue) FROM touchpoints").rows == [
+                (8, 148.5)]
+    finally:
+        server.stop()
