@@ -154,10 +154,14 @@ class Store:
     url: str
     embedded: bool
     _lock_key: str | None = field(default=None, repr=False)
+    _reader: Client | None = field(default=None, repr=False)
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.client.close()
+        for client in (self._reader, self.client):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    client.close()
+        self._reader = None
         if self._lock_key is not None:
             _release_dir_lock(self._lock_key)
             self._lock_key = None
@@ -174,6 +178,24 @@ class Store:
             parameters={"db": self.database},
         ).result_rows
         return bool(rows[0][0])
+
+    def read_only_client(self) -> tuple[Client, dict[str, Any]]:
+        """A client and per-query settings for analyst queries: readonly=1 and final=1.
+
+        chDB applies settings to its session (SET ... then restores them), and a session in
+        readonly mode cannot restore anything; so embedded queries get a session of their own
+        that is read-only for good. A server takes the settings with each request.
+        """
+        if not self.embedded:
+            return self.client, {"readonly": 1, "final": 1}
+        if self._reader is None:
+            self._reader = clickhouse_connect.get_client(
+                interface="chdb",
+                path=self.url,
+                database=self.database if self.database_exists() else None,
+                settings={"final": 1, "readonly": 1},
+            )
+        return self._reader, {}
 
     def writer(self, **kwargs: Any) -> SinkWriter:
         return SinkWriter(self.client, **kwargs)
@@ -612,7 +634,7 @@ class SinkWriter:
                     settings={"insert_deduplication_token": batch.token},
                 )
                 return
-            except DataError as exc:
+            except (DataError, TypeError) as exc:
                 raise ValueError(
                     f"rows for {batch.table} do not fit its columns: {_one_line(exc)}"
                 ) from exc
@@ -791,12 +813,9 @@ def run_query(store: Store, sql: str, params: Mapping[str, str] | None = None) -
         raise QueryError(
             f"--param {', '.join(unused)} is not used by the query (write {{{unused[0]}:Type}})"
         )
+    client, settings = store.read_only_client()
     try:
-        result = store.client.query(
-            sql.strip().rstrip(";"),
-            parameters=params or None,
-            settings={"readonly": 1, "final": 1},
-        )
+        result = client.query(sql.strip().rstrip(";"), parameters=params or None, settings=settings)
     except ClickHouseError as exc:
         raise QueryError(_one_line(exc)) from None
     return QueryResult(

@@ -18,6 +18,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -32,6 +33,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "analysts.md"
 T0 = 1_772_323_200_000  # 2026-03-01T00:00:00Z in epoch ms
+COHORT = date(2026, 2, 23)  # the Monday of that week
 
 
 def _free_port() -> int:
@@ -181,13 +183,13 @@ def seed_rows() -> dict[str, list[dict[str, Any]]]:
         "funnel_progress": [
             {"customer_id": c, "funnel": "signup_to_purchase", "from_stage": f, "to_stage": t,
              "ts": T0 + m * 60_000, "time_in_prev_stage_ms": d, "segment": "all",
-             "cohort_week": "2026-03-01"}
+             "cohort_week": COHORT}
             for c, f, t, m, d in [("c1", "", "visit", 0, None), ("c1", "visit", "purchase", 2,
                                   120_000), ("c2", "", "visit", 0, None)]
         ],
         "funnel_dropoff": [
             {"funnel": "signup_to_purchase", "stage": s, "stage_index": i, "segment": "all",
-             "cohort_week": "2026-03-01", "entered": e, "advanced": a, "dropped": d,
+             "cohort_week": COHORT, "entered": e, "advanced": a, "dropped": d,
              "median_time_to_advance_ms": med, "p90_time_to_advance_ms": p90, "as_of": T0 + 5}
             for s, i, e, a, d, med, p90 in [("visit", 0, 2, 1, 1, 120_000.0, 120_000.0),
                                             ("purchase", 3, 1, 0, 0, None, None)]
