@@ -107,6 +107,8 @@ def _add_first(first: dict[FirstKey, list], key: FirstKey, n: int, gap_sum: int,
     v[1] += sign * gap_sum
     h = v[2]
     for b, c in hist.items():
+        if not c:
+            continue  # a bucket that a retraction emptied within a pane
         m = h.get(b, 0) + sign * c
         if m:
             h[b] = m
@@ -287,7 +289,11 @@ class TransitionCounter:
             v[1] += sign * st.gap_ms
             h = v[2]
             b = gap_bucket(st.gap_ms)
-            h[b] = h.get(b, 0) + sign
+            m = h.get(b, 0) + sign
+            if m:
+                h[b] = m
+            else:
+                del h[b]
 
     def advance(self, watermark_ms: int, on_window: WindowCallback | None = None
                 ) -> list[TransitionRow]:

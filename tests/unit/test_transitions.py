@@ -70,6 +70,13 @@ def test_lateness_keeps_panes_open_and_retractions_cancel() -> None:
     counter.update([step("a", "b", 1.1, sign=-1)])
     assert counter.advance(T0 + 10 * HOUR) == []  # pane 1 netted to nothing
     assert counter.totals.pairs() == {("a", "b"): 1}
+    # A retraction that empties one gap bucket of a key that stays: pane 11 keeps the 1 h gap.
+    counter.update([step("a", "b", 11.1, gap_ms=1_000), step("a", "b", 11.2, gap_ms=HOUR),
+                    step("a", "b", 11.1, gap_ms=1_000, sign=-1)])
+    counter.advance(T0 + 13 * HOUR)
+    assert counter.totals.gap_stats("a", "b").n == 2
+    assert counter.totals.first[(ALL, ALL, "a", "b")][2] == {gap_bucket(60_000): 1,
+                                                            gap_bucket(HOUR): 1}
 
 
 def test_correction_to_a_final_pane_updates_windows_and_is_emitted_again() -> None:
