@@ -1,0 +1,79 @@
+"""Lookalikes: how much a customer behaves like the highest-value converted customers (0..1).
+
+The model keeps the `max_top` converted customers with the most revenue (bounded) and their
+behaviour vectors (outcome features excluded, so a new customer can score high before buying).
+The score is exp(-ln 2 · d / d_ref): d is the mean standardized distance to the `k` nearest top
+customers, d_ref the same distance among the top customers themselves, so a customer as close
+as a typical top customer scores 0.5 and an exact lookalike 1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from online_models.checkpoint import Snapshotting
+from online_models.features import BEHAVIOUR_FEATURES, RunningScaler, model_vector
+
+
+@dataclass(slots=True)
+class LookalikeModel(Snapshotting):
+    """Similarity to the top converted customers by revenue, over a bounded set."""
+
+    max_top: int = 500
+    k: int = 10
+    min_top: int = 20
+    names: tuple[str, ...] = BEHAVIOUR_FEATURES
+    scaler: RunningScaler = field(init=False)
+    refresh_every: int = 500
+    top: dict[str, tuple[float, np.ndarray]] = field(default_factory=dict)
+    n_changes: int = 0
+    _cache: tuple[np.ndarray, float, np.ndarray, np.ndarray] | None = None
+
+    def __post_init__(self) -> None:
+        self.scaler = RunningScaler(len(self.names))
+
+    def score(self, feats: dict[str, float]) -> float | None:
+        """0..1 similarity to the top customers; None until `min_top` of them are known."""
+        if len(self.top) < self.min_top:
+            return None
+        points, d_ref, mean, std = self._points()
+        z = (model_vector(feats, self.names) - mean) / std
+        d = np.sqrt(((points - z) ** 2).sum(axis=1))
+        k = min(self.k, len(d))
+        d_k = float(np.partition(d, k - 1)[:k].mean())
+        return math.exp(-math.log(2) * d_k / d_ref)
+
+    def learn(self, customer_id: str, feats: dict[str, float]) -> None:
+        """Every customer moves the scaler; a converted one may enter the top set."""
+        x = model_vector(feats, self.names)
+        self.scaler.learn(x)
+        revenue = feats.get("revenue", 0.0)
+        if feats.get("n_conversions", 0.0) <= 0 or revenue <= 0:
+            return
+        if customer_id in self.top or len(self.top) < self.max_top:
+            self.top[customer_id] = (revenue, x)
+            self.n_changes += 1
+            return
+        low = min(self.top, key=lambda c: (self.top[c][0], c))
+        if revenue > self.top[low][0]:
+            del self.top[low]
+            self.top[customer_id] = (revenue, x)
+            self.n_changes += 1
+
+    def _points(self) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+        # Points and the query share the scale frozen in the cache; it is rebuilt after
+        # `refresh_every` changes to the top set, sooner while it is small (O(n²): not always).
+        if self._cache is None or self.n_changes >= min(self.refresh_every, len(self._cache[0])):
+            self.n_changes = 0
+            raw = np.stack([x for _, x in self.top.values()])
+            mean, std = self.scaler.mean.copy(), self.scaler.std
+            points = (raw - mean) / std
+            d = np.sqrt(((points[:, None, :] - points[None, :, :]) ** 2).sum(axis=2))
+            np.fill_diagonal(d, np.inf)
+            k = min(self.k, len(points) - 1)
+            d_ref = float(np.partition(d, k - 1, axis=1)[:, :k].mean())
+            self._cache = (points, max(d_ref, 1e-9), mean, std)
+        return self._cache
