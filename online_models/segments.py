@@ -3,9 +3,10 @@
 Between re-evaluations every customer update moves its nearest centroid a little (mini-batch
 k-means with a capped step count, so centroids keep tracking). On a schedule (after 1k, 2k, 4k ...
 updates, then every `max_eval_every`) the model re-clusters a reservoir sample of customers for
-k = k_min..k_max, keeps the k with the best silhouette (a new k must win by `switch_margin`), and
-matches the new centroids to the old ones (Hungarian matching on centroid distance) so a segment
-keeps its id while it moves. Only a genuinely new cluster gets a new id.
+k = k_min..k_max, keeps the smallest k within `parsimony` of the best silhouette (a k other than
+the current one must win by `switch_margin`), and matches the new centroids to the old ones
+(Hungarian matching on centroid distance) so a segment keeps its id while it moves. Only a
+genuinely new cluster gets a new id.
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ class SegmentModel(Snapshotting):
     first_eval_after: int = 1000
     max_eval_every: int = 100_000
     switch_margin: float = 0.02
+    parsimony: float = 0.02
     max_step_count: int = 2000
     silhouette_sample: int = 1000
     seed: int = 0
@@ -217,7 +219,10 @@ class SegmentModel(Snapshotting):
             centers, labels, _ = kmeans(z, k, rng)
             fits[k] = (centers, labels)
             scores[k] = silhouette(z[sample], labels[sample])
-        best_k = max(scores, key=lambda k: (scores[k], -k))
+        # Parsimony: the smallest k within `parsimony` of the best silhouette (splitting a real
+        # segment in two often costs almost nothing in silhouette).
+        top = max(scores.values())
+        best_k = min(k for k, v in scores.items() if v >= top - self.parsimony)
         k_before = len(self.ids)
         if k_before in scores and scores[best_k] < scores[k_before] + self.switch_margin:
             best_k = k_before

@@ -1,0 +1,64 @@
+"""The feature summary: plain units from a hand-checked journey."""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+from online_models.features import FEATURE_NAMES, CustomerFeatures, features, model_vector
+from tests.factories import HOUR_MS, MIN_MS, T0_MS, event
+
+# t (min): 0 landing  2 pricing  |3 h|  182 feature_use  184 support_ticket  |20 h|  purchase
+STEPS = [
+    (0, "landing_page", "web", {}),
+    (2, "pricing_page", "web", {}),
+    (182, "feature_use", "app", {"properties": {"feature": "export"}}),
+    (184, "support_ticket", "support", {}),
+    (184 + 20 * 60, "purchase", "web", {"revenue": 120.0}),
+]
+
+
+def _summary() -> CustomerFeatures:
+    s = CustomerFeatures()
+    for minute, tp, channel, extra in STEPS:
+        s.update(event(tp, at_ms=T0_MS + minute * MIN_MS, channel=channel, **extra))
+    return s
+
+
+def test_features_in_plain_units() -> None:
+    s = _summary()
+    last = T0_MS + (184 + 20 * 60) * MIN_MS
+    f = features(s, last + 5 * HOUR_MS)
+    assert f["recency_h"] == 5
+    assert f["n_events"] == 5 and f["n_sessions"] == 3
+    assert f["mean_step_gap_s"] == 120  # two in-session gaps of 2 minutes
+    assert math.isclose(f["mean_session_gap_h"], (3 + 20) / 2)
+    assert f["revenue"] == 120 and f["n_conversions"] == 1
+    assert f["n_support"] == 1 and f["n_features_adopted"] == 1
+    assert math.isclose(f["share_web"], 3 / 5) and math.isclose(f["share_app"], 1 / 5)
+    assert math.isclose(sum(v for k, v in f.items() if k.startswith("share_")), 1)
+    assert list(f) == list(FEATURE_NAMES)
+
+
+def test_late_event_does_not_move_recency_backwards() -> None:
+    s = _summary()
+    last = s.last_ts_ms
+    s.update(event("blog_post", at_ms=T0_MS + MIN_MS))
+    assert s.last_ts_ms == last and s.last_touchpoint == "purchase" and s.n_events == 6
+
+
+def test_sentiment_mean_and_model_vector() -> None:
+    s = _summary()
+    s.add_sentiment(-1.0)
+    s.add_sentiment(0.5)
+    f = features(s, s.last_ts_ms or 0)
+    assert f["mean_sentiment"] == -0.25
+    v = model_vector(f)
+    assert v[FEATURE_NAMES.index("revenue")] == math.log1p(120)
+    assert v[FEATURE_NAMES.index("share_web")] == f["share_web"]
+
+
+def test_summary_pickles() -> None:
+    s = _summary()
+    t = pickle.loads(pickle.dumps(s))
+    assert features(t, T0_MS + 10**9) == features(s, T0_MS + 10**9)
