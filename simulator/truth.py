@@ -17,7 +17,7 @@ import gzip
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 import orjson
 
@@ -25,9 +25,11 @@ FORMAT_VERSION: Final = 1
 Outcome = Literal["conversion", "churn", "null"]
 
 
-@dataclass(frozen=True, slots=True)
-class TrueEvent:
-    """One event as it really happened (each event once, in event time)."""
+class TrueEvent(NamedTuple):
+    """One event as it really happened (each event once, in event time).
+
+    A named tuple, not a dataclass: there is one per event, so it must be cheap and small.
+    """
 
     event_id: str
     touchpoint: str
@@ -37,9 +39,7 @@ class TrueEvent:
     revenue: float | None = None  # on purchase only
 
     def to_row(self) -> list[Any]:
-        return [
-            self.event_id, self.touchpoint, self.channel, self.ts_ms, self.sentiment, self.revenue
-        ]
+        return list(self)
 
 
 @dataclass(frozen=True, slots=True)
