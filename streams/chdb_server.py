@@ -6,8 +6,10 @@ chDB's module-level query runs a full clickhouse-local, which reads ``./config.x
 working directory: with ``listen_host``, ``http_port`` and ``tcp_port`` there, ``SYSTEM START
 LISTEN`` opens real HTTP and native listeners that stay up while a query runs. So we start them
 and run a query that sleeps for years. SIGTERM/SIGINT kill that query through our own HTTP port,
-so the process ends cleanly; the data directory survives restarts. Loopback only, no password:
-for tests and local development, not production.
+so the process ends with status 0. While clients still hold keep-alive connections, the embedded
+server waits about 5 s for them and then ends the process with status 1 and no message; inserts
+that were acknowledged are on disk either way, and the data directory survives restarts.
+Loopback only, no password: for tests and local development, not production.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ def serve(http_port: int, tcp_port: int, data: Path) -> int:
         return 2
     import chdb._chdb as chdb_core  # heavy import, after the cheap checks
 
+    # chDB would otherwise install process-wide handlers over ours and die on SIGTERM mid-write.
+    chdb_core.set_signal_handlers_enabled(0)
     data.mkdir(parents=True, exist_ok=True)
     failure: list[BaseException] = []
     stopping = threading.Event()
