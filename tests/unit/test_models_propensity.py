@@ -1,0 +1,131 @@
+"""Propensity: delayed labels, test-then-train, calibration, explanations, pickling."""
+
+from __future__ import annotations
+
+import math
+import random
+
+from online_models.propensity import PropensityModel, top_contributions
+from tests.factories import DAY_MS, T0_MS
+
+HORIZON = 7 * DAY_MS
+
+
+def _feats(x: float, noise: float = 0.0) -> dict[str, float]:
+    return {"share_web": x, "share_app": noise}
+
+
+def _model(**kw) -> PropensityModel:
+    return PropensityModel(
+        outcomes=frozenset({"purchase"}), horizon_ms=HORIZON, snapshot_every_ms=DAY_MS, **kw
+    )
+
+
+def test_labels_arrive_late_positive_on_outcome_negative_after_horizon() -> None:
+    m = _model()
+    m.observe("a", T0_MS, _feats(1.0), "all", 0.5)
+    m.observe("b", T0_MS, _feats(0.0), "all", 0.5)
+    m.observe("a", T0_MS + 1000, _feats(1.0), "all", 0.5)  # within snapshot_every: not kept
+    assert m.n_pending == 2 and m.n_labelled == 0
+    assert m.expire(T0_MS + HORIZON) == []  # the horizon has not passed yet
+    pos = m.outcome("a", T0_MS + DAY_MS)
+    assert [(lab.customer_id, lab.y) for lab in pos] == [("a", True)]
+    neg = m.expire(T0_MS + HORIZON + 1)
+    assert [(lab.customer_id, lab.y) for lab in neg] == [("b", False)]
+    assert m.n_pending == 0 and m.n_labelled == 2 and m.order == type(m.order)()
+
+
+def test_outcome_after_the_horizon_is_a_negative() -> None:
+    m = _model()
+    m.observe("a", T0_MS, _feats(1.0), "all", 0.5)
+    (lab,) = m.outcome("a", T0_MS + HORIZON + 1)
+    assert lab.y is False
+
+
+def test_pending_is_bounded() -> None:
+    m = _model(max_pending=10, max_per_customer=2)
+    for i in range(50):
+        m.observe(f"c{i % 5}", T0_MS + i * DAY_MS, _feats(0.5), "all", 0.5)
+    assert m.n_pending <= 10 and all(len(v) <= 2 for v in m.pending.values())
+    assert m.n_dropped == 50 - m.n_pending
+
+
+def _stream(seed: int, n: int):
+    """True model: logit = -2 + 3 x; one customer per example, labelled after a day."""
+    rng = random.Random(seed)
+    for i in range(n):
+        x = rng.random()
+        p = 1 / (1 + math.exp(-(-2 + 3 * x)))
+        yield i, x, rng.random() < p, p
+
+
+def _run(m: PropensityModel, seed: int, n: int) -> list[tuple[float, bool, float]]:
+    """(score, label, true probability) of every example, in snapshot order."""
+    out = []
+    truth = {}
+    for i, x, y, p in _stream(seed, n):
+        t = T0_MS + i * 60_000
+        cid = f"c{i}"
+        score, _ = m.score(_feats(x, random.Random(i).random()), "all")
+        m.observe(cid, t, _feats(x, random.Random(i).random()), "all", score)
+        truth[cid] = (y, p)
+        labelled = m.outcome(cid, t + 1000) if y else []
+        for lab in labelled + m.expire(t):
+            out.append((lab.snapshot_ms, lab.p, lab.y, truth[lab.customer_id][1]))
+    out.extend(  # the horizon passes for every open snapshot
+        (lab.snapshot_ms, lab.p, lab.y, truth[lab.customer_id][1])
+        for lab in m.expire(T0_MS + n * 60_000 + HORIZON + 1)
+    )
+    return [(p, y, true_p) for _, p, y, true_p in sorted(out)]
+
+
+def test_scores_are_the_ones_given_before_learning_and_calibrated() -> None:
+    m = _model(learning_rate=0.05)
+    records = _run(m, 0, 30_000)
+    late = records[len(records) // 2 :]
+    # calibration: in every decile of score, the mean score is close to the observed rate
+    late.sort()
+    for k in range(10):
+        chunk = late[k * len(late) // 10 : (k + 1) * len(late) // 10]
+        mean_p = sum(p for p, _, _ in chunk) / len(chunk)
+        rate = sum(y for _, y, _ in chunk) / len(chunk)
+        assert abs(mean_p - rate) < 0.06, (k, mean_p, rate)
+    # and close to the true probabilities
+    assert sum(abs(p - t) for p, _, t in late) / len(late) < 0.05
+    contrib = m.score(_feats(1.0, 0.5), "all")[1]
+    assert top_contributions(contrib, 1)[0][0] == "share_web"
+    assert top_contributions(contrib, 1)[0][1] > 0
+
+
+def test_test_then_train_the_recorded_score_is_the_score_before_the_label() -> None:
+    m = _model()
+    _run(m, 1, 2_000)
+    p_before, _ = m.score(_feats(0.9), "all")
+    weights = dict(m.model.weights)
+    m.observe("z", T0_MS + 10**9, _feats(0.9), "all", p_before)
+    assert m.model.weights == weights  # a snapshot only moves the scaler, never the weights
+    (lab,) = m.outcome("z", T0_MS + 10**9 + 1)
+    assert lab.p == p_before and m.score(_feats(0.9), "all")[0] > p_before
+
+
+def test_segment_model_takes_over_when_it_has_enough_labels() -> None:
+    m = _model(min_segment_labels=200)
+    for i in range(400):
+        seg = "s1" if i % 2 else "s2"
+        cid = f"c{i}"
+        m.observe(cid, T0_MS + i, _feats(0.5), seg, 0.5)
+        if seg == "s1":
+            m.outcome(cid, T0_MS + i + 1)
+    m.expire(T0_MS + HORIZON + 10**6)
+    assert m.score(_feats(0.5), "s1")[0] > 0.5 > m.score(_feats(0.5), "s2")[0]
+    assert m.score(_feats(0.5), "s9")[0] == m.score(_feats(0.5), "all")[0]
+
+
+def test_restored_model_scores_and_learns_identically() -> None:
+    m = _model()
+    _run(m, 2, 3_000)
+    copy = PropensityModel.restore(m.snapshot())
+    probes = [_feats(x / 10, x / 20) for x in range(11)]
+    assert [copy.score(f, "all") for f in probes] == [m.score(f, "all") for f in probes]
+    assert _run(copy, 3, 500) == _run(m, 3, 500)
+    assert [copy.score(f, "all") for f in probes] == [m.score(f, "all") for f in probes]
