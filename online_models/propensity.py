@@ -33,6 +33,7 @@ class Labelled:
     segment: str
     p: float
     y: bool
+    x: dict[str, float]  # the model inputs of the snapshot (for offline comparisons)
 
 
 @dataclass(slots=True)
@@ -162,7 +163,7 @@ class PropensityModel(Snapshotting):
         self.segment_labels[seg] = self.segment_labels.get(seg, 0) + 1
         self.n_labelled += 1
         self.n_positive += int(y)
-        return Labelled(customer_id, snap.ts_ms, now_ms, seg, snap.p, y)
+        return Labelled(customer_id, snap.ts_ms, now_ms, seg, snap.p, y, snap.x)
 
 
 def top_contributions(contrib: dict[str, float], n: int = 3) -> tuple[tuple[str, float], ...]:

@@ -60,6 +60,8 @@ class ModelConfig(BaseModel):
     drift_min_rel_change: Annotated[float, Field(ge=0)] = 0.2
     # (src, dst) touchpoint pairs whose transition probability is watched per segment.
     key_transitions: list[tuple[str, str]] = []
+    # Segment shares move while customers mature and centroids settle: opt in once stable.
+    watch_segment_shares: bool = False
     max_alerts_kept: Annotated[int, Field(ge=1)] = 1_000
 
 
@@ -275,7 +277,7 @@ class ModelSuite(Snapshotting):
         feed("conversion_rate", UNASSIGNED, converted)
         if segment != UNASSIGNED:
             feed("conversion_rate", segment, converted)
-            for seg in self.segments.ids:
+            for seg in self.segments.ids if self.config.watch_segment_shares else ():
                 feed("segment_share", seg, 1.0 if seg == segment else 0.0)
         if prev_tp is not None:
             for src, dst in self.config.key_transitions:
