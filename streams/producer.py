@@ -24,6 +24,7 @@ from typing import Any, Final, Literal
 
 import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient
 
 from processors.config import IdentityConfig
 from processors.errors import ServiceUnavailable
@@ -59,6 +60,24 @@ def key_of(raw: bytes, ignored: Collection[str] = IGNORED_VALUES) -> bytes | Non
         return None
     identities = body.get("identities") if isinstance(body, dict) else None
     return event_key(identities, ignored) if isinstance(identities, dict) else None
+
+
+def check_broker(bootstrap_servers: str, topic: str, timeout_s: float = 10.0) -> bool:
+    """Raise ServiceUnavailable if no broker answers; return whether `topic` exists.
+
+    Call it before creating a producer: a silent client waits, where a producer would log
+    every failed reconnect attempt.
+    """
+    probe = AdminClient({"bootstrap.servers": bootstrap_servers, "log_level": 0})
+    try:
+        meta = probe.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise ServiceUnavailable(
+            f"no Kafka broker answered at {bootstrap_servers} within {timeout_s:g} s "
+            f"({exc}); start one with `journeymap services up` or set "
+            "JOURNEYMAP_KAFKA__BOOTSTRAP_SERVERS"
+        ) from None
+    return topic in meta.topics
 
 
 class RateLimiter:
@@ -155,15 +174,7 @@ class EventProducer:
 
     def check(self, timeout_s: float = 10.0) -> bool:
         """Raise ServiceUnavailable if no broker answers; return whether the topic exists."""
-        try:
-            meta = self._producer.list_topics(timeout=timeout_s)
-        except KafkaException as exc:
-            raise ServiceUnavailable(
-                f"no Kafka broker answered at {self.bootstrap_servers} within {timeout_s:g} s "
-                f"({exc}); start one with `journeymap services up` or set "
-                "JOURNEYMAP_KAFKA__BOOTSTRAP_SERVERS"
-            ) from None
-        return self.topic in meta.topics
+        return check_broker(self.bootstrap_servers, self.topic, timeout_s)
 
     def send(self, value: bytes, key: bytes | object | None = _AUTO) -> None:
         """Queue one message; the key defaults to :func:`key_of` the value."""

@@ -40,14 +40,14 @@ def _progress(quiet: bool) -> Progress:
 
 def _produce(sim: Simulation, bootstrap: str, topic: str, rate: float | None,
              quiet: bool) -> None:
-    from streams.producer import EventProducer
+    from streams.producer import EventProducer, check_broker
 
-    producer = EventProducer(bootstrap, topic, rate_per_s=rate)
-    if not producer.check():
+    if not check_broker(bootstrap, topic):
         raise click.ClickException(
             f"topic {topic!r} does not exist at {bootstrap}; create it with "
             "`journeymap topics create`, or pass --topic"
         )
+    producer = EventProducer(bootstrap, topic, rate_per_s=rate)
     started = time.perf_counter()
     with _progress(quiet) as bar:
         task = bar.add_task(f"producing to {topic}", total=len(sim.lines))
