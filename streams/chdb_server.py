@@ -72,14 +72,14 @@ def serve(http_port: int, tcp_port: int, data: Path) -> int:
     import chdb._chdb as chdb_core  # heavy import, after the cheap checks
 
     # chDB would otherwise install process-wide handlers over ours and die on SIGTERM mid-write.
-    chdb_core.set_signal_handlers_enabled(0)
+    chdb_core.set_signal_handlers_enabled(0)  # type: ignore[attr-defined]
     data.mkdir(parents=True, exist_ok=True)
     failure: list[BaseException] = []
     stopping = threading.Event()
 
     def run() -> None:
         try:
-            chdb_core.query(SERVE_SQL, OUTPUT_FORMAT, path=str(data))
+            chdb_core.query(SERVE_SQL, OUTPUT_FORMAT, path=str(data))  # type: ignore[attr-defined]
         except BaseException as exc:  # reported by the main thread
             failure.append(exc)
         finally:

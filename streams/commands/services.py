@@ -26,8 +26,12 @@ _STYLE = {
 }
 
 
-def _manager(ctx: click.Context, **kwargs: float) -> ServiceManager:
-    return ServiceManager(settings_from(ctx), **kwargs)
+def _manager(
+    ctx: click.Context, start_timeout_s: float = 120.0, stop_timeout_s: float = 30.0
+) -> ServiceManager:
+    return ServiceManager(
+        settings_from(ctx), start_timeout_s=start_timeout_s, stop_timeout_s=stop_timeout_s
+    )
 
 
 def _print(rows: Sequence[ServiceStatus]) -> None:
