@@ -446,6 +446,9 @@ class ServiceManager:
             "--appendfsync", "everysec",
             "--logfile", "",
         ]  # fmt: skip
+        password = urlsplit(self.settings.redis.url).password
+        if password:  # the URL carries one, so clients will AUTH with it
+            cmd += ["--requirepass", password]
         return _Launch(cmd, workdir, self._env())
 
     def _prepare_clickhouse(self) -> _Launch:
