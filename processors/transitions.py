@@ -1,11 +1,12 @@
 """Markov transition counts in sliding event-time windows, with time-gap distributions.
 
-:class:`TransitionCounts` is a mergeable bag of first-order ``(src, dst)`` and second-order
-``((prev2, src), dst)`` counts, each kept globally, per segment and per channel (``"*"`` stands
+:class:`TransitionCounts` holds first-order ``(src, dst)`` and second-order
+``((prev2, src), dst)`` counts, readable globally, per segment and per channel (``"*"`` stands
 for all), with the gap between the two touchpoints as a count, a sum and a log-spaced histogram
-(half-octave buckets of seconds: quantiles come out within one bucket, about ±20 %). Every part is
-a sum, so counts add (`update`, `merge`) and retract (`revert`, `merge(sign=-1)`) exactly, the
-way River's ``utils/rolling.py`` pairs ``update`` with ``revert``.
+(half-octave buckets of seconds: quantiles come out within one bucket, about ±20 %). It stores
+only *cells* ``(segment, channel, prev2, src, dst, gap bucket) -> [n, gap_sum_ms]``; every scope
+and order is a sum of cells, so counts add (`update`, `merge`) and retract (`revert`,
+`merge(sign=-1)`) exactly, the way River's ``utils/rolling.py`` pairs ``update`` with ``revert``.
 
 :class:`TransitionCounter` keeps hopping windows of every size in ``WindowsConfig.sizes_s`` that
 advance by ``step_s``. Steps are first added to their *pane* (one step of event time); a pane is
@@ -14,8 +15,9 @@ adds it to the running window of each size and retracts the pane that left it: p
 is one dict update, whatever the number of overlapping windows. Probabilities are derived from the
 counts on demand (:meth:`TransitionCounts.matrix`), never stored.
 
-Outputs for the sink are rows (:class:`TransitionRow`): one per key of each pane as it becomes
-final (``window_size_s == step_s``; sum panes for any window), and per-window snapshots.
+Outputs for the sink: :class:`CellRow` per cell of each pane as it becomes final (sum panes for
+any window, GROUP BY for any scope or order), and rolled-up :class:`TransitionRow` snapshots of the
+latest final window of each size.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ GAP_BUCKETS: Final = 50
 
 FirstKey = tuple[str, str, str, str]  # (segment, channel, src, dst)
 SecondKey = tuple[str, str, str, str, str]  # (segment, channel, prev2, src, dst)
-FineKey = tuple[str, str, str, str, str]  # a step's own (segment, channel, prev2, src, dst)
+CellKey = tuple[str, str, str, str, str, int]  # (segment, channel, prev2, src, dst, gap bucket)
 
 
 def gap_bucket(gap_ms: int) -> int:
@@ -81,7 +83,7 @@ class GapStats(NamedTuple):
 
 
 class TransitionRow(NamedTuple):
-    """One row for the ClickHouse sink: the counts of one key in one window."""
+    """One rolled-up row of a window snapshot: one scope, one order, one transition."""
 
     window_start_ms: int
     window_size_s: int
@@ -96,58 +98,61 @@ class TransitionRow(NamedTuple):
     gap_hist: tuple[int, ...]  # GAP_BUCKETS counts, first order only (empty for second order)
 
 
-def _add_first(first: dict[FirstKey, list], key: FirstKey, n: int, gap_sum: int,
-               hist: dict[int, int], sign: int) -> None:
-    v = first.get(key)
+class CellRow(NamedTuple):
+    """One cell of a final pane, what the sink stores: every scope and order is a GROUP BY.
+
+    First order: sum over `prev2`; global: sum over segment and channel; a window of any size:
+    sum the panes it covers. ``prev2 == ""`` marks a first step of a journey (from ``start``).
+    """
+
+    pane_start_ms: int
+    pane_size_s: int
+    segment: str
+    channel: str
+    prev2: str
+    src: str
+    dst: str
+    n: int
+    gap_sum_ms: int
+    gap_hist: tuple[int, ...]  # GAP_BUCKETS counts
+
+
+def _add_cell(cells: dict[CellKey, list[int]], key: CellKey, n: int, gap_sum: int) -> None:
+    v = cells.get(key)
     if v is None:
-        if sign * n == 0:
-            return
-        v = first[key] = [0, 0, {}]
-    v[0] += sign * n
-    v[1] += sign * gap_sum
-    h = v[2]
+        if n:
+            cells[key] = [n, gap_sum]
+        return
+    v[0] += n
+    v[1] += gap_sum
+    if not v[0]:
+        del cells[key]
+
+
+def _dense(hist: dict[int, int]) -> tuple[int, ...]:
+    dense = [0] * GAP_BUCKETS
     for b, c in hist.items():
-        if not c:
-            continue  # a bucket that a retraction emptied within a pane
-        m = h.get(b, 0) + sign * c
-        if m:
-            h[b] = m
-        else:
-            del h[b]
-    if v[0] == 0:
-        del first[key]
-
-
-def _add_second(second: dict[SecondKey, int], key: SecondKey, n: int) -> None:
-    m = second.get(key, 0) + n
-    if m:
-        second[key] = m
-    else:
-        del second[key]
+        dense[b] = c
+    return tuple(dense)
 
 
 @dataclass(slots=True)
 class TransitionCounts:
-    """First- and second-order transition counts with gap distributions: plain, mergeable."""
+    """Transition counts with gap distributions, as plain mergeable cells.
 
-    # (segment, channel, src, dst) -> [n, gap_sum_ms, {gap bucket: n}]
-    first: dict[FirstKey, list] = field(default_factory=dict)
-    # (segment, channel, prev2, src, dst) -> n
-    second: dict[SecondKey, int] = field(default_factory=dict)
+    A cell is one ``(segment, channel, prev2, src, dst, gap bucket)`` with ``[n, gap_sum_ms]``;
+    first-order counts, the global/segment/channel scopes and the gap histograms are sums of
+    cells, computed when read. Keeping only cells makes adding and retracting a pane one dict
+    update per cell, whatever the number of scopes.
+    """
+
+    cells: dict[CellKey, list[int]] = field(default_factory=dict)
 
     def update(self, src: str, dst: str, *, prev2: str = "", gap_ms: int = 0,
                segment: str = ALL, channel: str = ALL, n: int = 1) -> None:
-        """Count `n` transitions `src -> dst` (and `(prev2, src) -> dst` if `prev2`)."""
-        hist = {gap_bucket(gap_ms): 1}
-        scopes = [(ALL, ALL)]
-        if segment != ALL:
-            scopes.append((segment, ALL))
-        if channel != ALL:
-            scopes.append((ALL, channel))
-        for seg, ch in scopes:
-            _add_first(self.first, (seg, ch, src, dst), 1, gap_ms, hist, n)
-            if prev2:
-                _add_second(self.second, (seg, ch, prev2, src, dst), n)
+        """Count `n` transitions `src -> dst` (after `prev2`, "" for none) with this gap."""
+        _add_cell(self.cells, (segment, channel, prev2, src, dst, gap_bucket(gap_ms)), n,
+                  n * gap_ms)
 
     def revert(self, src: str, dst: str, *, prev2: str = "", gap_ms: int = 0,
                segment: str = ALL, channel: str = ALL, n: int = 1) -> None:
@@ -157,32 +162,71 @@ class TransitionCounts:
 
     def merge(self, other: TransitionCounts, sign: int = 1) -> None:
         """Add (`sign=1`) or retract (`sign=-1`) all of `other`."""
-        for key, (n, gap_sum, hist) in other.first.items():
-            _add_first(self.first, key, n, gap_sum, hist, sign)
-        for key2, n2 in other.second.items():
-            _add_second(self.second, key2, sign * n2)
+        cells = self.cells
+        for key, (n, gap_sum) in other.cells.items():
+            v = cells.get(key)
+            if v is None:
+                cells[key] = [sign * n, sign * gap_sum]
+                continue
+            v[0] += sign * n
+            v[1] += sign * gap_sum
+            if not v[0]:
+                del cells[key]
 
     def __bool__(self) -> bool:
-        return bool(self.first or self.second)
+        return bool(self.cells)
+
+    def _scoped(self, segment: str, channel: str) -> Iterable[tuple[CellKey, list[int]]]:
+        for key, v in self.cells.items():
+            if (segment == ALL or key[0] == segment) and (channel == ALL or key[1] == channel):
+                yield key, v
+
+    def first_order(self) -> dict[FirstKey, list]:
+        """`{(segment, channel, src, dst): [n, gap_sum_ms, {bucket: n}]}` for the three scopes:
+        global ``("*", "*")``, per segment ``(seg, "*")`` and per channel ``("*", ch)``."""
+        out: dict[FirstKey, list] = {}
+        for (seg, ch, _, src, dst, b), (n, gap_sum) in self.cells.items():
+            for scope in _scopes(seg, ch):
+                key = (*scope, src, dst)
+                v = out.get(key)
+                if v is None:
+                    v = out[key] = [0, 0, {}]
+                v[0] += n
+                v[1] += gap_sum
+                v[2][b] = v[2].get(b, 0) + n
+        return out
+
+    def second_order(self) -> dict[SecondKey, int]:
+        """`{(segment, channel, prev2, src, dst): n}` for the three scopes."""
+        out: dict[SecondKey, int] = {}
+        for (seg, ch, prev2, src, dst, _), (n, _g) in self.cells.items():
+            if prev2:
+                for scope in _scopes(seg, ch):
+                    key = (*scope, prev2, src, dst)
+                    out[key] = out.get(key, 0) + n
+        return out
 
     def n(self, src: str, dst: str, *, segment: str = ALL, channel: str = ALL,
           prev2: str = "") -> int:
         """The count of one transition (second order when `prev2` is given)."""
-        if prev2:
-            return self.second.get((segment, channel, prev2, src, dst), 0)
-        v = self.first.get((segment, channel, src, dst))
-        return v[0] if v else 0
+        return sum(v[0] for k, v in self._scoped(segment, channel)
+                   if k[3] == src and k[4] == dst and (not prev2 or k[2] == prev2))
 
     def pairs(self, *, segment: str = ALL, channel: str = ALL) -> dict[tuple[str, str], int]:
         """First-order counts `{(src, dst): n}` of one scope: what attribution consumes."""
-        return {(k[2], k[3]): v[0] for k, v in self.first.items()
-                if k[0] == segment and k[1] == channel}
+        out: dict[tuple[str, str], int] = {}
+        for k, v in self._scoped(segment, channel):
+            out[(k[3], k[4])] = out.get((k[3], k[4]), 0) + v[0]
+        return out
 
     def triples(self, *, segment: str = ALL, channel: str = ALL
                 ) -> dict[tuple[str, str, str], int]:
         """Second-order counts `{(prev2, src, dst): n}` of one scope."""
-        return {(k[2], k[3], k[4]): n for k, n in self.second.items()
-                if k[0] == segment and k[1] == channel}
+        out: dict[tuple[str, str, str], int] = {}
+        for k, v in self._scoped(segment, channel):
+            if k[2]:
+                out[(k[2], k[3], k[4])] = out.get((k[2], k[3], k[4]), 0) + v[0]
+        return out
 
     def matrix(self, *, segment: str = ALL, channel: str = ALL, order: int = 1
                ) -> dict[object, dict[str, float]]:
@@ -203,40 +247,52 @@ class TransitionCounts:
     def gap_stats(self, src: str, dst: str, *, segment: str = ALL, channel: str = ALL
                   ) -> GapStats:
         """Count, exact mean and bucketed quantiles of the gap of one first-order transition."""
-        v = self.first.get((segment, channel, src, dst))
-        if not v:
+        n = gap_sum = 0
+        hist: dict[int, int] = {}
+        for k, v in self._scoped(segment, channel):
+            if k[3] == src and k[4] == dst:
+                n += v[0]
+                gap_sum += v[1]
+                hist[k[5]] = hist.get(k[5], 0) + v[0]
+        if not n:
             return GapStats(0, 0.0, 0.0, 0.0, 0.0)
-        n, gap_sum, hist = v
         return GapStats(n, gap_sum / n, gap_quantile(hist, 0.5), gap_quantile(hist, 0.9),
                         gap_quantile(hist, 0.99))
 
     def rows(self, window_start_ms: int, window_size_s: int) -> list[TransitionRow]:
-        """Every key as a sink row."""
-        out = []
-        for (seg, ch, src, dst), (n, gap_sum, hist) in self.first.items():
-            dense = [0] * GAP_BUCKETS
-            for b, c in hist.items():
-                dense[b] = c
-            out.append(TransitionRow(window_start_ms, window_size_s, seg, ch, 1, "", src, dst,
-                                     n, gap_sum, tuple(dense)))
-        for (seg, ch, prev2, src, dst), n2 in self.second.items():
-            out.append(TransitionRow(window_start_ms, window_size_s, seg, ch, 2, prev2, src, dst,
-                                     n2, 0, ()))
+        """Rolled-up rows: every scope, first and second order."""
+        out = [
+            TransitionRow(window_start_ms, window_size_s, seg, ch, 1, "", src, dst, n, gap_sum,
+                          _dense(hist))
+            for (seg, ch, src, dst), (n, gap_sum, hist) in self.first_order().items()
+        ]
+        out.extend(
+            TransitionRow(window_start_ms, window_size_s, seg, ch, 2, prev2, src, dst, n, 0, ())
+            for (seg, ch, prev2, src, dst), n in self.second_order().items()
+        )
         return out
 
+    def cell_rows(self, pane_start_ms: int, pane_size_s: int) -> list[CellRow]:
+        """One row per (segment, channel, prev2, src, dst), its gap buckets as a histogram."""
+        grouped: dict[tuple[str, str, str, str, str], list] = {}
+        for (seg, ch, prev2, src, dst, b), (n, gap_sum) in self.cells.items():
+            v = grouped.get((seg, ch, prev2, src, dst))
+            if v is None:
+                v = grouped[(seg, ch, prev2, src, dst)] = [0, 0, {}]
+            v[0] += n
+            v[1] += gap_sum
+            v[2][b] = n
+        return [CellRow(pane_start_ms, pane_size_s, *key, n, gap_sum, _dense(hist))
+                for key, (n, gap_sum, hist) in grouped.items()]
 
-def _rollup(fine: dict[FineKey, list]) -> TransitionCounts:
-    """A pane's per-step keys, counted globally, per segment and per channel."""
-    counts = TransitionCounts()
-    first, second = counts.first, counts.second
-    for (seg, ch, prev2, src, dst), (n, gap_sum, hist) in fine.items():
-        if not n:
-            continue
-        for scope in ((ALL, ALL), (seg, ALL), (ALL, ch)):
-            _add_first(first, (*scope, src, dst), n, gap_sum, hist, 1)
-            if prev2:
-                _add_second(second, (*scope, prev2, src, dst), n)
-    return counts
+
+def _scopes(segment: str, channel: str) -> list[tuple[str, str]]:
+    scopes = [(ALL, ALL)]
+    if segment != ALL:
+        scopes.append((segment, ALL))
+    if channel != ALL:
+        scopes.append((ALL, channel))
+    return scopes
 
 
 WindowCallback = Callable[[int, int, TransitionCounts], None]
@@ -246,11 +302,11 @@ class TransitionCounter:
     """Hopping-window transition counts over :class:`~processors.journeys.Step` records.
 
     `update(steps)` adds (or, for ``sign=-1``, retracts) steps; `advance(watermark_ms)`
-    finalizes the panes behind the frontier, moves every window and returns the rows of the
-    newly final panes (and of earlier panes corrected since). A step for a pane that is already
-    final (a merge correction) is applied to that pane, to the windows holding it and to the
-    totals, and the pane is emitted again; panes older than the largest window only reach
-    `totals`.
+    finalizes the panes behind the frontier, moves every window and returns the cell rows of
+    the newly final panes (and of earlier panes corrected since). A step for a pane that is
+    already final (a merge correction) is applied to that pane, to the windows holding it and to
+    the totals, and the pane is emitted again (its rows replace the earlier ones); panes older
+    than the largest window only reach `totals`.
     """
 
     def __init__(self, windows: WindowsConfig, allowed_lateness_s: int = 0) -> None:
@@ -260,7 +316,7 @@ class TransitionCounter:
         self.sizes: dict[int, int] = {size: size // windows.step_s for size in windows.sizes_s}
         self.max_panes = max(self.sizes.values())
         self.frontier_pane: int | None = None  # panes before this one are final
-        self.hot: dict[int, dict[FineKey, list]] = {}
+        self.hot: dict[int, TransitionCounts] = {}
         self.panes: dict[int, TransitionCounts] = {}
         self.windows: dict[int, TransitionCounts] = {size: TransitionCounts()
                                                      for size in self.sizes}
@@ -277,50 +333,48 @@ class TransitionCounter:
             if frontier is not None and p < frontier:
                 self._correct(p, st)
                 continue
-            fine = hot.get(p)
-            if fine is None:
-                fine = hot[p] = {}
-            key = (st.segment, st.channel, st.prev2, st.src, st.dst)
-            sign = st.sign
-            v = fine.get(key)
+            pane = hot.get(p)
+            if pane is None:
+                pane = hot[p] = TransitionCounts()
+            cells = pane.cells
+            gap = st.gap_ms
+            key = (st.segment, st.channel, st.prev2, st.src, st.dst, gap_bucket(gap))
+            v = cells.get(key)
             if v is None:
-                v = fine[key] = [0, 0, {}]
-            v[0] += sign
-            v[1] += sign * st.gap_ms
-            h = v[2]
-            b = gap_bucket(st.gap_ms)
-            m = h.get(b, 0) + sign
-            if m:
-                h[b] = m
+                cells[key] = [st.sign, st.sign * gap]
             else:
-                del h[b]
+                v[0] += st.sign
+                v[1] += st.sign * gap
+                if not v[0]:
+                    del cells[key]
 
     def advance(self, watermark_ms: int, on_window: WindowCallback | None = None
-                ) -> list[TransitionRow]:
-        """Finalize panes before ``watermark_ms - allowed_lateness``; return their rows.
+                ) -> list[CellRow]:
+        """Finalize panes before ``watermark_ms - allowed_lateness``; return their cell rows.
 
         `on_window(window_start_ms, size_s, counts)` is called for every window that becomes
         final (once per size and pane), with the live counts: copy them to keep them.
         """
         new_frontier = (watermark_ms - self.lateness_ms) // self.step_ms
-        rows: list[TransitionRow] = []
+        rows: list[CellRow] = []
         if self.frontier_pane is None:
             self.frontier_pane = min([new_frontier, *self.hot])
         for p in sorted(self.dirty):
             if p in self.panes:
-                rows.extend(self.panes[p].rows(p * self.step_ms, self.step_s))
+                rows.extend(self.panes[p].cell_rows(p * self.step_ms, self.step_s))
         self.dirty.clear()
         while self.frontier_pane < new_frontier:
             f = self.frontier_pane
-            if not self.panes and not any(p < new_frontier for p in self.hot):
-                self.frontier_pane = new_frontier  # nothing in any window: jump
-                break
-            fine = self.hot.pop(f, None)
-            pane = _rollup(fine) if fine else None
+            if not self.panes:  # every window is empty: jump to the next pane with data
+                nxt = min(self.hot, default=new_frontier)
+                if nxt > f:
+                    self.frontier_pane = min(nxt, new_frontier)
+                    continue
+            pane = self.hot.pop(f, None)
             if pane:
                 self.panes[f] = pane
                 self.totals.merge(pane)
-                rows.extend(pane.rows(f * self.step_ms, self.step_s))
+                rows.extend(pane.cell_rows(f * self.step_ms, self.step_s))
             for size, n in self.sizes.items():
                 window = self.windows[size]
                 if pane:
@@ -340,7 +394,7 @@ class TransitionCounter:
         return (f - self.sizes[size_s]) * self.step_ms, self.windows[size_s]
 
     def snapshot(self, size_s: int | None = None) -> list[TransitionRow]:
-        """Rows of the latest final window of each size (or of one size)."""
+        """Rolled-up rows of the latest final window of each size (or of one size)."""
         rows: list[TransitionRow] = []
         for size in [size_s] if size_s is not None else list(self.sizes):
             start, counts = self.window(size)
@@ -356,16 +410,17 @@ class TransitionCounter:
     def _correct(self, p: int, st: Step) -> None:
         """Apply one step to an already final pane, the windows holding it and the totals."""
         assert self.frontier_pane is not None
+        src, dst = st.src, st.dst
         kw = {"prev2": st.prev2, "gap_ms": st.gap_ms, "segment": st.segment,
               "channel": st.channel, "n": st.sign}
-        self.totals.update(st.src, st.dst, **kw)  # type: ignore[arg-type]
+        self.totals.update(src, dst, **kw)  # type: ignore[arg-type]
         if p < self.frontier_pane - self.max_panes:
             return
         pane = self.panes.get(p)
         if pane is None:
             pane = self.panes[p] = TransitionCounts()
-        pane.update(st.src, st.dst, **kw)  # type: ignore[arg-type]
+        pane.update(src, dst, **kw)  # type: ignore[arg-type]
         self.dirty.add(p)
         for size, n in self.sizes.items():
             if p >= self.frontier_pane - n:
-                self.windows[size].update(st.src, st.dst, **kw)  # type: ignore[arg-type]
+                self.windows[size].update(src, dst, **kw)  # type: ignore[arg-type]

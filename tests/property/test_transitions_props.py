@@ -98,9 +98,10 @@ def expected(steps: list[tuple[str, str, str, str, str, int, int]]
 
 
 def observed(counts: TransitionCounts) -> tuple[Counter[Key1], Counter[Key2], Counter[Key1]]:
-    first = Counter({k: v[0] for k, v in counts.first.items()})
-    gaps = Counter({k: v[1] for k, v in counts.first.items()})
-    return first, Counter(counts.second), +gaps
+    rolled = counts.first_order()
+    first = Counter({k: v[0] for k, v in rolled.items()})
+    gaps = Counter({k: v[1] for k, v in rolled.items()})
+    return +first, +Counter(counts.second_order()), +gaps
 
 
 @settings(max_examples=150, deadline=None)

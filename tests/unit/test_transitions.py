@@ -65,8 +65,7 @@ def test_lateness_keeps_panes_open_and_retractions_cancel() -> None:
     counter = TransitionCounter(WindowsConfig(sizes_s=[3600], step_s=3600), 3600)
     counter.update([step("a", "b", 0.1), step("a", "b", 1.1)])
     rows = counter.advance(T0 + int(2.5 * HOUR))
-    assert [(r.window_start_ms, r.n) for r in rows if r.segment == ALL and r.channel == ALL] \
-        == [(T0, 1)]
+    assert [(r.pane_start_ms, r.n) for r in rows] == [(T0, 1)]
     counter.update([step("a", "b", 1.1, sign=-1)])
     assert counter.advance(T0 + 10 * HOUR) == []  # pane 1 netted to nothing
     assert counter.totals.pairs() == {("a", "b"): 1}
@@ -75,8 +74,8 @@ def test_lateness_keeps_panes_open_and_retractions_cancel() -> None:
                     step("a", "b", 11.1, gap_ms=1_000, sign=-1)])
     counter.advance(T0 + 13 * HOUR)
     assert counter.totals.gap_stats("a", "b").n == 2
-    assert counter.totals.first[(ALL, ALL, "a", "b")][2] == {gap_bucket(60_000): 1,
-                                                            gap_bucket(HOUR): 1}
+    assert counter.totals.first_order()[(ALL, ALL, "a", "b")][2] == {gap_bucket(60_000): 1,
+                                                                    gap_bucket(HOUR): 1}
 
 
 def test_correction_to_a_final_pane_updates_windows_and_is_emitted_again() -> None:
@@ -88,9 +87,8 @@ def test_correction_to_a_final_pane_updates_windows_and_is_emitted_again() -> No
     counter.update([step("a", "b", 0.2, sign=-1), step("a", "d", 0.2)])
     assert counter.window(4 * 3600)[1].pairs() == {("a", "c"): 1, ("a", "d"): 1}
     rows = counter.advance(T0 + 3 * HOUR)
-    global_rows = {(r.src, r.dst): r.n for r in rows if r.order == 1 and r.segment == ALL
-                   and r.channel == ALL}
-    assert global_rows == {("a", "c"): 1, ("a", "d"): 1}  # the whole pane, again
+    assert {(r.pane_start_ms, r.src, r.dst): r.n for r in rows} == {
+        (T0, "a", "c"): 1, (T0, "a", "d"): 1}  # the whole pane, again
     assert counter.totals.pairs() == {("a", "c"): 1, ("a", "d"): 1}
 
 
@@ -116,7 +114,7 @@ def test_revert_restores_exactly_and_leaves_no_empty_keys() -> None:
     counts = TransitionCounts()
     counts.update("a", "b", prev2="x", gap_ms=5_000, segment="s", channel="web")
     counts.revert("a", "b", prev2="x", gap_ms=5_000, segment="s", channel="web")
-    assert not counts and counts.first == {} and counts.second == {}
+    assert not counts and counts.cells == {}
 
 
 def test_gap_statistics() -> None:
@@ -143,13 +141,14 @@ def test_rows_and_snapshot() -> None:
     counter = TransitionCounter(WindowsConfig(sizes_s=[3600, 7200], step_s=3600))
     counter.update([step("a", "b", 0.5, prev2=START, gap_ms=2_000)])
     rows = counter.advance(T0 + HOUR)
-    by_scope = {(r.segment, r.channel, r.order) for r in rows}
+    assert [(r.pane_start_ms, r.pane_size_s, r.segment, r.channel, r.prev2, r.src, r.dst, r.n,
+             r.gap_sum_ms) for r in rows] == [(T0, 3600, "s1", "web", START, "a", "b", 1, 2_000)]
+    assert sum(rows[0].gap_hist) == 1 and len(rows[0].gap_hist) == GAP_BUCKETS
+    snap = counter.snapshot()
+    by_scope = {(r.segment, r.channel, r.order) for r in snap if r.window_size_s == 3600}
     assert by_scope == {(ALL, ALL, 1), ("s1", ALL, 1), (ALL, "web", 1),
                         (ALL, ALL, 2), ("s1", ALL, 2), (ALL, "web", 2)}
-    first = next(r for r in rows if r.order == 1 and r.segment == ALL and r.channel == ALL)
-    assert (first.window_start_ms, first.window_size_s, first.n, first.gap_sum_ms) == \
-        (T0, 3600, 1, 2_000)
-    assert sum(first.gap_hist) == 1 and len(first.gap_hist) == GAP_BUCKETS
-    snap = counter.snapshot()
+    first = next(r for r in snap if r.order == 1 and r.segment == ALL and r.channel == ALL)
+    assert (first.n, first.gap_sum_ms, sum(first.gap_hist)) == (1, 2_000, 1)
     assert {(r.window_start_ms, r.window_size_s) for r in snap} == {(T0, 3600), (T0 - HOUR, 7200)}
     assert counter.matrix(7200) == {"a": {"b": 1.0}}
