@@ -385,7 +385,11 @@ class ServiceManager:
         if log_path.exists() and log_path.stat().st_size > 20 * 2**20:
             log_path.replace(log_path.with_suffix(".log.1"))
         with log_path.open("ab") as out:
-            out.write(f"\n=== journeymap services up: {' '.join(launch.cmd)}\n".encode())
+            shown = " ".join(
+                "***" if prev == "--requirepass" else arg
+                for prev, arg in zip(["", *launch.cmd], launch.cmd, strict=False)
+            )
+            out.write(f"\n=== journeymap services up: {shown}\n".encode())
             out.flush()
             proc = subprocess.Popen(
                 launch.cmd,
