@@ -10,7 +10,8 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /app
 # Dependencies first, so editing code does not reinstall them. All of them ship wheels
 # (confluent-kafka, rocksdict, chdb-core, orjson), so no compiler is needed.
-COPY pyproject.toml README.md ./
+# README.md* : optional (a wildcard may match nothing as long as pyproject.toml matches).
+COPY pyproject.toml README.md* ./
 COPY processors ./processors
 COPY online_models ./online_models
 COPY sinks ./sinks
