@@ -8,9 +8,8 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-# Dependencies first, so editing code does not reinstall them. All of them ship wheels
-# (confluent-kafka, rocksdict, chdb-core, orjson), so no compiler is needed.
-# README.md* : optional (a wildcard may match nothing as long as pyproject.toml matches).
+# Every dependency ships wheels (confluent-kafka, rocksdict, chdb-core, orjson): no compiler.
+# README.md* is optional: a wildcard may match nothing while pyproject.toml matches.
 COPY pyproject.toml README.md* ./
 COPY processors ./processors
 COPY online_models ./online_models
