@@ -414,11 +414,11 @@ class FunnelTracker:
                 acc = groups[key] = StageCounts.empty(f.n_stages)
             acc.merge(cell)
         rows = []
-        for (funnel, seg, week), acc in sorted(groups.items(), key=_group_order):
+        for (funnel, seg, group_week), acc in sorted(groups.items(), key=_group_order):
             f = self._by_name[funnel]
             for i in range(f.n_stages):
                 d = acc.advance_ms[i]
-                rows.append(FunnelStageStats(funnel, i, f.names[i], seg, week,
+                rows.append(FunnelStageStats(funnel, i, f.names[i], seg, group_week,
                                              acc.n_entered[i], acc.n_advanced[i],
                                              acc.n_dropped[i], d.quantile(0.5), d.quantile(0.9)))
         return rows
