@@ -112,6 +112,48 @@ async def test_aiokafka_round_trip(kafka_bootstrap: str, kafka_topic: str, consu
     assert got == [f"v{i}".encode() for i in range(10)]
 
 
+async def test_aiokafka_transactions_commit_and_abort(
+    kafka_bootstrap: str, kafka_topic: str, consumer_group: str
+):
+    """Faust's exactly_once guarantee needs transactions from aiokafka against this broker."""
+    import asyncio
+
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka_bootstrap, transactional_id=f"tx-{kafka_topic}"
+    )
+    await asyncio.wait_for(producer.start(), 30)
+    try:
+        async with producer.transaction():
+            await producer.send_and_wait(kafka_topic, b"committed")
+        await producer.begin_transaction()
+        await producer.send_and_wait(kafka_topic, b"aborted")
+        await producer.abort_transaction()
+        async with producer.transaction():
+            await producer.send_and_wait(kafka_topic, b"last")
+    finally:
+        await producer.stop()
+
+    consumer = AIOKafkaConsumer(
+        kafka_topic,
+        bootstrap_servers=kafka_bootstrap,
+        group_id=consumer_group,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
+    await asyncio.wait_for(consumer.start(), 20)
+    got: list[bytes] = []
+    try:
+        async with asyncio.timeout(POLL_DEADLINE_S):
+            while len(got) < 2:
+                batches = await consumer.getmany(timeout_ms=1000)
+                got += [m.value for records in batches.values() for m in records]
+    finally:
+        await consumer.stop()
+    assert got == [b"committed", b"last"]
+
+
 FAUST_APP = """
 import os
 
@@ -399,6 +441,23 @@ def test_manager_failure_names_the_log_file(tmp_path: Path):
         manager.down(["redis"])
 
     assert str(manager.log_file("redis")) in str(failure.value)
+
+
+def test_endpoints_come_from_the_settings():
+    settings = load_settings(
+        kafka={"bootstrap_servers": "127.0.0.1:19092,127.0.0.1:19093"},
+        redis={"url": "redis://127.0.0.1:16379/2"},
+        clickhouse={"url": "http://localhost:18123"},
+        services={"kafka_controller_port": 19094, "clickhouse_tcp_port": 19000},
+    )
+    e = endpoints(settings)
+    assert (e.kafka_port, e.kafka_controller_port, e.redis_port) == (19092, 19094, 16379)
+    assert (e.clickhouse_http_port, e.clickhouse_tcp_port) == (18123, 19000)
+    assert all(e.managed(name) for name in ("kafka", "redis", "clickhouse"))
+    embedded = endpoints(load_settings(clickhouse={"url": "/tmp/chdb"}))
+    assert embedded.clickhouse_http_port == 8123  # the server for tests, beside the embedded store
+    remote = endpoints(load_settings(clickhouse={"url": "https://ch.example.com"}))
+    assert (remote.clickhouse_http_port, remote.managed("clickhouse")) == (8443, False)
 
 
 def test_parse_only_keeps_canonical_order_and_rejects_unknown_names():
