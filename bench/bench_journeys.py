@@ -1,6 +1,6 @@
 """Journey + transition throughput: events/s on one core, next to `orjson.loads` of the same events.
 
-    python bench/bench_journeys.py [--events 300000] [--customers 30000] [--repeat 3]
+    python bench/bench_journeys.py [--events 300000] [--customers 30000] [--days 14]
 
 Runs :class:`JourneyProcessor` (sessions, dedup, lateness, Markov steps) and
 :class:`TransitionCounter` (panes, 1/7/28-day hopping windows with a 1 h step) over pre-built
@@ -32,11 +32,11 @@ T0_MS = 1_772_323_200_000
 HOUR_MS = 3_600_000
 
 
-def make_events(n: int, customers: int, shuffled: float, seed: int = 7
+def make_events(n: int, customers: int, shuffled: float, days: int = 14, seed: int = 7
                 ) -> tuple[list[ResolvedEvent], list[bytes]]:
     rng = random.Random(seed)
-    # About 60 days of traffic: each event at a random time, sorted, then some delayed.
-    times = sorted(T0_MS + rng.randint(0, 60 * 24 * HOUR_MS) for _ in range(n))
+    # `days` of traffic: each event at a random time, sorted, then some delayed.
+    times = sorted(T0_MS + rng.randint(0, days * 24 * HOUR_MS) for _ in range(n))
     keyed = []
     for i, t in enumerate(times):
         delay = rng.randint(0, HOUR_MS - 1) if rng.random() < shuffled else 0
@@ -83,9 +83,10 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=30_000)
     parser.add_argument("--shuffled", type=float, default=0.05)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--days", type=int, default=14)
     args = parser.parse_args()
     config = ProcessingConfig()
-    events, raw = make_events(args.events, args.customers, args.shuffled)
+    events, raw = make_events(args.events, args.customers, args.shuffled, args.days)
     gc.collect()
 
     # The machine is shared: CPU time of this process, best of `--repeat` alternating runs.
@@ -106,7 +107,7 @@ def main() -> None:
     n_small = len(small.customers)
 
     rate, parse_rate = len(events) / elapsed, len(events) / parse_s
-    print(f"events: {len(events)}, customers: {len(journeys.customers)}, "
+    print(f"events: {len(events)} over {args.days} days, customers: {len(journeys.customers)}, "
           f"out of order: {args.shuffled:.0%}, pane rows emitted: {n_rows}")
     print(f"journeys + transitions: {rate:,.0f} events/s")
     print(f"orjson.loads baseline:  {parse_rate:,.0f} events/s   ratio: {rate / parse_rate:.3f}")

@@ -102,7 +102,8 @@ class CellRow(NamedTuple):
     """One cell of a final pane, what the sink stores: every scope and order is a GROUP BY.
 
     First order: sum over `prev2`; global: sum over segment and channel; a window of any size:
-    sum the panes it covers. ``prev2 == ""`` marks a first step of a journey (from ``start``).
+    sum the panes it covers; the gap histogram: group by `gap_bucket` (bounds from
+    :func:`bucket_bounds_ms`). ``prev2 == ""`` marks a first step of a journey.
     """
 
     pane_start_ms: int
@@ -112,9 +113,9 @@ class CellRow(NamedTuple):
     prev2: str
     src: str
     dst: str
+    gap_bucket: int
     n: int
     gap_sum_ms: int
-    gap_hist: tuple[int, ...]  # GAP_BUCKETS counts
 
 
 def _add_cell(cells: dict[CellKey, list[int]], key: CellKey, n: int, gap_sum: int) -> None:
@@ -273,17 +274,10 @@ class TransitionCounts:
         return out
 
     def cell_rows(self, pane_start_ms: int, pane_size_s: int) -> list[CellRow]:
-        """One row per (segment, channel, prev2, src, dst), its gap buckets as a histogram."""
-        grouped: dict[tuple[str, str, str, str, str], list] = {}
-        for (seg, ch, prev2, src, dst, b), (n, gap_sum) in self.cells.items():
-            v = grouped.get((seg, ch, prev2, src, dst))
-            if v is None:
-                v = grouped[(seg, ch, prev2, src, dst)] = [0, 0, {}]
-            v[0] += n
-            v[1] += gap_sum
-            v[2][b] = n
-        return [CellRow(pane_start_ms, pane_size_s, *key, n, gap_sum, _dense(hist))
-                for key, (n, gap_sum, hist) in grouped.items()]
+        """One row per cell."""
+        new = tuple.__new__
+        return [new(CellRow, (pane_start_ms, pane_size_s, *key, n, gap_sum))
+                for key, (n, gap_sum) in self.cells.items()]
 
 
 def _scopes(segment: str, channel: str) -> list[tuple[str, str]]:
