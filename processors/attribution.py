@@ -357,3 +357,72 @@ def paths_from_events(events: Iterable[ResolvedEvent], conversion: Iterable[str]
         if steps and now_ms - evs[-1].ts_ms >= horizon_ms:
             acc[tuple(steps)][2] += 1
     return [Path(steps, c, v, n) for steps, (c, v, n) in acc.items() if steps]
+
+
+class PathAccumulator:
+    """Journeys as attribution paths, built incrementally from events in event-time order.
+
+    The same journey boundaries as :mod:`processors.journeys`: a conversion touchpoint ends a
+    path as converted (its revenue is the value), a churn touchpoint ends it in null, and so
+    does a gap of `null_horizon_s` without events. The outcome event itself is not a step.
+    Each path is kept at two levels at once: touchpoints and channels.
+    """
+
+    def __init__(self, conversion: Iterable[str], churn: Iterable[str], null_horizon_s: int
+                 ) -> None:
+        self.conversion = frozenset(conversion)
+        self.churn = frozenset(churn)
+        self.horizon_ms = null_horizon_s * 1000
+        # customer -> (last event time, touchpoints so far, channels so far)
+        self.open: dict[str, tuple[int, list[str], list[str]]] = {}
+        self.done: dict[str, dict[tuple[str, ...], list[float]]] = {
+            "touchpoint": defaultdict(lambda: [0.0, 0.0, 0.0]),
+            "channel": defaultdict(lambda: [0.0, 0.0, 0.0]),
+        }
+
+    def _close(self, tps: list[str], chs: list[str], slot: int, value: float = 0.0) -> None:
+        if not tps:
+            return
+        for level, steps in (("touchpoint", tps), ("channel", chs)):
+            acc = self.done[level][tuple(steps)]
+            acc[slot] += 1
+            if slot == 0:
+                acc[1] += value
+
+    def add(self, events: Iterable[ResolvedEvent]) -> None:
+        """Add events; per customer they must come in event-time order."""
+        for ev in events:
+            cid, ts, tp = ev.customer_id, ev.ts_ms, ev.event.touchpoint
+            last = self.open.get(cid)
+            if last is not None and ts - last[0] >= self.horizon_ms:
+                self._close(last[1], last[2], 2)
+                last = None
+            tps, chs = (last[1], last[2]) if last is not None else ([], [])
+            if tp in self.conversion:
+                self._close(tps, chs, 0, ev.event.revenue or 0.0)
+                tps, chs = [], []
+            elif tp in self.churn:
+                self._close(tps, chs, 2)
+                tps, chs = [], []
+            else:
+                tps.append(tp)
+                chs.append(ev.event.channel)
+            self.open[cid] = (ts, tps, chs)
+
+    def rename(self, loser: str, winner: str) -> None:
+        """A merge: the loser's open journey continues as the winner's (the longer one wins)."""
+        lost = self.open.pop(loser, None)
+        if lost is not None and (winner not in self.open or lost[0] > self.open[winner][0]):
+            self.open[winner] = lost
+
+    def paths(self, level: Literal["touchpoint", "channel"], now_ms: int) -> list[Path]:
+        """Finished paths, plus open journeys idle for the null horizon at `now_ms` (as null)."""
+        acc: dict[tuple[str, ...], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+        for steps, (c, v, n) in self.done[level].items():
+            acc[steps] = [c, v, n]
+        index = 1 if level == "touchpoint" else 2
+        for last_ts, *parts in self.open.values():
+            steps_list = parts[index - 1]
+            if steps_list and now_ms - last_ts >= self.horizon_ms:
+                acc[tuple(steps_list)][2] += 1
+        return [Path(steps, c, v, n) for steps, (c, v, n) in acc.items() if steps]

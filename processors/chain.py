@@ -1,0 +1,229 @@
+"""The processor chain: validate, resolve, journeys, transitions, funnels; one batch at a time.
+
+Both the in-process replay and the streaming workers call this, so given the same events in the
+same order they produce the same outputs. No I/O: the caller reads messages and writes outputs.
+
+Order of work for one batch of raw messages:
+
+1. decode each message (bad ones become dead letters, with their source);
+2. resolve identities for the accepted events (merges of known customers come back too);
+3. fold merged customers' journeys together (:meth:`JourneyProcessor.merge`) *before* the batch's
+   events, which already carry the winners' ids;
+4. stamp every event with its customer's current segment (``segment_of``, from the models);
+5. apply the events to journeys (sessions, Markov steps, dedup, lateness, in-order corrections)
+   and count the steps in the hopping windows;
+6. release events that are now behind the frontier (watermark minus allowed lateness) to the
+   funnels in event-time order. Funnels cannot retract a stage, so they only see events whose
+   order can no longer change: this makes funnel results independent of arrival order within
+   the allowed lateness, at the price of funnel outputs trailing by that lateness.
+
+Event time drives everything: the watermark is the largest event time seen. :meth:`finish` ends
+a bounded input (a file): it releases and finalizes what is still open without inventing the
+passage of time (journeys and funnel runs that are open at the end of the data stay open).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from processors.attribution import Attribution, PathAccumulator, attribute
+from processors.config import ProcessingConfig
+from processors.events import ResolvedEvent
+from processors.funnels import FunnelTracker, FunnelTransition
+from processors.identity import (
+    Conflict,
+    IdentityLink,
+    IdentityResolver,
+    IdentityStore,
+    InMemoryIdentityStore,
+    MergeRecord,
+)
+from processors.journeys import JourneyProcessor, LateEvent, Step, event_digest
+from processors.transitions import CellRow, TransitionCounter
+from processors.validation import Accepted, DeadLetter, Source, decode
+
+SegmentOf = Callable[[str], str]
+
+
+@dataclass
+class ChainOutput:
+    """Everything one batch produced, for the sinks and the models."""
+
+    dead: list[DeadLetter] = field(default_factory=list)
+    resolved: list[ResolvedEvent] = field(default_factory=list)
+    applied: list[ResolvedEvent] = field(default_factory=list)
+    duplicates: list[ResolvedEvent] = field(default_factory=list)
+    late: list[LateEvent] = field(default_factory=list)
+    merges: list[MergeRecord] = field(default_factory=list)
+    links: list[IdentityLink] = field(default_factory=list)
+    conflicts: list[Conflict] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+    cells: list[CellRow] = field(default_factory=list)
+    funnel_transitions: list[FunnelTransition] = field(default_factory=list)
+    released: list[ResolvedEvent] = field(default_factory=list)  # final, in event-time order
+    n_ignored_identifiers: int = 0
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "dead_lettered": len(self.dead),
+            "accepted": len(self.resolved),
+            "applied": len(self.applied),
+            "duplicates": len(self.duplicates),
+            "late": len(self.late),
+            "merges": len(self.merges),
+            "conflicts": len(self.conflicts),
+            "ignored_identifiers": self.n_ignored_identifiers,
+        }
+
+
+def late_dead_letter(late: LateEvent, source: Source) -> DeadLetter:
+    """A late event as a dead letter (stage ``late``): counted and kept, never silently dropped."""
+    raw = late.event.event.model_dump_json().encode()
+    reason = (
+        f"late: event time {late.event.ts_ms} is before the frontier {late.frontier_ms} "
+        f"(watermark {late.watermark_ms} minus the allowed lateness)"
+    )
+    return DeadLetter(raw, reason, source, stage="late")
+
+
+class JourneyChain:
+    """The per-batch processor chain. One instance per input (a file, or a Kafka partition)."""
+
+    def __init__(
+        self,
+        config: ProcessingConfig,
+        identity_store: IdentityStore | None = None,
+        segment_of: SegmentOf | None = None,
+    ) -> None:
+        self.config = config
+        self.resolver = IdentityResolver(
+            config.identity, config.identity_salt, identity_store or InMemoryIdentityStore()
+        )
+        self.journeys = JourneyProcessor(config)
+        self.transitions = TransitionCounter(config.windows, config.journey.allowed_lateness_s)
+        self.funnels = FunnelTracker(config.funnels)
+        outcomes = config.outcomes
+        self.paths = PathAccumulator(outcomes.conversion, outcomes.churn, outcomes.null_horizon_s)
+        self.segment_of = segment_of
+        self._pending: list[tuple[int, bytes, int, ResolvedEvent]] = []  # funnel reorder heap
+        self._seq = 0
+        self._renamed: dict[str, str] = {}  # merged-away customer -> its winner
+
+    # -- one batch ----------------------------------------------------------------------------
+
+    def process(self, messages: Sequence[tuple[bytes, Source]]) -> ChainOutput:
+        """Run one batch of raw messages through the chain."""
+        out = ChainOutput()
+        accepted: list[Accepted] = []
+        for raw, source in messages:
+            result = decode(raw, source)
+            if isinstance(result, Accepted):
+                accepted.append(result)
+            else:
+                out.dead.append(result)
+        self.process_accepted(accepted, out)
+        return out
+
+    def process_accepted(self, accepted: Sequence[Accepted], out: ChainOutput) -> ChainOutput:
+        """The chain after validation (the stream's ingest agent decodes on its own)."""
+        if not accepted:
+            return out
+        resolved = self.resolver.resolve_batch([a.event for a in accepted])
+        out.merges.extend(resolved.merges)
+        out.links.extend(resolved.links)
+        out.conflicts.extend(resolved.conflicts)
+        out.n_ignored_identifiers += resolved.n_ignored_identifiers
+        if resolved.dead:
+            source_of = {id(a.event): a for a in accepted}
+            for event, reason in resolved.dead:
+                origin = source_of[id(event)]
+                raw = event.model_dump_json().encode()
+                out.dead.append(DeadLetter(raw, reason, origin.source, stage="resolve"))
+
+        for merge in resolved.merges:
+            self._renamed[merge.loser] = merge.winner
+            self.paths.rename(merge.loser, merge.winner)
+            self._absorb(self.journeys.merge(merge.loser, merge.winner), out)
+
+        events = resolved.resolved
+        if self.segment_of is not None:
+            segment_of = self.segment_of
+            for ev in events:
+                ev.segment = segment_of(ev.customer_id)
+        out.resolved.extend(events)
+        self._absorb(self.journeys.apply(events), out)
+        self._absorb(self.journeys.expire(self.journeys.watermark_ms), out)
+
+        skipped = {id(e) for e in out.duplicates}
+        skipped.update(id(late.event) for late in out.late)
+        applied = [e for e in events if id(e) not in skipped]
+        out.applied.extend(applied)
+        for ev in applied:
+            self._seq += 1
+            heapq.heappush(
+                self._pending, (ev.ts_ms, event_digest(ev.event.event_id), self._seq, ev)
+            )
+        self._release(self.journeys.frontier_ms, out)
+        out.cells.extend(self.transitions.advance(self.journeys.watermark_ms))
+        return out
+
+    # -- the end of a bounded input ----------------------------------------------------------
+
+    def finish(self) -> ChainOutput:
+        """Release and finalize everything still buffered (the end of a file)."""
+        out = ChainOutput()
+        watermark = self.journeys.watermark_ms
+        self._release(None, out)
+        out.funnel_transitions.extend(self.funnels.advance(watermark))
+        # Every pane up to the last event becomes final: push the frontier past it.
+        lateness_ms = self.config.journey.allowed_lateness_s * 1000
+        step_ms = self.config.windows.step_s * 1000
+        out.cells.extend(self.transitions.advance(watermark + lateness_ms + step_ms))
+        return out
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _absorb(self, journey_out: object, out: ChainOutput) -> None:
+        out.steps.extend(journey_out.steps)  # type: ignore[attr-defined]
+        out.late.extend(journey_out.late)  # type: ignore[attr-defined]
+        out.duplicates.extend(journey_out.duplicates)  # type: ignore[attr-defined]
+        self.transitions.update(journey_out.steps)  # type: ignore[attr-defined]
+
+    def _winner(self, customer_id: str) -> str:
+        seen = []
+        while customer_id in self._renamed:
+            seen.append(customer_id)
+            customer_id = self._renamed[customer_id]
+        for c in seen[:-1]:  # path compression
+            self._renamed[c] = customer_id
+        return customer_id
+
+    def _release(self, frontier_ms: int | None, out: ChainOutput) -> None:
+        """Feed the funnels every buffered event before `frontier_ms` (all when None)."""
+        pending = self._pending
+        ready: list[ResolvedEvent] = []
+        while pending and (frontier_ms is None or pending[0][0] < frontier_ms):
+            ev = heapq.heappop(pending)[3]
+            if ev.customer_id in self._renamed:
+                ev = ResolvedEvent(self._winner(ev.customer_id), ev.event, ev.segment)
+            ready.append(ev)
+        if ready:
+            out.released.extend(ready)
+            self.paths.add(ready)
+            result = self.funnels.update(ready)
+            out.funnel_transitions.extend(result.transitions)
+            if frontier_ms is not None:
+                out.funnel_transitions.extend(self.funnels.advance(frontier_ms))
+
+    def current_watermark_ms(self) -> int:
+        return self.journeys.watermark_ms
+
+    def attribution(self, orders: Sequence[int] = (1, 2)) -> dict[str, list[Attribution]]:
+        """Markov (each order) and heuristic attribution per level, as of the watermark."""
+        now = self.journeys.watermark_ms
+        return {
+            level: attribute(self.paths.paths(level, now), orders)  # type: ignore[arg-type]
+            for level in ("touchpoint", "channel")
+        }
