@@ -96,7 +96,8 @@ def main() -> None:
     # segments: final assignment of every customer vs the true segment
     now = events[-1].ts_ms
     cids = sorted(states)
-    pred = [suite.segments.assign(features(states[c].features, now)) for c in cids]
+    pred = [suite.segments.assign_vector(suite.vectorizer.behaviour(states[c].features))
+            for c in cids]
     truth = [true_segment[c] for c in cids]
     print(f"segments: k={len(suite.segments.ids)} (true {len(set(truth))}), "
           f"ARI vs true segments = {adjusted_rand_score(truth, pred):.3f} (target >= 0.8)")

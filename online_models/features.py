@@ -17,9 +17,21 @@ import numpy as np
 from processors.events import CHANNELS, TouchpointEvent
 
 HOUR_MS: Final = 3_600_000
+OTHER: Final = "other"  # touchpoints outside the vocabulary are counted under this name
 DAY_MS: Final = 86_400_000
 MAX_ADOPTED: Final = 64  # distinct app features remembered per customer (bounded state)
 ADOPTION_TOUCHPOINTS: Final = frozenset({"feature_use", "onboarding_complete"})
+MAX_TOUCHPOINTS: Final = 64  # distinct touchpoint names counted per customer (bounded state)
+# The touchpoints the models know by name (the default funnel and the simulator use these);
+# others count as OTHER. ModelConfig.touchpoints overrides it.
+DEFAULT_TOUCHPOINTS: Final[tuple[str, ...]] = (
+    "landing_page", "blog_post", "pricing_page", "docs_page", "signup", "login", "trial_start",
+    "purchase", "subscription_cancelled", "app_open", "feature_use", "onboarding_complete",
+    "email_open", "email_click", "support_ticket", "support_chat", "demo_request", "sales_call",
+    "ad_click", "social_visit", "review",
+)
+ACCOUNT_TOUCHPOINTS: Final = frozenset({"signup", "login"})
+NEGATIVE_SCORE: Final = -0.5  # a text scored at or below this counts as negative
 
 CHANNEL_FEATURES: Final = tuple(f"share_{c}" for c in CHANNELS)
 FEATURE_NAMES: Final[tuple[str, ...]] = (
@@ -82,6 +94,8 @@ class CustomerFeatures:
     n_sentiment: int = 0
     channel_counts: dict[str, int] = field(default_factory=dict)
     adopted: set[str] = field(default_factory=set)
+    touchpoint_counts: dict[str, int] = field(default_factory=dict)
+    n_negative: int = 0  # texts scored below NEGATIVE_SCORE (a churn signal)
 
     def update(
         self,
@@ -123,6 +137,10 @@ class CustomerFeatures:
             self.n_churns += 1
         if event.channel == "support":
             self.n_support += 1
+        tp_counts = self.touchpoint_counts
+        tp = event.touchpoint if event.touchpoint in tp_counts or len(tp_counts) < MAX_TOUCHPOINTS \
+            else OTHER
+        tp_counts[tp] = tp_counts.get(tp, 0) + 1
         if event.touchpoint in ADOPTION_TOUCHPOINTS and len(self.adopted) < MAX_ADOPTED:
             name = event.touchpoint
             if event.properties and isinstance(event.properties.get("feature"), str):
@@ -133,6 +151,8 @@ class CustomerFeatures:
         """Record the sentiment of one of the customer's texts (-1 negative .. +1 positive)."""
         self.sentiment_sum += score
         self.n_sentiment += 1
+        if score <= NEGATIVE_SCORE:
+            self.n_negative += 1
 
 
 def features(summary: CustomerFeatures, now_ms: int) -> dict[str, float]:
@@ -208,3 +228,109 @@ class RunningScaler:
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         return (x - self.mean) / self.std
+
+
+# Fallbacks for a customer with no gap of a kind yet (typical values, not zeros: a missing gap
+# is not a zero-second gap).
+DEFAULT_STEP_GAP_S: Final = 90.0
+DEFAULT_SESSION_GAP_H: Final = 24.0
+
+
+@dataclass(frozen=True, slots=True)
+class Vectorizer:
+    """Fixed-order numpy views of a summary for the models, built without per-feature dicts.
+
+    `propensity(summary)`: the propensity inputs (log1p counts and gaps, sentiment, channel and
+    touchpoint shares, whether the customer has an account, and the last touchpoint one-hot:
+    where a journey stands is most of what decides its next steps).
+    `behaviour(summary)`: the segment space, a metric in which distances mean something without
+    per-dimension scaling: Hellinger coordinates (sqrt of touchpoint shares) for *what* a customer
+    does, and weighted logs of the step and session gaps and session length for *how*.
+    """
+
+    touchpoints: tuple[str, ...] = DEFAULT_TOUCHPOINTS
+    outcomes: frozenset[str] = frozenset({"purchase", "subscription_cancelled"})
+    rhythm_weight: float = 0.4
+    propensity_names: tuple[str, ...] = field(init=False)
+    behaviour_names: tuple[str, ...] = field(init=False)
+    _actions: tuple[str, ...] = field(init=False)
+    _index: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        actions = (*(t for t in self.touchpoints if t not in self.outcomes), OTHER)
+        set_ = object.__setattr__
+        set_(self, "_actions", actions)
+        set_(self, "_index", {t: i for i, t in enumerate(actions)})
+        set_(self, "propensity_names", (
+            "tenure_d", "n_events", "n_sessions", "events_per_session", "mean_step_gap_s",
+            "mean_session_gap_h", "n_features_adopted", "n_support", "n_negative",
+            "mean_sentiment", "has_account", *CHANNEL_FEATURES,
+            *(f"tp_{t}" for t in actions), *(f"last_{t}" for t in actions),
+        ))
+        set_(self, "behaviour_names", (
+            *(f"sqrt_tp_{t}" for t in actions), "log_step_gap", "log_session_gap",
+            "log_events_per_session",
+        ))
+
+    def _shares(self, summary: CustomerFeatures) -> list[float]:
+        shares = [0.0] * len(self._actions)
+        index = self._index
+        other = index[OTHER]
+        n = 0
+        for tp, c in summary.touchpoint_counts.items():
+            if tp in self.outcomes:
+                continue
+            shares[index.get(tp, other)] += c
+            n += c
+        if n:
+            shares = [v / n for v in shares]
+        return shares
+
+    def _gaps(self, s: CustomerFeatures) -> tuple[float, float]:
+        step_s = s.step_gap_sum_ms / s.n_step_gaps / 1000 if s.n_step_gaps else DEFAULT_STEP_GAP_S
+        n_session_gaps = s.n_sessions - 1
+        session_h = (
+            s.session_gap_sum_ms / n_session_gaps / HOUR_MS
+            if n_session_gaps > 0
+            else DEFAULT_SESSION_GAP_H
+        )
+        return step_s, session_h
+
+    def propensity(self, s: CustomerFeatures) -> np.ndarray:
+        log1p = math.log1p
+        n = s.n_events
+        step_s, session_h = self._gaps(s)
+        first = s.first_ts_ms if s.first_ts_ms is not None else 0
+        last = s.last_ts_ms if s.last_ts_ms is not None else first
+        tps = s.touchpoint_counts
+        has_account = any(t in tps for t in ACCOUNT_TOUCHPOINTS)
+        head = [
+            log1p((last - first) / DAY_MS),
+            log1p(n),
+            log1p(s.n_sessions),
+            log1p(n / s.n_sessions if s.n_sessions else 0.0),
+            log1p(step_s),
+            log1p(session_h),
+            log1p(len(s.adopted)),
+            log1p(s.n_support),
+            log1p(s.n_negative),
+            s.sentiment_sum / s.n_sentiment if s.n_sentiment else 0.0,
+            1.0 if has_account else 0.0,
+        ]
+        cc = s.channel_counts
+        head.extend(cc.get(c, 0) / n if n else 0.0 for c in CHANNELS)
+        head.extend(self._shares(s))
+        last_tp = [0.0] * len(self._actions)
+        if s.last_touchpoint is not None and s.last_touchpoint not in self.outcomes:
+            last_tp[self._index.get(s.last_touchpoint, self._index[OTHER])] = 1.0
+        head.extend(last_tp)
+        return np.array(head)
+
+    def behaviour(self, s: CustomerFeatures) -> np.ndarray:
+        step_s, session_h = self._gaps(s)
+        w = self.rhythm_weight
+        out = [math.sqrt(v) for v in self._shares(s)]
+        out.append(w * math.log(max(step_s, 1.0)))
+        out.append(w * math.log(max(session_h, 0.5)))
+        out.append(w * math.log(s.n_events / s.n_sessions if s.n_sessions else 1.0))
+        return np.array(out)

@@ -39,8 +39,14 @@ class LookalikeModel(Snapshotting):
         """0..1 similarity to the top customers; None until `min_top` of them are known."""
         if len(self.top) < self.min_top:
             return None
+        return self.score_vector(model_vector(feats, self.names))
+
+    def score_vector(self, x: np.ndarray) -> float | None:
+        """`score` for a behaviour vector in the order of `names`."""
+        if len(self.top) < self.min_top:
+            return None
         points, d_ref, mean, std = self._points()
-        z = (model_vector(feats, self.names) - mean) / std
+        z = (x - mean) / std
         d = np.sqrt(((points - z) ** 2).sum(axis=1))
         k = min(self.k, len(d))
         d_k = float(np.partition(d, k - 1)[:k].mean())
@@ -50,8 +56,12 @@ class LookalikeModel(Snapshotting):
         """Every customer moves the scaler; a converted one may enter the top set."""
         x = model_vector(feats, self.names)
         self.scaler.learn(x)
-        revenue = feats.get("revenue", 0.0)
-        if feats.get("n_conversions", 0.0) <= 0 or revenue <= 0:
+        if feats.get("n_conversions", 0.0) > 0:
+            self.learn_top(customer_id, x, feats.get("revenue", 0.0))
+
+    def learn_top(self, customer_id: str, x: np.ndarray, revenue: float) -> None:
+        """A converted customer with this revenue may enter the top set (x: in `names` order)."""
+        if revenue <= 0:
             return
         if customer_id in self.top or len(self.top) < self.max_top:
             self.top[customer_id] = (revenue, x)

@@ -58,7 +58,8 @@ def absorption_probabilities(
     return out
 
 
-def _odds(p: float) -> float:
+def odds(p: float) -> float:
+    """p / (1 - p), clipped away from 0 and 1."""
     p = min(max(p, 1e-6), 1 - 1e-6)
     return p / (1 - p)
 
@@ -85,7 +86,7 @@ def next_best_action(
         if p_customer is None:
             after[a] = pa
         else:
-            o = _odds(p_customer) * _odds(pa) / _odds(base)
+            o = odds(p_customer) * odds(pa) / odds(base)
             after[a] = o / (1 + o) if math.isfinite(o) else 1.0
     if not after:
         return NextBestAction(None, 0.0, now, {})

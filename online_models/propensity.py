@@ -1,26 +1,31 @@
-"""Conversion and churn propensity: online logistic regression with delayed labels.
+"""Conversion and churn propensity: logistic regression learned from delayed, fairly timed labels.
 
-A customer's feature snapshot is kept as *pending* (with the score it got) until its label is
-known: positive when the outcome happens within `horizon_ms`, negative when the horizon passes
-first. Only then does the model learn from it, so every score is computed before the model has
-seen the example's label (test-then-train), and the (score, label) pairs are a prequential record.
-Pending snapshots are bounded: at most one per customer per `snapshot_every_ms`, at most
-`max_per_customer` per customer and `max_pending` in all (the oldest is dropped and counted).
+An example is a customer's feature snapshot at a defined moment (the suite takes one at each
+session end), kept *pending* with the score it got then. Its label is decided by what happens in
+the `horizon_ms` after it (positive if the outcome happens, else negative) and, so that the
+training set is never skewed towards the quickly known positives, **both labels are released
+together when the horizon has passed**. Only then does the model learn from it: every recorded
+score was computed before its label was known (test-then-train), and the (score, label) pairs
+are a fair prequential record. Pending snapshots are bounded (`max_per_customer`, `max_pending`;
+the oldest is dropped and counted).
 
-The global model is always trained; a segment gets its own model, used once it has learned from
-`min_segment_labels` examples. Standard scaling + logistic loss keeps scores calibrated, and makes
-`weight × standardized value` an honest per-feature contribution.
+Learning is exact and cheap: released examples go to a bounded window (`fit_window`) and the
+model is refitted by a few warm-started Newton steps (L2-regularized logistic loss on
+standardized inputs) on a doubling schedule, then every `refit_every` labels. A segment gets its
+own model once it has `min_segment_labels` examples in the window. Logistic loss keeps scores
+calibrated; `weight × standardized value` is an honest per-feature contribution.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
-from river import linear_model, optim, preprocessing
+import numpy as np
 
 from online_models.checkpoint import Snapshotting
-from online_models.features import transformed
+from online_models.features import LOG_FEATURES
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,71 +44,158 @@ class Labelled:
 @dataclass(slots=True)
 class _Pending:
     ts_ms: int
-    x: dict[str, float]
+    x: np.ndarray
     segment: str
     p: float
+    y: bool = False
 
 
-def _new_lr(learning_rate: float, l2: float) -> linear_model.LogisticRegression:
-    return linear_model.LogisticRegression(
-        optimizer=optim.SGD(learning_rate), l2=l2, intercept_lr=learning_rate
-    )
+@dataclass(slots=True)
+class LogisticFit:
+    """A fitted L2 logistic regression on standardized inputs: plain arrays, pickles."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    w: np.ndarray
+    b: float
+
+    def logit(self, x: np.ndarray) -> float:
+        return float(((x - self.mean) / self.std) @ self.w) + self.b
+
+    def contributions(self, x: np.ndarray) -> np.ndarray:
+        return (x - self.mean) / self.std * self.w
+
+
+def fit_logistic(
+    x: np.ndarray, y: np.ndarray, l2: float, warm: LogisticFit | None = None, n_iter: int = 8
+) -> LogisticFit:
+    """Newton's method on the mean logistic loss + l2/2 |w|² (intercept not penalized)."""
+    mean = x.mean(axis=0)
+    std = x.std(axis=0)
+    std = np.where(std > 1e-9, std, 1.0)
+    z = np.hstack([(x - mean) / std, np.ones((len(x), 1))])
+    d = z.shape[1]
+    theta = np.zeros(d)
+    if warm is not None and len(warm.w) == d - 1:
+        theta[:-1], theta[-1] = warm.w, warm.b
+    else:
+        rate = min(max(float(y.mean()), 1e-4), 1 - 1e-4)
+        theta[-1] = math.log(rate / (1 - rate))
+    reg = np.full(d, l2)
+    reg[-1] = 0.0
+    n = len(x)
+
+    def loss(t: np.ndarray) -> float:
+        m = z @ t
+        return float(np.logaddexp(0.0, m).mean() - (y * m).mean() + 0.5 * (reg * t * t).sum())
+
+    current = loss(theta)
+    for _ in range(n_iter):
+        p = 1.0 / (1.0 + np.exp(-np.clip(z @ theta, -30, 30)))
+        grad = z.T @ (p - y) / n + reg * theta
+        hess = (z * (p * (1 - p))[:, None]).T @ z / n + np.diag(reg + 1e-9)
+        step = np.linalg.solve(hess, grad)
+        # Damped Newton: halve the step until the loss goes down (a warm start from another
+        # scaling, or near-separable data, can make the full step overshoot).
+        for _ in range(20):
+            candidate = theta - step
+            value = loss(candidate)
+            if value <= current:
+                break
+            step = step / 2
+        else:
+            break
+        theta, current = candidate, value
+        if float(np.abs(step).max()) < 1e-6:
+            break
+    return LogisticFit(mean, std, theta[:-1].copy(), float(theta[-1]))
 
 
 @dataclass(slots=True)
 class PropensityModel(Snapshotting):
-    """P(outcome within `horizon_ms` | features now), learned online from delayed labels."""
+    """P(outcome within `horizon_ms` | features at a snapshot), learned from delayed labels.
+
+    Inputs are vectors in the order of `names` (`score_vector`, `observe` with an array), or
+    dicts of plain features (`score`, `observe` with a dict: log1p of heavy-tailed ones; the
+    names are fixed by the first dict when not given).
+    """
 
     outcomes: frozenset[str]
     horizon_ms: int
-    snapshot_every_ms: int = 86_400_000
+    snapshot_every_ms: int = 0
     max_per_customer: int = 8
     max_pending: int = 200_000
     min_segment_labels: int = 2_000
-    learning_rate: float = 0.02
-    l2: float = 1e-4
-    excluded: frozenset[str] = frozenset()
-    scaler: preprocessing.StandardScaler = field(default_factory=preprocessing.StandardScaler)
-    model: linear_model.LogisticRegression = field(init=False)
-    segment_models: dict[str, linear_model.LogisticRegression] = field(default_factory=dict)
-    segment_labels: dict[str, int] = field(default_factory=dict)
+    l2: float = 1e-3
+    fit_window: int = 20_000
+    first_fit_after: int = 100
+    refit_every: int = 5_000
+    names: tuple[str, ...] = ()
+    fit: LogisticFit | None = None
+    segment_fits: dict[str, LogisticFit] = field(default_factory=dict)
+    window: deque[tuple[np.ndarray, bool, str]] = field(init=False)
     pending: dict[str, list[_Pending]] = field(default_factory=dict)
     order: deque[tuple[int, str]] = field(default_factory=deque)
+    next_fit_at: int = 0
     n_pending: int = 0
     n_dropped: int = 0
     n_labelled: int = 0
     n_positive: int = 0
+    n_fits: int = 0
 
     def __post_init__(self) -> None:
-        self.model = _new_lr(self.learning_rate, self.l2)
+        self.window = deque(maxlen=self.fit_window)
+        self.next_fit_at = self.first_fit_after
 
-    def _x(self, feats: dict[str, float]) -> dict[str, float]:
-        return {k: v for k, v in transformed(feats).items() if k not in self.excluded}
+    # -- inputs ----------------------------------------------------------------------------
+    def _vector(self, feats: dict[str, float] | np.ndarray) -> np.ndarray:
+        if isinstance(feats, np.ndarray):
+            return feats
+        if not self.names:
+            self.names = tuple(sorted(feats))
+        return np.fromiter(
+            (
+                math.log1p(feats.get(k, 0.0)) if k in LOG_FEATURES else feats.get(k, 0.0)
+                for k in self.names
+            ),
+            dtype=np.float64,
+            count=len(self.names),
+        )
 
-    def _model_for(self, segment: str) -> linear_model.LogisticRegression:
-        if self.segment_labels.get(segment, 0) >= self.min_segment_labels:
-            return self.segment_models[segment]
-        return self.model
+    def _fit_for(self, segment: str) -> LogisticFit | None:
+        return self.segment_fits.get(segment) or self.fit
+
+    # -- scoring ---------------------------------------------------------------------------
+    def score_vector(self, x: np.ndarray, segment: str) -> tuple[float, np.ndarray | None]:
+        """(probability, contribution per input) without learning; 0.5 and None before a fit."""
+        fit = self._fit_for(segment)
+        if fit is None:
+            return 0.5, None
+        z = fit.logit(x)
+        return 1.0 / (1.0 + math.exp(-max(min(z, 30.0), -30.0))), fit.contributions(x)
 
     def score(self, feats: dict[str, float], segment: str) -> tuple[float, dict[str, float]]:
         """(probability, contribution per feature) for a customer, without learning anything."""
-        x = self._x(feats)
-        xs = self.scaler.transform_one(x)
-        model = self._model_for(segment)
-        p = float(model.predict_proba_one(xs)[True])
-        weights = model.weights  # a fresh dict per access in River: read it once
-        contrib = {k: weights.get(k, 0.0) * v for k, v in xs.items()}
-        return p, contrib
+        x = self._vector(feats)
+        p, contrib = self.score_vector(x, segment)
+        if contrib is None:
+            return p, dict.fromkeys(self.names, 0.0)
+        return p, dict(zip(self.names, contrib.tolist(), strict=True))
 
+    # -- delayed labels --------------------------------------------------------------------
     def observe(
-        self, customer_id: str, ts_ms: int, feats: dict[str, float], segment: str, p: float
+        self,
+        customer_id: str,
+        ts_ms: int,
+        feats: dict[str, float] | np.ndarray,
+        segment: str,
+        p: float,
     ) -> None:
         """Keep a snapshot of the customer (with its score) until its label is known."""
         snaps = self.pending.get(customer_id)
         if snaps and ts_ms - snaps[-1].ts_ms < self.snapshot_every_ms:
             return
-        x = self._x(feats)
-        self.scaler.learn_one(x)  # on snapshots only: the scale of what the model learns from
+        x = self._vector(feats)
         if snaps is None:
             snaps = self.pending[customer_id] = []
         if len(snaps) >= self.max_per_customer:
@@ -117,30 +209,31 @@ class PropensityModel(Snapshotting):
             self._drop_oldest()
 
     def outcome(self, customer_id: str, ts_ms: int) -> list[Labelled]:
-        """The outcome happened: the customer's snapshots within the horizon are positives."""
-        snaps = self.pending.pop(customer_id, None)
-        if not snaps:
-            return []
-        self.n_pending -= len(snaps)
-        out = []
-        for snap in snaps:
-            positive = ts_ms - snap.ts_ms <= self.horizon_ms
-            out.append(self._learn(customer_id, snap, positive, ts_ms))
-        return out
+        """The outcome happened: snapshots within the horizon before it become positives.
+
+        Nothing is learned or returned yet: the labels are released by `expire` when each
+        snapshot's horizon has passed, like the negatives (equal delay for both labels).
+        """
+        for snap in self.pending.get(customer_id, ()):
+            if 0 <= ts_ms - snap.ts_ms <= self.horizon_ms:
+                snap.y = True
+        return []
 
     def expire(self, now_ms: int) -> list[Labelled]:
-        """Snapshots whose horizon has passed by `now_ms` (event time) become negatives."""
+        """Snapshots whose horizon has passed by `now_ms` (event time): learned, returned."""
         out: list[Labelled] = []
         while self.order and self.order[0][0] + self.horizon_ms < now_ms:
             ts_ms, customer_id = self.order.popleft()
             snaps = self.pending.get(customer_id)
             if not snaps or snaps[0].ts_ms != ts_ms:
-                continue  # already labelled by an outcome or dropped
+                continue  # dropped
             snap = snaps.pop(0)
             if not snaps:
                 del self.pending[customer_id]
             self.n_pending -= 1
-            out.append(self._learn(customer_id, snap, False, now_ms))
+            out.append(self._learn(customer_id, snap, now_ms))
+        if self.n_labelled >= self.next_fit_at:
+            self.refit()
         return out
 
     def _drop_oldest(self) -> None:
@@ -153,20 +246,48 @@ class PropensityModel(Snapshotting):
             self.n_pending -= 1
             self.n_dropped += 1
 
-    def _learn(self, customer_id: str, snap: _Pending, y: bool, now_ms: int) -> Labelled:
-        xs = self.scaler.transform_one(snap.x)
-        self.model.learn_one(xs, y)
-        seg = snap.segment
-        if seg not in self.segment_models:
-            self.segment_models[seg] = _new_lr(self.learning_rate, self.l2)
-        self.segment_models[seg].learn_one(xs, y)
-        self.segment_labels[seg] = self.segment_labels.get(seg, 0) + 1
+    def _learn(self, customer_id: str, snap: _Pending, now_ms: int) -> Labelled:
+        self.window.append((snap.x, snap.y, snap.segment))
         self.n_labelled += 1
-        self.n_positive += int(y)
-        return Labelled(customer_id, snap.ts_ms, now_ms, seg, snap.p, y, snap.x)
+        self.n_positive += int(snap.y)
+        x = dict(zip(self.names, snap.x.tolist(), strict=False)) if self.names else {}
+        return Labelled(customer_id, snap.ts_ms, now_ms, snap.segment, snap.p, snap.y, x)
+
+    # -- fitting ---------------------------------------------------------------------------
+    def refit(self) -> None:
+        """Refit the global and per-segment models on the window (warm-started Newton)."""
+        self.next_fit_at = self.n_labelled + min(max(self.n_labelled, 1), self.refit_every)
+        if len(self.window) < 2:
+            return
+        x = np.stack([r[0] for r in self.window])
+        y = np.fromiter((r[1] for r in self.window), dtype=np.float64, count=len(self.window))
+        if y.min() == y.max():
+            return
+        self.fit = fit_logistic(x, y, self.l2, self.fit)
+        self.n_fits += 1
+        segs = np.array([r[2] for r in self.window])
+        for seg in np.unique(segs):
+            mask = segs == seg
+            if mask.sum() < self.min_segment_labels or y[mask].min() == y[mask].max():
+                self.segment_fits.pop(str(seg), None)
+                continue
+            self.segment_fits[str(seg)] = fit_logistic(
+                x[mask], y[mask], self.l2, self.segment_fits.get(str(seg))
+            )
 
 
 def top_contributions(contrib: dict[str, float], n: int = 3) -> tuple[tuple[str, float], ...]:
     """The `n` features that move a score most, signed (positive raises the probability)."""
     ranked = sorted(contrib.items(), key=lambda kv: (-abs(kv[1]), kv[0]))[:n]
     return tuple((k, round(v, 4)) for k, v in ranked)
+
+
+def top_of(
+    names: tuple[str, ...], contrib: np.ndarray | None, n: int = 3
+) -> tuple[tuple[str, float], ...]:
+    """`top_contributions` for a contribution vector in the order of `names`."""
+    if contrib is None:
+        return ()
+    idx = np.argpartition(-np.abs(contrib), min(n, len(contrib) - 1))[:n]
+    ranked = sorted(idx.tolist(), key=lambda i: (-abs(contrib[i]), names[i]))
+    return tuple((names[i], round(float(contrib[i]), 4)) for i in ranked)

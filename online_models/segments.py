@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -120,6 +121,7 @@ class SegmentModel(Snapshotting):
     silhouette_sample: int = 1000
     seed: int = 0
     names: tuple[str, ...] = BEHAVIOUR_FEATURES
+    standardize: bool = True
     # state
     n_updates: int = 0
     n_customers: int = 0
@@ -142,6 +144,8 @@ class SegmentModel(Snapshotting):
         if not 2 <= self.k_min <= self.k_max:
             raise ValueError(f"need 2 <= k_min <= k_max, got {self.k_min}..{self.k_max}")
         self.res_x = np.zeros((self.reservoir_size, len(self.names)))
+        if not self.standardize:
+            self.scale_mean, self.scale_std = np.zeros(len(self.names)), np.ones(len(self.names))
         self.res_plain = np.zeros((self.reservoir_size, len(FEATURE_NAMES)))
         self.rng = random.Random(self.seed)
         self.next_eval_at = self.first_eval_after
@@ -152,15 +156,27 @@ class SegmentModel(Snapshotting):
 
     def assign(self, feats: dict[str, float]) -> str:
         """The segment id of a customer with these features (`"all"` before the first fit)."""
-        if not self.ids:
-            return UNASSIGNED
-        z = (self.vector(feats) - self.scale_mean) / self.scale_std
-        return self.ids[int(((self.centroids - z) ** 2).sum(axis=1).argmin())]
+        return self.assign_vector(self.vector(feats))
 
     # -- learning --------------------------------------------------------------------------
+    def assign_vector(self, x: np.ndarray) -> str:
+        """`assign` for a vector already in the model's space (see `names`)."""
+        if not self.ids:
+            return UNASSIGNED
+        z = (x - self.scale_mean) / self.scale_std if self.standardize else x
+        return self.ids[int(((self.centroids - z) ** 2).sum(axis=1).argmin())]
+
     def learn(self, customer_id: str, feats: dict[str, float]) -> Reclustering | None:
         """Learn from one customer's current features; may re-cluster on the schedule."""
-        x = self.vector(feats)
+        return self.learn_vector(
+            customer_id, self.vector(feats), lambda: model_vector(feats, FEATURE_NAMES)
+        )
+
+    def learn_vector(
+        self, customer_id: str, x: np.ndarray, plain: Callable[[], np.ndarray]
+    ) -> Reclustering | None:
+        """`learn` for a vector in the model's space; `plain()` gives the customer's
+        `model_vector(features, FEATURE_NAMES)` for profiles (called only when sampled)."""
         key = hashed_id(customer_id)
         slot = self.res_index.get(key)
         if slot is None:
@@ -178,9 +194,9 @@ class SegmentModel(Snapshotting):
                     self.res_index[key] = slot
         if slot is not None:
             self.res_x[slot] = x
-            self.res_plain[slot] = model_vector(feats, FEATURE_NAMES)
+            self.res_plain[slot] = plain()
         if self.ids:
-            z = (x - self.scale_mean) / self.scale_std
+            z = (x - self.scale_mean) / self.scale_std if self.standardize else x
             j = int(((self.centroids - z) ** 2).sum(axis=1).argmin())
             self.step_counts[j] = min(self.step_counts[j] + 1, self.max_step_count)
             self.centroids[j] += (z - self.centroids[j]) / self.step_counts[j]
@@ -208,9 +224,12 @@ class SegmentModel(Snapshotting):
         self.n_evals += 1
         rng = np.random.default_rng([self.seed, self.n_evals])
         x = self.res_x[:n]
-        mean = x.mean(axis=0)
-        std = x.std(axis=0)
-        std = np.where(std > 1e-9, std, 1.0)
+        if self.standardize:
+            mean = x.mean(axis=0)
+            std = x.std(axis=0)
+            std = np.where(std > 1e-9, std, 1.0)
+        else:  # the vectors come in a metric of their own (see features.Vectorizer.behaviour)
+            mean, std = np.zeros(x.shape[1]), np.ones(x.shape[1])
         z = (x - mean) / std
         sample = rng.choice(n, size=min(n, self.silhouette_sample), replace=False)
         fits: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -268,7 +287,9 @@ class SegmentModel(Snapshotting):
         n = len(self.res_keys)
         if not self.ids or n == 0:
             return []
-        z = (self.res_x[:n] - self.scale_mean) / self.scale_std
+        z = self.res_x[:n]
+        if self.standardize:
+            z = (z - self.scale_mean) / self.scale_std
         d2 = ((z[:, None, :] - self.centroids[None, :, :]) ** 2).sum(axis=2)
         labels = d2.argmin(axis=1)
         conv = FEATURE_NAMES.index("n_conversions")

@@ -4,30 +4,45 @@
     state = suite.new_customer()          # keep it per customer (a Faust table value)
     scores = suite.update(resolved_event, state)   # mutates `state`: reassign it in the table
 
-Per event, in this order: the text's sentiment is predicted; the customer's features absorb the
-event; the segment, both propensities (with their top features), the lookalike score and the
-next-best action are computed from the models as they are *before* this event teaches them
-anything (test-then-train); then the models learn, delayed labels that became known are learned,
-and drift detectors see the event's signals. Alerts come back on the scores and are kept
-(bounded) for `alerts_since`.
+Per event: the text's sentiment is predicted and the customer's summary absorbs the event. The
+segment, both propensities (with their top features) and the lookalike score are *refreshed* on
+a customer's first event, on each new session, on an outcome, and otherwise at most once per
+`refresh_s` of event time (in between, the cached scores are returned: they barely move within a
+session, and this keeps the models at a small share of pipeline time); the next-best action is
+recomputed for every event from a per-(segment, touchpoint) cache. All of it reads the models as
+they are *before* this event teaches them anything (test-then-train). Then the models learn:
+a customer's session closes when the next session starts or when event time passes its last
+event + `session_gap_s`; the closed session is the moment of a propensity example (labelled when
+its horizon passes) and of a segment update. Drift detectors see each event's conversion and the
+released labels. Alerts come back on the scores and are kept (bounded) for `alerts_since`.
 """
 
 from __future__ import annotations
 
+import heapq
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Annotated
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from online_models.checkpoint import Snapshotting
 from online_models.drift import Alert, DriftMonitor
-from online_models.features import CustomerFeatures, features
+from online_models.features import (
+    DEFAULT_TOUCHPOINTS,
+    FEATURE_NAMES,
+    CustomerFeatures,
+    Vectorizer,
+    features,
+    model_vector,
+)
 from online_models.lookalike import LookalikeModel
-from online_models.nba import Matrix, absorption_probabilities, next_best_action
-from online_models.propensity import Labelled, PropensityModel, top_contributions
+from online_models.nba import Matrix, absorption_probabilities, next_best_action, odds
+from online_models.propensity import Labelled, PropensityModel, top_of
 from online_models.segments import UNASSIGNED, SegmentModel, SegmentProfile
-from online_models.sentiment import SentimentAggregates, SentimentModel
+from online_models.sentiment import SentimentAggregates, SentimentModel, SentimentPrediction
 from processors.config import OutcomesConfig
 from processors.events import ResolvedEvent
 
@@ -44,7 +59,13 @@ class ModelConfig(BaseModel):
     session_gap_s: Annotated[int, Field(gt=0)] = 1800
     convert_horizon_s: Annotated[int, Field(gt=0)] = 30 * DAY_S
     churn_horizon_s: Annotated[int, Field(gt=0)] = 30 * DAY_S
-    snapshot_every_s: Annotated[int, Field(gt=0)] = DAY_S
+    snapshot_every_s: Annotated[int, Field(ge=0)] = 0
+    # Scores are recomputed on a first event, a new session, an outcome, else after this long.
+    refresh_s: Annotated[int, Field(ge=0)] = 600
+    # Touchpoints the models know by name (others count as "other").
+    touchpoints: tuple[str, ...] = DEFAULT_TOUCHPOINTS
+    # Segments learn from customers with at least this many events (fewer say too little).
+    segment_min_events: Annotated[int, Field(ge=1)] = 5
     max_pending: Annotated[int, Field(gt=0)] = 200_000
     min_segment_labels: Annotated[int, Field(gt=0)] = 2_000
     k_min: Annotated[int, Field(ge=2)] = 3
@@ -54,8 +75,8 @@ class ModelConfig(BaseModel):
     lookalike_top: Annotated[int, Field(ge=10)] = 500
     sentiment_max_vocab: Annotated[int, Field(ge=100)] = 20_000
     drift_delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
-    drift_warmup: Annotated[int, Field(ge=0)] = 1_000
-    drift_cooldown_s: Annotated[int, Field(ge=0)] = DAY_S
+    drift_warmup: Annotated[int, Field(ge=0)] = 2_000
+    drift_cooldown_s: Annotated[int, Field(ge=0)] = 7 * DAY_S
     drift_min_abs_change: Annotated[float, Field(ge=0)] = 0.01
     drift_min_rel_change: Annotated[float, Field(ge=0)] = 0.2
     # (src, dst) touchpoint pairs whose transition probability is watched per segment.
@@ -71,6 +92,12 @@ class CustomerModelState:
 
     features: CustomerFeatures
     segment: str = UNASSIGNED
+    # the scores of the last refresh (see ModelSuite.update)
+    scored_ms: int | None = None
+    p_convert: float = 0.5
+    p_churn: float = 0.5
+    top_features: tuple[tuple[str, float], ...] = ()
+    lookalike: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +116,17 @@ class Scores:
     sentiment: str | None
     sentiment_score: float | None
     alerts: tuple[Alert, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class _Session:
+    """What a closed session's example needs to know about the customer at its end."""
+
+    last_ts_ms: int
+    n_events: int
+    n_conversions: int
+    n_churns: int
+    summary: CustomerFeatures
 
 
 @dataclass(slots=True)
@@ -116,6 +154,11 @@ class ModelSuite(Snapshotting):
     n_reclusterings: int = 0
     labelled: list[Labelled] = field(default_factory=list)
     keep_labelled: bool = False
+    vectorizer: Vectorizer = field(init=False)
+    # customers with an open session (the latest state object seen) and their session ends
+    open_sessions: dict[str, CustomerModelState] = field(default_factory=dict)
+    session_ends: list[tuple[int, str]] = field(default_factory=list)
+    _nba_best: dict[tuple[str, str], tuple[str | None, float, float]] = field(default_factory=dict)
     _conversion: frozenset[str] = field(init=False)
     _churn: frozenset[str] = field(init=False)
 
@@ -123,7 +166,12 @@ class ModelSuite(Snapshotting):
         c = self.config
         self._conversion = frozenset(c.outcomes.conversion)
         self._churn = frozenset(c.outcomes.churn)
+        self.vectorizer = Vectorizer(
+            touchpoints=tuple(c.touchpoints), outcomes=self._conversion | self._churn
+        )
         self.segments = SegmentModel(
+            names=self.vectorizer.behaviour_names,
+            standardize=False,
             k_min=c.k_min,
             k_max=max(c.k_min, c.k_max),
             reservoir_size=c.segment_reservoir,
@@ -134,6 +182,7 @@ class ModelSuite(Snapshotting):
             "snapshot_every_ms": c.snapshot_every_s * 1000,
             "max_pending": c.max_pending,
             "min_segment_labels": c.min_segment_labels,
+            "names": self.vectorizer.propensity_names,
         }
         self.convert = PropensityModel(
             outcomes=self._conversion, horizon_ms=c.convert_horizon_s * 1000, **common
@@ -141,7 +190,9 @@ class ModelSuite(Snapshotting):
         self.churn = PropensityModel(
             outcomes=self._churn, horizon_ms=c.churn_horizon_s * 1000, **common
         )
-        self.lookalike = LookalikeModel(max_top=c.lookalike_top)
+        self.lookalike = LookalikeModel(
+            max_top=c.lookalike_top, names=self.vectorizer.behaviour_names
+        )
         self.sentiment = SentimentModel(max_vocab=c.sentiment_max_vocab)
         self.drift = DriftMonitor(
             delta=c.drift_delta,
@@ -173,6 +224,7 @@ class ModelSuite(Snapshotting):
         if candidates is None:
             candidates = tuple(s for s in sorted(matrix) if s not in (conversion, null))
         self.nba[segment] = _Nba(absorption, candidates)
+        self._nba_best.clear()
 
     def learn_sentiment(self, text: str, label: str) -> None:
         """Train the sentiment model on one labelled support text."""
@@ -184,78 +236,181 @@ class ModelSuite(Snapshotting):
         ev = event.event
         cid = event.customer_id
         ts = event.ts_ms
+        tp = ev.touchpoint
         self.now_ms = max(self.now_ms, ts)
         self.n_events += 1
         summary = state.features
         prev_tp = summary.last_touchpoint
+        last = summary.last_ts_ms
+        new_session = last is None or (
+            ts - last > summary.session_gap_ms
+            or (
+                ev.session_id is not None
+                and summary.last_session_id is not None
+                and ev.session_id != summary.last_session_id
+            )
+        )
+        # The previous session ends here (unless event time closed it already): its example
+        # is taken now, from the summary before this event, and learned after the scoring.
+        closing = self._snapshot(cid, state) if new_session and cid in self.open_sessions else None
 
         sent = self.sentiment.predict(ev.text) if ev.text else None
         if sent is not None and sent.label is not None:
             summary.add_sentiment(sent.score)
         summary.update(ev, conversion=self._conversion, churn=self._churn)
-        feats = features(summary, ts)
+        is_outcome = tp in self._conversion or tp in self._churn
 
-        # test: everything below reads the models as they were before this event
-        segment = self.segments.assign(feats)
-        p_convert, contrib = self.convert.score(feats, segment)
-        p_churn, _ = self.churn.score(feats, segment)
-        look = self.lookalike.score(feats)
-        action, lift = self._next_best(segment, ev.touchpoint, p_convert)
+        # test: the models as they were before this event
+        if (
+            new_session
+            or is_outcome
+            or state.scored_ms is None
+            or ts - state.scored_ms >= self.config.refresh_s * 1000
+        ):
+            self._refresh(state, ts)
+        action, lift = self._next_best(state.segment, tp, state.p_convert)
 
         # train
-        alerts: list[Alert] = []
-        old_segment = state.segment
-        state.segment = segment
-        self.segments.move(old_segment, segment)
-        change = self.segments.learn(cid, feats)
-        if change is not None:
-            self.n_reclusterings += 1
-            if change.new or change.retired:
-                # Segment-keyed histories describe segments that no longer exist as they were.
-                for metric, seg in list(self.drift.tracks):
-                    if seg != UNASSIGNED:
-                        self.drift.reset(metric, seg)
-        self.lookalike.learn(cid, feats)
-        labelled: list[tuple[str, Labelled]] = []
-        for name, model, outcomes in (
-            ("convert", self.convert, self._conversion),
-            ("churn", self.churn, self._churn),
-        ):
-            if ev.touchpoint in outcomes:
-                labelled.extend((name, lab) for lab in model.outcome(cid, ts))
-            elif summary.n_churns == 0:
-                p = p_convert if name == "convert" else p_churn
-                model.observe(cid, ts, feats, segment, p)
-            labelled.extend((name, lab) for lab in model.expire(self.now_ms))
+        if closing is not None:
+            self._learn_session(*closing)
+        self.open_sessions[cid] = state
+        if new_session:
+            heapq.heappush(self.session_ends, (ts + summary.session_gap_ms, cid))
+        if tp in self._conversion:
+            self.convert.outcome(cid, ts)
+            if summary.last_ts_ms is not None:
+                self.lookalike.learn_top(
+                    cid, self.vectorizer.behaviour(summary), summary.revenue
+                )
+        if tp in self._churn:
+            self.churn.outcome(cid, ts)
+        labelled = self._advance(self.now_ms)
         if self.keep_labelled:
             self.labelled.extend(lab for name, lab in labelled if name == "convert")
-
         if sent is not None and sent.label is not None:
-            stage = prev_tp or ev.touchpoint
-            self.sentiment_by.update(segment, stage, sent)
-        alerts.extend(self._watch(ts, segment, prev_tp, ev.touchpoint, labelled, sent))
+            self.sentiment_by.update(state.segment, prev_tp or tp, sent)
+        alerts = self._watch(ts, state.segment, prev_tp, tp, labelled, sent)
         self.alerts.extend(alerts)
         return Scores(
             customer_id=cid,
             ts_ms=ts,
-            segment=segment,
-            p_convert=p_convert,
-            p_churn=p_churn,
-            top_features=top_contributions(contrib),
+            segment=state.segment,
+            p_convert=state.p_convert,
+            p_churn=state.p_churn,
+            top_features=state.top_features,
             next_best_action=action,
             expected_lift=lift,
-            lookalike=look,
+            lookalike=state.lookalike,
             sentiment=sent.label if sent else None,
             sentiment_score=sent.score if sent and sent.label else None,
             alerts=tuple(alerts),
         )
 
+    def _refresh(self, state: CustomerModelState, ts: int) -> None:
+        """Recompute the customer's segment and scores from the models as they are now."""
+        summary = state.features
+        xb = self.vectorizer.behaviour(summary)
+        segment = self.segments.assign_vector(xb)
+        self.segments.move(state.segment, segment)
+        state.segment = segment
+        xp = self.vectorizer.propensity(summary)
+        p, contrib = self.convert.score_vector(xp, segment)
+        state.p_convert = p
+        state.p_churn = self.churn.score_vector(xp, segment)[0]
+        state.top_features = top_of(self.vectorizer.propensity_names, contrib)
+        state.lookalike = self.lookalike.score_vector(xb)
+        state.scored_ms = ts
+
+    def _snapshot(
+        self, cid: str, state: CustomerModelState
+    ) -> tuple[str, _Session, np.ndarray, np.ndarray, str, float, float]:
+        """A closing session's example: vectors, segment and both scores, before learning."""
+        self.open_sessions.pop(cid, None)
+        summary = state.features
+        facts = _Session(
+            summary.last_ts_ms if summary.last_ts_ms is not None else self.now_ms,
+            summary.n_events,
+            summary.n_conversions,
+            summary.n_churns,
+            summary,
+        )
+        xb = self.vectorizer.behaviour(summary)
+        xp = self.vectorizer.propensity(summary)
+        segment = self.segments.assign_vector(xb)
+        p_convert = self.convert.score_vector(xp, segment)[0]
+        p_churn = self.churn.score_vector(xp, segment)[0]
+        return cid, facts, xb, xp, segment, p_convert, p_churn
+
+    def _learn_session(
+        self,
+        cid: str,
+        session: _Session,
+        xb: np.ndarray,
+        xp: np.ndarray,
+        segment: str,
+        p_convert: float,
+        p_churn: float,
+    ) -> None:
+        ts = session.last_ts_ms
+        if session.n_churns == 0:
+            if session.n_conversions == 0:
+                self.convert.observe(cid, ts, xp, segment, p_convert)
+            self.churn.observe(cid, ts, xp, segment, p_churn)
+        self.lookalike.scaler.learn(xb)
+        if session.n_events < self.config.segment_min_events:
+            return
+        summary = session.summary  # profiles read it only when this customer is sampled
+        change = self.segments.learn_vector(
+            cid, xb, lambda: model_vector(features(summary, ts), FEATURE_NAMES)
+        )
+        if change is not None:
+            self.n_reclusterings += 1
+            # Only histories of segments that appeared or disappeared lose their meaning;
+            # kept ids are the same segments, moved a little.
+            for seg in (*change.new, *change.retired):
+                self.drift.reset(segment=seg)
+
+    def _advance(self, now_ms: int) -> list[tuple[str, Labelled]]:
+        """Close sessions event time has passed; release labels whose horizon has passed."""
+        ends = self.session_ends
+        while ends and ends[0][0] < now_ms:
+            deadline, cid = heapq.heappop(ends)
+            state = self.open_sessions.get(cid)
+            if state is None:
+                continue
+            summary = state.features
+            last = summary.last_ts_ms if summary.last_ts_ms is not None else deadline
+            actual = last + summary.session_gap_ms
+            if actual >= now_ms:
+                if actual != deadline:
+                    heapq.heappush(ends, (actual, cid))
+                continue
+            self._learn_session(*self._snapshot(cid, state))
+        labelled = [("convert", lab) for lab in self.convert.expire(now_ms)]
+        labelled.extend(("churn", lab) for lab in self.churn.expire(now_ms))
+        return labelled
+
     def _next_best(self, segment: str, here: str, p: float) -> tuple[str | None, float]:
-        nba = self.nba.get(segment) or self.nba.get(UNASSIGNED)
-        if nba is None or here in self._conversion or here in self._churn:
+        if here in self._conversion or here in self._churn:
             return None, 0.0
-        best = next_best_action(nba.absorption, here, nba.candidates, p_customer=p)
-        return best.action, best.expected_lift
+        key = (segment, here)
+        best = self._nba_best.get(key)
+        if best is None:
+            nba = self.nba.get(segment) or self.nba.get(UNASSIGNED)
+            if nba is None:
+                return None, 0.0
+            # The best action does not depend on the customer's own propensity (the odds
+            # scaling is monotone), so it is cached per (segment, touchpoint).
+            choice = next_best_action(nba.absorption, here, nba.candidates)
+            base = nba.absorption.get(here, 0.0)
+            after = nba.absorption.get(choice.action, 0.0) if choice.action else 0.0
+            best = self._nba_best[key] = (choice.action, base, after)
+        action, base, after = best
+        if action is None:
+            return None, 0.0
+        o = odds(p) * odds(after) / odds(base)
+        p_after = o / (1 + o) if math.isfinite(o) else 1.0
+        return action, p_after - p
 
     def _watch(
         self,
@@ -264,7 +419,7 @@ class ModelSuite(Snapshotting):
         prev_tp: str | None,
         touchpoint: str,
         labelled: list[tuple[str, Labelled]],
-        sent: object,
+        sent: SentimentPrediction | None,
     ) -> list[Alert]:
         out: list[Alert] = []
 
@@ -285,9 +440,8 @@ class ModelSuite(Snapshotting):
                     feed(f"transition:{src}->{dst}", segment, 1.0 if touchpoint == dst else 0.0)
         for name, lab in labelled:
             feed(f"propensity_error:{name}", UNASSIGNED, (float(lab.y) - lab.p) ** 2)
-        score = getattr(sent, "score", None)
-        if score is not None and getattr(sent, "label", None) is not None:
-            feed("sentiment", segment, score)
+        if sent is not None and sent.label is not None:
+            feed("sentiment", segment, sent.score)
         return out
 
     # -- reading ---------------------------------------------------------------------------

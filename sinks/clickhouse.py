@@ -9,10 +9,18 @@ Why writes are idempotent (at-least-once delivery must never count a batch twice
 
 * Every analyst table is a ``ReplacingMergeTree`` whose sorting key is deterministic: taken from
   the event (``touchpoints``: channel, touchpoint, occurred_at, event_id), or the full identity of
-  an aggregate cell (``transitions``: window, size, segment, channel, order, src1, src, dst).
-  Aggregates are written as their *full current value*, never as a delta, so rewriting a cell
-  after a redelivery or a replay replaces it instead of adding to it (a SummingMergeTree of deltas
-  would double count). A version column (ingested_at, updated_at, as_of) makes the newest win.
+  an aggregate cell (``transition_cells``: pane, segment, channel, prev2, src, dst, gap bucket,
+  shard). Aggregates are written as their *full current value*, never as a delta, so rewriting a
+  cell after a redelivery or a replay replaces it instead of adding to it (a SummingMergeTree of
+  deltas would double count). A version column (ingested_at, updated_at, as_of) makes the newest
+  win.
+* Transitions are stored as the processor emits them: the cells of one *pane* (one step of event
+  time) per shard (Kafka partition), re-emitted whole when late events or merges change the pane.
+  A cell can drop out of a re-emission, so the views read only the latest emission of each
+  (shard, pane), found in ``transition_panes`` (a materialized ``max(updated_at)``, exact under
+  repeated inserts), and sum over shards and panes at query time: ``FINAL`` plus ``GROUP BY``.
+  An AggregatingMergeTree of sums could not be exact here: a re-emitted pane would add to its
+  earlier emission instead of replacing it.
 * Each flushed batch carries an ``insert_deduplication_token`` fixed when the batch is sealed and
   reused by every retry, with ``non_replicated_deduplication_window`` on the tables: an insert that
   reached the server although the client saw a timeout is dropped when it is retried, so even
@@ -43,7 +51,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import urlsplit
 
 import clickhouse_connect
@@ -64,9 +72,16 @@ from processors.errors import (
     StoreLockedError,
 )
 from processors.events import ResolvedEvent
-from processors.identity import IdentityLink, MergeRecord
-from processors.transitions import ALL, TransitionRow
+from processors.identity import Conflict, IdentityLink, MergeRecord
 from processors.validation import DeadLetter
+
+if TYPE_CHECKING:  # only annotations: the sink does not pay for importing River
+    from online_models.drift import Alert
+    from online_models.segments import SegmentProfile
+    from online_models.suite import Scores
+    from processors.funnels import FunnelStageStats
+    from processors.journeys import LateEvent
+    from processors.transitions import CellRow
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +92,9 @@ _MIGRATION_FILE: Final = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 RETRYABLE_CODES: Final = frozenset({159, 202, 209, 210, 241, 252, 425, 1000})
 _CODE: Final = re.compile(r"Code: (\d+)")
 # Tables whose rows age out when clickhouse.ttl_days > 0, and their time column.
-TTL_TABLES: Final = {"touchpoints": "occurred_at", "dead_letters": "received_at"}
-# processors.transitions says "*" for all channels; the analyst schema says "" (see docs).
-ALL_CHANNELS: Final = ""
+TTL_TABLES: Final = {
+    "touchpoints": "occurred_at", "dead_letters": "received_at", "late_events": "received_at",
+}
 
 
 class ClickHouseTarget(Protocol):
@@ -710,23 +725,127 @@ def dead_letter_row(dead: DeadLetter, received_at_ms: int) -> dict[str, Any]:
     }
 
 
-def transition_row(row: TransitionRow, updated_at_ms: int) -> dict[str, Any]:
-    """The `transitions` row of one window cell: its full current value, never a delta."""
-    first = row.order == 1
+def transition_cell_row(row: CellRow, shard: int, updated_at_ms: int) -> dict[str, Any]:
+    """The `transition_cells` row of one pane cell: its full current value, never a delta.
+
+    `shard` is the Kafka partition whose worker counted it (0 in the replay). Every row of one
+    emission of a pane must carry the same `updated_at_ms`, later than that of any earlier
+    emission of the pane by the same shard (:class:`EmissionClock` gives such values): the views
+    read only the latest emission of each (shard, pane), so cells missing from it count as zero.
+    """
+    if not 0 <= shard <= 65_535:
+        raise ValueError(f"shard must fit UInt16 (a Kafka partition), got {shard}")
     return {
-        "window_start": row.window_start_ms // 1000,
-        "window_size_s": row.window_size_s,
+        "shard": shard,
+        "pane_start": row.pane_start_ms // 1000,
+        "pane_size_s": row.pane_size_s,
         "segment": row.segment,
-        "channel": ALL_CHANNELS if row.channel == ALL else row.channel,
-        "order": row.order,
-        "src1": row.prev2,
+        "channel": row.channel,
+        "prev2": row.prev2,
         "src": row.src,
         "dst": row.dst,
+        "gap_bucket": row.gap_bucket,
         "n": row.n,
-        "gap_count": max(row.n, 0) if first else 0,
-        "gap_sum_ms": max(row.gap_sum_ms, 0),
-        "gap_buckets": [max(c, 0) for c in row.gap_hist],
+        "gap_sum_ms": row.gap_sum_ms,
         "updated_at": updated_at_ms,
+    }
+
+
+class EmissionClock:
+    """Strictly increasing epoch-ms versions: ``clock(now_ms)`` is never <= the last one.
+
+    Two emissions of a pane within the same millisecond would otherwise share a version, and a
+    cell dropped by the second would still be read as current.
+    """
+
+    def __init__(self) -> None:
+        self.last_ms = 0
+
+    def __call__(self, now_ms: int) -> int:
+        self.last_ms = max(int(now_ms), self.last_ms + 1)
+        return self.last_ms
+
+
+def funnel_dropoff_row(stats: FunnelStageStats, as_of_ms: int, shard: int = 0) -> dict[str, Any]:
+    """The `funnel_dropoff` row of one stage snapshot, for the shard whose tracker made it."""
+    return {**stats.as_row(as_of_ms), "shard": shard}
+
+
+def late_event_row(late: LateEvent, received_at_ms: int) -> dict[str, Any]:
+    """The `late_events` row of an event that came after the frontier and was not applied."""
+    resolved = late.event
+    return {
+        "event_id": resolved.event.event_id,
+        "occurred_at": resolved.ts_ms,
+        "customer_id": resolved.customer_id,
+        "channel": resolved.event.channel,
+        "touchpoint": resolved.event.touchpoint,
+        "segment": resolved.segment,
+        "watermark": late.watermark_ms,
+        "frontier": late.frontier_ms,
+        "reason": late.reason,
+        "received_at": received_at_ms,
+    }
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value, default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+def customer_score_row(scores: Scores, as_of_ms: int) -> dict[str, Any]:
+    """The `customer_scores` row: a customer's latest scores (the newest `as_of` wins)."""
+    return {
+        "customer_id": scores.customer_id,
+        "as_of": as_of_ms,
+        "ts": scores.ts_ms,
+        "segment": scores.segment,
+        "p_convert": scores.p_convert,
+        "p_churn": scores.p_churn,
+        "next_best_action": scores.next_best_action or "",
+        "expected_lift": scores.expected_lift,
+        "lookalike": scores.lookalike,
+        "top_features": _json(dict(scores.top_features)),
+        "sentiment": scores.sentiment or "",
+        "sentiment_score": scores.sentiment_score,
+    }
+
+
+def segment_row(profile: SegmentProfile, as_of_ms: int) -> dict[str, Any]:
+    """The `segments` row of one segment in one snapshot."""
+    return {
+        "segment": profile.segment,
+        "as_of": as_of_ms,
+        "size": profile.size,
+        "sample_share": profile.sample_share,
+        "centroid": _json(profile.centroid),
+        "conversion_rate": profile.conversion_rate,
+        "examples": list(profile.examples),
+    }
+
+
+def alert_row(alert: Alert) -> dict[str, Any]:
+    """The `alerts` row; `alert_id` is deterministic, so a replay replaces its own alerts."""
+    return {
+        "alert_id": alert.alert_id,
+        "ts": alert.ts_ms,
+        "kind": alert.kind,
+        "severity": alert.severity,
+        "segment": alert.segment,
+        "metric": alert.metric,
+        "message": alert.message,
+        "evidence": _json(alert.evidence),
+    }
+
+
+def identity_conflict_row(conflict: Conflict) -> dict[str, Any]:
+    """The `identity_conflicts` row of a link the identity safeguards refused."""
+    return {
+        "event_id": conflict.event_id,
+        "ts": conflict.ts_ms,
+        "reason": conflict.reason,
+        "customer_a": conflict.customer_a,
+        "customer_b": conflict.customer_b,
+        "id_hashes": list(conflict.id_hashes),
     }
 
 

@@ -23,7 +23,7 @@ FROM (
         arrayStringConcat(
             arraySlice(arrayMap(x -> x.2, arraySort(groupArray((occurred_at, touchpoint)))),
                        1, {max_steps:UInt8}), ' > ') AS path,
-        max(touchpoint IN {conversion:Array(String)}) AS converted
+        max(has(splitByChar(',', {conversion:String}), touchpoint)) AS converted
     FROM touchpoints
     GROUP BY customer_id
 )
@@ -36,7 +36,7 @@ OVERVIEW_SQL = """
 SELECT
     count() AS events,
     uniqExact(customer_id) AS customers,
-    countIf(touchpoint IN {conversion:Array(String)}) AS conversions,
+    countIf(has(splitByChar(',', {conversion:String}), touchpoint)) AS conversions,
     round(sum(revenue), 2) AS revenue,
     min(occurred_at) AS first_event,
     max(occurred_at) AS last_event
@@ -109,7 +109,7 @@ def gather(
 ) -> JourneyReport:
     """Query the analyst tables for everything the report shows."""
     report = JourneyReport()
-    conv = "[" + ",".join("'" + c.replace("'", "") + "'" for c in conversion) + "]"
+    conv = ",".join(conversion)  # touchpoint names: lower snake case, never a comma
     result = run_query(store, OVERVIEW_SQL, {"conversion": conv})
     report.overview = dict(zip(result.columns, result.rows[0], strict=True)) if result.rows else {}
     report.dead_letters = [(r[0], int(r[1])) for r in run_query(store, DEAD_SQL).rows]

@@ -1,4 +1,4 @@
--- Every accepted event, one row per event_id, and every dead letter.
+-- Every accepted event, one row per event_id, every dead letter, and every late event.
 -- ReplacingMergeTree on keys taken from the event itself: a redelivered event replaces its
 -- earlier copy (the latest ingestion wins, so a re-resolved customer_id is kept).
 CREATE TABLE IF NOT EXISTS touchpoints
@@ -35,4 +35,24 @@ CREATE TABLE IF NOT EXISTS dead_letters
 )
 ENGINE = ReplacingMergeTree(received_at)
 ORDER BY (source_topic, source_partition, source_offset, stage)
+SETTINGS non_replicated_deduplication_window = 1000;
+
+-- Events that came after the frontier (watermark minus the allowed lateness): valid, resolved,
+-- but not applied to journeys, transitions or funnels. One row per event_id.
+CREATE TABLE IF NOT EXISTS late_events
+(
+    event_id String,
+    occurred_at DateTime64(3, 'UTC'),
+    customer_id String,
+    channel LowCardinality(String),
+    touchpoint LowCardinality(String),
+    segment LowCardinality(String),
+    watermark DateTime64(3, 'UTC'),
+    frontier DateTime64(3, 'UTC'),
+    reason String,
+    received_at DateTime64(3, 'UTC')
+)
+ENGINE = ReplacingMergeTree(received_at)
+PARTITION BY toYYYYMM(occurred_at)
+ORDER BY (event_id)
 SETTINGS non_replicated_deduplication_window = 1000;

@@ -1,4 +1,5 @@
--- Hashed identifiers per customer, merges, and customer_map: every id -> its current winner.
+-- Hashed identifiers per customer, merges, refused links (conflicts), and customer_map: every
+-- id -> its current winner.
 CREATE TABLE IF NOT EXISTS identity_links
 (
     customer_id String,
@@ -20,6 +21,21 @@ CREATE TABLE IF NOT EXISTS identity_merges
 )
 ENGINE = ReplacingMergeTree
 ORDER BY loser
+SETTINGS non_replicated_deduplication_window = 1000;
+
+-- Links an event asked for and the safeguards refused (the two customers stay apart).
+CREATE TABLE IF NOT EXISTS identity_conflicts
+(
+    event_id String,
+    ts DateTime64(3, 'UTC'),
+    reason LowCardinality(String),
+    customer_a String,
+    customer_b String,
+    id_hashes Array(String)
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(ts)
+ORDER BY (reason, event_id, customer_a, customer_b)
 SETTINGS non_replicated_deduplication_window = 1000;
 
 -- Merges chain (a -> b, later b -> c): follow them to the end, at most 64 hops (cycle guard).

@@ -18,13 +18,16 @@ CREATE TABLE IF NOT EXISTS customer_scores
 (
     customer_id String,
     as_of DateTime64(3, 'UTC'),
+    ts DateTime64(3, 'UTC'),
     segment LowCardinality(String),
     p_convert Float32,
     p_churn Float32,
     next_best_action LowCardinality(String),
     expected_lift Float32,
-    lookalike Float32,
-    top_features String
+    lookalike Nullable(Float32),
+    top_features String,
+    sentiment LowCardinality(String),
+    sentiment_score Nullable(Float32)
 )
 ENGINE = ReplacingMergeTree(as_of)
 ORDER BY customer_id
@@ -35,6 +38,7 @@ CREATE TABLE IF NOT EXISTS segments
     segment LowCardinality(String),
     as_of DateTime64(3, 'UTC'),
     size UInt64,
+    sample_share Float64,
     centroid String,
     conversion_rate Float64,
     examples Array(String)
