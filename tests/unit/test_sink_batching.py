@@ -2,24 +2,40 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
+import numpy as np
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 
+from online_models.drift import Alert
+from online_models.segments import SegmentProfile
+from online_models.suite import Scores
+from processors.attribution import Attribution
+from processors.config import WindowsConfig
 from processors.errors import QueryError, SchemaError, ServiceUnavailable
-from processors.identity import IdentityLink, MergeRecord
-from processors.transitions import TransitionRow
+from processors.funnels import FunnelStageStats, FunnelTransition
+from processors.identity import Conflict, IdentityLink, MergeRecord
+from processors.journeys import LateEvent, Step
+from processors.transitions import TransitionCounter, gap_bucket
 from processors.validation import DeadLetter, Source
 from sinks.clickhouse import (
+    EmissionClock,
     SinkWriter,
+    alert_row,
     check_read_only,
+    customer_score_row,
     dead_letter_row,
+    funnel_dropoff_row,
+    identity_conflict_row,
     identity_link_row,
     identity_merge_row,
+    late_event_row,
     parse_params,
+    segment_row,
     touchpoint_row,
-    transition_row,
+    transition_cell_row,
 )
 from tests.factories import T0_MS, resolved
 
@@ -227,18 +243,97 @@ def test_dead_letter_row_keeps_the_original_bytes_and_where_they_came_from() -> 
     assert row["stage"] == "validate" and '"json_invalid"' in row["errors"]
 
 
-def test_transition_rows_are_full_values_with_the_all_channel_as_empty_string() -> None:
-    first = TransitionRow(T0_MS, 86_400, "*", "*", 1, "", "landing_page", "pricing_page",
-                          3, 90_000, (1, 2) + (0,) * 48)
-    row = transition_row(first, updated_at_ms=T0_MS + 1)
-    assert row["window_start"] == T0_MS // 1000 and row["channel"] == "" and row["segment"] == "*"
-    assert (row["order"], row["src1"], row["n"], row["gap_count"], row["gap_sum_ms"]) == (
-        1, "", 3, 3, 90_000)
-    assert row["gap_buckets"][:3] == [1, 2, 0] and row["updated_at"] == T0_MS + 1
-    second = TransitionRow(T0_MS, 86_400, "s1", "web", 2, "a", "b", "c", 2, 0, ())
-    row2 = transition_row(second, updated_at_ms=0)
-    assert (row2["channel"], row2["src1"], row2["gap_count"], row2["gap_buckets"]) == (
-        "web", "a", 0, [])
+def test_transition_cell_rows_are_the_pane_cells_with_their_shard_and_version() -> None:
+    counter = TransitionCounter(WindowsConfig(sizes_s=[7200], step_s=3600))
+
+    def step(src: str, dst: str, prev2: str, gap_ms: int, minute: int) -> Step:
+        return Step("c1", "s1", "web", dst, src, dst, prev2, gap_ms, T0_MS + minute * 60_000,
+                    "sess", False, 0.0, 0)
+
+    counter.update([step("start", "landing_page", "", 0, 1),
+                    step("landing_page", "pricing_page", "start", 90_000, 3),
+                    step("landing_page", "pricing_page", "start", 95_000, 4)])
+    cells = counter.advance(T0_MS + 3_600_000)
+    rows = sorted((transition_cell_row(c, 3, T0_MS + 9) for c in cells), key=lambda r: r["src"])
+    assert rows == [
+        {"shard": 3, "pane_start": T0_MS // 1000, "pane_size_s": 3600, "segment": "s1",
+         "channel": "web", "prev2": "start", "src": "landing_page", "dst": "pricing_page",
+         "gap_bucket": gap_bucket(90_000), "n": 2, "gap_sum_ms": 185_000,
+         "updated_at": T0_MS + 9},
+        {"shard": 3, "pane_start": T0_MS // 1000, "pane_size_s": 3600, "segment": "s1",
+         "channel": "web", "prev2": "", "src": "start", "dst": "landing_page", "gap_bucket": 0,
+         "n": 1, "gap_sum_ms": 0, "updated_at": T0_MS + 9},
+    ]
+    with pytest.raises(ValueError, match="UInt16"):
+        transition_cell_row(cells[0], 70_000, 0)
+
+
+def test_emission_versions_strictly_increase_even_within_one_millisecond() -> None:
+    clock = EmissionClock()
+    assert [clock(5), clock(5), clock(4), clock(100), clock(100)] == [5, 6, 7, 100, 101]
+
+
+def test_funnel_rows_match_the_funnel_tables() -> None:
+    moved = FunnelTransition("c1", "f", -1, 0, "", "visit", T0_MS, None, "s1", date(2026, 2, 23))
+    assert moved.as_row() == {
+        "customer_id": "c1", "funnel": "f", "from_stage": "", "to_stage": "visit",
+        "ts": T0_MS, "time_in_prev_stage_ms": None, "segment": "s1",
+        "cohort_week": date(2026, 2, 23)}
+    stats = FunnelStageStats("f", 1, "trial", "*", None, 5, 3, 1, 1500.0, None)
+    assert funnel_dropoff_row(stats, T0_MS, shard=2) == {
+        "funnel": "f", "stage": "trial", "stage_index": 1, "segment": "*", "cohort_week": None,
+        "entered": 5, "advanced": 3, "dropped": 1, "median_time_to_advance_ms": 1500.0,
+        "p90_time_to_advance_ms": None, "as_of": T0_MS, "shard": 2}
+
+
+def test_late_event_row_says_why_and_when() -> None:
+    ev = resolved("c-9", "pricing_page", T0_MS - 5000, segment="s3", channel="email")
+    late = LateEvent(ev, watermark_ms=T0_MS, frontier_ms=T0_MS - 1000)
+    assert late_event_row(late, received_at_ms=T0_MS + 1) == {
+        "event_id": ev.event.event_id, "occurred_at": T0_MS - 5000, "customer_id": "c-9",
+        "channel": "email", "touchpoint": "pricing_page", "segment": "s3",
+        "watermark": T0_MS, "frontier": T0_MS - 1000,
+        "reason": "older than the watermark minus the allowed lateness",
+        "received_at": T0_MS + 1}
+
+
+def test_model_rows_serialize_nested_values_as_json_and_missing_ones_as_defaults() -> None:
+    alert = Alert("a1", T0_MS, "drift", "critical", "s1", "p_convert", "dropped",
+                  {"before": 0.5, "after": np.float64(0.25), "since": T0_MS})
+    scores = Scores("c1", T0_MS, "s1", 0.25, 0.5, (("n_pricing", 0.7), ("recency", -0.2)),
+                    "email_offer", 0.03, None, "negative", -0.6, (alert,))
+    assert customer_score_row(scores, as_of_ms=T0_MS + 7) == {
+        "customer_id": "c1", "as_of": T0_MS + 7, "ts": T0_MS, "segment": "s1",
+        "p_convert": 0.25, "p_churn": 0.5, "next_best_action": "email_offer",
+        "expected_lift": 0.03, "lookalike": None,
+        "top_features": '{"n_pricing":0.7,"recency":-0.2}', "sentiment": "negative",
+        "sentiment_score": -0.6}
+    bare = customer_score_row(
+        Scores("c2", T0_MS, "all", 0.5, 0.5, (), None, 0.0, 0.9, None, None), as_of_ms=1)
+    assert (bare["next_best_action"], bare["sentiment"], bare["top_features"],
+            bare["lookalike"], bare["sentiment_score"]) == ("", "", "{}", 0.9, None)
+    profile = SegmentProfile("s1", 40, 0.4, {"web": 0.9, "email": 0.1}, 0.125, ("c1", "c2"))
+    assert segment_row(profile, as_of_ms=T0_MS) == {
+        "segment": "s1", "as_of": T0_MS, "size": 40, "sample_share": 0.4,
+        "centroid": '{"web":0.9,"email":0.1}', "conversion_rate": 0.125,
+        "examples": ["c1", "c2"]}
+    assert alert_row(alert) == {
+        "alert_id": "a1", "ts": T0_MS, "kind": "drift", "severity": "critical",
+        "segment": "s1", "metric": "p_convert", "message": "dropped",
+        "evidence": f'{{"before":0.5,"after":0.25,"since":{T0_MS}}}'}
+
+
+def test_attribution_row_matches_the_table() -> None:
+    row = Attribution("markov_1", "web", 0.8, 1.5, 99.0).as_row(T0_MS, "channel")
+    assert row == {"as_of": T0_MS, "model": "markov_1", "level": "channel", "key": "web",
+                   "removal_effect": 0.8, "conversions_attributed": 1.5,
+                   "revenue_attributed": 99.0}
+
+
+def test_identity_conflict_row() -> None:
+    row = identity_conflict_row(Conflict("unique_kind", "ev-1", T0_MS, "c1", "c2", ("h1", "h2")))
+    assert row == {"event_id": "ev-1", "ts": T0_MS, "reason": "unique_kind",
+                   "customer_a": "c1", "customer_b": "c2", "id_hashes": ["h1", "h2"]}
 
 
 def test_identity_rows() -> None:
