@@ -127,11 +127,10 @@ class JourneyChain:
         return out
 
     def process_accepted(self, accepted: Sequence[Accepted], out: ChainOutput) -> ChainOutput:
-        """The chain after validation (the stream's ingest agent decodes on its own)."""
+        """The chain after validation: resolve identities, then :meth:`process_resolved`."""
         if not accepted:
             return out
         resolved = self.resolver.resolve_batch([a.event for a in accepted])
-        out.merges.extend(resolved.merges)
         out.links.extend(resolved.links)
         out.conflicts.extend(resolved.conflicts)
         out.n_ignored_identifiers += resolved.n_ignored_identifiers
@@ -141,23 +140,36 @@ class JourneyChain:
                 origin = source_of[id(event)]
                 raw = event.model_dump_json().encode()
                 out.dead.append(DeadLetter(raw, reason, origin.source, stage="resolve"))
+        return self.process_resolved(resolved.resolved, resolved.merges, out)
 
-        for merge in resolved.merges:
+    def process_resolved(
+        self,
+        events: list[ResolvedEvent],
+        merges: Sequence[MergeRecord] = (),
+        out: ChainOutput | None = None,
+    ) -> ChainOutput:
+        """Everything after identity resolution (the streaming journey agent starts here).
+
+        `merges` are applied before `events`, which already carry the winners' ids.
+        """
+        out = out if out is not None else ChainOutput()
+        for merge in merges:
+            out.merges.append(merge)
             self._renamed[merge.loser] = merge.winner
             self.paths.rename(merge.loser, merge.winner)
             self._absorb(self.journeys.merge(merge.loser, merge.winner), out)
 
-        events = resolved.resolved
         if self.segment_of is not None:
             segment_of = self.segment_of
             for ev in events:
                 ev.segment = segment_of(ev.customer_id)
         out.resolved.extend(events)
+        n_dup, n_late = len(out.duplicates), len(out.late)
         self._absorb(self.journeys.apply(events), out)
         self._absorb(self.journeys.expire(self.journeys.watermark_ms), out)
 
-        skipped = {id(e) for e in out.duplicates}
-        skipped.update(id(late.event) for late in out.late)
+        skipped = {id(e) for e in out.duplicates[n_dup:]}
+        skipped.update(id(late.event) for late in out.late[n_late:])
         applied = [e for e in events if id(e) not in skipped]
         out.applied.extend(applied)
         for ev in applied:

@@ -1,0 +1,107 @@
+"""Partition checkpoints in Redis: one Kafka partition's worker state and its offset, together.
+
+The journey worker keeps each partition's processors in memory and checkpoints them here with
+the offset of the last message they contain. A worker that takes the partition over (after a
+crash, a rebalance or a restart) loads the checkpoint and seeks the consumer to the next offset,
+so the state and the input position always agree: messages after the checkpoint are processed
+again, and since the processors are deterministic and every ClickHouse row is an idempotent full
+value, nothing is lost and nothing counts twice. This is the Kafka Streams recipe (state plus
+offsets, restored together), with Redis as the store because a partition's state can be larger
+than a Kafka message.
+
+The value is ``zlib(pickle(state))`` with a small header: format version and offset.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import struct
+import time
+import zlib
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
+
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from processors.errors import CheckpointError, ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+FORMAT: Final = 1
+_HEADER: Final = struct.Struct(">HQ")  # format version, offset + 1 (0: none)
+T = TypeVar("T")
+
+
+class CheckpointStore:
+    """Save and load partition checkpoints under ``{prefix}:{group}:{topic}:{partition}``."""
+
+    def __init__(
+        self,
+        url: str,
+        group: str,
+        *,
+        prefix: str = "jm:ckpt",
+        retry_total_s: float = 120.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+        self.url = url
+        self.group = group
+        self.prefix = prefix
+        self.retry_total_s = retry_total_s
+        self.sleep = sleep
+
+    def key(self, topic: str, partition: int) -> str:
+        return f"{self.prefix}:{self.group}:{topic}:{partition}"
+
+    def _retry(self, what: str, fn: Callable[[], T]) -> T:
+        delay, waited = 0.2, 0.0
+        while True:
+            try:
+                return fn()
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                if waited >= self.retry_total_s:
+                    raise ServiceUnavailable(
+                        f"Redis at {self.url} unreachable for {waited:.0f}s while trying to "
+                        f"{what}: {exc}"
+                    ) from None
+                log.warning("Redis unreachable (%s); retrying to %s in %.1fs", exc, what, delay)
+                self.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 5.0)
+
+    def save(self, topic: str, partition: int, state: Any, offset: int) -> int:
+        """Store `state` as of `offset` (the last message it includes). Returns the size."""
+        body = zlib.compress(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL), 1)
+        value = _HEADER.pack(FORMAT, offset + 1) + body
+        self._retry("save a checkpoint", lambda: self.client.set(self.key(topic, partition), value))
+        return len(value)
+
+    def load(self, topic: str, partition: int) -> tuple[Any, int] | None:
+        """The saved (state, offset), or None when the partition has no checkpoint."""
+        key = self.key(topic, partition)
+        value = self._retry("load a checkpoint", lambda: self.client.get(key))
+        if value is None:
+            return None
+        try:
+            version, offset_plus = _HEADER.unpack_from(value)
+            if version != FORMAT:
+                raise CheckpointError(f"checkpoint {key} has format {version}, expected {FORMAT}")
+            state = pickle.loads(zlib.decompress(value[_HEADER.size :]))
+        except (struct.error, zlib.error, pickle.UnpicklingError, EOFError) as exc:
+            raise CheckpointError(
+                f"checkpoint {key} is unreadable ({exc}); delete it to rebuild the partition "
+                "from the start of the topic"
+            ) from None
+        return state, offset_plus - 1
+
+    def delete_group(self) -> int:
+        """Remove every checkpoint of this consumer group (tests, resets)."""
+        keys = list(self.client.scan_iter(f"{self.prefix}:{self.group}:*"))
+        return int(self.client.delete(*keys)) if keys else 0
+
+    def close(self) -> None:
+        self.client.close()
