@@ -33,7 +33,7 @@ keep the customer they were counted under.
 from __future__ import annotations
 
 import hashlib
-from bisect import insort
+import sys
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -56,6 +56,8 @@ class Step(NamedTuple):
     `segment` are those of the event the customer moved to (of the last event for an expiry).
     `gap_ms` is the time since the previous touchpoint in the journey (0 from ``start``).
     `sign` is +1 for an applied step and -1 for the retraction of one emitted before.
+    `event_id` is the id of the event the customer moved to (``""`` for an expiry), so the sink
+    can write each touchpoint's computed session.
     """
 
     customer_id: str
@@ -72,13 +74,18 @@ class Step(NamedTuple):
     revenue: float
     journey_no: int
     sign: int = 1
+    event_id: str = ""
 
 
 class Entry(NamedTuple):
-    """One applied event as the customer's history keeps it (no payload, no text)."""
+    """One applied event as the customer's history keeps it (no payload, no text).
+
+    Entries are ordered by ``(ts_ms, event_digest(event_id))``; the digest is computed only on
+    the rare paths that need it (a tie in time, an out-of-order insert, a merge).
+    """
 
     ts_ms: int
-    digest: bytes
+    event_id: str
     touchpoint: str
     channel: str
     session_id: str | None
@@ -126,12 +133,25 @@ class CustomerState:
     by_channel: dict[str, int] = field(default_factory=dict)
 
     def __getstate__(self) -> tuple[object, ...]:
-        # A bare tuple: no field names in every pickled customer (saves ~200 bytes each).
-        return tuple(getattr(self, name) for name in self.__slots__)
+        # A bare tuple: no field names in every pickled customer (saves ~200 bytes each); the
+        # records as plain tuples with interned strings, so a repeated touchpoint, channel or
+        # segment is pickled once (the hot path does not intern: this runs only when storing).
+        state = [getattr(self, name) for name in self.__slots__]
+        state[2] = _plain(self.base)
+        state[3] = _plain(self.cur)
+        state[4] = [_plain(e) for e in self.history]
+        return tuple(state)
 
     def __setstate__(self, state: tuple[object, ...]) -> None:
         for name, value in zip(self.__slots__, state, strict=True):
             object.__setattr__(self, name, value)
+        self.base = _new(Cursor, self.base)
+        self.cur = _new(Cursor, self.cur)
+        self.history = [_new(Entry, e) for e in self.history]
+
+
+def _plain(record: tuple[object, ...]) -> tuple[object, ...]:
+    return tuple(sys.intern(x) if type(x) is str else x for x in record)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +203,20 @@ def event_digest(event_id: str) -> bytes:
     return hashlib.blake2b(event_id.encode(), digest_size=DIGEST_BYTES).digest()
 
 
+def _order(e: Entry) -> tuple[int, bytes]:
+    """The event-time order of history entries; ties broken by the digest of the id."""
+    return e.ts_ms, event_digest(e.event_id)
+
+
+def _net(retracted: list[Step], added: list[Step]) -> list[Step]:
+    """Additions and retractions that differ: identical steps cancel (nothing goes out)."""
+    diff = Counter(added)
+    diff.subtract(retracted)
+    out = [st for st, n in diff.items() if n > 0 for _ in range(n)]
+    out += [st._replace(sign=-1) for st, n in diff.items() if n < 0 for _ in range(-n)]
+    return out
+
+
 class JourneyProcessor:
     """Per-customer journeys over batches of resolved events (one instance per partition).
 
@@ -200,6 +234,9 @@ class JourneyProcessor:
         self.horizon_ms = config.outcomes.null_horizon_s * 1000
         self.conversion = frozenset(config.outcomes.conversion)
         self.churn = frozenset(config.outcomes.churn)
+        # touchpoint -> Markov state, for the outcomes only (others map to themselves).
+        self._outcome = {tp: CONVERSION for tp in self.conversion}
+        self._outcome.update((tp, NULL) for tp in self.churn)
         self.customers: dict[str, CustomerState] = {}
         self.watermark_ms = -(2**62)
         # Open journeys by the hour their null horizon falls due: derived from `customers`
@@ -209,9 +246,12 @@ class JourneyProcessor:
     # -- the walk: a pure function of (cursor, entry) -------------------------------------
 
     def _walk(self, cid: str, cur: Cursor, e: Entry, out: list[Step] | None) -> Cursor:
-        """The cursor after `e`, appending its step(s) to `out` (an expiry may precede it)."""
+        """The cursor after `e`, appending its step(s) to `out` (an expiry may precede it).
+
+        :meth:`apply` inlines this for the in-order case; the two must stay the same walk.
+        """
         last_ts, is_open, src, prev2, sess, sess_start, jno, _, _ = cur
-        ts, _, tp, channel, given, segment, revenue = e
+        ts, eid, tp, channel, given, segment, revenue = e
         if is_open and ts - last_ts >= self.horizon_ms:
             if out is not None:
                 out.append(self._expiry_step(cid, cur))
@@ -231,11 +271,11 @@ class JourneyProcessor:
             session = f"{cid}/{ts}"
         if is_new:
             sess_start = ts
-        dst = CONVERSION if tp in self.conversion else NULL if tp in self.churn else tp
+        dst = self._outcome.get(tp, tp)
         if out is not None:
             gap = 0 if src == START else ts - last_ts
             out.append(_new(Step, (cid, segment, channel, tp, src, dst, prev2, gap, ts, session,
-                                   is_new, revenue, jno, 1)))
+                                   is_new, revenue, jno, 1, eid)))
         return _new(Cursor, (ts, dst != CONVERSION and dst != NULL, dst, src, session, sess_start,
                              jno, channel, segment))
 
@@ -288,50 +328,140 @@ class JourneyProcessor:
 
     def apply(self, events: Iterable[ResolvedEvent], watermark_ms: int | None = None
               ) -> JourneyOutput:
-        """Apply a batch in arrival order; the watermark is max(given, event times seen)."""
+        """Apply a batch in arrival order; the watermark is max(given, event times seen).
+
+        The in-order event (the common case) is a handful of dict and attribute operations,
+        inlined here; an out-of-order one goes through :meth:`_insert`.
+        """
         out = JourneyOutput()
         if watermark_ms is not None and watermark_ms > self.watermark_ms:
             self.watermark_ms = watermark_ms
+        wm = self.watermark_ms
+        lateness = self.lateness_ms
+        frontier = wm - lateness
         customers = self.customers
         steps = out.steps
+        add_step = steps.append
+        changed = out.changed
+        add_changed = changed.add
+        horizon = self.horizon_ms
+        gap_ms = self.session_gap_ms
+        kept = self.kept
+        dedup_bytes = self.dedup_bytes
+        outcome = self._outcome
+        due = self._due
+        blake2b = hashlib.blake2b
         for ev in events:
             cid = ev.customer_id
+            te = ev.event
+            eid = te.event_id
+            digest = blake2b(eid.encode(), digest_size=DIGEST_BYTES).digest()
             s = customers.get(cid)
-            digest = event_digest(ev.event.event_id)
-            if s is not None and self._seen(s, digest):
-                out.duplicates.append(ev)
-                continue
+            if s is not None:
+                ring = s.seen
+                i = ring.find(digest)
+                if i >= 0 and (i % DIGEST_BYTES == 0 or self._seen(s, digest)):
+                    out.duplicates.append(ev)
+                    continue
             ts = ev.ts_ms
-            frontier = self.watermark_ms - self.lateness_ms
             if ts < frontier:
-                out.late.append(LateEvent(ev, self.watermark_ms, frontier))
+                out.late.append(LateEvent(ev, wm, frontier))
                 continue
             if s is None:
                 s = customers[cid] = CustomerState()
-            old = s.cur
-            if ts > self.watermark_ms:
-                self.watermark_ms = ts
-                frontier = ts - self.lateness_ms
-            self._remember(s, digest)
-            te = ev.event
-            e = _new(Entry, (ts, digest, te.touchpoint, te.channel, te.session_id, ev.segment,
-                             te.revenue or 0))
-            hist = s.history
-            if not hist or (ts, digest) > (hist[-1].ts_ms, hist[-1].digest):
-                n0 = len(steps)
-                s.cur = self._walk(cid, s.cur, e, steps)
-                for i in range(n0, len(steps)):
-                    self._count(s, steps[i], 1)
-                hist.append(e)
+            if ts > wm:
+                wm = ts
+                frontier = ts - lateness
+            ring = s.seen
+            if len(ring) < dedup_bytes:
+                ring += digest
             else:
+                pos = s.seen_pos
+                ring[pos:pos + DIGEST_BYTES] = digest
+                s.seen_pos = (pos + DIGEST_BYTES) % dedup_bytes
+            tp = te.touchpoint
+            channel = te.channel
+            given = te.session_id
+            segment = ev.segment
+            revenue = te.revenue or 0
+            e = _new(Entry, (ts, eid, tp, channel, given, segment, revenue))
+            hist = s.history
+            old = s.cur
+            last_ts, is_open, src, prev2, sess, sess_start, jno, _, _ = old
+            if hist and (ts < last_ts or (ts == last_ts and digest
+                                           <= event_digest(hist[-1].event_id))):
+                self.watermark_ms = wm
                 self._insert(cid, s, e, out)
-            if s.first_ts_ms < 0 or ts < s.first_ts_ms:
-                s.first_ts_ms = ts
-            if len(hist) > self.kept and hist[0].ts_ms < frontier:
+                if ts < s.first_ts_ms:
+                    s.first_ts_ms = ts
+                if s.cur is not old:
+                    self._index(cid, old, s.cur)
+            else:
+                # The walk of `_walk`, inlined, with the counters of `_count`.
+                was_open = is_open
+                if is_open and ts - last_ts >= horizon:
+                    expiry = self._expiry_step(cid, old)
+                    add_step(expiry)
+                    s.n_expired += 1
+                    is_open = False
+                if not is_open:
+                    jno += 1
+                    src = START
+                    prev2 = ""
+                if given is not None:
+                    is_new = given != sess or last_ts < 0
+                    session = given
+                elif last_ts >= 0 and ts - last_ts <= gap_ms:
+                    is_new = False
+                    session = sess
+                else:
+                    is_new = True
+                    session = f"{cid}/{ts}"
+                if is_new:
+                    sess_start = ts
+                    s.n_sessions += 1
+                dst = outcome.get(tp, tp)
+                add_step(_new(Step, (cid, segment, channel, tp, src, dst, prev2,
+                                     0 if src == START else ts - last_ts, ts, session, is_new,
+                                     revenue, jno, 1, eid)))
+                now_open = dst != CONVERSION and dst != NULL
+                s.cur = _new(Cursor, (ts, now_open, dst, src, session, sess_start, jno, channel,
+                                      segment))
+                hist.append(e)
+                s.n_events += 1
+                by_channel = s.by_channel
+                by_channel[channel] = by_channel.get(channel, 0) + 1
+                if channel == "support":
+                    s.n_support += 1
+                if revenue:
+                    s.revenue += revenue
+                if not now_open:
+                    if dst == CONVERSION:
+                        s.n_conversions += 1
+                    else:
+                        s.n_churns += 1
+                if s.first_ts_ms < 0:
+                    s.first_ts_ms = ts
+                # The deadline index (see `_index`), inlined.
+                ob = (last_ts + horizon) // DUE_BUCKET_MS if was_open else None
+                nb = (ts + horizon) // DUE_BUCKET_MS if now_open else None
+                if ob != nb:
+                    if ob is not None:
+                        waiting = due.get(ob)
+                        if waiting is not None:
+                            waiting.discard(cid)
+                            if not waiting:
+                                del due[ob]
+                    if nb is not None:
+                        waiting = due.get(nb)
+                        if waiting is None:
+                            due[nb] = {cid}
+                        else:
+                            waiting.add(cid)
+            if len(hist) > kept and hist[0].ts_ms < frontier:
                 self._fold(cid, s, frontier)
-            if s.cur is not old:
-                self._index(cid, old, s.cur)
-            out.changed.add(cid)
+            add_changed(cid)
+        self.watermark_ms = wm
         return out
 
     def expire(self, now_ms: int) -> JourneyOutput:
@@ -402,8 +532,8 @@ class JourneyProcessor:
                 old.append(self._expiry_step(cid, end))
             retracted.extend(old)
         kept = sorted(
-            {e.digest: e for e in ws.history + ls.history if e.ts_ms > cut}.values(),
-            key=lambda e: (e.ts_ms, e.digest),
+            {e.event_id: e for e in ws.history + ls.history if e.ts_ms > cut}.values(),
+            key=_order,
         )
         added: list[Step] = []
         new_cur = self._replay(winner, start, kept, added)
@@ -419,11 +549,11 @@ class JourneyProcessor:
             ws.by_channel[ch] = ws.by_channel.get(ch, 0) + n
         firsts = [t for t in (ws.first_ts_ms, ls.first_ts_ms) if t >= 0]
         ws.first_ts_ms = min(firsts) if firsts else -1
-        self._emit(ws, [st._replace(sign=-1) for st in retracted], out)
         if new_cur.is_open and new_cur.last_ts_ms + self.horizon_ms <= self.frontier_ms:
             added.append(self._expiry_step(winner, new_cur))
             new_cur = new_cur._replace(is_open=False)
-        self._emit(ws, added, out)
+        # The winner's steps before the loser's first kept event come out the same: they cancel.
+        self._emit(ws, _net(retracted, added), out)
         ws.base = start
         self._index(loser, ls.cur, _EMPTY)
         self._index(winner, ws.cur, new_cur)
@@ -492,33 +622,20 @@ class JourneyProcessor:
             i = ring.find(digest, i + 1)
         return False
 
-    def _remember(self, s: CustomerState, digest: bytes) -> None:
-        if len(s.seen) < self.dedup_bytes:
-            s.seen += digest
-        else:
-            pos = s.seen_pos
-            s.seen[pos:pos + DIGEST_BYTES] = digest
-            s.seen_pos = (pos + DIGEST_BYTES) % self.dedup_bytes
-
     def _insert(self, cid: str, s: CustomerState, e: Entry, out: JourneyOutput) -> None:
         """Insert an out-of-order entry and emit the corrections of the steps after it."""
         hist = s.history
-        key = (e.ts_ms, e.digest)
-        i = 0
-        while i < len(hist) and (hist[i].ts_ms, hist[i].digest) < key:
-            i += 1
+        key = _order(e)
+        i = len(hist)
+        while i > 0 and _order(hist[i - 1]) > key:  # late events land near the end
+            i -= 1
         cur = self._replay(cid, s.base, hist[:i], None)
         old: list[Step] = []
         self._replay(cid, cur, hist[i:], old)
         new: list[Step] = []
         end = self._replay(cid, cur, [e, *hist[i:]], new)
-        # Identical steps cancel; only the changed ones go out.
-        diff = Counter(new)
-        diff.subtract(old)
-        changed = [st for st, n in diff.items() if n > 0 for _ in range(n)]
-        changed += [st._replace(sign=-1) for st, n in diff.items() if n < 0 for _ in range(-n)]
-        self._emit(s, changed, out)
-        insort(hist, e, key=lambda x: (x.ts_ms, x.digest))
+        self._emit(s, _net(old, new), out)
+        hist.insert(i, e)
         s.cur = end
 
     def _fold(self, cid: str, s: CustomerState, frontier: int) -> None:

@@ -167,15 +167,17 @@ def test_merge_recombines_in_event_time_order() -> None:
     #  loser:         b         d
     #  merged:   start->a->b->c->d   (as if one customer all along)
     p = JourneyProcessor(CONFIG)
-    before = p.apply([ev("a", 0, "w"), ev("b", 10, "l"), ev("c", 20, "w"), ev("d", 30, "l")])
+    before = p.apply([ev("a", 0, "w", event_id="a"), ev("b", 10, "l", event_id="b"),
+                      ev("c", 20, "w", event_id="c"), ev("d", 30, "l", event_id="d")])
     fix = p.merge("l", "w")
     assert "l" not in p.customers
     merged = net(before.steps + fix.steps)
-    direct = JourneyProcessor(CONFIG).apply(
-        [ev("a", 0, "w"), ev("b", 10, "w"), ev("c", 20, "w"), ev("d", 30, "w")])
+    as_one = [ev("a", 0, "w", event_id="a"), ev("b", 10, "w", event_id="b"),
+              ev("c", 20, "w", event_id="c"), ev("d", 30, "w", event_id="d")]
+    direct = JourneyProcessor(CONFIG).apply(as_one)
     assert merged == net(direct.steps)
     fresh = JourneyProcessor(CONFIG)
-    fresh.apply([ev("a", 0, "w"), ev("b", 10, "w"), ev("c", 20, "w"), ev("d", 30, "w")])
+    fresh.apply(as_one)
     assert p.snapshot("w") == fresh.snapshot("w")
     assert p.merge("l", "w").steps == []  # idempotent: the loser is gone
 
