@@ -18,22 +18,39 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from online_models.drift import Alert
+from online_models.segments import SegmentProfile
+from online_models.suite import Scores
+from processors.attribution import Attribution
+from processors.config import WindowsConfig
 from processors.errors import QueryError, SchemaError
+from processors.funnels import FunnelStageStats, FunnelTransition
+from processors.identity import Conflict
+from processors.journeys import LateEvent, Step
+from processors.transitions import (
+    ALL,
+    CellRow,
+    TransitionCounter,
+    TransitionCounts,
+    gap_bucket,
+)
 from sinks import clickhouse as ch
 from sinks.clickhouse import SinkWriter, Store, check_schema, connect, migrate, run_query
+from tests.factories import resolved
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "analysts.md"
 T0 = 1_772_323_200_000  # 2026-03-01T00:00:00Z in epoch ms
 COHORT = date(2026, 2, 23)  # the Monday of that week
+OUTAGE_S = 30.0
 
 
 def _free_port() -> int:
@@ -140,15 +157,35 @@ def seed_rows() -> dict[str, list[dict[str, Any]]]:
                 "segment": "all", "revenue": revenue, "properties": {"plan": "pro"},
                 "has_text": False, "sentiment": None, "ingested_at": T0 + 10**6}
 
-    def tr(order: int, src1: str, src: str, dst: str, n: int, updated: int,
-           channel: str = "") -> dict[str, Any]:
-        return {"window_start": T0 // 1000, "window_size_s": 86_400, "segment": "*",
-                "channel": channel, "order": order, "src1": src1, "src": src, "dst": dst,
-                "n": n, "gap_count": n if order == 1 else 0,
-                "gap_sum_ms": n * 60_000 if order == 1 else 0,
-                "gap_buckets": [0, n] if order == 1 else [], "updated_at": T0 + updated}
+    def cell(shard: int, version: int, prev2: str, src: str, dst: str, n: int,
+             gap_ms: int) -> dict[str, Any]:
+        row = CellRow(T0, 3600, "all", "web", prev2, src, dst, gap_bucket(gap_ms), n, n * gap_ms)
+        return ch.transition_cell_row(row, shard, T0 + version)
 
     return {
+        "transition_cells": [
+            # shard 0, first emission of pane [T0, T0 + 1h)
+            cell(0, 1, "", "start", "landing_page", 2, 0),
+            cell(0, 1, "start", "landing_page", "blog_post", 1, 180_000),
+            cell(0, 1, "start", "landing_page", "ads_click", 1, 60_000),
+            # shard 1 (another partition's customers), the same pane
+            cell(1, 1, "", "start", "landing_page", 1, 0),
+            cell(1, 1, "start", "landing_page", "pricing_page", 1, 60_000),
+            cell(1, 1, "landing_page", "pricing_page", "purchase", 1, 180_000),
+            # shard 0 re-emits the pane: a new cell, and landing_page -> ads_click is gone
+            cell(0, 2, "", "start", "landing_page", 2, 0),
+            cell(0, 2, "start", "landing_page", "blog_post", 1, 180_000),
+            cell(0, 2, "start", "landing_page", "pricing_page", 1, 60_000),
+            cell(0, 2, "landing_page", "pricing_page", "purchase", 1, 60_000),
+        ],
+        "late_events": [
+            ch.late_event_row(LateEvent(resolved("c2", "pricing_page", T0 - 86_400_000,
+                                                 event_id="late-1"), T0, T0 - 3_600_000),
+                              received_at_ms=T0 + 5),
+        ],
+        "identity_conflicts": [
+            ch.identity_conflict_row(Conflict("unique_kind", "e7", T0, "c1", "c2", ("h1", "h2"))),
+        ],
         "touchpoints": [
             tp("e1", "c1", "landing_page", 0), tp("e2", "c1", "pricing_page", 1),
             tp("e3", "c1", "purchase", 2, revenue=99.0), tp("e4", "c2", "landing_page", 0),
@@ -172,48 +209,40 @@ def seed_rows() -> dict[str, list[dict[str, Any]]]:
             {"loser": "c4", "winner": "c3", "evidence_event_id": "e6", "merged_at": T0,
              "reason": "shared_identifier"},
         ],
-        "transitions": [
-            tr(1, "", "landing_page", "pricing_page", 1, 1),
-            tr(1, "", "landing_page", "blog_post", 1, 1),
-            tr(1, "", "pricing_page", "purchase", 2, 1),
-            tr(2, "landing_page", "pricing_page", "purchase", 2, 1),
-            # The same cell again with its newer full value: it replaces the first.
-            tr(1, "", "landing_page", "pricing_page", 2, 2),
-        ],
         "funnel_progress": [
-            {"customer_id": c, "funnel": "signup_to_purchase", "from_stage": f, "to_stage": t,
-             "ts": T0 + m * 60_000, "time_in_prev_stage_ms": d, "segment": "all",
-             "cohort_week": COHORT}
-            for c, f, t, m, d in [("c1", "", "visit", 0, None), ("c1", "visit", "purchase", 2,
-                                  120_000), ("c2", "", "visit", 0, None)]
+            FunnelTransition(c, "signup_to_purchase", fi, ti, f, t, T0 + m * 60_000, d, "all",
+                             COHORT).as_row()
+            for c, fi, ti, f, t, m, d in [("c1", -1, 0, "", "visit", 0, None),
+                                          ("c1", 0, 3, "visit", "purchase", 2, 120_000),
+                                          ("c2", -1, 0, "", "visit", 0, None)]
         ],
         "funnel_dropoff": [
-            {"funnel": "signup_to_purchase", "stage": s, "stage_index": i, "segment": "all",
-             "cohort_week": COHORT, "entered": e, "advanced": a, "dropped": d,
-             "median_time_to_advance_ms": med, "p90_time_to_advance_ms": p90, "as_of": T0 + 5}
-            for s, i, e, a, d, med, p90 in [("visit", 0, 2, 1, 1, 120_000.0, 120_000.0),
-                                            ("purchase", 3, 1, 0, 0, None, None)]
+            ch.funnel_dropoff_row(
+                FunnelStageStats("signup_to_purchase", i, s, seg, week, e, a, d, med, p90),
+                T0 + 5, shard=shard)
+            for shard, s, i, seg, week, e, a, d, med, p90 in [
+                (0, "visit", 0, "all", COHORT, 1, 1, 0, 120_000.0, 120_000.0),
+                (1, "visit", 0, "all", COHORT, 1, 0, 1, None, None),
+                (0, "purchase", 3, "all", COHORT, 1, 0, 0, None, None),
+                (0, "visit", 0, "*", None, 1, 1, 0, 120_000.0, 120_000.0)]
         ],
         "attribution": [
-            {"as_of": T0, "model": m, "level": "channel", "key": k, "removal_effect": r,
-             "conversions_attributed": c, "revenue_attributed": v}
+            Attribution(m, k, r, c, v).as_row(T0, "channel")
             for m, k, r, c, v in [("markov_1", "web", 0.8, 1.5, 100.0),
                                   ("markov_1", "email", 0.3, 0.5, 48.5),
                                   ("last_touch", "web", None, 2.0, 148.5)]
         ],
         "customer_scores": [
-            {"customer_id": "c2", "as_of": T0, "segment": "all", "p_convert": 0.4,
-             "p_churn": 0.1, "next_best_action": "email_offer", "expected_lift": 0.05,
-             "lookalike": 0.7, "top_features": '{"pricing_page": 0.3}'},
+            ch.customer_score_row(Scores("c2", T0, "all", 0.4, 0.1, (("pricing_page", 0.3),),
+                                         "email_offer", 0.05, None, "positive", 0.5), T0 + 1),
         ],
         "segments": [
-            {"segment": "browsers", "as_of": T0, "size": 2, "centroid": '{"web": 0.9}',
-             "conversion_rate": 0.5, "examples": ["c1", "c2"]},
+            ch.segment_row(SegmentProfile("browsers", 2, 0.5, {"web": 0.9}, 0.5, ("c1", "c2")),
+                           T0),
         ],
         "alerts": [
-            {"alert_id": "a1", "ts": T0 + 3_600_000, "kind": "drift", "severity": "warning",
-             "segment": "all", "metric": "p_convert", "message": "conversion rate dropped",
-             "evidence": '{"before": 0.5, "after": 0.2}'},
+            ch.alert_row(Alert("a1", T0 + 3_600_000, "drift", "warning", "all", "p_convert",
+                               "conversion rate dropped", {"before": 0.5, "after": 0.2})),
         ],
     }
 
@@ -221,10 +250,10 @@ def seed_rows() -> dict[str, list[dict[str, Any]]]:
 def write_seed(store: Store) -> None:
     writer = SinkWriter(store.client, flush_rows=3)
     for table, rows in seed_rows().items():
-        if table == "transitions":  # two writes of one cell: the newer full value wins
-            writer.add(table, rows[:-1])
+        if table == "transition_cells":  # a pane re-emitted later, in another insert
+            writer.add(table, rows[:6])
             writer.flush()
-            writer.add(table, rows[-1:])
+            writer.add(table, rows[6:])
         else:
             writer.add(table, rows)
     writer.flush()
@@ -235,13 +264,15 @@ PROBES = {
     "touchpoints": "SELECT count(), sum(revenue), uniqExact(customer_id) FROM touchpoints",
     "dead_letters": "SELECT count() FROM dead_letters",
     "customer_map": "SELECT customer_id, winner, hops FROM customer_map ORDER BY customer_id",
-    "transitions": "SELECT count(), sum(n) FROM transitions",
-    "matrix": "SELECT order, src1, src, dst, n, round(p, 4) FROM transition_matrix("
-              "window_size_s=86400, segment='*') ORDER BY order, src, dst",
+    "transitions": "SELECT count(), sum(n), sum(gap_sum_ms) FROM transitions",
+    "matrix": "SELECT order, src1, src, dst, n, round(p, 4), mean_gap_ms FROM transition_matrix("
+              "window_size_s=3600, segment='*', window_end='latest') "
+              "ORDER BY order, src1, src, dst",
     "funnels": "SELECT count() FROM funnel_progress",
     "others": "SELECT (SELECT count() FROM attribution), (SELECT count() FROM customer_scores), "
               "(SELECT count() FROM segments), (SELECT count() FROM alerts), "
-              "(SELECT count() FROM funnel_dropoff), (SELECT count() FROM identity_links)",
+              "(SELECT count() FROM funnel_dropoff), (SELECT count() FROM identity_links), "
+              "(SELECT count() FROM late_events), (SELECT count() FROM identity_conflicts)",
 }
 
 
@@ -299,17 +330,107 @@ def test_a_batch_written_twice_leaves_the_same_query_results(store: Store) -> No
     assert once["touchpoints"] == [(8, 148.5, 3)]
     assert once["customer_map"] == [("c1", "c1", 0), ("c2", "c2", 0), ("c3", "c1", 1),
                                     ("c4", "c1", 2)]
-    assert once["transitions"] == [(4, 7)]
+    # Shards add up; shard 0's dropped cell (landing_page -> ads_click) is gone.
+    assert once["transitions"] == [(7, 13, 1_080_000)]
     assert once["matrix"] == [
-        (1, "", "landing_page", "blog_post", 1, 0.3333),
-        (1, "", "landing_page", "pricing_page", 2, 0.6667),
-        (1, "", "pricing_page", "purchase", 2, 1.0),
-        (2, "landing_page", "pricing_page", "purchase", 2, 1.0),
+        (1, "", "landing_page", "blog_post", 1, 0.3333, 180_000.0),
+        (1, "", "landing_page", "pricing_page", 2, 0.6667, 60_000.0),
+        (1, "", "pricing_page", "purchase", 2, 1.0, 120_000.0),
+        (1, "", "start", "landing_page", 3, 1.0, 0.0),
+        (2, "landing_page", "pricing_page", "purchase", 2, 1.0, 120_000.0),
+        (2, "start", "landing_page", "blog_post", 1, 0.3333, 180_000.0),
+        (2, "start", "landing_page", "pricing_page", 2, 0.6667, 60_000.0),
     ]
+    assert once["others"] == [(3, 1, 1, 1, 4, 4, 1, 1)]
     write_seed(store)  # at-least-once: the whole batch again, in new insert blocks
     assert probe(store) == once
     store.client.command("OPTIMIZE TABLE touchpoints FINAL")
     assert store.client.query("SELECT count() FROM touchpoints").result_rows == [(8,)]
+
+
+def test_every_row_helper_round_trips(store: Store) -> None:
+    write_seed(store)
+    seed = seed_rows()
+    for table in ("late_events", "identity_conflicts", "customer_scores", "segments", "alerts",
+                  "attribution", "funnel_progress", "funnel_dropoff"):
+        names = list(seed[table][0])
+        order = ", ".join(f"`{n}`" for n in names)
+        got = store.client.query(f"SELECT {order} FROM {table} FINAL ORDER BY {order}")
+        back = [dict(zip(names, row, strict=True)) for row in got.result_rows]
+        assert len(back) == len(seed[table]), table
+        for row in back:
+            for name, value in row.items():
+                if isinstance(value, datetime):
+                    row[name] = int(value.replace(tzinfo=UTC).timestamp() * 1000)
+                elif isinstance(value, float):
+                    row[name] = round(value, 5)
+        want = [{k: round(v, 5) if isinstance(v, float) else v for k, v in r.items()}
+                for r in seed[table]]
+        key = repr
+        assert sorted(back, key=key) == sorted(want, key=key), table
+
+
+def _steps(customer: str, segment: str, path: list[str], start_ms: int) -> list[Step]:
+    """A journey as transition steps, one touchpoint every 7 minutes."""
+    out, prev2, src = [], "", "start"
+    for i, dst in enumerate(path):
+        out.append(Step(customer, segment, "web", dst, src, dst, prev2, 0 if i == 0 else 420_000,
+                        start_ms + i * 420_000, "s", i == 0, 0.0, 0))
+        prev2, src = src, dst
+    return out
+
+
+def test_transition_views_equal_the_processors_counts_across_shards_and_reemissions(
+    store: Store,
+) -> None:
+    """Two shards count disjoint customers; one re-emits a pane after a retraction."""
+    touchpoints = ["landing_page", "pricing_page", "blog_post", "demo", "purchase"]
+    windows = WindowsConfig(sizes_s=[7200], step_s=3600)
+    counters = [TransitionCounter(windows), TransitionCounter(windows)]
+    reference = TransitionCounts()
+    writer = SinkWriter(store.client, flush_rows=7)
+    clock = ch.EmissionClock()
+    for i in range(40):
+        path = [touchpoints[(i * k + k * k) % 5] for k in range(1, 2 + i % 6)]
+        steps = _steps(f"c{i}", "sA" if i % 3 else "sB", path, T0 + (i * 173_000) % 4_000_000)
+        counters[i % 2].update(steps)
+        for st in steps:
+            reference.update(st.src, st.dst, prev2=st.prev2, gap_ms=st.gap_ms,
+                             segment=st.segment, channel=st.channel)
+    rare = _steps("c-rare", "sA", ["landing_page", "rare_touch"], T0 + 600_000)
+    counters[0].update(rare)
+
+    def emit(shard: int) -> None:
+        version = clock(T0 + 10**7)  # the same wall-clock ms: the clock still moves on
+        rows = counters[shard].advance(T0 + 7_200_000)
+        writer.add("transition_cells", [ch.transition_cell_row(r, shard, version) for r in rows])
+
+    emit(0)
+    emit(1)
+    writer.flush()
+    counters[0].update([rare[1]._replace(sign=-1), rare[0]._replace(sign=-1)])
+    emit(0)  # pane 0 again, without the rare cells
+    writer.flush()
+
+    def matrix(segment: str) -> dict[tuple[int, str, str, str], int]:
+        got = run_query(store, "SELECT order, src1, src, dst, n FROM transition_matrix("
+                        "window_size_s=7200, segment={s:String}, window_end='latest')",
+                        {"s": segment}).rows
+        return {(o, a, b, c): n for o, a, b, c, n in got}
+
+    def expected(segment: str) -> dict[tuple[int, str, str, str], int]:
+        out = {(1, "", a, b): n for (a, b), n in reference.pairs(segment=segment).items()}
+        out.update({(2, a, b, c): n
+                    for (a, b, c), n in reference.triples(segment=segment).items()})
+        return out
+
+    assert "rare_touch" not in str(matrix(ALL))
+    assert matrix(ALL) == expected(ALL)
+    assert matrix("sB") == expected("sB") and matrix("sB") != matrix(ALL)
+    per_pane = run_query(store, "SELECT sum(n) FROM transitions WHERE order = 1").rows
+    assert per_pane == [(sum(reference.pairs().values()),)]
+    latest = run_query(store, "SELECT window_end, n_shards FROM transition_latest").rows
+    assert latest == [(datetime(2026, 3, 1, 2, 0), 2)]
 
 
 def test_a_retried_insert_with_its_token_is_not_stored_twice(store: Store) -> None:
@@ -420,12 +541,12 @@ def test_writes_wait_for_a_stopped_server_and_lose_nothing(tmp_path: Path) -> No
             assert writer.flush() == 4
             server.stop()
             writer.add("touchpoints", rows[4:])
-            restarter = threading.Timer(3.0, server.start)
+            restarter = threading.Timer(OUTAGE_S, server.start)
             restarter.start()
             t0 = time.monotonic()
             assert writer.flush() == 4  # blocks while the server is down, then writes
             restarter.join()
-            assert time.monotonic() - t0 >= 3.0 and writer.n_retries >= 1
+            assert time.monotonic() - t0 >= OUTAGE_S and writer.n_retries >= 5
             assert run_query(store, "SELECT count(), sum(revenue) FROM touchpoints").rows == [
                 (8, 148.5)]
     finally:
