@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from online_models.suite import CustomerModelState, ModelConfig, ModelSuite, Scores
-from processors.chain import ChainOutput, JourneyChain, late_dead_letter
+from processors.chain import ChainOutput, JourneyChain
 from processors.config import ProcessingConfig
 from processors.validation import Source
 from sinks import clickhouse as ch
 from streams.files import Chunk, read_chunks
+from streams.outputs import add_rows, chain_rows
 
 log = logging.getLogger(__name__)
 
@@ -127,27 +128,14 @@ class Replayer:
 
     def _write(self, out: ChainOutput, now_ms: int) -> None:
         sentiments = self._score(out)
-        late_source = Source("journey.late", 0, -1)
-        self._add("dead_letters", [ch.dead_letter_row(d, now_ms) for d in out.dead])
-        self._add(
-            "dead_letters",
-            [ch.dead_letter_row(late_dead_letter(x, late_source), now_ms) for x in out.late],
-        )
-        self._add("identity_links", [ch.identity_link_row(x) for x in out.links])
-        self._add("identity_merges", [ch.identity_merge_row(x) for x in out.merges])
-        self._add(
-            "touchpoints",
-            [
-                ch.touchpoint_row(ev, now_ms, sentiments.get(ev.event.event_id))
-                for ev in out.released
-            ],
-        )
-        self._add("transition_cells", [ch.transition_cell_row(c, 0, now_ms) for c in out.cells])
-        self._add("funnel_progress", [t.as_row() for t in out.funnel_transitions])
+        add_rows(self.writer, chain_rows(out, now_ms, 0, sentiments), self.stats.rows)
         self.writer.maybe_flush()
 
     def _write_snapshots(self, now_ms: int) -> None:
-        self._add("funnel_dropoff", [s.as_row(now_ms) for s in self.chain.funnels.snapshot()])
+        self._add(
+            "funnel_dropoff",
+            [ch.funnel_dropoff_row(s, now_ms, 0) for s in self.chain.funnels.snapshot()],
+        )
         for level, results in self.chain.attribution().items():
             self._add("attribution", [a.as_row(now_ms, level) for a in results])
         if self.models is not None:

@@ -1,0 +1,39 @@
+"""Chain outputs -> ClickHouse rows: one mapping shared by the replay and the streaming worker,
+so that both write the same analyst tables from the same events."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from processors.chain import ChainOutput
+from sinks import clickhouse as ch
+
+Rows = dict[str, list[dict[str, Any]]]
+
+
+def chain_rows(
+    out: ChainOutput, now_ms: int, shard: int, sentiments: Mapping[str, float]
+) -> Rows:
+    """Rows of the per-batch tables. Facts are written once final (see processors.chain)."""
+    return {
+        "dead_letters": [ch.dead_letter_row(d, now_ms) for d in out.dead],
+        "late_events": [ch.late_event_row(x, now_ms) for x in out.late],
+        "identity_links": [ch.identity_link_row(x) for x in out.links],
+        "identity_merges": [ch.identity_merge_row(x) for x in out.merges],
+        "identity_conflicts": [ch.identity_conflict_row(x) for x in out.conflicts],
+        "touchpoints": [
+            ch.touchpoint_row(ev, now_ms, sentiments.get(ev.event.event_id))
+            for ev in out.released
+        ],
+        "transition_cells": [ch.transition_cell_row(c, shard, now_ms) for c in out.cells],
+        "funnel_progress": [t.as_row() for t in out.funnel_transitions],
+    }
+
+
+def add_rows(writer: ch.SinkWriter, rows: Rows, counts: dict[str, int] | None = None) -> None:
+    for table, table_rows in rows.items():
+        if table_rows:
+            writer.add(table, table_rows)
+            if counts is not None:
+                counts[table] = counts.get(table, 0) + len(table_rows)
