@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 import random
 
-from online_models.propensity import PropensityModel, top_contributions
+import numpy as np
+
+from online_models.propensity import PropensityModel, fit_logistic, top_contributions
 from tests.factories import DAY_MS, T0_MS
 
 HORIZON = 7 * DAY_MS
@@ -21,24 +23,27 @@ def _model(**kw) -> PropensityModel:
     )
 
 
-def test_labels_arrive_late_positive_on_outcome_negative_after_horizon() -> None:
+def test_both_labels_are_released_when_the_horizon_passes() -> None:
+    #  a: snapshot t0 .. purchase t0+1d .......... horizon t0+7d -> positive (released here)
+    #  b: snapshot t0 ............................ horizon t0+7d -> negative (released here)
     m = _model()
     m.observe("a", T0_MS, _feats(1.0), "all", 0.5)
     m.observe("b", T0_MS, _feats(0.0), "all", 0.5)
     m.observe("a", T0_MS + 1000, _feats(1.0), "all", 0.5)  # within snapshot_every: not kept
     assert m.n_pending == 2 and m.n_labelled == 0
-    assert m.expire(T0_MS + HORIZON) == []  # the horizon has not passed yet
-    pos = m.outcome("a", T0_MS + DAY_MS)
-    assert [(lab.customer_id, lab.y) for lab in pos] == [("a", True)]
-    neg = m.expire(T0_MS + HORIZON + 1)
-    assert [(lab.customer_id, lab.y) for lab in neg] == [("b", False)]
+    assert m.outcome("a", T0_MS + DAY_MS) == []  # known, but not released before the horizon
+    assert m.expire(T0_MS + HORIZON) == [] and m.n_labelled == 0
+    released = m.expire(T0_MS + HORIZON + 1)
+    assert sorted((lab.customer_id, lab.y) for lab in released) == [("a", True), ("b", False)]
+    assert all(lab.labelled_ms == T0_MS + HORIZON + 1 for lab in released)
     assert m.n_pending == 0 and m.n_labelled == 2 and m.order == type(m.order)()
 
 
 def test_outcome_after_the_horizon_is_a_negative() -> None:
     m = _model()
     m.observe("a", T0_MS, _feats(1.0), "all", 0.5)
-    (lab,) = m.outcome("a", T0_MS + HORIZON + 1)
+    m.outcome("a", T0_MS + HORIZON + 1)
+    (lab,) = m.expire(T0_MS + HORIZON + 2)
     assert lab.y is False
 
 
@@ -69,8 +74,9 @@ def _run(m: PropensityModel, seed: int, n: int) -> list[tuple[float, bool, float
         score, _ = m.score(_feats(x, random.Random(i).random()), "all")
         m.observe(cid, t, _feats(x, random.Random(i).random()), "all", score)
         truth[cid] = (y, p)
-        labelled = m.outcome(cid, t + 1000) if y else []
-        for lab in labelled + m.expire(t):
+        if y:
+            m.outcome(cid, t + 1000)
+        for lab in m.expire(t):
             out.append((lab.snapshot_ms, lab.p, lab.y, truth[lab.customer_id][1]))
     out.extend(  # the horizon passes for every open snapshot
         (lab.snapshot_ms, lab.p, lab.y, truth[lab.customer_id][1])
@@ -80,7 +86,7 @@ def _run(m: PropensityModel, seed: int, n: int) -> list[tuple[float, bool, float
 
 
 def test_scores_are_the_ones_given_before_learning_and_calibrated() -> None:
-    m = _model(learning_rate=0.05)
+    m = _model()
     records = _run(m, 0, 30_000)
     late = records[len(records) // 2 :]
     # calibration: in every decile of score, the mean score is close to the observed rate
@@ -101,22 +107,40 @@ def test_test_then_train_the_recorded_score_is_the_score_before_the_label() -> N
     m = _model()
     _run(m, 1, 2_000)
     p_before, _ = m.score(_feats(0.9), "all")
-    weights = dict(m.model.weights)
+    fit = m.fit
     m.observe("z", T0_MS + 10**9, _feats(0.9), "all", p_before)
-    assert m.model.weights == weights  # a snapshot only moves the scaler, never the weights
-    (lab,) = m.outcome("z", T0_MS + 10**9 + 1)
-    assert lab.p == p_before and m.score(_feats(0.9), "all")[0] > p_before
+    m.outcome("z", T0_MS + 10**9 + 1)
+    assert m.fit is fit and m.score(_feats(0.9), "all")[0] == p_before  # nothing learned yet
+    (lab,) = m.expire(T0_MS + 10**9 + HORIZON + 1)
+    assert lab.p == p_before and lab.y is True
+
+
+def test_refit_matches_offline_logistic_regression() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 4))
+    y = (rng.random(3000) < 1 / (1 + np.exp(-(x @ [1.5, -1.0, 0.0, 0.5] - 1)))).astype(float)
+    fit = fit_logistic(x, y, l2=1e-4)
+    ref = LogisticRegression(C=1 / (1e-4 * len(x))).fit((x - fit.mean) / fit.std, y)
+    assert np.allclose(fit.w, ref.coef_[0], atol=1e-3) and abs(fit.b - ref.intercept_[0]) < 1e-3
+    # a warm start from another fit converges to the same optimum
+    warm = fit_logistic(x * 3 + 1, y, l2=1e-4, warm=fit)
+    assert np.allclose(warm.w, fit.w, atol=1e-4)
 
 
 def test_segment_model_takes_over_when_it_has_enough_labels() -> None:
     m = _model(min_segment_labels=200)
-    for i in range(400):
+    rng = random.Random(0)
+    for i in range(800):
         seg = "s1" if i % 2 else "s2"
         cid = f"c{i}"
-        m.observe(cid, T0_MS + i, _feats(0.5), seg, 0.5)
-        if seg == "s1":
+        m.observe(cid, T0_MS + i, _feats(0.5, rng.random()), seg, 0.5)
+        if rng.random() < (0.8 if seg == "s1" else 0.2):
             m.outcome(cid, T0_MS + i + 1)
     m.expire(T0_MS + HORIZON + 10**6)
+    m.refit()
+    assert set(m.segment_fits) == {"s1", "s2"}
     assert m.score(_feats(0.5), "s1")[0] > 0.5 > m.score(_feats(0.5), "s2")[0]
     assert m.score(_feats(0.5), "s9")[0] == m.score(_feats(0.5), "all")[0]
 

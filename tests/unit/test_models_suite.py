@@ -8,10 +8,10 @@ import pickle
 import pytest
 
 from online_models.checkpoint import dumps, loads
-from online_models.features import features
 from online_models.segments import SegmentModel
 from online_models.suite import CustomerModelState, ModelConfig, ModelSuite
 from processors.errors import CheckpointError
+from tests.factories import resolved
 from tests.unit.test_models_support import population
 
 MATRIX = {
@@ -21,8 +21,10 @@ MATRIX = {
 }
 
 
-def _suite() -> ModelSuite:
-    s = ModelSuite(ModelConfig(drift_warmup=100, segment_reservoir=300))
+def _suite(**kw) -> ModelSuite:
+    s = ModelSuite(
+        ModelConfig(drift_warmup=100, segment_reservoir=300, segment_min_events=1, **kw)
+    )
     s.set_transitions(MATRIX)
     s.learn_sentiment("it keeps crashing", "negative")
     s.learn_sentiment("thanks, works great", "positive")
@@ -50,22 +52,42 @@ def test_restored_suite_gives_the_same_scores_as_the_uninterrupted_one() -> None
 
 def test_scores_are_computed_before_the_event_is_learned() -> None:
     events, _ = population(12, 200)
-    s, states = _suite(), {}
+    s, states = _suite(refresh_s=0), {}  # refresh on every event
     _run(s, states, events[:-1])
     e = events[-1]
     # the models as they were before the event, scoring the customer after it
     before = copy.deepcopy(s)
     summary = copy.deepcopy(states[e.customer_id].features)
     summary.update(e.event)
-    feats = features(summary, e.ts_ms)
-    segment = before.segments.assign(feats)
+    xb, xp = before.vectorizer.behaviour(summary), before.vectorizer.propensity(summary)
+    segment = before.segments.assign_vector(xb)
     scores = s.update(e, states[e.customer_id])
     assert scores.segment == segment
-    assert scores.p_convert == before.convert.score(feats, segment)[0]
-    assert scores.p_churn == before.churn.score(feats, segment)[0]
-    assert scores.lookalike == before.lookalike.score(feats)
-    # ... and the event was learned afterwards
-    assert s.segments.n_updates == before.segments.n_updates + 1
+    assert scores.p_convert == before.convert.score_vector(xp, segment)[0]
+    assert scores.p_churn == before.churn.score_vector(xp, segment)[0]
+    assert scores.lookalike == before.lookalike.score_vector(xb)
+    # ... and the event was learned afterwards: its customer's session is open
+    assert s.open_sessions[e.customer_id] is states[e.customer_id]
+
+
+def test_session_ends_become_examples_and_scores_refresh_on_schedule() -> None:
+    #  c: e0 .. +1 min e1 .. +1 min e2 |2 h| e3   (refresh_s 10 min, session gap 30 min)
+    #     ^ scored  (cached)  (cached)      ^ new session: previous one is an example
+    s = _suite(refresh_s=600)
+    st = s.new_customer()
+    t = 1_772_323_200_000
+    out = [
+        s.update(resolved("c", tp, t + m * 60_000, user_id="c"), st)
+        for tp, m in (("landing_page", 0), ("pricing_page", 1), ("blog_post", 2))
+    ]
+    assert [o.p_convert for o in out] == [0.5] * 3 and st.scored_ms == t
+    assert s.convert.n_pending == 0 and "c" in s.open_sessions
+    s.update(resolved("c", "login", t + 122 * 60_000, user_id="c"), st)
+    assert st.scored_ms == t + 122 * 60_000
+    assert s.convert.n_pending == 1 and s.convert.pending["c"][0].ts_ms == t + 2 * 60_000
+    # event time passing the session's end (another customer's event) closes it too
+    s.update(resolved("d", "blog_post", t + 200 * 60_000, user_id="d"), s.new_customer())
+    assert "c" not in s.open_sessions and s.convert.n_pending == 2
 
 
 def test_scores_fields_and_alerts_api() -> None:
