@@ -171,12 +171,12 @@ def seed_rows() -> dict[str, list[dict[str, Any]]]:
             # shard 1 (another partition's customers), the same pane
             cell(1, 1, "", "start", "landing_page", 1, 0),
             cell(1, 1, "start", "landing_page", "pricing_page", 1, 60_000),
-            cell(1, 1, "landing_page", "pricing_page", "purchase", 1, 180_000),
+            cell(1, 1, "landing_page", "pricing_page", "conversion", 1, 180_000),
             # shard 0 re-emits the pane: a new cell, and landing_page -> ads_click is gone
             cell(0, 2, "", "start", "landing_page", 2, 0),
             cell(0, 2, "start", "landing_page", "blog_post", 1, 180_000),
             cell(0, 2, "start", "landing_page", "pricing_page", 1, 60_000),
-            cell(0, 2, "landing_page", "pricing_page", "purchase", 1, 60_000),
+            cell(0, 2, "landing_page", "pricing_page", "conversion", 1, 60_000),
         ],
         "late_events": [
             ch.late_event_row(LateEvent(resolved("c2", "pricing_page", T0 - 86_400_000,
@@ -335,9 +335,9 @@ def test_a_batch_written_twice_leaves_the_same_query_results(store: Store) -> No
     assert once["matrix"] == [
         (1, "", "landing_page", "blog_post", 1, 0.3333, 180_000.0),
         (1, "", "landing_page", "pricing_page", 2, 0.6667, 60_000.0),
-        (1, "", "pricing_page", "purchase", 2, 1.0, 120_000.0),
+        (1, "", "pricing_page", "conversion", 2, 1.0, 120_000.0),
         (1, "", "start", "landing_page", 3, 1.0, 0.0),
-        (2, "landing_page", "pricing_page", "purchase", 2, 1.0, 120_000.0),
+        (2, "landing_page", "pricing_page", "conversion", 2, 1.0, 120_000.0),
         (2, "start", "landing_page", "blog_post", 1, 0.3333, 180_000.0),
         (2, "start", "landing_page", "pricing_page", 2, 0.6667, 60_000.0),
     ]
