@@ -23,6 +23,7 @@ latest final window of each size.
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple
@@ -57,6 +58,11 @@ def bucket_bounds_ms(bucket: int) -> tuple[int, int]:
     low = math.ceil(base * (1 + half / 2)) * 1000
     high = math.ceil(base * (1.5 + half / 2)) * 1000
     return low, (high if bucket < GAP_BUCKETS - 1 else 2**62)
+
+
+# The lower bound of every bucket: `bisect_right(_BUCKET_LOWS_MS, gap_ms) - 1` is
+# `gap_bucket(gap_ms)` for any gap >= 0, as one C call on the hot path.
+_BUCKET_LOWS_MS: Final = tuple(bucket_bounds_ms(b)[0] for b in range(GAP_BUCKETS))
 
 
 def gap_quantile(hist: dict[int, int], q: float) -> float:
@@ -296,11 +302,16 @@ class TransitionCounter:
     """Hopping-window transition counts over :class:`~processors.journeys.Step` records.
 
     `update(steps)` adds (or, for ``sign=-1``, retracts) steps; `advance(watermark_ms)`
-    finalizes the panes behind the frontier, moves every window and returns the cell rows of
+    finalizes the panes behind the frontier, adds them to `totals` and returns the cell rows of
     the newly final panes (and of earlier panes corrected since). A step for a pane that is
-    already final (a merge correction) is applied to that pane, to the windows holding it and to
-    the totals, and the pane is emitted again (its rows replace the earlier ones); panes older
-    than the largest window only reach `totals`.
+    already final (a merge correction) is netted per cell first, then applied to that pane, to
+    the windows holding it and to the totals, and the pane is emitted again (its rows replace
+    the earlier ones); panes older than the largest window only reach `totals`.
+
+    The hopping windows are brought up to date when read (:meth:`window`, :meth:`matrix`,
+    :meth:`snapshot`, `windows`, or every step when `advance` is given `on_window`): adding
+    the panes that entered and retracting those that left, or summing the panes afresh when
+    that is cheaper. Per step the hot path is one dict update of the step's pane cell.
     """
 
     def __init__(self, windows: WindowsConfig, allowed_lateness_s: int = 0) -> None:
@@ -312,35 +323,55 @@ class TransitionCounter:
         self.frontier_pane: int | None = None  # panes before this one are final
         self.hot: dict[int, TransitionCounts] = {}
         self.panes: dict[int, TransitionCounts] = {}
-        self.windows: dict[int, TransitionCounts] = {size: TransitionCounts()
-                                                     for size in self.sizes}
+        self._windows: dict[int, TransitionCounts] = {size: TransitionCounts()
+                                                      for size in self.sizes}
+        # The frontier each window was last brought to (it holds panes [at - n, at)).
+        self._synced: dict[int, int | None] = {size: None for size in self.sizes}
+        # Every non-empty final pane at or after this index is still in `panes`.
+        self._kept_from: int | None = None
         self.totals = TransitionCounts()
         self.dirty: set[int] = set()
+
+    @property
+    def windows(self) -> dict[int, TransitionCounts]:
+        """The latest final window of each size (brought up to date on access)."""
+        for size in self.sizes:
+            self._sync(size)
+        return self._windows
 
     def update(self, steps: Iterable[Step]) -> None:
         """Add each step (retract it when ``step.sign == -1``) to its pane."""
         step_ms = self.step_ms
         frontier = self.frontier_pane
         hot = self.hot
+        lows = _BUCKET_LOWS_MS
+        late: dict[int, dict[CellKey, list[int]]] | None = None
         for st in steps:
-            p = st.ts_ms // step_ms
+            _, seg, ch, _, src, dst, prev2, gap, ts, _, _, _, _, sign, _ = st
+            p = ts // step_ms
+            key = (seg, ch, prev2, src, dst, bisect_right(lows, gap) - 1)
             if frontier is not None and p < frontier:
-                self._correct(p, st)
-                continue
-            pane = hot.get(p)
-            if pane is None:
-                pane = hot[p] = TransitionCounts()
-            cells = pane.cells
-            gap = st.gap_ms
-            key = (st.segment, st.channel, st.prev2, st.src, st.dst, gap_bucket(gap))
+                if late is None:
+                    late = {}
+                cells = late.get(p)
+                if cells is None:
+                    cells = late[p] = {}
+            else:
+                pane = hot.get(p)
+                if pane is None:
+                    pane = hot[p] = TransitionCounts()
+                cells = pane.cells
             v = cells.get(key)
             if v is None:
-                cells[key] = [st.sign, st.sign * gap]
+                cells[key] = [sign, sign * gap]
             else:
-                v[0] += st.sign
-                v[1] += st.sign * gap
-                if not v[0]:
+                v[0] += sign
+                v[1] += sign * gap
+                if not v[0] and not v[1]:
                     del cells[key]
+        if late:
+            for p, cells in late.items():
+                self._correct(p, cells)
 
     def advance(self, watermark_ms: int, on_window: WindowCallback | None = None
                 ) -> list[CellRow]:
@@ -353,39 +384,40 @@ class TransitionCounter:
         rows: list[CellRow] = []
         if self.frontier_pane is None:
             self.frontier_pane = min([new_frontier, *self.hot])
+            self._kept_from = self.frontier_pane
+            for size in self.sizes:
+                self._synced[size] = self.frontier_pane
         for p in sorted(self.dirty):
             if p in self.panes:
                 rows.extend(self.panes[p].cell_rows(p * self.step_ms, self.step_s))
         self.dirty.clear()
+        hot, panes = self.hot, self.panes
         while self.frontier_pane < new_frontier:
             f = self.frontier_pane
-            if not self.panes:  # every window is empty: jump to the next pane with data
-                nxt = min(self.hot, default=new_frontier)
+            if not panes:  # every window is empty: jump to the next pane with data
+                nxt = min(min(hot, default=new_frontier), new_frontier)
                 if nxt > f:
-                    self.frontier_pane = min(nxt, new_frontier)
+                    self.frontier_pane = self._kept_from = nxt
                     continue
-            pane = self.hot.pop(f, None)
+            pane = hot.pop(f, None)
             if pane:
-                self.panes[f] = pane
+                panes[f] = pane
                 self.totals.merge(pane)
                 rows.extend(pane.cell_rows(f * self.step_ms, self.step_s))
-            for size, n in self.sizes.items():
-                window = self.windows[size]
-                if pane:
-                    window.merge(pane)
-                leaving = self.panes.get(f - n)
-                if leaving:
-                    window.merge(leaving, -1)
-                if on_window is not None:
-                    on_window((f + 1 - n) * self.step_ms, size, window)
-            self.panes.pop(f - self.max_panes, None)
             self.frontier_pane = f + 1
+            if on_window is not None:
+                for size, n in self.sizes.items():
+                    self._sync(size)
+                    on_window((f + 1 - n) * self.step_ms, size, self._windows[size])
+            panes.pop(f - self.max_panes, None)
+            self._kept_from = max(self._kept_from, f - self.max_panes + 1)  # type: ignore[type-var]
         return rows
 
     def window(self, size_s: int) -> tuple[int, TransitionCounts]:
         """The latest final window of one size: (window_start_ms, counts)."""
         f = self.frontier_pane if self.frontier_pane is not None else 0
-        return (f - self.sizes[size_s]) * self.step_ms, self.windows[size_s]
+        self._sync(size_s)
+        return (f - self.sizes[size_s]) * self.step_ms, self._windows[size_s]
 
     def snapshot(self, size_s: int | None = None) -> list[TransitionRow]:
         """Rolled-up rows of the latest final window of each size (or of one size)."""
@@ -398,23 +430,49 @@ class TransitionCounter:
     def matrix(self, size_s: int | None = None, *, segment: str = ALL, channel: str = ALL,
                order: int = 1) -> dict[object, dict[str, float]]:
         """Transition probabilities of the latest final window (all-time when `size_s` None)."""
-        counts = self.totals if size_s is None else self.windows[size_s]
+        counts = self.totals if size_s is None else self.window(size_s)[1]
         return counts.matrix(segment=segment, channel=channel, order=order)
 
-    def _correct(self, p: int, st: Step) -> None:
-        """Apply one step to an already final pane, the windows holding it and the totals."""
+    def _sync(self, size: int) -> None:
+        """Bring one window from the frontier it was last brought to up to the current one."""
+        f = self.frontier_pane
+        at = self._synced[size]
+        if f is None or at == f:
+            return
+        n = self.sizes[size]
+        window = self._windows[size]
+        panes = self.panes
+        k = f - at if at is not None else n
+        if at is None or 2 * k >= n or at - n < self._kept_from:  # type: ignore[operator]
+            window.cells.clear()  # cheaper (or only possible) to sum the panes afresh
+            for p, pane in panes.items():
+                if f - n <= p < f:
+                    window.merge(pane)
+        else:
+            for p in range(at, f):
+                entering = panes.get(p)
+                if entering:
+                    window.merge(entering)
+                leaving = panes.get(p - n)
+                if leaving:
+                    window.merge(leaving, -1)
+        self._synced[size] = f
+
+    def _correct(self, p: int, cells: dict[CellKey, list[int]]) -> None:
+        """Apply the net change of one final pane to it, the windows holding it and the totals."""
         assert self.frontier_pane is not None
-        src, dst = st.src, st.dst
-        kw = {"prev2": st.prev2, "gap_ms": st.gap_ms, "segment": st.segment,
-              "channel": st.channel, "n": st.sign}
-        self.totals.update(src, dst, **kw)  # type: ignore[arg-type]
+        delta = TransitionCounts({k: v for k, v in cells.items() if v[0] or v[1]})
+        if not delta:
+            return  # e.g. a merge moved steps between customers: the cells are unchanged
+        self.totals.merge(delta)
         if p < self.frontier_pane - self.max_panes:
             return
         pane = self.panes.get(p)
         if pane is None:
             pane = self.panes[p] = TransitionCounts()
-        pane.update(src, dst, **kw)  # type: ignore[arg-type]
+        pane.merge(delta)
         self.dirty.add(p)
         for size, n in self.sizes.items():
-            if p >= self.frontier_pane - n:
-                self.windows[size].update(src, dst, **kw)  # type: ignore[arg-type]
+            at = self._synced[size]
+            if at is not None and at - n <= p < at:
+                self._windows[size].merge(delta)
