@@ -1,11 +1,17 @@
 """Sink throughput: SinkWriter rows/s next to a bare `client.insert` of the same prepared columns.
 
     python bench/bench_sink.py [--rows 200000] [--flush-rows 50000] [--server URL]
+                               [--matrix-days 90] [--skip-insert]
 
 Both run in the same process on the same store, into `touchpoints`, in batches of `flush_rows`
 rows (the bare insert gets the same batch size). Two sink paths: `add` of row dicts (includes
 turning rows into columns) and `add_columns`. Runs embedded chDB and a server: the URL given,
 JOURNEYMAP_CLICKHOUSE__URL / http://127.0.0.1:8123 when it answers, else a private chDB server.
+
+With --matrix-days N (embedded only): N days of hourly transition panes on two shards (every tenth
+pane emitted twice), then the 7-day `transition_matrix(..., window_end='latest')` query next to the
+least a query can do over the same cells: a bare GROUP BY of those 7 days without FINAL or the
+latest-version filter (a ratio of query times).
 """
 
 from __future__ import annotations
@@ -97,6 +103,43 @@ def bench(store: Store, n: int, flush_rows: int, repeat: int) -> dict[str, float
     return {name: n / secs for name, secs in best.items()}
 
 
+def bench_matrix(store: Store, days: int, cells_per_pane: int = 400, repeat: int = 5
+                 ) -> dict[str, float]:
+    """Seconds for the 7-day matrix view and for a bare GROUP BY of the same cells."""
+    migrate(store)
+    writer = SinkWriter(store.client, flush_rows=200_000, flush_interval_s=3600)
+    n_cells = 0
+    for pane in range(days * 24):
+        for shard in (0, 1):
+            for version in (1, 2) if pane % 10 == 0 else (1,):
+                cols: dict[str, list[Any]] = {k: [] for k in (
+                    "shard", "pane_start", "pane_size_s", "segment", "channel", "prev2", "src",
+                    "dst", "gap_bucket", "n", "gap_sum_ms", "updated_at")}
+                for i in range(cells_per_pane - (version == 2)):
+                    for k, v in zip(cols, (
+                            shard, T0 // 1000 + pane * 3600, 3600, f"seg{i % 4}", CHANNELS[i % 8],
+                            TOUCHPOINTS[i // 8 % 6], TOUCHPOINTS[i // 48 % 6],
+                            TOUCHPOINTS[(i + pane) % 6], i % 20, 1 + i % 7, 60_000 * (i % 7),
+                            T0 + pane * 3_600_000 + version), strict=True):
+                        cols[k].append(v)
+                n_cells += len(cols["n"])
+                writer.add_columns("transition_cells", cols)
+    writer.flush()
+    store.client.command("OPTIMIZE TABLE transition_cells FINAL")
+    view = ("SELECT order, src1, src, dst, n, p FROM transition_matrix(window_size_s = 604800, "
+            "segment = 'seg1', window_end = 'latest')")
+    bare = ("SELECT if(prev2 = '', 1, 2) AS o, prev2, src, dst, sum(n) FROM transition_cells "
+            "WHERE segment = 'seg1' AND pane_start >= (SELECT max(pane_start) FROM "
+            "transition_cells) - 7 * 86400 GROUP BY o, prev2, src, dst")
+    best = {"view": float("inf"), "bare": float("inf")}
+    for _ in range(repeat):
+        for name, sql in (("view", view), ("bare", bare)):
+            start = time.perf_counter()
+            store.client.query(sql)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {"cells": float(n_cells), **best}
+
+
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url.rstrip("/") + "/ping", timeout=2) as resp:
@@ -118,8 +161,22 @@ def main() -> None:
     parser.add_argument("--flush-rows", type=int, default=50_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--server", default=None)
+    parser.add_argument("--matrix-days", type=int, default=0)
+    parser.add_argument("--skip-insert", action="store_true")
     args = parser.parse_args()
     database = f"jm_bench_{os.getpid()}"
+
+    if args.matrix_days:
+        with tempfile.TemporaryDirectory() as tmp:
+            target = SimpleNamespace(url=f"{tmp}/chdb", database=database, user="default",
+                                     password="")
+            with connect(target) as store:
+                m = bench_matrix(store, args.matrix_days)
+                print(f"embedded chDB: {m['cells']:,.0f} transition cells ({args.matrix_days} days)"
+                      f"; 7-day transition_matrix {m['view'] * 1000:.0f} ms, bare GROUP BY of the "
+                      f"same cells {m['bare'] * 1000:.0f} ms, ratio {m['view'] / m['bare']:.1f}x")
+    if args.skip_insert:
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         target = SimpleNamespace(url=f"{tmp}/chdb", database=database, user="default",
