@@ -1,0 +1,272 @@
+"""The identity graph in Redis, shared by every streaming worker.
+
+The resolver (:mod:`processors.identity`) makes every decision; this store only loads and
+commits, each in one Lua script per batch, so a batch costs two round trips:
+
+- ``identity_read.lua`` reads the batch's nodes and their customers atomically;
+- ``identity_commit.lua`` writes the batch's changes only if none of the nodes and customers it
+  read has changed since (optimistic concurrency). If another worker got there first, the
+  resolver decides the batch again on fresh state. Every commit is therefore equivalent to the
+  batches applied one after another: two workers can never produce different answers or lose a
+  link.
+
+Layout under the key prefix ``P`` (identifiers appear only as salted SHA-256 hashes):
+
+- ``P:n``          hash  node key -> ``"customer|first_seen_ms|n_linked"``
+- ``P:r``          hash  customer id -> JSON ``[earliest_ts, earliest_key, {kind: key}, size]``
+- ``P:m:<cust>``   set   the node keys of one customer (for merges and `members_of`)
+- ``P:tok:<t>``    a commit that was applied (so a retried commit is not applied twice)
+
+While Redis is unreachable every call retries with bounded exponential backoff and logs a
+warning saying what it is waiting for; nothing is lost because nothing is committed until Redis
+answers. Use it from an async agent through ``asyncio.to_thread(resolver.resolve_batch, ...)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Final, TypeVar
+
+import orjson
+import redis
+
+from processors.errors import ConfigError, ServiceUnavailable
+from processors.identity import IdentityGraph, Root
+
+log = logging.getLogger("journeymap.identity")
+T = TypeVar("T")
+_RETRYABLE: Final = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff while Redis is unreachable: `initial_s`, doubling, capped at
+    `max_backoff_s`; give up with ServiceUnavailable after `max_wait_s` (None: wait forever)."""
+
+    initial_s: float = 0.05
+    max_backoff_s: float = 5.0
+    max_wait_s: float | None = None
+
+
+class _LoadedGraph(IdentityGraph):
+    """One batch's part of the graph, with the raw values read (for the commit's checks)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read_nodes: dict[str, str] = {}
+        self.read_roots: dict[str, str] = {}
+
+
+def _script(name: str) -> str:
+    return resources.files("sinks").joinpath(name).read_text()
+
+
+def encode_node(cid: str, first: int, linked: int) -> str:
+    return f"{cid}|{first}|{linked}"
+
+
+def encode_root(root: Root) -> str:
+    return orjson.dumps(
+        [root.earliest_ts, root.earliest_key, root.uniq, root.size], option=orjson.OPT_SORT_KEYS
+    ).decode()
+
+
+class RedisIdentityStore:
+    """:class:`~processors.identity.IdentityStore` on Redis (sync redis-py)."""
+
+    def __init__(
+        self,
+        client: redis.Redis | str,
+        prefix: str = "jm:id",
+        *,
+        retry: RetryPolicy = RetryPolicy(),
+        token_ttl_s: int = 86_400,
+    ) -> None:
+        if isinstance(client, str):
+            client = redis.Redis.from_url(client, decode_responses=True)
+        if not client.get_connection_kwargs().get("decode_responses"):
+            raise ConfigError(
+                "RedisIdentityStore needs a client made with decode_responses=True "
+                "(or pass the redis URL and let the store make its client)"
+            )
+        self.client = client
+        self.prefix = prefix
+        self.retry = retry
+        self.token_ttl_s = token_ttl_s
+        self._read = client.register_script(_script("identity_read.lua"))
+        self._commit = client.register_script(_script("identity_commit.lua"))
+        self.n_conflicting_commits = 0
+
+    # -- retrying ------------------------------------------------------------------------------
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        started = time.monotonic()
+        delay = self.retry.initial_s
+        n_failed = 0
+        while True:
+            try:
+                result = fn()
+            except _RETRYABLE as exc:
+                n_failed += 1
+                waited = time.monotonic() - started
+                limit = self.retry.max_wait_s
+                if limit is not None and waited + delay > limit:
+                    raise ServiceUnavailable(
+                        f"Redis at {self._where()} did not answer for {waited:.1f}s while "
+                        f"{what}: {exc}. Start Redis or fix redis.url; nothing was committed."
+                    ) from exc
+                log.warning(
+                    "waiting for Redis at %s to %s (attempt %d failed: %s: %s); retrying in "
+                    "%.2fs, nothing committed yet",
+                    self._where(),
+                    what,
+                    n_failed,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, self.retry.max_backoff_s)
+                continue
+            if n_failed:
+                log.warning(
+                    "Redis at %s is back after %d failed attempts to %s",
+                    self._where(),
+                    n_failed,
+                    what,
+                )
+            return result
+
+    def _where(self) -> str:
+        kw = self.client.connection_pool.connection_kwargs
+        return f"{kw.get('host', kw.get('path', '?'))}:{kw.get('port', '')}/{kw.get('db', 0)}"
+
+    # -- IdentityStore -------------------------------------------------------------------------
+
+    def begin(self, keys: Collection[str]) -> IdentityGraph:
+        """Load the nodes `keys` and the customers they belong to, as one atomic read."""
+        wanted = list(keys)
+        g = _LoadedGraph()
+        if not wanted:
+            return g
+        nodes, cids, roots = self._call(
+            "read the identity graph", lambda: self._read(args=[self.prefix, *wanted])
+        )
+        for cid, raw in zip(cids, roots, strict=True):
+            if raw is None:
+                raise ServiceUnavailable(
+                    f"identity graph under {self.prefix!r} is inconsistent: node points at "
+                    f"customer {cid} which has no record; was the prefix partially deleted?"
+                )
+            ts, key, uniq, size = orjson.loads(raw)
+            g.roots[cid] = Root(ts, key, uniq, size)
+            g.members[cid] = []
+            g.read_roots[cid] = raw
+        for key, raw in zip(wanted, nodes, strict=True):
+            if raw is None:
+                g.read_nodes[key] = ""
+                continue
+            g.read_nodes[key] = raw
+            cid, first, linked = raw.split("|")
+            g.cid[key] = cid
+            g.first[key] = int(first)
+            if linked != "0":
+                g.linked[key] = int(linked)
+            g.members[cid].append(key)
+        return g
+
+    def commit(self, graph: IdentityGraph) -> bool:
+        """Write the batch atomically; False if another writer changed what it read."""
+        assert isinstance(graph, _LoadedGraph), "commit a graph this store's begin() returned"
+        if not graph.read_nodes:
+            return True
+        args: list[Any] = [self.prefix, uuid.uuid4().hex, self.token_ttl_s]
+        args.append(len(graph.read_nodes))
+        for key, raw in graph.read_nodes.items():
+            args += (key, raw)
+        args.append(len(graph.read_roots))
+        for cid, raw in graph.read_roots.items():
+            args += (cid, raw)
+        args.append(len(graph.moves))
+        for src, dst in graph.moves:
+            args += (src, dst)
+        node_sets: list[str] = []
+        cids, first, linked = graph.cid, graph.first, graph.linked
+        for key, raw in graph.read_nodes.items():
+            value = encode_node(cids[key], first[key], linked.get(key, 0))
+            if value != raw:
+                node_sets += (key, value)
+        args.append(len(node_sets) // 2)
+        args += node_sets
+        args.append(len(graph.new_keys))
+        for key in graph.new_keys:
+            args += (cids[key], key)
+        root_sets: list[str] = []
+        for cid, root in graph.roots.items():
+            value = encode_root(root)
+            if value != graph.read_roots.get(cid):
+                root_sets += (cid, value)
+        args.append(len(root_sets) // 2)
+        args += root_sets
+        gone = [cid for cid in graph.read_roots if cid not in graph.roots]
+        args.append(len(gone))
+        args += gone
+        # The same token on every retry: a commit whose reply was lost is not applied twice.
+        status = self._call("commit identity decisions", lambda: self._commit(args=args))
+        if status == 0:
+            self.n_conflicting_commits += 1
+            return False
+        return True
+
+    def customer_of(self, key: str) -> str | None:
+        raw = self._call("look up a customer", lambda: self.client.hget(f"{self.prefix}:n", key))
+        return None if raw is None else str(raw).split("|", 1)[0]
+
+    def members_of(self, customer_id: str) -> list[tuple[str, int]]:
+        def read() -> list[tuple[str, int]]:
+            keys = sorted(self.client.smembers(f"{self.prefix}:m:{customer_id}"))  # type: ignore[arg-type]
+            if not keys:
+                return []
+            values = self.client.hmget(f"{self.prefix}:n", keys)
+            out = []
+            for key, raw in zip(keys, values, strict=True):  # type: ignore[arg-type]
+                if raw is not None:
+                    cid, first, _ = str(raw).split("|")
+                    if cid == customer_id:
+                        out.append((key, int(first)))
+            return out
+
+        return self._call("list a customer's identifiers", read)
+
+    def partition(self) -> dict[str, frozenset[str]]:
+        """Every customer and its node keys (for tests and audits; reads the whole graph)."""
+
+        def read() -> dict[str, frozenset[str]]:
+            out: dict[str, set[str]] = {}
+            for key, raw in self.client.hscan_iter(f"{self.prefix}:n", count=5000):
+                out.setdefault(str(raw).split("|", 1)[0], set()).add(str(key))
+            return {cid: frozenset(keys) for cid, keys in out.items()}
+
+        return self._call("read the whole identity graph", read)
+
+    def clear(self) -> int:
+        """Delete every key under this store's prefix; returns how many."""
+
+        def run() -> int:
+            n = 0
+            batch: list[str] = []
+            for key in self.client.scan_iter(match=f"{self.prefix}:*", count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    n += int(self.client.unlink(*batch))  # type: ignore[arg-type]
+                    batch.clear()
+            if batch:
+                n += int(self.client.unlink(*batch))  # type: ignore[arg-type]
+            return n
+
+        return self._call("clear the identity graph", run)
