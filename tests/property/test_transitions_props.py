@@ -145,3 +145,59 @@ def test_windowed_counts_equal_a_recount(stream: tuple[list[ResolvedEvent], list
     # Every pane with a transition was closed, and at least one window held each transition.
     assert all(any(start <= s[6] < start + size * 1000 for start, size in windows)
                for s in truth)
+
+
+MERGE_CONFIG = CONFIG.model_copy(update={"journey": JourneyConfig(
+    session_gap_s=30 * 60, allowed_lateness_s=LATENESS_S, last_touchpoints_kept=100,
+    dedup_ids_per_customer=64)})
+
+
+@settings(max_examples=150, deadline=None)
+@given(streams(), st.integers(0, 10_000), st.booleans())
+def test_merge_corrections_equal_a_recount_as_one_customer(
+        stream: tuple[list[ResolvedEvent], list[int]], at: int, loser_first: bool) -> None:
+    """After merge(loser, winner) the totals equal a recount in which both are one customer.
+
+    Every event stays in the kept history here (100 kept), so "within the kept history" is all
+    of them; events of the loser arriving after the merge come resolved to the winner.
+    """
+    arrivals, _ = stream
+    loser, winner = ("c1", "c0") if loser_first else ("c0", "c1")
+    m = at % (len(arrivals) + 1)
+
+    def as_winner(e: ResolvedEvent) -> ResolvedEvent:
+        return ResolvedEvent(winner, e.event, e.segment) if e.customer_id == loser else e
+
+    journeys = JourneyProcessor(MERGE_CONFIG)
+    counter = TransitionCounter(MERGE_CONFIG.windows, LATENESS_S)
+    for batch in (arrivals[:m], [], [as_winner(e) for e in arrivals[m:]]):
+        if not batch:
+            counter.update(journeys.merge(loser, winner).steps)
+            counter.update(journeys.expire(journeys.watermark_ms).steps)
+            counter.advance(journeys.watermark_ms)
+            continue
+        out = journeys.apply(batch)
+        assert not out.late
+        counter.update(out.steps)
+        counter.update(journeys.expire(journeys.watermark_ms).steps)
+        counter.advance(journeys.watermark_ms)
+    end = max(e.ts_ms for e in arrivals) + HORIZON_S * 1000 + LATENESS_S * 1000 + 4 * STEP_MS
+    counter.update(journeys.expire(end).steps)
+    counter.advance(end)
+
+    as_one = [as_winner(e) for e in arrivals]
+    assert observed(counter.totals) == tuple(+c for c in expected(recount(as_one)))
+    # The merged customer's state equals one fed the same arrivals as one customer throughout.
+    fresh = JourneyProcessor(MERGE_CONFIG)
+    fresh.apply(as_one)
+    fresh.expire(end)
+    assert loser not in journeys.customers
+    got, want = journeys.snapshot(winner), fresh.snapshot(winner)
+    if want is None:
+        assert got is None or got.n_events == 0
+    else:
+        assert got is not None
+        assert (got.n_events, got.n_conversions, got.n_churns, got.n_expired, got.by_channel,
+                got.journey_no, got.markov_state, got.last_touchpoints, got.first_seen_ms) == (
+            want.n_events, want.n_conversions, want.n_churns, want.n_expired, want.by_channel,
+            want.journey_no, want.markov_state, want.last_touchpoints, want.first_seen_ms)
