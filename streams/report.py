@@ -47,7 +47,7 @@ DEAD_SQL = "SELECT stage, count() AS n FROM dead_letters GROUP BY stage ORDER BY
 
 TRANSITIONS_SQL = """
 SELECT src, dst, sum(n) AS n
-FROM transition_cells
+FROM transition_cells_current
 GROUP BY src, dst
 HAVING n > 0
 ORDER BY n DESC

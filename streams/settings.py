@@ -115,6 +115,8 @@ class WorkerSettings(_Group):
     batch_max: Annotated[int, Field(ge=1, le=100_000)] = 1_000
     batch_within_s: Annotated[float, Field(gt=0)] = 0.5
     web_port: Annotated[int, Field(ge=1, le=65535)] = 6066
+    # How often a partition's state is checkpointed to Redis (with its offset).
+    checkpoint_every_s: Annotated[float, Field(gt=0)] = 10.0
     store: str = "rocksdb://"
 
 

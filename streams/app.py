@@ -1,0 +1,463 @@
+"""The Faust app: topics and two thin agents around the processor chain.
+
+``ingest`` (touchpoints.raw -> touchpoints.resolved): decode each message (bad ones to
+touchpoints.dlq with the reason and the original bytes), resolve identities against the shared
+Redis graph, and re-key accepted events by customer: key = customer id, value = the original
+event bytes. Merges go to identity.merges and, as a control message keyed by the merged-away
+customer, onto touchpoints.resolved so they reach that customer's partition in order.
+
+``journey`` (touchpoints.resolved): per partition, the same chain as the replay (journeys,
+windowed transitions, funnels, attribution paths) plus the online models, writing ClickHouse
+rows (shard = partition), scores and alerts. A merge moves the merged-away customer's state to
+the winner's partition with a ``transfer`` message keyed by the winner.
+
+Delivery: each partition's state is checkpointed to Redis together with the offset of its last
+message (:mod:`sinks.checkpoints`). On assignment a worker loads the checkpoint and seeks to the
+next offset (or to the beginning when there is none), so state and input always agree. Rows are
+flushed to ClickHouse before a batch is acknowledged and before a checkpoint is written; they are
+full values under deterministic keys, so re-processing after a crash rewrites the same rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+import orjson
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
+
+from online_models.suite import CustomerModelState, ModelSuite, Scores
+from processors.chain import ChainOutput, JourneyChain
+from processors.events import ResolvedEvent
+from processors.identity import IdentityResolver, MergeRecord
+from processors.validation import Accepted, DeadLetter, Source, decode
+from sinks import clickhouse as ch
+from sinks.checkpoints import CheckpointStore
+from streams.outputs import add_rows, chain_rows
+from streams.replay import model_config
+from streams.settings import Settings
+
+log = logging.getLogger("journeymap.worker")
+
+H_TYPE = "jm-type"  # header on touchpoints.resolved: absent = event, "merge", "transfer"
+
+
+class Metrics:
+    """Prometheus counters served at /metrics on the worker's web port."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events_in = Counter("journeymap_events_in", "raw messages consumed", registry=r)
+        self.accepted = Counter("journeymap_accepted", "events accepted", registry=r)
+        self.dead = Counter(
+            "journeymap_dead_lettered", "messages dead-lettered", ["stage"], registry=r
+        )
+        self.late = Counter("journeymap_late", "events past the allowed lateness", registry=r)
+        self.duplicates = Counter("journeymap_duplicates", "duplicate events", registry=r)
+        self.merges = Counter("journeymap_merges", "identity merges", registry=r)
+        self.applied = Counter("journeymap_applied", "events applied to journeys", registry=r)
+        self.sink_batches = Counter("journeymap_sink_batches", "ClickHouse flushes", registry=r)
+        self.sink_rows = Counter("journeymap_sink_rows", "rows flushed", ["table"], registry=r)
+        self.sink_failures = Counter(
+            "journeymap_sink_failures", "ClickHouse flushes that failed", registry=r
+        )
+        self.checkpoints = Counter("journeymap_checkpoints", "partition checkpoints", registry=r)
+        self.latency = Gauge(
+            "journeymap_processing_latency_seconds",
+            "wall time from a batch's oldest message timestamp to its processing",
+            registry=r,
+        )
+        self.lag = Gauge(
+            "journeymap_consumer_lag",
+            "messages behind the end of the topic",
+            ["topic", "partition"],
+            registry=r,
+        )
+
+
+@dataclass
+class PartitionState:
+    """Everything one touchpoints.resolved partition owns; pickled into its checkpoint."""
+
+    chain: JourneyChain
+    model_states: dict[str, CustomerModelState] = field(default_factory=dict)
+    last_scores: dict[str, Scores] = field(default_factory=dict)
+    offset: int = -1
+    dirty_scores: set[str] = field(default_factory=set)
+
+
+class Runtime:
+    """What the agents share inside one worker process."""
+
+    def __init__(self, settings: Settings) -> None:
+        from sinks.identity_redis import RedisIdentityStore
+
+        self.settings = settings
+        self.config = settings.processing()
+        self.metrics = Metrics()
+        self.resolver = IdentityResolver(
+            self.config.identity,
+            self.config.identity_salt,
+            RedisIdentityStore(settings.redis.url, prefix=f"jm:id:{settings.kafka.consumer_group}"),
+        )
+        self.checkpoints = CheckpointStore(
+            settings.redis.url, settings.kafka.consumer_group,
+            retry_total_s=settings.clickhouse.retry_total_s,
+        )
+        self.store = ch.connect(settings.clickhouse)
+        ch.check_schema(self.store)
+        self.writer = self.store.writer(
+            flush_rows=settings.clickhouse.flush_rows,
+            flush_interval_s=settings.clickhouse.flush_interval_s,
+            retry_total_s=settings.clickhouse.retry_total_s,
+        )
+        self.models = ModelSuite(model_config(self.config))
+        self.rows: dict[str, int] = {}
+        self.partitions: dict[int, PartitionState] = {}
+        self.last_checkpoint: dict[int, float] = {}
+        self.checkpoint_every_s = settings.worker.checkpoint_every_s
+
+    def new_partition(self) -> PartitionState:
+        return PartitionState(JourneyChain(self.config))
+
+    def segment_of(self, part: PartitionState, customer_id: str) -> str:
+        state = part.model_states.get(customer_id)
+        return state.segment if state is not None else "all"
+
+
+def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.App:
+    """The Faust app with its topics and agents. `runtime` is built at worker start."""
+    k = settings.kafka
+    t = k.topics
+    app = faust.App(
+        k.consumer_group,
+        broker=[f"kafka://{s.strip()}" for s in k.bootstrap_servers.split(",")],
+        store="memory://",
+        web_host="127.0.0.1",
+        web_port=settings.worker.web_port,
+        web_bind="127.0.0.1",
+        topic_partitions=k.partitions,
+        topic_replication_factor=k.replication_factor,
+        consumer_auto_offset_reset="earliest",
+        value_serializer="raw",
+        key_serializer="raw",
+        producer_acks=-1,
+        broker_commit_every=settings.worker.batch_max,
+        autodiscover=False,
+    )
+    raw_topic = app.topic(t.raw, key_type=bytes, value_type=bytes, internal=False)
+    resolved_topic = app.topic(t.resolved, key_type=bytes, value_type=bytes)
+    dlq_topic = app.topic(t.dlq, key_type=bytes, value_type=bytes)
+    merges_topic = app.topic(t.merges, key_type=bytes, value_type=bytes)
+    late_topic = app.topic(t.late, key_type=bytes, value_type=bytes)
+    scores_topic = app.topic(t.scores, key_type=bytes, value_type=bytes)
+    alerts_topic = app.topic(t.alerts, key_type=bytes, value_type=bytes)
+    batch_max, within = settings.worker.batch_max, settings.worker.batch_within_s
+    rt: dict[str, Runtime] = {}
+    if runtime is not None:
+        rt["runtime"] = runtime
+
+    def R() -> Runtime:
+        if "runtime" not in rt:
+            rt["runtime"] = Runtime(settings)
+        return rt["runtime"]
+
+    @app.on_before_configured.connect
+    def _noop(app: faust.App, **kwargs: Any) -> None:  # pragma: no cover - faust signal
+        pass
+
+    @app.page("/metrics")
+    async def metrics(web: Any, request: Any) -> Any:
+        return web.bytes(
+            generate_latest(R().metrics.registry), content_type=CONTENT_TYPE_LATEST.split(";")[0]
+        )
+
+    # -- ingest -----------------------------------------------------------------------------
+
+    @app.agent(raw_topic)
+    async def ingest(stream: faust.StreamT) -> None:
+        async for batch in stream.take_events(batch_max, within=within):
+            runtime = R()
+            m = runtime.metrics
+            m.events_in.inc(len(batch))
+            accepted: list[Accepted] = []
+            dead: list[DeadLetter] = []
+            for ev in batch:
+                msg = ev.message
+                result = decode(msg.value or b"", Source(msg.topic, msg.partition, msg.offset))
+                (accepted if isinstance(result, Accepted) else dead).append(result)  # type: ignore[arg-type]
+            resolved = await asyncio.to_thread(
+                runtime.resolver.resolve_batch, [a.event for a in accepted]
+            ) if accepted else None
+            sends = [dlq_topic.send(key=b"validate", value=d.to_json()) for d in dead]
+            m.dead.labels("validate").inc(len(dead))
+            letters: list[DeadLetter] = []
+            if resolved is not None:
+                m.accepted.inc(len(resolved.resolved))
+                source_of = {id(a.event): a.source for a in accepted}
+                for event, reason in resolved.dead:
+                    letter = DeadLetter(
+                        event.model_dump_json().encode(), reason, source_of[id(event)],
+                        stage="resolve",
+                    )
+                    letters.append(letter)
+                    sends.append(dlq_topic.send(key=b"resolve", value=letter.to_json()))
+                    m.dead.labels("resolve").inc()
+                raw_of = {id(a.event): ev.message.value for a, ev in _pairs(accepted, batch)}
+                for merge in resolved.merges:
+                    body = orjson.dumps(merge._asdict())
+                    sends.append(merges_topic.send(key=merge.loser.encode(), value=body))
+                    sends.append(resolved_topic.send(
+                        key=merge.loser.encode(), value=body, headers={H_TYPE: b"merge"}
+                    ))
+                m.merges.inc(len(resolved.merges))
+                for rev in resolved.resolved:
+                    sends.append(resolved_topic.send(
+                        key=rev.customer_id.encode(), value=raw_of[id(rev.event)]
+                    ))
+            now_ms = int(time.time() * 1000)
+            out = ChainOutput(dead=dead)
+            if resolved is not None:
+                out.links.extend(resolved.links)
+                out.merges.extend(resolved.merges)
+                out.conflicts.extend(resolved.conflicts)
+                out.dead.extend(letters)
+            add_rows(runtime.writer, chain_rows(out, now_ms, 0, {}), runtime.rows)
+            await _flush(runtime)
+            for fut in await asyncio.gather(*sends):
+                await fut
+            await app.producer.flush()
+
+    # -- journey ----------------------------------------------------------------------------
+
+    @app.agent(resolved_topic)
+    async def journey(stream: faust.StreamT) -> None:
+        async for batch in stream.take_events(batch_max, within=within):
+            runtime = R()
+            by_partition: dict[int, list[Any]] = {}
+            for ev in batch:
+                by_partition.setdefault(ev.message.partition, []).append(ev)
+            outputs = []
+            for p, events in sorted(by_partition.items()):
+                part = runtime.partitions.get(p)
+                if part is None:  # assigned before the checkpoint callback ran: load it now
+                    part = await _load_partition(runtime, p)
+                outputs.append((p, part, _journey_batch(runtime, part, events)))
+            sends = []
+            now_ms = int(time.time() * 1000)
+            for p, _part, (out, forwards, transfers, scores) in outputs:
+                sentiments = {
+                    ev.event.event_id: sc.sentiment_score
+                    for ev, sc in zip(out.released, scores, strict=True)
+                    if sc.sentiment_score is not None
+                }
+                out.links.clear()  # written by the ingest agent
+                add_rows(runtime.writer, chain_rows(out, now_ms, p, sentiments), runtime.rows)
+                for key, value, headers in forwards + transfers:
+                    sends.append(resolved_topic.send(key=key, value=value, headers=headers))
+                for late in out.late:
+                    sends.append(late_topic.send(
+                        key=late.event.customer_id.encode(),
+                        value=orjson.dumps(ch.late_event_row(late, now_ms)),
+                    ))
+                for s in scores:
+                    sends.append(scores_topic.send(key=s.customer_id.encode(),
+                                                   value=_scores_json(s)))
+                    for alert in s.alerts:
+                        sends.append(alerts_topic.send(
+                            key=alert.alert_id.encode(), value=orjson.dumps(alert.to_dict())
+                        ))
+            await _flush(runtime)
+            for fut in await asyncio.gather(*sends):
+                await fut
+            await app.producer.flush()
+            now = time.monotonic()
+            for p, part, _ in outputs:
+                if now - runtime.last_checkpoint.get(p, 0.0) >= runtime.checkpoint_every_s:
+                    await _checkpoint(runtime, p, part)
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(app: faust.App, assigned: set[Any], **kwargs: Any) -> None:
+        runtime = R()
+        for tp in sorted(assigned):
+            if tp.topic == t.resolved and tp.partition not in runtime.partitions:
+                part = await _load_partition(runtime, tp.partition)
+                # state and input must agree: continue right after the checkpointed offset
+                await app.consumer.seek(tp, part.offset + 1)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
+        runtime = R()
+        await _flush(runtime)
+        for tp in revoked:
+            if tp.topic == t.resolved and tp.partition in runtime.partitions:
+                await _checkpoint(runtime, tp.partition, runtime.partitions.pop(tp.partition))
+
+    @app.on_before_shutdown.connect
+    async def on_shutdown(app: faust.App, **kwargs: Any) -> None:
+        if "runtime" not in rt:
+            return
+        runtime = rt["runtime"]
+        log.info("shutting down: flushing rows and checkpointing %d partitions",
+                 len(runtime.partitions))
+        await _flush(runtime)
+        for p, part in list(runtime.partitions.items()):
+            await _checkpoint(runtime, p, part)
+
+    app.jm_topics = {  # type: ignore[attr-defined]
+        "raw": raw_topic, "resolved": resolved_topic, "dlq": dlq_topic, "merges": merges_topic,
+        "late": late_topic, "scores": scores_topic, "alerts": alerts_topic,
+    }
+    app.jm_runtime = R  # type: ignore[attr-defined]
+    return app
+
+
+def _pairs(accepted: Sequence[Accepted], batch: Sequence[Any]) -> list[tuple[Accepted, Any]]:
+    """Match accepted events to their Faust events by source offset."""
+    by_pos = {(ev.message.topic, ev.message.partition, ev.message.offset): ev for ev in batch}
+    return [
+        (a, by_pos[(a.source.topic, a.source.partition, a.source.offset)]) for a in accepted
+    ]
+
+
+async def _load_partition(runtime: Runtime, p: int) -> PartitionState:
+    topic = runtime.settings.kafka.topics.resolved
+    loaded = await asyncio.to_thread(runtime.checkpoints.load, topic, p)
+    if loaded is None:
+        part = runtime.new_partition()
+        log.info("partition %d: no checkpoint, starting from the beginning of %s", p, topic)
+    else:
+        part, offset = loaded
+        part.offset = offset
+        log.info("partition %d: restored checkpoint at offset %d", p, offset)
+    part.chain.segment_of = lambda cid, part=part: runtime.segment_of(part, cid)
+    runtime.partitions[p] = part
+    runtime.last_checkpoint[p] = time.monotonic()
+    return part
+
+
+async def _checkpoint(runtime: Runtime, p: int, part: PartitionState) -> None:
+    segment_of = part.chain.segment_of
+    part.chain.segment_of = None  # a closure over the runtime does not pickle
+    try:
+        size = await asyncio.to_thread(
+            runtime.checkpoints.save, runtime.settings.kafka.topics.resolved, p, part, part.offset
+        )
+    finally:
+        part.chain.segment_of = segment_of
+    runtime.last_checkpoint[p] = time.monotonic()
+    runtime.metrics.checkpoints.inc()
+    log.debug("partition %d: checkpoint at offset %d (%d bytes)", p, part.offset, size)
+
+
+def _journey_batch(runtime: Runtime, part: PartitionState, events: Sequence[Any]
+                   ) -> tuple[ChainOutput, list[tuple[bytes, bytes, dict[str, bytes]]],
+                              list[tuple[bytes, bytes, dict[str, bytes]]], list[Scores]]:
+    """One partition's share of a batch: decode, merge, apply, score. Pure CPU, no awaits."""
+    m = runtime.metrics
+    merges: list[MergeRecord] = []
+    transfers_in: list[tuple[str, Any]] = []
+    resolved: list[ResolvedEvent] = []
+    forwards: list[tuple[bytes, bytes, dict[str, bytes]]] = []
+    renamed = part.chain._renamed
+    for ev in events:
+        msg = ev.message
+        if msg.offset <= part.offset:
+            continue  # already in the checkpointed state
+        part.offset = msg.offset
+        kind = dict(msg.headers or ()).get(H_TYPE) if msg.headers else None
+        key = (msg.key or b"").decode()
+        if kind == b"merge":
+            merges.append(MergeRecord(**orjson.loads(msg.value)))
+        elif kind == b"transfer":
+            transfers_in.append((key, pickle.loads(msg.value)))
+        elif key in renamed:  # resolved before the merge reached us: follow the winner
+            forwards.append((part.chain._winner(key).encode(), msg.value, {}))
+        else:
+            result = decode(msg.value or b"", Source(msg.topic, msg.partition, msg.offset))
+            if isinstance(result, Accepted):
+                resolved.append(ResolvedEvent(key, result.event))
+    for winner, payload in transfers_in:
+        _receive_transfer(part, winner, payload)
+    transfers = [
+        (m_.winner.encode(), pickle.dumps(_take_customer(part, m_.loser)), {H_TYPE: b"transfer"})
+        for m_ in merges
+    ]
+    out = part.chain.process_resolved(resolved, merges)
+    scores = _score(runtime, part, out)
+    m.applied.inc(len(out.applied))
+    m.duplicates.inc(len(out.duplicates))
+    m.late.inc(len(out.late))
+    return out, forwards, transfers, scores
+
+
+def _take_customer(part: PartitionState, customer_id: str) -> dict[str, Any]:
+    """Remove a merged-away customer's state from this partition, to send to the winner's."""
+    chain = part.chain
+    return {
+        "loser": customer_id,
+        "journey": chain.journeys.customers.pop(customer_id, None),
+        "path": chain.paths.open.pop(customer_id, None),
+        "model": part.model_states.pop(customer_id, None),
+    }
+
+
+def _receive_transfer(part: PartitionState, winner: str, payload: dict[str, Any]) -> None:
+    chain = part.chain
+    loser = payload["loser"]
+    if payload["journey"] is not None and loser not in chain.journeys.customers:
+        chain.journeys.customers[loser] = payload["journey"]
+    if payload["path"] is not None:
+        chain.paths.open.setdefault(loser, payload["path"])
+    if payload["model"] is not None and winner not in part.model_states:
+        part.model_states[winner] = payload["model"]
+
+
+def _score(runtime: Runtime, part: PartitionState, out: ChainOutput) -> list[Scores]:
+    models = runtime.models
+    states = part.model_states
+    scores = []
+    for ev in out.released:
+        state = states.get(ev.customer_id)
+        if state is None:
+            state = states[ev.customer_id] = models.new_customer()
+        s = models.update(ev, state)
+        part.last_scores[ev.customer_id] = s
+        scores.append(s)
+    return scores
+
+
+def _scores_json(s: Scores) -> bytes:
+    return orjson.dumps({
+        "customer_id": s.customer_id, "ts_ms": s.ts_ms, "segment": s.segment,
+        "p_convert": s.p_convert, "p_churn": s.p_churn,
+        "top_features": [list(f) for f in s.top_features],
+        "next_best_action": s.next_best_action, "expected_lift": s.expected_lift,
+        "lookalike": s.lookalike, "sentiment": s.sentiment,
+    })
+
+
+async def _flush(runtime: Runtime) -> None:
+    """Write buffered rows before the batch is acknowledged; retry (inside) while CH is down."""
+    while True:
+        try:
+            await asyncio.to_thread(runtime.writer.flush)
+            runtime.metrics.sink_batches.inc()
+            return
+        except Exception as exc:
+            runtime.metrics.sink_failures.inc()
+            log.warning("ClickHouse flush failed (%s); keeping the rows and retrying", exc)
+            await asyncio.sleep(1.0)
