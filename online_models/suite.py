@@ -83,6 +83,8 @@ class ModelConfig(BaseModel):
     key_transitions: list[tuple[str, str]] = []
     # Segment shares move while customers mature and centroids settle: opt in once stable.
     watch_segment_shares: bool = False
+    # Prequential error moves while the propensity model is first fitted (day horizon+): opt in.
+    watch_propensity_error: bool = False
     max_alerts_kept: Annotated[int, Field(ge=1)] = 1_000
 
 
@@ -438,7 +440,7 @@ class ModelSuite(Snapshotting):
             for src, dst in self.config.key_transitions:
                 if prev_tp == src:
                     feed(f"transition:{src}->{dst}", segment, 1.0 if touchpoint == dst else 0.0)
-        for name, lab in labelled:
+        for name, lab in labelled if self.config.watch_propensity_error else ():
             feed(f"propensity_error:{name}", UNASSIGNED, (float(lab.y) - lab.p) ** 2)
         if sent is not None and sent.label is not None:
             feed("sentiment", segment, sent.score)
