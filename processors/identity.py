@@ -41,6 +41,9 @@ KIND_OF_CODE: Final[dict[str, IdentityKind]] = {v: k for k, v in KIND_CODE.items
 _RANK: Final[dict[str, int]] = {"u": 0, "k": 1, "e": 2, "d": 3, "a": 4}
 _HASH_CACHE_MAX: Final = 1_000_000
 MAX_COMMIT_ATTEMPTS: Final = 50
+_NO_IDENTIFIER: Final = (
+    "no usable identifier: every identity value is a placeholder such as '', 'null' or 'anonymous'"
+)
 
 MergeReason = Literal["shared_identifier", "earlier_evidence"]
 ConflictReason = Literal["unique_kind", "max_customers"]
@@ -237,15 +240,18 @@ class IdentityResolver:
         self._ignored = frozenset(v.strip().lower() for v in config.ignored_values)
         self._unique = frozenset(KIND_CODE[k] for k in config.unique_kinds)
         self._max_linked = config.max_customers_per_identifier
-        self._keys: dict[tuple[str, str], str | None] = {}
+        self._caches: tuple[tuple[str, dict[str, str | None]], ...] = tuple(
+            (kind, {}) for kind in IDENTITY_KINDS
+        )
+        self._cache_of = dict(self._caches)
         self.totals: dict[str, int] = {}
 
     # -- identifiers ---------------------------------------------------------------------------
 
     def key_of(self, kind: str, value: str) -> str | None:
         """The node key (kind code + salted SHA-256 hex) of a raw identifier; None if ignored."""
-        cache_key = (kind, value)
-        key = self._keys.get(cache_key, "")
+        cache = self._cache_of[kind]
+        key = cache.get(value, "")
         if key != "":
             return key
         norm = value.strip()
@@ -256,9 +262,9 @@ class IdentityResolver:
         else:
             digest = hashlib.sha256(self._salt_bytes + f"{kind}:{norm}".encode()).hexdigest()
             key = KIND_CODE[kind] + digest
-        if len(self._keys) >= _HASH_CACHE_MAX:
-            self._keys.clear()
-        self._keys[cache_key] = key
+        if len(cache) >= _HASH_CACHE_MAX:
+            cache.clear()
+        cache[value] = key
         return key
 
     def hash_of(self, kind: str, value: str) -> str | None:
@@ -290,28 +296,16 @@ class IdentityResolver:
         Within a batch the outcome does not depend on the order of `accepted`. Applying the
         same batch twice changes nothing the second time (no merges, no links).
         """
-        per_event: list[list[str]] = []
-        n_ignored = 0
-        wanted: dict[str, None] = {}
-        for ev in accepted:
-            keys: list[str] = []
-            for kind, value in ev.identities.items():
-                key = self.key_of(kind, value)
-                if key is None:
-                    n_ignored += 1
-                else:
-                    keys.append(key)
-                    wanted[key] = None
-            per_event.append(keys)
-        order = sorted(
-            range(len(accepted)), key=lambda i: (accepted[i].ts_ms, accepted[i].event_id)
-        )
+        per_event, ts_list, wanted, n_ignored = self._prepare(accepted)
+        # Event-time order, ties by event id: two stable C-level sorts instead of tuple keys.
+        order = sorted(range(len(accepted)), key=[ev.event_id for ev in accepted].__getitem__)
+        order.sort(key=ts_list.__getitem__)
 
         attempt = 0
         while True:
             attempt += 1
             graph = self.store.begin(wanted.keys())
-            decision = self._decide(graph, accepted, per_event, order)
+            decision = self._decide(graph, accepted, per_event, ts_list, order)
             if self.store.commit(graph):
                 break
             if attempt >= MAX_COMMIT_ATTEMPTS:  # pragma: no cover - pathological contention
@@ -340,28 +334,63 @@ class IdentityResolver:
             self.totals[name] = self.totals.get(name, 0) + value
         return result
 
+    def _prepare(
+        self, accepted: Sequence[TouchpointEvent]
+    ) -> tuple[list[list[str]], list[int], dict[str, None], int]:
+        """Node keys and event times of every event, and every key the batch touches."""
+        per_event: list[list[str]] = []
+        ts_list: list[int] = []
+        wanted: dict[str, None] = {}
+        n_ignored = 0
+        caches = self._caches
+        for ev in accepted:
+            fields = ev.identities.__dict__
+            keys: list[str] = []
+            for kind, cache in caches:
+                value = fields[kind]
+                if value is None:
+                    continue
+                key = cache.get(value, "")
+                if key == "":
+                    key = self.key_of(kind, value)
+                if key is None:
+                    n_ignored += 1
+                else:
+                    keys.append(key)
+                    wanted[key] = None
+            per_event.append(keys)
+            ts_list.append(ev.ts_ms)
+        return per_event, ts_list, wanted, n_ignored
+
     def _decide(
         self,
         g: IdentityGraph,
         accepted: Sequence[TouchpointEvent],
         per_event: list[list[str]],
+        ts_list: list[int],
         order: list[int],
     ) -> _Decision:
         d = _Decision()
         anchors: list[str | None] = [None] * len(accepted)
+        cid_of = g.cid.get
+        first = g.first
         for i in order:
             keys = per_event[i]
-            ev = accepted[i]
             if not keys:
-                d.dead.append(
-                    (
-                        ev,
-                        "no usable identifier: every identity value is a placeholder such as "
-                        "'', 'null' or 'anonymous'",
-                    )
-                )
+                d.dead.append((accepted[i], _NO_IDENTIFIER))
                 continue
-            anchors[i] = self._apply_event(g, d, ev, keys)
+            # Fast path: every identifier known, already in one customer, no earlier evidence.
+            ts = ts_list[i]
+            k0 = keys[0]
+            c0 = cid_of(k0)
+            if c0 is not None and ts >= first[k0]:
+                for k in keys[1:]:
+                    if cid_of(k) != c0 or ts < first[k]:
+                        break
+                else:
+                    anchors[i] = k0
+                    continue
+            anchors[i] = self._apply_event(g, d, accepted[i], keys)
         d.anchors = anchors
         return d
 

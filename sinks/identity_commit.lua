@@ -1,39 +1,45 @@
 -- Commit one batch's identity decisions atomically, if nothing it read has changed since.
--- ARGV: prefix, token, token_ttl_s, then counted sections:
---   node checks  (key, expected value or '' for absent) ...
---   root checks  (customer id, expected record or '') ...
---   moves        (from customer, to customer) ...   replayed in order on the full member sets
---   node sets    (key, value) ...
---   member adds  (customer, key) ...
---   root sets    (customer, record) ...
---   root deletes (customer) ...
+-- ARGV: prefix, token, token_ttl_s, then seven sections, each one string joined by '\n':
+--   4 new keys     that must still be absent
+--   5 root checks  customer, record as read ...   (records carry the token of their last commit)
+--   6 moves        from customer, to customer ...   replayed in order on the full member sets
+--   7 node sets    key, value ...
+--   8 member adds  customer, key ...
+--   9 root sets    customer, record ...
+--  10 root deletes customer ...
 -- Returns 1 when applied, 2 when this token was applied before (a retried call), 0 when another
--- writer changed a node or customer this batch read (the caller decides the batch again).
+-- writer changed a customer this batch read (the caller then decides the batch again).
+local function split(s)
+  local out, start = {}, 1
+  if s == '' then return out end
+  while true do
+    local j = string.find(s, '\n', start, true)
+    if not j then out[#out + 1] = string.sub(s, start); return out end
+    out[#out + 1] = string.sub(s, start, j - 1)
+    start = j + 1
+  end
+end
+
 local p, token, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local nkey, rkey, tkey = p .. ':n', p .. ':r', p .. ':tok:' .. token
 if redis.call('EXISTS', tkey) == 1 then return 2 end
-local i = 4
-local function count()
-  local n = tonumber(ARGV[i]); i = i + 1; return n
+local CHUNK = 4000
+
+local new = split(ARGV[4])
+for s = 1, #new, CHUNK do
+  local vals = redis.call('HMGET', nkey, unpack(new, s, math.min(s + CHUNK - 1, #new)))
+  for i = 1, #vals do
+    if vals[i] then return 0 end
+  end
+end
+local checks = split(ARGV[5])
+for i = 1, #checks, 2 do
+  if (redis.call('HGET', rkey, checks[i]) or '') ~= checks[i + 1] then return 0 end
 end
 
-local n = count()
-for _ = 1, n do
-  local cur = redis.call('HGET', nkey, ARGV[i])
-  if (cur or '') ~= ARGV[i + 1] then return 0 end
-  i = i + 2
-end
-n = count()
-for _ = 1, n do
-  local cur = redis.call('HGET', rkey, ARGV[i])
-  if (cur or '') ~= ARGV[i + 1] then return 0 end
-  i = i + 2
-end
-
-n = count()
-for _ = 1, n do
-  local src, dst = ARGV[i], ARGV[i + 1]
-  i = i + 2
+local moves = split(ARGV[6])
+for i = 1, #moves, 2 do
+  local src, dst = moves[i], moves[i + 1]
   local skey = p .. ':m:' .. src
   local members = redis.call('SMEMBERS', skey)
   for j = 1, #members do
@@ -49,25 +55,17 @@ for _ = 1, n do
   end
 end
 
-local CHUNK = 2000
-local function bulk(cmd, key, width)
-  local total = count()
-  local done = 0
-  while done < total do
-    local take = math.min(CHUNK, total - done)
-    redis.call(cmd, key, unpack(ARGV, i, i + take * width - 1))
-    i = i + take * width
-    done = done + take
+local function bulk(cmd, key, items)
+  for s = 1, #items, CHUNK do
+    redis.call(cmd, key, unpack(items, s, math.min(s + CHUNK - 1, #items)))
   end
 end
-
-bulk('HSET', nkey, 2)
-n = count()
-for _ = 1, n do
-  redis.call('SADD', p .. ':m:' .. ARGV[i], ARGV[i + 1])
-  i = i + 2
+bulk('HSET', nkey, split(ARGV[7]))
+local adds = split(ARGV[8])
+for i = 1, #adds, 2 do
+  redis.call('SADD', p .. ':m:' .. adds[i], adds[i + 1])
 end
-bulk('HSET', rkey, 2)
-bulk('HDEL', rkey, 1)
+bulk('HSET', rkey, split(ARGV[9]))
+bulk('HDEL', rkey, split(ARGV[10]))
 redis.call('SET', tkey, '1', 'EX', ttl)
 return 1

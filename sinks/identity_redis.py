@@ -58,8 +58,10 @@ class _LoadedGraph(IdentityGraph):
 
     def __init__(self) -> None:
         super().__init__()
-        self.read_nodes: dict[str, str] = {}
+        self.read_nodes: dict[str, str] = {}  # raw values ('' when absent)
+        self.read_state: dict[str, tuple[int, int]] = {}  # (first_seen, n_linked) as read
         self.read_roots: dict[str, str] = {}
+        self.read_content: dict[str, tuple[int, str, dict[str, str], int]] = {}
 
 
 def _script(name: str) -> str:
@@ -70,9 +72,15 @@ def encode_node(cid: str, first: int, linked: int) -> str:
     return f"{cid}|{first}|{linked}"
 
 
-def encode_root(root: Root) -> str:
+def _content(root: Root) -> tuple[int, str, dict[str, str], int]:
+    return root.earliest_ts, root.earliest_key, root.uniq, root.size
+
+
+def encode_root(root: Root, token: str) -> str:
+    """The customer record; `token` names the commit that wrote it (the optimistic check)."""
     return orjson.dumps(
-        [root.earliest_ts, root.earliest_key, root.uniq, root.size], option=orjson.OPT_SORT_KEYS
+        [root.earliest_ts, root.earliest_key, root.uniq, root.size, token],
+        option=orjson.OPT_SORT_KEYS,
     ).decode()
 
 
@@ -154,68 +162,82 @@ class RedisIdentityStore:
         g = _LoadedGraph()
         if not wanted:
             return g
-        nodes, cids, roots = self._call(
-            "read the identity graph", lambda: self._read(args=[self.prefix, *wanted])
+        nodes_s, cids_s, roots_s = self._call(
+            "read the identity graph",
+            lambda: self._read(args=[self.prefix, "\n".join(wanted)]),
         )
+        cids = cids_s.split("\n") if cids_s else []
+        roots = roots_s.split("\n") if cids_s else []
         for cid, raw in zip(cids, roots, strict=True):
-            if raw is None:
+            if not raw:
                 raise ServiceUnavailable(
                     f"identity graph under {self.prefix!r} is inconsistent: node points at "
                     f"customer {cid} which has no record; was the prefix partially deleted?"
                 )
-            ts, key, uniq, size = orjson.loads(raw)
-            g.roots[cid] = Root(ts, key, uniq, size)
+            ts, key, uniq, size, _token = orjson.loads(raw)
+            g.roots[cid] = Root(ts, key, dict(uniq), size)
+            g.read_content[cid] = (ts, key, uniq, size)
             g.members[cid] = []
             g.read_roots[cid] = raw
-        for key, raw in zip(wanted, nodes, strict=True):
-            if raw is None:
-                g.read_nodes[key] = ""
-                continue
+        for key, raw in zip(wanted, nodes_s.split("\n"), strict=True):
             g.read_nodes[key] = raw
+            if not raw:
+                continue
             cid, first, linked = raw.split("|")
             g.cid[key] = cid
-            g.first[key] = int(first)
-            if linked != "0":
-                g.linked[key] = int(linked)
+            g.first[key] = f = int(first)
+            n = int(linked)
+            if n:
+                g.linked[key] = n
+            g.read_state[key] = (f, n)
             g.members[cid].append(key)
         return g
 
     def commit(self, graph: IdentityGraph) -> bool:
-        """Write the batch atomically; False if another writer changed what it read."""
+        """Write the batch atomically; False if another writer changed what it read.
+
+        The check is on customer records only (plus the absence of new identifiers): every
+        change to a node rewrites its customer's record, stamped with this commit's token, so
+        an unchanged record means unchanged members.
+        """
         assert isinstance(graph, _LoadedGraph), "commit a graph this store's begin() returned"
         if not graph.read_nodes:
             return True
-        args: list[Any] = [self.prefix, uuid.uuid4().hex, self.token_ttl_s]
-        args.append(len(graph.read_nodes))
-        for key, raw in graph.read_nodes.items():
-            args += (key, raw)
-        args.append(len(graph.read_roots))
-        for cid, raw in graph.read_roots.items():
-            args += (cid, raw)
-        args.append(len(graph.moves))
-        for src, dst in graph.moves:
-            args += (src, dst)
-        node_sets: list[str] = []
+        token = uuid.uuid4().hex
         cids, first, linked = graph.cid, graph.first, graph.linked
-        for key, raw in graph.read_nodes.items():
-            value = encode_node(cids[key], first[key], linked.get(key, 0))
-            if value != raw:
-                node_sets += (key, value)
-        args.append(len(node_sets) // 2)
-        args += node_sets
-        args.append(len(graph.new_keys))
-        for key in graph.new_keys:
-            args += (cids[key], key)
+        new = [key for key, raw in graph.read_nodes.items() if not raw]
+        node_sets: list[str] = []
+        dirty: set[str] = set()
+        for key in graph.read_nodes:
+            f, n = first[key], linked.get(key, 0)
+            if graph.read_state.get(key) != (f, n):
+                cid = cids[key]
+                node_sets += (key, encode_node(cid, f, n))
+                dirty.add(cid)
         root_sets: list[str] = []
         for cid, root in graph.roots.items():
-            value = encode_root(root)
-            if value != graph.read_roots.get(cid):
-                root_sets += (cid, value)
-        args.append(len(root_sets) // 2)
-        args += root_sets
+            if cid in dirty or graph.read_content.get(cid) != _content(root):
+                root_sets += (cid, encode_root(root, token))
         gone = [cid for cid in graph.read_roots if cid not in graph.roots]
-        args.append(len(gone))
-        args += gone
+
+        checks: list[str] = []
+        for cid, raw in graph.read_roots.items():
+            checks += (cid, raw)
+        adds: list[str] = []
+        for key in graph.new_keys:
+            adds += (cids[key], key)
+        args: list[Any] = [
+            self.prefix,
+            token,
+            self.token_ttl_s,
+            "\n".join(new),
+            "\n".join(checks),
+            "\n".join(f"{src}\n{dst}" for src, dst in graph.moves),
+            "\n".join(node_sets),
+            "\n".join(adds),
+            "\n".join(root_sets),
+            "\n".join(gone),
+        ]
         # The same token on every retry: a commit whose reply was lost is not applied twice.
         status = self._call("commit identity decisions", lambda: self._commit(args=args))
         if status == 0:
