@@ -126,6 +126,7 @@ class Runtime:
         )
         self.models = ModelSuite(model_config(self.config))
         self.rows: dict[str, int] = {}
+        self.emission_clock = ch.EmissionClock()
         self.partitions: dict[int, PartitionState] = {}
         self.last_checkpoint: dict[int, float] = {}
         self.checkpoint_every_s = settings.worker.checkpoint_every_s
@@ -265,7 +266,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                     if sc.sentiment_score is not None
                 }
                 out.links.clear()  # written by the ingest agent
-                add_rows(runtime.writer, chain_rows(out, now_ms, p, sentiments), runtime.rows)
+                rows = chain_rows(out, now_ms, p, sentiments, runtime.emission_clock)
+                add_rows(runtime.writer, rows, runtime.rows)
                 for key, value, headers in forwards + transfers:
                     sends.append(resolved_topic.send(key=key, value=value, headers=headers))
                 for late in out.late:

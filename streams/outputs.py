@@ -13,9 +13,17 @@ Rows = dict[str, list[dict[str, Any]]]
 
 
 def chain_rows(
-    out: ChainOutput, now_ms: int, shard: int, sentiments: Mapping[str, float]
+    out: ChainOutput,
+    now_ms: int,
+    shard: int,
+    sentiments: Mapping[str, float],
+    clock: ch.EmissionClock | None = None,
 ) -> Rows:
-    """Rows of the per-batch tables. Facts are written once final (see processors.chain)."""
+    """Rows of the per-batch tables. Facts are written once final (see processors.chain).
+
+    `clock` gives transition panes strictly increasing versions across calls (one per process).
+    """
+    version = clock(now_ms) if clock is not None else now_ms
     return {
         "dead_letters": [ch.dead_letter_row(d, now_ms) for d in out.dead],
         "late_events": [ch.late_event_row(x, now_ms) for x in out.late],
@@ -26,7 +34,7 @@ def chain_rows(
             ch.touchpoint_row(ev, now_ms, sentiments.get(ev.event.event_id))
             for ev in out.released
         ],
-        "transition_cells": [ch.transition_cell_row(c, shard, now_ms) for c in out.cells],
+        "transition_cells": [ch.transition_cell_row(c, shard, version) for c in out.cells],
         "funnel_progress": [t.as_row() for t in out.funnel_transitions],
     }
 

@@ -89,6 +89,7 @@ class Replayer:
         self.last_scores: dict[str, Scores] = {}
         self.chain = JourneyChain(config, segment_of=self._segment_of if with_models else None)
         self.stats = ReplayStats()
+        self.emission_clock = ch.EmissionClock()
 
     # -- the models -------------------------------------------------------------------------
 
@@ -128,7 +129,8 @@ class Replayer:
 
     def _write(self, out: ChainOutput, now_ms: int) -> None:
         sentiments = self._score(out)
-        add_rows(self.writer, chain_rows(out, now_ms, 0, sentiments), self.stats.rows)
+        rows = chain_rows(out, now_ms, 0, sentiments, self.emission_clock)
+        add_rows(self.writer, rows, self.stats.rows)
         self.writer.maybe_flush()
 
     def _write_snapshots(self, now_ms: int) -> None:

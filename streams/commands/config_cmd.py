@@ -9,7 +9,7 @@ from streams.cli import settings_from
 
 
 @click.command("config")
-@click.option("--show-secrets", is_flag=True, help="Print secrets in clear instead of '**********'.")
+@click.option("--show-secrets", is_flag=True, help="Print secrets in clear, not '**********'.")
 @click.pass_context
 def config_cmd(ctx: click.Context, show_secrets: bool) -> None:
     """Validate journeymap.toml plus JOURNEYMAP_* variables and print the settings in force.
