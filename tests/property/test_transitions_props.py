@@ -201,3 +201,29 @@ def test_merge_corrections_equal_a_recount_as_one_customer(
                 got.journey_no, got.markov_state, got.last_touchpoints, got.first_seen_ms) == (
             want.n_events, want.n_conversions, want.n_churns, want.n_expired, want.by_channel,
             want.journey_no, want.markov_state, want.last_touchpoints, want.first_seen_ms)
+
+
+@settings(max_examples=150, deadline=None)
+@given(streams(), st.lists(st.tuples(st.integers(0, 40), st.booleans()), min_size=1,
+                           max_size=12))
+def test_windows_read_now_and_then_equal_a_recount(
+        stream: tuple[list[ResolvedEvent], list[int]], reads: list[tuple[int, bool]]) -> None:
+    """Windows brought up to date only when read (after any number of steps) are exact."""
+    arrivals, _ = stream
+    journeys = JourneyProcessor(CONFIG)
+    out = journeys.apply(arrivals)
+    assert not out.late
+    end = max(e.ts_ms for e in arrivals) + HORIZON_S * 1000 + LATENESS_S * 1000
+    steps = out.steps + journeys.expire(end).steps
+    truth = recount(arrivals)
+    counter = TransitionCounter(CONFIG.windows, LATENESS_S)
+    counter.update(steps)
+    wm = min(e.ts_ms for e in arrivals)
+    for hours, read_all in reads:
+        wm += hours * STEP_MS
+        counter.advance(wm)
+        sizes = list(counter.sizes) if read_all else [max(counter.sizes)]
+        for size_s in sizes:
+            start, counts = counter.window(size_s)
+            inside = [s for s in truth if start <= s[6] < start + size_s * 1000]
+            assert observed(counts) == tuple(+c for c in expected(inside)), (start, size_s)

@@ -110,6 +110,10 @@ def test_null_horizon_by_expire_and_by_next_event_agree() -> None:
     assert path(implicit) == [(START, "a"), ("a", "b"), ("b", NULL), (START, "c")]
     snap = by_expire.snapshot("c1")
     assert snap is not None and snap.n_expired == 1 and snap.journey_no == 2
+    # Each step names the event the customer moved to; an expiry has none.
+    assert [s.event_id for s in implicit] == [events[0].event.event_id,
+                                              events[1].event.event_id, "",
+                                              events[2].event.event_id]
 
 
 def test_duplicates_count_once_and_the_dedup_ring_is_bounded() -> None:

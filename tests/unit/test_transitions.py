@@ -137,6 +137,21 @@ def test_gap_buckets_contain_their_gaps(gap_ms: int) -> None:
     assert 0 <= b < GAP_BUCKETS and low <= gap_ms < high
 
 
+def test_the_counter_buckets_gaps_like_gap_bucket() -> None:
+    """The hot path buckets by bisecting the lower bounds: the same bucket for every gap."""
+    gaps = [*range(0, 200_000, 7), *(bucket_bounds_ms(b)[0] + d for b in range(GAP_BUCKETS)
+                                    for d in (-1, 0, 1)), 10**13]
+    counter = TransitionCounter(WindowsConfig(sizes_s=[3600], step_s=3600))
+    counter.update([step("a", "b", 0.5, gap_ms=g) for g in gaps if g >= 0])
+    counter.advance(T0 + HOUR)
+    got = {b: n for (*_, b), (n, _) in counter.totals.cells.items()}
+    want: dict[int, int] = {}
+    for g in gaps:
+        if g >= 0:
+            want[gap_bucket(g)] = want.get(gap_bucket(g), 0) + 1
+    assert got == want
+
+
 def test_rows_and_snapshot() -> None:
     counter = TransitionCounter(WindowsConfig(sizes_s=[3600, 7200], step_s=3600))
     counter.update([step("a", "b", 0.5, prev2=START, gap_ms=2_000)])
