@@ -359,6 +359,11 @@ def paths_from_events(events: Iterable[ResolvedEvent], conversion: Iterable[str]
     return [Path(steps, c, v, n) for steps, (c, v, n) in acc.items() if steps]
 
 
+def _outcome_slots() -> list[float]:
+    """[conversions, conversion value, nulls] of one path (module level: it must pickle)."""
+    return [0.0, 0.0, 0.0]
+
+
 class PathAccumulator:
     """Journeys as attribution paths, built incrementally from events in event-time order.
 
@@ -376,8 +381,8 @@ class PathAccumulator:
         # customer -> (last event time, touchpoints so far, channels so far)
         self.open: dict[str, tuple[int, list[str], list[str]]] = {}
         self.done: dict[str, dict[tuple[str, ...], list[float]]] = {
-            "touchpoint": defaultdict(lambda: [0.0, 0.0, 0.0]),
-            "channel": defaultdict(lambda: [0.0, 0.0, 0.0]),
+            "touchpoint": defaultdict(_outcome_slots),
+            "channel": defaultdict(_outcome_slots),
         }
 
     def _close(self, tps: list[str], chs: list[str], slot: int, value: float = 0.0) -> None:

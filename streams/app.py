@@ -102,7 +102,7 @@ class PartitionState:
 class Runtime:
     """What the agents share inside one worker process."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, with_models: bool = True) -> None:
         from sinks.identity_redis import RedisIdentityStore
 
         self.settings = settings
@@ -124,7 +124,7 @@ class Runtime:
             flush_interval_s=settings.clickhouse.flush_interval_s,
             retry_total_s=settings.clickhouse.retry_total_s,
         )
-        self.models = ModelSuite(model_config(self.config))
+        self.models = ModelSuite(model_config(self.config)) if with_models else None
         self.rows: dict[str, int] = {}
         self.emission_clock = ch.EmissionClock()
         self.partitions: dict[int, PartitionState] = {}
@@ -261,8 +261,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
             now_ms = int(time.time() * 1000)
             for p, _part, (out, forwards, transfers, scores) in outputs:
                 sentiments = {
-                    ev.event.event_id: sc.sentiment_score
-                    for ev, sc in zip(out.released, scores, strict=True)
+                    sc_ev.event.event_id: sc.sentiment_score
+                    for sc_ev, sc in zip(out.released, scores, strict=False)
                     if sc.sentiment_score is not None
                 }
                 out.links.clear()  # written by the ingest agent
@@ -431,7 +431,9 @@ def _receive_transfer(part: PartitionState, winner: str, payload: dict[str, Any]
 def _score(runtime: Runtime, part: PartitionState, out: ChainOutput) -> list[Scores]:
     models = runtime.models
     states = part.model_states
-    scores = []
+    scores: list[Scores] = []
+    if models is None:
+        return scores
     for ev in out.released:
         state = states.get(ev.customer_id)
         if state is None:

@@ -15,8 +15,11 @@ from streams.cli import settings_from
               default="info", show_default=True)
 @click.option("--workdir", type=click.Path(file_okay=False), default=".journeymap/worker",
               show_default=True, help="Where Faust keeps its local files.")
+@click.option("--models/--no-models", "with_models", default=True, show_default=True,
+              help="Run the online models (scores, segments, sentiment, drift alerts).")
 @click.pass_context
-def worker(ctx: click.Context, web_port: int | None, loglevel: str, workdir: str) -> None:
+def worker(ctx: click.Context, web_port: int | None, loglevel: str, workdir: str,
+           with_models: bool) -> None:
     """Run a streaming worker: validate and resolve touchpoints.raw, then journeys, transitions,
     funnels and models per customer partition, into ClickHouse, scores and alerts.
 
@@ -42,13 +45,10 @@ def worker(ctx: click.Context, web_port: int | None, loglevel: str, workdir: str
     with connect(settings.clickhouse) as store:
         check_schema(store)
     Path(workdir).mkdir(parents=True, exist_ok=True)
-    app = create_app(settings, runtime=Runtime(settings))
+    app = create_app(settings, runtime=Runtime(settings, with_models=with_models))
     Worker(
         app,
         loglevel=loglevel,
         workdir=workdir,
-        web_port=settings.worker.web_port,
-        web_host="127.0.0.1",
-        web_bind="127.0.0.1",
         redirect_stdouts=False,
     ).execute_from_commandline()

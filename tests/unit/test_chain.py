@@ -112,3 +112,31 @@ def test_duplicates_and_late_events_are_counted_not_applied() -> None:
     assert result["dups"] == ["e1"]
     assert result["late"] == ["e3"]
     assert [e for _, e in result["released"]] == ["e1", "e2"]
+
+
+def test_a_pickled_chain_continues_exactly_like_the_original() -> None:
+    # what a worker's checkpoint relies on: restore, continue, same outputs
+    import pickle
+
+    from simulator.model import SimConfig, simulate
+
+    lines = simulate(SimConfig(customers=60, seed=4)).lines
+    messages = [(line, Source("f", 0, i)) for i, line in enumerate(lines)]
+    half = len(messages) // 2
+
+    def outputs(chain: JourneyChain, batch: list[tuple[bytes, Source]]) -> list[object]:
+        out = chain.process(batch)
+        return [
+            sorted((s.customer_id, s.src, s.dst, s.ts_ms, s.sign) for s in out.steps),
+            sorted(out.cells),
+            sorted((t.customer_id, t.to_stage, t.ts_ms) for t in out.funnel_transitions),
+            [(e.customer_id, e.event.event_id) for e in out.released],
+        ]
+
+    straight = JourneyChain(CONFIG)
+    outputs(straight, messages[:half])
+    restored = pickle.loads(pickle.dumps(JourneyChain(CONFIG)))
+    outputs(restored, messages[:half])
+    restored = pickle.loads(pickle.dumps(restored))
+    assert outputs(restored, messages[half:]) == outputs(straight, messages[half:])
+    assert restored.attribution() == straight.attribution()
