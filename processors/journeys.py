@@ -78,10 +78,13 @@ class Step(NamedTuple):
 
 
 class Entry(NamedTuple):
-    """One applied event as the customer's history keeps it (no payload, no text).
+    """The fields of one applied event as the customer's history keeps it (no payload, no text).
 
-    Entries are ordered by ``(ts_ms, event_digest(event_id))``; the digest is computed only on
-    the rare paths that need it (a tie in time, an out-of-order insert, a merge).
+    The history holds them as plain tuples in this field order (:data:`HistoryEntry`): the
+    garbage collector stops tracking a plain tuple of strings and numbers, never a NamedTuple,
+    and a large replay keeps millions of them. Entries are ordered by
+    ``(ts_ms, event_digest(event_id))``; the digest is computed only on the rare paths that need
+    it (a tie in time, an out-of-order insert, a merge).
     """
 
     ts_ms: int
@@ -91,6 +94,13 @@ class Entry(NamedTuple):
     session_id: str | None
     segment: str
     revenue: float
+
+
+HistoryEntry = tuple[int, str, str, str, str | None, str, float]  # the fields of Entry
+_TS: Final = 0
+_ID: Final = 1
+_TP: Final = 2
+_CH: Final = 3
 
 
 class Cursor(NamedTuple):
@@ -121,7 +131,7 @@ class CustomerState:
     seen_pos: int = 0
     base: Cursor = _EMPTY  # state before history[0]
     cur: Cursor = _EMPTY  # state after history[-1] (and after any expiry)
-    history: list[Entry] = field(default_factory=list)
+    history: list[HistoryEntry] = field(default_factory=list)
     n_events: int = 0
     n_sessions: int = 0
     n_support: int = 0
@@ -147,7 +157,6 @@ class CustomerState:
             object.__setattr__(self, name, value)
         self.base = _new(Cursor, self.base)
         self.cur = _new(Cursor, self.cur)
-        self.history = [_new(Entry, e) for e in self.history]
 
 
 def _plain(record: tuple[object, ...]) -> tuple[object, ...]:
@@ -203,9 +212,9 @@ def event_digest(event_id: str) -> bytes:
     return hashlib.blake2b(event_id.encode(), digest_size=DIGEST_BYTES).digest()
 
 
-def _order(e: Entry) -> tuple[int, bytes]:
+def _order(e: HistoryEntry) -> tuple[int, bytes]:
     """The event-time order of history entries; ties broken by the digest of the id."""
-    return e.ts_ms, event_digest(e.event_id)
+    return e[_TS], event_digest(e[_ID])
 
 
 def _net(retracted: list[Step], added: list[Step]) -> list[Step]:
@@ -245,7 +254,7 @@ class JourneyProcessor:
 
     # -- the walk: a pure function of (cursor, entry) -------------------------------------
 
-    def _walk(self, cid: str, cur: Cursor, e: Entry, out: list[Step] | None) -> Cursor:
+    def _walk(self, cid: str, cur: Cursor, e: HistoryEntry, out: list[Step] | None) -> Cursor:
         """The cursor after `e`, appending its step(s) to `out` (an expiry may precede it).
 
         :meth:`apply` inlines this for the in-order case; the two must stay the same walk.
@@ -283,7 +292,7 @@ class JourneyProcessor:
         return Step(cid, cur.segment, cur.channel, "", cur.src, NULL, cur.prev2, self.horizon_ms,
                     cur.last_ts_ms + self.horizon_ms, cur.session_id, False, 0.0, cur.journey_no)
 
-    def _replay(self, cid: str, cur: Cursor, entries: Iterable[Entry],
+    def _replay(self, cid: str, cur: Cursor, entries: Iterable[HistoryEntry],
                 out: list[Step] | None) -> Cursor:
         for e in entries:
             cur = self._walk(cid, cur, e, out)
@@ -384,12 +393,12 @@ class JourneyProcessor:
             given = te.session_id
             segment = ev.segment
             revenue = te.revenue or 0
-            e = _new(Entry, (ts, eid, tp, channel, given, segment, revenue))
+            e = (ts, eid, tp, channel, given, segment, revenue)
             hist = s.history
             old = s.cur
             last_ts, is_open, src, prev2, sess, sess_start, jno, _, _ = old
             if hist and (ts < last_ts or (ts == last_ts and digest
-                                           <= event_digest(hist[-1].event_id))):
+                                           <= event_digest(hist[-1][_ID]))):
                 self.watermark_ms = wm
                 self._insert(cid, s, e, out)
                 if ts < s.first_ts_ms:
@@ -458,7 +467,7 @@ class JourneyProcessor:
                             due[nb] = {cid}
                         else:
                             waiting.add(cid)
-            if len(hist) > kept and hist[0].ts_ms < frontier:
+            if len(hist) > kept and hist[0][_TS] < frontier:
                 self._fold(cid, s, frontier)
             add_changed(cid)
         self.watermark_ms = wm
@@ -491,7 +500,7 @@ class JourneyProcessor:
                     continue
                 self._emit(s, [self._expiry_step(cid, cur)], out)
                 s.cur = cur._replace(is_open=False)
-                if len(s.history) > self.kept and s.history[0].ts_ms < frontier:
+                if len(s.history) > self.kept and s.history[0][_TS] < frontier:
                     self._fold(cid, s, frontier)
                 out.changed.add(cid)
         return out
@@ -523,7 +532,7 @@ class JourneyProcessor:
         for cid, s in ((winner, ws), (loser, ls)):
             i = 0
             cur = s.base
-            while i < len(s.history) and s.history[i].ts_ms <= cut:
+            while i < len(s.history) and s.history[i][_TS] <= cut:
                 cur = self._walk(cid, cur, s.history[i], None)
                 i += 1
             old: list[Step] = []
@@ -532,7 +541,7 @@ class JourneyProcessor:
                 old.append(self._expiry_step(cid, end))
             retracted.extend(old)
         kept = sorted(
-            {e.event_id: e for e in ws.history + ls.history if e.ts_ms > cut}.values(),
+            {e[_ID]: e for e in ws.history + ls.history if e[_TS] > cut}.values(),
             key=_order,
         )
         added: list[Step] = []
@@ -573,7 +582,7 @@ class JourneyProcessor:
         cur = s.cur
         return CustomerSnapshot(
             customer_id=customer_id,
-            last_touchpoints=[(e.ts_ms, e.touchpoint, e.channel) for e in hist],
+            last_touchpoints=[(e[_TS], e[_TP], e[_CH]) for e in hist],
             markov_state=cur.src if cur.is_open or cur.src in (START, CONVERSION) else NULL,
             journey_open=cur.is_open,
             journey_no=cur.journey_no,
@@ -581,7 +590,7 @@ class JourneyProcessor:
             session_start_ms=cur.session_start_ms,
             first_seen_ms=s.first_ts_ms,
             last_seen_ms=cur.last_ts_ms,
-            since_previous_ms=hist[-1].ts_ms - hist[-2].ts_ms if len(hist) >= 2 else -1,
+            since_previous_ms=hist[-1][_TS] - hist[-2][_TS] if len(hist) >= 2 else -1,
             n_events=s.n_events,
             n_sessions=s.n_sessions,
             n_support=s.n_support,
@@ -622,7 +631,7 @@ class JourneyProcessor:
             i = ring.find(digest, i + 1)
         return False
 
-    def _insert(self, cid: str, s: CustomerState, e: Entry, out: JourneyOutput) -> None:
+    def _insert(self, cid: str, s: CustomerState, e: HistoryEntry, out: JourneyOutput) -> None:
         """Insert an out-of-order entry and emit the corrections of the steps after it."""
         hist = s.history
         key = _order(e)
@@ -643,7 +652,7 @@ class JourneyProcessor:
         hist = s.history
         n = 0
         base = s.base
-        while len(hist) - n > self.kept and hist[n].ts_ms < frontier:
+        while len(hist) - n > self.kept and hist[n][_TS] < frontier:
             base = self._walk(cid, base, hist[n], None)
             n += 1
         if n:

@@ -124,15 +124,20 @@ class CellRow(NamedTuple):
     gap_sum_ms: int
 
 
-def _add_cell(cells: dict[CellKey, list[int]], key: CellKey, n: int, gap_sum: int) -> None:
+Cells = dict[CellKey, tuple[int, int]]
+
+
+def _add_cell(cells: Cells, key: CellKey, n: int, gap_sum: int) -> None:
     v = cells.get(key)
     if v is None:
-        if n:
-            cells[key] = [n, gap_sum]
+        if n or gap_sum:
+            cells[key] = (n, gap_sum)
         return
-    v[0] += n
-    v[1] += gap_sum
-    if not v[0]:
+    n += v[0]
+    gap_sum += v[1]
+    if n or gap_sum:
+        cells[key] = (n, gap_sum)
+    else:
         del cells[key]
 
 
@@ -147,13 +152,15 @@ def _dense(hist: dict[int, int]) -> tuple[int, ...]:
 class TransitionCounts:
     """Transition counts with gap distributions, as plain mergeable cells.
 
-    A cell is one ``(segment, channel, prev2, src, dst, gap bucket)`` with ``[n, gap_sum_ms]``;
+    A cell is one ``(segment, channel, prev2, src, dst, gap bucket)`` with ``(n, gap_sum_ms)``
+    (plain tuples of ints: the garbage collector stops tracking them, which matters with
+    millions of cells);
     first-order counts, the global/segment/channel scopes and the gap histograms are sums of
     cells, computed when read. Keeping only cells makes adding and retracting a pane one dict
     update per cell, whatever the number of scopes.
     """
 
-    cells: dict[CellKey, list[int]] = field(default_factory=dict)
+    cells: Cells = field(default_factory=dict)
 
     def update(self, src: str, dst: str, *, prev2: str = "", gap_ms: int = 0,
                segment: str = ALL, channel: str = ALL, n: int = 1) -> None:
@@ -170,20 +177,24 @@ class TransitionCounts:
     def merge(self, other: TransitionCounts, sign: int = 1) -> None:
         """Add (`sign=1`) or retract (`sign=-1`) all of `other`."""
         cells = self.cells
+        get = cells.get
+        if sign == 1:
+            for key, (n, gap_sum) in other.cells.items():
+                v = get(key)
+                if v is None:
+                    cells[key] = (n, gap_sum)
+                elif v[0] + n or v[1] + gap_sum:
+                    cells[key] = (v[0] + n, v[1] + gap_sum)
+                else:
+                    del cells[key]
+            return
         for key, (n, gap_sum) in other.cells.items():
-            v = cells.get(key)
-            if v is None:
-                cells[key] = [sign * n, sign * gap_sum]
-                continue
-            v[0] += sign * n
-            v[1] += sign * gap_sum
-            if not v[0]:
-                del cells[key]
+            _add_cell(cells, key, sign * n, sign * gap_sum)
 
     def __bool__(self) -> bool:
         return bool(self.cells)
 
-    def _scoped(self, segment: str, channel: str) -> Iterable[tuple[CellKey, list[int]]]:
+    def _scoped(self, segment: str, channel: str) -> Iterable[tuple[CellKey, tuple[int, int]]]:
         for key, v in self.cells.items():
             if (segment == ALL or key[0] == segment) and (channel == ALL or key[1] == channel):
                 yield key, v
@@ -345,7 +356,7 @@ class TransitionCounter:
         frontier = self.frontier_pane
         hot = self.hot
         lows = _BUCKET_LOWS_MS
-        late: dict[int, dict[CellKey, list[int]]] | None = None
+        late: dict[int, Cells] | None = None
         for st in steps:
             _, seg, ch, _, src, dst, prev2, gap, ts, _, _, _, _, sign, _ = st
             p = ts // step_ms
@@ -363,11 +374,13 @@ class TransitionCounter:
                 cells = pane.cells
             v = cells.get(key)
             if v is None:
-                cells[key] = [sign, sign * gap]
+                cells[key] = (sign, sign * gap)
             else:
-                v[0] += sign
-                v[1] += sign * gap
-                if not v[0] and not v[1]:
+                n = v[0] + sign
+                gap_sum = v[1] + sign * gap
+                if n or gap_sum:
+                    cells[key] = (n, gap_sum)
+                else:
                     del cells[key]
         if late:
             for p, cells in late.items():
@@ -458,7 +471,7 @@ class TransitionCounter:
                     window.merge(leaving, -1)
         self._synced[size] = f
 
-    def _correct(self, p: int, cells: dict[CellKey, list[int]]) -> None:
+    def _correct(self, p: int, cells: Cells) -> None:
         """Apply the net change of one final pane to it, the windows holding it and the totals."""
         assert self.frontier_pane is not None
         delta = TransitionCounts({k: v for k, v in cells.items() if v[0] or v[1]})
