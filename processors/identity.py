@@ -488,7 +488,8 @@ class IdentityResolver:
                         )
                     )
                     continue
-                for k in group_keys + comp_keys:
+                # The non-saturated identifiers carry the link; saturated ones are passengers.
+                for k in g_ok + c_ok:
                     if k[0] not in self._unique:
                         g.linked[k] = g.linked.get(k, 0) + 1
             if (c_root.earliest_ts, c_root.earliest_key) < (
