@@ -22,6 +22,8 @@ DAY_MS: Final = 86_400_000
 MAX_ADOPTED: Final = 64  # distinct app features remembered per customer (bounded state)
 ADOPTION_TOUCHPOINTS: Final = frozenset({"feature_use", "onboarding_complete"})
 MAX_TOUCHPOINTS: Final = 64  # distinct touchpoint names counted per customer (bounded state)
+MAX_TRANSITIONS: Final = 256  # distinct (src, dst) pairs counted per customer (bounded state)
+START: Final = "^"  # the source of a customer's first touchpoint in `transitions`
 # The touchpoints the models know by name (the default funnel and the simulator use these);
 # others count as OTHER. ModelConfig.touchpoints overrides it.
 DEFAULT_TOUCHPOINTS: Final[tuple[str, ...]] = (
@@ -33,6 +35,11 @@ DEFAULT_TOUCHPOINTS: Final[tuple[str, ...]] = (
 ACCOUNT_TOUCHPOINTS: Final = frozenset({"signup", "login"})
 NEGATIVE_SCORE: Final = -0.5  # a text scored at or below this counts as negative
 
+# Per-customer statistics after the move cells in `Vectorizer.journey` (n, sum log, sum log^2).
+JOURNEY_STATS: Final[tuple[str, ...]] = (
+    "n_step_gaps", "step_log_sum", "step_log_sq", "n_session_gaps", "session_log_sum",
+    "session_log_sq", "n_revenue", "revenue_log_sum", "revenue_log_sq",
+)
 CHANNEL_FEATURES: Final = tuple(f"share_{c}" for c in CHANNELS)
 FEATURE_NAMES: Final[tuple[str, ...]] = (
     "recency_h",
@@ -96,6 +103,16 @@ class CustomerFeatures:
     adopted: set[str] = field(default_factory=set)
     touchpoint_counts: dict[str, int] = field(default_factory=dict)
     n_negative: int = 0  # texts scored below NEGATIVE_SCORE (a churn signal)
+    # Sufficient statistics of the journey as a Markov chain with log-normal gaps (segments):
+    # (src, dst) move counts in event-time order, and sums of log gaps / log revenue and squares.
+    transitions: dict[tuple[str, str], int] = field(default_factory=dict)
+    step_log_sum: float = 0.0
+    step_log_sq: float = 0.0
+    session_log_sum: float = 0.0
+    session_log_sq: float = 0.0
+    n_revenue: int = 0
+    revenue_log_sum: float = 0.0
+    revenue_log_sq: float = 0.0
 
     def update(
         self,
@@ -106,9 +123,11 @@ class CustomerFeatures:
     ) -> None:
         """Fold one event in. Late events count, but never move `last_ts_ms` backwards."""
         ts = event.ts_ms
+        tp_now = event.touchpoint
         if self.last_ts_ms is None or self.first_ts_ms is None:
             self.first_ts_ms = ts
             self.n_sessions = 1
+            self._move(START, tp_now)
         else:
             gap = max(0, ts - self.last_ts_ms)
             new_session = gap > self.session_gap_ms or (
@@ -116,12 +135,19 @@ class CustomerFeatures:
                 and self.last_session_id is not None
                 and event.session_id != self.last_session_id
             )
+            lg = math.log(gap / 1000) if gap > 1000 else 0.0  # log seconds, floor 1 s
             if new_session:
                 self.n_sessions += 1
                 self.session_gap_sum_ms += gap
+                self.session_log_sum += lg
+                self.session_log_sq += lg * lg
             else:
                 self.step_gap_sum_ms += gap
                 self.n_step_gaps += 1
+                self.step_log_sum += lg
+                self.step_log_sq += lg * lg
+            if ts >= self.last_ts_ms and self.last_touchpoint is not None:
+                self._move(self.last_touchpoint, tp_now)
             self.first_ts_ms = min(self.first_ts_ms, ts)
         if self.last_ts_ms is None or ts >= self.last_ts_ms:
             self.last_ts_ms = ts
@@ -131,6 +157,11 @@ class CustomerFeatures:
         self.channel_counts[event.channel] = self.channel_counts.get(event.channel, 0) + 1
         if event.revenue is not None:
             self.revenue += event.revenue
+            if event.revenue > 0:
+                lr = math.log(event.revenue)
+                self.n_revenue += 1
+                self.revenue_log_sum += lr
+                self.revenue_log_sq += lr * lr
         if event.touchpoint in conversion:
             self.n_conversions += 1
         if event.touchpoint in churn:
@@ -146,6 +177,13 @@ class CustomerFeatures:
             if event.properties and isinstance(event.properties.get("feature"), str):
                 name = f"{name}:{event.properties['feature']}"
             self.adopted.add(name)
+
+    def _move(self, src: str, dst: str) -> None:
+        moves = self.transitions
+        key = (src, dst)
+        if key not in moves and len(moves) >= MAX_TRANSITIONS:
+            key = (OTHER, OTHER)
+        moves[key] = moves.get(key, 0) + 1
 
     def add_sentiment(self, score: float) -> None:
         """Record the sentiment of one of the customer's texts (-1 negative .. +1 positive)."""
@@ -253,8 +291,13 @@ class Vectorizer:
     rhythm_weight: float = 0.4
     propensity_names: tuple[str, ...] = field(init=False)
     behaviour_names: tuple[str, ...] = field(init=False)
+    # the journey space of the segment mixture: move cells (src x dst), then JOURNEY_STATS
+    states: tuple[str, ...] = field(init=False)
+    n_cells: int = field(init=False)
     _actions: tuple[str, ...] = field(init=False)
     _index: dict[str, int] = field(init=False)
+    _cell: dict[tuple[str, str], int] = field(init=False)
+    _state: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
         actions = (*(t for t in self.touchpoints if t not in self.outcomes), OTHER)
@@ -267,6 +310,14 @@ class Vectorizer:
             "mean_sentiment", "has_account", *CHANNEL_FEATURES,
             *(f"tp_{t}" for t in actions), *(f"last_{t}" for t in actions),
         ))
+        states = (*self.touchpoints, OTHER)
+        set_(self, "states", states)
+        set_(self, "n_cells", (len(states) + 1) * len(states))
+        set_(self, "_state", {t: i for i, t in enumerate(states)})
+        set_(self, "_cell", {
+            (src, dst): i * len(states) + j
+            for i, src in enumerate((*states, START)) for j, dst in enumerate(states)
+        })
         set_(self, "behaviour_names", (
             *(f"sqrt_tp_{t}" for t in actions), "log_step_gap", "log_session_gap",
             "log_events_per_session",
@@ -276,14 +327,14 @@ class Vectorizer:
         shares = [0.0] * len(self._actions)
         index = self._index
         other = index[OTHER]
+        outcomes = self.outcomes
         n = 0
         for tp, c in summary.touchpoint_counts.items():
-            if tp in self.outcomes:
-                continue
-            shares[index.get(tp, other)] += c
-            n += c
+            if tp not in outcomes:
+                shares[index.get(tp, other)] += c
+                n += c
         if n:
-            shares = [v / n for v in shares]
+            return [v / n for v in shares]
         return shares
 
     def _gaps(self, s: CustomerFeatures) -> tuple[float, float]:
@@ -297,18 +348,29 @@ class Vectorizer:
         return step_s, session_h
 
     def propensity(self, s: CustomerFeatures) -> np.ndarray:
+        return self.vectors(s, behaviour=False)[0]
+
+    def behaviour(self, s: CustomerFeatures) -> np.ndarray:
+        shares = self._shares(s)
+        return np.array(self._behaviour(s, shares, *self._gaps(s)))
+
+    def vectors(
+        self, s: CustomerFeatures, *, behaviour: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(propensity, behaviour or None): both from one pass over the summary."""
         log1p = math.log1p
         n = s.n_events
         step_s, session_h = self._gaps(s)
         first = s.first_ts_ms if s.first_ts_ms is not None else 0
         last = s.last_ts_ms if s.last_ts_ms is not None else first
         tps = s.touchpoint_counts
-        has_account = any(t in tps for t in ACCOUNT_TOUCHPOINTS)
+        has_account = not tps.keys().isdisjoint(ACCOUNT_TOUCHPOINTS)
+        n_sessions = s.n_sessions
         head = [
             log1p((last - first) / DAY_MS),
             log1p(n),
-            log1p(s.n_sessions),
-            log1p(n / s.n_sessions if s.n_sessions else 0.0),
+            log1p(n_sessions),
+            log1p(n / n_sessions if n_sessions else 0.0),
             log1p(step_s),
             log1p(session_h),
             log1p(len(s.adopted)),
@@ -318,19 +380,55 @@ class Vectorizer:
             1.0 if has_account else 0.0,
         ]
         cc = s.channel_counts
-        head.extend(cc.get(c, 0) / n if n else 0.0 for c in CHANNELS)
-        head.extend(self._shares(s))
+        if n:
+            head.extend([cc.get(c, 0) / n for c in CHANNELS])
+        else:
+            head.extend([0.0] * len(CHANNELS))
+        shares = self._shares(s)
+        head.extend(shares)
         last_tp = [0.0] * len(self._actions)
         if s.last_touchpoint is not None and s.last_touchpoint not in self.outcomes:
             last_tp[self._index.get(s.last_touchpoint, self._index[OTHER])] = 1.0
         head.extend(last_tp)
-        return np.array(head)
+        xb = np.array(self._behaviour(s, shares, step_s, session_h)) if behaviour else None
+        return np.array(head), xb
 
-    def behaviour(self, s: CustomerFeatures) -> np.ndarray:
-        step_s, session_h = self._gaps(s)
+    def _behaviour(
+        self, s: CustomerFeatures, shares: list[float], step_s: float, session_h: float
+    ) -> list[float]:
         w = self.rhythm_weight
-        out = [math.sqrt(v) for v in self._shares(s)]
+        sqrt = math.sqrt
+        out = [sqrt(v) for v in shares]
         out.append(w * math.log(max(step_s, 1.0)))
         out.append(w * math.log(max(session_h, 0.5)))
         out.append(w * math.log(s.n_events / s.n_sessions if s.n_sessions else 1.0))
-        return np.array(out)
+        return out
+
+    def journey(self, s: CustomerFeatures) -> tuple[np.ndarray, np.ndarray]:
+        """The customer's sufficient statistics for the segment mixture, as a sparse vector.
+
+        (indices, values): move counts in cells `src * len(states) + dst` (unknown names are
+        OTHER), then at `n_cells` + 0..8 the JOURNEY_STATS (gap and revenue count, sum of
+        logs, sum of squared logs). Every segment's log-likelihood is linear in it.
+        """
+        cell = self._cell
+        other = len(self.states) - 1
+        n_dst = len(self.states)
+        idx: list[int] = []
+        val: list[float] = []
+        for key, c in s.transitions.items():
+            i = cell.get(key)
+            if i is None:  # a name outside the vocabulary: counted as OTHER
+                src, dst = key
+                si = n_dst if src == START else self._state.get(src, other)
+                i = si * n_dst + self._state.get(dst, other)
+            idx.append(i)
+            val.append(float(c))
+        base = self.n_cells
+        idx.extend(range(base, base + 9))
+        val.extend((
+            float(s.n_step_gaps), s.step_log_sum, s.step_log_sq,
+            float(max(s.n_sessions - 1, 0)), s.session_log_sum, s.session_log_sq,
+            float(s.n_revenue), s.revenue_log_sum, s.revenue_log_sq,
+        ))
+        return np.array(idx, dtype=np.int64), np.array(val)

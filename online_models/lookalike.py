@@ -16,6 +16,7 @@ import numpy as np
 
 from online_models.checkpoint import Snapshotting
 from online_models.features import BEHAVIOUR_FEATURES, RunningScaler, model_vector
+from online_models.threads import one_blas_thread
 
 
 @dataclass(slots=True)
@@ -26,11 +27,15 @@ class LookalikeModel(Snapshotting):
     k: int = 10
     min_top: int = 20
     names: tuple[str, ...] = BEHAVIOUR_FEATURES
+    # Standardize with running moments (plain features); off for vectors already in a metric
+    # space (features.Vectorizer.behaviour), which also spares the per-customer scaler update.
+    standardize: bool = True
     scaler: RunningScaler = field(init=False)
     refresh_every: int = 500
     top: dict[str, tuple[float, np.ndarray]] = field(default_factory=dict)
     n_changes: int = 0
-    _cache: tuple[np.ndarray, float, np.ndarray, np.ndarray] | None = None
+    _low: str | None = None
+    _cache: tuple[np.ndarray, float, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         self.scaler = RunningScaler(len(self.names))
@@ -45,11 +50,13 @@ class LookalikeModel(Snapshotting):
         """`score` for a behaviour vector in the order of `names`."""
         if len(self.top) < self.min_top:
             return None
-        points, d_ref, mean, std = self._points()
-        z = (x - mean) / std
-        d = np.sqrt(((points - z) ** 2).sum(axis=1))
-        k = min(self.k, len(d))
-        d_k = float(np.partition(d, k - 1)[:k].mean())
+        points, d_ref, mean, std, sq = self._points()
+        z = (x - mean) / std if self.standardize else x
+        # |p - z|² = |p|² - 2 p·z + |z|²: one matrix-vector product for all top customers
+        d2 = sq - 2.0 * (points @ z)
+        k = min(self.k, len(d2))
+        near = np.partition(d2, k - 1)[:k]
+        d_k = float(np.sqrt(np.maximum(near + float(z @ z), 0.0)).sum()) / k
         return math.exp(-math.log(2) * d_k / d_ref)
 
     def learn(self, customer_id: str, feats: dict[str, float]) -> None:
@@ -65,25 +72,38 @@ class LookalikeModel(Snapshotting):
             return
         if customer_id in self.top or len(self.top) < self.max_top:
             self.top[customer_id] = (revenue, x)
+            self._low = None
             self.n_changes += 1
             return
-        low = min(self.top, key=lambda c: (self.top[c][0], c))
+        low = self._lowest()
         if revenue > self.top[low][0]:
             del self.top[low]
             self.top[customer_id] = (revenue, x)
+            self._low = None
             self.n_changes += 1
 
-    def _points(self) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+    def _lowest(self) -> str:
+        # cached between changes: most converted customers do not enter the top set
+        if self._low is None or self._low not in self.top:
+            self._low = min(self.top, key=lambda c: (self.top[c][0], c))
+        return self._low
+
+    def _points(self) -> tuple[np.ndarray, float, np.ndarray, np.ndarray, np.ndarray]:
         # Points and the query share the scale frozen in the cache; it is rebuilt after
         # `refresh_every` changes to the top set, sooner while it is small (O(n²): not always).
         if self._cache is None or self.n_changes >= min(self.refresh_every, len(self._cache[0])):
             self.n_changes = 0
             raw = np.stack([x for _, x in self.top.values()])
-            mean, std = self.scaler.mean.copy(), self.scaler.std
+            if self.standardize:
+                mean, std = self.scaler.mean.copy(), self.scaler.std
+            else:
+                mean, std = np.zeros(raw.shape[1]), np.ones(raw.shape[1])
             points = (raw - mean) / std
-            d = np.sqrt(((points[:, None, :] - points[None, :, :]) ** 2).sum(axis=2))
+            with one_blas_thread():
+                sq = (points * points).sum(axis=1)
+                d = np.sqrt(np.maximum(sq[:, None] - 2 * points @ points.T + sq[None, :], 0.0))
             np.fill_diagonal(d, np.inf)
             k = min(self.k, len(points) - 1)
             d_ref = float(np.partition(d, k - 1, axis=1)[:, :k].mean())
-            self._cache = (points, max(d_ref, 1e-9), mean, std)
+            self._cache = (points, max(d_ref, 1e-9), mean, std, (points * points).sum(axis=1))
         return self._cache

@@ -26,6 +26,7 @@ import numpy as np
 
 from online_models.checkpoint import Snapshotting
 from online_models.features import LOG_FEATURES
+from online_models.threads import one_blas_thread
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +39,13 @@ class Labelled:
     segment: str
     p: float
     y: bool
-    x: dict[str, float]  # the model inputs of the snapshot (for offline comparisons)
+    vector: np.ndarray  # the model inputs of the snapshot, in the order of `names`
+    names: tuple[str, ...]
+
+    @property
+    def x(self) -> dict[str, float]:
+        """The model inputs by name (for offline comparisons)."""
+        return dict(zip(self.names, self.vector.tolist(), strict=False))
 
 
 @dataclass(slots=True)
@@ -58,18 +65,35 @@ class LogisticFit:
     std: np.ndarray
     w: np.ndarray
     b: float
+    # the same model on raw inputs (w / std, and the intercept and offsets it implies)
+    w_raw: np.ndarray = field(init=False)
+    b_raw: float = field(init=False)
+    offset: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.w_raw = self.w / self.std
+        self.offset = self.mean * self.w_raw
+        self.b_raw = self.b - float(self.offset.sum())
 
     def logit(self, x: np.ndarray) -> float:
-        return float(((x - self.mean) / self.std) @ self.w) + self.b
+        return float(x @ self.w_raw) + self.b_raw
 
     def contributions(self, x: np.ndarray) -> np.ndarray:
-        return (x - self.mean) / self.std * self.w
+        return x * self.w_raw - self.offset
 
 
 def fit_logistic(
-    x: np.ndarray, y: np.ndarray, l2: float, warm: LogisticFit | None = None, n_iter: int = 8
+    x: np.ndarray,
+    y: np.ndarray,
+    l2: float,
+    warm: LogisticFit | None = None,
+    n_iter: int = 8,
 ) -> LogisticFit:
-    """Newton's method on the mean logistic loss + l2/2 |w|² (intercept not penalized)."""
+    """Newton's method on the mean logistic loss + l2/2 |w|² (intercept not penalized).
+
+    A warm start (the previous fit, on a window that mostly overlaps) is near the optimum, where
+    Newton converges quadratically: one or two steps, then the step-size test stops it.
+    """
     mean = x.mean(axis=0)
     std = x.std(axis=0)
     std = np.where(std > 1e-9, std, 1.0)
@@ -77,7 +101,9 @@ def fit_logistic(
     d = z.shape[1]
     theta = np.zeros(d)
     if warm is not None and len(warm.w) == d - 1:
-        theta[:-1], theta[-1] = warm.w, warm.b
+        # the warm weights were for the old standardization: carry them over to the new one
+        theta[:-1] = warm.w_raw * std
+        theta[-1] = warm.b_raw + float(mean @ warm.w_raw)
     else:
         rate = min(max(float(y.mean()), 1e-4), 1 - 1e-4)
         theta[-1] = math.log(rate / (1 - rate))
@@ -166,13 +192,17 @@ class PropensityModel(Snapshotting):
         return self.segment_fits.get(segment) or self.fit
 
     # -- scoring ---------------------------------------------------------------------------
-    def score_vector(self, x: np.ndarray, segment: str) -> tuple[float, np.ndarray | None]:
-        """(probability, contribution per input) without learning; 0.5 and None before a fit."""
+    def score_vector(
+        self, x: np.ndarray, segment: str, *, explain: bool = True
+    ) -> tuple[float, np.ndarray | None]:
+        """(probability, contribution per input or None if not `explain`) without learning;
+        0.5 and None before a fit."""
         fit = self._fit_for(segment)
         if fit is None:
             return 0.5, None
         z = fit.logit(x)
-        return 1.0 / (1.0 + math.exp(-max(min(z, 30.0), -30.0))), fit.contributions(x)
+        p = 1.0 / (1.0 + math.exp(-max(min(z, 30.0), -30.0)))
+        return p, fit.contributions(x) if explain else None
 
     def score(self, feats: dict[str, float], segment: str) -> tuple[float, dict[str, float]]:
         """(probability, contribution per feature) for a customer, without learning anything."""
@@ -250,12 +280,17 @@ class PropensityModel(Snapshotting):
         self.window.append((snap.x, snap.y, snap.segment))
         self.n_labelled += 1
         self.n_positive += int(snap.y)
-        x = dict(zip(self.names, snap.x.tolist(), strict=False)) if self.names else {}
-        return Labelled(customer_id, snap.ts_ms, now_ms, snap.segment, snap.p, snap.y, x)
+        return Labelled(
+            customer_id, snap.ts_ms, now_ms, snap.segment, snap.p, snap.y, snap.x, self.names
+        )
 
     # -- fitting ---------------------------------------------------------------------------
     def refit(self) -> None:
         """Refit the global and per-segment models on the window (warm-started Newton)."""
+        with one_blas_thread():
+            self._refit()
+
+    def _refit(self) -> None:
         self.next_fit_at = self.n_labelled + min(max(self.n_labelled, 1), self.refit_every)
         if len(self.window) < 2:
             return
@@ -288,6 +323,7 @@ def top_of(
     """`top_contributions` for a contribution vector in the order of `names`."""
     if contrib is None:
         return ()
-    idx = np.argpartition(-np.abs(contrib), min(n, len(contrib) - 1))[:n]
-    ranked = sorted(idx.tolist(), key=lambda i: (-abs(contrib[i]), names[i]))
-    return tuple((names[i], round(float(contrib[i]), 4)) for i in ranked)
+    # largest |contribution| first; ties in input order (a stable sort: deterministic)
+    idx = np.argsort(-np.abs(contrib), kind="stable")[:n].tolist()
+    values = contrib.tolist()
+    return tuple((names[i], round(values[i], 4)) for i in idx)

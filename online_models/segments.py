@@ -1,12 +1,20 @@
-"""Behavioural segments: online k-means with stable ids and a data-chosen number of segments.
+"""Behavioural segments: a mixture of Markov chains, with stable ids and k chosen from the data.
 
-Between re-evaluations every customer update moves its nearest centroid a little (mini-batch
-k-means with a capped step count, so centroids keep tracking). On a schedule (after 1k, 2k, 4k ...
-updates, then every `max_eval_every`) the model re-clusters a reservoir sample of customers for
-k = k_min..k_max, keeps the smallest k within `parsimony` of the best silhouette (a k other than
-the current one must win by `switch_margin`), and matches the new centroids to the old ones
-(Hungarian matching on centroid distance) so a segment keeps its id while it moves. Only a
-genuinely new cluster gets a new id.
+A customer's journey is a sequence of moves between touchpoints with gaps in between. Each
+segment is a generative model of it: first-order move probabilities (from a start state), the
+chance that the next step stays in the session, log-normal step gaps and session gaps, and
+log-normal order values. A customer's log-likelihood under a segment is then *linear* in a sparse
+vector of its own sufficient statistics (`Vectorizer.journey`: move counts, gap and revenue
+counts, sums of logs and of squared logs), so assigning a customer is one sparse dot product and
+fitting is EM with sparse matrix products (Dirichlet-smoothed moves, shrunk gap variances).
+
+Learning: customers are sampled into a reservoir (their latest statistics at each session end).
+On a schedule (after 1k, 2k, 4k ... updates, then every `max_eval_every`) EM is run for
+k = k_min..k_max from k-means starts and the smallest k within `parsimony` of the lowest BIC
+is kept (a different k than the current must win by `switch_margin` per customer); in between,
+every `refit_every` updates, the current mixture is refitted warm. New components are matched to
+the old ones by the customers they share (Hungarian matching on the reservoir), so a segment
+keeps its id while it moves; only a genuinely new cluster gets a new id.
 """
 
 from __future__ import annotations
@@ -18,11 +26,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+from scipy.sparse import csr_matrix
 
 from online_models.checkpoint import Snapshotting
-from online_models.features import BEHAVIOUR_FEATURES, FEATURE_NAMES, LOG_FEATURES, model_vector
+from online_models.features import FEATURE_NAMES, LOG_FEATURES
+from online_models.threads import one_blas_thread
 
 UNASSIGNED = "all"
+N_STATS = 9  # per-customer statistics after the move cells: see features.JOURNEY_STATS
+MIN_VAR = 0.05  # floor of a log-gap variance (a segment of identical gaps is not certain)
 
 
 def hashed_id(customer_id: str) -> str:
@@ -62,22 +74,154 @@ def kmeans(
     return best
 
 
-def silhouette(x: np.ndarray, labels: np.ndarray) -> float:
-    """Mean silhouette coefficient (Euclidean); 0 for a single cluster."""
-    ks = np.unique(labels)
-    if len(ks) < 2:
-        return 0.0
-    sq = (x * x).sum(axis=1)
-    dist = np.sqrt(np.maximum(sq[:, None] - 2 * x @ x.T + sq[None, :], 0.0))
-    mean_to = np.stack([dist[:, labels == j].mean(axis=1) for j in ks], axis=1)
-    counts = np.array([(labels == j).sum() for j in ks])
-    own = np.searchsorted(ks, labels)
-    n_own = counts[own]
-    a = mean_to[np.arange(len(x)), own] * n_own / np.maximum(n_own - 1, 1)
-    mean_to[np.arange(len(x)), own] = np.inf
-    b = mean_to.min(axis=1)
-    s = np.where(n_own > 1, (b - a) / np.maximum(np.maximum(a, b), 1e-12), 0.0)
-    return float(s.mean())
+@dataclass(frozen=True, slots=True)
+class Mixture:
+    """Fitted parameters: log-likelihood of a statistics vector = `theta @ phi + log_weights`."""
+
+    theta: np.ndarray  # (k, n_cells + N_STATS)
+    log_weights: np.ndarray  # (k,)
+    loglik: float  # total over the customers it was fitted on
+    n_params: int
+
+    @property
+    def k(self) -> int:
+        return len(self.log_weights)
+
+    def joint(self, phi: csr_matrix) -> np.ndarray:
+        """(n, k) log p(customer, segment) for the rows of `phi`."""
+        return np.asarray(phi @ self.theta.T) + self.log_weights
+
+    def bic(self, n: int) -> float:
+        return -2.0 * self.loglik + self.n_params * float(np.log(max(n, 2)))
+
+
+def posteriors(joint: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(responsibilities, log-likelihood per row) from joint log-probabilities."""
+    top = joint.max(axis=1, keepdims=True)
+    e = np.exp(joint - top)
+    total = e.sum(axis=1, keepdims=True)
+    return e / total, (np.log(total) + top)[:, 0]
+
+
+@dataclass(frozen=True, slots=True)
+class _Pooled:
+    """What every component is shrunk towards: the population's moves and gaps."""
+
+    moves: np.ndarray  # (n_src, n_dst) row probabilities, never exactly 0
+    means: np.ndarray  # (3,) mean log step gap, session gap, revenue
+    variances: np.ndarray  # (3,)
+    n_free: int  # free move probabilities: sum over rows of (observed destinations - 1)
+
+
+def _pooled(phi: csr_matrix, n_dst: int) -> _Pooled:
+    col = np.asarray(phi.sum(axis=0))[0]
+    n_cells = len(col) - N_STATS
+    counts = col[:n_cells].reshape(-1, n_dst)
+    moves = (counts + 0.01) / (counts.sum(axis=1, keepdims=True) + 0.01 * n_dst)
+    st = col[n_cells:].reshape(3, 3)
+    n = np.maximum(st[:, 0], 1.0)
+    means = st[:, 1] / n
+    variances = np.maximum(st[:, 2] / n - means**2, MIN_VAR)
+    n_free = int(np.maximum((counts > 0).sum(axis=1) - 1, 0).sum())
+    return _Pooled(moves, means, variances, n_free)
+
+
+def m_step(
+    phi_t: csr_matrix,
+    resp: np.ndarray,
+    pooled: _Pooled,
+    *,
+    move_prior: float = 1.0,
+    gap_prior: float = 2.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(theta, log_weights) maximizing the expected log-likelihood under the responsibilities.
+
+    Moves: Dirichlet-smoothed towards the pooled row (`move_prior` pseudo-moves per row); gap
+    and revenue normals: shrunk towards the pooled mean and variance (`gap_prior` pseudo-gaps);
+    the stay-in-session chance: Laplace-smoothed.
+    """
+    k = resp.shape[1]
+    n_src, n_dst = pooled.moves.shape
+    s = np.asarray(phi_t @ resp).T  # (k, D) expected statistics per component
+    n_cells = n_src * n_dst
+    c = s[:, :n_cells].reshape(k, n_src, n_dst)
+    p = (c + move_prior * pooled.moves) / (c.sum(axis=2, keepdims=True) + move_prior)
+    theta = np.empty((k, n_cells + N_STATS))
+    theta[:, :n_cells] = np.log(p).reshape(k, n_cells)
+    st = s[:, n_cells:].reshape(k, 3, 3)
+    n, s1, s2 = st[:, :, 0], st[:, :, 1], st[:, :, 2]
+    m0, mu0, v0 = gap_prior, pooled.means, pooled.variances
+    mu = (s1 + m0 * mu0) / (n + m0)
+    var = np.maximum((s2 + m0 * (v0 + mu0**2)) / (n + m0) - mu**2, MIN_VAR)
+    stay = (n[:, 0] + 1.0) / (n[:, 0] + n[:, 1] + 2.0)
+    base = -0.5 * np.log(var) - mu**2 / (2 * var)
+    base[:, 0] += np.log(stay)
+    base[:, 1] += np.log1p(-stay)
+    g = theta[:, n_cells:].reshape(k, 3, 3)
+    g[:, :, 0] = base
+    g[:, :, 1] = mu / var
+    g[:, :, 2] = -0.5 / var
+    weights = (resp.sum(axis=0) + 1.0) / (len(resp) + k)
+    return theta, np.log(weights)
+
+
+def em(
+    phi: csr_matrix,
+    pooled: _Pooled,
+    resp: np.ndarray,
+    *,
+    n_iter: int = 100,
+    tol: float = 1e-6,
+) -> tuple[Mixture, np.ndarray]:
+    """EM from initial responsibilities: the fitted mixture and the final responsibilities."""
+    phi_t = phi.T.tocsr()
+    k = resp.shape[1]
+    last = -np.inf
+    mixture = None
+    for _ in range(n_iter):
+        theta, logw = m_step(phi_t, resp, pooled)
+        resp, ll_rows = posteriors(np.asarray(phi @ theta.T) + logw)
+        ll = float(ll_rows.sum())
+        mixture = Mixture(theta, logw, ll, k * (pooled.n_free + 7) + k - 1)
+        if ll - last <= tol * abs(ll):
+            break
+        last = ll
+    assert mixture is not None
+    return mixture, resp
+
+
+def start_features(phi: csr_matrix, n_dst: int) -> np.ndarray:
+    """A dense view of each row for k-means starts: Hellinger destination shares, gaps."""
+    n_cells = phi.shape[1] - N_STATS
+    to_dst = csr_matrix(
+        (np.ones(n_cells), (np.arange(n_cells), np.arange(n_cells) % n_dst)),
+        shape=(phi.shape[1], n_dst),
+    )
+    dst = np.asarray((phi @ to_dst).todense())
+    shares = np.sqrt(dst / np.maximum(dst.sum(axis=1, keepdims=True), 1.0))
+    st = np.asarray(phi[:, n_cells:].todense())
+    step = np.where(st[:, 0] > 0, st[:, 1] / np.maximum(st[:, 0], 1), np.log(90.0))
+    session = np.where(st[:, 3] > 0, st[:, 4] / np.maximum(st[:, 3], 1), np.log(86_400.0))
+    stay = (st[:, 0] + 1) / (st[:, 0] + st[:, 3] + 2)
+    return np.column_stack([shares, 0.2 * step, 0.2 * session, stay])
+
+
+def fit_mixture(
+    phi: csr_matrix, n_dst: int, k: int, rng: np.random.Generator, *, n_init: int = 2
+) -> tuple[Mixture, np.ndarray]:
+    """The best of `n_init` EM runs for `k` segments, each started from a k-means partition."""
+    pooled = _pooled(phi, n_dst)
+    x = start_features(phi, n_dst)
+    best: tuple[Mixture, np.ndarray] | None = None
+    for _ in range(n_init):
+        _, labels, _ = kmeans(x, k, rng, n_init=1, n_iter=20)
+        resp = np.full((len(labels), k), 0.1 / max(k - 1, 1))
+        resp[np.arange(len(labels)), labels] = 0.9
+        fit = em(phi, pooled, resp)
+        if best is None or fit[0].loglik > best[0].loglik:
+            best = fit
+    assert best is not None
+    return best
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +234,7 @@ class Reclustering:
     kept: tuple[str, ...]
     new: tuple[str, ...]
     retired: tuple[str, ...]
-    silhouettes: dict[int, float]
+    bic: dict[int, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,76 +251,85 @@ class SegmentProfile:
 
 @dataclass(slots=True)
 class SegmentModel(Snapshotting):
-    """Online clustering of customers' behaviour vectors into segments with stable ids."""
+    """Online mixture of Markov chains over customers' journeys, with stable segment ids.
 
+    Inputs are sparse statistics vectors `(indices, values)` from `Vectorizer.journey` with
+    `n_dst` destination states (the layout: `n_dst + 1` sources x `n_dst` cells, then N_STATS).
+    """
+
+    n_dst: int = 22
     k_min: int = 3
     k_max: int = 10
-    reservoir_size: int = 2000
+    reservoir_size: int = 4000
     min_customers: int = 200
     first_eval_after: int = 1000
     max_eval_every: int = 100_000
+    refit_every: int = 5_000
+    # the smallest k within `parsimony` BIC per reservoir customer of the best (a real segment
+    # split in two, or one that drifted, costs little BIC); a k other than the current one must
+    # win by `switch_margin` per customer
+    parsimony: float = 0.05
     switch_margin: float = 0.02
-    parsimony: float = 0.02
-    max_step_count: int = 2000
-    silhouette_sample: int = 1000
+    min_overlap: float = 0.3  # share of a new component's customers an old id must hold to carry
     seed: int = 0
-    names: tuple[str, ...] = BEHAVIOUR_FEATURES
-    standardize: bool = True
     # state
     n_updates: int = 0
     n_customers: int = 0
     n_evals: int = 0
+    n_refits: int = 0
+    version: int = 0  # one more on every change of the mixture
     next_eval_at: int = 0
+    next_refit_at: int = 0
     next_id: int = 1
     ids: list[str] = field(default_factory=list)
-    centroids: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
-    step_counts: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    scale_mean: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    scale_std: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    mixture: Mixture | None = None
     sizes: dict[str, int] = field(default_factory=dict)
     res_keys: list[str] = field(default_factory=list)
     res_index: dict[str, int] = field(default_factory=dict)
-    res_x: np.ndarray = field(init=False)
+    res_rows: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     res_plain: np.ndarray = field(init=False)
     rng: random.Random = field(init=False)
 
     def __post_init__(self) -> None:
         if not 2 <= self.k_min <= self.k_max:
             raise ValueError(f"need 2 <= k_min <= k_max, got {self.k_min}..{self.k_max}")
-        self.res_x = np.zeros((self.reservoir_size, len(self.names)))
-        if not self.standardize:
-            self.scale_mean, self.scale_std = np.zeros(len(self.names)), np.ones(len(self.names))
         self.res_plain = np.zeros((self.reservoir_size, len(FEATURE_NAMES)))
         self.rng = random.Random(self.seed)
         self.next_eval_at = self.first_eval_after
+        self.next_refit_at = self.first_eval_after
+
+    @property
+    def dim(self) -> int:
+        return (self.n_dst + 1) * self.n_dst + N_STATS
 
     # -- scoring ---------------------------------------------------------------------------
-    def vector(self, feats: dict[str, float]) -> np.ndarray:
-        return model_vector(feats, self.names)
+    def assign_sparse(self, idx: np.ndarray, val: np.ndarray) -> str:
+        """The segment of a customer with these statistics (`"all"` before the first fit)."""
+        m = self.mixture
+        if m is None:
+            return UNASSIGNED
+        return self.ids[int((m.theta[:, idx] @ val + m.log_weights).argmax())]
 
-    def assign(self, feats: dict[str, float]) -> str:
-        """The segment id of a customer with these features (`"all"` before the first fit)."""
-        return self.assign_vector(self.vector(feats))
+    def posterior(self, idx: np.ndarray, val: np.ndarray) -> dict[str, float]:
+        """P(segment | journey) for every segment id."""
+        m = self.mixture
+        if m is None:
+            return {UNASSIGNED: 1.0}
+        resp, _ = posteriors((m.theta[:, idx] @ val + m.log_weights)[None, :])
+        return dict(zip(self.ids, resp[0].tolist(), strict=True))
 
     # -- learning --------------------------------------------------------------------------
-    def assign_vector(self, x: np.ndarray) -> str:
-        """`assign` for a vector already in the model's space (see `names`)."""
-        if not self.ids:
-            return UNASSIGNED
-        z = (x - self.scale_mean) / self.scale_std if self.standardize else x
-        return self.ids[int(((self.centroids - z) ** 2).sum(axis=1).argmin())]
-
-    def learn(self, customer_id: str, feats: dict[str, float]) -> Reclustering | None:
-        """Learn from one customer's current features; may re-cluster on the schedule."""
-        return self.learn_vector(
-            customer_id, self.vector(feats), lambda: model_vector(feats, FEATURE_NAMES)
-        )
-
-    def learn_vector(
-        self, customer_id: str, x: np.ndarray, plain: Callable[[], np.ndarray]
+    def learn_sparse(
+        self,
+        customer_id: str,
+        idx: np.ndarray,
+        val: np.ndarray,
+        plain: Callable[[], np.ndarray],
     ) -> Reclustering | None:
-        """`learn` for a vector in the model's space; `plain()` gives the customer's
-        `model_vector(features, FEATURE_NAMES)` for profiles (called only when sampled)."""
+        """Learn from one customer's current statistics; may refit on the schedule.
+
+        `plain()` gives the customer's `model_vector(features, FEATURE_NAMES)` for profiles
+        (called only when the customer is in the reservoir)."""
         key = hashed_id(customer_id)
         slot = self.res_index.get(key)
         if slot is None:
@@ -184,6 +337,7 @@ class SegmentModel(Snapshotting):
             if len(self.res_keys) < self.reservoir_size:
                 slot = len(self.res_keys)
                 self.res_keys.append(key)
+                self.res_rows.append((idx, val))
                 self.res_index[key] = slot
             else:
                 j = self.rng.randrange(self.n_customers)
@@ -193,16 +347,15 @@ class SegmentModel(Snapshotting):
                     self.res_keys[slot] = key
                     self.res_index[key] = slot
         if slot is not None:
-            self.res_x[slot] = x
+            self.res_rows[slot] = (idx, val)
             self.res_plain[slot] = plain()
-        if self.ids:
-            z = (x - self.scale_mean) / self.scale_std if self.standardize else x
-            j = int(((self.centroids - z) ** 2).sum(axis=1).argmin())
-            self.step_counts[j] = min(self.step_counts[j] + 1, self.max_step_count)
-            self.centroids[j] += (z - self.centroids[j]) / self.step_counts[j]
         self.n_updates += 1
         if self.n_updates >= self.next_eval_at:
-            return self.reevaluate()
+            with one_blas_thread():
+                return self.reevaluate()
+        if self.n_updates >= self.next_refit_at and self.mixture is not None:
+            with one_blas_thread():
+                return self.refit()
         return None
 
     def move(self, old: str, new: str) -> None:
@@ -214,50 +367,78 @@ class SegmentModel(Snapshotting):
         if new != UNASSIGNED:
             self.sizes[new] = self.sizes.get(new, 0) + 1
 
+    def _phi(self) -> csr_matrix:
+        rows = self.res_rows
+        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum([len(i) for i, _ in rows], out=indptr[1:])
+        return csr_matrix(
+            (np.concatenate([v for _, v in rows]), np.concatenate([i for i, _ in rows]), indptr),
+            shape=(len(rows), self.dim),
+        )
+
+    def refit(self) -> Reclustering | None:
+        """Refit the current mixture on the reservoir, warm-started from its responsibilities."""
+        self.next_refit_at = self.n_updates + self.refit_every
+        if self.mixture is None:
+            return None
+        phi = self._phi()
+        resp, _ = posteriors(self.mixture.joint(phi))
+        mixture, resp = em(phi, _pooled(phi, self.n_dst), resp, n_iter=30)
+        self.n_refits += 1
+        return self._adopt(phi, mixture, resp, {mixture.k: mixture.bic(phi.shape[0])})
+
     def reevaluate(self) -> Reclustering | None:
-        """Re-cluster the reservoir for every k, keep the best, carry ids over to moved clusters."""
+        """Fit k = k_min..k_max on the reservoir, keep the lowest BIC, carry ids over."""
         interval = min(max(self.next_eval_at, self.first_eval_after), self.max_eval_every)
         self.next_eval_at = self.n_updates + interval
+        self.next_refit_at = self.n_updates + self.refit_every
         n = len(self.res_keys)
         if n < max(self.min_customers, self.k_max * 5):
             return None
         self.n_evals += 1
         rng = np.random.default_rng([self.seed, self.n_evals])
-        x = self.res_x[:n]
-        if self.standardize:
-            mean = x.mean(axis=0)
-            std = x.std(axis=0)
-            std = np.where(std > 1e-9, std, 1.0)
-        else:  # the vectors come in a metric of their own (see features.Vectorizer.behaviour)
-            mean, std = np.zeros(x.shape[1]), np.ones(x.shape[1])
-        z = (x - mean) / std
-        sample = rng.choice(n, size=min(n, self.silhouette_sample), replace=False)
-        fits: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        scores: dict[int, float] = {}
-        for k in range(self.k_min, min(self.k_max, n - 1) + 1):
-            centers, labels, _ = kmeans(z, k, rng)
-            fits[k] = (centers, labels)
-            scores[k] = silhouette(z[sample], labels[sample])
-        # Parsimony: the smallest k within `parsimony` of the best silhouette (splitting a real
-        # segment in two often costs almost nothing in silhouette).
-        top = max(scores.values())
-        best_k = min(k for k, v in scores.items() if v >= top - self.parsimony)
-        k_before = len(self.ids)
-        if k_before in scores and scores[best_k] < scores[k_before] + self.switch_margin:
-            best_k = k_before
-        centers, labels = fits[best_k]
-        new_ids: list[str] = [""] * best_k
+        phi = self._phi()
+        k_now = len(self.ids)
+        # The first evaluation compares every k; later ones the neighbours of the current k
+        # (the population changes slowly, and EM for every k on every evaluation is costly).
+        ks = (
+            range(self.k_min, self.k_max + 1)
+            if not k_now
+            else range(max(self.k_min, k_now - 1), min(self.k_max, k_now + 1) + 1)
+        )
+        fits = {k: fit_mixture(phi, self.n_dst, k, rng, n_init=1 if k_now else 2) for k in ks}
+        if self.mixture is not None:  # the current mixture, refitted warm, competes as itself
+            resp, _ = posteriors(self.mixture.joint(phi))
+            warm = em(phi, _pooled(phi, self.n_dst), resp, n_iter=30)
+            if warm[0].loglik > fits[k_now][0].loglik:
+                fits[k_now] = warm
+        bic = {k: f[0].bic(n) for k, f in fits.items()}
+        top = min(bic.values())
+        best_k = min(k for k, v in bic.items() if v <= top + self.parsimony * n)
+        if k_now in bic and bic[best_k] > bic[k_now] - self.switch_margin * n:
+            best_k = k_now
+        mixture, resp = fits[best_k]
+        return self._adopt(phi, mixture, resp, bic)
+
+    def _adopt(
+        self, phi: csr_matrix, mixture: Mixture, resp: np.ndarray, bic: dict[int, float]
+    ) -> Reclustering:
+        new_labels = resp.argmax(axis=1)
+        k = mixture.k
+        new_ids = [""] * k
         kept: list[str] = []
-        if self.ids:
-            old_plain = self.centroids * self.scale_std + self.scale_mean
-            old_z = (old_plain - mean) / std
-            cost = ((old_z[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2)
-            rows, cols = linear_sum_assignment(cost)
+        if self.mixture is not None:
+            old_labels = self.mixture.joint(phi).argmax(axis=1)
+            overlap = np.zeros((len(self.ids), k))
+            np.add.at(overlap, (old_labels, new_labels), 1.0)
+            rows, cols = linear_sum_assignment(-overlap)
+            new_size = np.bincount(new_labels, minlength=k)
             for r, c in zip(rows, cols, strict=True):
-                new_ids[c] = self.ids[r]
-                kept.append(self.ids[r])
+                if overlap[r, c] >= self.min_overlap * max(new_size[c], 1):
+                    new_ids[c] = self.ids[r]
+                    kept.append(self.ids[r])
         fresh: list[str] = []
-        for j in range(best_k):
+        for j in range(k):
             if not new_ids[j]:
                 new_ids[j] = f"s{self.next_id}"
                 self.next_id += 1
@@ -265,33 +446,28 @@ class SegmentModel(Snapshotting):
         retired = tuple(i for i in self.ids if i not in kept)
         for old in retired:
             self.sizes.pop(old, None)
+        k_before = len(self.ids)
         self.ids = new_ids
-        self.centroids = centers.copy()
-        self.step_counts = np.minimum(
-            np.bincount(labels, minlength=best_k).astype(np.float64), self.max_step_count
-        )
-        self.scale_mean, self.scale_std = mean, std
+        self.mixture = mixture
+        self.version += 1
         return Reclustering(
             n_updates=self.n_updates,
             k_before=k_before,
-            k_after=best_k,
+            k_after=k,
             kept=tuple(kept),
             new=tuple(fresh),
             retired=retired,
-            silhouettes=scores,
+            bic=bic,
         )
 
     # -- reading ---------------------------------------------------------------------------
     def profiles(self, n_examples: int = 5) -> list[SegmentProfile]:
         """Each segment in plain units, from the reservoir sample (back-transformed means)."""
         n = len(self.res_keys)
-        if not self.ids or n == 0:
+        if self.mixture is None or n == 0:
             return []
-        z = self.res_x[:n]
-        if self.standardize:
-            z = (z - self.scale_mean) / self.scale_std
-        d2 = ((z[:, None, :] - self.centroids[None, :, :]) ** 2).sum(axis=2)
-        labels = d2.argmin(axis=1)
+        resp, _ = posteriors(self.mixture.joint(self._phi()))
+        labels = resp.argmax(axis=1)
         conv = FEATURE_NAMES.index("n_conversions")
         out = []
         for j, seg in enumerate(self.ids):
@@ -303,7 +479,7 @@ class SegmentModel(Snapshotting):
                 # model_vector stored log1p of heavy-tailed features: report plain units
                 value = float(np.expm1(col).mean()) if name in LOG_FEATURES else float(col.mean())
                 centroid[name] = round(value, 4)
-            nearest = members[np.argsort(d2[members, j])[:n_examples]]
+            surest = members[np.argsort(-resp[members, j], kind="stable")[:n_examples]]
             out.append(
                 SegmentProfile(
                     segment=seg,
@@ -311,8 +487,7 @@ class SegmentModel(Snapshotting):
                     sample_share=len(members) / n,
                     centroid=centroid,
                     conversion_rate=float((plain[:, conv] > 0).mean()) if len(members) else 0.0,
-                    examples=tuple(self.res_keys[i] for i in nearest),
+                    examples=tuple(self.res_keys[i] for i in surest),
                 )
             )
         return out
-

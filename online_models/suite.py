@@ -60,8 +60,9 @@ class ModelConfig(BaseModel):
     convert_horizon_s: Annotated[int, Field(gt=0)] = 30 * DAY_S
     churn_horizon_s: Annotated[int, Field(gt=0)] = 30 * DAY_S
     snapshot_every_s: Annotated[int, Field(ge=0)] = 0
-    # Scores are recomputed on a first event, a new session, an outcome, else after this long.
-    refresh_s: Annotated[int, Field(ge=0)] = 600
+    # Scores are recomputed on a first event, a session end, an outcome, and within a long
+    # session after this long (0: on every event).
+    refresh_s: Annotated[int, Field(ge=0)] = 3600
     # Touchpoints the models know by name (others count as "other").
     touchpoints: tuple[str, ...] = DEFAULT_TOUCHPOINTS
     # Segments learn from customers with at least this many events (fewer say too little).
@@ -70,7 +71,7 @@ class ModelConfig(BaseModel):
     min_segment_labels: Annotated[int, Field(gt=0)] = 2_000
     k_min: Annotated[int, Field(ge=2)] = 3
     k_max: Annotated[int, Field(ge=2, le=20)] = 10
-    segment_reservoir: Annotated[int, Field(ge=100)] = 2_000
+    segment_reservoir: Annotated[int, Field(ge=100)] = 4_000
     segment_max_eval_every: Annotated[int, Field(ge=1_000)] = 100_000
     lookalike_top: Annotated[int, Field(ge=10)] = 500
     sentiment_max_vocab: Annotated[int, Field(ge=100)] = 20_000
@@ -86,6 +87,9 @@ class ModelConfig(BaseModel):
     # Prequential error moves while the propensity model is first fitted (day horizon+): opt in.
     watch_propensity_error: bool = False
     max_alerts_kept: Annotated[int, Field(ge=1)] = 1_000
+    # Scores taken when event time closed a session, kept until the customer's next event
+    # (bounded: the oldest are dropped, and such a customer is scored afresh when back).
+    max_closed_kept: Annotated[int, Field(ge=0)] = 100_000
 
 
 @dataclass(slots=True)
@@ -121,14 +125,19 @@ class Scores:
 
 
 @dataclass(frozen=True, slots=True)
-class _Session:
-    """What a closed session's example needs to know about the customer at its end."""
+class _Closed:
+    """The scores a session end gave a customer, for the customer's next event.
 
-    last_ts_ms: int
+    The suite keeps them, not only the state object it saw: the caller's state may be another
+    object (a restored checkpoint, a table value), and must end up with the same scores.
+    """
+
     n_events: int
-    n_conversions: int
-    n_churns: int
-    summary: CustomerFeatures
+    segment: str
+    p_convert: float
+    p_churn: float
+    top_features: tuple[tuple[str, float], ...]
+    lookalike: float | None
 
 
 @dataclass(slots=True)
@@ -159,6 +168,10 @@ class ModelSuite(Snapshotting):
     vectorizer: Vectorizer = field(init=False)
     # customers with an open session (the latest state object seen) and their session ends
     open_sessions: dict[str, CustomerModelState] = field(default_factory=dict)
+    closed: dict[str, _Closed] = field(default_factory=dict)
+    # first-event scores per (touchpoint, channel) while the models stay the same
+    _first: dict[tuple[str, str], _Closed] = field(default_factory=dict)
+    _first_versions: tuple[int, int, int] = (-1, -1, -1)
     session_ends: list[tuple[int, str]] = field(default_factory=list)
     _nba_best: dict[tuple[str, str], tuple[str | None, float, float]] = field(default_factory=dict)
     _conversion: frozenset[str] = field(init=False)
@@ -172,8 +185,7 @@ class ModelSuite(Snapshotting):
             touchpoints=tuple(c.touchpoints), outcomes=self._conversion | self._churn
         )
         self.segments = SegmentModel(
-            names=self.vectorizer.behaviour_names,
-            standardize=False,
+            n_dst=len(self.vectorizer.states),
             k_min=c.k_min,
             k_max=max(c.k_min, c.k_max),
             reservoir_size=c.segment_reservoir,
@@ -193,7 +205,7 @@ class ModelSuite(Snapshotting):
             outcomes=self._churn, horizon_ms=c.churn_horizon_s * 1000, **common
         )
         self.lookalike = LookalikeModel(
-            max_top=c.lookalike_top, names=self.vectorizer.behaviour_names
+            max_top=c.lookalike_top, names=self.vectorizer.behaviour_names, standardize=False
         )
         self.sentiment = SentimentModel(max_vocab=c.sentiment_max_vocab)
         self.drift = DriftMonitor(
@@ -252,9 +264,13 @@ class ModelSuite(Snapshotting):
                 and ev.session_id != summary.last_session_id
             )
         )
-        # The previous session ends here (unless event time closed it already): its example
-        # is taken now, from the summary before this event, and learned after the scoring.
-        closing = self._snapshot(cid, state) if new_session and cid in self.open_sessions else None
+        # The previous session ends here (unless event time closed it already): it is scored
+        # from the summary before this event (those become the customer's scores) and learned.
+        rescore = False
+        if new_session and cid in self.open_sessions:
+            self._close(cid, state, ts)
+        elif new_session and last is not None:
+            rescore = not self._reopen(cid, state, ts)
 
         sent = self.sentiment.predict(ev.text) if ev.text else None
         if sent is not None and sent.label is not None:
@@ -263,18 +279,21 @@ class ModelSuite(Snapshotting):
         is_outcome = tp in self._conversion or tp in self._churn
 
         # test: the models as they were before this event
-        if (
-            new_session
-            or is_outcome
+        # (a new session has the scores of the previous one's end, see _close)
+        if state.scored_ms is None and not is_outcome:
+            self._score_first(state, tp, ev.channel, ts)
+        elif (
+            is_outcome
+            or rescore
             or state.scored_ms is None
-            or ts - state.scored_ms >= self.config.refresh_s * 1000
+            or (not new_session and ts - state.scored_ms >= self.config.refresh_s * 1000)
         ):
-            self._refresh(state, ts)
+            self._score(state, ts, lookalike=is_outcome or rescore)
+        elif new_session:
+            state.scored_ms = ts  # the refresh clock of a session starts with it
         action, lift = self._next_best(state.segment, tp, state.p_convert)
 
         # train
-        if closing is not None:
-            self._learn_session(*closing)
         self.open_sessions[cid] = state
         if new_session:
             heapq.heappush(self.session_ends, (ts + summary.session_gap_ms, cid))
@@ -292,7 +311,8 @@ class ModelSuite(Snapshotting):
         if sent is not None and sent.label is not None:
             self.sentiment_by.update(state.segment, prev_tp or tp, sent)
         alerts = self._watch(ts, state.segment, prev_tp, tp, labelled, sent)
-        self.alerts.extend(alerts)
+        if alerts:
+            self.alerts.extend(alerts)
         return Scores(
             customer_id=cid,
             ts_ms=ts,
@@ -308,64 +328,87 @@ class ModelSuite(Snapshotting):
             alerts=tuple(alerts),
         )
 
-    def _refresh(self, state: CustomerModelState, ts: int) -> None:
-        """Recompute the customer's segment and scores from the models as they are now."""
+    def _score(
+        self, state: CustomerModelState, ts: int, *, lookalike: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Recompute the customer's segment and scores from the models as they are now.
+
+        The lookalike score (the costliest) only when asked: at session ends and outcomes.
+        Returns the vectors it built (propensity, journey indices and values).
+        """
         summary = state.features
-        xb = self.vectorizer.behaviour(summary)
-        segment = self.segments.assign_vector(xb)
-        self.segments.move(state.segment, segment)
-        state.segment = segment
-        xp = self.vectorizer.propensity(summary)
+        vec = self.vectorizer
+        idx, val = vec.journey(summary)
+        segment = self.segments.assign_sparse(idx, val)
+        if segment != state.segment:
+            self.segments.move(state.segment, segment)
+            state.segment = segment
+        xp, xb = vec.vectors(summary, behaviour=lookalike)
         p, contrib = self.convert.score_vector(xp, segment)
         state.p_convert = p
-        state.p_churn = self.churn.score_vector(xp, segment)[0]
-        state.top_features = top_of(self.vectorizer.propensity_names, contrib)
-        state.lookalike = self.lookalike.score_vector(xb)
+        state.p_churn = self.churn.score_vector(xp, segment, explain=False)[0]
+        state.top_features = top_of(vec.propensity_names, contrib)
+        if xb is not None:
+            state.lookalike = self.lookalike.score_vector(xb)
+        state.scored_ms = ts
+        return xp, idx, val
+
+    def _score_first(self, state: CustomerModelState, tp: str, channel: str, ts: int) -> None:
+        """`_score` for a customer's first event: the same for every customer with the same
+        touchpoint and channel (and no text or revenue), so cached while the models stand."""
+        summary = state.features
+        if summary.n_events != 1 or summary.n_revenue or summary.n_sentiment:
+            self._score(state, ts, lookalike=False)
+            return
+        versions = (self.convert.n_fits, self.churn.n_fits, self.segments.version)
+        if versions != self._first_versions:
+            self._first.clear()
+            self._first_versions = versions
+        hit = self._first.get((tp, channel))
+        if hit is None:
+            self._score(state, ts, lookalike=False)
+            self._first[(tp, channel)] = _Closed(
+                1, state.segment, state.p_convert, state.p_churn, state.top_features, None
+            )
+            return
+        if hit.segment != state.segment:
+            self.segments.move(state.segment, hit.segment)
+            state.segment = hit.segment
+        state.p_convert, state.p_churn = hit.p_convert, hit.p_churn
+        state.top_features = hit.top_features
         state.scored_ms = ts
 
-    def _snapshot(
-        self, cid: str, state: CustomerModelState
-    ) -> tuple[str, _Session, np.ndarray, np.ndarray, str, float, float]:
-        """A closing session's example: vectors, segment and both scores, before learning."""
+    def _reopen(self, cid: str, state: CustomerModelState, ts: int) -> bool:
+        """A customer whose session event time closed is back: give it that session's scores.
+
+        False when they are not kept (or the state moved on since): then it is scored afresh.
+        """
+        done = self.closed.pop(cid, None)
+        if done is None or done.n_events != state.features.n_events:
+            return False
+        state.segment = done.segment  # the sizes were moved when it was scored
+        state.p_convert, state.p_churn = done.p_convert, done.p_churn
+        state.top_features, state.lookalike = done.top_features, done.lookalike
+        state.scored_ms = ts
+        return True
+
+    def _close(self, cid: str, state: CustomerModelState, at_ms: int) -> None:
+        """A session ended: score the customer (test), then learn the session (train)."""
         self.open_sessions.pop(cid, None)
         summary = state.features
-        facts = _Session(
-            summary.last_ts_ms if summary.last_ts_ms is not None else self.now_ms,
-            summary.n_events,
-            summary.n_conversions,
-            summary.n_churns,
-            summary,
-        )
-        xb = self.vectorizer.behaviour(summary)
-        xp = self.vectorizer.propensity(summary)
-        segment = self.segments.assign_vector(xb)
-        p_convert = self.convert.score_vector(xp, segment)[0]
-        p_churn = self.churn.score_vector(xp, segment)[0]
-        return cid, facts, xb, xp, segment, p_convert, p_churn
-
-    def _learn_session(
-        self,
-        cid: str,
-        session: _Session,
-        xb: np.ndarray,
-        xp: np.ndarray,
-        segment: str,
-        p_convert: float,
-        p_churn: float,
-    ) -> None:
-        ts = session.last_ts_ms
-        if session.n_churns == 0:
-            if session.n_conversions == 0:
-                self.convert.observe(cid, ts, xp, segment, p_convert)
-            self.churn.observe(cid, ts, xp, segment, p_churn)
-        self.lookalike.scaler.learn(xb)
-        if session.n_events < self.config.segment_min_events:
+        xp, idx, val = self._score(state, at_ms, lookalike=True)
+        ts = summary.last_ts_ms if summary.last_ts_ms is not None else at_ms
+        segment = state.segment
+        if summary.n_churns == 0:
+            if summary.n_conversions == 0:
+                self.convert.observe(cid, ts, xp, segment, state.p_convert)
+            self.churn.observe(cid, ts, xp, segment, state.p_churn)
+        if summary.n_events < self.config.segment_min_events:
             return
-        summary = session.summary  # profiles read it only when this customer is sampled
-        change = self.segments.learn_vector(
-            cid, xb, lambda: model_vector(features(summary, ts), FEATURE_NAMES)
+        change = self.segments.learn_sparse(
+            cid, idx, val, lambda: model_vector(features(summary, ts), FEATURE_NAMES)
         )
-        if change is not None:
+        if change is not None and (change.new or change.retired):
             self.n_reclusterings += 1
             # Only histories of segments that appeared or disappeared lose their meaning;
             # kept ids are the same segments, moved a little.
@@ -387,7 +430,13 @@ class ModelSuite(Snapshotting):
                 if actual != deadline:
                     heapq.heappush(ends, (actual, cid))
                 continue
-            self._learn_session(*self._snapshot(cid, state))
+            self._close(cid, state, now_ms)
+            self.closed[cid] = _Closed(
+                summary.n_events, state.segment, state.p_convert, state.p_churn,
+                state.top_features, state.lookalike,
+            )
+            if len(self.closed) > self.config.max_closed_kept:
+                del self.closed[next(iter(self.closed))]
         labelled = [("convert", lab) for lab in self.convert.expire(now_ms)]
         labelled.extend(("churn", lab) for lab in self.churn.expire(now_ms))
         return labelled

@@ -52,22 +52,39 @@ def test_restored_suite_gives_the_same_scores_as_the_uninterrupted_one() -> None
 
 def test_scores_are_computed_before_the_event_is_learned() -> None:
     events, _ = population(12, 200)
-    s, states = _suite(refresh_s=0), {}  # refresh on every event
-    _run(s, states, events[:-1])
-    e = events[-1]
-    # the models as they were before the event, scoring the customer after it
+    s, states = _suite(refresh_s=0), {}  # refresh on every event within a session
+    _run(s, states, events)
+    # an event that continues its customer's session (a new one would carry the scores of
+    # the previous session's end): scored from the summary after it, by the models before it
+    last = events[-1]
+    e = resolved(last.customer_id, "pricing_page", last.ts_ms + 60_000, user_id="x")
+    assert e.customer_id in s.open_sessions
     before = copy.deepcopy(s)
     summary = copy.deepcopy(states[e.customer_id].features)
     summary.update(e.event)
-    xb, xp = before.vectorizer.behaviour(summary), before.vectorizer.propensity(summary)
-    segment = before.segments.assign_vector(xb)
+    xp, _ = before.vectorizer.vectors(summary, behaviour=False)
+    segment = before.segments.assign_sparse(*before.vectorizer.journey(summary))
     scores = s.update(e, states[e.customer_id])
     assert scores.segment == segment
     assert scores.p_convert == before.convert.score_vector(xp, segment)[0]
     assert scores.p_churn == before.churn.score_vector(xp, segment)[0]
-    assert scores.lookalike == before.lookalike.score_vector(xb)
     # ... and the event was learned afterwards: its customer's session is open
     assert s.open_sessions[e.customer_id] is states[e.customer_id]
+
+
+def test_a_session_end_is_scored_before_it_is_learned() -> None:
+    events, _ = population(14, 200)
+    s, states = _suite(), {}
+    _run(s, states, events)
+    cid = next(iter(s.open_sessions))
+    state = states[cid]
+    before = copy.deepcopy(s)
+    xp, xb = before.vectorizer.vectors(state.features)
+    segment = before.segments.assign_sparse(*before.vectorizer.journey(state.features))
+    s._advance(s.now_ms + 10 * 86_400_000)  # event time passes every session's end
+    assert cid not in s.open_sessions and state.segment == segment
+    assert state.p_convert == before.convert.score_vector(xp, segment)[0]
+    assert xb is not None and state.lookalike == before.lookalike.score_vector(xb)
 
 
 def test_session_ends_become_examples_and_scores_refresh_on_schedule() -> None:
