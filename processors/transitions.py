@@ -17,7 +17,8 @@ counts on demand (:meth:`TransitionCounts.matrix`), never stored.
 
 Outputs for the sink: :class:`CellRow` per cell of each pane as it becomes final (sum panes for
 any window, GROUP BY for any scope or order), and rolled-up :class:`TransitionRow` snapshots of the
-latest final window of each size.
+latest final window of each size. A correction to a published pane (an identity merge) re-emits
+the whole pane, or with ``corrections="delta"`` only the changed cells as rows to add.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import math
 from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Final, NamedTuple
+from typing import Final, Literal, NamedTuple
 
 from processors.config import WindowsConfig
 from processors.journeys import Step
@@ -124,7 +125,17 @@ class CellRow(NamedTuple):
     gap_sum_ms: int
 
 
+class CellDelta(CellRow):
+    """A change to add to a cell of a pane already published (``corrections="delta"`` only).
+
+    Not the cell's full value: `n` and `gap_sum_ms` may be negative, and a sink sums them.
+    """
+
+    __slots__ = ()
+
+
 Cells = dict[CellKey, tuple[int, int]]
+_new = tuple.__new__  # records without the Python-level NamedTuple.__new__ frame
 
 
 def _add_cell(cells: Cells, key: CellKey, n: int, gap_sum: int) -> None:
@@ -292,8 +303,7 @@ class TransitionCounts:
 
     def cell_rows(self, pane_start_ms: int, pane_size_s: int) -> list[CellRow]:
         """One row per cell."""
-        new = tuple.__new__
-        return [new(CellRow, (pane_start_ms, pane_size_s, *key, n, gap_sum))
+        return [_new(CellRow, (pane_start_ms, pane_size_s, *key, n, gap_sum))
                 for key, (n, gap_sum) in self.cells.items()]
 
 
@@ -325,7 +335,15 @@ class TransitionCounter:
     that is cheaper. Per step the hot path is one dict update of the step's pane cell.
     """
 
-    def __init__(self, windows: WindowsConfig, allowed_lateness_s: int = 0) -> None:
+    def __init__(self, windows: WindowsConfig, allowed_lateness_s: int = 0,
+                 corrections: Literal["pane", "delta"] = "pane") -> None:
+        if corrections not in ("pane", "delta"):
+            raise ValueError(f"corrections must be 'pane' or 'delta', got {corrections!r}")
+        # "pane": a corrected final pane is emitted again in full (its rows replace the earlier
+        # ones). "delta": only its changed cells, as `CellDelta` rows to add; far fewer rows
+        # when merges touch many old panes (each re-emission costs a whole pane).
+        self.corrections = corrections
+        self.deltas: dict[int, Cells] = {}
         self.step_s = windows.step_s
         self.step_ms = windows.step_s * 1000
         self.lateness_ms = allowed_lateness_s * 1000
@@ -404,6 +422,11 @@ class TransitionCounter:
             if p in self.panes:
                 rows.extend(self.panes[p].cell_rows(p * self.step_ms, self.step_s))
         self.dirty.clear()
+        if self.deltas:
+            for p in sorted(self.deltas):
+                rows.extend(_new(CellDelta, (p * self.step_ms, self.step_s, *key, n, gap_sum))
+                            for key, (n, gap_sum) in self.deltas[p].items())
+            self.deltas.clear()
         hot, panes = self.hot, self.panes
         while self.frontier_pane < new_frontier:
             f = self.frontier_pane
@@ -478,13 +501,21 @@ class TransitionCounter:
         if not delta:
             return  # e.g. a merge moved steps between customers: the cells are unchanged
         self.totals.merge(delta)
+        if self.corrections == "delta":  # emitted for any pane, kept or not
+            pending = self.deltas.get(p)
+            if pending is None:
+                self.deltas[p] = dict(delta.cells)
+            else:
+                for key, (n, gap_sum) in delta.cells.items():
+                    _add_cell(pending, key, n, gap_sum)
         if p < self.frontier_pane - self.max_panes:
             return
         pane = self.panes.get(p)
         if pane is None:
             pane = self.panes[p] = TransitionCounts()
         pane.merge(delta)
-        self.dirty.add(p)
+        if self.corrections == "pane":
+            self.dirty.add(p)
         for size, n in self.sizes.items():
             at = self._synced[size]
             if at is not None and at - n <= p < at:

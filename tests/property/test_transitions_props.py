@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from processors.config import JourneyConfig, OutcomesConfig, ProcessingConfig, WindowsConfig
 from processors.events import ResolvedEvent
-from processors.journeys import CONVERSION, NULL, START, JourneyProcessor, event_digest
-from processors.transitions import ALL, TransitionCounter, TransitionCounts
+from processors.journeys import CONVERSION, NULL, START, JourneyProcessor, Step, event_digest
+from processors.transitions import ALL, TransitionCounter, TransitionCounts, gap_bucket
 from tests.factories import MIN_MS, T0_MS, event
 
 LATENESS_S = 30 * 60
@@ -170,23 +170,33 @@ def test_merge_corrections_equal_a_recount_as_one_customer(
 
     journeys = JourneyProcessor(MERGE_CONFIG)
     counter = TransitionCounter(MERGE_CONFIG.windows, LATENESS_S)
+    # What a summing sink holds with delta corrections: every emitted row added per pane cell.
+    by_delta = TransitionCounter(MERGE_CONFIG.windows, LATENESS_S, corrections="delta")
+    sink: Counter[tuple[object, ...]] = Counter()
+
+    def count(steps: list[Step], watermark_ms: int) -> None:
+        for c in (counter, by_delta):
+            c.update(steps)
+        counter.advance(watermark_ms)
+        for row in by_delta.advance(watermark_ms):
+            sink[(row.pane_start_ms, *row[2:8], "n")] += row.n
+            sink[(row.pane_start_ms, *row[2:8], "gap")] += row.gap_sum_ms
+
     for batch in (arrivals[:m], [], [as_winner(e) for e in arrivals[m:]]):
-        if not batch:
-            counter.update(journeys.merge(loser, winner).steps)
-            counter.update(journeys.expire(journeys.watermark_ms).steps)
-            counter.advance(journeys.watermark_ms)
-            continue
-        out = journeys.apply(batch)
-        assert not out.late
-        counter.update(out.steps)
-        counter.update(journeys.expire(journeys.watermark_ms).steps)
-        counter.advance(journeys.watermark_ms)
+        steps = journeys.merge(loser, winner).steps if not batch else journeys.apply(batch).steps
+        count(steps + journeys.expire(journeys.watermark_ms).steps, journeys.watermark_ms)
     end = max(e.ts_ms for e in arrivals) + HORIZON_S * 1000 + LATENESS_S * 1000 + 4 * STEP_MS
-    counter.update(journeys.expire(end).steps)
-    counter.advance(end)
+    count(journeys.expire(end).steps, end)
 
     as_one = [as_winner(e) for e in arrivals]
-    assert observed(counter.totals) == tuple(+c for c in expected(recount(as_one)))
+    truth = recount(as_one)
+    assert observed(counter.totals) == tuple(+c for c in expected(truth))
+    want: Counter[tuple[object, ...]] = Counter()
+    for seg, ch, prev2, src, dst, gap, ts in truth:
+        cell = (ts // STEP_MS * STEP_MS, seg, ch, prev2, src, dst, gap_bucket(gap))
+        want[(*cell, "n")] += 1
+        want[(*cell, "gap")] += gap
+    assert {k: v for k, v in sink.items() if v} == {k: v for k, v in want.items() if v}
     # The merged customer's state equals one fed the same arrivals as one customer throughout.
     fresh = JourneyProcessor(MERGE_CONFIG)
     fresh.apply(as_one)

@@ -9,6 +9,7 @@ from processors.journeys import NULL, START, Step
 from processors.transitions import (
     ALL,
     GAP_BUCKETS,
+    CellDelta,
     TransitionCounter,
     TransitionCounts,
     bucket_bounds_ms,
@@ -90,6 +91,24 @@ def test_correction_to_a_final_pane_updates_windows_and_is_emitted_again() -> No
     assert {(r.pane_start_ms, r.src, r.dst): r.n for r in rows} == {
         (T0, "a", "c"): 1, (T0, "a", "d"): 1}  # the whole pane, again
     assert counter.totals.pairs() == {("a", "c"): 1, ("a", "d"): 1}
+
+
+def test_delta_corrections_emit_only_the_changed_cells() -> None:
+    #  hour:    0           | frontier 3: pane 0 final; a merge moves a>b to a>d, a>c unchanged
+    counter = TransitionCounter(WindowsConfig(sizes_s=[4 * 3600], step_s=3600),
+                                corrections="delta")
+    counter.update([step("a", "b", 0.2), step("a", "c", 0.3)])
+    first = counter.advance(T0 + 3 * HOUR)
+    assert not any(isinstance(r, CellDelta) for r in first)
+    counter.update([step("a", "b", 0.2, sign=-1), step("a", "d", 0.2),
+                    step("a", "c", 0.3, sign=-1), step("a", "c", 0.3)])  # a>c nets to nothing
+    rows = counter.advance(T0 + 3 * HOUR)
+    assert {(r.pane_start_ms, r.src, r.dst, isinstance(r, CellDelta)): r.n for r in rows} == {
+        (T0, "a", "b", True): -1, (T0, "a", "d", True): 1}
+    assert counter.window(4 * 3600)[1].pairs() == {("a", "c"): 1, ("a", "d"): 1}
+    assert counter.advance(T0 + 3 * HOUR) == []
+    with pytest.raises(ValueError, match="corrections"):
+        TransitionCounter(WindowsConfig(), corrections="rows")  # type: ignore[arg-type]
 
 
 def test_scopes_second_order_and_matrix() -> None:
