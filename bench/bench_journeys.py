@@ -1,6 +1,7 @@
 """Journey + transition throughput on simulator data, next to `orjson.loads` of the same events.
 
     python bench/bench_journeys.py [--customers 20000] [--seed 1] [--repeat 3]
+                                   [--corrections pane|delta] [--gc-threshold N]
 
 Simulates `--customers` customers (``simulator.model.simulate``, ~9.7 events each, 90 days),
 decodes the lines and resolves identities in memory in batches of 1000 (untimed: other stages),
@@ -12,7 +13,10 @@ best of `--repeat` runs, interleaved with the `orjson.loads` baseline over the s
 
 The pre-built events are moved out of the collector's reach with `gc.freeze()` before timing: a
 streaming worker or replay holds one batch, not the whole file, and the collector would otherwise
-walk ~10 M benchmark-only objects on every full collection.
+walk ~10 M benchmark-only objects on every full collection. `--gc-threshold N` sets the youngest
+generation's threshold (Python's default is 700) to show what the chain gains from tuning it.
+`--corrections delta` counts with ``TransitionCounter(corrections="delta")``: a merge's
+correction to an already published pane emits the changed cells instead of the whole pane.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import gc
 import pickle
 import time
 import tracemalloc
+from typing import Literal
 
 import orjson
 
@@ -53,11 +58,12 @@ def prepare(customers: int, seed: int, config: ProcessingConfig) -> tuple[list[b
     return sim.lines, batches
 
 
-def run(batches: list[Batch], config: ProcessingConfig, split: dict[str, float] | None = None
+def run(batches: list[Batch], config: ProcessingConfig, split: dict[str, float] | None = None,
+        corrections: Literal["pane", "delta"] = "pane"
         ) -> tuple[float, JourneyProcessor, TransitionCounter, int]:
     """Drive the journey stage over the batches; returns (CPU s, journeys, counter, rows)."""
     journeys = JourneyProcessor(config)
-    counter = TransitionCounter(config.windows, config.journey.allowed_lateness_s)
+    counter = TransitionCounter(config.windows, config.journey.allowed_lateness_s, corrections)
     n_rows = 0
     clock = time.process_time
     start = clock()
@@ -86,6 +92,8 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--corrections", choices=["pane", "delta"], default="pane")
+    parser.add_argument("--gc-threshold", type=int, default=None)
     args = parser.parse_args()
     config = ProcessingConfig()
     t = time.perf_counter()
@@ -96,6 +104,8 @@ def main() -> None:
           f"in {time.perf_counter() - t:.0f} s (untimed)")
     gc.collect()
     gc.freeze()
+    if args.gc_threshold is not None:
+        gc.set_threshold(args.gc_threshold, *gc.get_threshold()[1:])
 
     parse_s = elapsed = float("inf")
     for _ in range(args.repeat):
@@ -103,24 +113,25 @@ def main() -> None:
         for line in lines:
             orjson.loads(line)
         parse_s = min(parse_s, time.process_time() - start)
-        took, journeys, counter, n_rows = run(batches, config)
+        took, journeys, counter, n_rows = run(batches, config, None, args.corrections)
         elapsed = min(elapsed, took)
         del journeys, counter
         gc.collect()
     split: dict[str, float] = {}
-    _, journeys, counter, n_rows = run(batches, config, split)
+    _, journeys, counter, n_rows = run(batches, config, split, args.corrections)
     sizes = [len(pickle.dumps(s)) for s in journeys.customers.values()]
     n_customers = len(journeys.customers)
     del journeys, counter
     gc.collect()
 
     tracemalloc.start()
-    _, small, _, _ = run(batches[: len(batches) // 10], config)
+    _, small, _, _ = run(batches[: len(batches) // 10], config, None, args.corrections)
     mem = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
 
     rate, parse_rate = n_events / elapsed, len(lines) / parse_s
-    print(f"customers after merges: {n_customers}, pane rows emitted: {n_rows}")
+    print(f"customers after merges: {n_customers}, pane rows emitted: {n_rows} "
+          f"(corrections={args.corrections}, gc threshold {gc.get_threshold()[0]})")
     print(f"journeys + transitions: {rate:,.0f} events/s")
     print(f"orjson.loads baseline:  {parse_rate:,.0f} events/s   ratio: {rate / parse_rate:.3f}")
     total = sum(split.values())

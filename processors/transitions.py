@@ -375,21 +375,23 @@ class TransitionCounter:
         hot = self.hot
         lows = _BUCKET_LOWS_MS
         late: dict[int, Cells] | None = None
+        last_p = None
+        cells: Cells = {}
         for st in steps:
             _, seg, ch, _, src, dst, prev2, gap, ts, _, _, _, _, sign, _ = st
             p = ts // step_ms
             key = (seg, ch, prev2, src, dst, bisect_right(lows, gap) - 1)
-            if frontier is not None and p < frontier:
-                if late is None:
-                    late = {}
-                cells = late.get(p)
-                if cells is None:
-                    cells = late[p] = {}
-            else:
-                pane = hot.get(p)
-                if pane is None:
-                    pane = hot[p] = TransitionCounts()
-                cells = pane.cells
+            if p != last_p:  # a batch's steps mostly fall in one or two panes
+                last_p = p
+                if frontier is not None and p < frontier:
+                    if late is None:
+                        late = {}
+                    cells = late.setdefault(p, {})
+                else:
+                    pane = hot.get(p)
+                    if pane is None:
+                        pane = hot[p] = TransitionCounts()
+                    cells = pane.cells
             v = cells.get(key)
             if v is None:
                 cells[key] = (sign, sign * gap)
