@@ -204,3 +204,20 @@ def test_state_is_small_when_pickled() -> None:
     p.expire(events[-1].ts_ms + 40 * DAY_MS)
     sizes = [len(pickle.dumps(s)) for s in p.customers.values()]
     assert sum(sizes) / len(sizes) <= 1024, sum(sizes) / len(sizes)
+
+
+def test_pickled_state_restores_and_continues_the_same() -> None:
+    """A restored state (as a worker reloads its table) gives the same snapshot and steps."""
+    rng = random.Random(9)
+    events = [ev(rng.choice(["a", "b", "purchase"]), i * 7, cid=f"c{i % 3}",
+                 channel=rng.choice(["web", "email"])) for i in range(30)]
+    p = JourneyProcessor(CONFIG)
+    p.apply(events[:20])
+    q = JourneyProcessor(CONFIG)
+    q.customers = pickle.loads(pickle.dumps(p.customers))
+    q.watermark_ms = p.watermark_ms
+    q.reindex()
+    assert all(q.snapshot(c) == p.snapshot(c) for c in p.customers)
+    assert q.apply(events[20:]).steps == p.apply(events[20:]).steps
+    end = events[-1].ts_ms + 2 * DAY_MS
+    assert q.expire(end).steps == p.expire(end).steps
