@@ -358,6 +358,13 @@ class Vectorizer:
         self, s: CustomerFeatures, *, behaviour: bool = True
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """(propensity, behaviour or None): both from one pass over the summary."""
+        xp, xb = self.rows(s, behaviour=behaviour)
+        return np.array(xp), (np.array(xb) if xb is not None else None)
+
+    def rows(
+        self, s: CustomerFeatures, *, behaviour: bool = True
+    ) -> tuple[list[float], list[float] | None]:
+        """`vectors` as plain lists (a batch stacks them into one matrix)."""
         log1p = math.log1p
         n = s.n_events
         step_s, session_h = self._gaps(s)
@@ -390,8 +397,8 @@ class Vectorizer:
         if s.last_touchpoint is not None and s.last_touchpoint not in self.outcomes:
             last_tp[self._index.get(s.last_touchpoint, self._index[OTHER])] = 1.0
         head.extend(last_tp)
-        xb = np.array(self._behaviour(s, shares, step_s, session_h)) if behaviour else None
-        return np.array(head), xb
+        xb = self._behaviour(s, shares, step_s, session_h) if behaviour else None
+        return head, xb
 
     def _behaviour(
         self, s: CustomerFeatures, shares: list[float], step_s: float, session_h: float

@@ -9,6 +9,7 @@ as a typical top customer scores 0.5 and an exact lookalike 1.
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass, field
 
@@ -34,7 +35,7 @@ class LookalikeModel(Snapshotting):
     refresh_every: int = 500
     top: dict[str, tuple[float, np.ndarray]] = field(default_factory=dict)
     n_changes: int = 0
-    _low: str | None = None
+    _heap: list[tuple[float, str]] = field(default_factory=list)
     _cache: tuple[np.ndarray, float, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
@@ -59,6 +60,18 @@ class LookalikeModel(Snapshotting):
         d_k = float(np.sqrt(np.maximum(near + float(z @ z), 0.0)).sum()) / k
         return math.exp(-math.log(2) * d_k / d_ref)
 
+    def score_many(self, x: np.ndarray) -> list[float | None]:
+        """`score_vector` for the rows of `x` at once."""
+        if len(self.top) < self.min_top:
+            return [None] * len(x)
+        points, d_ref, mean, std, sq = self._points()
+        z = (x - mean) / std if self.standardize else x
+        d2 = sq[:, None] - 2.0 * (points @ z.T)  # (top, rows)
+        k = min(self.k, len(points))
+        near = np.partition(d2, k - 1, axis=0)[:k] + (z * z).sum(axis=1)[None, :]
+        d_k = np.sqrt(np.maximum(near, 0.0)).sum(axis=0) / k
+        return np.exp(-math.log(2) * d_k / d_ref).tolist()
+
     def learn(self, customer_id: str, feats: dict[str, float]) -> None:
         """Every customer moves the scaler; a converted one may enter the top set."""
         x = model_vector(feats, self.names)
@@ -72,21 +85,25 @@ class LookalikeModel(Snapshotting):
             return
         if customer_id in self.top or len(self.top) < self.max_top:
             self.top[customer_id] = (revenue, x)
-            self._low = None
+            heapq.heappush(self._heap, (revenue, customer_id))
             self.n_changes += 1
             return
         low = self._lowest()
         if revenue > self.top[low][0]:
             del self.top[low]
             self.top[customer_id] = (revenue, x)
-            self._low = None
+            heapq.heappush(self._heap, (revenue, customer_id))
             self.n_changes += 1
 
     def _lowest(self) -> str:
-        # cached between changes: most converted customers do not enter the top set
-        if self._low is None or self._low not in self.top:
-            self._low = min(self.top, key=lambda c: (self.top[c][0], c))
-        return self._low
+        # a lazy min-heap of (revenue, customer): entries of replaced customers are skipped
+        heap = self._heap
+        if len(heap) > 4 * self.max_top:  # too many stale entries: rebuild
+            heap[:] = [(r, c) for c, (r, _) in self.top.items()]
+            heapq.heapify(heap)
+        while heap and (heap[0][1] not in self.top or self.top[heap[0][1]][0] != heap[0][0]):
+            heapq.heappop(heap)
+        return heap[0][1]
 
     def _points(self) -> tuple[np.ndarray, float, np.ndarray, np.ndarray, np.ndarray]:
         # Points and the query share the scale frozen in the cache; it is rebuilt after

@@ -204,6 +204,29 @@ class PropensityModel(Snapshotting):
         p = 1.0 / (1.0 + math.exp(-max(min(z, 30.0), -30.0)))
         return p, fit.contributions(x) if explain else None
 
+    def score_many(
+        self, x: np.ndarray, segments: list[str], *, explain: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """`score_vector` for the rows of `x` at once: (probabilities, contributions or None,
+        whether each row had a fitted model)."""
+        p = np.full(len(x), 0.5)
+        fitted = np.zeros(len(x), dtype=bool)
+        contrib = np.zeros_like(x) if explain else None
+        rows_of: dict[str, list[int]] = {}
+        for i, seg in enumerate(segments):
+            rows_of.setdefault(seg, []).append(i)
+        for seg, rows in rows_of.items():
+            fit = self._fit_for(seg)
+            if fit is None:
+                continue
+            xs = x[rows]
+            z = np.clip(xs @ fit.w_raw + fit.b_raw, -30.0, 30.0)
+            p[rows] = 1.0 / (1.0 + np.exp(-z))
+            fitted[rows] = True
+            if contrib is not None:
+                contrib[rows] = xs * fit.w_raw - fit.offset
+        return p, contrib, fitted
+
     def score(self, feats: dict[str, float], segment: str) -> tuple[float, dict[str, float]]:
         """(probability, contribution per feature) for a customer, without learning anything."""
         x = self._vector(feats)
@@ -327,3 +350,17 @@ def top_of(
     idx = np.argsort(-np.abs(contrib), kind="stable")[:n].tolist()
     values = contrib.tolist()
     return tuple((names[i], round(values[i], 4)) for i in idx)
+
+
+def top_many(
+    names: tuple[str, ...], contrib: np.ndarray | None, fitted: np.ndarray, n: int = 3
+) -> list[tuple[tuple[str, float], ...]]:
+    """`top_of` for every row of a contribution matrix (rows without a model get ())."""
+    if contrib is None:
+        return [()] * len(fitted)
+    order = np.argsort(-np.abs(contrib), axis=1, kind="stable")[:, :n].tolist()
+    values = contrib.tolist()
+    return [
+        tuple((names[i], round(values[r][i], 4)) for i in order[r]) if fitted[r] else ()
+        for r in range(len(order))
+    ]

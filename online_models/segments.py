@@ -235,6 +235,8 @@ class Reclustering:
     new: tuple[str, ...]
     retired: tuple[str, ...]
     bic: dict[int, float]
+    # per kept id: the share of its reservoir customers (before) that now belong elsewhere
+    moved: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +312,19 @@ class SegmentModel(Snapshotting):
             return UNASSIGNED
         return self.ids[int((m.theta[:, idx] @ val + m.log_weights).argmax())]
 
+    def assign_many(self, rows: list[tuple[np.ndarray, np.ndarray]]) -> list[str]:
+        """`assign_sparse` for many customers at once (one sparse matrix product)."""
+        m = self.mixture
+        if m is None:
+            return [UNASSIGNED] * len(rows)
+        # sum_j theta[:, idx_j] * val_j per row, without building a sparse matrix
+        idx = np.concatenate([i for i, _ in rows])
+        val = np.concatenate([v for _, v in rows])
+        starts = np.zeros(len(rows), dtype=np.int64)
+        np.cumsum([len(i) for i, _ in rows[:-1]], out=starts[1:])
+        joint = np.add.reduceat(m.theta[:, idx] * val, starts, axis=1) + m.log_weights[:, None]
+        return [self.ids[j] for j in joint.argmax(axis=0).tolist()]
+
     def posterior(self, idx: np.ndarray, val: np.ndarray) -> dict[str, float]:
         """P(segment | journey) for every segment id."""
         m = self.mixture
@@ -368,7 +383,9 @@ class SegmentModel(Snapshotting):
             self.sizes[new] = self.sizes.get(new, 0) + 1
 
     def _phi(self) -> csr_matrix:
-        rows = self.res_rows
+        return self._matrix(self.res_rows)
+
+    def _matrix(self, rows: list[tuple[np.ndarray, np.ndarray]]) -> csr_matrix:
         indptr = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum([len(i) for i, _ in rows], out=indptr[1:])
         return csr_matrix(
@@ -427,16 +444,19 @@ class SegmentModel(Snapshotting):
         k = mixture.k
         new_ids = [""] * k
         kept: list[str] = []
+        moved: dict[str, float] = {}
         if self.mixture is not None:
             old_labels = self.mixture.joint(phi).argmax(axis=1)
             overlap = np.zeros((len(self.ids), k))
             np.add.at(overlap, (old_labels, new_labels), 1.0)
             rows, cols = linear_sum_assignment(-overlap)
             new_size = np.bincount(new_labels, minlength=k)
+            old_size = overlap.sum(axis=1)
             for r, c in zip(rows, cols, strict=True):
                 if overlap[r, c] >= self.min_overlap * max(new_size[c], 1):
                     new_ids[c] = self.ids[r]
                     kept.append(self.ids[r])
+                    moved[self.ids[r]] = 1.0 - overlap[r, c] / max(old_size[r], 1.0)
         fresh: list[str] = []
         for j in range(k):
             if not new_ids[j]:
@@ -458,6 +478,7 @@ class SegmentModel(Snapshotting):
             new=tuple(fresh),
             retired=retired,
             bic=bic,
+            moved=moved,
         )
 
     # -- reading ---------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from online_models.features import (
 )
 from online_models.lookalike import LookalikeModel
 from online_models.nba import Matrix, absorption_probabilities, next_best_action, odds
-from online_models.propensity import Labelled, PropensityModel, top_of
+from online_models.propensity import Labelled, PropensityModel, top_many, top_of
 from online_models.segments import UNASSIGNED, SegmentModel, SegmentProfile
 from online_models.sentiment import SentimentAggregates, SentimentModel, SentimentPrediction
 from processors.config import OutcomesConfig
@@ -73,9 +73,13 @@ class ModelConfig(BaseModel):
     k_max: Annotated[int, Field(ge=2, le=20)] = 10
     segment_reservoir: Annotated[int, Field(ge=100)] = 4_000
     segment_max_eval_every: Annotated[int, Field(ge=1_000)] = 100_000
+    # A refit that moves more than this share of a segment's customers resets its drift history.
+    segment_max_moved: Annotated[float, Field(ge=0, le=1)] = 0.1
     lookalike_top: Annotated[int, Field(ge=10)] = 500
     sentiment_max_vocab: Annotated[int, Field(ge=100)] = 20_000
     drift_delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
+    # log-likelihood ratio at which a 0/1 rate (conversion, transitions) has changed
+    drift_glr_threshold: Annotated[float, Field(gt=0)] = 18.0
     drift_warmup: Annotated[int, Field(ge=0)] = 2_000
     drift_cooldown_s: Annotated[int, Field(ge=0)] = 7 * DAY_S
     drift_min_abs_change: Annotated[float, Field(ge=0)] = 0.01
@@ -90,6 +94,11 @@ class ModelConfig(BaseModel):
     # Scores taken when event time closed a session, kept until the customer's next event
     # (bounded: the oldest are dropped, and such a customer is scored afresh when back).
     max_closed_kept: Annotated[int, Field(ge=0)] = 100_000
+    # Sessions event time has closed are scored and learned in batches of this many (one
+    # matrix product per model instead of one small one per session), at most `close_delay_s`
+    # of event time after they became due. 1: one at a time.
+    close_batch: Annotated[int, Field(ge=1)] = 64
+    close_delay_s: Annotated[int, Field(ge=0)] = 3600
 
 
 @dataclass(slots=True)
@@ -163,12 +172,16 @@ class ModelSuite(Snapshotting):
     now_ms: int = 0
     n_events: int = 0
     n_reclusterings: int = 0
+    n_drift_resets: int = 0
+    segment_moved: dict[str, float] = field(default_factory=dict)
     labelled: list[Labelled] = field(default_factory=list)
     keep_labelled: bool = False
     vectorizer: Vectorizer = field(init=False)
     # customers with an open session (the latest state object seen) and their session ends
     open_sessions: dict[str, CustomerModelState] = field(default_factory=dict)
     closed: dict[str, _Closed] = field(default_factory=dict)
+    # sessions that event time has closed, waiting for their batch: customer -> end (ms)
+    due: dict[str, int] = field(default_factory=dict)
     # first-event scores per (touchpoint, channel) while the models stay the same
     _first: dict[tuple[str, str], _Closed] = field(default_factory=dict)
     _first_versions: tuple[int, int, int] = (-1, -1, -1)
@@ -210,6 +223,7 @@ class ModelSuite(Snapshotting):
         self.sentiment = SentimentModel(max_vocab=c.sentiment_max_vocab)
         self.drift = DriftMonitor(
             delta=c.drift_delta,
+            glr_threshold=c.drift_glr_threshold,
             warmup=c.drift_warmup,
             cooldown_ms=c.drift_cooldown_s * 1000,
             min_abs_change=c.drift_min_abs_change,
@@ -395,8 +409,57 @@ class ModelSuite(Snapshotting):
     def _close(self, cid: str, state: CustomerModelState, at_ms: int) -> None:
         """A session ended: score the customer (test), then learn the session (train)."""
         self.open_sessions.pop(cid, None)
-        summary = state.features
+        self.due.pop(cid, None)
         xp, idx, val = self._score(state, at_ms, lookalike=True)
+        self._learn_closed(cid, state, xp, idx, val, at_ms)
+
+    def _close_many(self, cids: list[str], at_ms: int) -> None:
+        """`_close` for sessions event time has closed, in one batch: all are scored by the
+        models as they are (test), then each is learned (train) and its scores kept for the
+        customer's next event (see `_reopen`)."""
+        vec = self.vectorizer
+        states = [self.open_sessions.pop(cid) for cid in cids]
+        xp_rows: list[list[float]] = []
+        xb_rows: list[list[float]] = []
+        journeys = []
+        for st in states:
+            xp, xb = vec.rows(st.features)
+            xp_rows.append(xp)
+            xb_rows.append(xb)  # type: ignore[arg-type]
+            journeys.append(vec.journey(st.features))
+        xps = np.array(xp_rows)
+        segments = self.segments.assign_many(journeys)
+        p_convert, contrib, fitted = self.convert.score_many(xps, segments)
+        p_churn = self.churn.score_many(xps, segments, explain=False)[0].tolist()
+        tops = top_many(vec.propensity_names, contrib, fitted)
+        looks = self.lookalike.score_many(np.array(xb_rows))
+        p_list = p_convert.tolist()
+        for i, (cid, st) in enumerate(zip(cids, states, strict=True)):
+            if segments[i] != st.segment:
+                self.segments.move(st.segment, segments[i])
+                st.segment = segments[i]
+            st.p_convert, st.p_churn = p_list[i], p_churn[i]
+            st.top_features, st.lookalike = tops[i], looks[i]
+            st.scored_ms = at_ms
+            self.closed[cid] = _Closed(
+                st.features.n_events, st.segment, st.p_convert, st.p_churn,
+                st.top_features, st.lookalike,
+            )
+        for i, (cid, st) in enumerate(zip(cids, states, strict=True)):
+            self._learn_closed(cid, st, xps[i], *journeys[i], at_ms)
+        while len(self.closed) > self.config.max_closed_kept:
+            del self.closed[next(iter(self.closed))]
+
+    def _learn_closed(
+        self,
+        cid: str,
+        state: CustomerModelState,
+        xp: np.ndarray,
+        idx: np.ndarray,
+        val: np.ndarray,
+        at_ms: int,
+    ) -> None:
+        summary = state.features
         ts = summary.last_ts_ms if summary.last_ts_ms is not None else at_ms
         segment = state.segment
         if summary.n_churns == 0:
@@ -408,12 +471,24 @@ class ModelSuite(Snapshotting):
         change = self.segments.learn_sparse(
             cid, idx, val, lambda: model_vector(features(summary, ts), FEATURE_NAMES)
         )
-        if change is not None and (change.new or change.retired):
+        if change is not None:
             self.n_reclusterings += 1
-            # Only histories of segments that appeared or disappeared lose their meaning;
-            # kept ids are the same segments, moved a little.
-            for seg in (*change.new, *change.retired):
+            # A segment's history keeps its meaning while the segment keeps its customers:
+            # those that appeared, disappeared or changed much start afresh (their rates
+            # would otherwise "drift" with the membership, not with behaviour).
+            # Small moves add up: a segment's history restarts once the refits since its last
+            # restart have moved more than `segment_max_moved` of its customers in all.
+            limit = self.config.segment_max_moved
+            drifted = self.segment_moved
+            moved = []
+            for seg, share in change.moved.items():
+                drifted[seg] = drifted.get(seg, 0.0) + share
+                if drifted[seg] > limit:
+                    moved.append(seg)
+            for seg in (*change.new, *change.retired, *moved):
+                drifted.pop(seg, None)
                 self.drift.reset(segment=seg)
+                self.n_drift_resets += 1
 
     def _advance(self, now_ms: int) -> list[tuple[str, Labelled]]:
         """Close sessions event time has passed; release labels whose horizon has passed."""
@@ -430,13 +505,15 @@ class ModelSuite(Snapshotting):
                 if actual != deadline:
                     heapq.heappush(ends, (actual, cid))
                 continue
-            self._close(cid, state, now_ms)
-            self.closed[cid] = _Closed(
-                summary.n_events, state.segment, state.p_convert, state.p_churn,
-                state.top_features, state.lookalike,
-            )
-            if len(self.closed) > self.config.max_closed_kept:
-                del self.closed[next(iter(self.closed))]
+            self.due.setdefault(cid, actual)
+        due = self.due
+        if due and (
+            len(due) >= self.config.close_batch
+            or next(iter(due.values())) + self.config.close_delay_s * 1000 < now_ms
+        ):
+            cids = list(due)
+            due.clear()
+            self._close_many(cids, now_ms)
         labelled = [("convert", lab) for lab in self.convert.expire(now_ms)]
         labelled.extend(("churn", lab) for lab in self.churn.expire(now_ms))
         return labelled
@@ -474,21 +551,22 @@ class ModelSuite(Snapshotting):
     ) -> list[Alert]:
         out: list[Alert] = []
 
-        def feed(metric: str, seg: str, value: float) -> None:
-            alert = self.drift.update(metric, seg, value, ts)
+        def feed(metric: str, seg: str, value: float, binary: bool = False) -> None:
+            alert = self.drift.update(metric, seg, value, ts, binary=binary)
             if alert is not None:
                 out.append(alert)
 
         converted = 1.0 if touchpoint in self._conversion else 0.0
-        feed("conversion_rate", UNASSIGNED, converted)
+        feed("conversion_rate", UNASSIGNED, converted, True)
         if segment != UNASSIGNED:
-            feed("conversion_rate", segment, converted)
+            feed("conversion_rate", segment, converted, True)
             for seg in self.segments.ids if self.config.watch_segment_shares else ():
-                feed("segment_share", seg, 1.0 if seg == segment else 0.0)
+                feed("segment_share", seg, 1.0 if seg == segment else 0.0, True)
         if prev_tp is not None:
             for src, dst in self.config.key_transitions:
                 if prev_tp == src:
-                    feed(f"transition:{src}->{dst}", segment, 1.0 if touchpoint == dst else 0.0)
+                    value = 1.0 if touchpoint == dst else 0.0
+                    feed(f"transition:{src}->{dst}", segment, value, True)
         for name, lab in labelled if self.config.watch_propensity_error else ():
             feed(f"propensity_error:{name}", UNASSIGNED, (float(lab.y) - lab.p) ** 2)
         if sent is not None and sent.label is not None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
+import pickle
 import random
 
-from online_models.drift import Alert, DriftMonitor
+from online_models.drift import Alert, BernoulliGLR, DriftMonitor
 from tests.factories import MIN_MS, T0_MS
 
 #  value ~ Bernoulli(0.10) ............ | Bernoulli(0.04) ..........
@@ -60,3 +62,53 @@ def test_small_changes_are_not_alerts_and_monitor_pickles() -> None:
     assert _feed(m, 6, [(20_000, 0.10), (20_000, 0.07)]) == []
     copy = DriftMonitor.restore(m.snapshot())
     assert _feed(copy, 7, [(5_000, 0.02)]) == _feed(m, 7, [(5_000, 0.02)])
+
+
+def _feed_binary(m: DriftMonitor, seed: int, rates: list[tuple[int, float]]) -> list[Alert]:
+    rng = random.Random(seed)
+    alerts, i = [], 0
+    for n, p in rates:
+        for _ in range(n):
+            value = float(rng.random() < p)
+            a = m.update("conversion_rate", "s1", value, T0_MS + i * MIN_MS, binary=True)
+            i += 1
+            if a is not None:
+                alerts.append(a)
+    return alerts
+
+
+def test_glr_catches_a_rare_event_rate_falling_sooner_than_adwin() -> None:
+    #  Bernoulli(0.029) ............ | Bernoulli(0.006) ....   (the simulator's injected drift)
+    delays = {}
+    for name, binary in (("glr", True), ("adwin", False)):
+        m = DriftMonitor(warmup=2_000)
+        rng = random.Random(8)
+        for i in range(60_000):
+            p = 0.029 if i < 40_000 else 0.006
+            a = m.update("conversion_rate", "s1", float(rng.random() < p), T0_MS + i, binary=binary)
+            if a is not None:
+                assert i >= 40_000, f"{name}: false alarm at {i}"
+                delays[name] = i - 40_000
+                assert a.evidence["detector"] == name
+                break
+    assert delays["glr"] < 2_000 and delays["glr"] < delays["adwin"]
+
+
+def test_glr_step_change_and_stationary_silence() -> None:
+    alerts = _feed_binary(DriftMonitor(), 0, [(20_000, 0.10), (20_000, 0.04)])
+    assert len(alerts) == 1 and 0 < (alerts[0].ts_ms - T0_MS) // MIN_MS - 20_000 < 1_000
+    for seed, p in ((1, 0.005), (2, 0.03), (3, 0.2)):
+        assert _feed_binary(DriftMonitor(), seed, [(150_000, p)]) == []
+
+
+def test_glr_llr_is_exact_and_window_keeps_what_follows_the_change() -> None:
+    det = BernoulliGLR(threshold=1e9, block=4, min_blocks=1)
+    for x in [1, 1, 1, 1, 0, 0, 0, 0]:
+        det.update(float(x))
+    assert det.n_blocks == 2 and det.width == 8
+    # one split (4 ones | 4 zeros): LLR = 0 + 0 - 8 ln 2
+    det2 = BernoulliGLR(threshold=8 * math.log(2) - 1e-9, block=4, min_blocks=1)
+    for x in [1, 1, 1, 1, 0, 0, 0, 0]:
+        det2.update(float(x))
+    assert det2.drift_detected and det2.width == 4
+    assert pickle.loads(pickle.dumps(det2)).width == 4

@@ -8,6 +8,7 @@ import pickle
 import pytest
 
 from online_models.checkpoint import dumps, loads
+from online_models.propensity import top_of
 from online_models.segments import SegmentModel
 from online_models.suite import CustomerModelState, ModelConfig, ModelSuite
 from processors.errors import CheckpointError
@@ -72,25 +73,41 @@ def test_scores_are_computed_before_the_event_is_learned() -> None:
     assert s.open_sessions[e.customer_id] is states[e.customer_id]
 
 
-def test_a_session_end_is_scored_before_it_is_learned() -> None:
-    events, _ = population(14, 200)
-    s, states = _suite(), {}
+def test_session_ends_are_scored_in_a_batch_before_they_are_learned() -> None:
+    events, _ = population(14, 300)
+    s, states = _suite(close_delay_s=10**7), {}  # closed sessions wait for a batch of 64
     _run(s, states, events)
-    cid = next(iter(s.open_sessions))
-    state = states[cid]
+    assert len(s.due) > 10 and len(s.open_sessions) > len(s.due)
     before = copy.deepcopy(s)
-    xp, xb = before.vectorizer.vectors(state.features)
-    segment = before.segments.assign_sparse(*before.vectorizer.journey(state.features))
-    s._advance(s.now_ms + 10 * 86_400_000)  # event time passes every session's end
-    assert cid not in s.open_sessions and state.segment == segment
-    assert state.p_convert == before.convert.score_vector(xp, segment)[0]
-    assert xb is not None and state.lookalike == before.lookalike.score_vector(xb)
+    expected = {}
+    for cid, state in s.open_sessions.items():
+        xp, xb = before.vectorizer.vectors(state.features)
+        segment = before.segments.assign_sparse(*before.vectorizer.journey(state.features))
+        p, contrib = before.convert.score_vector(xp, segment)
+        look = before.lookalike.score_vector(xb) if xb is not None else None
+        expected[cid] = (segment, p, before.churn.score_vector(xp, segment)[0], look, contrib)
+    open_ = list(s.open_sessions)
+    s._advance(s.now_ms + 10**10 + 1)  # event time passes every session's end and the delay
+    assert not s.open_sessions and not s.due
+    for cid in open_:
+        segment, p, p_churn, look, contrib = expected[cid]
+        st = states[cid]
+        assert st.segment == segment
+        assert st.p_convert == pytest.approx(p, abs=1e-12)
+        assert st.p_churn == pytest.approx(p_churn, abs=1e-12)
+        assert (st.lookalike is None) == (look is None)
+        assert st.lookalike == pytest.approx(look, abs=1e-12)
+        assert [n for n, _ in st.top_features] == [
+            n for n, _ in top_of(before.vectorizer.propensity_names, contrib)
+        ]
+        # the customer's next event carries these scores even on a copy of its state
+        assert s.closed[cid].p_convert == st.p_convert
 
 
 def test_session_ends_become_examples_and_scores_refresh_on_schedule() -> None:
     #  c: e0 .. +1 min e1 .. +1 min e2 |2 h| e3   (refresh_s 10 min, session gap 30 min)
     #     ^ scored  (cached)  (cached)      ^ new session: previous one is an example
-    s = _suite(refresh_s=600)
+    s = _suite(refresh_s=600, close_batch=1)
     st = s.new_customer()
     t = 1_772_323_200_000
     out = [
