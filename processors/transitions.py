@@ -303,8 +303,8 @@ class TransitionCounts:
 
     def cell_rows(self, pane_start_ms: int, pane_size_s: int) -> list[CellRow]:
         """One row per cell."""
-        return [_new(CellRow, (pane_start_ms, pane_size_s, *key, n, gap_sum))
-                for key, (n, gap_sum) in self.cells.items()]
+        prefix = (pane_start_ms, pane_size_s)
+        return [_new(CellRow, prefix + key + v) for key, v in self.cells.items()]
 
 
 def _scopes(segment: str, channel: str) -> list[tuple[str, str]]:
@@ -426,8 +426,8 @@ class TransitionCounter:
         self.dirty.clear()
         if self.deltas:
             for p in sorted(self.deltas):
-                rows.extend(_new(CellDelta, (p * self.step_ms, self.step_s, *key, n, gap_sum))
-                            for key, (n, gap_sum) in self.deltas[p].items())
+                prefix = (p * self.step_ms, self.step_s)
+                rows.extend(_new(CellDelta, prefix + key + v) for key, v in self.deltas[p].items())
             self.deltas.clear()
         hot, panes = self.hot, self.panes
         while self.frontier_pane < new_frontier:
