@@ -415,7 +415,7 @@ class Vectorizer:
         """The customer's sufficient statistics for the segment mixture, as a sparse vector.
 
         (indices, values): move counts in cells `src * len(states) + dst` (unknown names are
-        OTHER), then at `n_cells` + 0..8 the JOURNEY_STATS (gap and revenue count, sum of
+        OTHER; moves into outcomes are left out), then at `n_cells` + 0..8 the JOURNEY_STATS (gap and revenue count, sum of
         logs, sum of squared logs). Every segment's log-likelihood is linear in it.
         """
         cell = self._cell
@@ -423,7 +423,10 @@ class Vectorizer:
         n_dst = len(self.states)
         idx: list[int] = []
         val: list[float] = []
+        outcomes = self.outcomes
         for key, c in s.transitions.items():
+            if key[1] in outcomes:
+                continue  # what a customer does, not what came of it (nor conversion drift)
             i = cell.get(key)
             if i is None:  # a name outside the vocabulary: counted as OTHER
                 src, dst = key

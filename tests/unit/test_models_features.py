@@ -5,7 +5,17 @@ from __future__ import annotations
 import math
 import pickle
 
-from online_models.features import FEATURE_NAMES, CustomerFeatures, features, model_vector
+import numpy as np
+
+from online_models.features import (
+    FEATURE_NAMES,
+    JOURNEY_STATS,
+    START,
+    CustomerFeatures,
+    Vectorizer,
+    features,
+    model_vector,
+)
 from tests.factories import HOUR_MS, MIN_MS, T0_MS, event
 
 # t (min): 0 landing  2 pricing  |3 h|  182 feature_use  184 support_ticket  |20 h|  purchase
@@ -62,3 +72,42 @@ def test_summary_pickles() -> None:
     s = _summary()
     t = pickle.loads(pickle.dumps(s))
     assert features(t, T0_MS + 10**9) == features(s, T0_MS + 10**9)
+
+
+def test_journey_statistics_of_the_hand_checked_journey() -> None:
+    s = _summary()
+    # moves in event-time order, from the start state
+    assert s.transitions == {
+        (START, "landing_page"): 1,
+        ("landing_page", "pricing_page"): 1,
+        ("pricing_page", "feature_use"): 1,
+        ("feature_use", "support_ticket"): 1,
+        ("support_ticket", "purchase"): 1,
+    }
+    # step gaps 2 min, 2 min; session gaps 3 h, 20 h; one order of 120
+    assert s.n_step_gaps == 2 and math.isclose(s.step_log_sum, 2 * math.log(120))
+    assert math.isclose(s.session_log_sq, math.log(3 * 3600) ** 2 + math.log(20 * 3600) ** 2)
+    assert s.n_revenue == 1 and math.isclose(s.revenue_log_sum, math.log(120))
+    v = Vectorizer()
+    idx, val = v.journey(s)
+    n_dst = len(v.states)
+    cell = {int(i): float(x) for i, x in zip(idx, val, strict=True) if i < v.n_cells}
+    # four behaviour moves; the move into the outcome (purchase) is not behaviour
+    assert len(cell) == 4 and all(x == 1.0 for x in cell.values())
+    assert n_dst * n_dst + v.states.index("landing_page") in cell  # START row is the last
+    stats = dict(zip(JOURNEY_STATS, val[-len(JOURNEY_STATS):].tolist(), strict=True))
+    assert stats["n_step_gaps"] == 2 and stats["n_session_gaps"] == 2
+    assert stats["n_revenue"] == 1
+
+
+def test_propensity_and_behaviour_vectors_match_their_names() -> None:
+    s = _summary()
+    v = Vectorizer()
+    xp, xb = v.vectors(s)
+    assert xb is not None
+    assert len(xp) == len(v.propensity_names) and len(xb) == len(v.behaviour_names)
+    assert np.array_equal(xp, v.propensity(s)) and np.array_equal(xb, v.behaviour(s))
+    named = dict(zip(v.propensity_names, xp.tolist(), strict=True))
+    # the last touchpoint (purchase) is an outcome, not a place in the journey: no one-hot
+    assert not any(x for k, x in named.items() if k.startswith("last_"))
+    assert math.isclose(named["tp_landing_page"], 1 / 4)  # shares of the 4 non-outcome events
