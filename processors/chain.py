@@ -181,6 +181,48 @@ class JourneyChain:
         out.cells.extend(self.transitions.advance(self.journeys.watermark_ms))
         return out
 
+    # -- customers moving between partitions (streaming merges) -------------------------------
+
+    def detach_customer(self, loser: str, winner: str) -> dict[str, object]:
+        """Take a merged-away customer out of this chain, to hand to the winner's partition.
+
+        Everything kept per customer leaves: the journey state, events waiting for the frontier
+        and the open attribution path. Events for `loser` that still arrive here are for
+        `winner` from now on (see :meth:`winner_of`).
+        """
+        self._renamed[loser] = winner
+        mine = [entry for entry in self._pending if entry[3].customer_id == loser]
+        if mine:
+            self._pending = [entry for entry in self._pending if entry[3].customer_id != loser]
+            heapq.heapify(self._pending)
+        return {
+            "loser": loser,
+            "journey": self.journeys.detach(loser),
+            "pending": [entry[3] for entry in mine],
+            "path": self.paths.open.pop(loser, None),
+        }
+
+    def attach_customer(
+        self, package: dict[str, object], merge: MergeRecord, out: ChainOutput | None = None
+    ) -> ChainOutput:
+        """Adopt a customer detached by another partition's chain and merge it into the winner."""
+        loser = merge.loser
+        journey = package["journey"]
+        if journey is not None and loser not in self.journeys.customers:
+            self.journeys.attach(loser, journey)  # type: ignore[arg-type]
+        if package["path"] is not None:
+            self.paths.open.setdefault(loser, package["path"])  # type: ignore[arg-type]
+        for ev in package["pending"]:  # type: ignore[attr-defined]
+            self._seq += 1
+            heapq.heappush(
+                self._pending, (ev.ts_ms, event_digest(ev.event.event_id), self._seq, ev)
+            )
+        return self.process_resolved([], [merge], out)
+
+    def winner_of(self, customer_id: str) -> str | None:
+        """The customer `customer_id` was merged into, if it was merged away here."""
+        return self._winner(customer_id) if customer_id in self._renamed else None
+
     # -- the end of a bounded input ----------------------------------------------------------
 
     def finish(self) -> ChainOutput:

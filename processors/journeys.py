@@ -505,6 +505,18 @@ class JourneyProcessor:
                 out.changed.add(cid)
         return out
 
+    def detach(self, customer_id: str) -> CustomerState | None:
+        """Remove and return a customer's state (it moves to another partition on a merge)."""
+        s = self.customers.pop(customer_id, None)
+        if s is not None:
+            self._index(customer_id, s.cur, _EMPTY)
+        return s
+
+    def attach(self, customer_id: str, state: CustomerState) -> None:
+        """Adopt a customer's state detached elsewhere (follow with :meth:`merge`)."""
+        self.customers[customer_id] = state
+        self._index(customer_id, _EMPTY, state.cur)
+
     def reindex(self) -> None:
         """Rebuild the deadline index from `customers` (after restoring them from a store)."""
         self._due = {}

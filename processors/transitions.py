@@ -316,6 +316,11 @@ def _scopes(segment: str, channel: str) -> list[tuple[str, str]]:
     return scopes
 
 
+def empty_pane_row(pane_start_ms: int, pane_size_s: int) -> CellRow:
+    """The row that stands for a pane with no transitions left (n = 0, all keys empty)."""
+    return CellRow(pane_start_ms, pane_size_s, "", "", "", "", "", 0, 0, 0)
+
+
 WindowCallback = Callable[[int, int, TransitionCounts], None]
 
 
@@ -422,7 +427,10 @@ class TransitionCounter:
                 self._synced[size] = self.frontier_pane
         for p in sorted(self.dirty):
             if p in self.panes:
-                rows.extend(self.panes[p].cell_rows(p * self.step_ms, self.step_s))
+                cells = self.panes[p].cell_rows(p * self.step_ms, self.step_s)
+                # A correction can empty a pane; one zero row still carries its new version,
+                # so a sink keeping the latest emission of each pane drops the old cells.
+                rows.extend(cells or [empty_pane_row(p * self.step_ms, self.step_s)])
         self.dirty.clear()
         if self.deltas:
             for p in sorted(self.deltas):

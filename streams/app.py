@@ -374,7 +374,6 @@ def _journey_batch(runtime: Runtime, part: PartitionState, events: Sequence[Any]
     transfers_in: list[tuple[str, Any]] = []
     resolved: list[ResolvedEvent] = []
     forwards: list[tuple[bytes, bytes, dict[str, bytes]]] = []
-    renamed = part.chain._renamed
     for ev in events:
         msg = ev.message
         if msg.offset <= part.offset:
@@ -386,46 +385,39 @@ def _journey_batch(runtime: Runtime, part: PartitionState, events: Sequence[Any]
             merges.append(MergeRecord(**orjson.loads(msg.value)))
         elif kind == b"transfer":
             transfers_in.append((key, pickle.loads(msg.value)))
-        elif key in renamed:  # resolved before the merge reached us: follow the winner
-            forwards.append((part.chain._winner(key).encode(), msg.value, {}))
+        elif (winner := part.chain.winner_of(key)) is not None:
+            # resolved before its merge reached us: the event belongs to the winner now
+            forwards.append((winner.encode(), msg.value, {}))
         else:
             result = decode(msg.value or b"", Source(msg.topic, msg.partition, msg.offset))
             if isinstance(result, Accepted):
                 resolved.append(ResolvedEvent(key, result.event))
-    for winner, payload in transfers_in:
-        _receive_transfer(part, winner, payload)
+    chain = part.chain
+    # Merges arrive where the merged-away customer lives; its state travels to the winner's
+    # partition as a transfer, which merges it there (the same partition is no exception).
     transfers = [
-        (m_.winner.encode(), pickle.dumps(_take_customer(part, m_.loser)), {H_TYPE: b"transfer"})
-        for m_ in merges
+        (
+            mr.winner.encode(),
+            pickle.dumps((
+                mr,
+                chain.detach_customer(mr.loser, mr.winner),
+                part.model_states.pop(mr.loser, None),
+            )),
+            {H_TYPE: b"transfer"},
+        )
+        for mr in merges
     ]
-    out = part.chain.process_resolved(resolved, merges)
+    out = ChainOutput()
+    for _, (merge, package, model_state) in transfers_in:
+        chain.attach_customer(package, merge, out)
+        if model_state is not None:
+            part.model_states.setdefault(merge.winner, model_state)
+    chain.process_resolved(resolved, (), out)
     scores = _score(runtime, part, out)
     m.applied.inc(len(out.applied))
     m.duplicates.inc(len(out.duplicates))
     m.late.inc(len(out.late))
     return out, forwards, transfers, scores
-
-
-def _take_customer(part: PartitionState, customer_id: str) -> dict[str, Any]:
-    """Remove a merged-away customer's state from this partition, to send to the winner's."""
-    chain = part.chain
-    return {
-        "loser": customer_id,
-        "journey": chain.journeys.customers.pop(customer_id, None),
-        "path": chain.paths.open.pop(customer_id, None),
-        "model": part.model_states.pop(customer_id, None),
-    }
-
-
-def _receive_transfer(part: PartitionState, winner: str, payload: dict[str, Any]) -> None:
-    chain = part.chain
-    loser = payload["loser"]
-    if payload["journey"] is not None and loser not in chain.journeys.customers:
-        chain.journeys.customers[loser] = payload["journey"]
-    if payload["path"] is not None:
-        chain.paths.open.setdefault(loser, payload["path"])
-    if payload["model"] is not None and winner not in part.model_states:
-        part.model_states[winner] = payload["model"]
 
 
 def _score(runtime: Runtime, part: PartitionState, out: ChainOutput) -> list[Scores]:

@@ -101,10 +101,15 @@ def test_replay_against_ground_truth(
     clickhouse_url: str,
 ) -> None:
     path, truth = history
-    # Keep whole histories, so merges recombine complete journeys (the recount sees them whole).
+    # Keep whole histories, so merges recombine complete journeys, and keep panes for the whole
+    # history (a 120-day window), so merge corrections to old panes are published too: under
+    # these conditions the tables must equal a recount from the truth exactly.
     config = jm_settings.processing()
     config = config.model_copy(
-        update={"journey": config.journey.model_copy(update={"last_touchpoints_kept": 100})}
+        update={
+            "journey": config.journey.model_copy(update={"last_touchpoints_kept": 100}),
+            "windows": config.windows.model_copy(update={"sizes_s": [86_400, 120 * 86_400]}),
+        }
     )
     store = _store(kind, tmp_path, jm_settings, clickhouse_url)
     try:

@@ -1,0 +1,216 @@
+"""The streaming pipeline on real Kafka, Redis and ClickHouse gives the replay's analyst tables.
+
+The simulator's history goes through `journeymap replay` (embedded chDB) and, separately, through
+Kafka (four partitions) to two `journeymap worker` processes writing to the ClickHouse server.
+The allowed lateness is set longer than the history, so arrival order (which Kafka partitions
+reorder) cannot change anything, and a few sentinel events far in the future push every
+partition's frontier past the history, so both sides have released and finalized everything.
+Then the tables must be equal, row for row (customer ids followed through merges).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from simulator.model import SimConfig, simulate
+from simulator.writer import write_simulation
+from sinks.clickhouse import Store, connect, run_query
+from streams.producer import EventProducer
+from streams.settings import ClickHouseSettings, Settings
+
+LATENESS_S = 400 * 86_400
+SENTINELS = 48
+DAY_MS = 86_400_000
+
+# Compared up to the cutoff (the end of the history): the sentinels themselves stay open in the
+# stream, which has no end, while the replay's finish releases them.
+TABLES = {
+    "touchpoints": """
+        SELECT count(), sum(cityHash64(event_id, m.winner, channel, touchpoint, segment, revenue))
+        FROM touchpoints AS t
+        LEFT JOIN (SELECT customer_id, winner FROM customer_map) AS m
+            ON t.customer_id = m.customer_id
+        WHERE toUnixTimestamp64Milli(occurred_at) < {cutoff:Int64}""",
+    "transitions": "SELECT count(), sum(cityHash64(window_start, segment, channel, order, src1, "
+    "src, dst, n, gap_count, gap_sum_ms)) FROM transitions "
+    "WHERE toUnixTimestamp(window_start) * 1000 < {cutoff:Int64}",
+    "funnel_progress": "SELECT count(), sum(cityHash64(funnel, from_stage, to_stage, ts)) "
+    "FROM funnel_progress WHERE toUnixTimestamp64Milli(ts) < {cutoff:Int64}",
+    "late_events": "SELECT count() FROM late_events WHERE {cutoff:Int64} > 0",
+    "dead_letters": "SELECT count(), sum(cityHash64(reason, stage)) FROM dead_letters "
+    "WHERE {cutoff:Int64} > 0",
+    # Which identifiers make up each (final) customer. The intermediate customers and merges in
+    # between depend on batch boundaries; the final partition does not.
+    "identity": """
+        SELECT count(), sum(cityHash64(winner, kind, id_hash)) FROM (
+            SELECT DISTINCT ifNull(m.winner, l.customer_id) AS winner, kind, id_hash
+            FROM identity_links AS l
+            LEFT JOIN (SELECT customer_id, winner FROM customer_map) AS m
+                ON l.customer_id = m.customer_id
+            WHERE {cutoff:Int64} > 0)""",
+}
+
+
+def fingerprint(store: Store, cutoff_ms: int) -> dict[str, tuple[Any, ...]]:
+    params = {"cutoff": str(cutoff_ms)}
+    return {name: tuple(run_query(store, sql, params).rows[0]) for name, sql in TABLES.items()}
+
+
+@pytest.fixture
+def stream_env(jm_settings: Settings, clickhouse_url: str) -> Iterator[dict[str, str]]:
+    name = f"e2e{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "JOURNEYMAP_CLICKHOUSE__URL": clickhouse_url,
+        "JOURNEYMAP_CLICKHOUSE__DATABASE": name,
+        "JOURNEYMAP_CLICKHOUSE__FLUSH_INTERVAL_S": "0.5",
+        "JOURNEYMAP_KAFKA__CONSUMER_GROUP": name,
+        "JOURNEYMAP_KAFKA__PARTITIONS": "4",
+        "JOURNEYMAP_JOURNEY__ALLOWED_LATENESS_S": str(LATENESS_S),
+        "JOURNEYMAP_WORKER__CHECKPOINT_EVERY_S": "2",
+        "JOURNEYMAP_WORKER__BATCH_MAX": "200",
+    }
+    for topic in ("raw", "resolved", "dlq", "merges", "late", "scores", "alerts"):
+        env[f"JOURNEYMAP_KAFKA__TOPICS__{topic.upper()}"] = f"{name}.{topic}"
+    yield env
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": jm_settings.kafka.bootstrap_servers})
+    admin.delete_topics([env[f"JOURNEYMAP_KAFKA__TOPICS__{t.upper()}"] for t in
+                         ("raw", "resolved", "dlq", "merges", "late", "scores", "alerts")])
+    target = jm_settings.clickhouse.model_copy(update={"url": clickhouse_url, "database": name})
+    with connect(target) as store:
+        store.client.command(f"DROP DATABASE IF EXISTS {name}")
+
+
+def _cli(env: dict[str, str], *args: str, timeout: float = 120) -> str:
+    done = subprocess.run([sys.executable, "-m", "streams.cli", *args], env=env,
+                          capture_output=True, timeout=timeout, check=False)
+    assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+    return done.stdout.decode()
+
+
+def _worker(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "worker", "--no-models", "--web-port", str(port),
+         "--workdir", str(log.parent / f"w{port}")],
+        env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    )
+
+
+def _events_in(ports: list[int]) -> int:
+    import urllib.request
+
+    total = 0
+    for port in ports:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as r:
+                for line in r.read().decode().splitlines():
+                    if line.startswith("journeymap_events_in_total"):
+                        total += int(float(line.split()[-1]))
+        except OSError:
+            pass
+    return total
+
+
+def _history(tmp_path: Path) -> tuple[Path, list[bytes], list[bytes], int]:
+    sim = simulate(SimConfig(customers=250, seed=23))
+    end_ms = max(e.ts_ms for c in sim.truth.customers for e in c.events)
+    sentinels = [
+        orjson.dumps({
+            "event_id": f"sentinel-{i}", "occurred_at": end_ms + LATENESS_S * 1000 + 60 * DAY_MS,
+            "channel": "other", "touchpoint": "landing_page",
+            "identities": {"anonymous_id": f"sentinel-{i}"},
+        })
+        for i in range(SENTINELS)
+    ]
+    path = tmp_path / "events.jsonl"
+    write_simulation(sim, path)
+    with path.open("ab") as f:
+        f.write(b"\n".join(sentinels) + b"\n")
+    return path, list(sim.lines), sentinels, end_ms + DAY_MS
+
+
+def _wait_stable(target: ClickHouseSettings, want: dict[str, tuple[Any, ...]], cutoff_ms: int,
+                 timeout_s: float) -> dict[str, tuple[Any, ...]]:
+    deadline = time.monotonic() + timeout_s
+    got: dict[str, tuple[Any, ...]] = {}
+    while time.monotonic() < deadline:
+        with connect(target) as store:
+            got = fingerprint(store, cutoff_ms)
+        if got == want:
+            return got
+        time.sleep(2)
+    return got
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("crash", [False, True], ids=["clean", "kill-9-and-restart"])
+def test_two_workers_on_four_partitions_equal_the_replay(
+    crash: bool, stream_env: dict[str, str], tmp_path: Path
+) -> None:
+    path, lines, sentinels, cutoff_ms = _history(tmp_path)
+    env = stream_env
+
+    replay_db = tmp_path / "replay-chdb"
+    _cli(env, "replay", str(path), "--clickhouse", str(replay_db), "--no-models", "--quiet",
+         timeout=300)
+    database = env["JOURNEYMAP_CLICKHOUSE__DATABASE"]
+    with connect(ClickHouseSettings(url=str(replay_db), database=database)) as store:
+        want = fingerprint(store, cutoff_ms)
+    assert want["touchpoints"][0] > 2000
+
+    _cli(env, "topics", "create")
+    _cli(env, "migrate")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    workers = [_worker(env, 16081, logs / "w1.log"), _worker(env, 16082, logs / "w2.log")]
+    try:
+        time.sleep(8)
+        producer = EventProducer(env["JOURNEYMAP_KAFKA__BOOTSTRAP_SERVERS"]
+                                 if "JOURNEYMAP_KAFKA__BOOTSTRAP_SERVERS" in env
+                                 else "127.0.0.1:9092",
+                                 env["JOURNEYMAP_KAFKA__TOPICS__RAW"], rate_per_s=1500)
+        half = len(lines) // 2
+        producer.send_many(lines[:half])
+        producer.flush()
+        if crash:
+            time.sleep(3)
+            workers[0].send_signal(signal.SIGKILL)
+            workers[0].wait(timeout=30)
+            workers[0] = _worker(env, 16081, logs / "w1-restarted.log")
+        producer.send_many(lines[half:])
+        producer.flush()
+        # The sentinels end the history: send them once every history event has been taken in
+        # (Kafka does not order across partitions; a sentinel must not overtake the history).
+        deadline = time.monotonic() + 180
+        while _events_in([16081, 16082]) < len(lines) and time.monotonic() < deadline:
+            time.sleep(1)
+        time.sleep(5)
+        producer.send_many(sentinels)
+        stats = producer.close(30)
+        assert stats.n_failed == 0 and stats.n_undelivered == 0
+        target = ClickHouseSettings(url=env["JOURNEYMAP_CLICKHOUSE__URL"],
+                                    database=env["JOURNEYMAP_CLICKHOUSE__DATABASE"])
+        got = _wait_stable(target, want, cutoff_ms, timeout_s=240)
+        assert got == want, {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.send_signal(signal.SIGTERM)
+        for w in workers:
+            try:
+                w.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                w.kill()
