@@ -1,4 +1,4 @@
-"""Decode + validate throughput: events/s on one core, next to plain `orjson.loads` of the same bytes.
+"""Decode + validate throughput: events/s on one core, next to `orjson.loads` of the same bytes.
 
     python bench/bench_decode.py [--events 200000] [--repeat 3]
 

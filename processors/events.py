@@ -10,8 +10,8 @@ producer bug, and silently dropping it would hide that bug.
 from __future__ import annotations
 
 import re
-from functools import cached_property
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import (

@@ -78,6 +78,9 @@ def stream_env(jm_settings: Settings, clickhouse_url: str) -> Iterator[dict[str,
         "JOURNEYMAP_KAFKA__CONSUMER_GROUP": name,
         "JOURNEYMAP_KAFKA__PARTITIONS": "4",
         "JOURNEYMAP_JOURNEY__ALLOWED_LATENESS_S": str(LATENESS_S),
+        # whole histories and panes kept, so merge corrections reach every pane on both sides
+        "JOURNEYMAP_JOURNEY__LAST_TOUCHPOINTS_KEPT": "100",
+        "JOURNEYMAP_WINDOWS__SIZES_S": "[86400, 10368000]",
         "JOURNEYMAP_WORKER__CHECKPOINT_EVERY_S": "2",
         "JOURNEYMAP_WORKER__BATCH_MAX": "200",
     }
@@ -158,7 +161,7 @@ def _wait_stable(target: ClickHouseSettings, want: dict[str, tuple[Any, ...]], c
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("crash", [False, True], ids=["clean", "kill-9-and-restart"])
 def test_two_workers_on_four_partitions_equal_the_replay(
-    crash: bool, stream_env: dict[str, str], tmp_path: Path
+    crash: bool, stream_env: dict[str, str], tmp_path: Path, jm_settings: Settings
 ) -> None:
     path, lines, sentinels, cutoff_ms = _history(tmp_path)
     env = stream_env
@@ -178,9 +181,7 @@ def test_two_workers_on_four_partitions_equal_the_replay(
     workers = [_worker(env, 16081, logs / "w1.log"), _worker(env, 16082, logs / "w2.log")]
     try:
         time.sleep(8)
-        producer = EventProducer(env["JOURNEYMAP_KAFKA__BOOTSTRAP_SERVERS"]
-                                 if "JOURNEYMAP_KAFKA__BOOTSTRAP_SERVERS" in env
-                                 else "127.0.0.1:9092",
+        producer = EventProducer(jm_settings.kafka.bootstrap_servers,
                                  env["JOURNEYMAP_KAFKA__TOPICS__RAW"], rate_per_s=1500)
         half = len(lines) // 2
         producer.send_many(lines[:half])

@@ -25,7 +25,9 @@ def event(
 ) -> TouchpointEvent:
     """An event; identity kinds (anonymous_id=..., email=...) go into `identities`."""
     identity_keys = ("anonymous_id", "device_id", "user_id", "email", "crm_id")
-    identities = {k: identities_and_fields.pop(k) for k in identity_keys if k in identities_and_fields}
+    identities = {
+        k: identities_and_fields.pop(k) for k in identity_keys if k in identities_and_fields
+    }
     if not identities:
         identities = {"anonymous_id": "anon-1"}
     return TouchpointEvent.model_validate(
@@ -51,8 +53,9 @@ def resolved(
     return ResolvedEvent(customer_id, event(touchpoint, at_ms=at_ms, **kwargs), segment)
 
 
-def journey(customer_id: str, steps: str, *, start_ms: int = T0_MS, gap_ms: int = MIN_MS,
-            **kwargs: Any) -> list[ResolvedEvent]:
+def journey(
+    customer_id: str, steps: str, *, start_ms: int = T0_MS, gap_ms: int = MIN_MS, **kwargs: Any
+) -> list[ResolvedEvent]:
     """`journey("c1", "landing_page pricing_page purchase")`: one event every `gap_ms`."""
     return [
         resolved(customer_id, tp, start_ms + i * gap_ms, **kwargs)
