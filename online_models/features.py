@@ -415,8 +415,9 @@ class Vectorizer:
         """The customer's sufficient statistics for the segment mixture, as a sparse vector.
 
         (indices, values): move counts in cells `src * len(states) + dst` (unknown names are
-        OTHER; moves into outcomes are left out), then at `n_cells` + 0..8 the JOURNEY_STATS (gap and revenue count, sum of
-        logs, sum of squared logs). Every segment's log-likelihood is linear in it.
+        OTHER; moves into outcomes are left out: behaviour, not what came of it), then at
+        `n_cells` + 0..8 the JOURNEY_STATS (gap and revenue count, sum of logs, sum of squared
+        logs). Every segment's log-likelihood is linear in it.
         """
         cell = self._cell
         other = len(self.states) - 1

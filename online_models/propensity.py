@@ -325,13 +325,31 @@ class PropensityModel(Snapshotting):
         self.n_fits += 1
         segs = np.array([r[2] for r in self.window])
         for seg in np.unique(segs):
-            mask = segs == seg
-            if mask.sum() < self.min_segment_labels or y[mask].min() == y[mask].max():
+            rows = np.flatnonzero(segs == seg)
+            if not self._segment_helps(x, y, rows):
                 self.segment_fits.pop(str(seg), None)
                 continue
             self.segment_fits[str(seg)] = fit_logistic(
-                x[mask], y[mask], self.l2, self.segment_fits.get(str(seg))
+                x[rows], y[rows], self.l2, self.segment_fits.get(str(seg))
             )
+
+    def _segment_helps(self, x: np.ndarray, y: np.ndarray, rows: np.ndarray) -> bool:
+        """Whether the data support a segment's own model: enough labels of both kinds, and a
+        model fitted on its older 80 % has a lower log loss on its newer 20 % than the global
+        model (which has seen those: the comparison favours the global one)."""
+        if len(rows) < self.min_segment_labels or y[rows].min() == y[rows].max():
+            return False
+        cut = int(len(rows) * 0.8)
+        train, test = rows[:cut], rows[cut:]
+        if y[train].min() == y[train].max() or self.fit is None:
+            return False
+        own = fit_logistic(x[train], y[train], self.l2)
+
+        def log_loss(fit: LogisticFit) -> float:
+            z = np.clip(x[test] @ fit.w_raw + fit.b_raw, -30, 30)
+            return float(np.mean(np.logaddexp(0.0, z) - y[test] * z))
+
+        return log_loss(own) < log_loss(self.fit)
 
 
 def top_contributions(contrib: dict[str, float], n: int = 3) -> tuple[tuple[str, float], ...]:
