@@ -152,6 +152,9 @@ class PropensityModel(Snapshotting):
     max_per_customer: int = 8
     max_pending: int = 200_000
     min_segment_labels: int = 2_000
+    # a segment's own model must lower the log loss on its newest labels by this share (a
+    # model on a fraction of the data has to be clearly better to be worth its variance)
+    segment_margin: float = 0.02
     l2: float = 1e-3
     fit_window: int = 20_000
     first_fit_after: int = 100
@@ -335,8 +338,8 @@ class PropensityModel(Snapshotting):
 
     def _segment_helps(self, x: np.ndarray, y: np.ndarray, rows: np.ndarray) -> bool:
         """Whether the data support a segment's own model: enough labels of both kinds, and a
-        model fitted on its older 80 % has a lower log loss on its newer 20 % than the global
-        model (which has seen those: the comparison favours the global one)."""
+        model fitted on its older 80 % has a log loss on its newer 20 % lower by
+        `segment_margin` than the global model's (which has seen those: it is favoured)."""
         if len(rows) < self.min_segment_labels or y[rows].min() == y[rows].max():
             return False
         cut = int(len(rows) * 0.8)
@@ -349,7 +352,7 @@ class PropensityModel(Snapshotting):
             z = np.clip(x[test] @ fit.w_raw + fit.b_raw, -30, 30)
             return float(np.mean(np.logaddexp(0.0, z) - y[test] * z))
 
-        return log_loss(own) < log_loss(self.fit)
+        return log_loss(own) < (1.0 - self.segment_margin) * log_loss(self.fit)
 
 
 def top_contributions(contrib: dict[str, float], n: int = 3) -> tuple[tuple[str, float], ...]:

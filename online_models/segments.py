@@ -292,7 +292,6 @@ class SegmentModel(Snapshotting):
     # win by `switch_margin` per customer
     parsimony: float = 0.05
     switch_margin: float = 0.02
-    plain_every: int = 4
     min_overlap: float = 0.3  # share of a new component's customers an old id must hold to carry
     seed: int = 0
     # state
@@ -368,7 +367,6 @@ class SegmentModel(Snapshotting):
         (called only when the customer is in the reservoir)."""
         key = hashed_id(customer_id)
         slot = self.res_index.get(key)
-        fresh = slot is None
         if slot is None:
             self.n_customers += 1
             if len(self.res_keys) < self.reservoir_size:
@@ -385,10 +383,7 @@ class SegmentModel(Snapshotting):
                     self.res_index[key] = slot
         if slot is not None:
             self.res_rows[slot] = (idx, val)
-            # profiles read these plain features: refreshed on entry and every
-            # `plain_every`-th update of a kept customer (they move slowly)
-            if fresh or self.n_updates % self.plain_every == 0:
-                self.res_plain[slot] = plain()
+            self.res_plain[slot] = plain()  # what profiles show, as of this session end
         self.n_updates += 1
         if self.n_updates >= self.next_eval_at:
             with one_blas_thread():
