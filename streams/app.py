@@ -40,12 +40,13 @@ from prometheus_client import (
 
 from online_models.suite import CustomerModelState, ModelSuite, Scores
 from processors.chain import ChainOutput, JourneyChain
+from processors.errors import ServiceUnavailable
 from processors.events import ResolvedEvent
 from processors.identity import IdentityResolver, MergeRecord
 from processors.validation import Accepted, DeadLetter, Source, decode
 from sinks import clickhouse as ch
 from sinks.checkpoints import CheckpointStore
-from streams.outputs import add_rows, chain_rows
+from streams.outputs import Rows, add_rows, chain_rows
 from streams.replay import model_config
 from streams.settings import Settings
 
@@ -126,6 +127,8 @@ class Runtime:
         )
         self.models = ModelSuite(model_config(self.config)) if with_models else None
         self.rows: dict[str, int] = {}
+        self.sink_lock = asyncio.Lock()
+        self.app: faust.App | None = None
         self.emission_clock = ch.EmissionClock()
         self.partitions: dict[int, PartitionState] = {}
         self.last_checkpoint: dict[int, float] = {}
@@ -170,10 +173,12 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
     rt: dict[str, Runtime] = {}
     if runtime is not None:
         rt["runtime"] = runtime
+        runtime.app = app
 
     def R() -> Runtime:
         if "runtime" not in rt:
             rt["runtime"] = Runtime(settings)
+            rt["runtime"].app = app
         return rt["runtime"]
 
     @app.on_before_configured.connect
@@ -236,8 +241,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                 out.merges.extend(resolved.merges)
                 out.conflicts.extend(resolved.conflicts)
                 out.dead.extend(letters)
-            add_rows(runtime.writer, chain_rows(out, now_ms, 0, {}), runtime.rows)
-            await _flush(runtime)
+            await _write(runtime, chain_rows(out, now_ms, 0, {}))
             for fut in await asyncio.gather(*sends):
                 await fut
             await app.producer.flush()
@@ -259,6 +263,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                 outputs.append((p, part, _journey_batch(runtime, part, events)))
             sends = []
             now_ms = int(time.time() * 1000)
+            rows: list[Rows] = []
             for p, _part, (out, forwards, transfers, scores) in outputs:
                 sentiments = {
                     sc_ev.event.event_id: sc.sentiment_score
@@ -266,8 +271,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                     if sc.sentiment_score is not None
                 }
                 out.links.clear()  # written by the ingest agent
-                rows = chain_rows(out, now_ms, p, sentiments, runtime.emission_clock)
-                add_rows(runtime.writer, rows, runtime.rows)
+                rows.append(chain_rows(out, now_ms, p, sentiments, runtime.emission_clock))
                 for key, value, headers in forwards + transfers:
                     sends.append(resolved_topic.send(key=key, value=value, headers=headers))
                 for late in out.late:
@@ -282,7 +286,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                         sends.append(alerts_topic.send(
                             key=alert.alert_id.encode(), value=orjson.dumps(alert.to_dict())
                         ))
-            await _flush(runtime)
+            await _write(runtime, *rows)
             for fut in await asyncio.gather(*sends):
                 await fut
             await app.producer.flush()
@@ -303,7 +307,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
         runtime = R()
-        await _flush(runtime)
+        await _write(runtime)
         for tp in revoked:
             if tp.topic == t.resolved and tp.partition in runtime.partitions:
                 await _checkpoint(runtime, tp.partition, runtime.partitions.pop(tp.partition))
@@ -315,7 +319,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
         runtime = rt["runtime"]
         log.info("shutting down: flushing rows and checkpointing %d partitions",
                  len(runtime.partitions))
-        await _flush(runtime)
+        await _write(runtime)
         for p, part in list(runtime.partitions.items()):
             await _checkpoint(runtime, p, part)
 
@@ -446,14 +450,29 @@ def _scores_json(s: Scores) -> bytes:
     })
 
 
-async def _flush(runtime: Runtime) -> None:
-    """Write buffered rows before the batch is acknowledged; retry (inside) while CH is down."""
-    while True:
-        try:
-            await asyncio.to_thread(runtime.writer.flush)
-            runtime.metrics.sink_batches.inc()
-            return
-        except Exception as exc:
-            runtime.metrics.sink_failures.inc()
-            log.warning("ClickHouse flush failed (%s); keeping the rows and retrying", exc)
-            await asyncio.sleep(1.0)
+async def _write(runtime: Runtime, *rows: Rows) -> None:
+    """Buffer rows and write everything buffered, before the batch is acknowledged.
+
+    The ingest and journey agents share one writer: the lock keeps its buffers to one user at a
+    time (the flush runs in a thread). While ClickHouse is unreachable the flush is retried and
+    the batch waits; any other failure is a bug, and the worker stops rather than acknowledge
+    rows it did not write (a restart resumes from the last checkpoint).
+    """
+    async with runtime.sink_lock:
+        for table_rows in rows:
+            add_rows(runtime.writer, table_rows, runtime.rows)
+        while True:
+            try:
+                await asyncio.to_thread(runtime.writer.flush)
+                runtime.metrics.sink_batches.inc()
+                return
+            except ServiceUnavailable as exc:
+                runtime.metrics.sink_failures.inc()
+                log.warning("ClickHouse unreachable (%s); keeping the rows and retrying", exc)
+                await asyncio.sleep(1.0)
+            except Exception as exc:
+                runtime.metrics.sink_failures.inc()
+                log.exception("writing to ClickHouse failed; stopping the worker")
+                if runtime.app is not None:
+                    await runtime.app.crash(exc)
+                raise
