@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import pickle
 import time
 from collections.abc import Sequence
@@ -294,6 +295,17 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
             for p, part, _ in outputs:
                 if now - runtime.last_checkpoint.get(p, 0.0) >= runtime.checkpoint_every_s:
                     await _checkpoint(runtime, p, part)
+
+    @app.timer(interval=2.0)
+    async def watchdog() -> None:
+        # A crashed Kafka fetcher (seen in aiokafka during rebalances: KeyError in
+        # fetched_records) leaves a worker alive but deaf. Exit instead: whatever restarts the
+        # worker resumes every partition from its checkpoint, so nothing is lost.
+        fetcher = getattr(app, "_fetcher", None)
+        if fetcher is not None and fetcher.crashed:
+            log.critical("the Kafka fetcher crashed (%r); exiting for a restart",
+                         fetcher.crash_reason)
+            os._exit(70)
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app: faust.App, assigned: set[Any], **kwargs: Any) -> None:

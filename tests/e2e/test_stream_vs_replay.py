@@ -145,11 +145,44 @@ def _history(tmp_path: Path) -> tuple[Path, list[bytes], list[bytes], int]:
     return path, list(sim.lines), sentinels, end_ms + DAY_MS
 
 
+class Supervisor:
+    """Restarts a worker that exits, as systemd or Kubernetes would (workers are crash-only)."""
+
+    def __init__(self, env: dict[str, str], logs: Path, ports: list[int]) -> None:
+        self.env, self.logs, self.ports = env, logs, ports
+        self.procs = {port: _worker(env, port, logs / f"w{port}-0.log") for port in ports}
+        self.restarts = 0
+
+    def check(self) -> None:
+        for port, proc in self.procs.items():
+            if proc.poll() is not None:
+                self.restarts += 1
+                self.procs[port] = _worker(
+                    self.env, port, self.logs / f"w{port}-{self.restarts}.log"
+                )
+
+    def kill(self, port: int) -> None:
+        self.procs[port].send_signal(signal.SIGKILL)
+        self.procs[port].wait(timeout=30)
+        self.check()
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 def _wait_stable(target: ClickHouseSettings, want: dict[str, tuple[Any, ...]], cutoff_ms: int,
-                 timeout_s: float) -> dict[str, tuple[Any, ...]]:
+                 timeout_s: float, supervisor: Supervisor) -> dict[str, tuple[Any, ...]]:
     deadline = time.monotonic() + timeout_s
     got: dict[str, tuple[Any, ...]] = {}
     while time.monotonic() < deadline:
+        supervisor.check()
         with connect(target) as store:
             got = fingerprint(store, cutoff_ms)
         if got == want:
@@ -178,7 +211,7 @@ def test_two_workers_on_four_partitions_equal_the_replay(
     _cli(env, "migrate")
     logs = tmp_path / "logs"
     logs.mkdir()
-    workers = [_worker(env, 16081, logs / "w1.log"), _worker(env, 16082, logs / "w2.log")]
+    workers = Supervisor(env, logs, [16081, 16082])
     try:
         time.sleep(8)
         producer = EventProducer(jm_settings.kafka.bootstrap_servers,
@@ -188,15 +221,14 @@ def test_two_workers_on_four_partitions_equal_the_replay(
         producer.flush()
         if crash:
             time.sleep(3)
-            workers[0].send_signal(signal.SIGKILL)
-            workers[0].wait(timeout=30)
-            workers[0] = _worker(env, 16081, logs / "w1-restarted.log")
+            workers.kill(16081)
         producer.send_many(lines[half:])
         producer.flush()
         # The sentinels end the history: send them once every history event has been taken in
         # (Kafka does not order across partitions; a sentinel must not overtake the history).
         deadline = time.monotonic() + 180
         while _events_in([16081, 16082]) < len(lines) and time.monotonic() < deadline:
+            workers.check()
             time.sleep(1)
         time.sleep(5)
         producer.send_many(sentinels)
@@ -204,14 +236,7 @@ def test_two_workers_on_four_partitions_equal_the_replay(
         assert stats.n_failed == 0 and stats.n_undelivered == 0
         target = ClickHouseSettings(url=env["JOURNEYMAP_CLICKHOUSE__URL"],
                                     database=env["JOURNEYMAP_CLICKHOUSE__DATABASE"])
-        got = _wait_stable(target, want, cutoff_ms, timeout_s=240)
+        got = _wait_stable(target, want, cutoff_ms, timeout_s=240, supervisor=workers)
         assert got == want, {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
     finally:
-        for w in workers:
-            if w.poll() is None:
-                w.send_signal(signal.SIGTERM)
-        for w in workers:
-            try:
-                w.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                w.kill()
+        workers.stop()
