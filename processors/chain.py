@@ -42,7 +42,7 @@ from processors.identity import (
 )
 from processors.journeys import JourneyProcessor, LateEvent, Step, event_digest
 from processors.transitions import CellRow, TransitionCounter
-from processors.validation import Accepted, DeadLetter, Source, decode
+from processors.validation import Accepted, DeadLetter, Source, decode_batch
 
 SegmentOf = Callable[[str], str]
 
@@ -115,16 +115,8 @@ class JourneyChain:
 
     def process(self, messages: Sequence[tuple[bytes, Source]]) -> ChainOutput:
         """Run one batch of raw messages through the chain."""
-        out = ChainOutput()
-        accepted: list[Accepted] = []
-        for raw, source in messages:
-            result = decode(raw, source)
-            if isinstance(result, Accepted):
-                accepted.append(result)
-            else:
-                out.dead.append(result)
-        self.process_accepted(accepted, out)
-        return out
+        accepted, dead = decode_batch(messages)
+        return self.process_accepted(accepted, ChainOutput(dead=dead))
 
     def process_accepted(self, accepted: Sequence[Accepted], out: ChainOutput) -> ChainOutput:
         """The chain after validation: resolve identities, then :meth:`process_resolved`."""
