@@ -91,6 +91,7 @@ class JourneyReport:
     top_paths: list[tuple[str, int, float]] = field(default_factory=list)
     states: list[str] = field(default_factory=list)
     matrix: dict[str, dict[str, float]] = field(default_factory=dict)
+    next_steps: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
     funnels: dict[str, list[tuple[str, int, int, int]]] = field(default_factory=dict)
     attribution: dict[str, list[tuple[str, float | None, float, float]]] = field(
         default_factory=dict
@@ -128,6 +129,9 @@ def gather(
     shown = set(report.states) | {"conversion", "null"}
     for src in report.states:
         total = volume[src]
+        report.next_steps[src] = sorted(
+            ((dst, n / total) for dst, n in counts[src].items()), key=lambda kv: (-kv[1], kv[0])
+        )
         row = {dst: n / total for dst, n in counts[src].items() if dst in shown}
         other = 1.0 - sum(row.values())
         if other > 1e-9:
@@ -179,14 +183,14 @@ def print_report(report: JourneyReport, console: Console) -> None:
     console.print(table)
 
     if report.matrix:
-        cols = [*report.states, "conversion", "null"]
-        table = Table(title="Transition matrix P(next | current), most common touchpoints")
-        table.add_column("from \\ to")
-        for c in cols:
-            table.add_column(c[:12], justify="right")
+        # One row per touchpoint with its likeliest next steps: readable at any terminal width
+        # (the full matrix is in the HTML report and the transition_matrix view).
+        table = Table(title="Transition matrix: P(next | current) for the most common touchpoints")
+        table.add_column("from")
+        table.add_column("most likely next (probability)")
         for src in report.states:
-            row = report.matrix[src]
-            table.add_row(src, *[f"{row[c]:.2f}" if row.get(c) else "." for c in cols])
+            best = report.next_steps[src][:5]
+            table.add_row(src, ", ".join(f"{dst} {p:.2f}" for dst, p in best if p >= 0.005))
         console.print(table)
 
     for funnel, stages in report.funnels.items():
