@@ -47,7 +47,7 @@ from processors.identity import IdentityResolver, MergeRecord
 from processors.validation import Accepted, DeadLetter, Source, decode
 from sinks import clickhouse as ch
 from sinks.checkpoints import CheckpointStore
-from streams.outputs import Rows, add_rows, chain_rows
+from streams.outputs import Rows, add_rows, chain_rows, score_released, sentiments_of
 from streams.replay import model_config
 from streams.settings import Settings
 
@@ -266,11 +266,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
             now_ms = int(time.time() * 1000)
             rows: list[Rows] = []
             for p, _part, (out, forwards, transfers, scores) in outputs:
-                sentiments = {
-                    sc_ev.event.event_id: sc.sentiment_score
-                    for sc_ev, sc in zip(out.released, scores, strict=False)
-                    if sc.sentiment_score is not None
-                }
+                sentiments = sentiments_of(out.released, scores)
                 out.links.clear()  # written by the ingest agent
                 rows.append(chain_rows(out, now_ms, p, sentiments, runtime.emission_clock))
                 for key, value, headers in forwards + transfers:
@@ -437,19 +433,9 @@ def _journey_batch(runtime: Runtime, part: PartitionState, events: Sequence[Any]
 
 
 def _score(runtime: Runtime, part: PartitionState, out: ChainOutput) -> list[Scores]:
-    models = runtime.models
-    states = part.model_states
-    scores: list[Scores] = []
-    if models is None:
-        return scores
-    for ev in out.released:
-        state = states.get(ev.customer_id)
-        if state is None:
-            state = states[ev.customer_id] = models.new_customer()
-        s = models.update(ev, state)
-        part.last_scores[ev.customer_id] = s
-        scores.append(s)
-    return scores
+    if runtime.models is None:
+        return []
+    return score_released(runtime.models, part.model_states, part.last_scores, out.released)
 
 
 def _scores_json(s: Scores) -> bytes:

@@ -6,7 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from online_models.suite import CustomerModelState, ModelSuite, Scores
 from processors.chain import ChainOutput
+from processors.events import ResolvedEvent
 from sinks import clickhouse as ch
 
 Rows = dict[str, list[dict[str, Any]]]
@@ -45,3 +47,30 @@ def add_rows(writer: ch.SinkWriter, rows: Rows, counts: dict[str, int] | None = 
             writer.add(table, table_rows)
             if counts is not None:
                 counts[table] = counts.get(table, 0) + len(table_rows)
+
+
+def score_released(
+    models: ModelSuite,
+    states: dict[str, CustomerModelState],
+    last_scores: dict[str, Scores],
+    released: list[ResolvedEvent],
+) -> list[Scores]:
+    """Feed released events (event-time order) to the models; one Scores per event."""
+    scores: list[Scores] = []
+    for ev in released:
+        state = states.get(ev.customer_id)
+        if state is None:
+            state = states[ev.customer_id] = models.new_customer()
+        s = models.update(ev, state)
+        last_scores[ev.customer_id] = s
+        scores.append(s)
+    return scores
+
+
+def sentiments_of(released: list[ResolvedEvent], scores: list[Scores]) -> dict[str, float]:
+    """event_id -> sentiment score, for the events whose text was scored."""
+    return {
+        ev.event.event_id: s.sentiment_score
+        for ev, s in zip(released, scores, strict=False)
+        if s.sentiment_score is not None
+    }

@@ -30,7 +30,7 @@ from processors.config import ProcessingConfig
 from processors.validation import Source
 from sinks import clickhouse as ch
 from streams.files import Chunk, read_chunks
-from streams.outputs import add_rows, chain_rows
+from streams.outputs import add_rows, chain_rows, score_released, sentiments_of
 
 log = logging.getLogger(__name__)
 
@@ -99,26 +99,17 @@ class Replayer:
 
     def _score(self, out: ChainOutput) -> dict[str, float]:
         """Feed released events to the models; return each text event's sentiment score."""
-        sentiments: dict[str, float] = {}
         if self.models is None:
-            return sentiments
+            return {}
         for merge in out.merges:
             lost = self.model_states.pop(merge.loser, None)
             if lost is not None and merge.winner not in self.model_states:
                 self.model_states[merge.winner] = lost
             self.last_scores.pop(merge.loser, None)
-        models, states = self.models, self.model_states
-        for ev in out.released:
-            state = states.get(ev.customer_id)
-            if state is None:
-                state = states[ev.customer_id] = models.new_customer()
-            scores = models.update(ev, state)
-            self.last_scores[ev.customer_id] = scores
-            if scores.sentiment_score is not None:
-                sentiments[ev.event.event_id] = scores.sentiment_score
-            for alert in scores.alerts:
-                self._add("alerts", [ch.alert_row(alert)])
-        return sentiments
+        scores = score_released(self.models, self.model_states, self.last_scores, out.released)
+        for score in scores:
+            self._add("alerts", [ch.alert_row(alert) for alert in score.alerts])
+        return sentiments_of(out.released, scores)
 
     # -- rows -------------------------------------------------------------------------------
 
