@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what the tests and `journeymap services up` need. Idempotent: safe to run every time.
-#   - Debian packages, only when missing: redis-server, a Java 17+ runtime, maven
+#   - Debian packages, only when missing: redis-server, a Java 17+ runtime, maven, chromium
 #   - this project with its dev extra: pip install -e '.[dev]'
 #   - the Kafka broker jars from Maven Central, into ~/.cache/journeymap/kafka-<version>/libs
 set -euo pipefail
@@ -10,6 +10,8 @@ missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
+# Browser tests (tests/browser) drive Debian's Chromium through Playwright: no browser download.
+command -v chromium >/dev/null || missing+=(chromium)
 if ((${#missing[@]})); then
     sudo=""
     if [ "$(id -u)" != 0 ]; then
