@@ -120,6 +120,34 @@ class WorkerSettings(_Group):
     store: str = "rocksdb://"
 
 
+class ApiToken(_Group):
+    """One bearer token of the serving API. `reader` reads customers (hashed identifiers only),
+    `pii` also raw identifiers where stored (journeymap stores none: see docs/serving.md),
+    `writer` also records interventions and assignments."""
+
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    token: SecretStr
+    role: Literal["reader", "pii", "writer"] = "reader"
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("a token needs at least 16 characters (use `openssl rand -hex 24`)")
+        return value
+
+
+class ServingSettings(_Group):
+    """The serving API (docs/serving.md): tokens and the Redis keys it reads."""
+
+    # e.g. JOURNEYMAP_SERVING__TOKENS='[{"name": "crm", "token": "...", "role": "reader"}]'
+    tokens: list[ApiToken] = []
+    # Key prefix of the serving state; "" means jm:serve:<kafka.consumer_group>.
+    redis_prefix: str = ""
+    # `journeymap replay` also writes the serving state (like --serve-redis).
+    replay_to_redis: bool = False
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -133,6 +161,7 @@ class Settings(BaseSettings):
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     services: ServicesSettings = ServicesSettings()
     worker: WorkerSettings = WorkerSettings()
+    serving: ServingSettings = ServingSettings()
     outcomes: OutcomesConfig = OutcomesConfig()
     funnels: list[FunnelConfig] = []
     windows: WindowsConfig = WindowsConfig()
