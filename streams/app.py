@@ -46,6 +46,7 @@ from processors.events import ResolvedEvent
 from processors.identity import IdentityResolver, MergeRecord
 from processors.validation import Accepted, DeadLetter, Source, decode
 from sinks import clickhouse as ch
+from sinks.alerts import encode_alert
 from sinks.checkpoints import CheckpointStore
 from streams.outputs import Rows, add_rows, chain_rows, score_released, sentiments_of
 from streams.replay import model_config
@@ -281,7 +282,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                                                    value=_scores_json(s)))
                     for alert in s.alerts:
                         sends.append(alerts_topic.send(
-                            key=alert.alert_id.encode(), value=orjson.dumps(alert.to_dict())
+                            key=alert.alert_id.encode(), value=encode_alert(alert)
                         ))
             await _write(runtime, *rows)
             for fut in await asyncio.gather(*sends):
