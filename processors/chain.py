@@ -211,6 +211,18 @@ class JourneyChain:
             )
         return self.process_resolved([], [merge], out)
 
+    def forget_customer(self, customer_id: str) -> None:
+        """Drop everything kept for one customer (a deletion request, `journeymap forget`):
+        journey, events waiting for the frontier, open attribution path and funnel runs. Counts
+        already aggregated (transitions, funnel cells) hold no identifier and stay."""
+        self.journeys.detach(customer_id)
+        self.paths.open.pop(customer_id, None)
+        if any(entry[3].customer_id == customer_id for entry in self._pending):
+            self._pending = [e for e in self._pending if e[3].customer_id != customer_id]
+            heapq.heapify(self._pending)
+        for runs in self.funnels.state.runs.values():
+            runs.pop(customer_id, None)
+
     def winner_of(self, customer_id: str) -> str | None:
         """The customer `customer_id` was merged into, if it was merged away here."""
         return self._winner(customer_id) if customer_id in self._renamed else None
