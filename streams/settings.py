@@ -11,11 +11,20 @@ field. Processors receive the plain values of :meth:`Settings.processing`.
 from __future__ import annotations
 
 import os
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyAddress,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -115,6 +124,9 @@ class WorkerSettings(_Group):
     batch_max: Annotated[int, Field(ge=1, le=100_000)] = 1_000
     batch_within_s: Annotated[float, Field(gt=0)] = 0.5
     web_port: Annotated[int, Field(ge=1, le=65535)] = 6066
+    # The address the worker's web server (/metrics) listens on. Loopback by default; in a
+    # container set 0.0.0.0 and publish the port on the host's loopback (docker-compose.yml does).
+    web_bind: IPvAnyAddress = IPv4Address("127.0.0.1")
     # How often a partition's state is checkpointed to Redis (with its offset).
     checkpoint_every_s: Annotated[float, Field(gt=0)] = 10.0
     store: str = "rocksdb://"

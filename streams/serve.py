@@ -1,0 +1,93 @@
+"""Publishing the serving state (:mod:`sinks.serving`) from the worker and from the replay.
+
+The worker calls :func:`publish_partitions` after each ClickHouse flush: the customers scored in
+the batch get their new state in Redis (one pipelined round trip per 1,000 customers), and those
+`journeymap forget` removed since the worker last saw them lose their in-memory state first.
+The replay calls :func:`publish_replay` once at the end (``--serve-redis``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from sinks.serving import ServingStore, state_of
+from streams.settings import Settings
+
+if TYPE_CHECKING:
+    from online_models.suite import Scores
+    from processors.chain import JourneyChain
+    from streams.replay import Replayer
+
+
+def identity_prefix(settings: Settings) -> str:
+    """The workers' identity graph prefix (see streams.app.Runtime)."""
+    return f"jm:id:{settings.kafka.consumer_group}"
+
+
+def serving_prefix(settings: Settings) -> str:
+    return settings.serving.redis_prefix or f"jm:serve:{settings.kafka.consumer_group}"
+
+
+def serving_store(settings: Settings, redis_url: str | None = None) -> ServingStore:
+    return ServingStore(
+        redis_url or settings.redis.url, serving_prefix(settings), identity_prefix(settings)
+    )
+
+
+def latest_states(
+    chain: JourneyChain, scores: Iterable[Scores], now_ms: int
+) -> list[dict[str, Any]]:
+    """One state per customer: the latest of their scores, with their open funnel stages."""
+    latest: dict[str, Scores] = {}
+    for s in scores:
+        latest[s.customer_id] = s
+    return [state_of(s, chain.funnels.customer(cid), now_ms) for cid, s in latest.items()]
+
+
+def drop_forgotten(part: Any, customer_ids: Sequence[str]) -> None:
+    """Drop a forgotten customer's journey, model state and scores from a worker partition."""
+    for cid in customer_ids:
+        part.chain.forget_customer(cid)
+        part.model_states.pop(cid, None)
+        part.last_scores.pop(cid, None)
+
+
+def _publish_sync(store: ServingStore, batches: Sequence[tuple[Any, list[Scores]]]) -> int:
+    now_ms = int(time.time() * 1000)
+    touched = sorted({s.customer_id for _, scores in batches for s in scores})
+    forgotten = set(store.take_forgotten(touched))
+    states: list[dict[str, Any]] = []
+    for part, scores in batches:
+        mine = {s.customer_id for s in scores} & forgotten
+        if mine:
+            drop_forgotten(part, sorted(mine))
+        states += latest_states(
+            part.chain, (s for s in scores if s.customer_id not in forgotten), now_ms
+        )
+    if forgotten:
+        store.drop(sorted(forgotten))
+    return store.write(states)
+
+
+async def publish_partitions(
+    store: ServingStore | None, batches: Sequence[tuple[Any, list[Scores]]]
+) -> int:
+    """Worker hook: `batches` is (PartitionState, the batch's scores) per partition."""
+    if store is None or not any(scores for _, scores in batches):
+        return 0
+    return await asyncio.to_thread(_publish_sync, store, batches)
+
+
+def publish_replay(replayer: Replayer, store: ServingStore) -> tuple[int, int]:
+    """Write every scored customer of a finished replay, and its identifier lookup.
+
+    Returns (customers, identifiers) written.
+    """
+    now_ms = int(time.time() * 1000)
+    n_states = store.write(latest_states(replayer.chain, replayer.last_scores.values(), now_ms))
+    graph = replayer.chain.resolver.store.partition()
+    n_ids = store.write_identifiers(graph.items())
+    return n_states, n_ids
