@@ -50,6 +50,7 @@ from sinks.alerts import encode_alert
 from sinks.checkpoints import CheckpointStore
 from streams.outputs import Rows, add_rows, chain_rows, score_released, sentiments_of
 from streams.replay import model_config
+from streams.serve import publish_partitions, serving_store
 from streams.settings import Settings
 
 log = logging.getLogger("journeymap.worker")
@@ -120,6 +121,7 @@ class Runtime:
             settings.redis.url, settings.kafka.consumer_group,
             retry_total_s=settings.clickhouse.retry_total_s,
         )
+        self.serving = serving_store(settings)  # live customer state for the serving API
         self.store = ch.connect(settings.clickhouse)
         ch.check_schema(self.store)
         self.writer = self.store.writer(
@@ -285,6 +287,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                             key=alert.alert_id.encode(), value=encode_alert(alert)
                         ))
             await _write(runtime, *rows)
+            await publish_partitions(runtime.serving, [(o[1], o[2][3]) for o in outputs])
             for fut in await asyncio.gather(*sends):
                 await fut
             await app.producer.flush()
