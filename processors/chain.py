@@ -7,8 +7,9 @@ Order of work for one batch of raw messages:
 
 1. decode each message (bad ones become dead letters, with their source);
 2. resolve identities for the accepted events (merges of known customers come back too);
-3. fold merged customers' journeys together (:meth:`JourneyProcessor.merge`) *before* the batch's
-   events, which already carry the winners' ids;
+3. fold merged customers' journeys together (:meth:`JourneyProcessor.merge`) and their open
+   funnel runs (:meth:`FunnelTracker.merge_customer`) *before* the batch's events, which already
+   carry the winners' ids;
 4. stamp every event with its customer's current segment (``segment_of``, from the models);
 5. apply the events to journeys (sessions, Markov steps, dedup, lateness, in-order corrections)
    and count the steps in the hopping windows;
@@ -91,6 +92,8 @@ def late_dead_letter(late: LateEvent, source: Source) -> DeadLetter:
 class JourneyChain:
     """The per-batch processor chain. One instance per input (a file, or a Kafka partition)."""
 
+    hold: tuple[int, int] | None = None  # class default: checkpoints pickled before it existed
+
     def __init__(
         self,
         config: ProcessingConfig,
@@ -110,6 +113,9 @@ class JourneyChain:
         self._pending: list[tuple[int, bytes, int, ResolvedEvent]] = []  # funnel reorder heap
         self._seq = 0
         self._renamed: dict[str, str] = {}  # merged-away customer -> its winner
+        # (frontier_ms, watermark_ms) the chain must not release or finalize past, while a
+        # streaming merge's transfer is on its way here (see :meth:`hold_at_current`).
+        self.hold: tuple[int, int] | None = None
 
     # -- one batch ----------------------------------------------------------------------------
 
@@ -150,6 +156,7 @@ class JourneyChain:
             self._renamed[merge.loser] = merge.winner
             self.paths.rename(merge.loser, merge.winner)
             self._absorb(self.journeys.merge(merge.loser, merge.winner), out)
+            out.funnel_transitions.extend(self.funnels.merge_customer(merge.loser, merge.winner))
 
         if self.segment_of is not None:
             segment_of = self.segment_of
@@ -158,7 +165,8 @@ class JourneyChain:
         out.resolved.extend(events)
         n_dup, n_late = len(out.duplicates), len(out.late)
         self._absorb(self.journeys.apply(events), out)
-        self._absorb(self.journeys.expire(self.journeys.watermark_ms), out)
+        if self.hold is None:  # no journey ends before a customer still on its way here
+            self._absorb(self.journeys.expire(self.journeys.watermark_ms), out)
 
         skipped = {id(e) for e in out.duplicates[n_dup:]}
         skipped.update(id(late.event) for late in out.late[n_late:])
@@ -169,8 +177,11 @@ class JourneyChain:
             heapq.heappush(
                 self._pending, (ev.ts_ms, event_digest(ev.event.event_id), self._seq, ev)
             )
-        self._release(self.journeys.frontier_ms, out)
-        out.cells.extend(self.transitions.advance(self.journeys.watermark_ms))
+        frontier_ms, watermark_ms = self.hold or (
+            self.journeys.frontier_ms, self.journeys.watermark_ms
+        )
+        self._release(frontier_ms, out)
+        out.cells.extend(self.transitions.advance(watermark_ms))
         return out
 
     # -- customers moving between partitions (streaming merges) -------------------------------
@@ -192,6 +203,7 @@ class JourneyChain:
             "journey": self.journeys.detach(loser),
             "pending": [entry[3] for entry in mine],
             "path": self.paths.open.pop(loser, None),
+            "funnels": self.funnels.detach(loser),
         }
 
     def attach_customer(
@@ -204,6 +216,7 @@ class JourneyChain:
             self.journeys.attach(loser, journey)  # type: ignore[arg-type]
         if package["path"] is not None:
             self.paths.open.setdefault(loser, package["path"])  # type: ignore[arg-type]
+        self.funnels.attach(loser, package.get("funnels") or {})  # type: ignore[arg-type]
         for ev in package["pending"]:  # type: ignore[attr-defined]
             self._seq += 1
             heapq.heappush(
@@ -222,6 +235,16 @@ class JourneyChain:
             heapq.heapify(self._pending)
         for runs in self.funnels.state.runs.values():
             runs.pop(customer_id, None)
+
+    def hold_at_current(self) -> None:
+        """Release and finalize nothing past the current frontier until ``hold`` is cleared.
+
+        The streaming worker calls this when a merge announces a transfer: the merged-away
+        customer's pending events and journey must reach this chain before its frontier passes
+        them, or funnels and final panes would see them out of order.
+        """
+        if self.hold is None:
+            self.hold = (self.journeys.frontier_ms, self.journeys.watermark_ms)
 
     def winner_of(self, customer_id: str) -> str | None:
         """The customer `customer_id` was merged into, if it was merged away here."""

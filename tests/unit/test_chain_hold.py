@@ -1,0 +1,93 @@
+"""A chain holding its frontier while a merged customer is on its way (streaming merges).
+
+Timeline (lateness 10 min; W lives in the winner's chain, L in the loser's):
+
+    W:  landing .......................... signup ........ [far-future event]
+    L:          pricing   purchase
+                 ^ merge L->W announced; L's transfer arrives only after the far-future event
+
+Without the hold the far-future event releases W's events to the funnels before L's arrive; with
+it the winner's chain releases exactly what one chain seeing the merge in time releases.
+"""
+
+from __future__ import annotations
+
+from processors.chain import ChainOutput, JourneyChain
+from processors.config import FunnelConfig, FunnelStage, JourneyConfig, ProcessingConfig
+from processors.identity import MergeRecord
+from tests.factories import MIN_MS, T0_MS, resolved
+
+FUNNEL = FunnelConfig(
+    name="f",
+    stages=[
+        FunnelStage(name="visit", touchpoints=["landing_page"]),
+        FunnelStage(name="consider", touchpoints=["pricing_page"]),
+        FunnelStage(name="buy", touchpoints=["purchase"]),
+    ],
+)
+CONFIG = ProcessingConfig(
+    funnels=[FUNNEL], journey=JourneyConfig(allowed_lateness_s=600), identity_salt="s"
+)
+MERGE = MergeRecord("L", "W", "ev-merge", T0_MS + 3 * MIN_MS, "shared_identifier")
+
+
+def _events() -> tuple[list, list, list]:
+    w = [resolved("W", "landing_page", T0_MS, event_id="w1"),
+         resolved("W", "signup", T0_MS + 5 * MIN_MS, event_id="w2")]
+    lo = [resolved("L", "pricing_page", T0_MS + 1 * MIN_MS, event_id="l1"),
+          resolved("L", "purchase", T0_MS + 2 * MIN_MS, event_id="l2")]
+    far = [resolved("X", "landing_page", T0_MS + 600 * MIN_MS, event_id="x1")]
+    return w, lo, far
+
+
+def _summary(outs: list[ChainOutput]) -> dict[str, list]:
+    return {
+        "released": [(e.customer_id, e.event.event_id) for o in outs for e in o.released],
+        "funnel": sorted((t.customer_id, t.from_stage, t.to_stage) for o in outs
+                         for t in o.funnel_transitions),
+    }
+
+
+def _one_chain() -> dict[str, list]:
+    w, lo, far = _events()
+    chain = JourneyChain(CONFIG)
+    outs = [chain.process_resolved(w + lo), chain.process_resolved([], [MERGE]),
+            chain.process_resolved(far)]
+    return _summary(outs)
+
+
+def _two_chains(hold: bool) -> tuple[dict[str, list], JourneyChain]:
+    w, lo, far = _events()
+    winner, loser = JourneyChain(CONFIG), JourneyChain(CONFIG)
+    outs = [winner.process_resolved(w), loser.process_resolved(lo)]
+    if hold:
+        winner.hold_at_current()  # the merge's announcement reached the winner's partition
+    outs.append(winner.process_resolved(far))  # overtakes the transfer
+    package = loser.detach_customer("L", "W")
+    winner.hold = None  # the transfer arrived
+    outs.append(winner.attach_customer(package, MERGE))
+    return _summary(outs), winner
+
+
+def test_a_held_chain_releases_nothing_past_its_frontier() -> None:
+    w, _, far = _events()
+    chain = JourneyChain(CONFIG)
+    chain.process_resolved(w)
+    chain.hold_at_current()
+    out = chain.process_resolved(far)
+    assert out.released == [] and out.funnel_transitions == [] and out.cells == []
+    chain.hold = None
+    later = chain.process_resolved([])
+    assert [e.event.event_id for e in later.released] == ["w1", "w2"]
+
+
+def test_holding_until_the_transfer_gives_the_single_chain_result() -> None:
+    want = _one_chain()
+    held, _ = _two_chains(hold=True)
+    assert held == want
+    assert [x for _, x in want["released"]] == ["w1", "l1", "l2", "w2"]
+
+
+def test_without_the_hold_the_merged_customer_is_released_out_of_order() -> None:
+    unheld, _ = _two_chains(hold=False)
+    assert unheld != _one_chain()  # the race the hold prevents
