@@ -1,0 +1,172 @@
+"""`journeymap alerts tail|webhook`: consumers of the `alerts` topic (schema: docs/alerts.md)."""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+
+from streams.cli import settings_from
+
+POLL_S = 0.5
+
+
+@click.group("alerts")
+def alerts() -> None:
+    """Read the alerts the workers raise (drift in conversion, transitions, segments, models).
+
+    `tail` prints them as they arrive; `webhook` delivers each one to an HTTP endpoint. The
+    message schema is in docs/alerts.md.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One message of the alerts topic, decoded or not."""
+
+    partition: int
+    offset: int
+    value: bytes
+    alert: Any  # sinks.alerts.AlertMessage, or None when `error` says why not
+    error: str | None
+
+
+def _consumer(bootstrap: str, topic: str, from_beginning: bool) -> Any:
+    """A consumer assigned to every partition (no group membership, nothing committed)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from processors.errors import ConfigError, ServiceUnavailable
+
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": f"journeymap-alerts-tail-{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": False,
+        "enable.partition.eof": False,
+        "socket.timeout.ms": 10_000,
+    })
+    try:
+        meta = consumer.list_topics(topic, timeout=10)
+    except Exception as exc:
+        consumer.close()
+        raise ServiceUnavailable(
+            f"Kafka did not answer ({exc}); is it running? `journeymap services status`"
+        ) from None
+    info = meta.topics.get(topic)
+    if info is None or info.error is not None or not info.partitions:
+        consumer.close()
+        raise ConfigError(f"the alerts topic {topic!r} does not exist; run "
+                          "`journeymap topics create` (or set kafka.topics.alerts)")
+    assigned = []
+    for p in sorted(info.partitions):
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+        assigned.append(TopicPartition(topic, p, low if from_beginning else high))
+    consumer.assign(assigned)
+    return consumer
+
+
+def _records(consumer: Any, max_idle_s: float | None) -> Iterator[Record]:
+    """Messages as they come; ends after `max_idle_s` without one (never when None)."""
+    from sinks.alerts import AlertDecodeError, decode_alert
+
+    last = time.monotonic()
+    while max_idle_s is None or time.monotonic() - last < max_idle_s:
+        msg = consumer.poll(POLL_S)
+        if msg is None:
+            continue
+        if msg.error() is not None:
+            click.echo(f"kafka: {msg.error()}", err=True)
+            continue
+        last = time.monotonic()
+        value = msg.value() or b""
+        try:
+            yield Record(msg.partition(), msg.offset(), value, decode_alert(value), None)
+        except AlertDecodeError as exc:
+            yield Record(msg.partition(), msg.offset(), value, None, str(exc))
+
+
+def _one_line(value: bytes) -> str:
+    """The raw JSON, unless a foreign producer spread it over lines: then compacted."""
+    if b"\n" not in value:
+        return value.decode()
+    import orjson
+
+    return orjson.dumps(orjson.loads(value)).decode()
+
+
+def format_alert(alert: Any, color: bool = False) -> str:
+    """One line: event time, severity, kind, segment, metric, message, id."""
+    when = datetime.fromtimestamp(alert.ts_ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    severity = alert.severity.upper().ljust(8)
+    if color:
+        severity = click.style(severity, fg="red" if alert.severity == "critical" else "yellow",
+                               bold=True)
+    return (f"{when}  {severity}  {alert.kind:<6} {alert.segment:<8} {alert.metric:<24} "
+            f"{alert.message}  [{alert.alert_id}]")
+
+
+@alerts.command("tail")
+@click.option("--from-beginning", is_flag=True,
+              help="Start at the oldest alert the topic keeps (30 days by default) instead of "
+                   "only new ones.")
+@click.option("--kind", "kinds", multiple=True, metavar="KIND",
+              help="Only alerts of this kind (e.g. drift); repeat for several.")
+@click.option("--segment", "segments", multiple=True, metavar="SEGMENT",
+              help="Only alerts about this segment (e.g. s3, or `all`); repeat for several.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print each alert's raw JSON value, one per line (for jq and scripts).")
+@click.option("--max", "max_alerts", type=click.IntRange(min=1), default=None,
+              help="Stop after printing this many alerts.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True),
+              default=None,
+              help="Stop after this many seconds without a new message (default: follow "
+                   "until Ctrl-C).")
+@click.pass_context
+def tail(ctx: click.Context, from_beginning: bool, kinds: tuple[str, ...],
+         segments: tuple[str, ...], as_json: bool, max_alerts: int | None,
+         timeout_s: float | None) -> None:
+    """Follow the alerts topic and print one line per alert.
+
+    Nothing is committed and no consumer group is joined, so tailing never disturbs the webhook
+    or any other consumer. Messages that are not valid alerts are reported on stderr and skipped.
+
+    \b
+    Examples:
+      journeymap alerts tail                          # new alerts, until Ctrl-C
+      journeymap alerts tail --from-beginning --timeout 5 --kind drift --segment s3
+      journeymap alerts tail --json --max 10 | jq .evidence
+    """
+    settings = settings_from(ctx)
+    topic = settings.kafka.topics.alerts
+    consumer = _consumer(settings.kafka.bootstrap_servers, topic, from_beginning)
+    color = not as_json and sys.stdout.isatty()
+    shown = bad = 0
+    click.echo(f"following {topic} ({'from the beginning' if from_beginning else 'new alerts'})"
+               + (f", stopping after {timeout_s:g}s without one" if timeout_s else "")
+               + "; Ctrl-C stops", err=True)
+    try:
+        for rec in _records(consumer, timeout_s):
+            if rec.alert is None:
+                bad += 1
+                click.echo(f"skipped message {topic}[{rec.partition}]@{rec.offset}: {rec.error}; "
+                           f"value starts {rec.value[:80]!r}", err=True)
+                continue
+            if (kinds and rec.alert.kind not in kinds) or (
+                segments and rec.alert.segment not in segments
+            ):
+                continue
+            click.echo(_one_line(rec.value) if as_json else format_alert(rec.alert, color))
+            shown += 1
+            if max_alerts is not None and shown >= max_alerts:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+    click.echo(f"{shown} alert(s) shown" + (f", {bad} bad message(s) skipped" if bad else ""),
+               err=True)
