@@ -74,6 +74,7 @@ from processors.errors import (
 from processors.events import ResolvedEvent
 from processors.identity import Conflict, IdentityLink, MergeRecord
 from processors.validation import DeadLetter
+from sinks.migrations import RAW_TABLES, RETENTION_COLUMNS
 
 if TYPE_CHECKING:  # only annotations: the sink does not pay for importing River
     from online_models.drift import Alert
@@ -91,10 +92,6 @@ _MIGRATION_FILE: Final = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 # ClickHouse error codes worth waiting for: overload and network trouble, not bad SQL.
 RETRYABLE_CODES: Final = frozenset({159, 202, 209, 210, 241, 252, 425, 1000})
 _CODE: Final = re.compile(r"Code: (\d+)")
-# Tables whose rows age out when clickhouse.ttl_days > 0, and their time column.
-TTL_TABLES: Final = {
-    "touchpoints": "occurred_at", "dead_letters": "received_at", "late_events": "received_at",
-}
 
 
 class ClickHouseTarget(Protocol):
@@ -370,10 +367,14 @@ class MigrationResult:
     ttl: str
 
 
-def migrate(store: Store, *, ttl_days: int = 0, now_ms: Callable[[], int] | None = None) -> (
-    MigrationResult
-):
-    """Apply pending migrations in order, then set the TTL. Safe to run again (idempotent)."""
+def migrate(
+    store: Store,
+    *,
+    ttl_days: int = 0,
+    ttl_days_by_table: Mapping[str, int] | None = None,
+    now_ms: Callable[[], int] | None = None,
+) -> MigrationResult:
+    """Apply pending migrations in order, then set the TTLs. Safe to run again (idempotent)."""
     clock = now_ms or (lambda: int(time.time() * 1000))
     migrations = load_migrations()
     client = store.client
@@ -413,30 +414,49 @@ def migrate(store: Store, *, ttl_days: int = 0, now_ms: Callable[[], int] | None
             column_oriented=True,
         )
         done.append(migration)
-    ttl = apply_ttl(store, ttl_days)
+    ttl = apply_ttl(store, ttl_days, ttl_days_by_table)
     return MigrationResult(store.database, before, max(before, *known), done, ttl)
 
 
-def apply_ttl(store: Store, ttl_days: int) -> str:
-    """Make the raw tables' TTL match the setting (0 = keep forever). Idempotent."""
-    days = int(ttl_days)
-    if days < 0:
-        raise SchemaError(f"clickhouse.ttl_days must be >= 0, got {days}")
-    for table, column in TTL_TABLES.items():
+def retention_days(ttl_days: int, by_table: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Days each table keeps its rows (0 = forever): `ttl_days` for the raw tables, then the
+    per-table overrides. Raises SchemaError on a table that cannot age out or a negative value."""
+    days = {table: (int(ttl_days) if table in RAW_TABLES else 0) for table in RETENTION_COLUMNS}
+    for table, value in (by_table or {}).items():
+        if table not in RETENTION_COLUMNS:
+            raise SchemaError(
+                f"no TTL for table {table!r}: tables that can age out are "
+                + ", ".join(sorted(RETENTION_COLUMNS))
+            )
+        days[table] = int(value)
+    bad = {t: d for t, d in days.items() if d < 0}
+    if bad:
+        raise SchemaError(f"TTL days must be >= 0, got {bad}")
+    return days
+
+
+def apply_ttl(store: Store, ttl_days: int, by_table: Mapping[str, int] | None = None) -> str:
+    """Make every table's TTL match the settings (0 = keep forever). Idempotent. Returns a
+    one-line summary such as `touchpoints 90 days, alerts 365 days; the rest kept forever`."""
+    days = retention_days(ttl_days, by_table)
+    for table, column in RETENTION_COLUMNS.items():
         ddl = store.client.query(
             "SELECT create_table_query FROM system.tables "
             "WHERE database = {db:String} AND name = {t:String}",
             parameters={"db": store.database, "t": table},
         ).result_rows[0][0]
         has_ttl = " TTL " in ddl
-        if days > 0:
-            # An int from validated settings: DDL takes no query parameters here.
+        if days[table] > 0:
+            # Table and column names come from RETENTION_COLUMNS, the int from validated settings:
+            # DDL takes no query parameters here.
             store.client.command(
-                f"ALTER TABLE {table} MODIFY TTL toDateTime({column}) + toIntervalDay({days})"
+                f"ALTER TABLE {table} MODIFY TTL toDateTime({column}) + "
+                f"toIntervalDay({days[table]})"
             )
         elif has_ttl:
             store.client.command(f"ALTER TABLE {table} REMOVE TTL")
-    return f"{days} days" if days > 0 else "none (rows are kept forever)"
+    aged = [f"{t} {d} days" for t, d in days.items() if d > 0]
+    return ", ".join(aged) + "; the rest kept forever" if aged else "none (rows are kept forever)"
 
 
 # --------------------------------------------------------------------------------------------

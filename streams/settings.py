@@ -41,6 +41,7 @@ from processors.config import (
     WindowsConfig,
 )
 from processors.errors import ConfigError
+from sinks.migrations import RETENTION_COLUMNS
 
 DEFAULT_CONFIG_FILE = "journeymap.toml"
 ENV_PREFIX = "JOURNEYMAP_"
@@ -98,7 +99,23 @@ class ClickHouseSettings(_Group):
     password: SecretStr = SecretStr("")
     flush_rows: Annotated[int, Field(ge=1)] = 50_000
     flush_interval_s: Annotated[float, Field(gt=0)] = 1.0
-    ttl_days: Annotated[int, Field(ge=0)] = 0  # 0 keeps raw touchpoints forever
+    # Retention: rows older than this many days (by event time) age out of the raw tables
+    # (touchpoints, dead_letters, late_events); 0 keeps them forever.
+    ttl_days: Annotated[int, Field(ge=0)] = 0
+    # Per-table overrides, e.g. {transition_cells = 400, alerts = 365, touchpoints = 90}; any table
+    # in sinks.migrations.RETENTION_COLUMNS. Applied by `journeymap migrate` and the replay.
+    ttl_days_by_table: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
+    @field_validator("ttl_days_by_table")
+    @classmethod
+    def _known_tables(cls, value: dict[str, int]) -> dict[str, int]:
+        unknown = sorted(set(value) - set(RETENTION_COLUMNS))
+        if unknown:
+            raise ValueError(
+                f"no TTL for {', '.join(unknown)}: tables that can age out are "
+                + ", ".join(sorted(RETENTION_COLUMNS))
+            )
+        return value
+
     # How long the sink retries (with backoff) while ClickHouse is down before giving up.
     retry_total_s: Annotated[float, Field(gt=0)] = 120.0
 

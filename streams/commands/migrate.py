@@ -13,7 +13,7 @@ from streams.cli import settings_from
 @click.option("--clickhouse", "url", default=None, help="Override clickhouse.url (path or URL).")
 @click.pass_context
 def migrate(ctx: click.Context, url: str | None) -> None:
-    """Apply pending schema migrations (idempotent) and set the TTL from clickhouse.ttl_days.
+    """Apply pending schema migrations (idempotent) and set the TTLs (clickhouse.ttl_days*).
 
     Workers and the replay refuse to start on a database that is behind; this fixes it.
     """
@@ -22,7 +22,9 @@ def migrate(ctx: click.Context, url: str | None) -> None:
     if url:
         target = target.model_copy(update={"url": url})
     with connect(target) as store:
-        result = apply_migrations(store, ttl_days=target.ttl_days)
+        result = apply_migrations(
+            store, ttl_days=target.ttl_days, ttl_days_by_table=target.ttl_days_by_table
+        )
     where = "embedded chDB at " + store.url if store.embedded else store.url
     for migration in result.applied:
         click.echo(f"applied {migration.version:04d}_{migration.name}")
@@ -32,4 +34,4 @@ def migrate(ctx: click.Context, url: str | None) -> None:
         )
     else:
         click.echo(f"database {result.database} ({where}) is up to date at version {result.after}")
-    click.echo(f"ttl for raw touchpoints and dead letters: {result.ttl}")
+    click.echo(f"retention (TTL): {result.ttl}")

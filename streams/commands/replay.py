@@ -39,7 +39,7 @@ def run_replay(
     paths = check_files(files)
     console = Console(stderr=True, quiet=quiet)
     with connect(target) as store:
-        migrate(store, ttl_days=target.ttl_days)
+        migrate(store, ttl_days=target.ttl_days, ttl_days_by_table=target.ttl_days_by_table)
         replayer = Replayer(
             settings.processing(),
             store,

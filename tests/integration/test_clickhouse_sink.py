@@ -302,6 +302,24 @@ def test_migrations_are_idempotent_and_recorded(target: SimpleNamespace) -> None
         assert check_schema(store) == ch.required_version()
 
 
+def test_retention_is_set_per_table_and_removed_again(target: SimpleNamespace) -> None:
+    def ddl(store: Store, table: str) -> str:
+        return str(store.client.query(f"SHOW CREATE TABLE {table}").result_rows[0][0])
+
+    with connect(target) as store:
+        result = migrate(store, ttl_days=90, ttl_days_by_table={"alerts": 365, "touchpoints": 30})
+        assert "toIntervalDay(30)" in ddl(store, "touchpoints")
+        assert "toIntervalDay(90)" in ddl(store, "dead_letters")
+        assert "toIntervalDay(365)" in ddl(store, "alerts")
+        assert " TTL " not in ddl(store, "transition_cells")
+        assert result.ttl.startswith("touchpoints 30 days, dead_letters 90 days")
+        migrate(store, ttl_days_by_table={"transition_cells": 400})
+        assert " TTL " not in ddl(store, "touchpoints") and " TTL " not in ddl(store, "alerts")
+        assert "toIntervalDay(400)" in ddl(store, "transition_cells")
+        with pytest.raises(SchemaError, match="no TTL for table 'identity_links'"):
+            migrate(store, ttl_days_by_table={"identity_links": 5})
+
+
 def test_an_unmigrated_or_older_database_is_refused_with_the_fix(
     target: SimpleNamespace,
 ) -> None:
