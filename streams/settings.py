@@ -59,6 +59,7 @@ class TopicNames(_Group):
     late: str = "journey.late"
     scores: str = "scores"
     alerts: str = "alerts"
+    alerts_dlq: str = "alerts.dlq"  # alerts the webhook could not deliver, with the reason
 
 
 class KafkaSettings(_Group):
@@ -177,6 +178,26 @@ class ServingSettings(_Group):
     replay_to_redis: bool = False
 
 
+class AlertsWebhookSettings(_Group):
+    """`journeymap alerts webhook`: each alert POSTed to `url`, retried with backoff."""
+
+    url: str | None = None  # http(s)://...; --url overrides it
+    consumer_group: str = "journeymap-alerts-webhook"
+    request_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    backoff_initial_s: Annotated[float, Field(gt=0)] = 1.0
+    backoff_max_s: Annotated[float, Field(gt=0)] = 60.0
+    # After this long without a 2xx the alert goes to kafka.topics.alerts_dlq with the reason.
+    give_up_after_s: Annotated[float, Field(gt=0)] = 900.0
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        if value is not None and (urlsplit(value).scheme not in ("http", "https")
+                                  or not urlsplit(value).netloc):
+            raise ValueError(f"expected an http(s)://host[:port]/path URL, got {value!r}")
+        return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -190,6 +211,7 @@ class Settings(BaseSettings):
     clickhouse: ClickHouseSettings = ClickHouseSettings()
     services: ServicesSettings = ServicesSettings()
     worker: WorkerSettings = WorkerSettings()
+    alerts_webhook: AlertsWebhookSettings = AlertsWebhookSettings()
     serving: ServingSettings = ServingSettings()
     outcomes: OutcomesConfig = OutcomesConfig()
     funnels: list[FunnelConfig] = []

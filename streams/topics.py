@@ -39,6 +39,8 @@ def topic_specs(kafka: KafkaSettings) -> list[TopicSpec]:
         TopicSpec(t.late, n, keep, purpose="events past the allowed lateness"),
         TopicSpec(t.scores, n, keep, purpose="per-customer live scores"),
         TopicSpec(t.alerts, 1, kafka.dlq_retention_ms, purpose="drift and model alerts"),
+        TopicSpec(t.alerts_dlq, 1, kafka.dlq_retention_ms,
+                  purpose="alerts the webhook could not deliver (reason in headers)"),
     ]
 
 
