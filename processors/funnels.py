@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import heapq
 import math
+from array import array
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -94,6 +96,21 @@ class Durations:
             for k, c in other.buckets.items():
                 self.buckets[k] = self.buckets.get(k, 0) + c
 
+    def remove(self, value_ms: int) -> None:
+        """Take back one value added before (a merge of two customers retracts their runs)."""
+        self.n -= 1
+        if self.exact is not None:
+            self.exact.remove(value_ms)
+        elif value_ms <= 0:
+            self.n_zero -= 1
+        else:
+            k = math.ceil(math.log(value_ms) / _LOG_GAMMA)
+            left = self.buckets[k] - 1
+            if left:
+                self.buckets[k] = left
+            else:
+                del self.buckets[k]
+
     def quantile(self, q: float) -> float | None:
         """The `q`-quantile (0..1), or None when empty."""
         if self.n == 0:
@@ -152,14 +169,24 @@ class StageCounts:
 CellKey = tuple[str, str, date]  # (funnel, segment, cohort week)
 
 
+_STAGE_BITS: Final = 6  # a run's event codes: ts_ms << 6 | stage (funnels have < 64 stages)
+_STAGE_MASK: Final = (1 << _STAGE_BITS) - 1
+
+
 @dataclass(slots=True)
 class FunnelRun:
-    """One customer's open run of one funnel; `cell` is its aggregates' key in the state."""
+    """One customer's open run of one funnel; `cell` is its aggregates' key in the state.
+
+    `events` holds every funnel event applied since the run started (stage-0 repeats and
+    skipped stages too), one int each (``ts_ms << 6 | stage``, 8 bytes in an ``array``): what
+    :meth:`FunnelTracker.merge_customer` replays when two customers become one.
+    """
 
     stage: int
     stage_entered_ms: int
     run_start_ms: int
     cell: CellKey
+    events: array = field(default_factory=lambda: array("q"))
 
     @property
     def segment(self) -> str:
@@ -342,6 +369,7 @@ class FunnelTracker:
                     if s == 0:
                         self._start(f, cid, ev, ts, transitions)
                     continue
+                run.events.append(ts << _STAGE_BITS | s)
                 c = run.stage
                 if s <= c or (f.strict and s != c + 1):
                     continue
@@ -431,20 +459,152 @@ class FunnelTracker:
                 mine = self.state.cells[key] = StageCounts.empty(len(cell.n_entered))
             mine.merge(cell)
 
-    # -- transitions -------------------------------------------------------------------------
+    def merge_customer(self, loser: str, winner: str) -> list[FunnelTransition]:
+        """Fold `loser`'s open runs into `winner`'s, in event-time order (an identity merge).
 
-    def _start(self, f: _Compiled, cid: str, ev: ResolvedEvent, ts: int,
-               out: list[FunnelTransition]) -> None:
+        Per funnel, the events of both customers' open runs are replayed as one customer's,
+        from the earlier run start: the combined run is the one a tracker fed the merged
+        events from there would have (stage-0 events inside it ignored, a stage never moving
+        backwards, a drop once the window ended before the watermark, a new run after a
+        conversion or a drop). The aggregates of the two old runs are retracted and those of
+        the replay added, so the counts equal that computation; the moves the replay made
+        that neither customer made before are returned (under `winner`). Runs closed before
+        the merge, and a customer's funnel events outside any open run, are not kept: they
+        stay counted as they were. The segment of a replayed run is that of the old run its
+        first event came from; events at the same millisecond are taken in stage order.
+        """
+        out: list[FunnelTransition] = []
+        if loser == winner:
+            return out
+        touched: set[CellKey] = set()
+        for f in self._funnels:
+            runs = self.state.runs[f.name]
+            lost = runs.pop(loser, None)
+            if lost is None:
+                continue
+            kept = runs.pop(winner, None)
+            old = [lost] if kept is None else [kept, lost]
+            items = sorted((code, run.cell[1]) for run in old for code in run.events)
+            before: Counter[tuple[int, int, int]] = Counter()
+            for run in old:
+                touched.add(run.cell)
+                for move in self._walk(f, [(code, run.cell[1]) for code in run.events]):
+                    self._count(f, move, -1)
+                    before[move[:3]] += 1
+            for move in self._walk(f, items, winner):
+                self._count(f, move, 1)
+                if before[move[:3]] > 0:
+                    before[move[:3]] -= 1
+                    continue
+                frm, to, ts, spent, key = move
+                out.append(FunnelTransition(
+                    winner, f.name, frm, to, f.names[frm] if frm != OUTSIDE else "",
+                    f.names[to] if to != OUTSIDE else "", ts, spent, key[1], key[2],
+                    to == f.last))
+        cells = self.state.cells
+        for key in touched:  # a cell the merge emptied is as if never made
+            cell = cells.get(key)
+            if cell is not None and not any(cell.n_entered) and not any(cell.n_dropped):
+                del cells[key]
+        return out
+
+    def detach(self, customer_id: str) -> dict[str, FunnelRun]:
+        """Remove and return a customer's open runs (it moves to another partition)."""
+        return {f.name: run for f in self._funnels
+                if (run := self.state.runs[f.name].pop(customer_id, None)) is not None}
+
+    def attach(self, customer_id: str, runs: dict[str, FunnelRun]) -> None:
+        """Adopt runs detached elsewhere (follow with :meth:`merge_customer`)."""
+        for name, run in runs.items():
+            if name in self._by_name and customer_id not in self.state.runs[name]:
+                self.state.runs[name][customer_id] = run
+                heapq.heappush(self.state.deadlines[name],
+                               (run.run_start_ms + self._by_name[name].window_ms, customer_id,
+                                run.run_start_ms))
+
+    # -- the walk that merges replay ------------------------------------------------------------
+
+    def _walk(self, f: _Compiled, items: list[tuple[int, str]], owner: str | None = None
+              ) -> list[tuple[int, int, int, int | None, CellKey]]:
+        """The moves ``(from, to, ts, time in stage, cell)`` of one customer's funnel events
+        (``(ts << 6 | stage, segment)`` in event-time order) from no open run, as
+        :meth:`update` and :meth:`advance` (to the current watermark) make them.
+
+        With `owner`, the run left open at the end becomes `owner`'s, events and deadline.
+        """
+        moves: list[tuple[int, int, int, int | None, CellKey]] = []
+        run: FunnelRun | None = None
+        first = 0
+        window = f.window_ms
+        for i, (code, seg) in enumerate(items):
+            ts, s = code >> _STAGE_BITS, code & _STAGE_MASK
+            if run is not None and ts > run.run_start_ms + window:
+                deadline = run.run_start_ms + window
+                moves.append((run.stage, OUTSIDE, deadline, deadline - run.stage_entered_ms,
+                              run.cell))
+                run = None
+            if run is None:
+                if s == 0:
+                    run = FunnelRun(0, ts, ts, (f.name, seg, self._week(ts)))
+                    first = i
+                    moves.append((OUTSIDE, 0, ts, None, run.cell))
+                continue
+            c = run.stage
+            if s <= c or (f.strict and s != c + 1):
+                continue
+            moves.append((c, s, ts, ts - run.stage_entered_ms, run.cell))
+            if s == f.last:
+                run = None
+            else:
+                run.stage, run.stage_entered_ms = s, ts
+        if run is not None and run.run_start_ms + window < self.state.watermark_ms:
+            deadline = run.run_start_ms + window
+            moves.append((run.stage, OUTSIDE, deadline, deadline - run.stage_entered_ms,
+                          run.cell))
+            run = None
+        if owner is not None and run is not None:
+            run.events = array("q", (code for code, _ in items[first:]))
+            self.state.runs[f.name][owner] = run
+            heapq.heappush(self.state.deadlines[f.name],
+                           (run.run_start_ms + window, owner, run.run_start_ms))
+        return moves
+
+    def _count(self, f: _Compiled, move: tuple[int, int, int, int | None, CellKey], sign: int
+               ) -> None:
+        """Add (`sign` 1) or retract (-1) one move's share of the aggregates."""
+        frm, to, _, spent, key = move
+        cell = self.state.cells.get(key)
+        if cell is None:
+            cell = self.state.cells[key] = StageCounts.empty(f.n_stages)
+        if to == OUTSIDE:
+            cell.n_dropped[frm] += sign
+            return
+        cell.n_entered[to] += sign
+        if frm != OUTSIDE:
+            cell.n_advanced[frm] += sign
+            if sign > 0:
+                cell.advance_ms[frm].add(spent)  # type: ignore[arg-type]
+            else:
+                cell.advance_ms[frm].remove(spent)  # type: ignore[arg-type]
+
+    def _week(self, ts: int) -> date:
         day = ts // _DAY_MS
         week = self._weeks.get(day)
         if week is None:
             week = self._weeks[day] = cohort_week(ts)
+        return week
+
+    # -- transitions -------------------------------------------------------------------------
+
+    def _start(self, f: _Compiled, cid: str, ev: ResolvedEvent, ts: int,
+               out: list[FunnelTransition]) -> None:
+        week = self._week(ts)
         key = (f.name, ev.segment, week)
         cell = self.state.cells.get(key)
         if cell is None:
             cell = self.state.cells[key] = StageCounts.empty(f.n_stages)
         cell.n_entered[0] += 1
-        self.state.runs[f.name][cid] = FunnelRun(0, ts, ts, key)
+        self.state.runs[f.name][cid] = FunnelRun(0, ts, ts, key, array("q", (ts << _STAGE_BITS,)))
         heapq.heappush(self.state.deadlines[f.name], (ts + f.window_ms, cid, ts))
         out.append(FunnelTransition(cid, f.name, OUTSIDE, 0, "", f.names[0], ts, None,
                                     ev.segment, week))

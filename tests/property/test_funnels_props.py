@@ -145,3 +145,73 @@ def test_a_run_never_moves_backwards(case) -> None:
                 assert t.to_stage == t.from_stage + 1
         ended = t.to_stage == OUTSIDE or t.converted
         current[t.customer_id] = OUTSIDE if ended else t.to_stage
+
+
+def _stage_order(cfg: FunnelConfig):
+    stage_of = {tp: i for i, s in enumerate(cfg.stages) for tp in s.touchpoints}
+    return lambda e: (e.ts_ms, stage_of.get(e.event.touchpoint, -1))
+
+
+@st.composite
+def merge_cases(draw: st.DrawFn):
+    """Two customers, each with at most one run open at the merge and none closed since the
+    other's run began (events inside the run's window, no last stage), one of them with older
+    closed runs; then the merged customer's later events. Segments are per customer, as the
+    chain stamps them."""
+    cfg = config(draw(st.sampled_from(["strict", "relaxed"])), draw(st.sampled_from([5, 10])))
+    window = cfg.conversion_window_s * 1000
+    t0 = T0_MS + 3 * DAY_MS
+    pre: list[ResolvedEvent] = []
+    for cid, seg in (("w", "a"), ("l", "b")):
+        if not draw(st.booleans()) and cid == "l":
+            continue
+        start = t0 + draw(st.integers(0, 12)) * MIN_MS
+        pre.append(resolved(cid, "landing_page", start, segment=seg))
+        for _ in range(draw(st.integers(0, 6))):
+            at = start + draw(st.integers(0, window // MIN_MS - 1)) * MIN_MS
+            tp = draw(st.sampled_from(["landing_page", "signup", "trial_start", "pricing_help"]))
+            pre.append(resolved(cid, tp, at, segment=seg))
+    old_owner = draw(st.sampled_from(["w", "l"]))
+    old = [resolved(old_owner, draw(st.sampled_from(TOUCHPOINTS)),
+                    T0_MS + draw(st.integers(0, 2 * DAY_MS // MIN_MS)) * MIN_MS,
+                    segment="a" if old_owner == "w" else "b")
+           for _ in range(draw(st.integers(0, 6)))]
+    # The watermark may move up to the earliest run's deadline: no run closes before the merge
+    # (runs closed before a merge are not re-walked; see FunnelTracker.merge_customer).
+    first_deadline = min(e.ts_ms for e in pre) + window
+    last = max(first_deadline, *(e.ts_ms for e in pre))
+    post = []
+    t = last
+    for _ in range(draw(st.integers(0, 10))):
+        t += draw(st.sampled_from([0, 1, 2, 5, 11, 1440])) * MIN_MS
+        post.append(resolved("w", draw(st.sampled_from(TOUCHPOINTS)), t, segment="a"))
+    return cfg, old, pre, post, draw(st.booleans())
+
+
+@settings(max_examples=200, deadline=None)
+@given(merge_cases())
+def test_merging_two_customers_equals_a_recount_of_the_merged_events(case) -> None:
+    """merge_customer(l, w) then the later events == one tracker fed every event as w's."""
+    cfg, old, pre, post, advance_first = case
+    order = _stage_order(cfg)
+    t_min = min(e.ts_ms for e in pre)
+
+    def drive(tracker: FunnelTracker, as_winner: bool, merge: bool):
+        rename = (lambda e: ResolvedEvent("w", e.event, e.segment)) if as_winner else (
+            lambda e: e)
+        tracker.update([rename(e) for e in sorted(old, key=order)])
+        tracker.advance(t_min)
+        tracker.update([rename(e) for e in sorted(pre, key=order)])
+        if advance_first:  # the watermark moves up to the earliest deadline
+            tracker.advance(t_min + cfg.conversion_window_s * 1000)
+        if merge:
+            tracker.merge_customer("l", "w")
+        at_merge = tracker.customer("w")
+        tracker.update(post)
+        tracker.advance(FAR_FUTURE)
+        return at_merge
+
+    merged, scratch = FunnelTracker([cfg]), FunnelTracker([cfg])
+    assert drive(merged, False, True) == drive(scratch, True, False)
+    assert merged.snapshot() == scratch.snapshot()
+    assert merged.customer("l") == [] and all(not r for r in merged.state.runs.values())

@@ -247,3 +247,88 @@ def test_durations_exact_then_bounded_within_one_percent() -> None:
     for v in (5, 1, 3):
         small.add(v)
     assert (small.quantile(0.5), small.quantile(0.9), Durations().quantile(0.5)) == (3, 4.6, None)
+
+
+# -- identity merges: two customers' open runs become one ----------------------------------
+
+
+def test_merge_folds_the_later_run_into_the_earlier_one_in_event_time_order() -> None:
+    # window 60 min, relaxed:
+    #   w:   V - - - - T            run from 0, at trial (skipped signup)
+    #   l:   - - V S - - - P        run from 2, at signup; its V is inside w's run
+    #   merged (from scratch):  V(0) . V S(3) . T(5) . P(7)  -> 0 -> 1 -> 2 -> 3, converted
+    tracker = FunnelTracker([funnel()])
+    tracker.update(sorted(timeline("w", "V----T") + timeline("l", "--VS"),
+                          key=lambda e: e.ts_ms))
+    out = tracker.merge_customer("l", "w")
+    assert tracker.customer("l") == []
+    (now,) = tracker.customer("w")
+    assert (now.stage_name, now.stage_entered_ms, now.run_start_ms) == (
+        "trial", T0_MS + 5 * MIN_MS, T0_MS)
+    # Only the move neither made before comes out: trial at 5 is now reached from signup (l's
+    # visit -> signup at 3 was emitted under l, which the identity merge maps to w).
+    assert [(t.customer_id, t.from_stage, t.to_stage, t.ts_ms) for t in out] == [
+        ("w", 1, 2, T0_MS + 5 * MIN_MS)]
+    assert tracker.update(timeline("w", "-------P")).transitions[0].converted
+    # Counted as one customer: one entry, visit -> signup -> trial -> purchase.
+    assert stats(tracker) == [("visit", 1, 1, 0), ("signup", 1, 1, 0), ("trial", 1, 1, 0),
+                              ("purchase", 1, 0, 0)]
+    scratch = FunnelTracker([funnel()])
+    scratch.update(sorted(timeline("w", "V----T-P") + timeline("w", "--VS"),
+                          key=lambda e: e.ts_ms))
+    assert tracker.snapshot() == scratch.snapshot()
+
+
+def test_merge_never_moves_a_stage_backwards() -> None:
+    # strict, window 60 min:
+    #   w:   V S T                 at trial since 2
+    #   l:   - - - V               a later run at visit
+    #   merged: l's V is a stage-0 repeat inside w's run: w stays at trial, l's entry is retracted
+    tracker = FunnelTracker([funnel("strict")])
+    tracker.update(timeline("w", "VST") + timeline("l", "---V"))
+    assert tracker.merge_customer("l", "w") == []
+    (now,) = tracker.customer("w")
+    assert (now.stage_name, now.stage_entered_ms) == ("trial", T0_MS + 2 * MIN_MS)
+    assert stats(tracker) == [("visit", 1, 1, 0), ("signup", 1, 1, 0), ("trial", 1, 0, 0),
+                              ("purchase", 0, 0, 0)]
+
+
+def test_merge_where_the_earlier_run_ran_out_of_window_starts_a_new_one() -> None:
+    # window 60 min, columns are 10 minutes, relaxed:
+    #   l:   V - - - S - - - -      run from 0 (signup at 40); still open at the watermark (50)?
+    #   w:   - - - - - V            run from 50
+    # Watermark 50: l's deadline 60 is ahead, so l is open; the merge keeps l's run (from 0),
+    # w's V at 50 is a repeat inside it. An event at 70 then drops it (deadline 60) and a V at 80
+    # starts a new run, exactly as from scratch.
+    tracker = FunnelTracker([funnel()])
+    tracker.update(timeline("l", "V---S", unit_ms=10 * MIN_MS)
+                   + timeline("w", "-----V", unit_ms=10 * MIN_MS))
+    tracker.advance(T0_MS + 50 * MIN_MS)
+    tracker.merge_customer("l", "w")
+    (now,) = tracker.customer("w")
+    assert (now.stage_name, now.run_start_ms) == ("signup", T0_MS)
+    out = tracker.update(timeline("w", "-------xV", unit_ms=10 * MIN_MS))
+    assert moves(out.transitions) == [(1, OUTSIDE), (OUTSIDE, 0)]
+    assert stats(tracker)[:2] == [("visit", 2, 1, 0), ("signup", 1, 0, 1)]
+
+
+def test_merge_with_an_idle_winner_moves_the_run_and_emits_nothing() -> None:
+    tracker = FunnelTracker([funnel()])
+    tracker.update(timeline("l", "VS"))
+    before = stats(tracker)
+    assert tracker.merge_customer("l", "w") == []
+    assert [c.stage_name for c in tracker.customer("w")] == ["signup"]
+    assert stats(tracker) == before
+    assert tracker.merge_customer("x", "w") == [] and tracker.merge_customer("w", "w") == []
+
+
+def test_merge_retracts_durations_and_the_state_still_pickles() -> None:
+    # relaxed: w V(0) P(9) would convert later; l V(1) S(2) -> merged: V(0) S(2) (visit 2 min)
+    tracker = FunnelTracker([funnel()])
+    tracker.update(sorted(timeline("w", "V") + timeline("l", "-VS"), key=lambda e: e.ts_ms))
+    tracker.merge_customer("l", "w")
+    total = {r.stage: r for r in tracker.snapshot(())}
+    assert (total["visit"].n_entered, total["visit"].n_advanced) == (1, 1)
+    assert total["visit"].median_advance_ms == 2 * MIN_MS
+    resumed = FunnelTracker([funnel()], pickle.loads(pickle.dumps(tracker.state)))
+    assert moves(resumed.update(timeline("w", "--------P")).transitions) == [(1, 3)]
