@@ -18,12 +18,16 @@ counts on demand (:meth:`TransitionCounts.matrix`), never stored.
 Outputs for the sink: :class:`CellRow` per cell of each pane as it becomes final (sum panes for
 any window, GROUP BY for any scope or order), and rolled-up :class:`TransitionRow` snapshots of the
 latest final window of each size. A correction to a published pane (an identity merge) re-emits
-the whole pane, or with ``corrections="delta"`` only the changed cells as rows to add.
+the whole pane, or with ``corrections="delta"`` only the changed cells as rows to add. Panes
+that left every window are kept pickled (``archive``: bytes per cell, bounded by the event-time
+span, not by the number of events or customers) so that a correction to one, however old, still
+re-emits the whole pane and every stored count equals a recount.
 """
 
 from __future__ import annotations
 
 import math
+import pickle
 from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -332,7 +336,7 @@ class TransitionCounter:
     the newly final panes (and of earlier panes corrected since). A step for a pane that is
     already final (a merge correction) is netted per cell first, then applied to that pane, to
     the windows holding it and to the totals, and the pane is emitted again (its rows replace
-    the earlier ones); panes older than the largest window only reach `totals`.
+    the earlier ones); panes older than the largest window are thawed from `archive` for it.
 
     The hopping windows are brought up to date when read (:meth:`window`, :meth:`matrix`,
     :meth:`snapshot`, `windows`, or every step when `advance` is given `on_window`): adding
@@ -365,6 +369,10 @@ class TransitionCounter:
         self._kept_from: int | None = None
         self.totals = TransitionCounts()
         self.dirty: set[int] = set()
+        # corrections="pane": the final panes that left every window, pickled (about 20 bytes a
+        # cell), so a merge correction to one of them can still re-publish the whole pane.
+        self.archive: dict[int, bytes] = {}
+        self._thawed: dict[int, TransitionCounts] = {}  # archived panes corrected, to re-emit
 
     @property
     def windows(self) -> dict[int, TransitionCounts]:
@@ -426,8 +434,11 @@ class TransitionCounter:
             for size in self.sizes:
                 self._synced[size] = self.frontier_pane
         for p in sorted(self.dirty):
-            if p in self.panes:
-                cells = self.panes[p].cell_rows(p * self.step_ms, self.step_s)
+            pane = self.panes[p] if p in self.panes else self._thawed.pop(p, None)
+            if pane is not None:
+                if p < self.frontier_pane - self.max_panes:  # archived: keep the new value
+                    self._freeze(p, pane)
+                cells = pane.cell_rows(p * self.step_ms, self.step_s)
                 # A correction can empty a pane; one zero row still carries its new version,
                 # so a sink keeping the latest emission of each pane drops the old cells.
                 rows.extend(cells or [empty_pane_row(p * self.step_ms, self.step_s)])
@@ -455,7 +466,9 @@ class TransitionCounter:
                 for size, n in self.sizes.items():
                     self._sync(size)
                     on_window((f + 1 - n) * self.step_ms, size, self._windows[size])
-            panes.pop(f - self.max_panes, None)
+            gone = panes.pop(f - self.max_panes, None)
+            if gone and self.corrections == "pane":
+                self._freeze(f - self.max_panes, gone)
             self._kept_from = max(self._kept_from, f - self.max_panes + 1)  # type: ignore[type-var]
         return rows
 
@@ -504,6 +517,12 @@ class TransitionCounter:
                     window.merge(leaving, -1)
         self._synced[size] = f
 
+    def _freeze(self, p: int, pane: TransitionCounts) -> None:
+        if pane.cells:
+            self.archive[p] = pickle.dumps(pane.cells, protocol=pickle.HIGHEST_PROTOCOL)
+        else:
+            self.archive.pop(p, None)
+
     def _correct(self, p: int, cells: Cells) -> None:
         """Apply the net change of one final pane to it, the windows holding it and the totals."""
         assert self.frontier_pane is not None
@@ -519,6 +538,14 @@ class TransitionCounter:
                 for key, (n, gap_sum) in delta.cells.items():
                     _add_cell(pending, key, n, gap_sum)
         if p < self.frontier_pane - self.max_panes:
+            if self.corrections == "pane":  # re-publish the whole archived pane
+                pane = self._thawed.get(p)
+                if pane is None:
+                    frozen = self.archive.pop(p, None)
+                    pane = self._thawed[p] = TransitionCounts(
+                        pickle.loads(frozen) if frozen is not None else {})
+                pane.merge(delta)
+                self.dirty.add(p)
             return
         pane = self.panes.get(p)
         if pane is None:
