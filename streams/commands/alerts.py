@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -110,6 +110,20 @@ def format_alert(alert: Any, color: bool = False) -> str:
             f"{alert.message}  [{alert.alert_id}]")
 
 
+def _stop_options(max_does: str, default: str) -> Callable[[Any], Any]:
+    """--max and --timeout: how a command that would run forever stops by itself."""
+
+    def add(command: Any) -> Any:
+        command = click.option(
+            "--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=None,
+            help=f"Stop after this many seconds without a new message (default: {default}).",
+        )(command)
+        return click.option("--max", "max_alerts", type=click.IntRange(min=1), default=None,
+                            help=f"Stop after {max_does}.")(command)
+
+    return add
+
+
 @alerts.command("tail")
 @click.option("--from-beginning", is_flag=True,
               help="Start at the oldest alert the topic keeps (30 days by default) instead of "
@@ -120,12 +134,7 @@ def format_alert(alert: Any, color: bool = False) -> str:
               help="Only alerts about this segment (e.g. s3, or `all`); repeat for several.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print each alert's raw JSON value, one per line (for jq and scripts).")
-@click.option("--max", "max_alerts", type=click.IntRange(min=1), default=None,
-              help="Stop after printing this many alerts.")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True),
-              default=None,
-              help="Stop after this many seconds without a new message (default: follow "
-                   "until Ctrl-C).")
+@_stop_options("printing this many alerts", "follow until Ctrl-C")
 @click.pass_context
 def tail(ctx: click.Context, from_beginning: bool, kinds: tuple[str, ...],
          segments: tuple[str, ...], as_json: bool, max_alerts: int | None,
@@ -170,3 +179,80 @@ def tail(ctx: click.Context, from_beginning: bool, kinds: tuple[str, ...],
         consumer.close()
     click.echo(f"{shown} alert(s) shown" + (f", {bad} bad message(s) skipped" if bad else ""),
                err=True)
+
+
+@alerts.command("webhook")
+@click.option("--url", default=None,
+              help="The endpoint that receives each alert as a JSON POST "
+                   "(default: the alerts_webhook.url setting).")
+@_stop_options("handling this many alerts (delivered or parked)", "run until Ctrl-C or SIGTERM")
+@click.pass_context
+def webhook(ctx: click.Context, url: str | None, max_alerts: int | None,
+            timeout_s: float | None) -> None:
+    """Deliver every alert to an HTTP endpoint, once per alert, in order.
+
+    Each alert is POSTed as its JSON (docs/alerts.md) with an `Idempotency-Key` header equal to
+    its alert_id. Connection errors, timeouts, 408, 425, 429 and 5xx are retried with
+    exponential backoff (alerts_webhook.backoff_initial_s doubling up to backoff_max_s); the
+    offset is committed only after a 2xx, so a restart never loses an alert. Another 4xx or 3xx,
+    or no 2xx within alerts_webhook.give_up_after_s, parks the alert on the dead-letter topic
+    (kafka.topics.alerts_dlq, default alerts.dlq) with the reason in its headers, and delivery
+    moves on. Run one per consumer group (alerts_webhook.consumer_group).
+    """
+    import logging
+    import signal
+    import threading
+
+    from pydantic import ValidationError
+
+    from processors.errors import ConfigError
+    from sinks.alerts import (
+        Delivered,
+        Parked,
+        WebhookDelivery,
+        WebhookPolicy,
+        WebhookRunner,
+    )
+    from streams.settings import AlertsWebhookSettings
+
+    settings = settings_from(ctx)
+    cfg = settings.alerts_webhook
+    if url is not None:
+        try:
+            cfg = AlertsWebhookSettings(**{**cfg.model_dump(), "url": url})
+        except ValidationError as exc:
+            problem = exc.errors()[0]["msg"].removeprefix("Value error, ")
+            raise click.BadParameter(problem, param_hint="--url") from None
+    if cfg.url is None:
+        raise ConfigError("no webhook URL: pass --url or set alerts_webhook.url "
+                          "(env JOURNEYMAP_ALERTS_WEBHOOK__URL)")
+    k = settings.kafka
+    for topic in (k.topics.alerts, k.topics.alerts_dlq):
+        _consumer(k.bootstrap_servers, topic, False).close()  # fails early when missing
+    log = logging.getLogger("journeymap.alerts.webhook")
+    stop = threading.Event()
+    policy = WebhookPolicy(cfg.url, cfg.request_timeout_s, cfg.backoff_initial_s,
+                           cfg.backoff_max_s, cfg.give_up_after_s)
+
+    def report(alert: Any, outcome: Any) -> None:
+        name = alert.alert_id if alert is not None else "(bad message)"
+        if isinstance(outcome, Delivered):
+            log.info("delivered %s (HTTP %d, %d attempt(s))", name, outcome.status,
+                     outcome.attempts)
+        elif isinstance(outcome, Parked):
+            log.warning("parked %s on %s: %s", name, k.topics.alerts_dlq, outcome.reason)
+
+    runner = WebhookRunner(k.bootstrap_servers, k.topics.alerts, k.topics.alerts_dlq,
+                           cfg.consumer_group, WebhookDelivery(policy, stop), report)
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    click.echo(f"delivering {k.topics.alerts} to {cfg.url} (group {cfg.consumer_group}); "
+               "Ctrl-C stops", err=True)
+    try:
+        stats = runner.run(max_alerts, timeout_s)
+    except KeyboardInterrupt:
+        stop.set()
+        stats = runner.stats
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    click.echo(f"{stats.delivered} delivered, {stats.parked} parked on {k.topics.alerts_dlq} "
+               f"({stats.bad} bad messages), {stats.attempts} HTTP attempts", err=True)
