@@ -212,14 +212,7 @@ class ServingStore:
             "look up a customer",
             lambda: self._lookup(args=[self.prefix, self.identity_prefix, node_key, customer_id]),
         )
-        cid = _text(cid)
-        if not cid:
-            return None
-        state_s = _text(state)
-        keys = tuple(sorted({k for k in _text(members).split("\n") if k}))
-        if not state_s and not keys:
-            return None
-        return Found(cid, orjson.loads(state_s) if state_s else None, keys)
+        return _found(cid, state, members)
 
     # -- deletion --------------------------------------------------------------------------------
 
@@ -279,6 +272,45 @@ class ServingStore:
 
     def close(self) -> None:
         self.client.close()
+
+
+class AsyncServingReader:
+    """The API's read side on redis.asyncio: the same one-round-trip lookup as
+    :meth:`ServingStore.find`, without blocking the event loop."""
+
+    def __init__(self, url: str, prefix: str, identity_prefix: str, *, timeout_s: float = 2.0
+                 ) -> None:
+        import redis.asyncio as aredis
+
+        self.client = aredis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
+        self.prefix = prefix
+        self.identity_prefix = identity_prefix
+        self._lookup = self.client.register_script(_LOOKUP)
+
+    async def find(self, *, node_key: str = "", customer_id: str = "") -> Found | None:
+        try:
+            cid, state, members = await self._lookup(
+                args=[self.prefix, self.identity_prefix, node_key, customer_id]
+            )
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise ServiceUnavailable(f"Redis did not answer a customer lookup: {exc}") from None
+        return _found(cid, state, members)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def _found(cid: Any, state: Any, members: Any) -> Found | None:
+    cid = _text(cid)
+    if not cid:
+        return None
+    state_s = _text(state)
+    keys = tuple(sorted({k for k in _text(members).split("\n") if k}))
+    if not state_s and not keys:
+        return None
+    return Found(cid, orjson.loads(state_s) if state_s else None, keys)
 
 
 def _text(value: Any) -> str:
