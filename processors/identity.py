@@ -111,6 +111,9 @@ class IdentityGraph:
         self.members: dict[str, list[str]] = {}
         self.moves: list[tuple[str, str]] = []
         self.new_keys: list[str] = []
+        # The batch's merge records, set before `commit`: a store can keep them in the same
+        # atomic step as the merges (the Redis store's outbox) so they are never lost.
+        self.merge_records: list[MergeRecord] = []
 
     def add(self, key: str, ts: int, unique_codes: Collection[str]) -> str:
         cid = customer_id_for(key)
@@ -174,6 +177,7 @@ class InMemoryIdentityStore:
     def commit(self, graph: IdentityGraph) -> bool:
         graph.moves.clear()  # the change log only matters to stores that replay it
         graph.new_keys.clear()
+        graph.merge_records = []  # so is the outbox
         return True
 
     def customer_of(self, key: str) -> str | None:
@@ -306,6 +310,7 @@ class IdentityResolver:
             attempt += 1
             graph = self.store.begin(wanted.keys())
             decision = self._decide(graph, accepted, per_event, ts_list, order)
+            graph.merge_records = decision.merges
             if self.store.commit(graph):
                 break
             if attempt >= MAX_COMMIT_ATTEMPTS:  # pragma: no cover - pathological contention

@@ -7,6 +7,8 @@
 --   8 member adds  customer, key ...
 --   9 root sets    customer, record ...
 --  10 root deletes customer ...
+--  11 merge outbox  loser, merge record (JSON) ...   kept until the ingest agent has produced
+--                   them (`RedisIdentityStore.ack_merges`), so a crash cannot lose a merge
 -- Returns 1 when applied, 2 when this token was applied before (a retried call), 0 when another
 -- writer changed a customer this batch read (the caller then decides the batch again).
 local function split(s)
@@ -67,5 +69,6 @@ for i = 1, #adds, 2 do
 end
 bulk('HSET', rkey, split(ARGV[9]))
 bulk('HDEL', rkey, split(ARGV[10]))
+bulk('HSET', p .. ':mo', split(ARGV[11]))
 redis.call('SET', tkey, '1', 'EX', ttl)
 return 1

@@ -16,6 +16,11 @@ Layout under the key prefix ``P`` (identifiers appear only as salted SHA-256 has
 - ``P:r``          hash  customer id -> JSON ``[earliest_ts, earliest_key, {kind: key}, size]``
 - ``P:m:<cust>``   set   the node keys of one customer (for merges and `members_of`)
 - ``P:tok:<t>``    a commit that was applied (so a retried commit is not applied twice)
+- ``P:mo``         hash  merge outbox: loser -> JSON merge record (with ``committed_ms``),
+  written by the commit that made the merge, deleted by :meth:`RedisIdentityStore.ack_merges`
+  once the worker has produced it. A worker that dies in between leaves it there, and
+  :meth:`RedisIdentityStore.pending_merges` hands it to another one (a loser is merged away
+  only once, so the loser is a natural idempotency key downstream).
 
 While Redis is unreachable every call retries with bounded exponential backoff and logs a
 warning saying what it is waiting for; nothing is lost because nothing is committed until Redis
@@ -36,7 +41,7 @@ import orjson
 import redis
 
 from processors.errors import ConfigError, ServiceUnavailable
-from processors.identity import IdentityGraph, Root
+from processors.identity import IdentityGraph, MergeRecord, Root
 
 log = logging.getLogger("journeymap.identity")
 T = TypeVar("T")
@@ -226,6 +231,10 @@ class RedisIdentityStore:
         adds: list[str] = []
         for key in graph.new_keys:
             adds += (cids[key], key)
+        now_ms = int(time.time() * 1000)
+        outbox: list[str] = []
+        for mr in graph.merge_records:
+            outbox += (mr.loser, orjson.dumps({**mr._asdict(), "committed_ms": now_ms}).decode())
         args: list[Any] = [
             self.prefix,
             token,
@@ -237,6 +246,7 @@ class RedisIdentityStore:
             "\n".join(adds),
             "\n".join(root_sets),
             "\n".join(gone),
+            "\n".join(outbox),
         ]
         # The same token on every retry: a commit whose reply was lost is not applied twice.
         status = self._call("commit identity decisions", lambda: self._commit(args=args))
@@ -244,6 +254,29 @@ class RedisIdentityStore:
             self.n_conflicting_commits += 1
             return False
         return True
+
+    # -- merge outbox --------------------------------------------------------------------------
+
+    def pending_merges(self, older_than_s: float = 0.0) -> list[MergeRecord]:
+        """Merge records committed at least `older_than_s` ago and not yet acknowledged.
+
+        Their worker died between the commit and producing them (or is still busy): produce
+        them again, then :meth:`ack_merges`. Sorted by merge time, then loser.
+        """
+        raw = self._call("read the merge outbox", lambda: self.client.hgetall(f"{self.prefix}:mo"))
+        limit_ms = int((time.time() - older_than_s) * 1000)
+        out = []
+        for value in raw.values():  # type: ignore[union-attr]
+            d = orjson.loads(value)
+            if d.pop("committed_ms") <= limit_ms:
+                out.append(MergeRecord(**d))
+        return sorted(out, key=lambda m: (m.ts_ms, m.loser))
+
+    def ack_merges(self, losers: Collection[str]) -> None:
+        """The merges of `losers` are produced: drop them from the outbox (idempotent)."""
+        if losers:
+            key = f"{self.prefix}:mo"
+            self._call("acknowledge merges", lambda: self.client.hdel(key, *losers))
 
     def customer_of(self, key: str) -> str | None:
         raw = self._call("look up a customer", lambda: self.client.hget(f"{self.prefix}:n", key))

@@ -1,0 +1,64 @@
+"""The merge outbox: a merge committed to the Redis identity graph survives a crash before the
+worker produced it (issue 6). Real Redis; each test uses its own key prefix."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from processors.config import IdentityConfig
+from processors.identity import IdentityResolver
+from sinks.identity_redis import RedisIdentityStore
+from tests.factories import MIN_MS, T0_MS, event
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+REDIS_URL = os.environ.get("JOURNEYMAP_REDIS__URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+def store() -> Iterator[RedisIdentityStore]:
+    s = RedisIdentityStore(REDIS_URL, prefix=f"jm:test:outbox:{uuid.uuid4().hex[:8]}")
+    try:
+        yield s
+    finally:
+        s.clear()
+
+
+def _two_customers_then_the_link() -> tuple[list, list]:
+    first = [event(at_ms=T0_MS, event_id="a", anonymous_id="cookie-a"),
+             event(at_ms=T0_MS + MIN_MS, event_id="b", anonymous_id="cookie-b")]
+    link = [event(at_ms=T0_MS + 2 * MIN_MS, event_id="ab", anonymous_id="cookie-b",
+                  device_id="dev-1"),
+            event(at_ms=T0_MS + 3 * MIN_MS, event_id="ba", anonymous_id="cookie-a",
+                  device_id="dev-1")]
+    return first, link
+
+
+def test_a_merge_stays_in_the_outbox_until_acknowledged(store: RedisIdentityStore) -> None:
+    resolver = IdentityResolver(IdentityConfig(), "salt", store)
+    first, link = _two_customers_then_the_link()
+    resolver.resolve_batch(first)
+    assert store.pending_merges() == []
+    merges = resolver.resolve_batch(link).merges
+    assert len(merges) == 1
+    # The worker "crashes" here: committed, never produced. The batch is redelivered, and the
+    # resolver (idempotent) does not report the merge again ...
+    again = IdentityResolver(IdentityConfig(), "salt", store).resolve_batch(link)
+    assert again.merges == []
+    # ... but the outbox still has it, exactly as the resolver made it.
+    assert store.pending_merges() == merges
+    assert store.pending_merges(older_than_s=3600) == []  # too recent for a recovery sweep
+    store.ack_merges([m.loser for m in merges])
+    assert store.pending_merges() == []
+    store.ack_merges([m.loser for m in merges])  # acknowledging twice is harmless
+
+
+def test_a_batch_without_merges_leaves_the_outbox_alone(store: RedisIdentityStore) -> None:
+    resolver = IdentityResolver(IdentityConfig(), "salt", store)
+    first, _ = _two_customers_then_the_link()
+    assert resolver.resolve_batch(first).merges == []
+    assert store.client.exists(f"{store.prefix}:mo") == 0
