@@ -84,7 +84,7 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
 def _require(role: Role) -> Any:
-    def check(request: Request, creds: Credentials) -> Caller:
+    async def check(request: Request, creds: Credentials) -> Caller:  # async: no thread hop
         caller = _caller(request, creds)
         if _RANK[caller.role] < _RANK[role]:
             raise ApiError(403, "forbidden", f"this needs a token with the {role!r} role")
