@@ -1,8 +1,9 @@
 """Publishing the serving state (:mod:`sinks.serving`) from the worker and from the replay.
 
 The worker calls :func:`publish_partitions` after each ClickHouse flush: the customers scored in
-the batch get their new state in Redis (one pipelined round trip per 1,000 customers), and those
-`journeymap forget` removed since the worker last saw them lose their in-memory state first.
+the batch get their new state in Redis (one pipelined round trip per 1,000 customers), and the
+customers `journeymap forget` removed lose the in-memory state the partition still holds (journey,
+pending events, funnel runs, model state, scores), which the next checkpoint then no longer has.
 The replay calls :func:`publish_replay` once at the end (``--serve-redis``).
 """
 
@@ -47,36 +48,45 @@ def latest_states(
     return [state_of(s, chain.funnels.customer(cid), now_ms) for cid, s in latest.items()]
 
 
-def drop_forgotten(part: Any, customer_ids: Sequence[str]) -> None:
-    """Drop a forgotten customer's journey, model state and scores from a worker partition."""
-    for cid in customer_ids:
+def drop_forgotten(part: Any, forgotten: set[str]) -> list[str]:
+    """Drop forgotten customers' journeys, model states and scores from a worker partition;
+    returns those it held."""
+    held = sorted(
+        cid for cid in forgotten
+        if cid in part.model_states or cid in part.chain.journeys.customers
+        or cid in part.last_scores
+    )
+    for cid in held:
         part.chain.forget_customer(cid)
         part.model_states.pop(cid, None)
         part.last_scores.pop(cid, None)
+    return held
 
 
 def _publish_sync(store: ServingStore, batches: Sequence[tuple[Any, list[Scores]]]) -> int:
     now_ms = int(time.time() * 1000)
-    touched = sorted({s.customer_id for _, scores in batches for s in scores})
-    forgotten = set(store.take_forgotten(touched))
+    forgotten = store.forgotten()
+    dropped: list[str] = []
     states: list[dict[str, Any]] = []
     for part, scores in batches:
-        mine = {s.customer_id for s in scores} & forgotten
-        if mine:
-            drop_forgotten(part, sorted(mine))
+        if forgotten:
+            dropped += drop_forgotten(part, forgotten)
         states += latest_states(
             part.chain, (s for s in scores if s.customer_id not in forgotten), now_ms
         )
-    if forgotten:
-        store.drop(sorted(forgotten))
+    if dropped:
+        store.drop(dropped)
+        store.clear_forgotten(dropped)
     return store.write(states)
 
 
 async def publish_partitions(
     store: ServingStore | None, batches: Sequence[tuple[Any, list[Scores]]]
 ) -> int:
-    """Worker hook: `batches` is (PartitionState, the batch's scores) per partition."""
-    if store is None or not any(scores for _, scores in batches):
+    """Worker hook, after each flush: `batches` is (PartitionState, the batch's scores) per
+    partition. Forgotten customers a partition still holds are dropped first (each batch reads
+    the small `forgotten` hash: one round trip)."""
+    if store is None or not batches:
         return 0
     return await asyncio.to_thread(_publish_sync, store, batches)
 
@@ -88,6 +98,6 @@ def publish_replay(replayer: Replayer, store: ServingStore) -> tuple[int, int]:
     """
     now_ms = int(time.time() * 1000)
     n_states = store.write(latest_states(replayer.chain, replayer.last_scores.values(), now_ms))
-    graph = replayer.chain.resolver.store.partition()
+    graph = replayer.chain.resolver.store.graph.partition()  # type: ignore[attr-defined]
     n_ids = store.write_identifiers(graph.items())
     return n_states, n_ids

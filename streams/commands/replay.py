@@ -27,6 +27,7 @@ def run_replay(
     with_models: bool,
     chunk_lines: int,
     quiet: bool,
+    serve_redis: bool | None = None,
 ) -> None:
     from sinks.clickhouse import connect, migrate
     from streams.files import check_files, total_bytes
@@ -69,6 +70,12 @@ def run_replay(
                 bar.update(task, completed=chunk.bytes_done, rate=f"{rate:,.0f} events/s")
 
             stats = replayer.run(paths, progress)
+        if serve_redis if serve_redis is not None else settings.serving.replay_to_redis:
+            from streams.serve import publish_replay, serving_store
+
+            n_states, n_ids = publish_replay(replayer, serving_store(settings))
+            console.print(f"serving state: {n_states:,} customers, {n_ids:,} identifiers -> "
+                          f"Redis at {settings.redis.url}")
     table = Table("counter", "value", title=f"replay: {stats.n_lines:,} lines in "
                   f"{stats.elapsed_s:.1f} s ({stats.events_per_s:,.0f} events/s)")
     for key, value in stats.counters.items():
@@ -87,9 +94,12 @@ def run_replay(
 @click.option("--chunk-lines", default=20_000, show_default=True, type=click.IntRange(100),
               help="Lines per processing batch.")
 @click.option("--quiet", is_flag=True, help="No progress bar or summary.")
+@click.option("--serve-redis/--no-serve-redis", default=None,
+              help="Also write every customer's serving state to Redis for the serving API "
+                   "(default: the serving.replay_to_redis setting).")
 @click.pass_context
 def replay(ctx: click.Context, files: tuple[str, ...], url: str | None, with_models: bool,
-           chunk_lines: int, quiet: bool) -> None:
+           chunk_lines: int, quiet: bool, serve_redis: bool | None) -> None:
     """Replay JSON Lines history FILES (plain or .gz) through validation, identity resolution,
     journeys, transitions, funnels, attribution and the models, into ClickHouse.
 
@@ -97,4 +107,4 @@ def replay(ctx: click.Context, files: tuple[str, ...], url: str | None, with_mod
     tables (rows are idempotent), so an interrupted replay is resumed by running it again.
     Bad lines are kept in the `dead_letters` table with their reason and file:line.
     """
-    run_replay(ctx, files, url, with_models, chunk_lines, quiet)
+    run_replay(ctx, files, url, with_models, chunk_lines, quiet, serve_redis)
