@@ -47,3 +47,5 @@ def demo(ctx: click.Context, customers: int, seed: int, workdir: str, with_model
         "\"SELECT channel, count() FROM touchpoints GROUP BY channel\"",
         err=True,
     )
+    click.echo(f"see it live: journeymap dashboard --clickhouse {db}  (http://127.0.0.1:8080/)",
+               err=True)
