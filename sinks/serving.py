@@ -222,18 +222,17 @@ class ServingStore:
             lambda: self.client.hset(f"{self.prefix}:forgotten", customer_id, at_ms),
         )
 
-    def take_forgotten(self, customer_ids: Sequence[str]) -> list[str]:
-        """Which of `customer_ids` were forgotten since a worker last touched them; clears the
-        marks it returns (each worker state is dropped once, later events start afresh)."""
-        if not customer_ids:
-            return []
-        key = f"{self.prefix}:forgotten"
-        ids = list(customer_ids)
-        marks = self._run("read deletions", lambda: self.client.hmget(key, ids))
-        hit = [cid for cid, mark in zip(ids, marks, strict=True) if mark is not None]
-        if hit:
-            self._run("clear deletion marks", lambda: self.client.hdel(key, *hit))
-        return hit
+    def forgotten(self) -> set[str]:
+        """Customers forgotten whose worker state has not been dropped yet (a small set)."""
+        marks = self._run("read deletions",
+                          lambda: self.client.hkeys(f"{self.prefix}:forgotten"))
+        return {_text(m) for m in marks}
+
+    def clear_forgotten(self, customer_ids: Sequence[str]) -> None:
+        """The worker holding these customers dropped their state: clear the marks."""
+        if customer_ids:
+            self._run("clear deletion marks",
+                      lambda: self.client.hdel(f"{self.prefix}:forgotten", *customer_ids))
 
     def forget(self, customer_id: str, node_keys: Sequence[str]) -> dict[str, int]:
         """Remove a customer's serving state and identifier lookups; keys removed per kind."""
