@@ -153,6 +153,7 @@ class JourneyChain:
         out = out if out is not None else ChainOutput()
         for merge in merges:
             out.merges.append(merge)
+            self._renamed.pop(merge.winner, None)  # a winner may be an id merged away before
             self._renamed[merge.loser] = merge.winner
             self.paths.rename(merge.loser, merge.winner)
             self._absorb(self.journeys.merge(merge.loser, merge.winner), out)
@@ -193,6 +194,7 @@ class JourneyChain:
         and the open attribution path. Events for `loser` that still arrive here are for
         `winner` from now on (see :meth:`winner_of`).
         """
+        self._renamed.pop(winner, None)
         self._renamed[loser] = winner
         mine = [entry for entry in self._pending if entry[3].customer_id == loser]
         if mine:
@@ -245,6 +247,11 @@ class JourneyChain:
         """
         if self.hold is None:
             self.hold = (self.journeys.frontier_ms, self.journeys.watermark_ms)
+
+    def revive(self, customer_id: str) -> None:
+        """`customer_id`, merged away before, is a merge winner again (an earlier identifier
+        made it canonical): its events stay here instead of following the old merge."""
+        self._renamed.pop(customer_id, None)
 
     def winner_of(self, customer_id: str) -> str | None:
         """The customer `customer_id` was merged into, if it was merged away here."""

@@ -91,3 +91,15 @@ def test_holding_until_the_transfer_gives_the_single_chain_result() -> None:
 def test_without_the_hold_the_merged_customer_is_released_out_of_order() -> None:
     unheld, _ = _two_chains(hold=False)
     assert unheld != _one_chain()  # the race the hold prevents
+
+
+def test_a_customer_merged_away_can_win_a_later_merge() -> None:
+    # B -> A, then an earlier identifier makes B canonical again: A -> B. No rename cycle.
+    chain = JourneyChain(CONFIG)
+    chain.process_resolved([resolved("A", "landing_page", T0_MS, event_id="a1"),
+                            resolved("B", "pricing_page", T0_MS + MIN_MS, event_id="b1")])
+    chain.process_resolved([], [MergeRecord("B", "A", "b1", T0_MS + MIN_MS, "shared_identifier")])
+    chain.process_resolved([], [MergeRecord("A", "B", "a0", T0_MS, "earlier_evidence")])
+    assert chain.winner_of("A") == "B" and chain.winner_of("B") is None
+    out = chain.finish()
+    assert {e.customer_id for e in out.released} == {"B"}
