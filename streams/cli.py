@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "evaluate"),
     "dashboard": ("dashboard", "dashboard"),
     "forget": ("forget", "forget"),
+    "experiments": ("experiments", "experiments"),
     "config": ("config_cmd", "config_cmd"),
 }
 
