@@ -14,8 +14,8 @@ from streams.cli import settings_from
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. Keep loopback unless a proxy with authentication "
                    "sits in front: the dashboard has no login.")
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),
-              help="Port to listen on (0 picks a free one).")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535),
+              help="Port to listen on.")
 @click.pass_context
 def dashboard(ctx: click.Context, url: str | None, host: str, port: int) -> None:
     """Serve the dashboard (journey map, funnel, segments, attribution, at-risk list, adoption

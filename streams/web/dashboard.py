@@ -613,7 +613,7 @@ def adoption_view(store: Store, scope: Scope, top: int = 14,
         d = sum(active.get((o, cur), 0) for o in groups if o != g)
         return n / d if d else None
 
-    gaps = []
+    gaps: list[dict[str, Any]] = []
     for g in (["focus"] if focus != "*" else groups):
         if active.get((g, True), 0) < min_active or g == "all":  # too few, or not placed yet
             continue

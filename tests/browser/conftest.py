@@ -100,7 +100,7 @@ def http_settings(demo_store_dir: Path, tmp_path_factory: pytest.TempPathFactory
     return load_settings(clickhouse={"url": str(data)})
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # closed after the module: chDB opens one directory per process
 def http_client(http_settings: Settings) -> Iterator[object]:
     from fastapi.testclient import TestClient
 

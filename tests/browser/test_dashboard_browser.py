@@ -10,7 +10,7 @@ import pytest
 
 from streams.web.dashboard import VIEWS
 from tests.browser.conftest import ARTIFACTS
-from tests.browser.test_dashboard_http import body_numbers
+from tests.browser.pages import body_numbers
 
 LOAD_TIMEOUT_MS = 60_000
 

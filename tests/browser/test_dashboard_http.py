@@ -9,15 +9,9 @@ from typing import Any
 import pytest
 
 from streams.web.dashboard import VIEWS
+from tests.browser.pages import body_numbers
 
 PATHS = [v.path for v in VIEWS]
-
-
-def body_numbers(html: str) -> list[str]:
-    """The numbers of the view itself (after its title), not the KPI strip every page shares."""
-    body = html.split("<h1>", 1)[1]
-    body = re.sub(r"<[^>]+>", " ", body)
-    return re.findall(r"-?\d[\d,]*(?:\.\d+)?", body)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -60,6 +54,12 @@ def test_bad_parameters_are_a_clear_400(http_client: Any, path: str, params: dic
 def test_a_parameter_given_twice_is_a_400(http_client: Any) -> None:
     resp = http_client.get("/?window=7&window=30")
     assert resp.status_code == 400 and "given twice" in resp.text
+
+
+def test_parameters_are_escaped_in_the_error_page(http_client: Any) -> None:
+    resp = http_client.get("/", params={"segment": "<script>alert(1)</script>"})
+    assert resp.status_code == 400
+    assert "<script>alert" not in resp.text and "&lt;script&gt;alert(1)" in resp.text
 
 
 def test_the_tables_survive_sql_like_parameters(http_client: Any) -> None:

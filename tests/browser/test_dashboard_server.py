@@ -14,7 +14,7 @@ from sinks.clickhouse import connect, migrate
 from streams.replay import Replayer
 from streams.settings import Settings, load_settings
 from streams.web.dashboard import VIEWS, close_store
-from tests.browser.test_dashboard_http import body_numbers
+from tests.browser.pages import body_numbers
 from tests.conftest import unique_name
 
 pytestmark = pytest.mark.integration
