@@ -125,3 +125,57 @@ def test_cli_record_analyse_save(settings: Settings, tmp_path: Path, monkeypatch
     assert saved == [("*", 360, 69), ("s1", 200, 36), ("s2", 160, 33)]
     r = runner.invoke(cli, ["experiments", "analyse", "missing"])
     assert r.exit_code != 0 and "no intervention names experiment" in r.output
+
+
+def test_api_assigns_once_by_any_identifier(settings: Settings, redis_test_url: str):
+    import uuid
+
+    import redis
+
+    from processors.config import IdentityConfig
+    from processors.experiments import assign_variant
+    from processors.identity import IdentityResolver
+    from sinks.serving import ServingStore
+
+    group = f"assign-{uuid.uuid4().hex[:10]}"
+    s = settings.model_copy(update={
+        "redis": settings.redis.model_copy(update={"url": redis_test_url}),
+        "kafka": settings.kafka.model_copy(update={"consumer_group": group}),
+    })
+    hasher = IdentityResolver(IdentityConfig(), s.identity_salt.get_secret_value())
+    key = hasher.key_of("email", "ada@example.com")
+    client = redis.Redis.from_url(redis_test_url)
+    serving = ServingStore(client, f"jm:serve:{group}", f"jm:id:{group}")
+    serving.write_identifiers([("c_00000000000000ad", [key])])
+    serving.write([{"customer_id": "c_00000000000000ad", "segment": "s1"}])
+    try:
+        with TestClient(create_app(s), raise_server_exceptions=False) as http:
+            w = {"Authorization": f"Bearer {WRITER}"}
+            http.post("/api/experiments/interventions", headers=w, json={
+                "name": "one-click checkout", "experiment": "checkout",
+                "variants": ["control", "b"], "control": "control",
+                "outcome_touchpoints": ["purchase"], "started_at": "2026-03-01T00:00:00Z"})
+            r = http.post("/api/experiments/checkout/assign", headers=w,
+                          json={"kind": "email", "value": " ADA@example.com"})
+            assert r.status_code == 200, r.text
+            expected = assign_variant("checkout", "c_00000000000000ad", ["control", "b"])
+            assert r.json() == {"customer_id": "c_00000000000000ad", "variant": expected,
+                                "new": True}
+            r = http.post("/api/experiments/checkout/assign", headers=w,
+                          json={"kind": "customer_id", "value": "c_00000000000000ad"})
+            assert r.json()["new"] is False and r.json()["variant"] == expected
+            r = http.post("/api/experiments/checkout/assign", headers=w,
+                          json={"kind": "email", "value": "nobody@example.com"})
+            assert r.status_code == 404
+            r = http.post("/api/experiments/nope/assign", headers=w,
+                          json={"kind": "email", "value": "ada@example.com"})
+            assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_experiment"
+        with connect(s.clickhouse) as store:
+            rows = store.client.query(
+                "SELECT customer_id, variant, segment FROM experiment_assignments FINAL "
+                "WHERE customer_id = 'c_00000000000000ad'").result_rows
+        assert rows == [("c_00000000000000ad", expected, "s1")]
+    finally:
+        for k in client.scan_iter(f"jm:*:{group}*"):
+            client.delete(k)
+        client.close()
