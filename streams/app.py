@@ -55,7 +55,10 @@ from streams.settings import Settings
 
 log = logging.getLogger("journeymap.worker")
 
-H_TYPE = "jm-type"  # header on touchpoints.resolved: absent = event, "merge", "transfer"
+# header on touchpoints.resolved: absent = an event; "merge" (at the merged-away customer's
+# partition), "expect" (at the winner's: hold the frontier) or "transfer" (the customer's state)
+H_TYPE = "jm-type"
+Message = tuple[bytes, bytes, dict[str, bytes]]  # key, value, headers
 
 
 class Metrics:
@@ -79,6 +82,12 @@ class Metrics:
             "journeymap_sink_failures", "ClickHouse flushes that failed", registry=r
         )
         self.checkpoints = Counter("journeymap_checkpoints", "partition checkpoints", registry=r)
+        self.transfers_awaited = Gauge(
+            "journeymap_transfers_awaited",
+            "merged customers announced to this worker's partitions and still on their way "
+            "(their partitions hold their frontier meanwhile)",
+            registry=r,
+        )
         self.latency = Gauge(
             "journeymap_processing_latency_seconds",
             "wall time from a batch's oldest message timestamp to its processing",
@@ -101,6 +110,13 @@ class PartitionState:
     last_scores: dict[str, Scores] = field(default_factory=dict)
     offset: int = -1
     dirty_scores: set[str] = field(default_factory=set)
+    # Streaming merges (see _journey_batch), by merge key (loser, evidence event): merges
+    # announced here whose transfer has not arrived (-> winner), transfers adopted here, merge
+    # controls done here; and the customers merged away from here (-> their winner).
+    awaiting: dict[tuple[str, str], str] = field(default_factory=dict)
+    adopted: set[tuple[str, str]] = field(default_factory=set)
+    detached: set[tuple[str, str]] = field(default_factory=set)
+    away: dict[str, str] = field(default_factory=dict)
 
 
 class Runtime:
@@ -213,6 +229,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                 runtime.resolver.resolve_batch, [a.event for a in accepted]
             ) if accepted else None
             sends = [dlq_topic.send(key=b"validate", value=d.to_json()) for d in dead]
+            expects = []
             m.dead.labels("validate").inc(len(dead))
             letters: list[DeadLetter] = []
             if resolved is not None:
@@ -229,6 +246,11 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                 raw_of = {id(a.event): ev.message.value for a, ev in _pairs(accepted, batch)}
                 for merge in resolved.merges:
                     body = orjson.dumps(merge._asdict())
+                    # enqueued before everything else: the winner's partition holds its
+                    # frontier before this batch's events and the transfer can reach it
+                    expects.append(resolved_topic.send(
+                        key=merge.winner.encode(), value=body, headers={H_TYPE: b"expect"}
+                    ))
                     sends.append(merges_topic.send(key=merge.loser.encode(), value=body))
                     sends.append(resolved_topic.send(
                         key=merge.loser.encode(), value=body, headers={H_TYPE: b"merge"}
@@ -246,7 +268,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                 out.conflicts.extend(resolved.conflicts)
                 out.dead.extend(letters)
             await _write(runtime, chain_rows(out, now_ms, 0, {}))
-            for fut in await asyncio.gather(*sends):
+            for fut in [*await asyncio.gather(*expects), *await asyncio.gather(*sends)]:
                 await fut
             await app.producer.flush()
 
@@ -270,7 +292,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
             rows: list[Rows] = []
             for p, _part, (out, forwards, transfers, scores) in outputs:
                 sentiments = sentiments_of(out.released, scores)
-                out.links.clear()  # written by the ingest agent
+                out.links.clear()  # links and merges are written by the ingest agent
+                out.merges.clear()
                 rows.append(chain_rows(out, now_ms, p, sentiments, runtime.emission_clock))
                 for key, value, headers in forwards + transfers:
                     sends.append(resolved_topic.send(key=key, value=value, headers=headers))
@@ -295,6 +318,9 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
             for p, part, _ in outputs:
                 if now - runtime.last_checkpoint.get(p, 0.0) >= runtime.checkpoint_every_s:
                     await _checkpoint(runtime, p, part)
+            runtime.metrics.transfers_awaited.set(
+                sum(len(part.awaiting) for part in runtime.partitions.values())
+            )
 
     @app.timer(interval=2.0)
     async def watchdog() -> None:
@@ -382,58 +408,118 @@ async def _checkpoint(runtime: Runtime, p: int, part: PartitionState) -> None:
 
 
 def _journey_batch(runtime: Runtime, part: PartitionState, events: Sequence[Any]
-                   ) -> tuple[ChainOutput, list[tuple[bytes, bytes, dict[str, bytes]]],
-                              list[tuple[bytes, bytes, dict[str, bytes]]], list[Scores]]:
-    """One partition's share of a batch: decode, merge, apply, score. Pure CPU, no awaits."""
+                   ) -> tuple[ChainOutput, list[Message], list[Message], list[Scores]]:
+    """One partition's share of a batch, in offset order: apply, merge, score. No awaits.
+
+    A merge of L into W crosses partitions in three messages: "expect" keyed by W (sent first by
+    the ingest agent), "merge" keyed by L, and the "transfer" of L's state that L's partition
+    sends to W's after detaching L. W's partition holds its frontier from the "expect" until
+    the "transfer" arrives, so nothing of W is released or finalized before L's events have
+    joined it. Each merge is known by its loser and evidence event, and every step is
+    idempotent, so duplicates from re-processing after a crash change nothing. A customer merged
+    away can become a winner again (an earlier identifier turned up): its "expect" revives it.
+    """
     m = runtime.metrics
-    merges: list[MergeRecord] = []
-    transfers_in: list[tuple[str, Any]] = []
-    resolved: list[ResolvedEvent] = []
-    forwards: list[tuple[bytes, bytes, dict[str, bytes]]] = []
+    chain = part.chain
+    out = ChainOutput()
+    run: list[ResolvedEvent] = []
+    forwards: list[Message] = []
+    transfers: list[Message] = []
     for ev in events:
         msg = ev.message
         if msg.offset <= part.offset:
             continue  # already in the checkpointed state
         part.offset = msg.offset
-        kind = dict(msg.headers or ()).get(H_TYPE) if msg.headers else None
+        kind = dict(msg.headers).get(H_TYPE) if msg.headers else None
         key = (msg.key or b"").decode()
-        if kind == b"merge":
-            merges.append(MergeRecord(**orjson.loads(msg.value)))
-        elif kind == b"transfer":
-            transfers_in.append((key, pickle.loads(msg.value)))
-        elif (winner := part.chain.winner_of(key)) is not None:
-            # resolved before its merge reached us: the event belongs to the winner now
-            forwards.append((winner.encode(), msg.value, {}))
-        else:
+        if kind is None:
+            if (winner := chain.winner_of(key)) is not None:
+                # resolved before its merge reached us: the event belongs to the winner now
+                forwards.append((winner.encode(), msg.value, {}))
+                continue
             result = decode(msg.value or b"", Source(msg.topic, msg.partition, msg.offset))
             if isinstance(result, Accepted):
-                resolved.append(ResolvedEvent(key, result.event))
-    chain = part.chain
-    # Merges arrive where the merged-away customer lives; its state travels to the winner's
-    # partition as a transfer, which merges it there (the same partition is no exception).
-    transfers = [
-        (
-            mr.winner.encode(),
-            pickle.dumps((
-                mr,
-                chain.detach_customer(mr.loser, mr.winner),
-                part.model_states.pop(mr.loser, None),
-            )),
-            {H_TYPE: b"transfer"},
-        )
-        for mr in merges
-    ]
-    out = ChainOutput()
-    for _, (merge, package, model_state) in transfers_in:
-        chain.attach_customer(package, merge, out)
-        if model_state is not None:
-            part.model_states.setdefault(merge.winner, model_state)
-    chain.process_resolved(resolved, (), out)
+                run.append(ResolvedEvent(key, result.event))
+            continue
+        if run:  # the events before a control message come first
+            chain.process_resolved(run, (), out)
+            run = []
+        mr = MergeRecord(**orjson.loads(msg.value)) if kind != b"transfer" else None
+        if kind == b"expect" and mr is not None:
+            if _mkey(mr) not in part.adopted:
+                part.awaiting[_mkey(mr)] = mr.winner
+                part.away.pop(mr.winner, None)  # canonical again (an earlier identifier)
+                chain.revive(mr.winner)
+        elif kind == b"merge" and mr is not None:
+            if _mkey(mr) not in part.detached:
+                transfers.append(_detach(part, mr))
+        elif kind == b"transfer":
+            forward = _adopt(part, *pickle.loads(msg.value), out)
+            if forward is not None:
+                transfers.append(forward)
+        _hold(part)
+    chain.process_resolved(run, (), out)
     scores = _score(runtime, part, out)
     m.applied.inc(len(out.applied))
     m.duplicates.inc(len(out.duplicates))
     m.late.inc(len(out.late))
     return out, forwards, transfers, scores
+
+
+def _hold(part: PartitionState) -> None:
+    if part.awaiting:
+        part.chain.hold_at_current()
+    else:
+        part.chain.hold = None
+
+
+def _mkey(mr: MergeRecord) -> tuple[str, str]:
+    """What identifies one merge, also after its winner was rewritten by a forward."""
+    return mr.loser, mr.evidence_event_id
+
+
+def _transfer(mr: MergeRecord, package: Any, model_state: Any,
+              carried: list[tuple[str, str]]) -> Message:
+    return (mr.winner.encode(), pickle.dumps((mr, package, model_state, carried)),
+            {H_TYPE: b"transfer"})
+
+
+def _detach(part: PartitionState, mr: MergeRecord) -> Message:
+    """L's partition: detach L and send it to W. Transfers still awaited for L go with it."""
+    chain = part.chain
+    part.detached.add(_mkey(mr))
+    carried = sorted(k for k, w in part.awaiting.items()
+                     if w == mr.loser or chain.winner_of(w) == mr.loser)
+    for k in carried:
+        del part.awaiting[k]
+    part.away[mr.loser] = mr.winner
+    package = chain.detach_customer(mr.loser, mr.winner)
+    return _transfer(mr, package, part.model_states.pop(mr.loser, None), carried)
+
+
+def _adopt(part: PartitionState, mr: MergeRecord, package: Any, model_state: Any,
+           carried: list[tuple[str, str]], out: ChainOutput) -> Message | None:
+    """A transfer arrived: merge it into its winner here, or pass it on if the winner left."""
+    key = _mkey(mr)
+    if key in part.adopted:
+        return None  # a duplicate (the merge was re-processed after a crash)
+    if mr.winner in part.away:  # the winner was merged away from here meanwhile
+        return _transfer(mr._replace(winner=part.away[mr.winner]), package, model_state,
+                         carried)
+    part.adopted.add(key)
+    part.awaiting.pop(key, None)
+    if mr.loser == mr.winner:
+        # L was merged into W, then W into L before L's transfer reached W: L's old state came
+        # home. Adopt it under an alias and merge that into L like any other merged customer.
+        mr = mr._replace(loser=f"{mr.loser}@{mr.evidence_event_id}")
+    for k in carried:
+        if k not in part.adopted:
+            part.awaiting[k] = mr.winner
+    _hold(part)  # lifted before the merge, so the adopted events are released with it
+    part.chain.attach_customer(package, mr, out)
+    if model_state is not None:
+        part.model_states.setdefault(mr.winner, model_state)
+    return None
 
 
 def _score(runtime: Runtime, part: PartitionState, out: ChainOutput) -> list[Scores]:

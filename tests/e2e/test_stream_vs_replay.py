@@ -192,13 +192,6 @@ def _wait_stable(target: ClickHouseSettings, want: dict[str, tuple[Any, ...]], c
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(
-    strict=False,
-    reason="known gap (issue 6): a merge's transfer can reach the winner's partition after that "
-    "partition's frontier passed the merged-away customer's events, so a few transitions and "
-    "funnel steps differ from the replay; touchpoints, identities, dead letters and late events "
-    "already match. Remove this mark once transfers hold back the winner's frontier.",
-)
 @pytest.mark.parametrize("crash", [False, True], ids=["clean", "kill-9-and-restart"])
 def test_two_workers_on_four_partitions_equal_the_replay(
     crash: bool, stream_env: dict[str, str], tmp_path: Path, jm_settings: Settings
