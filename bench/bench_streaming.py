@@ -1,0 +1,586 @@
+"""The streaming pipeline on real Kafka, Redis and ClickHouse (issue 6), next to a pass-through.
+
+    python bench/bench_streaming.py [--customers 10000] [--live-seconds 30] [--rate R]
+
+One run, unique topics / consumer groups / ClickHouse database / Redis keys, loopback only:
+
+1. The simulator's history (seed 1, drift injected into self_serve_dev at mid-history) is cut
+   at the drift. The part before it is produced as a backlog twice: to the worker's raw topic
+   and to a pass-through topic.
+2. Baseline: a pass-through Faust agent (same batching as the worker: take_events, send each
+   value to another topic, await, flush) drains its copy. events/s from the first to the last
+   output message (watermark of the output topic, polled every 0.1 s).
+3. One `journeymap worker` (models on) drains the backlog: events/s from the first event taken
+   in to the last one applied (its /metrics, polled every 0.25 s). RSS from /proc: at the first
+   /metrics answer (before the backlog grows state) and at the end; RSS for 1M customers is
+   extrapolated linearly from the resolved customers of this run.
+4. Live: the events after the drift, each stamped `occurred_at = now` when produced, at half
+   the measured sustained rate (or --rate). After --warm-seconds, one event in --sample-every
+   is timed from produce to its `touchpoints` row being visible (ClickHouse polled every
+   0.2 s), and every alert from produce of the event that raised it (`ts_ms` = that event's
+   produce time, in ms) to its arrival on the alerts topic, and every scores message the same
+   way (the worker sends an event's alerts right after its scores message, in the same loop).
+   The worker runs with journey.allowed_lateness_s = --lateness-s (1): rows are final, and
+   written, once the partition's event time has passed them by the allowed lateness; with the
+   default 1 h they would appear an hour later, by design.
+
+Every process started here is stopped by its PID; the run ends by itself (--max-seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
+from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+
+from simulator.model import SimConfig, simulate  # noqa: E402
+from streams.producer import key_of  # noqa: E402
+from streams.services import clickhouse_server_url  # noqa: E402
+from streams.settings import load_settings  # noqa: E402
+
+TOPICS = ("raw", "resolved", "dlq", "merges", "late", "scores", "alerts", "alerts_dlq")
+WORKER_PORT, PASS_PORT = 16391, 16392
+
+
+class Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.at = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return self.at - time.monotonic()
+
+    def check(self, what: str) -> None:
+        if self.left() <= 0:
+            raise TimeoutError(f"--max-seconds reached while {what}")
+
+
+# -- the pass-through agent (run as a subprocess of this script) --------------------------------
+
+
+def passthrough_main(bootstrap: str, src: str, dst: str, group: str, batch_max: int,
+                     within: float, workdir: str) -> None:
+    import faust
+    from faust.worker import Worker
+
+    app = faust.App(group, broker=f"kafka://{bootstrap}", store="memory://",
+                    web_host="127.0.0.1", web_bind="127.0.0.1", web_port=PASS_PORT,
+                    value_serializer="raw", key_serializer="raw",
+                    consumer_auto_offset_reset="earliest", producer_acks=-1,
+                    broker_commit_every=batch_max, autodiscover=False)
+    src_topic = app.topic(src, key_type=bytes, value_type=bytes, internal=False)
+    dst_topic = app.topic(dst, key_type=bytes, value_type=bytes, internal=False)
+
+    @app.agent(src_topic)
+    async def copy(stream: Any) -> None:
+        async for batch in stream.take_events(batch_max, within=within):
+            sends = [dst_topic.send(key=ev.message.key, value=ev.message.value) for ev in batch]
+            for fut in await asyncio.gather(*sends):
+                await fut
+            await app.producer.flush()
+
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    Worker(app, loglevel="warning", workdir=workdir, redirect_stdouts=False
+           ).execute_from_commandline()
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def stop_pid(proc: subprocess.Popen[bytes], what: str) -> None:
+    if proc.poll() is not None:
+        return
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        print(f"  {what} (pid {proc.pid}) ignored SIGTERM for 60 s; killing it")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def rss_mb(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) in MB."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) / 1024
+    return fields["VmRSS"], fields["VmHWM"]
+
+
+def metrics(port: int) -> dict[str, float] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("journeymap_") and "{" not in line:
+            name, value = line.split()
+            out[name] = float(value)
+    return out
+
+
+def high_watermark(consumer: Consumer, topic: str, partitions: int) -> int:
+    return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1]
+               for p in range(partitions))
+
+
+def shifted(lines: list[bytes], shift_ms: int) -> list[bytes]:
+    """The lines with occurred_at moved by shift_ms (relative timing kept)."""
+    out = []
+    for line in lines:
+        body = orjson.loads(line)
+        body["occurred_at"] = rfc3339(int(event_ms(line)) + shift_ms)
+        out.append(orjson.dumps(body))
+    return out
+
+
+def sustained(samples: list[tuple[float, float]], n: int) -> tuple[float, float]:
+    """(events/s between 10 % and 90 % of n, seconds from first to last) from (t, count)."""
+    def first_at(fraction: float) -> float:
+        return next(t for t, c in samples if c >= fraction * n)
+
+    t10, t90 = first_at(0.1), first_at(0.9)
+    start = next(t for t, c in samples if c > 0)
+    return 0.8 * n / max(t90 - t10, 1e-3), samples[-1][0] - start
+
+
+def produce_all(bootstrap: str, topic: str, lines: list[bytes]) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20,
+                         "compression.type": "lz4", "enable.idempotence": True})
+    for line in lines:
+        while True:
+            try:
+                producer.produce(topic, value=line, key=key_of(line))
+                break
+            except BufferError:
+                producer.poll(0.05)
+    if producer.flush(60):
+        raise RuntimeError(f"could not produce the backlog to {topic}")
+
+
+def rfc3339(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.") + (
+        f"{ms % 1000:03d}Z")
+
+
+def event_ms(line: bytes) -> float:
+    """occurred_at of a simulator line (RFC 3339 text or epoch ms) in epoch ms."""
+    value = orjson.loads(line)["occurred_at"]
+    if isinstance(value, int | float):
+        return float(value)
+    return datetime.fromisoformat(value).timestamp() * 1000
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def cli(env: dict[str, str], *args: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "streams.cli", *args], env=env, cwd=ROOT,
+                          capture_output=True, timeout=180, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"journeymap {' '.join(args)} failed:\n{done.stderr.decode()}")
+
+
+# -- phases -------------------------------------------------------------------------------------
+
+
+def drain_passthrough(env: dict[str, str], bootstrap: str, src: str, dst: str, group: str,
+                      n: int, partitions: int, workdir: Path, deadline: Deadline) -> float:
+    s = load_settings()
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--passthrough", bootstrap, src, dst, group,
+         str(s.worker.batch_max), str(s.worker.batch_within_s), str(workdir / "pt")],
+        env=env, cwd=ROOT, stdout=(workdir / "passthrough.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    watcher = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{group}-watch"})
+    try:
+        samples: list[tuple[float, float]] = []
+        done = 0
+        while done < n:
+            deadline.check("the pass-through drained its topic")
+            if proc.poll() is not None:
+                raise RuntimeError(f"the pass-through exited; see {workdir / 'passthrough.log'}")
+            done = high_watermark(watcher, dst, partitions)
+            samples.append((time.monotonic(), done))
+            time.sleep(0.1)
+        return sustained(samples, n)[0]
+    finally:
+        watcher.close()
+        stop_pid(proc, "the pass-through")
+
+
+def start_worker(env: dict[str, str], workdir: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "worker", "--web-port", str(WORKER_PORT),
+         "--workdir", str(workdir / "worker"), "--loglevel", "warning"],
+        env=env, cwd=ROOT, stdout=(workdir / "worker.log").open("wb"), stderr=subprocess.STDOUT,
+    )
+
+
+def drain_worker(proc: subprocess.Popen[bytes], n: int, workdir: Path, deadline: Deadline,
+                 customers_at: list[int]) -> dict[str, float]:
+    """Sustained rate over the backlog (events through the journey agent), and RSS at a third
+    of the backlog and at its end with the true customers seen by then (simulator truth)."""
+    samples: list[tuple[float, float]] = []
+    mid: tuple[float, int] | None = None
+    last_change, last_seen = time.monotonic(), -1.0
+    m: dict[str, float] | None = None
+    while True:
+        deadline.check("the worker drained the backlog")
+        if proc.poll() is not None:
+            raise RuntimeError(f"the worker exited; see {workdir / 'worker.log'}")
+        m = metrics(WORKER_PORT) or m
+        now = time.monotonic()
+        if m is not None:
+            taken = m.get("journeymap_events_in_total", 0.0)
+            journeyed = sum(m.get(f"journeymap_{k}_total", 0.0)
+                            for k in ("applied", "late", "duplicates"))
+            samples.append((now, journeyed))
+            if mid is None and journeyed >= n / 3:
+                mid = (rss_mb(proc.pid)[0], customers_at[min(int(journeyed), n) - 1])
+            if journeyed != last_seen:
+                last_seen, last_change = journeyed, now
+            accepted = m.get("journeymap_accepted_total", 0.0)
+            if taken >= n and journeyed >= accepted and now - last_change > 1.0:
+                break
+            if taken >= n and now - last_change > 60.0:
+                print(f"  the journey agent stalled at {journeyed:,.0f} of {accepted:,.0f} "
+                      "accepted events for 60 s; measuring what it did")
+                break
+        time.sleep(0.25)
+    assert mid is not None and m is not None
+    rss, hwm = rss_mb(proc.pid)
+    rate, seconds = sustained(samples, int(last_seen))
+    return {"rate": rate, "seconds": seconds, "rss_mid_mb": mid[0], "customers_mid": mid[1],
+            "rss_mb": rss, "hwm_mb": hwm, "journeyed": last_seen,
+            "taken": m.get("journeymap_events_in_total", 0.0),
+            "customers": customers_at[-1]}
+
+
+class TopicWatcher(threading.Thread):
+    """Every message that arrives on a topic from now on (JSON), with its wall arrival time."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+        super().__init__(daemon=True)
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "unused",
+                                  "enable.auto.commit": False, "fetch.wait.max.ms": 10})
+        assigned = []
+        for p in range(partitions):
+            _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)
+            assigned.append(TopicPartition(topic, p, high))
+        self.consumer.assign(assigned)
+        self.got: list[tuple[dict[str, Any], float]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            msg = self.consumer.poll(0.05)
+            if msg is not None and msg.error() is None:
+                self.got.append((orjson.loads(msg.value()), time.time()))
+        self.consumer.close()
+
+
+class RowWatcher(threading.Thread):
+    """First time each sampled event_id is visible in `touchpoints`."""
+
+    def __init__(self, client: Any) -> None:
+        super().__init__(daemon=True)
+        self.client = client
+        self.pending: dict[str, float] = {}
+        self.seen: dict[str, float] = {}
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.polls = 0
+        self.poll_s = 0.0
+
+    def add(self, event_id: str, produced: float) -> None:
+        with self.lock:
+            self.pending[event_id] = produced
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            with self.lock:
+                ids = list(self.pending)
+            if ids:
+                t0 = time.time()
+                rows = self.client.query("SELECT event_id FROM touchpoints WHERE event_id IN "
+                                         "%(ids)s", parameters={"ids": ids}).result_rows
+                now = time.time()
+                self.polls += 1
+                self.poll_s += now - t0
+                with self.lock:
+                    for (event_id,) in rows:
+                        produced = self.pending.pop(event_id, None)
+                        if produced is not None:
+                            self.seen[event_id] = now - produced
+            self.stop.wait(0.2)
+
+
+def live(bootstrap: str, topic: str, lines: list[bytes], rate: float, warm_s: float,
+         measure_s: float, sample_every: int, rows: RowWatcher) -> tuple[int, float, float]:
+    """Produce `lines` re-stamped with the wall clock at `rate`; returns (n, start, seconds)."""
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2,
+                         "enable.idempotence": True})
+    start = time.time()
+    measured_from = start + warm_s
+    i = 0
+    for line in lines:
+        due = start + i / rate
+        now = time.time()
+        if due > now:
+            time.sleep(due - now)
+        now = time.time()
+        if now - start > warm_s + measure_s:
+            break
+        body = orjson.loads(line)
+        body["occurred_at"] = rfc3339(int(now * 1000))
+        value = orjson.dumps(body)
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key_of(value))
+                break
+            except BufferError:
+                producer.poll(0.01)
+        if now >= measured_from and i % sample_every == 0:
+            rows.add(body["event_id"], now)
+        producer.poll(0)
+        i += 1
+    producer.flush(30)
+    return i, start, time.time() - start
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--customers", type=int, default=10_000)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--rate", type=float, default=None,
+                    help="live events/s (default: half the measured sustained rate)")
+    ap.add_argument("--warm-seconds", type=float, default=8.0)
+    ap.add_argument("--live-seconds", type=float, default=30.0)
+    ap.add_argument("--sample-every", type=int, default=10)
+    ap.add_argument("--lateness-s", type=int, default=1,
+                    help="journey.allowed_lateness_s of the worker: rows are written once final, "
+                         "so this is a floor under produce -> row latency (default 1 s: the "
+                         "ingest agent's re-keying reorders events across raw partitions by up "
+                         "to a batch, and events past the lateness are dropped as late)")
+    ap.add_argument("--max-seconds", type=float, default=900.0)
+    ap.add_argument("--keep", action="store_true", help="keep topics, database and logs")
+    args = ap.parse_args()
+    deadline = Deadline(args.max_seconds)
+
+    settings = load_settings()
+    bootstrap = settings.kafka.bootstrap_servers
+    partitions = settings.kafka.partitions
+    ch_url = clickhouse_server_url(settings)
+    name = f"bench{uuid.uuid4().hex[:8]}"
+    workdir = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "JOURNEYMAP_CLICKHOUSE__URL": ch_url,
+        "JOURNEYMAP_CLICKHOUSE__DATABASE": name,
+        "JOURNEYMAP_KAFKA__CONSUMER_GROUP": name,
+        "JOURNEYMAP_JOURNEY__ALLOWED_LATENESS_S": str(args.lateness_s),
+    }
+    for t in TOPICS:
+        env[f"JOURNEYMAP_KAFKA__TOPICS__{t.upper()}"] = f"{name}.{t}"
+    pt_in, pt_out = f"{name}.pt-in", f"{name}.pt-out"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+
+    cfg = SimConfig(customers=args.customers, seed=args.seed)
+    print(f"simulating {args.customers:,} customers (seed {args.seed}) ...", flush=True)
+    sim = simulate(cfg)
+    drift_at = cfg.drift_at_ms or 0
+    cut = next(i for i, line in enumerate(sim.lines) if event_ms(line) >= drift_at)
+    backlog, after = sim.lines[:cut], sim.lines[cut:]
+    owner, seen = sim.truth.customer_of_event(), set()
+    customers_at = []  # true customers among the first i + 1 backlog events
+    for line in backlog:
+        seen.add(owner.get(orjson.loads(line)["event_id"]))
+        customers_at.append(len(seen))
+    print(f"{len(sim.lines):,} events: backlog {len(backlog):,} before the drift "
+          f"({cfg.drift_segment} conversion x{cfg.drift_conversion_factor}), "
+          f"{len(after):,} after it for the live phase")
+    print(f"run {name}: Kafka {bootstrap}, {partitions} partitions; ClickHouse {ch_url}; "
+          f"logs in {workdir}", flush=True)
+
+    worker = None
+    results: dict[str, Any] = {}
+    try:
+        cli(env, "topics", "create")
+        cli(env, "migrate")
+        for f in admin.create_topics([NewTopic(t, partitions, 1) for t in (pt_in, pt_out)]
+                                     ).values():
+            f.result(30)
+        # The history before the drift, moved so that it ends now: the live events that follow
+        # (stamped with the wall clock) continue it without a jump in event time.
+        backlog = shifted(backlog, int(time.time() * 1000) - drift_at)
+        produce_all(bootstrap, pt_in, backlog)
+        produce_all(bootstrap, env["JOURNEYMAP_KAFKA__TOPICS__RAW"], backlog)
+        load1 = os.getloadavg()[0]
+        import clickhouse_connect
+
+        parts = urllib.parse.urlsplit(ch_url)
+        client = clickhouse_connect.get_client(
+            host=parts.hostname, port=parts.port or 8123, database=name,
+            username=settings.clickhouse.user,
+            password=settings.clickhouse.password.get_secret_value())
+
+        print("pass-through Faust agent draining the backlog ...", flush=True)
+        pt_rate = drain_passthrough(env, bootstrap, pt_in, pt_out, f"{name}-pt", len(backlog),
+                                    partitions, workdir, deadline)
+        print(f"  pass-through: {pt_rate:,.0f} events/s", flush=True)
+
+        print("journeymap worker (models on) draining the same backlog ...", flush=True)
+        worker = start_worker(env, workdir)
+        w = drain_worker(worker, len(backlog), workdir, deadline, customers_at)
+        print(f"  worker: {w['rate']:,.0f} events/s ({w['seconds']:.1f} s)", flush=True)
+
+        rate = args.rate or w["rate"] / 2
+        print(f"live: {rate:,.0f} events/s, {args.warm_seconds:g} s warm-up then "
+              f"{args.live_seconds:g} s measured ...", flush=True)
+        alerts = TopicWatcher(bootstrap, env["JOURNEYMAP_KAFKA__TOPICS__ALERTS"], 1)
+        scores = TopicWatcher(bootstrap, env["JOURNEYMAP_KAFKA__TOPICS__SCORES"], partitions)
+        rows = RowWatcher(client)
+        before = metrics(WORKER_PORT) or {}
+        for thread in (alerts, scores, rows):
+            thread.start()
+        n_live, live_start, live_s = live(
+            bootstrap, env["JOURNEYMAP_KAFKA__TOPICS__RAW"], after, rate, args.warm_seconds,
+            args.live_seconds, args.sample_every, rows)
+        wait_until = time.monotonic() + 30
+        while rows.pending and time.monotonic() < wait_until:
+            time.sleep(0.2)
+        time.sleep(2)
+        for thread in (alerts, scores, rows):
+            thread.stop.set()
+            thread.join(10)
+        after_m = metrics(WORKER_PORT) or {}
+        late_live = (after_m.get("journeymap_late_total", 0.0)
+                     - before.get("journeymap_late_total", 0.0))
+        load2 = os.getloadavg()[0]
+
+        lat = list(rows.seen.values())
+        measured_ms = (live_start + args.warm_seconds) * 1000
+        live_alerts = [(a, got) for a, got in alerts.got if a["ts_ms"] >= live_start * 1000]
+        alert_lat = [got - a["ts_ms"] / 1000 for a, got in live_alerts]
+        score_lat = [got - sc["ts_ms"] / 1000 for sc, got in scores.got
+                     if sc["ts_ms"] >= measured_ms]
+        results = dict(pt_rate=pt_rate, w=w, rate=rate, n_live=n_live,
+                       live_s=live_s, lat=lat, missing=len(rows.pending), alerts=live_alerts,
+                       alert_lat=alert_lat, all_alerts=len(alerts.got), polls=rows.polls,
+                       poll_s=rows.poll_s, load=(load1, load2), score_lat=score_lat,
+                       late_live=late_live, lateness_s=args.lateness_s)
+    finally:
+        if worker is not None:
+            stop_pid(worker, "the worker")
+        if not args.keep:
+            cleanup(admin, env, name, ch_url, settings, [pt_in, pt_out])
+    report(results, args)
+
+
+def cleanup(admin: AdminClient, env: dict[str, str], name: str, ch_url: str, settings: Any,
+            extra_topics: list[str]) -> None:
+    topics = [env[f"JOURNEYMAP_KAFKA__TOPICS__{t.upper()}"] for t in TOPICS] + extra_topics
+    internal = [t for t in admin.list_topics(timeout=10).topics if t.startswith(name)]
+    for f in admin.delete_topics(sorted(set(topics + internal)), operation_timeout=30).values():
+        with contextlib.suppress(Exception):  # a topic that was never created
+            f.result(30)
+    import clickhouse_connect
+    import redis
+
+    parts = urllib.parse.urlsplit(ch_url)
+    client = clickhouse_connect.get_client(
+        host=parts.hostname, port=parts.port or 8123, username=settings.clickhouse.user,
+        password=settings.clickhouse.password.get_secret_value())
+    client.command(f"DROP DATABASE IF EXISTS {name}")
+    r = redis.Redis.from_url(settings.redis.url)
+    keys = list(r.scan_iter(f"*{name}*"))
+    if keys:
+        r.delete(*keys)
+
+
+def report(res: dict[str, Any], args: argparse.Namespace) -> None:
+    if not res:
+        return
+    w = res["w"]
+    print("\n== results ==")
+    print(f"machine load average (1 min) before / after the run: "
+          f"{res['load'][0]:.1f} / {res['load'][1]:.1f} on {os.cpu_count()} cores")
+    print(f"baseline pass-through Faust agent: {res['pt_rate']:10,.0f} events/s")
+    print(f"journeymap worker, whole pipeline: {w['rate']:10,.0f} events/s   "
+          f"ratio {w['rate'] / res['pt_rate']:.3f}   (targets >= 10,000/s and >= 0.5)")
+    lat = res["lat"]
+    if lat:
+        print(f"produce -> touchpoints row visible at {res['rate']:,.0f}/s "
+              f"({res['n_live']:,} events in {res['live_s']:.0f} s, {len(lat)} sampled, "
+              f"{res['missing']} not visible after 30 s): p50 {percentile(lat, 0.5):.3f} s  "
+              f"p99 {percentile(lat, 0.99):.3f} s  max {max(lat):.3f} s  (target p99 <= 2 s; "
+              f"ClickHouse polled every 0.2 s, a poll took "
+              f"{res['poll_s'] / max(res['polls'], 1):.3f} s; allowed lateness "
+              f"{res['lateness_s']} s; {res['late_live']:,.0f} live events dropped as late)")
+    al = res["alert_lat"]
+    if al:
+        print(f"produce -> alert on the alerts topic: {len(al)} alerts, p50 "
+              f"{percentile(al, 0.5):.3f} s  p99 {percentile(al, 0.99):.3f} s  max {max(al):.3f} s "
+              "(target p99 <= 1 s)")
+        for a, _ in res["alerts"][:5]:
+            print(f"    {a['severity']} {a['segment']} {a['metric']}: {a['message']}")
+    else:
+        print(f"produce -> alert: no alert raised in the live phase "
+              f"({res['all_alerts']} alerts in total)")
+    sl = res["score_lat"]
+    if sl:
+        print(f"produce -> scores message (sent in the same loop as alerts, right before the "
+              f"alerts its event raises): {len(sl):,} events, p50 {percentile(sl, 0.5):.3f} s  "
+              f"p99 {percentile(sl, 0.99):.3f} s  max {max(sl):.3f} s")
+        third = max(len(sl) // 3, 1)
+        print(f"    p50 in the first / last third of the measured window: "
+              f"{percentile(sl[:third], 0.5):.3f} s / {percentile(sl[-third:], 0.5):.3f} s "
+              "(growing = the worker falls behind at this rate)")
+    grown = w["customers"] - w["customers_mid"]
+    per_customer = (w["rss_mb"] - w["rss_mid_mb"]) / max(grown, 1)
+    print(f"worker RSS: {w['rss_mid_mb']:.0f} MB at {w['customers_mid']:,} resolved customers, "
+          f"{w['rss_mb']:.0f} MB (peak {w['hwm_mb']:.0f} MB) at {w['customers']:,} = "
+          f"{per_customer * 1024:.1f} kB per added customer -> "
+          f"~{w['rss_mb'] + per_customer * (1e6 - w['customers']):,.0f} MB for 1M customers "
+          "(linear extrapolation of the growth between the two points)")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--passthrough":
+        b, src, dst, group, batch_max, within, wd = sys.argv[2:9]
+        sys.argv = [sys.argv[0], "worker"]
+        passthrough_main(b, src, dst, group, int(batch_max), float(within), wd)
+    else:
+        main()
