@@ -295,6 +295,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                 out.links.clear()  # links and merges are written by the ingest agent
                 out.merges.clear()
                 rows.append(chain_rows(out, now_ms, p, sentiments, runtime.emission_clock))
+                rows.append({"alerts": [ch.alert_row(a) for s in scores for a in s.alerts]})
                 for key, value, headers in forwards + transfers:
                     sends.append(resolved_topic.send(key=key, value=value, headers=headers))
                 for late in out.late:
