@@ -30,18 +30,18 @@ class Trend:
     """A value against the same value over the previous period of the same length."""
 
     text: str  # e.g. "+12%", "-3.1 pp", "new", "="
-    direction: str  # up, down, flat, new
+    direction: str  # up, down, flat, new, none (no comparison possible)
     good: bool | None  # None: neither good nor bad
 
     @property
     def css(self) -> str:
-        if self.good is None or self.direction in ("flat", "new"):
+        if self.good is None or self.direction in ("flat", "new", "none"):
             return "trend neutral"
         return "trend good" if self.good else "trend bad"
 
     @property
     def arrow(self) -> str:
-        return {"up": "▲", "down": "▼", "flat": "=", "new": "●"}[self.direction]
+        return {"up": "▲", "down": "▼", "flat": "=", "new": "●", "none": "·"}[self.direction]
 
     def __html__(self) -> str:
         title = "change against the previous period of the same length"
@@ -52,7 +52,7 @@ def trend(now: float | None, before: float | None, *, higher_is_better: bool | N
           points: bool = False) -> Trend:
     """Relative change (or the difference in percentage points for rates when `points`)."""
     if now is None or before is None:
-        return Trend("n/a", "flat", None)
+        return Trend("n/a", "none", None)
     if points:
         diff = (now - before) * 100
         if abs(diff) < 0.05:
@@ -231,7 +231,7 @@ def sankey(paths: Sequence[tuple[Sequence[str], float]], *, width: int = 980,
                 links[key] = links.get(key, 0.0) + n
     gap, node_w = 10, 12
     col_w = (width - 160) / max(1, depth - 1)
-    scale = (height - 20 - gap * 8) / total
+    scale = min(12.0, (height - 20 - gap * 8) / total)  # px per customer: few stay thin
     pos: dict[tuple[int, str], tuple[float, float, float]] = {}  # x, y, h
     for i in range(depth):
         y = 10.0
