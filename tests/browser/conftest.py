@@ -1,7 +1,8 @@
 """Fixtures for the dashboard tests: demo data built once, `journeymap dashboard` as a subprocess.
 
     demo_store_dir   an embedded chDB directory holding a replayed simulation (models included)
-    dashboard_url    `journeymap dashboard` serving a copy of it on a free loopback port
+    served_store_dir the copy of it that `journeymap dashboard` serves
+    dashboard_url    `journeymap dashboard` serving that copy on a free loopback port
     http_app         the same app in-process (FastAPI TestClient) on another copy
 
 An embedded directory has one owner at a time, so the subprocess and the in-process app each get
@@ -59,8 +60,15 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def dashboard_url(demo_store_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    data = _copy(demo_store_dir, tmp_path_factory.mktemp("dashboard-served") / "chdb")
+def served_store_dir(demo_store_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The copy `journeymap dashboard` serves (and owns while it runs)."""
+    return _copy(demo_store_dir, tmp_path_factory.mktemp("dashboard-served") / "chdb")
+
+
+@pytest.fixture(scope="session")
+def dashboard_url(served_store_dir: Path,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    data = served_store_dir
     port = _free_port()
     log = tmp_path_factory.mktemp("dashboard-log") / "dashboard.log"
     with log.open("wb") as out:

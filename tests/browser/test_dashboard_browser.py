@@ -4,12 +4,15 @@ Screenshots go to tests/artifacts/ (git-ignored)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from streams.web.dashboard import VIEWS
-from tests.browser.conftest import ARTIFACTS
+from tests.browser.conftest import ARTIFACTS, ROOT
 from tests.browser.pages import body_numbers
 
 LOAD_TIMEOUT_MS = 60_000
@@ -82,3 +85,15 @@ def test_bad_filter_in_the_browser_is_a_400_page(browser: Any, dashboard_url: st
         page.screenshot(path=str(ARTIFACTS / "dashboard-400.png"))
     finally:
         page.close()
+
+
+def test_a_second_dashboard_on_the_same_directory_says_who_owns_it(
+        dashboard_url: str, served_store_dir: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "dashboard", "--clickhouse", str(served_store_dir),
+         "--port", "1"],
+        cwd=ROOT, capture_output=True, timeout=120, check=False,
+    )
+    assert done.returncode != 0
+    message = done.stderr.decode()
+    assert str(served_store_dir) in message and "Traceback" not in message, message
