@@ -16,11 +16,12 @@ Layout under the key prefix ``P`` (identifiers appear only as salted SHA-256 has
 - ``P:r``          hash  customer id -> JSON ``[earliest_ts, earliest_key, {kind: key}, size]``
 - ``P:m:<cust>``   set   the node keys of one customer (for merges and `members_of`)
 - ``P:tok:<t>``    a commit that was applied (so a retried commit is not applied twice)
-- ``P:mo``         hash  merge outbox: loser -> JSON merge record (with ``committed_ms``),
+- ``P:mo``         hash  merge outbox: ``loser|evidence event`` -> JSON merge record (with
+  ``committed_ms``),
   written by the commit that made the merge, deleted by :meth:`RedisIdentityStore.ack_merges`
   once the worker has produced it. A worker that dies in between leaves it there, and
-  :meth:`RedisIdentityStore.pending_merges` hands it to another one (a loser is merged away
-  only once, so the loser is a natural idempotency key downstream).
+  :meth:`RedisIdentityStore.pending_merges` hands it to another one (loser and evidence event
+  identify a merge, so consumers can drop duplicates).
 
 While Redis is unreachable every call retries with bounded exponential backoff and logs a
 warning saying what it is waiting for; nothing is lost because nothing is committed until Redis
@@ -71,6 +72,10 @@ class _LoadedGraph(IdentityGraph):
 
 def _script(name: str) -> str:
     return resources.files("sinks").joinpath(name).read_text()
+
+
+def _outbox_field(mr: MergeRecord) -> str:
+    return f"{mr.loser}|{mr.evidence_event_id}"
 
 
 def encode_node(cid: str, first: int, linked: int) -> str:
@@ -234,7 +239,8 @@ class RedisIdentityStore:
         now_ms = int(time.time() * 1000)
         outbox: list[str] = []
         for mr in graph.merge_records:
-            outbox += (mr.loser, orjson.dumps({**mr._asdict(), "committed_ms": now_ms}).decode())
+            outbox += (_outbox_field(mr),
+                       orjson.dumps({**mr._asdict(), "committed_ms": now_ms}).decode())
         args: list[Any] = [
             self.prefix,
             token,
@@ -272,11 +278,11 @@ class RedisIdentityStore:
                 out.append(MergeRecord(**d))
         return sorted(out, key=lambda m: (m.ts_ms, m.loser))
 
-    def ack_merges(self, losers: Collection[str]) -> None:
-        """The merges of `losers` are produced: drop them from the outbox (idempotent)."""
-        if losers:
-            key = f"{self.prefix}:mo"
-            self._call("acknowledge merges", lambda: self.client.hdel(key, *losers))
+    def ack_merges(self, merges: Collection[MergeRecord]) -> None:
+        """`merges` are produced: drop them from the outbox (idempotent)."""
+        if merges:
+            key, fields = f"{self.prefix}:mo", [_outbox_field(mr) for mr in merges]
+            self._call("acknowledge merges", lambda: self.client.hdel(key, *fields))
 
     def customer_of(self, key: str) -> str | None:
         raw = self._call("look up a customer", lambda: self.client.hget(f"{self.prefix}:n", key))

@@ -21,6 +21,7 @@ full values under deterministic keys, so re-processing after a crash rewrites th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import pickle
@@ -58,6 +59,9 @@ log = logging.getLogger("journeymap.worker")
 # header on touchpoints.resolved: absent = an event; "merge" (at the merged-away customer's
 # partition), "expect" (at the winner's: hold the frontier) or "transfer" (the customer's state)
 H_TYPE = "jm-type"
+# A merge record still in the identity outbox this long after its commit was left behind by a
+# worker that stopped before producing it; any worker then produces it (duplicates are dropped).
+MERGE_RECOVERY_AFTER_S = 30.0
 Message = tuple[bytes, bytes, dict[str, bytes]]  # key, value, headers
 
 
@@ -90,13 +94,20 @@ class Metrics:
         )
         self.latency = Gauge(
             "journeymap_processing_latency_seconds",
-            "wall time from a batch's oldest message timestamp to its processing",
+            "wall time from the moment a batch's oldest event entered Kafka (its raw-topic "
+            "timestamp, carried onto touchpoints.resolved) to the flush of the batch's rows",
+            ["agent"],
             registry=r,
         )
         self.lag = Gauge(
             "journeymap_consumer_lag",
-            "messages behind the end of the topic",
+            "messages of an assigned partition not processed yet (highwater minus position)",
             ["topic", "partition"],
+            registry=r,
+        )
+        self.merges_recovered = Counter(
+            "journeymap_merges_recovered",
+            "merge records produced from the outbox for a worker that died before producing them",
             registry=r,
         )
 
@@ -151,6 +162,7 @@ class Runtime:
         self.app: faust.App | None = None
         self.emission_clock = ch.EmissionClock()
         self.partitions: dict[int, PartitionState] = {}
+        self.next_offsets: dict[Any, int] = {}  # TP -> next offset to process (for the lag)
         self.last_checkpoint: dict[int, float] = {}
         self.checkpoint_every_s = settings.worker.checkpoint_every_s
 
@@ -229,7 +241,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                 runtime.resolver.resolve_batch, [a.event for a in accepted]
             ) if accepted else None
             sends = [dlq_topic.send(key=b"validate", value=d.to_json()) for d in dead]
-            expects = []
+            expects: list[Any] = []
             m.dead.labels("validate").inc(len(dead))
             letters: list[DeadLetter] = []
             if resolved is not None:
@@ -244,21 +256,14 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                     sends.append(dlq_topic.send(key=b"resolve", value=letter.to_json()))
                     m.dead.labels("resolve").inc()
                 raw_of = {id(a.event): ev.message.value for a, ev in _pairs(accepted, batch)}
-                for merge in resolved.merges:
-                    body = orjson.dumps(merge._asdict())
-                    # enqueued before everything else: the winner's partition holds its
-                    # frontier before this batch's events and the transfer can reach it
-                    expects.append(resolved_topic.send(
-                        key=merge.winner.encode(), value=body, headers={H_TYPE: b"expect"}
-                    ))
-                    sends.append(merges_topic.send(key=merge.loser.encode(), value=body))
-                    sends.append(resolved_topic.send(
-                        key=merge.loser.encode(), value=body, headers={H_TYPE: b"merge"}
-                    ))
+                ts_of = {id(a.event): ev.message.timestamp for a, ev in _pairs(accepted, batch)}
+                expects, merge_sends = _merge_messages(resolved.merges)
+                sends.extend(merge_sends)
                 m.merges.inc(len(resolved.merges))
                 for rev in resolved.resolved:
-                    sends.append(resolved_topic.send(
-                        key=rev.customer_id.encode(), value=raw_of[id(rev.event)]
+                    sends.append(resolved_topic.send(  # the raw timestamp: latency end to end
+                        key=rev.customer_id.encode(), value=raw_of[id(rev.event)],
+                        timestamp=ts_of[id(rev.event)],
                     ))
             now_ms = int(time.time() * 1000)
             out = ChainOutput(dead=dead)
@@ -271,6 +276,63 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
             for fut in [*await asyncio.gather(*expects), *await asyncio.gather(*sends)]:
                 await fut
             await app.producer.flush()
+            if resolved is not None and resolved.merges:  # produced: out of the outbox
+                await asyncio.to_thread(runtime.resolver.store.ack_merges,  # type: ignore[attr-defined]
+                                        resolved.merges)
+            _observe(runtime, "ingest", batch, {})
+
+    def _merge_messages(merges: Sequence[MergeRecord]) -> tuple[list[Any], list[Any]]:
+        """A merge's messages: "expect" (to be sent first: the winner's partition holds its
+        frontier before this batch's events and the transfer can reach it), the record on
+        identity.merges, and the "merge" control for the merged-away customer's partition."""
+        expects, sends = [], []
+        for merge in merges:
+            body = orjson.dumps(merge._asdict())
+            expects.append(resolved_topic.send(
+                key=merge.winner.encode(), value=body, headers={H_TYPE: b"expect"}
+            ))
+            sends.append(merges_topic.send(key=merge.loser.encode(), value=body))
+            sends.append(resolved_topic.send(
+                key=merge.loser.encode(), value=body, headers={H_TYPE: b"merge"}
+            ))
+        return expects, sends
+
+    @app.timer(interval=2.0)
+    async def report_lag() -> None:
+        # Also while an agent waits (ClickHouse down, a long batch): ask the broker for the
+        # end of each partition the agents have started on.
+        runtime = R()
+        known = dict(runtime.next_offsets)
+        tps = [tp for tp in app.consumer.assignment() if tp in known]
+        if not tps:
+            return
+        highs = await app.consumer.highwaters(*tps)
+        for tp in tps:
+            high = highs.get(tp)
+            if high is not None:
+                runtime.metrics.lag.labels(tp.topic, str(tp.partition)).set(
+                    max(0, high - known[tp])
+                )
+
+    @app.timer(interval=5.0)
+    async def recover_merges() -> None:
+        # The identity commit keeps every merge record in an outbox until it is produced; one
+        # still there long after its commit belongs to a worker that died in between.
+        runtime = R()
+        store = runtime.resolver.store
+        pending = await asyncio.to_thread(store.pending_merges, MERGE_RECOVERY_AFTER_S)  # type: ignore[attr-defined]
+        if not pending:
+            return
+        log.warning("producing %d merge records that a stopped worker committed but never "
+                    "sent (identity outbox)", len(pending))
+        await _write(runtime, chain_rows(ChainOutput(merges=pending), int(time.time() * 1000),
+                                         0, {}))
+        expects, sends = _merge_messages(pending)
+        for fut in [*await asyncio.gather(*expects), *await asyncio.gather(*sends)]:
+            await fut
+        await app.producer.flush()
+        await asyncio.to_thread(store.ack_merges, pending)  # type: ignore[attr-defined]
+        runtime.metrics.merges_recovered.inc(len(pending))
 
     # -- journey ----------------------------------------------------------------------------
 
@@ -295,7 +357,6 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                 out.links.clear()  # links and merges are written by the ingest agent
                 out.merges.clear()
                 rows.append(chain_rows(out, now_ms, p, sentiments, runtime.emission_clock))
-                rows.append({"alerts": [ch.alert_row(a) for s in scores for a in s.alerts]})
                 for key, value, headers in forwards + transfers:
                     sends.append(resolved_topic.send(key=key, value=value, headers=headers))
                 for late in out.late:
@@ -322,6 +383,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
             runtime.metrics.transfers_awaited.set(
                 sum(len(part.awaiting) for part in runtime.partitions.values())
             )
+            _observe(runtime, "journey", batch,
+                     {p: part.offset + 1 for p, part, _ in outputs})
 
     @app.timer(interval=2.0)
     async def watchdog() -> None:
@@ -346,6 +409,10 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
         runtime = R()
+        for tp in revoked:
+            runtime.next_offsets.pop(tp, None)
+            with contextlib.suppress(KeyError):  # no batch seen on it yet
+                runtime.metrics.lag.remove(tp.topic, str(tp.partition))
         await _write(runtime)
         for tp in revoked:
             if tp.topic == t.resolved and tp.partition in runtime.partitions:
@@ -368,6 +435,35 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
     }
     app.jm_runtime = R  # type: ignore[attr-defined]
     return app
+
+
+def _observe(runtime: Runtime, agent: str, batch: Sequence[Any], next_of: dict[int, int]
+             ) -> None:
+    """Latency and lag after a batch's rows are flushed and its outputs produced.
+
+    Latency: now minus the oldest message timestamp (for touchpoints.resolved, the raw event's
+    timestamp carried over by the ingest agent). Lag per partition: the consumer's highwater
+    minus the next offset to process (`next_of`, else the batch's last offset + 1).
+    """
+    m = runtime.metrics
+    stamps = [ev.message.timestamp for ev in batch if ev.message.timestamp]
+    if stamps:
+        m.latency.labels(agent).set(max(0.0, time.time() - min(stamps)))
+    app = runtime.app
+    if app is None:
+        return
+    last: dict[Any, int] = {}
+    for ev in batch:
+        tp = ev.message.tp
+        last[tp] = max(last.get(tp, -1), ev.message.offset)
+    for tp, offset in last.items():
+        runtime.next_offsets[tp] = next_of.get(tp.partition, offset + 1)
+        try:
+            high = app.consumer.highwater(tp)
+        except Exception:  # the partition was revoked meanwhile
+            continue
+        if high is not None:
+            m.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - runtime.next_offsets[tp]))
 
 
 def _pairs(accepted: Sequence[Accepted], batch: Sequence[Any]) -> list[tuple[Accepted, Any]]:

@@ -52,9 +52,9 @@ def test_a_merge_stays_in_the_outbox_until_acknowledged(store: RedisIdentityStor
     # ... but the outbox still has it, exactly as the resolver made it.
     assert store.pending_merges() == merges
     assert store.pending_merges(older_than_s=3600) == []  # too recent for a recovery sweep
-    store.ack_merges([m.loser for m in merges])
+    store.ack_merges(merges)
     assert store.pending_merges() == []
-    store.ack_merges([m.loser for m in merges])  # acknowledging twice is harmless
+    store.ack_merges(merges)  # acknowledging twice is harmless
 
 
 def test_a_batch_without_merges_leaves_the_outbox_alone(store: RedisIdentityStore) -> None:
