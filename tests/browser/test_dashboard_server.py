@@ -64,3 +64,17 @@ def test_not_migrated_is_a_503_that_says_what_to_do(server_settings: Settings) -
         close_store(app)
     assert resp.status_code == 503
     assert "journeymap migrate" in resp.text
+
+
+def test_an_empty_database_renders_every_view(server_settings: Settings) -> None:
+    with connect(server_settings.clickhouse) as store:
+        migrate(store)
+    app, test_client = _client(server_settings)
+    try:
+        client = test_client(app)
+        for view in VIEWS:
+            resp = client.get(view.path)
+            assert resp.status_code == 200, (view.path, resp.text[:2000])
+            assert 'class="empty"' in resp.text, view.path
+    finally:
+        close_store(app)
