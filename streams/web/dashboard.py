@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, get_args
+from urllib.parse import urlencode
 
 import orjson
 from fastapi import APIRouter, FastAPI, Request
@@ -112,8 +113,6 @@ class Filters:
             "end": self.end.isoformat() if self.end else "",
         }
         values.update(changes)
-        from urllib.parse import urlencode
-
         return urlencode({k: v for k, v in values.items() if v})
 
 
@@ -366,12 +365,13 @@ def journey_view(store: Store, scope: Scope, top: int = 14) -> dict[str, Any]:
 
 
 def _funnels(store: Store, settings: Any) -> dict[str, list[str]]:
+    """Funnel name -> stages in order: the configured ones, then any other the tables hold."""
     out = {f.name: [s.name for s in f.stages] for f in settings.funnels}
+    stored: dict[str, list[str]] = {}
     for r in _query(store, "SELECT funnel, stage_index, any(stage) AS stage FROM funnel_dropoff "
                     "GROUP BY funnel, stage_index ORDER BY funnel, stage_index", {}):
-        if r["funnel"] not in out or not settings.funnels:
-            out.setdefault(r["funnel"], []).append(r["stage"])
-    return out
+        stored.setdefault(r["funnel"], []).append(r["stage"])
+    return out | {name: stages for name, stages in stored.items() if name not in out}
 
 
 def funnel_view(store: Store, scope: Scope, settings: Any) -> dict[str, Any]:
@@ -687,20 +687,15 @@ VIEWS: tuple[View, ...] = (
 )
 
 
-def _context(store: Store, view: View, scope: Scope, settings: Any) -> dict[str, Any]:
-    if view.slug == "journey":
-        return journey_view(store, scope)
-    if view.slug == "funnel":
-        return funnel_view(store, scope, settings)
-    if view.slug == "segments":
-        return segments_view(store, scope)
-    if view.slug == "attribution":
-        return attribution_view(store, scope)
-    if view.slug == "at_risk":
-        return at_risk_view(store, scope)
-    if view.slug == "adoption":
-        return adoption_view(store, scope)
-    return alerts_view(store, scope)
+BUILDERS: dict[str, Callable[[Store, Scope, Any], dict[str, Any]]] = {
+    "journey": lambda store, scope, _: journey_view(store, scope),
+    "funnel": funnel_view,
+    "segments": lambda store, scope, _: segments_view(store, scope),
+    "attribution": lambda store, scope, _: attribution_view(store, scope),
+    "at_risk": lambda store, scope, _: at_risk_view(store, scope),
+    "adoption": lambda store, scope, _: adoption_view(store, scope),
+    "alerts": lambda store, scope, _: alerts_view(store, scope),
+}
 
 
 def _error(request: Request, status: int, title: str, message: str) -> HTMLResponse:
@@ -717,7 +712,7 @@ def render(request: Request, view: View) -> HTMLResponse:
         filters = parse_filters(request.query_params.multi_items(), view.extra)
         store = open_store(request.app)
         scope = resolve(store, filters, list(settings.outcomes.conversion))
-        body = _context(store, view, scope, settings)
+        body = BUILDERS[view.slug](store, scope, settings)
         strip = kpis(store, scope)
     except BadRequest as exc:
         return _error(request, 400, "Bad request", str(exc))
