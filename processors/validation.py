@@ -7,16 +7,24 @@ nothing disappears. A dead letter keeps the original bytes, so it can be fixed a
 from __future__ import annotations
 
 import base64
+import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
 import orjson
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ConfigDict, Field, StrictInt, TypeAdapter, ValidationError
 
 from processors.events import TouchpointEvent
 
 _EVENT_ADAPTER: Final = TypeAdapter(TouchpointEvent)
+# The batch fast path: events interleaved with a secret separator number (see _validate_many).
+_INTERLEAVED: Final = TypeAdapter(
+    list[Annotated[TouchpointEvent | StrictInt, Field(union_mode="left_to_right")]],
+    config=ConfigDict(cache_strings="keys"),
+)
+# Below this many messages a failing chunk is decoded message by message.
+_MIN_SPLIT: Final = 8
 MAX_ERRORS_KEPT: Final = 20
 MAX_INPUT_SHOWN: Final = 200
 
@@ -119,18 +127,78 @@ def decode(raw: bytes, source: Source = Source()) -> Decoded:
         return DeadLetter(raw, f"could not decode: {type(exc).__name__}: {exc}", source)
 
 
+def _validate_many(raws: Sequence[bytes]) -> list[TouchpointEvent] | None:
+    """Validate many messages in one call into Rust, or None if any of them is not valid.
+
+    The messages are joined into one JSON array with a random number between each two. The
+    numbers make the join safe: a message that is not exactly one JSON value (``{..},{..}``, or
+    one that opens a string the next message closes) would shift or swallow a separator, and the
+    result is only taken when every separator came back, in place, and everything else is an
+    event. Nobody outside this call knows the number, so no message can forge it.
+    """
+    n = len(raws)
+    sep = secrets.randbits(62)
+    try:
+        out = _INTERLEAVED.validate_json(b"[" + (b",%d," % sep).join(raws) + b"]")
+    except Exception:  # any failure: the caller narrows it down message by message
+        return None
+    events = out[0::2]
+    if (
+        len(out) != 2 * n - 1
+        or out[1::2] != [sep] * (n - 1)
+        or set(map(type, events)) != {TouchpointEvent}
+    ):
+        return None
+    return events  # type: ignore[return-value]
+
+
+def _decode_chunk(
+    raws: Sequence[bytes],
+    sources: Sequence[Source],
+    into: list[Decoded | None],
+    at: int,
+) -> None:
+    """Decode ``raws`` into ``into[at:]``: one Rust call when all are valid, else split.
+
+    A failing chunk is halved until the halves pass or are small; small failing chunks are
+    decoded one message at a time by :func:`decode`, which gives each dead letter its own
+    reason and source. The accepted events are the same either way: the fast path validates
+    with the very same schema, one message per array item.
+    """
+    events = _validate_many(raws) if len(raws) > 1 else None
+    if events is not None:
+        for i, event in enumerate(events):
+            into[at + i] = Accepted(event, sources[i])
+        return
+    if len(raws) <= _MIN_SPLIT:
+        for i, raw in enumerate(raws):
+            into[at + i] = decode(raw, sources[i])
+        return
+    half = len(raws) // 2
+    _decode_chunk(raws[:half], sources[:half], into, at)
+    _decode_chunk(raws[half:], sources[half:], into, at + half)
+
+
 def decode_batch(
     messages: Iterable[tuple[bytes, Source]],
 ) -> tuple[list[Accepted], list[DeadLetter]]:
-    """Decode a batch; keep the order of accepted events and of dead letters."""
+    """Decode a batch; keep the order of accepted events and of dead letters.
+
+    Exactly the decisions and reasons of :func:`decode` on each message, in far fewer calls:
+    a batch of valid events is validated in one call; one bad message costs a few halvings.
+    """
+    pairs = list(messages)
+    raws = [raw for raw, _ in pairs]
+    sources = [source for _, source in pairs]
+    results: list[Decoded | None] = [None] * len(pairs)
+    _decode_chunk(raws, sources, results, 0)
     accepted: list[Accepted] = []
     dead: list[DeadLetter] = []
-    for raw, source in messages:
-        result = decode(raw, source)
+    for result in results:
         if isinstance(result, Accepted):
             accepted.append(result)
         else:
-            dead.append(result)
+            dead.append(result)  # type: ignore[arg-type]
     return accepted, dead
 
 

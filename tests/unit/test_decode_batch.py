@@ -1,0 +1,118 @@
+"""decode_batch: one Rust call for a valid batch, and exactly `decode`'s answer for each message."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from processors import validation
+from processors.validation import Accepted, DeadLetter, Source, decode, decode_batch
+from tests.unit.test_events import GOOD
+
+
+def event(i: int, **changes: object) -> bytes:
+    return orjson.dumps({**GOOD, "event_id": f"e{i}", **changes})
+
+
+def positioned(messages: list[bytes], topic: str = "touchpoints.raw") -> list[tuple[bytes, Source]]:
+    return [(raw, Source(topic, 2, 100 + i)) for i, raw in enumerate(messages)]
+
+
+def one_by_one(messages: list[tuple[bytes, Source]]) -> tuple[list[Accepted], list[DeadLetter]]:
+    results = [decode(raw, source) for raw, source in messages]
+    return (
+        [r for r in results if isinstance(r, Accepted)],
+        [r for r in results if isinstance(r, DeadLetter)],
+    )
+
+
+def test_one_bad_line_in_the_middle_is_dead_lettered_with_its_own_position() -> None:
+    messages = [event(i) for i in range(1000)]
+    messages[517] = event(517, channel="tv")
+    accepted, dead = decode_batch(positioned(messages))
+    assert len(accepted) == 999
+    assert [a.source.offset for a in accepted] == [100 + i for i in range(1000) if i != 517]
+    assert [a.event.event_id for a in accepted] == [f"e{i}" for i in range(1000) if i != 517]
+    assert len(dead) == 1
+    letter = dead[0]
+    assert letter.source == Source("touchpoints.raw", 2, 617)
+    assert letter.raw == messages[517]
+    assert "channel" in letter.reason
+    assert letter == decode(messages[517], Source("touchpoints.raw", 2, 617))
+
+
+def test_a_valid_batch_is_validated_in_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = validation._validate_many
+
+    def counting(raws: list[bytes]) -> object:
+        calls.append(len(raws))
+        return real(raws)
+
+    monkeypatch.setattr(validation, "_validate_many", counting)
+    monkeypatch.setattr(validation, "decode", lambda *a: pytest.fail("slow path used"))
+    accepted, dead = decode_batch(positioned([event(i) for i in range(300)]))
+    assert calls == [300]
+    assert len(accepted) == 300 and not dead
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        # Messages that are not one JSON value, but could pass as several (or as part of one)
+        # once joined: the separators must catch them.
+        [event(90) + b"," + event(91)],
+        [event(90)[:-1] + b',"text":"', b'"}'],
+        [event(90)[:-1] + b',"text":"', b'"}', event(91) + b"," + event(92)],
+        # ... and with a guessed separator between the glued events, so everything lines up
+        # again: only a separator nobody can guess catches this one.
+        [event(90)[:-1] + b',"text":"', b'"}', event(91) + b",0," + event(92)],
+        [event(90)[:-1] + b',"text":"', b'"}', event(91) + b",1," + event(92)],
+        [b""],
+        [b"   "],
+        [b"]"],
+        [b"[" + event(90)],
+        [b"5"],
+        [b"null"],
+        [b"1,2"],
+        [event(90) + b"]"],
+        [b"\xff\xfe"],
+        [event(90, occurred_at="2026-03-01T12:00:00")],
+        [event(90, identities={})],
+        [event(90, utm_source="x")],
+    ],
+)
+def test_tricky_messages_get_exactly_decodes_answer(bad: list[bytes]) -> None:
+    messages = [event(i) for i in range(20)]
+    messages[7:7] = bad
+    batch = positioned(messages)
+    assert decode_batch(batch) == one_by_one(batch)
+
+
+def test_separator_numbers_in_messages_do_not_fool_the_join() -> None:
+    # Messages that are bare numbers or carry number lists sit where separators would.
+    messages = [event(0), b"0", event(1), b"1,2,3", event(2, properties={"n": 12345})]
+    batch = positioned(messages)
+    assert decode_batch(batch) == one_by_one(batch)
+    assert [a.event.event_id for a in decode_batch(batch)[0]] == ["e0", "e1", "e2"]
+
+
+def test_many_bad_messages_and_the_edges() -> None:
+    messages = [event(i) if i % 3 else b"{oops" for i in range(100)]
+    batch = positioned(messages)
+    assert decode_batch(batch) == one_by_one(batch)
+    assert decode_batch([]) == ([], [])
+    assert decode_batch(batch[:1]) == one_by_one(batch[:1])
+    assert decode_batch(batch[1:2]) == one_by_one(batch[1:2])
+
+
+def test_events_from_the_batch_equal_events_from_decode() -> None:
+    messages = [
+        event(0, occurred_at=1_700_000_000_123),
+        event(1, identities={"email": " Ana@Example.com ", "user_id": "u-1"}),
+        event(2, revenue=12.5, properties={"plan": "pro", "seats": 3, "x": None}, text="hi"),
+    ]
+    accepted, _ = decode_batch(positioned(messages))
+    expected, _ = one_by_one(positioned(messages))
+    assert accepted == expected
+    assert [a.event.ts_ms for a in accepted] == [e.event.ts_ms for e in expected]
