@@ -11,7 +11,9 @@ models trained offline on the first half (by snapshot time) of the same labelled
 the drift alert delay after the injected drift (in events of the affected segment), false alarms
 on stationary runs (seeds after --seed) and sentiment accuracy on held-out texts.
 `--profile N` instead profiles one run of the models (cProfile) and prints the N costliest
-functions by own time.
+functions by own time. `--pipeline` instead runs the simulator's file through the processor
+chain with the models, as the replay does (batches of 20k lines, in-memory identities), and
+prints model updates/s inside the chain and the share of the pipeline's CPU time the models take.
 """
 
 from __future__ import annotations
@@ -19,10 +21,55 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import time
 
 import orjson
 
+from processors.chain import JourneyChain
+from processors.validation import Source
+from simulator.model import SimConfig, simulate
 from streams.evaluate import evaluate, run_suite, simulated, text_report, train_texts
+
+
+def pipeline(customers: int, seed: int, batch: int = 20_000) -> None:
+    """CPU time of the chain and of the models on the released events, as streams.replay runs
+    them (same ModelConfig from the settings, same scoring loop)."""
+    from online_models.suite import ModelSuite
+    from streams.outputs import score_released
+    from streams.replay import model_config
+    from streams.settings import load_settings
+
+    lines = simulate(SimConfig(customers=customers, seed=seed)).lines
+    config = load_settings().processing()
+    models = ModelSuite(model_config(config))
+    states: dict = {}
+    last: dict = {}
+    chain = JourneyChain(config, segment_of=lambda c: st.segment if (st := states.get(c))
+                         else "all")
+    chain_s = models_s = 0.0
+    n_scored = 0
+    for i in range(0, len(lines) + 1, batch):
+        t0 = time.process_time()
+        if i < len(lines):
+            out = chain.process([(line, Source("bench", 0, i + j))
+                                 for j, line in enumerate(lines[i : i + batch])])
+        else:
+            out = chain.finish()
+        t1 = time.process_time()
+        for merge in out.merges:  # as the replay does
+            lost = states.pop(merge.loser, None)
+            if lost is not None and merge.winner not in states:
+                states[merge.winner] = lost
+        n_scored += len(score_released(models, states, last, out.released))
+        t2 = time.process_time()
+        chain_s += t1 - t0
+        models_s += t2 - t1
+    total = chain_s + models_s
+    print(f"{len(lines):,} lines, {n_scored:,} events scored (CPU time)")
+    print(f"processor chain alone:     {len(lines) / chain_s:10,.0f} events/s")
+    print(f"models (score_released):   {n_scored / models_s:10,.0f} updates/s")
+    print(f"chain + models:            {len(lines) / total:10,.0f} events/s")
+    print(f"models' share of pipeline time: {models_s / total:.1%}")
 
 
 def main() -> None:
@@ -33,7 +80,12 @@ def main() -> None:
     ap.add_argument("--stationary-runs", type=int, default=1)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--profile", type=int, default=0, metavar="N")
+    ap.add_argument("--pipeline", action="store_true")
     args = ap.parse_args()
+
+    if args.pipeline:
+        pipeline(args.customers, args.seed)
+        return
 
     data = simulated(args.customers, args.seed)
     if args.profile:

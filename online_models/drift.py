@@ -230,6 +230,19 @@ class DriftMonitor(Snapshotting):
         if track is None:
             track = self.tracks[key] = _Track(self._new_detector(binary))
         det = track.detector
+        # Most observations of a 0/1 stream only add to the GLR's open block and cannot be a
+        # drift: the same bookkeeping as below, without the calls (this runs for every event).
+        if (
+            type(det) is BernoulliGLR
+            and det.n_open + 1 < det.block
+            and track.n % SINCE_EVERY != 0
+        ):
+            track.n += 1
+            track.total += value
+            det.drift_detected = False
+            det.n_open += 1
+            det.sum_open += value
+            return None
         if track.n % SINCE_EVERY == 0:
             track.marks.append((track.n, ts_ms, track.total))
         track.n += 1

@@ -73,16 +73,18 @@ class SentimentModel(Snapshotting):
         n_terms = len(self.counts)
         log = math.log
         classes = sorted(self.class_counts)
-        joint: dict[str, float] = {}
-        for c in classes:
-            den = log(self.class_totals.get(c, 0.0) + alpha * n_terms)
-            total = log(self.class_counts[c] / self.n_learned)
-            for token, f in x.items():
-                row = self.counts.get(token)
-                if row is None:
-                    continue
-                total += f * (log(row.get(c, 0.0) + alpha) - den)
-            joint[c] = total
+        dens = [log(self.class_totals.get(c, 0.0) + alpha * n_terms) for c in classes]
+        totals = [log(self.class_counts[c] / self.n_learned) for c in classes]
+        # one pass over the tokens, each class's sum in token order (as one pass per class)
+        counts = self.counts
+        pairs = tuple(zip(range(len(classes)), classes, dens, strict=True))
+        for token, f in x.items():
+            row = counts.get(token)
+            if row is None:
+                continue
+            for i, c, den in pairs:
+                totals[i] += f * (log(row.get(c, 0.0) + alpha) - den)
+        joint = dict(zip(classes, totals, strict=True))
         top = max(joint.values())
         exp = {c: math.exp(v - top) for c, v in joint.items()}
         norm = sum(exp.values())

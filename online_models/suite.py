@@ -514,8 +514,14 @@ class ModelSuite(Snapshotting):
             cids = list(due)
             due.clear()
             self._close_many(cids, now_ms)
-        labelled = [("convert", lab) for lab in self.convert.expire(now_ms)]
-        labelled.extend(("churn", lab) for lab in self.churn.expire(now_ms))
+        # labels are due far less often than events come: skip the calls when none is
+        labelled: list[tuple[str, Labelled]] = []
+        for name, model in (("convert", self.convert), ("churn", self.churn)):
+            order = model.order
+            if (order and order[0][0] + model.horizon_ms < now_ms) or (
+                model.n_labelled >= model.next_fit_at
+            ):
+                labelled.extend((name, lab) for lab in model.expire(now_ms))
         return labelled
 
     def _next_best(self, segment: str, here: str, p: float) -> tuple[str | None, float]:
@@ -550,27 +556,35 @@ class ModelSuite(Snapshotting):
         sent: SentimentPrediction | None,
     ) -> list[Alert]:
         out: list[Alert] = []
-
-        def feed(metric: str, seg: str, value: float, binary: bool = False) -> None:
-            alert = self.drift.update(metric, seg, value, ts, binary=binary)
+        update = self.drift.update
+        converted = 1.0 if touchpoint in self._conversion else 0.0
+        alert = update("conversion_rate", UNASSIGNED, converted, ts, binary=True)
+        if alert is not None:
+            out.append(alert)
+        if segment != UNASSIGNED:
+            alert = update("conversion_rate", segment, converted, ts, binary=True)
             if alert is not None:
                 out.append(alert)
-
-        converted = 1.0 if touchpoint in self._conversion else 0.0
-        feed("conversion_rate", UNASSIGNED, converted, True)
-        if segment != UNASSIGNED:
-            feed("conversion_rate", segment, converted, True)
             for seg in self.segments.ids if self.config.watch_segment_shares else ():
-                feed("segment_share", seg, 1.0 if seg == segment else 0.0, True)
+                alert = update("segment_share", seg, 1.0 if seg == segment else 0.0, ts,
+                               binary=True)
+                if alert is not None:
+                    out.append(alert)
         if prev_tp is not None:
             for src, dst in self.config.key_transitions:
                 if prev_tp == src:
                     value = 1.0 if touchpoint == dst else 0.0
-                    feed(f"transition:{src}->{dst}", segment, value, True)
+                    alert = update(f"transition:{src}->{dst}", segment, value, ts, binary=True)
+                    if alert is not None:
+                        out.append(alert)
         for name, lab in labelled if self.config.watch_propensity_error else ():
-            feed(f"propensity_error:{name}", UNASSIGNED, (float(lab.y) - lab.p) ** 2)
+            alert = update(f"propensity_error:{name}", UNASSIGNED, (float(lab.y) - lab.p) ** 2, ts)
+            if alert is not None:
+                out.append(alert)
         if sent is not None and sent.label is not None:
-            feed("sentiment", segment, sent.score)
+            alert = update("sentiment", segment, sent.score, ts)
+            if alert is not None:
+                out.append(alert)
         return out
 
     # -- reading ---------------------------------------------------------------------------
