@@ -490,6 +490,18 @@ def main() -> None:
                      - before.get("journeymap_late_total", 0.0))
         load2 = os.getloadavg()[0]
 
+        table_alerts = int(client.query("SELECT uniqExact(alert_id) FROM alerts"
+                                        ).result_rows[0][0])
+        live_rows = int(client.query(
+            "SELECT count() FROM touchpoints WHERE occurred_at >= fromUnixTimestamp64Milli("
+            "%(ms)s)", parameters={"ms": int(live_start * 1000)}).result_rows[0][0])
+        applied_live = {k: after_m.get(f"journeymap_{k}_total", 0.0)
+                        - before.get(f"journeymap_{k}_total", 0.0)
+                        for k in ("events_in", "applied", "late", "duplicates")}
+        print(f"  live phase: produced {n_live:,}; worker took in "
+              f"{applied_live['events_in']:,.0f}, applied {applied_live['applied']:,.0f} "
+              f"(late {applied_live['late']:,.0f}, duplicates "
+              f"{applied_live['duplicates']:,.0f}); {live_rows:,} of them are rows in touchpoints; {len(scores.got):,} scores messages", flush=True)
         lat = list(rows.seen.values())
         measured_ms = (live_start + args.warm_seconds) * 1000
         live_alerts = [(a, got) for a, got in alerts.got if a["ts_ms"] >= live_start * 1000]
@@ -500,7 +512,8 @@ def main() -> None:
                        live_s=live_s, lat=lat, missing=len(rows.pending), alerts=live_alerts,
                        alert_lat=alert_lat, all_alerts=len(alerts.got), polls=rows.polls,
                        poll_s=rows.poll_s, load=(load1, load2), score_lat=score_lat,
-                       late_live=late_live, lateness_s=args.lateness_s)
+                       late_live=late_live, lateness_s=args.lateness_s,
+                       table_alerts=table_alerts)
     finally:
         if worker is not None:
             stop_pid(worker, "the worker")
@@ -559,6 +572,8 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> None:
     else:
         print(f"produce -> alert: no alert raised in the live phase "
               f"({res['all_alerts']} alerts in total)")
+    print(f"alerts: {res['all_alerts']} on the alerts topic during the live phase, "
+          f"{res['table_alerts']} in the alerts table (whole run)")
     sl = res["score_lat"]
     if sl:
         print(f"produce -> scores message (sent in the same loop as alerts, right before the "
