@@ -501,7 +501,8 @@ def main() -> None:
         print(f"  live phase: produced {n_live:,}; worker took in "
               f"{applied_live['events_in']:,.0f}, applied {applied_live['applied']:,.0f} "
               f"(late {applied_live['late']:,.0f}, duplicates "
-              f"{applied_live['duplicates']:,.0f}); {live_rows:,} of them are rows in touchpoints; {len(scores.got):,} scores messages", flush=True)
+              f"{applied_live['duplicates']:,.0f}); {live_rows:,} of them are rows in touchpoints; "
+              f"{len(scores.got):,} scores messages", flush=True)
         lat = list(rows.seen.values())
         measured_ms = (live_start + args.warm_seconds) * 1000
         live_alerts = [(a, got) for a, got in alerts.got if a["ts_ms"] >= live_start * 1000]
