@@ -123,7 +123,9 @@ def _resolver(request: Request) -> IdentityResolver:
 
 
 def _clickhouse(request: Request) -> Any:
-    store = getattr(request.app.state, "clickhouse_store", None)
+    state = request.app.state
+    # the dashboard's store when `journeymap dashboard` opened one, else one of our own
+    store = getattr(state, "dashboard_store", None) or getattr(state, "clickhouse_store", None)
     if store is None:
         from sinks import clickhouse as ch
 
