@@ -198,7 +198,8 @@ ERRORS: Final[dict[int | str, dict[str, Any]]] = {
 def _iso(ms: int | None) -> str | None:
     if ms is None:
         return None
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+    stamp = datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
 
 
 _UNSCORED: Final[dict[str, Any]] = {

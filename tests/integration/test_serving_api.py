@@ -90,7 +90,7 @@ def test_every_identifier_kind_finds_the_customer(served: dict[str, Any], kind: 
     assert body["expected_lift"] == pytest.approx(0.07)
     assert body["top_features"][0] == {"feature": "n_sessions", "weight": 0.8}
     assert body["funnels"] == [{"funnel": "signup", "stage": "signed_up", "stage_index": 1,
-                                "stage_entered_at": "2026-03-01T00:00:01Z",
+                                "stage_entered_at": "2026-03-01T00:00:01.000Z",
                                 "time_in_stage_s": 60.0}]
     kinds = sorted(i["kind"] for i in body["identifiers"])
     assert kinds == ["anonymous_id", "crm_id", "device_id", "email", "user_id"]
