@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import click
 
-from processors.errors import ConfigError
 from processors.identity import KIND_CODE, IdentityResolver
 from streams.cli import settings_from
 from streams.settings import Settings
@@ -71,7 +70,7 @@ def forget_identifier(settings: Settings, kind: str, value: str, *, dry_run: boo
         else:
             key = IdentityResolver(config.identity, config.identity_salt).key_of(kind, value)
             if key is None:
-                raise ConfigError(f"{kind} {value!r} is a placeholder value, linked to no one")
+                raise ValueError(f"{kind} {value!r} is a placeholder value, linked to no one")
             node_key, id_hash, raw = key, key[1:], value.strip()
             found = serving.find(node_key=key)
             ids = deletion.customers_of(store, kind, id_hash)
@@ -130,7 +129,10 @@ def forget(ctx: click.Context, identifier: str, dry_run: bool) -> None:
     console = Console()
     with console.status("finding the customer and deleting their rows (mutations wait for the "
                         "parts to be rewritten)..."):
-        result = forget_identifier(settings, kind, value, dry_run=dry_run)
+        try:
+            result = forget_identifier(settings, kind, value, dry_run=dry_run)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="IDENTIFIER") from None
     if not result.customer_ids:
         console.print(f"no customer is known by this {kind}; nothing deleted")
         sys.exit(1)
