@@ -10,12 +10,16 @@ The replay calls :func:`publish_replay` once at the end (``--serve-redis``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from processors.errors import ServiceUnavailable
 from sinks.serving import ServingStore, state_of
 from streams.settings import Settings
+
+log = logging.getLogger("journeymap.serving")
 
 if TYPE_CHECKING:
     from online_models.suite import Scores
@@ -81,14 +85,29 @@ def _publish_sync(store: ServingStore, batches: Sequence[tuple[Any, list[Scores]
 
 
 async def publish_partitions(
-    store: ServingStore | None, batches: Sequence[tuple[Any, list[Scores]]]
+    store: ServingStore | None, batches: Sequence[tuple[Any, list[Scores]]],
+    retry_total_s: float = 30.0,
 ) -> int:
     """Worker hook, after each flush: `batches` is (PartitionState, the batch's scores) per
     partition. Forgotten customers a partition still holds are dropped first (each batch reads
     the small `forgotten` hash: one round trip)."""
     if store is None or not batches:
         return 0
-    return await asyncio.to_thread(_publish_sync, store, batches)
+    delay, waited = 0.2, 0.0
+    while True:
+        try:
+            return await asyncio.to_thread(_publish_sync, store, batches)
+        except ServiceUnavailable as exc:
+            if waited >= retry_total_s:
+                # The serving state is a cache of customer_scores (ClickHouse has the rows):
+                # do not stall the pipeline; the customers' next events write it again.
+                log.warning("serving state not written for this batch (%s); continuing", exc)
+                return 0
+            log.warning("Redis unreachable for the serving state (%s); retrying in %.1fs",
+                        exc, delay)
+            await asyncio.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 5.0)
 
 
 def publish_replay(replayer: Replayer, store: ServingStore) -> tuple[int, int]:

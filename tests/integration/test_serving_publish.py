@@ -64,3 +64,11 @@ async def test_publish_and_forget_on_a_partition(redis_test_url: str):
         for key in client.scan_iter(f"jm:*:{group}*"):
             client.delete(key)
         client.close()
+
+
+async def test_redis_down_does_not_stop_the_worker():
+    store = ServingStore("redis://127.0.0.1:1/0", "jm:serve:x", "jm:id:x", socket_timeout_s=0.2)
+    part = PartitionState(JourneyChain(ProcessingConfig()))
+    n = await publish_partitions(store, [(part, [_scores("c_00000000000000a2", T0_MS)])],
+                                 retry_total_s=0.5)
+    assert n == 0  # warned and skipped: customer_scores in ClickHouse keeps the rows
