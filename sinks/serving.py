@@ -50,6 +50,10 @@ if key ~= '' then
   else
     cid = redis.call('HGET', sp .. ':ids', key) or ''
   end
+elseif redis.call('HEXISTS', ip .. ':r', cid) == 0
+    and redis.call('EXISTS', sp .. ':m:' .. cid) == 0 then
+  -- not a current customer: unknown, or merged away (its stale state must not be served)
+  return {'', '', ''}
 end
 if cid == '' then return {'', '', ''} end
 local state = redis.call('GET', sp .. ':c:' .. cid) or ''

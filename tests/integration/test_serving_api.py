@@ -208,3 +208,10 @@ def test_openapi_documents_the_api(served: dict[str, Any]):
     assert {"401", "403", "404", "422", "503"} <= set(op["responses"])
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
     assert "/api/experiments/{experiment}/results" in spec["paths"]
+
+
+def test_a_merged_away_customer_id_is_not_served(served: dict[str, Any]):
+    # a state left under an id the identity graph no longer has as a customer (merged away)
+    served["store"].write([{"customer_id": "c_00000000000000ff", "segment": "stale"}])
+    r = get(served, "/api/customers/customer_id/c_00000000000000ff")
+    _error(r, 404, "unknown_identifier")

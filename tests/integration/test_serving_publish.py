@@ -33,6 +33,7 @@ async def test_publish_and_forget_on_a_partition(redis_test_url: str):
     client = redis.Redis.from_url(redis_test_url)
     store = ServingStore(client, f"jm:serve:{group}", f"jm:id:{group}")
     try:
+        client.hset(f"jm:id:{group}:r", "c_00000000000000a1", "[]")  # a current customer
         part = PartitionState(JourneyChain(ProcessingConfig(funnels=[FUNNEL])))
         events = journey("c_00000000000000a1", "landing_page signup", gap_ms=HOUR_MS)
         part.chain.process_resolved(events)
