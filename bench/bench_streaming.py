@@ -407,6 +407,11 @@ def main() -> None:
                          "so this is a floor under produce -> row latency (default 1 s: the "
                          "ingest agent's re-keying reorders events across raw partitions by up "
                          "to a batch, and events past the lateness are dropped as late)")
+    ap.add_argument("--partitions", type=int, default=1,
+                    help="partitions per topic (default 1: one worker consumes them all "
+                         "anyway; with several, draining a backlog interleaves the raw "
+                         "partitions on the way to the customer-keyed topic, and a short allowed "
+                         "lateness then drops much of the history as late)")
     ap.add_argument("--max-seconds", type=float, default=900.0)
     ap.add_argument("--keep", action="store_true", help="keep topics, database and logs")
     args = ap.parse_args()
@@ -414,7 +419,7 @@ def main() -> None:
 
     settings = load_settings()
     bootstrap = settings.kafka.bootstrap_servers
-    partitions = settings.kafka.partitions
+    partitions = args.partitions
     ch_url = clickhouse_server_url(settings)
     name = f"bench{uuid.uuid4().hex[:8]}"
     workdir = Path(tempfile.mkdtemp(prefix=f"{name}-"))
@@ -425,6 +430,7 @@ def main() -> None:
         "JOURNEYMAP_CLICKHOUSE__DATABASE": name,
         "JOURNEYMAP_KAFKA__CONSUMER_GROUP": name,
         "JOURNEYMAP_JOURNEY__ALLOWED_LATENESS_S": str(args.lateness_s),
+        "JOURNEYMAP_KAFKA__PARTITIONS": str(partitions),
     }
     for t in TOPICS:
         env[f"JOURNEYMAP_KAFKA__TOPICS__{t.upper()}"] = f"{name}.{t}"
@@ -487,7 +493,10 @@ def main() -> None:
         alerts = TopicWatcher(bootstrap, env["JOURNEYMAP_KAFKA__TOPICS__ALERTS"], 1)
         scores = TopicWatcher(bootstrap, env["JOURNEYMAP_KAFKA__TOPICS__SCORES"], partitions)
         rows = RowWatcher(client)
-        before = metrics(WORKER_PORT) or {}
+        before = None
+        while before is None:
+            deadline.check("reading the worker's metrics")
+            before = metrics(WORKER_PORT)
         for thread in (alerts, scores, rows):
             thread.start()
         n_live, live_start, live_s = live(
@@ -500,7 +509,10 @@ def main() -> None:
         for thread in (alerts, scores, rows):
             thread.stop.set()
             thread.join(10)
-        after_m = metrics(WORKER_PORT) or {}
+        after_m = None
+        while after_m is None:
+            deadline.check("reading the worker's metrics")
+            after_m = metrics(WORKER_PORT)
         late_live = (after_m.get("journeymap_late_total", 0.0)
                      - before.get("journeymap_late_total", 0.0))
         load2 = os.getloadavg()[0]
