@@ -94,10 +94,13 @@ def save_results(store: Store, report: ExperimentReport, as_of_ms: int) -> int:
 
 
 def customers_in_segment(store: Store, segment: str, limit: int) -> list[tuple[str, str]]:
-    """(customer, segment) of scored customers in `segment` ('*' = all), by customer id."""
+    """(customer, segment of their latest touchpoint) of the customers in `segment` ('*' = all),
+    by customer id. From `touchpoints`, which the replay and the workers both write."""
     rows = store.client.query(
-        "SELECT customer_id, toString(segment) FROM customer_scores FINAL "
-        "WHERE {seg:String} = '*' OR segment = {seg:String} ORDER BY customer_id LIMIT {n:UInt64}",
+        "SELECT customer_id, toString(argMax(segment, occurred_at)) AS seg "
+        "FROM touchpoints FINAL GROUP BY customer_id "
+        "HAVING {seg:String} = '*' OR seg = {seg:String} "
+        "ORDER BY customer_id LIMIT {n:UInt64}",
         parameters={"seg": segment, "n": limit},
     ).result_rows
     return [(str(c), str(s)) for c, s in rows]

@@ -51,8 +51,9 @@ def experiments() -> None:
     """Record interventions and A/B tests, assign customers to variants, analyse the outcomes.
 
     `record` says what changed, when and for which segment; with --experiment, --variants,
-    --control and --outcome it is an A/B test. `assign` puts the scored customers of the
-    segment into variants (a stable hash: the same customer always gets the same variant).
+    --control and --outcome it is an A/B test. `assign` puts the customers of the segment
+    (segment of their latest touchpoint) into variants (a stable hash: the same customer always
+    gets the same variant).
     `analyse` compares each variant with the control per segment with a two-proportion z-test,
     says how many customers the minimum detectable effect needs, and warns on peeking and on
     overlapping interventions. See docs/experiments.md.
@@ -123,7 +124,7 @@ def record(ctx: click.Context, name: str, started_at: str, ended_at: str | None,
 @click.pass_context
 def assign(ctx: click.Context, experiment: str, limit: int, at: str | None,
            url: str | None) -> None:
-    """Assign the scored customers of EXPERIMENT's segment to its variants (once each)."""
+    """Assign the customers of EXPERIMENT's segment to its variants (once each)."""
     from processors.experiments import Assignment, assign_variant
     from sinks import experiments as xs
 

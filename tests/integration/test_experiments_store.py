@@ -126,6 +126,23 @@ def test_cli_record_analyse_save(settings: Settings, tmp_path: Path, monkeypatch
     r = runner.invoke(cli, ["experiments", "analyse", "missing"])
     assert r.exit_code != 0 and "no intervention names experiment" in r.output
 
+    # assign: customers already assigned keep their variant; a new one gets its hash's
+    with connect(settings.clickhouse) as store:
+        writer = store.writer()
+        writer.add("touchpoints", [_touchpoint(10**6, "c_newcomer", "landing_page", T0)])
+        writer.flush()
+    r = runner.invoke(cli, ["experiments", "assign", "checkout"])
+    assert r.exit_code == 0, r.output
+    assert "assigned 1 new customers (710 already assigned)" in r.output
+    from processors.experiments import assign_variant
+
+    with connect(settings.clickhouse) as store:
+        rows = store.client.query(
+            "SELECT variant, assigned_at FROM experiment_assignments FINAL "
+            "WHERE customer_id = 'c_newcomer'").result_rows
+    assert [r[0] for r in rows] == [assign_variant("checkout", "c_newcomer", ["control", "b"])]
+    assert int(rows[0][1].timestamp() * 1000) == T0  # the intervention's start
+
 
 def test_api_assigns_once_by_any_identifier(settings: Settings, redis_test_url: str):
     import uuid
