@@ -215,3 +215,15 @@ def test_a_merged_away_customer_id_is_not_served(served: dict[str, Any]):
     served["store"].write([{"customer_id": "c_00000000000000ff", "segment": "stale"}])
     r = get(served, "/api/customers/customer_id/c_00000000000000ff")
     _error(r, 404, "unknown_identifier")
+
+
+def test_an_unexpected_error_is_500_without_details(served: dict[str, Any], monkeypatch):
+    from streams.web import api
+
+    def boom(request: Any) -> Any:
+        raise RuntimeError("secret detail at /srv/journeymap/internal.py")
+
+    monkeypatch.setattr(api, "_reader", boom)
+    r = get(served, "/api/customers/user_id/u-42")
+    _error(r, 500, "internal_error")
+    assert "secret" not in r.text and "RuntimeError" not in r.text
