@@ -9,9 +9,25 @@ from typing import Any
 from online_models.suite import CustomerModelState, ModelSuite, Scores
 from processors.chain import ChainOutput
 from processors.events import ResolvedEvent
+from processors.identity import MergeRecord
 from sinks import clickhouse as ch
 
 Rows = dict[str, list[dict[str, Any]]]
+
+
+def merge_rows_of(merges: list[MergeRecord]) -> list[MergeRecord]:
+    """The identity_merges rows of a batch's merges, in order.
+
+    A winner renamed by earlier evidence (a new canonical id) may be an id that was merged away
+    before (L -> W, later W -> L): its own row (W -> W) comes first and replaces its stale one in
+    identity_merges (kept by loser), so customer_map does not follow the old merge in a cycle.
+    """
+    rows: list[MergeRecord] = []
+    for mr in merges:
+        if mr.reason == "earlier_evidence":
+            rows.append(mr._replace(loser=mr.winner))
+        rows.append(mr)
+    return rows
 
 
 def chain_rows(
@@ -30,7 +46,7 @@ def chain_rows(
         "dead_letters": [ch.dead_letter_row(d, now_ms) for d in out.dead],
         "late_events": [ch.late_event_row(x, now_ms) for x in out.late],
         "identity_links": [ch.identity_link_row(x) for x in out.links],
-        "identity_merges": [ch.identity_merge_row(x) for x in out.merges],
+        "identity_merges": [ch.identity_merge_row(x) for x in merge_rows_of(out.merges)],
         "identity_conflicts": [ch.identity_conflict_row(x) for x in out.conflicts],
         "touchpoints": [
             ch.touchpoint_row(ev, now_ms, sentiments.get(ev.event.event_id))
