@@ -95,7 +95,8 @@ Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
 def _require(role: Role) -> Any:
-    async def check(request: Request, creds: Credentials) -> Caller:  # async: no thread hop
+    # async: no thread hop; `creds` only declares the bearer scheme in the OpenAPI description
+    async def check(request: Request, creds: Credentials) -> Caller:
         return _authorize(request, role)
 
     return check
@@ -122,12 +123,12 @@ def _reader(request: Request) -> AsyncServingReader:
 
 
 def _resolver(request: Request) -> IdentityResolver:
-    resolver: IdentityResolver | None = getattr(request.app.state, "hasher", None)
-    if resolver is None:
-        config = request.app.state.settings.processing()
-        resolver = IdentityResolver(config.identity, config.identity_salt)
-        request.app.state.hasher = resolver
-    return resolver
+    """A fresh resolver per request, for its hashing only: a shared one would cache every value
+    callers send (up to a million), which a caller could fill with junk."""
+    config = getattr(request.app.state, "processing", None)
+    if config is None:
+        config = request.app.state.processing = request.app.state.settings.processing()
+    return IdentityResolver(config.identity, config.identity_salt)
 
 
 def _clickhouse(request: Request) -> Any:
