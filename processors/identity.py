@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Final, Literal, NamedTuple, Protocol
 
 from processors.config import IdentityConfig
@@ -248,6 +249,8 @@ class IdentityResolver:
             (kind, {}) for kind in IDENTITY_KINDS
         )
         self._cache_of = dict(self._caches)
+        # identity values in field order -> (node keys, number of ignored values)
+        self._combos: dict[tuple[str | None, ...], tuple[tuple[str, ...], int]] = {}
         self.totals: dict[str, int] = {}
 
     # -- identifiers ---------------------------------------------------------------------------
@@ -341,37 +344,32 @@ class IdentityResolver:
 
     def _prepare(
         self, accepted: Sequence[TouchpointEvent]
-    ) -> tuple[list[list[str]], list[int], dict[str, None], int]:
+    ) -> tuple[list[tuple[str, ...]], list[int], dict[str, None], int]:
         """Node keys and event times of every event, and every key the batch touches."""
-        per_event: list[list[str]] = []
-        ts_list: list[int] = []
-        wanted: dict[str, None] = {}
+        # Most events repeat an identity combination seen before (the same cookie, the same
+        # cookie and device): one lookup of the combination replaces one per identifier.
+        combos = self._combos
+        per_event: list[tuple[str, ...]] = []
         n_ignored = 0
-        caches = self._caches
         for ev in accepted:
             fields = ev.identities.__dict__
-            keys: list[str] = []
-            for kind, cache in caches:
-                value = fields[kind]
-                if value is None:
-                    continue
-                key = cache.get(value, "")
-                if key == "":
-                    key = self.key_of(kind, value)
-                if key is None:
-                    n_ignored += 1
-                else:
-                    keys.append(key)
-                    wanted[key] = None
-            per_event.append(keys)
-            ts_list.append(ev.ts_ms)
-        return per_event, ts_list, wanted, n_ignored
+            hit = combos.get(combo := tuple(fields.values()))
+            if hit is None:
+                keys = [self.key_of(k, v) for k, v in fields.items() if v is not None]
+                hit = tuple(k for k in keys if k is not None), keys.count(None)
+                if len(combos) >= _HASH_CACHE_MAX:
+                    combos.clear()
+                combos[combo] = hit
+            per_event.append(hit[0])
+            n_ignored += hit[1]
+        ts_list = [ev.ts_ms for ev in accepted]
+        return per_event, ts_list, dict.fromkeys(chain.from_iterable(per_event)), n_ignored
 
     def _decide(
         self,
         g: IdentityGraph,
         accepted: Sequence[TouchpointEvent],
-        per_event: list[list[str]],
+        per_event: list[tuple[str, ...]],
         ts_list: list[int],
         order: list[int],
     ) -> _Decision:
@@ -400,7 +398,7 @@ class IdentityResolver:
         return d
 
     def _apply_event(
-        self, g: IdentityGraph, d: _Decision, ev: TouchpointEvent, keys: list[str]
+        self, g: IdentityGraph, d: _Decision, ev: TouchpointEvent, keys: Sequence[str]
     ) -> str:
         ts = ev.ts_ms
         cids = g.cid
@@ -428,13 +426,51 @@ class IdentityResolver:
             return keys[0]
         if len({cids[k] for k in keys}) == 1:
             return keys[0]
+        if fresh and self._join_fresh(g, keys, fresh, ts):
+            return keys[0]
         return self._fold(g, d, ev, keys, fresh)
+
+    def _join_fresh(
+        self, g: IdentityGraph, keys: Sequence[str], fresh: set[str], ts: int
+    ) -> bool:
+        """The most common fold, done directly: new identifiers join at most one known customer.
+
+        Exactly what :meth:`_fold` decides in that case, when no safeguard can fire and the
+        known customer stays the winner (its earliest identifier is earlier than the new ones):
+        the new identifiers move into it, no merge record (the losers were unknown), no cap
+        charge (that needs two known customers). Returns False, having changed nothing, when
+        the case is any other; then :meth:`_fold` decides.
+        """
+        cids = g.cid
+        known = {cids[k] for k in keys if k not in fresh}
+        if len(known) > 1:
+            return False
+        if known:
+            (target,) = known
+            root = g.roots[target]
+            first = (root.earliest_ts, root.earliest_key)
+            uniq = root.uniq
+            for key in fresh:
+                if key[0] in uniq or (ts, key) < first:
+                    return False
+        else:  # all new: the smallest key is the earliest (same event time)
+            target = cids[min(fresh)]
+        for key in keys:
+            cid = cids[key]
+            if cid != target:
+                g.move(cid, target)
+        return True
 
     def _saturated(self, g: IdentityGraph, key: str) -> bool:
         return key[0] not in self._unique and 1 + g.linked.get(key, 0) >= self._max_linked
 
     def _fold(
-        self, g: IdentityGraph, d: _Decision, ev: TouchpointEvent, keys: list[str], fresh: set[str]
+        self,
+        g: IdentityGraph,
+        d: _Decision,
+        ev: TouchpointEvent,
+        keys: Sequence[str],
+        fresh: set[str],
     ) -> str:
         """Link the event's components one by one, strongest first, refusing unsafe links."""
         cids = g.cid
