@@ -13,7 +13,7 @@ identity graph under ``I`` (``jm:id:<consumer group>``, :mod:`sinks.identity_red
                                identity graph itself, which always has merges applied
 - ``S:m:<customer>``   set     the node keys of one customer (replay only; workers: ``I:m:<c>``)
 - ``S:forgotten``      hash    customer -> deletion time (ms): customers `journeymap forget`
-                               removed; a worker drops their in-memory state on its next touch
+                               removed; the worker holding them drops their state on its next batch
 
 Identifiers are only ever stored as salted hashes (the resolver hashes them before anything is
 written), so nothing here can give a raw email or user id back.
