@@ -193,6 +193,7 @@ def test_api_assigns_once_by_any_identifier(settings: Settings, redis_test_url: 
                 "WHERE customer_id = 'c_00000000000000ad'").result_rows
         assert rows == [("c_00000000000000ad", expected, "s1")]
     finally:
-        for k in client.scan_iter(f"jm:*:{group}*"):
-            client.delete(k)
+        leftover = list(client.scan_iter(f"jm:*:{group}*"))
+        if leftover:
+            client.delete(*leftover)
         client.close()

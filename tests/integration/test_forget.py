@@ -55,8 +55,9 @@ def demo(tmp_path: Path, redis_test_url: str) -> Iterator[dict[str, Any]]:
         yield {"settings": settings, "store": store, "replayer": replayer, "events": events,
                "serving": serving, "redis": client, "group": group}
     finally:
-        for key in client.scan_iter(f"jm:*:{group}*"):
-            client.delete(key)
+        leftover = list(client.scan_iter(f"jm:*:{group}*"))
+        if leftover:
+            client.delete(*leftover)
         client.close()
         serving.close()
         store.close()

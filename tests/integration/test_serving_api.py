@@ -64,8 +64,9 @@ def served(redis_test_url: str) -> Iterator[dict[str, Any]]:
     app = create_app(settings)
     with TestClient(app, raise_server_exceptions=False) as http:
         yield {"http": http, "cid": cid, "group": group, "resolver": resolver, "store": store}
-    for key in client.scan_iter(f"jm:*:{group}*"):
-        client.delete(key)
+    leftover = list(client.scan_iter(f"jm:*:{group}*"))
+    if leftover:
+        client.delete(*leftover)
     client.close()
 
 

@@ -62,8 +62,9 @@ async def test_publish_and_forget_on_a_partition(redis_test_url: str):
         assert store.find(customer_id="c_00000000000000a1") is None
         assert store.forgotten() == set()
     finally:
-        for key in client.scan_iter(f"jm:*:{group}*"):
-            client.delete(key)
+        leftover = list(client.scan_iter(f"jm:*:{group}*"))
+        if leftover:
+            client.delete(*leftover)
         client.close()
 
 
