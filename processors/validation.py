@@ -127,56 +127,77 @@ def decode(raw: bytes, source: Source = Source()) -> Decoded:
         return DeadLetter(raw, f"could not decode: {type(exc).__name__}: {exc}", source)
 
 
-def _validate_many(raws: Sequence[bytes]) -> list[TouchpointEvent] | None:
-    """Validate many messages in one call into Rust, or None if any of them is not valid.
+def _validate_many(raws: Sequence[bytes]) -> list[TouchpointEvent] | set[int]:
+    """Validate many messages in one call into Rust: all the events, or which ones look bad.
 
     The messages are joined into one JSON array with a random number between each two. The
     numbers make the join safe: a message that is not exactly one JSON value (``{..},{..}``, or
     one that opens a string the next message closes) would shift or swallow a separator, and the
     result is only taken when every separator came back, in place, and everything else is an
     event. Nobody outside this call knows the number, so no message can forge it.
+
+    On failure, the positions the validation errors point at (a hint, empty when the errors
+    do not point at items, e.g. for broken JSON): the caller decides those one by one.
     """
     n = len(raws)
     sep = secrets.randbits(62)
     try:
         out = _INTERLEAVED.validate_json(b"[" + (b",%d," % sep).join(raws) + b"]")
-    except Exception:  # any failure: the caller narrows it down message by message
-        return None
+    except ValidationError as exc:
+        bad: set[int] = set()
+        for err in exc.errors(include_url=False, include_context=False, include_input=False):
+            loc = err["loc"]
+            if not loc or not isinstance(loc[0], int) or loc[0] % 2 or loc[0] // 2 >= n:
+                return set()  # not an item's own error: the items may not line up
+            bad.add(loc[0] // 2)
+        return bad
+    except Exception:  # anything else: the caller narrows it down
+        return set()
     events = out[0::2]
     if (
         len(out) != 2 * n - 1
         or out[1::2] != [sep] * (n - 1)
         or set(map(type, events)) != {TouchpointEvent}
     ):
-        return None
+        return set()
     return events  # type: ignore[return-value]
 
 
-def _decode_chunk(
+def _decode_some(
     raws: Sequence[bytes],
     sources: Sequence[Source],
+    positions: list[int],
     into: list[Decoded | None],
-    at: int,
 ) -> None:
-    """Decode ``raws`` into ``into[at:]``: one Rust call when all are valid, else split.
+    """Decode the messages at `positions` into `into`: one Rust call when all are valid.
 
-    A failing chunk is halved until the halves pass or are small; small failing chunks are
-    decoded one message at a time by :func:`decode`, which gives each dead letter its own
-    reason and source. The accepted events are the same either way: the fast path validates
-    with the very same schema, one message per array item.
+    When some are not, the ones the errors point at are decoded one at a time by
+    :func:`decode` (each dead letter gets its own reason and source) and the rest go through
+    one Rust call again; when the errors point nowhere (broken JSON), the chunk is halved.
+    Either way a message is accepted only by a fully checked batch call or by `decode`, which
+    validate with the same schema, so the decisions are exactly `decode`'s.
     """
-    events = _validate_many(raws) if len(raws) > 1 else None
-    if events is not None:
-        for i, event in enumerate(events):
-            into[at + i] = Accepted(event, sources[i])
-        return
-    if len(raws) <= _MIN_SPLIT:
-        for i, raw in enumerate(raws):
-            into[at + i] = decode(raw, sources[i])
-        return
-    half = len(raws) // 2
-    _decode_chunk(raws[:half], sources[:half], into, at)
-    _decode_chunk(raws[half:], sources[half:], into, at + half)
+    while positions:
+        if len(positions) == 1:
+            found: list[TouchpointEvent] | set[int] = set()
+        else:
+            found = _validate_many([raws[p] for p in positions])
+        if isinstance(found, list):
+            for p, event in zip(positions, found, strict=True):
+                into[p] = Accepted(event, sources[p])
+            return
+        if found and len(found) < len(positions):
+            for i in found:
+                into[positions[i]] = decode(raws[positions[i]], sources[positions[i]])
+            positions = [p for i, p in enumerate(positions) if i not in found]
+            continue
+        if len(positions) <= _MIN_SPLIT:
+            for p in positions:
+                into[p] = decode(raws[p], sources[p])
+            return
+        half = len(positions) // 2
+        _decode_some(raws, sources, positions[:half], into)
+        positions = positions[half:]
 
 
 def decode_batch(
@@ -185,13 +206,14 @@ def decode_batch(
     """Decode a batch; keep the order of accepted events and of dead letters.
 
     Exactly the decisions and reasons of :func:`decode` on each message, in far fewer calls:
-    a batch of valid events is validated in one call; one bad message costs a few halvings.
+    a batch of valid events is validated in one call, a batch with invalid events in two
+    (plus one :func:`decode` per invalid event), broken JSON costs a few halvings.
     """
     pairs = list(messages)
     raws = [raw for raw, _ in pairs]
     sources = [source for _, source in pairs]
     results: list[Decoded | None] = [None] * len(pairs)
-    _decode_chunk(raws, sources, results, 0)
+    _decode_some(raws, sources, list(range(len(pairs))), results)
     accepted: list[Accepted] = []
     dead: list[DeadLetter] = []
     for result in results:

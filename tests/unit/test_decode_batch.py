@@ -116,3 +116,32 @@ def test_events_from_the_batch_equal_events_from_decode() -> None:
     expected, _ = one_by_one(positioned(messages))
     assert accepted == expected
     assert [a.event.ts_ms for a in accepted] == [e.event.ts_ms for e in expected]
+
+
+def test_invalid_events_cost_two_batch_calls_and_one_decode_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[int] = []
+    decoded: list[bytes] = []
+    real_many, real_decode = validation._validate_many, validation.decode
+
+    def counting_many(raws: list[bytes]) -> object:
+        calls.append(len(raws))
+        return real_many(raws)
+
+    def counting_decode(raw: bytes, source: Source) -> object:
+        decoded.append(raw)
+        return real_decode(raw, source)
+
+    monkeypatch.setattr(validation, "_validate_many", counting_many)
+    monkeypatch.setattr(validation, "decode", counting_decode)
+    messages = [event(i) for i in range(500)]
+    bad = {3: event(3, channel="tv"), 250: event(250, identities={}), 499: event(499, x=1)}
+    for i, raw in bad.items():
+        messages[i] = raw
+    batch = positioned(messages)
+    accepted, dead = decode_batch(batch)
+    assert calls == [500, 497]
+    assert sorted(decoded) == sorted(bad.values())
+    assert [d.source.offset for d in dead] == [103, 350, 599]
+    assert (accepted, dead) == one_by_one(batch)
