@@ -49,7 +49,14 @@ from processors.validation import Accepted, DeadLetter, Source, decode
 from sinks import clickhouse as ch
 from sinks.alerts import encode_alert
 from sinks.checkpoints import CheckpointStore
-from streams.outputs import Rows, add_rows, chain_rows, score_released, sentiments_of
+from streams.outputs import (
+    Rows,
+    add_rows,
+    chain_rows,
+    score_released,
+    sentiments_of,
+    snapshot_rows,
+)
 from streams.replay import model_config
 from streams.serve import publish_partitions, serving_store
 from streams.settings import Settings
@@ -418,6 +425,11 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
             if tp.topic == t.resolved and tp.partition in runtime.partitions:
                 await _checkpoint(runtime, tp.partition, runtime.partitions.pop(tp.partition))
 
+    @app.timer(interval=settings.worker.snapshot_every_s)
+    async def write_snapshots() -> None:
+        if "runtime" in rt:
+            await _write_snapshots(rt["runtime"])
+
     @app.on_before_shutdown.connect
     async def on_shutdown(app: faust.App, **kwargs: Any) -> None:
         if "runtime" not in rt:
@@ -425,6 +437,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
         runtime = rt["runtime"]
         log.info("shutting down: flushing rows and checkpointing %d partitions",
                  len(runtime.partitions))
+        await _write_snapshots(runtime)
         await _write(runtime)
         for p, part in list(runtime.partitions.items()):
             await _checkpoint(runtime, p, part)
@@ -622,7 +635,39 @@ def _adopt(part: PartitionState, mr: MergeRecord, package: Any, model_state: Any
 def _score(runtime: Runtime, part: PartitionState, out: ChainOutput) -> list[Scores]:
     if runtime.models is None:
         return []
-    return score_released(runtime.models, part.model_states, part.last_scores, out.released)
+    scores = score_released(runtime.models, part.model_states, part.last_scores, out.released)
+    part.dirty_scores.update(s.customer_id for s in scores)
+    return scores
+
+
+async def _write_snapshots(runtime: Runtime) -> None:
+    """The snapshot tables, as the replay writes them at its end (streams.outputs.snapshot_rows):
+    funnel_dropoff per partition, the customer_scores changed since the last snapshot, and
+    attribution and segments when this worker owns every partition (else it would write a part
+    of them as the whole). Full values under the same keys as the replay's: rewriting is
+    harmless, so a crash before the next checkpoint only writes them again."""
+    if not runtime.partitions:
+        return
+    parts = sorted(runtime.partitions.items())
+    scores = []
+    taken: list[tuple[PartitionState, set[str]]] = []
+    for _, part in parts:
+        dirty, part.dirty_scores = part.dirty_scores, set()
+        taken.append((part, dirty))
+        for cid in dirty:
+            if cid in part.away:  # merged away since: its winner's scores are the ones
+                part.last_scores.pop(cid, None)
+            elif (s := part.last_scores.get(cid)) is not None:
+                scores.append(s)
+    whole = len(parts) >= runtime.settings.kafka.partitions
+    rows = snapshot_rows([(p, part.chain) for p, part in parts], runtime.models, scores,
+                         int(time.time() * 1000), whole=whole)
+    try:
+        await _write(runtime, rows)
+    except BaseException:
+        for part, dirty in taken:  # not written: the next snapshot (or checkpoint) keeps them
+            part.dirty_scores |= dirty
+        raise
 
 
 def _scores_json(s: Scores) -> bytes:

@@ -3,11 +3,12 @@ so that both write the same analyst tables from the same events."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from online_models.suite import CustomerModelState, ModelSuite, Scores
-from processors.chain import ChainOutput
+from processors.attribution import attribute
+from processors.chain import ChainOutput, JourneyChain
 from processors.events import ResolvedEvent
 from processors.identity import MergeRecord
 from sinks import clickhouse as ch
@@ -90,3 +91,47 @@ def sentiments_of(released: list[ResolvedEvent], scores: list[Scores]) -> dict[s
         for ev, s in zip(released, scores, strict=False)
         if s.sentiment_score is not None
     }
+
+
+def snapshot_rows(
+    shards: Sequence[tuple[int, JourneyChain]],
+    models: ModelSuite | None,
+    scores: Collection[Scores],
+    now_ms: int,
+    *,
+    whole: bool = True,
+) -> Rows:
+    """Rows of the snapshot tables, as of `now_ms`: one place for the replay (at its end) and
+    the streaming worker (on a schedule and at shutdown), so both write the same rows.
+
+    `funnel_dropoff` per shard (the chain of one partition; 0 in the replay), the given
+    customers' `customer_scores`, and, when `whole` (these chains hold every customer: the
+    replay, or a worker owning every partition), `attribution` over all their paths and the
+    `segments` of the models. A worker holding only some partitions would write a part as if
+    it were the whole, under the same keys: it leaves those two out.
+    """
+    rows: Rows = {
+        "funnel_dropoff": [
+            ch.funnel_dropoff_row(s, now_ms, shard)
+            for shard, chain in shards for s in chain.funnels.snapshot()
+        ],
+    }
+    if whole and shards:
+        if len(shards) == 1:
+            attribution = shards[0][1].attribution()
+        else:  # the paths of every partition together (the models are not additive)
+            attribution = {
+                level: attribute([
+                    path for _, chain in shards
+                    for path in chain.paths.paths(level, chain.journeys.watermark_ms)
+                ], (1, 2))
+                for level in ("touchpoint", "channel")
+            }
+        rows["attribution"] = [
+            a.as_row(now_ms, level) for level, results in attribution.items() for a in results
+        ]
+    if models is not None:
+        rows["customer_scores"] = [ch.customer_score_row(s, now_ms) for s in scores]
+        if whole:
+            rows["segments"] = [ch.segment_row(p, now_ms) for p in models.profiles()]
+    return rows

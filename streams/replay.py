@@ -30,7 +30,13 @@ from processors.config import ProcessingConfig
 from processors.validation import Source
 from sinks import clickhouse as ch
 from streams.files import Chunk, read_chunks
-from streams.outputs import add_rows, chain_rows, score_released, sentiments_of
+from streams.outputs import (
+    add_rows,
+    chain_rows,
+    score_released,
+    sentiments_of,
+    snapshot_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,18 +131,8 @@ class Replayer:
         self.writer.maybe_flush()
 
     def _write_snapshots(self, now_ms: int) -> None:
-        self._add(
-            "funnel_dropoff",
-            [ch.funnel_dropoff_row(s, now_ms, 0) for s in self.chain.funnels.snapshot()],
-        )
-        for level, results in self.chain.attribution().items():
-            self._add("attribution", [a.as_row(now_ms, level) for a in results])
-        if self.models is not None:
-            self._add("segments", [ch.segment_row(p, now_ms) for p in self.models.profiles()])
-            self._add(
-                "customer_scores",
-                [ch.customer_score_row(s, now_ms) for s in self.last_scores.values()],
-            )
+        rows = snapshot_rows([(0, self.chain)], self.models, self.last_scores.values(), now_ms)
+        add_rows(self.writer, rows, self.stats.rows)
 
     # -- the run ----------------------------------------------------------------------------
 

@@ -147,6 +147,9 @@ class WorkerSettings(_Group):
     web_bind: IPvAnyAddress = IPv4Address("127.0.0.1")
     # How often a partition's state is checkpointed to Redis (with its offset).
     checkpoint_every_s: Annotated[float, Field(gt=0)] = 10.0
+    # How often the snapshot tables (funnel_dropoff, customer_scores; attribution and segments
+    # on a worker owning every partition) are written; also at shutdown.
+    snapshot_every_s: Annotated[float, Field(gt=0)] = 60.0
     store: str = "rocksdb://"
 
 

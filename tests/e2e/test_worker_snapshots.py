@@ -1,0 +1,189 @@
+"""A streaming worker writes the snapshot tables (funnel_dropoff, attribution, segments,
+customer_scores) on its schedule and at shutdown, with the replay's rows.
+
+One worker with the models owns both partitions of touchpoints.resolved, so its attribution and
+segments cover every customer, as the replay's do. As in test_stream_vs_replay, the allowed
+lateness is longer than the history and sentinel events far in the future push every
+partition's frontier past it, so both sides have released and finalized the whole history.
+The models see the events in another order on the two sides (per partition batches against
+file chunks), so scores and segments are compared by who has them, not by value; attribution
+and funnel drop-off do not depend on the models and must be equal.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from simulator.model import SimConfig, simulate
+from simulator.writer import write_simulation
+from sinks.clickhouse import connect, run_query
+from streams.producer import EventProducer
+from streams.settings import ClickHouseSettings, Settings
+
+pytestmark = pytest.mark.integration
+
+LATENESS_S = 400 * 86_400
+DAY_MS = 86_400_000
+TOPICS = ("raw", "resolved", "dlq", "merges", "late", "scores", "alerts")
+
+LATEST = {
+    "attribution": "SELECT count(), sum(cityHash64(model, level, key, "
+    "round(conversions_attributed, 6), round(revenue_attributed, 4))) FROM attribution "
+    "WHERE as_of = (SELECT max(as_of) FROM attribution) AND {cutoff:Int64} > 0",
+    # summed over shards (the worker's partitions) and segments (the models' order differs),
+    # history cohorts only: the sentinels are released by the replay's finish, not the stream
+    "funnel_dropoff": """
+        SELECT count(), sum(cityHash64(funnel, stage, cohort_week, entered, advanced, dropped))
+        FROM (SELECT funnel, stage, cohort_week, sum(entered) AS entered,
+                     sum(advanced) AS advanced, sum(dropped) AS dropped
+              FROM funnel_dropoff
+              WHERE segment != '*' AND cohort_week IS NOT NULL
+                AND toUnixTimestamp(cohort_week) * 1000 < {cutoff:Int64}
+              GROUP BY funnel, stage, cohort_week)""",
+    "scored_customers": "SELECT count(), sum(cityHash64(customer_id)) FROM customer_scores "
+    "WHERE toUnixTimestamp64Milli(ts) < {cutoff:Int64}",
+}
+
+
+def _fingerprint(store, cutoff_ms: int) -> dict[str, tuple]:
+    params = {"cutoff": str(cutoff_ms)}
+    return {k: tuple(run_query(store, sql, params).rows[0]) for k, sql in LATEST.items()}
+
+
+def _scalar(store, sql: str) -> int:
+    return int(run_query(store, sql, {}).rows[0][0])
+
+
+@pytest.fixture
+def env(jm_settings: Settings, clickhouse_url: str) -> Iterator[dict[str, str]]:
+    name = f"snap{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "JOURNEYMAP_CLICKHOUSE__URL": clickhouse_url,
+        "JOURNEYMAP_CLICKHOUSE__DATABASE": name,
+        "JOURNEYMAP_CLICKHOUSE__FLUSH_INTERVAL_S": "0.5",
+        "JOURNEYMAP_KAFKA__CONSUMER_GROUP": name,
+        "JOURNEYMAP_KAFKA__PARTITIONS": "2",
+        "JOURNEYMAP_JOURNEY__ALLOWED_LATENESS_S": str(LATENESS_S),
+        "JOURNEYMAP_JOURNEY__LAST_TOUCHPOINTS_KEPT": "100",
+        "JOURNEYMAP_WINDOWS__SIZES_S": "[86400, 10368000]",
+        "JOURNEYMAP_WORKER__CHECKPOINT_EVERY_S": "2",
+        "JOURNEYMAP_WORKER__SNAPSHOT_EVERY_S": "2",
+        "JOURNEYMAP_WORKER__BATCH_MAX": "500",
+    }
+    for topic in TOPICS:
+        env[f"JOURNEYMAP_KAFKA__TOPICS__{topic.upper()}"] = f"{name}.{topic}"
+    yield env
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": jm_settings.kafka.bootstrap_servers})
+    admin.delete_topics([env[f"JOURNEYMAP_KAFKA__TOPICS__{t.upper()}"] for t in TOPICS])
+    target = jm_settings.clickhouse.model_copy(update={"url": clickhouse_url, "database": name})
+    with connect(target) as store:
+        store.client.command(f"DROP DATABASE IF EXISTS {name}")
+
+
+def _cli(env: dict[str, str], *args: str, timeout: float = 300) -> None:
+    done = subprocess.run([sys.executable, "-m", "streams.cli", *args], env=env,
+                          capture_output=True, timeout=timeout, check=False)
+    assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+
+
+@pytest.mark.timeout(600)
+def test_worker_writes_the_replays_snapshots(env: dict[str, str], tmp_path: Path,
+                                             jm_settings: Settings) -> None:
+    sim = simulate(SimConfig(customers=400, seed=29))
+    end_ms = max(e.ts_ms for c in sim.truth.customers for e in c.events)
+    cutoff_ms = end_ms + DAY_MS
+    sentinels = [
+        orjson.dumps({
+            "event_id": f"sentinel-{i}", "occurred_at": end_ms + LATENESS_S * 1000 + 60 * DAY_MS,
+            "channel": "other", "touchpoint": "landing_page",
+            "identities": {"anonymous_id": f"sentinel-{i}"},
+        })
+        for i in range(24)
+    ]
+    path = tmp_path / "events.jsonl"
+    write_simulation(sim, path)
+    with path.open("ab") as f:
+        f.write(b"\n".join(sentinels) + b"\n")
+
+    replay_db = tmp_path / "replay-chdb"
+    _cli(env, "replay", str(path), "--clickhouse", str(replay_db), "--quiet")
+    database = env["JOURNEYMAP_CLICKHOUSE__DATABASE"]
+    with connect(ClickHouseSettings(url=str(replay_db), database=database)) as store:
+        want = _fingerprint(store, cutoff_ms)
+        replay_segments = _scalar(store, "SELECT count() FROM segments")
+    assert want["attribution"][0] > 10 and want["funnel_dropoff"][0] > 0
+    assert want["scored_customers"][0] > 100
+
+    _cli(env, "topics", "create")
+    _cli(env, "migrate")
+    log = (tmp_path / "worker.log").open("wb")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "streams.cli", "worker", "--web-port", "16091",
+         "--workdir", str(tmp_path / "w")],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    target = ClickHouseSettings(url=env["JOURNEYMAP_CLICKHOUSE__URL"], database=database)
+    try:
+        time.sleep(8)
+        producer = EventProducer(jm_settings.kafka.bootstrap_servers,
+                                 env["JOURNEYMAP_KAFKA__TOPICS__RAW"])
+        producer.send_many(list(sim.lines))
+        producer.flush()
+        time.sleep(15)  # the history in before the sentinels (Kafka does not order partitions)
+        producer.send_many(sentinels)
+        stats = producer.close(30)
+        assert stats.n_failed == 0 and stats.n_undelivered == 0
+        # written on the schedule, while the worker runs
+        got: dict[str, tuple] = {}
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+            with connect(target) as store:
+                got = _fingerprint(store, cutoff_ms)
+            if got == want:
+                break
+            time.sleep(3)
+        if got != want and os.environ.get("JM_DEBUG_DIR"):
+            d = Path(os.environ["JM_DEBUG_DIR"])
+            q = ("SELECT model, level, key, conversions_attributed, revenue_attributed FROM "
+                 "attribution WHERE as_of = (SELECT max(as_of) FROM attribution) ORDER BY 1,2,3")
+            q2 = "SELECT customer_id, ts, segment FROM customer_scores ORDER BY 1"
+            q3 = ("SELECT funnel, stage, cohort_week, shard, segment, entered, advanced, dropped FROM"
+                  " funnel_dropoff ORDER BY 1,2,3,4,5")
+            for name, url in (("stream", target), ("replay", ClickHouseSettings(
+                    url=str(replay_db), database=database))):
+                with connect(url) as store:
+                    for tag, qq in (("attr", q), ("scores", q2), ("funnel", q3)):
+                        (d / f"{name}.{tag}").write_text(
+                            "\n".join(map(repr, run_query(store, qq, {}).rows)))
+        assert got == want, {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
+        with connect(target) as store:
+            before_stop = _scalar(store, "SELECT count(DISTINCT as_of) FROM attribution")
+            if replay_segments:
+                assert _scalar(store, "SELECT count() FROM segments") > 0
+        stop_ms = int(time.time() * 1000)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+    # and once more at shutdown
+    with connect(target) as store:
+        last = _scalar(store, "SELECT toUnixTimestamp64Milli(max(as_of)) FROM attribution")
+        assert _scalar(store, "SELECT count(DISTINCT as_of) FROM attribution") > before_stop
+        assert last >= stop_ms
+        assert _fingerprint(store, cutoff_ms) == want
