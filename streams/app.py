@@ -313,7 +313,11 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
         tps = [tp for tp in app.consumer.assignment() if tp in known]
         if not tps:
             return
-        highs = await app.consumer.highwaters(*tps)
+        try:
+            highs = await app.consumer.highwaters(*tps)
+        except Exception as exc:  # a rebalance or a broker hiccup: the next tick will do
+            log.debug("consumer lag not refreshed: %r", exc)
+            return
         for tp in tps:
             high = highs.get(tp)
             if high is not None:
@@ -364,6 +368,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                 out.links.clear()  # links and merges are written by the ingest agent
                 out.merges.clear()
                 rows.append(chain_rows(out, now_ms, p, sentiments, runtime.emission_clock))
+                rows.append({"alerts": [ch.alert_row(a) for s in scores for a in s.alerts]})
                 for key, value, headers in forwards + transfers:
                     sends.append(resolved_topic.send(key=key, value=value, headers=headers))
                 for late in out.late:
@@ -412,6 +417,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                 part = await _load_partition(runtime, tp.partition)
                 # state and input must agree: continue right after the checkpointed offset
                 await app.consumer.seek(tp, part.offset + 1)
+                runtime.next_offsets[tp] = part.offset + 1  # the lag is known from the start
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
@@ -469,7 +475,10 @@ def _observe(runtime: Runtime, agent: str, batch: Sequence[Any], next_of: dict[i
     for ev in batch:
         tp = ev.message.tp
         last[tp] = max(last.get(tp, -1), ev.message.offset)
+    assigned = app.consumer.assignment()
     for tp, offset in last.items():
+        if tp not in assigned:  # revoked while the batch ran: its new owner reports it
+            continue
         runtime.next_offsets[tp] = next_of.get(tp.partition, offset + 1)
         try:
             high = app.consumer.highwater(tp)
