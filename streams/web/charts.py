@@ -120,6 +120,39 @@ def diverging(items: Sequence[tuple[str, float, str]], *, width: int = 640) -> M
     return Markup("".join(out))
 
 
+def intervals(items: Sequence[tuple[str, float, float, float, str]], *,
+              width: int = 640) -> Markup:
+    """Estimates with their confidence intervals around a zero line: (label, low, estimate,
+    high, text). Green when the interval lies above zero, red below, grey when it straddles it."""
+    if not items:
+        return _empty()
+    top = max(max(abs(lo), abs(hi)) for _, lo, _, hi, _ in items) or 1.0
+    row_h, label_w, text_w = 26, 190, 200
+    half = (width - label_w - text_w) / 2
+    zero = label_w + half
+    height = row_h * len(items) + 6
+
+    def x(v: float) -> float:
+        return zero + (half - 8) * v / top
+
+    out = [f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" role="img">',
+           f'<line x1="{zero}" x2="{zero}" y1="0" y2="{height}" stroke="{_MUTED}"/>']
+    for i, (label, lo, mid, hi, text) in enumerate(items):
+        y = i * row_h + 3 + row_h / 2
+        color = "#54a24b" if lo > 0 else "#e45756" if hi < 0 else _MUTED
+        out.append(
+            f'<text x="{label_w - 8}" y="{y + 4}" text-anchor="end">{_e(label[:28])}</text>'
+            f'<g stroke="{color}" stroke-width="2"><title>{_e(label)}: {_e(text)}</title>'
+            f'<line x1="{x(lo):.1f}" x2="{x(hi):.1f}" y1="{y}" y2="{y}"/>'
+            f'<line x1="{x(lo):.1f}" x2="{x(lo):.1f}" y1="{y - 6}" y2="{y + 6}"/>'
+            f'<line x1="{x(hi):.1f}" x2="{x(hi):.1f}" y1="{y - 6}" y2="{y + 6}"/></g>'
+            f'<circle cx="{x(mid):.1f}" cy="{y}" r="4.5" fill="{color}"/>'
+            f'<text x="{width - text_w + 8}" y="{y + 4}">{_e(text)}</text>'
+        )
+    out.append("</svg>")
+    return Markup("".join(out))
+
+
 def grouped_bars(groups: Sequence[str], series: Sequence[str],
                  values: dict[tuple[str, str], float], *, width: int = 760,
                  fmt: str = "{:.0%}") -> Markup:

@@ -1,11 +1,12 @@
 """Dashboard: live views over the analyst tables (see docs/dashboard.md).
 
-Seven server-rendered pages (Jinja2 + inline SVG from :mod:`streams.web.charts`): the journey map,
-the funnel, segment profiles, attribution, the at-risk list, feature-adoption gaps and the alert
-feed. Every page takes the same filters as query parameters (``segment``, ``channel``, ``cohort``,
-``window``, ``end``); each one adds a condition to the SQL, and every value travels as a
-server-side ``{name:Type}`` parameter. Numbers come with their change against the previous period
-of the same length. A bad parameter is a 400 page that says what is wrong.
+Eight server-rendered pages (Jinja2 + inline SVG from :mod:`streams.web.charts`): the journey map,
+the funnel, segment profiles, attribution, the at-risk list, feature-adoption gaps, the alert
+feed and the experiments (statistics from :mod:`processors.experiments`). Every page takes the
+same filters as query parameters (``segment``, ``channel``, ``cohort``, ``window``, ``end``); each
+one adds a condition to the SQL, and every value travels as a server-side ``{name:Type}``
+parameter. Numbers come with their change against the previous period of the same length. A bad
+parameter is a 400 page that says what is wrong.
 
 One process owns an embedded chDB directory at a time: the dashboard opens the store once and
 serialises its queries with a lock (the chDB session is not shared between threads).
@@ -31,11 +32,15 @@ from processors.attribution import Path as JourneyPath
 from processors.attribution import attribute
 from processors.errors import JourneymapError, QueryError, SchemaError, ServiceError
 from processors.events import Channel
+from processors.experiments import ALL, Comparison, Intervention, VariantOutcome, analyse
+from sinks import experiments as stored_experiments
 from sinks.clickhouse import Store, check_schema, connect, run_query
 from streams.web import charts
 
 router = APIRouter(include_in_schema=False)
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
+TEMPLATES.env.filters["ms_time"] = (
+    lambda ms: f"{datetime.fromtimestamp(ms / 1000, UTC):%Y-%m-%d %H:%M}")
 
 CHANNELS: tuple[str, ...] = get_args(Channel)
 COMMON_PARAMS = ("segment", "channel", "cohort", "window", "end")
@@ -664,6 +669,123 @@ def alerts_view(store: Store, scope: Scope) -> dict[str, Any]:
     return {"alerts": now, "by_severity": by_sev}
 
 
+# The windowed counterpart of the `experiment_outcomes` view (migration 0007): the customers
+# assigned before the end of each period, and those of them who reached an outcome touchpoint
+# in the period, at or after their assignment. A window reaching back to the experiment's start
+# gives the same counts as `journeymap experiments analyse`.
+EXPERIMENT_OUTCOMES_SQL = """
+    SELECT a.variant AS variant, toString(a.segment) AS segment,
+           countIf(a.assigned_at < {{end:DateTime64(3, 'UTC')}}) AS n_now,
+           countIf(a.assigned_at < {{end:DateTime64(3, 'UTC')}} AND o.now > 0) AS x_now,
+           countIf(a.assigned_at < {{start:DateTime64(3, 'UTC')}}) AS n_before,
+           countIf(a.assigned_at < {{start:DateTime64(3, 'UTC')}} AND o.before > 0) AS x_before
+    FROM (SELECT customer_id, variant, segment, assigned_at FROM experiment_assignments
+          WHERE experiment = {{experiment:String}} {customers}) AS a
+    LEFT JOIN (
+        SELECT t.customer_id AS customer_id,
+               countIf(t.occurred_at >= {{start:DateTime64(3, 'UTC')}}) AS now,
+               countIf(t.occurred_at < {{start:DateTime64(3, 'UTC')}}) AS before
+        FROM touchpoints AS t
+        INNER JOIN (SELECT customer_id, assigned_at FROM experiment_assignments
+                    WHERE experiment = {{experiment:String}}) AS a2
+            ON a2.customer_id = t.customer_id
+        WHERE has(splitByChar(',', {{outcomes:String}}), toString(t.touchpoint))
+          AND t.occurred_at >= a2.assigned_at
+          AND t.occurred_at >= {{prev_start:DateTime64(3, 'UTC')}}
+          AND t.occurred_at < {{end:DateTime64(3, 'UTC')}}
+        GROUP BY t.customer_id
+    ) AS o ON o.customer_id = a.customer_id
+    GROUP BY variant, segment
+"""
+
+
+def _segment_label(segment: str) -> str:
+    return "all segments" if segment == ALL else segment
+
+
+def _verdict(c: Comparison, planned: int) -> str:
+    """One comparison in plain words: what to conclude, or why not yet."""
+    if c.warnings:
+        target = planned or c.required_n_per_variant
+        return (f"too early: {min(c.n, c.control_n):,} of {target:,} customers per variant; "
+                "do not act on this p-value yet")
+    if not c.significant:
+        return (f"no difference detected (p = {c.test.p_value:.3f}, needs < {c.alpha:.3g}); "
+                "the true effect, if any, lies in the interval")
+    better = "better" if c.test.diff > 0 else "worse"
+    return f"{c.variant} converts {better} than {c.control} (p = {c.test.p_value:.3g})"
+
+
+def _experiment(store: Store, scope: Scope, iv: Intervention,
+                every: list[Intervention]) -> dict[str, Any]:
+    """One A/B test in the window: the variants, the test against the control, the warnings."""
+    customers = "".join(f" AND {c}" for c in scope.customers(channel=True))
+    rows = _query(store, EXPERIMENT_OUTCOMES_SQL.format(customers=customers), {
+        **scope.params, "experiment": iv.experiment,
+        "outcomes": ",".join(iv.outcome_touchpoints)})
+    now = analyse(iv, [VariantOutcome(r["variant"], r["segment"], r["n_now"], r["x_now"])
+                       for r in rows], every)
+    before = analyse(iv, [VariantOutcome(r["variant"], r["segment"], r["n_before"],
+                                         r["x_before"]) for r in rows], every)
+    prev = {(c.segment, c.variant): c for c in before.comparisons}
+    comparisons = now.comparisons
+    if len({c.segment for c in comparisons} - {ALL}) == 1:  # one segment: the same as overall
+        comparisons = tuple(c for c in comparisons if c.segment == ALL)
+    table: list[dict[str, Any]] = []
+    for c in comparisons:
+        p = prev.get((c.segment, c.variant))
+        if not any(r["segment"] == _segment_label(c.segment) for r in table):  # control once
+            table.append({
+                "segment": _segment_label(c.segment), "variant": c.control, "control": True,
+                "n": c.control_n,
+                "conversions": c.control_conversions, "rate": c.control_rate,
+                "rate_trend": charts.trend(c.control_rate, p.control_rate if p else None,
+                                           points=True)})
+        table.append({
+            "segment": _segment_label(c.segment), "variant": c.variant, "control": False,
+            "n": c.n,
+            "conversions": c.conversions, "rate": c.rate,
+            "rate_trend": charts.trend(c.rate, p.rate if p else None, points=True),
+            "diff": c.test.diff, "ci_low": c.test.ci_low, "ci_high": c.test.ci_high,
+            "p_value": c.test.p_value, "alpha": c.alpha, "significant": c.significant,
+            "needed": iv.planned_n_per_variant or c.required_n_per_variant,
+            "required": c.required_n_per_variant, "reached": min(c.n, c.control_n),
+            "verdict": _verdict(c, iv.planned_n_per_variant),
+            "diff_trend": charts.trend(c.test.diff, p.test.diff if p else None, points=True,
+                                       higher_is_better=None)})
+    warnings = [*now.warnings, *(f"{_segment_label(c.segment)}, {c.variant}: {w}"
+                                 for c in comparisons for w in c.warnings)]
+    chart = charts.intervals([
+        (f"{_segment_label(c.segment)} · {c.variant}", c.test.ci_low * 100, c.test.diff * 100,
+         c.test.ci_high * 100,
+         f"{c.test.diff * 100:+.1f} pp [{c.test.ci_low * 100:+.1f}, {c.test.ci_high * 100:+.1f}]")
+        for c in comparisons])
+    return {"iv": iv, "rows": table, "warnings": warnings, "chart": chart}
+
+
+def experiments_view(store: Store, scope: Scope) -> dict[str, Any]:
+    """Interventions live in the window (for the segment) and the analysis of each A/B test."""
+    seg = (" AND segment IN ('*', {segment:String})" if scope.filters.segment != "*" else "")
+    live = _query(store, f"""
+        SELECT intervention_id,
+               ifNull(ended_at >= {{start:DateTime64(3, 'UTC')}}, 1)
+                   AND started_at < {{end:DateTime64(3, 'UTC')}} AS now,
+               started_at < {{start:DateTime64(3, 'UTC')}} AS before
+        FROM interventions
+        WHERE started_at < {{end:DateTime64(3, 'UTC')}}
+          AND ifNull(ended_at >= {{prev_start:DateTime64(3, 'UTC')}}, 1) {seg}""", scope.params)
+    with _QUERY_LOCK:
+        every = stored_experiments.interventions(store)
+    ids = {r["intervention_id"] for r in live if r["now"]}
+    shown = [iv for iv in every if iv.intervention_id in ids]
+    latest = {iv.experiment: iv for iv in every if iv.experiment}  # as the CLI: the newest
+    tests = [_experiment(store, scope, iv, every) for iv in shown
+             if iv.experiment and latest[iv.experiment] is iv]
+    return {"interventions": shown, "experiments": tests,
+            "n_live": len(ids), "live_trend": charts.trend(
+                len(ids), sum(1 for r in live if r["before"]), higher_is_better=None)}
+
+
 # -- pages ---------------------------------------------------------------------------------------
 
 
@@ -684,6 +806,7 @@ VIEWS: tuple[View, ...] = (
     View("at_risk", "/at-risk", "At risk", "sales"),
     View("adoption", "/adoption", "Adoption gaps", "product"),
     View("alerts", "/alerts", "Alerts", "support"),
+    View("experiments", "/experiments", "Experiments", "product and growth"),
 )
 
 
@@ -695,6 +818,7 @@ BUILDERS: dict[str, Callable[[Store, Scope, Any], dict[str, Any]]] = {
     "at_risk": lambda store, scope, _: at_risk_view(store, scope),
     "adoption": lambda store, scope, _: adoption_view(store, scope),
     "alerts": lambda store, scope, _: alerts_view(store, scope),
+    "experiments": lambda store, scope, _: experiments_view(store, scope),
 }
 
 

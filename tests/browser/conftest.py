@@ -1,6 +1,7 @@
 """Fixtures for the dashboard tests: demo data built once, `journeymap dashboard` as a subprocess.
 
     demo_store_dir   an embedded chDB directory holding a replayed simulation (models included)
+                     and an A/B test recorded with `journeymap experiments` (EXPERIMENT)
     served_store_dir the copy of it that `journeymap dashboard` serves
     dashboard_url    `journeymap dashboard` serving that copy on a free loopback port
     http_app         the same app in-process (FastAPI TestClient) on another copy
@@ -33,6 +34,18 @@ ARTIFACTS = ROOT / "tests" / "artifacts"
 CHROMIUM = "/usr/bin/chromium"
 N_CUSTOMERS = 2_000  # enough for three segments and a drift alert with seed 7
 START_TIMEOUT_S = 90.0
+# An A/B test a month into the demo data, an overlapping campaign (the overlap warning), then
+# every customer assigned; 4,000 planned per variant is more than the demo has (the peeking one).
+EXPERIMENT: tuple[tuple[str, ...], ...] = (
+    ("record", "one-click checkout", "--started-at", "2026-02-01T00:00:00Z",
+     "--experiment", "checkout", "--variants", "control,b", "--control", "control",
+     "--outcome", "purchase", "--planned-n", "4000",
+     "--description", "checkout in one click instead of three steps"),
+    ("record", "winter sale email", "--started-at", "2026-02-20T00:00:00Z",
+     "--ended-at", "2026-03-10T00:00:00Z", "--channel", "email",
+     "--description", "20 % off for a week"),
+    ("assign", "checkout"),
+)
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +57,11 @@ def demo_store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with connect(ClickHouseSettings(url=str(root / "chdb"))) as store:
         migrate(store)
         Replayer(settings.processing(), store, with_models=True).run([events])
+    for args in EXPERIMENT:  # recorded the way a user does, after the replay let go of the store
+        done = subprocess.run([sys.executable, "-m", "streams.cli", "experiments", *args,
+                               "--clickhouse", str(root / "chdb")],
+                              cwd=ROOT, capture_output=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr.decode()
     return root / "chdb"
 
 

@@ -38,6 +38,9 @@ BAD = [
     ("/funnel", {"funnel": "nope"}, "not a funnel"),
     ("/", {"channel": "web'); DROP TABLE touchpoints; --"}, "channel"),
     ("/", {"segment": "x" * 300}, "too long"),
+    ("/experiments", {"segment": "s1' OR '1'='1"}, "segment"),
+    ("/experiments", {"window": "-7"}, "window"),
+    ("/experiments", {"experiment": "checkout"}, "unknown parameter"),
 ]
 
 
@@ -97,3 +100,19 @@ def test_each_filter_changes_the_numbers(http_client: Any, path: str, name: str)
     filtered = http_client.get(path, params={name: value})
     assert plain.status_code == filtered.status_code == 200, filtered.text[:2000]
     assert body_numbers(filtered.text) != body_numbers(plain.text), (path, name)
+
+
+def test_experiments_view_reads_the_test_in_plain_words(http_client: Any) -> None:
+    page = http_client.get("/experiments").text
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page)).replace("&#39;", "'")
+    assert "one-click checkout" in text and "winter sale email" in text  # the interventions
+    table = re.search(r'<table id="experiment-checkout">(.*?)</table>', page, re.S)
+    assert table and "<td>control</td>" in table[1] and "baseline" in table[1]
+    assert "data-lift" in table[1]
+    assert re.search(r"\[[+-]\d+\.\d\d, [+-]\d+\.\d\d\] pp", table[1])  # the interval
+    assert "/ 4,000" in table[1]  # reached / planned per variant
+    assert "peeking" in text and "several changes at once: 'winter sale email'" in text
+    # A window after the campaign ended no longer lists it (the overlap warning stays: the
+    # campaign overlapped the experiment).
+    later = http_client.get("/experiments", params={"window": "7"}).text
+    assert "winter sale email" not in later.split("<h1>", 1)[1].split("Experiment <code>")[0]

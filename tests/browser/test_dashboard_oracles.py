@@ -115,3 +115,40 @@ def test_heuristic_attribution_matches_paths_built_in_python(http_client: Any) -
         for model, shown in (("first_touch", first), ("last_touch", last), ("linear", linear)):
             assert float(shown.rstrip("%")) == pytest.approx(
                 100 * expected.get((model, channel), 0.0), abs=0.051), (channel, model)
+
+
+@pytest.mark.parametrize("window", [str(WINDOW_D), "366"])
+def test_experiment_counts_and_test_match_a_recount_and_scipy(http_client: Any,
+                                                              window: str) -> None:
+    from scipy.stats import chi2_contingency
+
+    page = http_client.get("/experiments", params={"window": window}).text
+    start, end = _window(page)
+    assigned = {cid: (variant, at) for cid, variant, at in _rows(
+        http_client, "SELECT customer_id, variant, assigned_at FROM experiment_assignments "
+        "WHERE experiment = 'checkout'")}
+    bought = defaultdict(list)
+    for cid, ts in _rows(http_client,
+                         "SELECT customer_id, occurred_at FROM touchpoints "
+                         "WHERE touchpoint = 'purchase'"):
+        bought[cid].append(ts.replace(tzinfo=UTC))
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for cid, (variant, at) in assigned.items():
+        at = at.replace(tzinfo=UTC)
+        if at < end:
+            counts[variant][0] += 1
+            counts[variant][1] += any(max(at, start) <= ts < end for ts in bought[cid])
+    rows = {r[1].removesuffix(" (control)"): r for r in _table(page, "experiment-checkout")}
+    assert set(rows) == {"control", "b"}
+    for variant, (n, x) in counts.items():
+        assert rows[variant][2:4] == [f"{n:,}", f"{x:,}"], variant
+    (n_a, x_a), (n_b, x_b) = counts["control"], counts["b"]
+    chi2 = chi2_contingency([[x_a, n_a - x_a], [x_b, n_b - x_b]], correction=False)
+    assert float(rows["b"][8].rstrip(" *")) == pytest.approx(chi2.pvalue, abs=1e-4)
+    assert rows["b"][6] == f"{(x_b / n_b - x_a / n_a) * 100:+.2f} pp"
+    if window == "366":  # the whole experiment: the same counts as `experiments analyse`
+        from sinks.experiments import outcomes
+
+        with_cli = {o.variant: [o.n, o.conversions]
+                    for o in outcomes(http_client.app.state.dashboard_store, "checkout")}
+        assert with_cli == dict(counts)
