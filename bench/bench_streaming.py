@@ -145,6 +145,18 @@ def metrics(port: int) -> dict[str, float] | None:
     return out
 
 
+def read_metrics(deadline: Deadline, patience_s: float = 90.0) -> dict[str, float]:
+    """The worker's counters; a worker too busy to answer for `patience_s` is an error."""
+    until = time.monotonic() + patience_s
+    while time.monotonic() < until:
+        deadline.check("reading the worker's metrics")
+        m = metrics(WORKER_PORT)
+        if m is not None:
+            return m
+        time.sleep(0.5)
+    raise TimeoutError(f"the worker's /metrics did not answer for {patience_s:g} s")
+
+
 def high_watermark(consumer: Consumer, topic: str, partitions: int) -> int:
     return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)[1]
                for p in range(partitions))
@@ -500,10 +512,7 @@ def main() -> None:
         alerts = TopicWatcher(bootstrap, env["JOURNEYMAP_KAFKA__TOPICS__ALERTS"], 1)
         scores = TopicWatcher(bootstrap, env["JOURNEYMAP_KAFKA__TOPICS__SCORES"], partitions)
         rows = RowWatcher(client)
-        before = None
-        while before is None:
-            deadline.check("reading the worker's metrics")
-            before = metrics(WORKER_PORT)
+        before = read_metrics(deadline)
         for thread in (alerts, scores, rows):
             thread.start()
         n_live, live_start, live_s = live(
@@ -516,10 +525,7 @@ def main() -> None:
         for thread in (alerts, scores, rows):
             thread.stop.set()
             thread.join(10)
-        after_m = None
-        while after_m is None:
-            deadline.check("reading the worker's metrics")
-            after_m = metrics(WORKER_PORT)
+        after_m = read_metrics(deadline)
         late_live = (after_m.get("journeymap_late_total", 0.0)
                      - before.get("journeymap_late_total", 0.0))
         load2 = os.getloadavg()[0]
