@@ -1,4 +1,5 @@
-"""Dashboard filters and trend indicators: parsed and computed without any store."""
+"""Dashboard filters, trend indicators, the interval chart and the experiment reading: parsed
+and computed without any store."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from datetime import date
 
 import pytest
 
-from streams.web.charts import trend
-from streams.web.dashboard import BadRequest, Filters, parse_filters
+from processors.experiments import Intervention, VariantOutcome, analyse
+from streams.web.charts import intervals, trend
+from streams.web.dashboard import BadRequest, Filters, _verdict, parse_filters
 
 
 def test_defaults_mean_everything_over_thirty_days() -> None:
@@ -62,3 +64,33 @@ def test_trends() -> None:
     assert rate.text == "-5.0 pp" and rate.direction == "down" and rate.good is False
     assert trend(0.3, 0.3, points=True).direction == "flat"
     assert "▲" in trend(2, 1).__html__()
+
+
+def test_intervals_colour_by_where_the_interval_lies() -> None:
+    svg = intervals([("win", 0.5, 1.0, 1.5, "+1.0 pp"), ("loss", -2.0, -1.0, -0.2, "-1.0 pp"),
+                     ("unclear", -1.0, 0.2, 1.4, "+0.2 pp"), ("<b>", 0.0, 0.0, 0.0, "0")])
+    circles = svg.split("<circle")[1:]
+    assert [c.split('fill="')[1][:7] for c in circles] == ["#54a24b", "#e45756", "#8a8f98",
+                                                           "#8a8f98"]
+    assert "<b>" not in svg and "&lt;b&gt;" in svg
+    assert "no data" in intervals([])
+
+
+AB = Intervention("i1", "new checkout", 0, experiment="checkout", variants=("control", "b"),
+                  control="control", outcome_touchpoints=("purchase",))
+
+
+def _reading(n: int, x_control: int, x_b: int, planned: int) -> str:
+    iv = Intervention(**{**{f: getattr(AB, f) for f in AB.__slots__},
+                         "planned_n_per_variant": planned})
+    report = analyse(iv, [VariantOutcome("control", "s1", n, x_control),
+                          VariantOutcome("b", "s1", n, x_b)])
+    overall = next(c for c in report.comparisons if c.segment == "*")
+    return _verdict(overall, planned)
+
+
+def test_the_reading_says_too_early_until_the_planned_size() -> None:
+    assert _reading(500, 50, 90, planned=4000).startswith("too early: 500 of 4,000")
+    assert _reading(5000, 500, 650, planned=4000).startswith("b converts better than control")
+    assert _reading(5000, 650, 500, planned=4000).startswith("b converts worse")
+    assert _reading(5000, 500, 510, planned=4000).startswith("no difference detected (p = 0.7")
