@@ -7,6 +7,7 @@ nothing disappears. A dead letter keeps the original bytes, so it can be fixed a
 from __future__ import annotations
 
 import base64
+import gc
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -213,7 +214,17 @@ def decode_batch(
     raws = [raw for raw, _ in pairs]
     sources = [source for _, source in pairs]
     results: list[Decoded | None] = [None] * len(pairs)
-    _decode_some(raws, sources, list(range(len(pairs))), results)
+    # The cyclic collector is paused while the batch is built: it would otherwise run every
+    # 700 new objects and walk the batch's events again each time (measured: a third of the
+    # decode time). Nothing made here is cyclic garbage; the next collection after this
+    # call sees the whole batch once.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        _decode_some(raws, sources, list(range(len(pairs))), results)
+    finally:
+        if collecting:
+            gc.enable()
     accepted: list[Accepted] = []
     dead: list[DeadLetter] = []
     for result in results:

@@ -145,3 +145,16 @@ def test_invalid_events_cost_two_batch_calls_and_one_decode_each(
     assert sorted(decoded) == sorted(bad.values())
     assert [d.source.offset for d in dead] == [103, 350, 599]
     assert (accepted, dead) == one_by_one(batch)
+
+
+def test_the_collector_is_back_on_after_a_batch_even_a_failing_one() -> None:
+    import gc
+
+    decode_batch(positioned([event(0), b"{oops", event(1)]))
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        decode_batch(positioned([event(0)]))
+        assert not gc.isenabled()  # left as the caller had it
+    finally:
+        gc.enable()
