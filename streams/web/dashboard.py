@@ -764,8 +764,10 @@ def _experiment(store: Store, scope: Scope, iv: Intervention,
 
 
 def experiments_view(store: Store, scope: Scope) -> dict[str, Any]:
-    """Interventions live in the window (for the segment) and the analysis of each A/B test."""
+    """Interventions live in the window (for the segment and channel, or for everyone) and the
+    analysis of each A/B test among them."""
     seg = (" AND segment IN ('*', {segment:String})" if scope.filters.segment != "*" else "")
+    seg += (" AND channel IN ('*', {channel:String})" if scope.filters.channel != "*" else "")
     live = _query(store, f"""
         SELECT intervention_id,
                ifNull(ended_at >= {{start:DateTime64(3, 'UTC')}}, 1)
