@@ -19,7 +19,7 @@ from streams.cli import settings_from
 @click.pass_context
 def dashboard(ctx: click.Context, url: str | None, host: str, port: int) -> None:
     """Serve the dashboard (journey map, funnel, segments, attribution, at-risk list, adoption
-    gaps, alerts) over the analyst tables, and the serving API under /api.
+    gaps, alerts, experiment results) over the analyst tables, and the serving API under /api.
 
     Every page takes filters as query parameters (segment, channel, cohort, window, end) and
     shows each figure against the previous period. With embedded chDB the dashboard owns the
