@@ -318,12 +318,11 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
         except Exception as exc:  # a rebalance or a broker hiccup: the next tick will do
             log.debug("consumer lag not refreshed: %r", exc)
             return
+        assigned = app.consumer.assignment()  # again: a rebalance may have run meanwhile
         for tp in tps:
-            high = highs.get(tp)
-            if high is not None:
-                runtime.metrics.lag.labels(tp.topic, str(tp.partition)).set(
-                    max(0, high - known[tp])
-                )
+            high, done = highs.get(tp), runtime.next_offsets.get(tp)
+            if high is not None and done is not None and tp in assigned:
+                runtime.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - done))
 
     @app.timer(interval=5.0)
     async def recover_merges() -> None:
