@@ -189,7 +189,7 @@ def tail(ctx: click.Context, from_beginning: bool, kinds: tuple[str, ...],
 @click.pass_context
 def webhook(ctx: click.Context, url: str | None, max_alerts: int | None,
             timeout_s: float | None) -> None:
-    """Deliver every alert to an HTTP endpoint, once per alert, in order.
+    """POST every alert to an HTTP endpoint, in order, retried until a 2xx or parked.
 
     Each alert is POSTed as its JSON (docs/alerts.md) with an `Idempotency-Key` header equal to
     its alert_id. Connection errors, timeouts, 408, 425, 429 and 5xx are retried with
