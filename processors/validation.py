@@ -78,8 +78,10 @@ Decoded = Accepted | DeadLetter
 def _short(value: Any) -> Any:
     if isinstance(value, int) and not -(2**63) <= value < 2**64:
         return str(value)
-    if isinstance(value, str | bytes) and len(value) > MAX_INPUT_SHOWN:
-        return value[:MAX_INPUT_SHOWN] + ("…" if isinstance(value, str) else b"...")
+    if isinstance(value, str) and len(value) > MAX_INPUT_SHOWN:
+        return value[:MAX_INPUT_SHOWN] + "…"
+    if isinstance(value, bytes) and len(value) > MAX_INPUT_SHOWN:
+        return value[:MAX_INPUT_SHOWN] + b"..."
     if isinstance(value, dict | list) and len(orjson.dumps(value, default=str)) > MAX_INPUT_SHOWN:
         return f"<{type(value).__name__} of {len(value)} items>"
     return value
