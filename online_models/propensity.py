@@ -379,9 +379,11 @@ def top_many(
     """`top_of` for every row of a contribution matrix (rows without a model get ())."""
     if contrib is None:
         return [()] * len(fitted)
-    order = np.argsort(-np.abs(contrib), axis=1, kind="stable")[:, :n].tolist()
-    values = contrib.tolist()
+    top = np.argsort(-np.abs(contrib), axis=1, kind="stable")[:, :n]
+    values = np.take_along_axis(contrib, top, axis=1).tolist()  # only the n kept per row
+    order = top.tolist()
     return [
-        tuple((names[i], round(values[r][i], 4)) for i in order[r]) if fitted[r] else ()
+        tuple((names[i], round(v, 4)) for i, v in zip(order[r], values[r], strict=True))
+        if fitted[r] else ()
         for r in range(len(order))
     ]
