@@ -117,16 +117,15 @@ def snapshot_rows(
         ],
     }
     if whole and shards:
-        if len(shards) == 1:
-            attribution = shards[0][1].attribution()
-        else:  # the paths of every partition together (the models are not additive)
-            attribution = {
-                level: attribute([
-                    path for _, chain in shards
-                    for path in chain.paths.paths(level, chain.journeys.watermark_ms)
-                ], (1, 2))
-                for level in ("touchpoint", "channel")
-            }
+        # the paths of every partition together (removal effects do not add up), as of the
+        # newest event time of them all (a quiet partition's own watermark lags behind)
+        now = max(chain.journeys.watermark_ms for _, chain in shards)
+        attribution = {
+            level: attribute(
+                [path for _, chain in shards for path in chain.paths.paths(level, now)], (1, 2)
+            )
+            for level in ("touchpoint", "channel")
+        }
         rows["attribution"] = [
             a.as_row(now_ms, level) for level, results in attribution.items() for a in results
         ]
