@@ -278,14 +278,15 @@ def sentiment_accuracy(data: EvalData, train: set[str]) -> dict[str, Any]:
 
 
 def stationary(customers: int, seed: int, runs: int, *, days: float = 90,
-               progress: ProgressFn = _noop) -> dict[str, Any]:
+               config: ModelConfig | None = None, progress: ProgressFn = _noop
+               ) -> dict[str, Any]:
     """Runs without injected drift (seeds after `seed`), fresh models each: all alerts are false."""
     n_alerts = n_events = 0
     messages: list[str] = []
     per_run = []
     for run in range(runs):
         data = simulated(customers, seed + 1 + run, drift_segment=None, days=days)
-        result = run_suite(data, set(data.sentiment_of), progress=progress,
+        result = run_suite(data, set(data.sentiment_of), config=config, progress=progress,
                            phase=f"stationary run {run + 1}/{runs}")
         alerts = list(result.suite.alerts)
         n_alerts += len(alerts)
@@ -302,11 +303,13 @@ def stationary(customers: int, seed: int, runs: int, *, days: float = 90,
 
 def evaluate(data: EvalData, *, stationary_customers: int = 0, stationary_runs: int = 0,
              seed: int = 1, days: float = 90, progress: ProgressFn = _noop,
-             baseline: bool = False) -> dict[str, Any]:
-    """Every measurement on one run of the models (plus the stationary runs): a JSON-able dict."""
+             baseline: bool = False, config: ModelConfig | None = None) -> dict[str, Any]:
+    """Every measurement on one run of the models (plus the stationary runs): a JSON-able dict.
+
+    `config`: the models' settings (default `ModelConfig(seed=0)`, the benchmark's)."""
     need_sklearn()
     train = train_texts(data)
-    run = run_suite(data, train, progress=progress)
+    run = run_suite(data, train, config=config, progress=progress)
     n = len(data.events)
     throughput: dict[str, Any] = {"n_events": n, "cpu_s": run.cpu_s,
                                   "updates_per_s": n / run.cpu_s if run.cpu_s else None}
@@ -329,7 +332,7 @@ def evaluate(data: EvalData, *, stationary_customers: int = 0, stationary_runs: 
     }
     if stationary_runs and stationary_customers:
         report["stationary"] = stationary(stationary_customers, seed, stationary_runs,
-                                          days=days, progress=progress)
+                                          days=days, config=config, progress=progress)
     return report
 
 

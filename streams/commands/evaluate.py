@@ -40,7 +40,9 @@ from simulator.catalog import SEGMENT_NAMES
               help="How many stationary runs (fresh models, seeds after --seed).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
 def evaluate(
+    ctx: click.Context,
     file: Path | None,
     truth_path: Path | None,
     customers: int,
@@ -60,19 +62,23 @@ def evaluate(
     propensity next to offline scikit-learn models trained on the same features with a time
     split (target within 0.02), the drift alert delay after the injected drift in events of the
     affected segment (target <= 2,000), false alarms before it and on stationary runs (target 0
-    per 1M events) and sentiment accuracy on held-out texts (the last 20 %). Needs scikit-learn
-    (the dev extra). Examples:
+    per 1M events) and sentiment accuracy on held-out texts (the last 20 %). The models use the
+    configured settings (session gap, outcomes, horizons), as the replay does. Needs
+    scikit-learn (the dev extra). Examples:
 
         journeymap evaluate --customers 20000 --stationary-runs 5
 
         journeymap evaluate data/events.jsonl --json
     """
     from streams import evaluate as ev
+    from streams.cli import settings_from
+    from streams.replay import model_config
 
     try:
         ev.need_sklearn()
     except ev.MissingDependency as exc:
         raise click.ClickException(str(exc)) from None
+    config = model_config(settings_from(ctx).processing())
     console = Console(stderr=True, quiet=quiet)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
@@ -105,6 +111,7 @@ def evaluate(
             seed=seed,
             days=days,
             progress=progress,
+            config=config,
         )
     if as_json:
         click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
