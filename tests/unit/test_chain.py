@@ -101,6 +101,27 @@ def test_released_events_carry_the_final_customer_after_a_merge() -> None:
     assert len(customers) == 1, result["released"]
 
 
+def test_a_merge_combines_both_customers_open_funnel_runs() -> None:
+    #   a1:  V(0) . . . . . . . . . . . . . . . S(16, links a1 and u1) . . . P(30, a1)
+    #   u1:  . V(1) . . . . . . . . . . . . x(15)
+    # Both visits are released (behind the frontier) before the link merges the customers:
+    # as one customer there is one run, entered once at visit and converted.
+    events = [
+        message(1, "landing_page", T0_MS, anonymous_id="a1"),
+        message(2, "landing_page", T0_MS + MIN_MS, user_id="u1"),
+        message(3, "pricing_page", T0_MS + 15 * MIN_MS, user_id="u1"),
+        message(4, "signup", T0_MS + 16 * MIN_MS, anonymous_id="a1", user_id="u1"),
+        message(5, "purchase", T0_MS + 30 * MIN_MS, anonymous_id="a1"),
+    ]
+    result = run(events, batch=1)
+    assert len(result["merges"]) == 1
+    chain = result["chain"]
+    rows = [(r.stage, r.n_entered, r.n_advanced, r.n_dropped)
+            for r in chain.funnels.snapshot(())]  # type: ignore[attr-defined]
+    assert rows == [("visit", 1, 1, 0), ("signup", 1, 1, 0), ("buy", 1, 0, 0)]
+    assert all(not runs for runs in chain.funnels.state.runs.values())  # type: ignore[attr-defined]
+
+
 def test_duplicates_and_late_events_are_counted_not_applied() -> None:
     events = [
         message(1, "landing_page", T0_MS),
