@@ -117,10 +117,10 @@ class Durations:
             return None
         if self.exact is not None:
             values = sorted(self.exact)
-            pos = q * (len(values) - 1)
-            lo = int(pos)
-            hi = min(lo + 1, len(values) - 1)
-            return values[lo] + (values[hi] - values[lo]) * (pos - lo)
+            # In thousandths with integer steps (as `statistics.quantiles`): no float residue.
+            j, delta = divmod(round(q * 1000) * (len(values) - 1), 1000)
+            hi = min(j + 1, len(values) - 1)
+            return (values[j] * (1000 - delta) + values[hi] * delta) / 1000
         rank = q * (self.n - 1)
         seen = self.n_zero
         if rank < seen:
@@ -187,6 +187,16 @@ class FunnelRun:
     run_start_ms: int
     cell: CellKey
     events: array = field(default_factory=lambda: array("q"))
+
+    def __setstate__(self, state: tuple[None, dict[str, object]]) -> None:
+        slots = state[1]
+        for name, value in slots.items():
+            object.__setattr__(self, name, value)
+        if "events" not in slots:  # pickled before runs kept their events: start and stage
+            codes = [self.run_start_ms << _STAGE_BITS]
+            if self.stage:
+                codes.append(self.stage_entered_ms << _STAGE_BITS | self.stage)
+            self.events = array("q", codes)
 
     @property
     def segment(self) -> str:
@@ -501,26 +511,42 @@ class FunnelTracker:
                     winner, f.name, frm, to, f.names[frm] if frm != OUTSIDE else "",
                     f.names[to] if to != OUTSIDE else "", ts, spent, key[1], key[2],
                     to == f.last))
-        cells = self.state.cells
         for key in touched:  # a cell the merge emptied is as if never made
-            cell = cells.get(key)
-            if cell is not None and not any(cell.n_entered) and not any(cell.n_dropped):
-                del cells[key]
+            self._drop_if_empty(key)
         return out
 
     def detach(self, customer_id: str) -> dict[str, FunnelRun]:
-        """Remove and return a customer's open runs (it moves to another partition)."""
-        return {f.name: run for f in self._funnels
-                if (run := self.state.runs[f.name].pop(customer_id, None)) is not None}
+        """Remove and return a customer's open runs (it moves to another partition).
+
+        The runs' share of the aggregates leaves with them (:meth:`attach` adds it there), so
+        each partition's counts stay those of the runs it holds and a merge can retract them.
+        """
+        out = {}
+        for f in self._funnels:
+            run = self.state.runs[f.name].pop(customer_id, None)
+            if run is not None:
+                for move in self._walk(f, [(code, run.cell[1]) for code in run.events]):
+                    self._count(f, move, -1)
+                self._drop_if_empty(run.cell)
+                out[f.name] = run
+        return out
 
     def attach(self, customer_id: str, runs: dict[str, FunnelRun]) -> None:
-        """Adopt runs detached elsewhere (follow with :meth:`merge_customer`)."""
+        """Adopt runs detached elsewhere, with their aggregates (then :meth:`merge_customer`)."""
         for name, run in runs.items():
-            if name in self._by_name and customer_id not in self.state.runs[name]:
-                self.state.runs[name][customer_id] = run
-                heapq.heappush(self.state.deadlines[name],
-                               (run.run_start_ms + self._by_name[name].window_ms, customer_id,
-                                run.run_start_ms))
+            f = self._by_name.get(name)
+            if f is None or customer_id in self.state.runs[name]:
+                continue
+            self.state.runs[name][customer_id] = run
+            for move in self._walk(f, [(code, run.cell[1]) for code in run.events]):
+                self._count(f, move, 1)
+            heapq.heappush(self.state.deadlines[name],
+                           (run.run_start_ms + f.window_ms, customer_id, run.run_start_ms))
+
+    def _drop_if_empty(self, key: CellKey) -> None:
+        cell = self.state.cells.get(key)
+        if cell is not None and not any(cell.n_entered) and not any(cell.n_dropped):
+            del self.state.cells[key]
 
     # -- the walk that merges replay ------------------------------------------------------------
 

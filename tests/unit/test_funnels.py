@@ -332,3 +332,28 @@ def test_merge_retracts_durations_and_the_state_still_pickles() -> None:
     assert total["visit"].median_advance_ms == 2 * MIN_MS
     resumed = FunnelTracker([funnel()], pickle.loads(pickle.dumps(tracker.state)))
     assert moves(resumed.update(timeline("w", "--------P")).transitions) == [(1, 3)]
+
+
+def test_a_run_moved_to_another_partition_takes_its_counts_and_merges_there() -> None:
+    #   partition A:  l: V S          partition B:  w: - - - V        then l merges into w on B
+    left, right = FunnelTracker([funnel()]), FunnelTracker([funnel()])
+    left.update(timeline("l", "VS"))
+    right.update(timeline("w", "---V"))
+    runs = pickle.loads(pickle.dumps(left.detach("l")))
+    assert left.customer("l") == [] and left.state.cells == {}
+    right.attach("l", runs)
+    assert stats(right)[:2] == [("visit", 2, 1, 0), ("signup", 1, 0, 0)]
+    right.merge_customer("l", "w")
+    # As one customer: V(0) S(1), w's V(3) a repeat inside the run.
+    assert [(c.stage_name, c.run_start_ms) for c in right.customer("w")] == [("signup", T0_MS)]
+    assert stats(right)[:2] == [("visit", 1, 1, 0), ("signup", 1, 0, 0)]
+
+
+def test_a_run_pickled_before_runs_kept_events_still_merges() -> None:
+    from processors.funnels import FunnelRun
+
+    run = FunnelRun(1, T0_MS + MIN_MS, T0_MS, ("f", "all", cohort_week(T0_MS)))
+    old = FunnelRun.__new__(FunnelRun)  # what an older checkpoint unpickles into
+    old.__setstate__((None, {"stage": run.stage, "stage_entered_ms": run.stage_entered_ms,
+                             "run_start_ms": run.run_start_ms, "cell": run.cell}))
+    assert list(old.events) == [T0_MS << 6, (T0_MS + MIN_MS) << 6 | 1]
