@@ -5,7 +5,9 @@ funnels and attribution paths, next to plain `orjson.loads` of the same lines in
                                 [--stages]
 
 Targets (issue 4): >= 100k events/s, >= 0.15 of the parse rate; peak memory per 100k customers.
-Times are CPU time of this process (the machine may be shared).
+Times are CPU time of this process (the machine may be shared). Also counts the transition cell
+rows the chain emits for the sink, split into first emissions of final panes and re-emissions of
+corrected panes (whole panes: the sink reads the latest emission of each pane), per batch too.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import argparse
 import gc
 import resource
 import time
+from collections import Counter
 from pathlib import Path
 
 import orjson
 
 from processors.chain import ChainOutput, JourneyChain, gc_paused
+from processors.transitions import CellRow
 from processors.validation import Source, decode_batch
 from simulator.model import SimConfig, simulate
 from streams.settings import load_settings
@@ -50,12 +54,13 @@ def main() -> None:
 
     chain = JourneyChain(load_settings().processing())
     stage_s = {"decode": 0.0, "resolve": 0.0, "journeys..attribution": 0.0}
+    emitted = EmittedRows()
     start = time.process_time()
     for i in range(0, n, args.batch):
         messages = [(line, Source("bench", 0, i + j))
                     for j, line in enumerate(lines[i : i + args.batch])]
         if not args.stages:
-            chain.process(messages)
+            emitted.add(chain.process(messages).cells)
             continue
         with gc_paused():  # as chain.process runs them
             t0 = time.process_time()
@@ -63,15 +68,16 @@ def main() -> None:
             t1 = time.process_time()
             resolved = chain.resolver.resolve_batch([a.event for a in accepted])
             t2 = time.process_time()
-            chain.process_resolved(resolved.resolved, resolved.merges, ChainOutput())
+            out = chain.process_resolved(resolved.resolved, resolved.merges, ChainOutput())
             t3 = time.process_time()
+        emitted.add(out.cells)
         stage_s["decode"] += t1 - t0
         stage_s["resolve"] += t2 - t1
         stage_s["journeys..attribution"] += t3 - t2
     t0 = time.process_time()
-    chain.finish()
+    emitted.add(chain.finish().cells)
     stage_s["journeys..attribution"] += time.process_time() - t0
-    chain_s = time.process_time() - start
+    chain_s = time.process_time() - start - emitted.cpu_s
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     customers = len(chain.journeys.customers)
@@ -83,6 +89,11 @@ def main() -> None:
     if args.stages:
         for stage, secs in stage_s.items():
             print(f"  stage {stage:22s} {n / secs:12,.0f} events/s  {parse_s / secs:.3f}")
+    print(f"transition cell rows: {emitted.n_first + emitted.n_again:,} "
+          f"({(emitted.n_first + emitted.n_again) / n:.2f} per line): first emissions "
+          f"{emitted.n_first:,}, re-emitted corrected panes {emitted.n_again:,} "
+          f"({emitted.n_panes_again:,} pane emissions)")
+    print("  re-emitted rows per batch: " + " ".join(f"{k:,}" for k in emitted.again_per_batch))
     # The per-customer state as a store would hold it (pickled): journeys, open funnel runs,
     # open attribution paths. Identity is counted by bench_identity.py.
     import pickle
@@ -101,6 +112,33 @@ def main() -> None:
     grown_mb = (rss_after - rss_before) / 1024
     print(f"peak RSS growth: {grown_mb:,.0f} MB = {grown_mb / customers * 100_000:,.0f} MB "
           "per 100k resolved customers (state of every processor)")
+
+
+class EmittedRows:
+    """Counts the cell rows of each batch: a pane seen before is a re-emission (a correction).
+
+    Its own CPU time is kept apart (`cpu_s`) and left out of the chain's rate."""
+
+    def __init__(self) -> None:
+        self.seen: set[tuple[int, int]] = set()
+        self.n_first = self.n_again = self.n_panes_again = 0
+        self.again_per_batch: list[int] = []
+        self.cpu_s = 0.0
+
+    def add(self, cells: list[CellRow]) -> None:
+        t0 = time.process_time()
+        per_pane = Counter((row.pane_start_ms, row.pane_size_s) for row in cells)
+        again = 0
+        for pane, k in per_pane.items():
+            if pane in self.seen:
+                again += k
+                self.n_panes_again += 1
+            else:
+                self.seen.add(pane)
+                self.n_first += k
+        self.n_again += again
+        self.again_per_batch.append(again)
+        self.cpu_s += time.process_time() - t0
 
 
 if __name__ == "__main__":
