@@ -18,10 +18,13 @@ counts on demand (:meth:`TransitionCounts.matrix`), never stored.
 Outputs for the sink: :class:`CellRow` per cell of each pane as it becomes final (sum panes for
 any window, GROUP BY for any scope or order), and rolled-up :class:`TransitionRow` snapshots of the
 latest final window of each size. A correction to a published pane (an identity merge) re-emits
-the whole pane, or with ``corrections="delta"`` only the changed cells as rows to add. Panes
+the whole pane, or with ``corrections="cells"`` only the changed cells with their full new value
+(a zero row for a cell that is gone: a sink keeping the latest row of each cell), or with
+``corrections="delta"`` only the changed cells as rows to add. Either way a batch emits each
+pane it changed once, whatever the number of panes alive. Panes
 that left every window are kept pickled (``archive``: bytes per cell, bounded by the event-time
 span, not by the number of events or customers) so that a correction to one, however old, still
-re-emits the whole pane and every stored count equals a recount.
+re-emits the whole pane (or its changed cells' values) and every stored count equals a recount.
 """
 
 from __future__ import annotations
@@ -345,14 +348,18 @@ class TransitionCounter:
     """
 
     def __init__(self, windows: WindowsConfig, allowed_lateness_s: int = 0,
-                 corrections: Literal["pane", "delta"] = "pane") -> None:
-        if corrections not in ("pane", "delta"):
-            raise ValueError(f"corrections must be 'pane' or 'delta', got {corrections!r}")
+                 corrections: Literal["pane", "cells", "delta"] = "pane") -> None:
+        if corrections not in ("pane", "cells", "delta"):
+            raise ValueError(
+                f"corrections must be 'pane', 'cells' or 'delta', got {corrections!r}")
         # "pane": a corrected final pane is emitted again in full (its rows replace the earlier
-        # ones). "delta": only its changed cells, as `CellDelta` rows to add; far fewer rows
-        # when merges touch many old panes (each re-emission costs a whole pane).
+        # ones). "cells": only its changed cells, each with its full new value (n = 0 for a
+        # cell now empty): rows replace the earlier row of the same cell. "delta": only its
+        # changed cells, as `CellDelta` rows to add. The last two are far fewer rows when merges
+        # touch many old panes: a whole-pane re-emission costs every cell of a busy hour.
         self.corrections = corrections
         self.deltas: dict[int, Cells] = {}
+        self.changed: dict[int, set[CellKey]] = {}  # corrections="cells": keys to re-emit
         self.step_s = windows.step_s
         self.step_ms = windows.step_s * 1000
         self.lateness_ms = allowed_lateness_s * 1000
@@ -369,8 +376,8 @@ class TransitionCounter:
         self._kept_from: int | None = None
         self.totals = TransitionCounts()
         self.dirty: set[int] = set()
-        # corrections="pane": the final panes that left every window, pickled (about 20 bytes a
-        # cell), so a merge correction to one of them can still re-publish the whole pane.
+        # corrections="pane"/"cells": the final panes that left every window, pickled (about 20
+        # bytes a cell), so a merge correction to one of them can still re-publish its values.
         self.archive: dict[int, bytes] = {}
         self._thawed: dict[int, TransitionCounts] = {}  # archived panes corrected, to re-emit
 
@@ -438,6 +445,12 @@ class TransitionCounter:
             if pane is not None:
                 if p < self.frontier_pane - self.max_panes:  # archived: keep the new value
                     self._freeze(p, pane)
+                if self.corrections == "cells":
+                    prefix = (p * self.step_ms, self.step_s)
+                    get = pane.cells.get
+                    rows.extend(_new(CellRow, prefix + key + get(key, (0, 0)))
+                                for key in sorted(self.changed.pop(p, ())))
+                    continue
                 cells = pane.cell_rows(p * self.step_ms, self.step_s)
                 # A correction can empty a pane; one zero row still carries its new version,
                 # so a sink keeping the latest emission of each pane drops the old cells.
@@ -467,7 +480,7 @@ class TransitionCounter:
                     self._sync(size)
                     on_window((f + 1 - n) * self.step_ms, size, self._windows[size])
             gone = panes.pop(f - self.max_panes, None)
-            if gone and self.corrections == "pane":
+            if gone and self.corrections != "delta":
                 self._freeze(f - self.max_panes, gone)
             self._kept_from = max(self._kept_from, f - self.max_panes + 1)  # type: ignore[type-var]
         return rows
@@ -537,8 +550,13 @@ class TransitionCounter:
             else:
                 for key, (n, gap_sum) in delta.cells.items():
                     _add_cell(pending, key, n, gap_sum)
+        if self.corrections == "cells":
+            keys = self.changed.get(p)
+            if keys is None:
+                keys = self.changed[p] = set()
+            keys.update(delta.cells)
         if p < self.frontier_pane - self.max_panes:
-            if self.corrections == "pane":  # re-publish the whole archived pane
+            if self.corrections != "delta":  # re-publish the archived pane (or its cells)
                 pane = self._thawed.get(p)
                 if pane is None:
                     frozen = self.archive.pop(p, None)
@@ -551,7 +569,7 @@ class TransitionCounter:
         if pane is None:
             pane = self.panes[p] = TransitionCounts()
         pane.merge(delta)
-        if self.corrections == "pane":
+        if self.corrections != "delta":
             self.dirty.add(p)
         for size, n in self.sizes.items():
             at = self._synced[size]

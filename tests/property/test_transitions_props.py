@@ -176,9 +176,12 @@ def test_merge_corrections_equal_a_recount_as_one_customer(
     # What a sink keeping the latest emission of each pane holds with pane corrections: every
     # pane re-emitted whole, however old (panes past the largest window come from the archive).
     latest: dict[int, Counter[tuple[object, ...]]] = {}
+    # What a sink keeping the latest row of each cell holds with cell corrections.
+    by_cells = TransitionCounter(MERGE_CONFIG.windows, LATENESS_S, corrections="cells")
+    latest_cell: dict[tuple[object, ...], int] = {}
 
     def count(steps: list[Step], watermark_ms: int) -> None:
-        for c in (counter, by_delta):
+        for c in (counter, by_delta, by_cells):
             c.update(steps)
         emitted: dict[int, Counter[tuple[object, ...]]] = {}
         for row in counter.advance(watermark_ms):
@@ -189,6 +192,9 @@ def test_merge_corrections_equal_a_recount_as_one_customer(
         for row in by_delta.advance(watermark_ms):
             sink[(row.pane_start_ms, *row[2:8], "n")] += row.n
             sink[(row.pane_start_ms, *row[2:8], "gap")] += row.gap_sum_ms
+        for row in by_cells.advance(watermark_ms):
+            latest_cell[(row.pane_start_ms, *row[2:8], "n")] = row.n
+            latest_cell[(row.pane_start_ms, *row[2:8], "gap")] = row.gap_sum_ms
 
     for batch in (arrivals[:m], [], [as_winner(e) for e in arrivals[m:]]):
         steps = journeys.merge(loser, winner).steps if not batch else journeys.apply(batch).steps
@@ -209,6 +215,7 @@ def test_merge_corrections_equal_a_recount_as_one_customer(
     for pane in latest.values():
         by_pane.update(pane)
     assert {k: v for k, v in by_pane.items() if v} == {k: v for k, v in want.items() if v}
+    assert {k: v for k, v in latest_cell.items() if v} == {k: v for k, v in want.items() if v}
     # The merged customer's state equals one fed the same arrivals as one customer throughout.
     fresh = JourneyProcessor(MERGE_CONFIG)
     fresh.apply(as_one)
