@@ -2,7 +2,7 @@
 funnels and attribution paths, next to plain `orjson.loads` of the same lines in the same run.
 
     python bench/bench_chain.py [--customers 100000] [--batch 20000] [--file events.jsonl]
-                                [--stages]
+                                [--stages] [--corrections pane|cells|delta] [--tune-gc]
 
 Targets (issue 4): >= 100k events/s, >= 0.15 of the parse rate; peak memory per 100k customers.
 Times are CPU time of this process (the machine may be shared). Also counts the transition cell
@@ -22,9 +22,10 @@ from pathlib import Path
 import orjson
 
 from processors.chain import ChainOutput, JourneyChain, gc_paused
-from processors.transitions import CellRow
+from processors.transitions import CellRow, TransitionCounter
 from processors.validation import Source, decode_batch
 from simulator.model import SimConfig, simulate
+from streams.commands.replay import tune_gc
 from streams.settings import load_settings
 
 
@@ -37,6 +38,12 @@ def main() -> None:
                         help="Also time decode, resolve and the rest of the chain apart.")
     parser.add_argument("--file", type=Path, default=None,
                         help="Read the lines of this JSON Lines file instead of simulating.")
+    parser.add_argument("--corrections", choices=["pane", "cells", "delta"], default="pane",
+                        help="How corrected final panes are emitted (TransitionCounter); the "
+                             "sink's transition_cells views read whole panes (the default).")
+    parser.add_argument("--tune-gc", action="store_true",
+                        help="Apply the replay command's process GC settings (gc.freeze and a "
+                             "higher young-generation threshold) before the run.")
     args = parser.parse_args()
 
     if args.file is not None:
@@ -52,7 +59,12 @@ def main() -> None:
         orjson.loads(line)
     parse_s = time.process_time() - start
 
-    chain = JourneyChain(load_settings().processing())
+    config = load_settings().processing()
+    chain = JourneyChain(config)
+    chain.transitions = TransitionCounter(config.windows, config.journey.allowed_lateness_s,
+                                          corrections=args.corrections)
+    if args.tune_gc:
+        tune_gc()
     stage_s = {"decode": 0.0, "resolve": 0.0, "journeys..attribution": 0.0}
     emitted = EmittedRows()
     start = time.process_time()
