@@ -45,7 +45,7 @@ from processors.chain import ChainOutput, JourneyChain
 from processors.errors import ServiceUnavailable
 from processors.events import ResolvedEvent
 from processors.identity import IdentityResolver, MergeRecord
-from processors.validation import Accepted, DeadLetter, Source, decode
+from processors.validation import Accepted, DeadLetter, Source, decode, decode_batch
 from sinks import clickhouse as ch
 from sinks.alerts import encode_alert
 from sinks.checkpoints import CheckpointStore
@@ -238,12 +238,12 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
             runtime = R()
             m = runtime.metrics
             m.events_in.inc(len(batch))
-            accepted: list[Accepted] = []
-            dead: list[DeadLetter] = []
-            for ev in batch:
-                msg = ev.message
-                result = decode(msg.value or b"", Source(msg.topic, msg.partition, msg.offset))
-                (accepted if isinstance(result, Accepted) else dead).append(result)  # type: ignore[arg-type]
+            # One Rust validation call per batch; dead letters keep their own reasons and offsets.
+            accepted, dead = decode_batch(
+                (ev.message.value or b"",
+                 Source(ev.message.topic, ev.message.partition, ev.message.offset))
+                for ev in batch
+            )
             resolved = await asyncio.to_thread(
                 runtime.resolver.resolve_batch, [a.event for a in accepted]
             ) if accepted else None
