@@ -47,7 +47,13 @@ from processors.identity import (
     InMemoryIdentityStore,
     MergeRecord,
 )
-from processors.journeys import JourneyProcessor, LateEvent, Step, event_digest
+from processors.journeys import (
+    CustomerState,
+    JourneyProcessor,
+    LateEvent,
+    Step,
+    event_digest,
+)
 from processors.transitions import CellRow, TransitionCounter
 from processors.validation import Accepted, DeadLetter, Source, decode_batch
 
@@ -269,10 +275,36 @@ class JourneyChain:
         if package["path"] is not None:
             self.paths.open.setdefault(loser, package["path"])  # type: ignore[arg-type]
         self.funnels.attach(loser, package.get("funnels") or {})  # type: ignore[arg-type]
-        for ev in package["pending"]:  # type: ignore[attr-defined]
+        for ev in self._unseen_pending(package, merge.winner):
             self._seq += 1
             heapq.heappush(self._pending, (ev.ts_ms, self._seq, ev))
         return self.process_resolved([], [merge], out)
+
+    def _unseen_pending(self, package: dict[str, object], winner: str) -> list[ResolvedEvent]:
+        """The adopted customer's waiting events that the winner has not seen as well.
+
+        After a crash a raw batch is resolved again with the ids current then, so a copy of an
+        event the loser already holds can reach the winner's partition (as the winner's) before
+        the transfer brings the first. The funnels must see it once: a copy waiting on either
+        side is dropped, the loser's when the winner saw the event (pending or already
+        released), the winner's when the loser had seen it but no longer holds it (released).
+        """
+        pending: list[ResolvedEvent] = package["pending"]  # type: ignore[assignment]
+        journeys = self.journeys
+        mine = journeys.customers.get(winner)
+        waiting = {e[-1].event.event_id for e in self._pending if e[-1].customer_id == winner}
+        kept = [ev for ev in pending if ev.event.event_id not in waiting
+                and (mine is None or not journeys._seen(mine, event_digest(ev.event.event_id)))]
+        theirs: CustomerState | None = package["journey"]  # type: ignore[assignment]
+        if theirs is not None and waiting:
+            brought = {ev.event.event_id for ev in pending}
+            gone = {i for i in waiting if i not in brought
+                    and journeys._seen(theirs, event_digest(i))}
+            if gone:
+                self._pending = [e for e in self._pending if not (
+                    e[-1].customer_id == winner and e[-1].event.event_id in gone)]
+                heapq.heapify(self._pending)
+        return kept
 
     def forget_customer(self, customer_id: str) -> None:
         """Drop everything kept for one customer (a deletion request, `journeymap forget`):

@@ -103,3 +103,47 @@ def test_a_customer_merged_away_can_win_a_later_merge() -> None:
     assert chain.winner_of("A") == "B" and chain.winner_of("B") is None
     out = chain.finish()
     assert {e.customer_id for e in out.released} == {"B"}
+
+
+def test_a_redelivered_copy_reaching_the_winner_before_the_transfer_counts_once() -> None:
+    # After a crash the raw batch with l2 is resolved again, now under W (the merge is
+    # committed): that copy reaches the winner's partition before L's transfer brings the first.
+    #
+    #   winner:  w1 ... w2 ... l2' (copy, as W)      [transfer: l1, l2]
+    #   loser:       l1  l2
+    want = _one_chain()
+    w, lo, far = _events()
+    winner, loser = JourneyChain(CONFIG), JourneyChain(CONFIG)
+    outs = [winner.process_resolved(w), loser.process_resolved(lo)]
+    winner.hold_at_current()
+    copy = resolved("W", "purchase", T0_MS + 2 * MIN_MS, event_id="l2")
+    outs.append(winner.process_resolved([copy]))
+    outs.append(winner.process_resolved(far))
+    package = loser.detach_customer("L", "W")
+    winner.hold = None
+    outs.append(winner.attach_customer(package, MERGE))
+    got = _summary(outs)
+    assert got == want
+    assert [x for _, x in got["released"]].count("l2") == 1
+    assert [e[1] for e in winner.journeys.customers["W"].history].count("l2") == 1
+
+
+def test_a_copy_waiting_at_the_winner_of_an_event_the_loser_released_counts_once() -> None:
+    # The loser's partition ran ahead and released l1, l2 to its funnels; the redelivered copy
+    # of l2 (as W) waits at the winner's. The transfer brings l2 inside L's funnel run.
+    #
+    #   winner:  w1 ... w2 ... l2' (copy, as W)          [transfer: L's run with l1, l2]
+    #   loser:       l1  l2 .................. y1 (far: releases l1, l2 there)
+    w, lo, far = _events()
+    winner, loser = JourneyChain(CONFIG), JourneyChain(CONFIG)
+    winner.process_resolved(w)
+    loser.process_resolved([*lo, resolved("Y", "signup", T0_MS + 600 * MIN_MS, event_id="y1")])
+    winner.hold_at_current()
+    copy = resolved("W", "purchase", T0_MS + 2 * MIN_MS, event_id="l2")
+    winner.process_resolved([copy])
+    package = loser.detach_customer("L", "W")
+    assert package["pending"] == []  # released on the loser's side
+    winner.hold = None
+    winner.attach_customer(package, MERGE)
+    rest = winner.finish()
+    assert "l2" not in [e.event.event_id for e in rest.released]
