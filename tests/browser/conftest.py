@@ -140,7 +140,9 @@ def http_client(http_settings: Settings) -> Iterator[object]:
         close_store(app)
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API keeps an event loop running in this thread until it stops,
+# and later tests that call asyncio.run() (aiokafka, the worker's serving hook) would fail.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
