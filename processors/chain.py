@@ -249,16 +249,21 @@ class JourneyChain:
         and the open attribution path. Events for `loser` that still arrive here are for
         `winner` from now on (see :meth:`winner_of`).
         """
+        # Waiting events of customers merged into `loser` here before are `loser`'s: they go
+        # too (left here, they would reach these funnels, where `winner` has no run).
+        ours = {cid for cid in self._renamed if self._winner(cid) == loser}
+        ours.add(loser)
         self._renamed.pop(winner, None)
         self._renamed[loser] = winner
-        mine = [entry for entry in self._pending if entry[-1].customer_id == loser]
+        mine = [entry for entry in self._pending if entry[-1].customer_id in ours]
         if mine:
-            self._pending = [entry for entry in self._pending if entry[-1].customer_id != loser]
+            self._pending = [e for e in self._pending if e[-1].customer_id not in ours]
             heapq.heapify(self._pending)
         return {
             "loser": loser,
             "journey": self.journeys.detach(loser),
-            "pending": [entry[-1] for entry in mine],
+            "pending": [ev if ev.customer_id == loser else
+                        ResolvedEvent(loser, ev.event, ev.segment) for *_, ev in mine],
             "path": self.paths.open.pop(loser, None),
             "funnels": self.funnels.detach(loser),
         }

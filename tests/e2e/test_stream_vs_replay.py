@@ -68,6 +68,27 @@ TABLES = {
 }
 
 
+# Row-level views of the tables, written next to the test's logs when a variant fails, so the
+# rows that differ can be compared (the stream's database is dropped after the test).
+ROWS = {
+    "funnel_progress": "SELECT ifNull(m.winner, f.customer_id) AS c, funnel, from_stage, "
+    "to_stage, ts FROM funnel_progress AS f LEFT JOIN (SELECT customer_id, winner FROM "
+    "customer_map) AS m ON f.customer_id = m.customer_id "
+    "WHERE toUnixTimestamp64Milli(ts) < {cutoff:Int64} ORDER BY c, funnel, ts, to_stage",
+    "touchpoints": "SELECT ifNull(m.winner, t.customer_id) AS c, event_id, occurred_at, channel, "
+    "touchpoint, segment FROM touchpoints AS t LEFT JOIN (SELECT customer_id, winner FROM "
+    "customer_map) AS m ON t.customer_id = m.customer_id "
+    "WHERE toUnixTimestamp64Milli(occurred_at) < {cutoff:Int64} ORDER BY c, occurred_at, event_id",
+}
+
+
+def dump_rows(store: Store, cutoff_ms: int, into: Path) -> None:
+    into.mkdir(parents=True, exist_ok=True)
+    for name, sql in ROWS.items():
+        rows = run_query(store, sql, {"cutoff": str(cutoff_ms)}).rows
+        (into / f"{name}.tsv").write_text("".join("\t".join(map(str, r)) + "\n" for r in rows))
+
+
 def fingerprint(store: Store, cutoff_ms: int) -> dict[str, tuple[Any, ...]]:
     params = {"cutoff": str(cutoff_ms)}
     return {name: tuple(run_query(store, sql, params).rows[0]) for name, sql in TABLES.items()}
@@ -321,7 +342,16 @@ def test_two_workers_on_four_partitions_equal_the_replay(
         target = ClickHouseSettings(url=env["JOURNEYMAP_CLICKHOUSE__URL"],
                                     database=env["JOURNEYMAP_CLICKHOUSE__DATABASE"])
         got = _wait_equal(target, want, cutoff_ms, timeout_s=240, supervisor=workers)
-        assert got == want, {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
+        if got != want:  # keep both sides' rows for the diagnosis
+            with connect(target) as store:
+                dump_rows(store, cutoff_ms, tmp_path / "stream-rows")
+            with connect(ClickHouseSettings(url=str(replay_db), database=database)) as store:
+                dump_rows(store, cutoff_ms, tmp_path / "replay-rows")
+        assert got == want, (
+            {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v},
+            "transfers awaited", metric(ports, "journeymap_transfers_awaited"),
+            "lags", metric(ports, "journeymap_consumer_lag{"),
+        )
         for agent in ("ingest", "journey"):  # filled by the batches that produced the tables
             latency = metric(ports, "journeymap_processing_latency_seconds", f'agent="{agent}"')
             assert latency and max(latency) > 0, (agent, latency)

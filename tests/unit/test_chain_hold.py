@@ -134,7 +134,7 @@ def test_a_copy_waiting_at_the_winner_of_an_event_the_loser_released_counts_once
     #
     #   winner:  w1 ... w2 ... l2' (copy, as W)          [transfer: L's run with l1, l2]
     #   loser:       l1  l2 .................. y1 (far: releases l1, l2 there)
-    w, lo, far = _events()
+    w, lo, _ = _events()
     winner, loser = JourneyChain(CONFIG), JourneyChain(CONFIG)
     winner.process_resolved(w)
     loser.process_resolved([*lo, resolved("Y", "signup", T0_MS + 600 * MIN_MS, event_id="y1")])
@@ -147,3 +147,30 @@ def test_a_copy_waiting_at_the_winner_of_an_event_the_loser_released_counts_once
     winner.attach_customer(package, MERGE)
     rest = winner.finish()
     assert "l2" not in [e.event.event_id for e in rest.released]
+
+
+def test_events_of_a_customer_merged_into_the_loser_before_go_with_the_transfer() -> None:
+    # Y was merged into L on the loser's partition, then L into W (another partition): Y's
+    # events still waiting for the frontier belong to W now and must travel with L.
+    #
+    #   winner:  w1 ................................ [transfer: L with Y's l1, l2]
+    #   loser:       l1 l2 (as Y)  l3 (as L)   Y -> L
+    y_into_l = MergeRecord("Y", "L", "l3", T0_MS + 3 * MIN_MS, "shared_identifier")
+    w = [resolved("W", "landing_page", T0_MS, event_id="w1")]
+    lo = [resolved("Y", "pricing_page", T0_MS + 1 * MIN_MS, event_id="l1"),
+          resolved("Y", "purchase", T0_MS + 2 * MIN_MS, event_id="l2"),
+          resolved("L", "signup", T0_MS + 3 * MIN_MS, event_id="l3")]
+    far = [resolved("X", "landing_page", T0_MS + 600 * MIN_MS, event_id="x1")]
+    one = JourneyChain(CONFIG)
+    want = _summary([one.process_resolved(w + lo[:2]), one.process_resolved(lo[2:], [y_into_l]),
+                     one.process_resolved([], [MERGE]), one.process_resolved(far)])
+    winner, loser = JourneyChain(CONFIG), JourneyChain(CONFIG)
+    outs = [winner.process_resolved(w), loser.process_resolved(lo[:2]),
+            loser.process_resolved(lo[2:], [y_into_l])]
+    winner.hold_at_current()
+    package = loser.detach_customer("L", "W")
+    winner.hold = None
+    outs += [winner.attach_customer(package, MERGE), winner.process_resolved(far)]
+    outs.append(loser.finish())
+    assert _summary(outs) == want
+    assert ("W", 1, 2) in want["funnel"]  # consider -> buy
