@@ -135,6 +135,13 @@ class PartitionState:
     adopted: set[tuple[str, str]] = field(default_factory=set)
     detached: set[tuple[str, str]] = field(default_factory=set)
     away: dict[str, str] = field(default_factory=dict)
+    # Merges awaited here whose winner left before the transfer came (handed on with it): a
+    # duplicate "expect" (an outbox re-send) must not hold this partition again for good.
+    passed: set[tuple[str, str]] = field(default_factory=set)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("passed", set())  # checkpoints pickled before it existed
+        self.__dict__.update(state)
 
 
 class Runtime:
@@ -564,7 +571,7 @@ def _journey_batch(runtime: Runtime, part: PartitionState, events: Sequence[Any]
             run = []
         mr = MergeRecord(**orjson.loads(msg.value)) if kind != b"transfer" else None
         if kind == b"expect" and mr is not None:
-            if _mkey(mr) not in part.adopted:
+            if _mkey(mr) not in part.adopted and _mkey(mr) not in part.passed:
                 part.awaiting[_mkey(mr)] = mr.winner
                 part.away.pop(mr.winner, None)  # canonical again (an earlier identifier)
                 chain.revive(mr.winner)
@@ -610,6 +617,7 @@ def _detach(part: PartitionState, mr: MergeRecord) -> Message:
                      if w == mr.loser or chain.winner_of(w) == mr.loser)
     for k in carried:
         del part.awaiting[k]
+    part.passed.update(carried)
     part.away[mr.loser] = mr.winner
     package = chain.detach_customer(mr.loser, mr.winner)
     return _transfer(mr, package, part.model_states.pop(mr.loser, None), carried)
@@ -622,6 +630,7 @@ def _adopt(part: PartitionState, mr: MergeRecord, package: Any, model_state: Any
     if key in part.adopted:
         return None  # a duplicate (the merge was re-processed after a crash)
     if mr.winner in part.away:  # the winner was merged away from here meanwhile
+        part.passed.add(key)
         return _transfer(mr._replace(winner=part.away[mr.winner]), package, model_state,
                          carried)
     part.adopted.add(key)

@@ -1,0 +1,71 @@
+"""The streaming merge protocol on one partition's state (streams.app._journey_batch), no I/O.
+
+A merge of L into W is announced at W's partition ("expect": hold the frontier) and completed by
+L's "transfer". When W itself is merged into Z before that transfer comes, W's partition hands
+the awaited merge on with W's own transfer and passes L's transfer on when it arrives.
+
+    W's partition:  expect(L->W)   merge(W->Z)   transfer(L->W) -> on to Z   expect(L->W) again
+                                                                             (outbox re-send)
+"""
+
+from __future__ import annotations
+
+import pickle
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+
+from processors.chain import JourneyChain
+from processors.identity import MergeRecord
+from streams.app import H_TYPE, Metrics, PartitionState, _journey_batch
+from tests.factories import MIN_MS, T0_MS, resolved
+from tests.unit.test_chain_hold import CONFIG
+
+L_INTO_W = MergeRecord("L", "W", "ev-l", T0_MS + 3 * MIN_MS, "shared_identifier")
+W_INTO_Z = MergeRecord("W", "Z", "ev-w", T0_MS + 4 * MIN_MS, "shared_identifier")
+
+
+class _Messages:
+    def __init__(self) -> None:
+        self.offset = -1
+
+    def __call__(self, key: str, kind: bytes, value: bytes) -> Any:
+        self.offset += 1
+        return SimpleNamespace(message=SimpleNamespace(
+            offset=self.offset, key=key.encode(), value=value, headers=[(H_TYPE, kind)],
+            topic="resolved", partition=0, timestamp=0))
+
+
+def _control(mr: MergeRecord) -> bytes:
+    return orjson.dumps(mr._asdict())
+
+
+def test_a_duplicate_expect_after_the_winner_left_does_not_hold_the_partition() -> None:
+    runtime = SimpleNamespace(metrics=Metrics(), models=None)
+    part = PartitionState(JourneyChain(CONFIG))
+    part.chain.process_resolved([resolved("W", "landing_page", T0_MS, event_id="w1")])
+    loser = JourneyChain(CONFIG)
+    loser.process_resolved([resolved("L", "pricing_page", T0_MS + MIN_MS, event_id="l1")])
+    transfer = pickle.dumps((L_INTO_W, loser.detach_customer("L", "W"), None, []))
+    msg = _Messages()
+
+    _journey_batch(runtime, part, [msg("W", b"expect", _control(L_INTO_W))])
+    assert part.chain.hold is not None
+    _, _, sent, _ = _journey_batch(runtime, part, [msg("W", b"merge", _control(W_INTO_Z))])
+    assert [k for k, _, _ in sent] == [b"Z"]  # W's state, with the awaited merge handed on
+    _, _, sent, _ = _journey_batch(runtime, part, [msg("W", b"transfer", transfer)])
+    assert [k for k, _, _ in sent] == [b"Z"]  # L's transfer follows W
+    _journey_batch(runtime, part, [msg("W", b"expect", _control(L_INTO_W))])
+
+    assert part.awaiting == {} and part.chain.hold is None
+    assert part.chain.winner_of("W") == "Z" and part.away == {"W": "Z"}
+
+
+def test_partition_states_pickled_before_passed_existed_load() -> None:
+    part = PartitionState(JourneyChain(CONFIG))
+    state = dict(part.__dict__)
+    del state["passed"]
+    old = PartitionState.__new__(PartitionState)
+    old.__setstate__(state)
+    assert old.passed == set()
