@@ -452,6 +452,9 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
         await _write_snapshots(runtime)
         await _write(runtime)
         for p, part in list(runtime.partitions.items()):
+            if part.awaiting:  # a stuck merge holds this partition: say which, for a diagnosis
+                log.warning("partition %d: shutting down with %d transfers awaited: %s", p,
+                            len(part.awaiting), sorted(part.awaiting.items()))
             await _checkpoint(runtime, p, part)
 
     app.jm_topics = {  # type: ignore[attr-defined]
