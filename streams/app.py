@@ -176,6 +176,11 @@ class Runtime:
         self.app: faust.App | None = None
         self.emission_clock = ch.EmissionClock()
         self.partitions: dict[int, PartitionState] = {}
+        # Partitions whose state a batch has changed but whose outputs (rows, transfers, forwards)
+        # are not all flushed yet. Their state must not be checkpointed until the batch is done:
+        # a checkpoint of a merge already detached, taken before its transfer is sent, would lose
+        # the transfer for good after a crash (the restart resumes after that batch).
+        self.in_flight: set[int] = set()
         self.next_offsets: dict[Any, int] = {}  # TP -> next offset to process (for the lag)
         self.last_checkpoint: dict[int, float] = {}
         self.checkpoint_every_s = settings.worker.checkpoint_every_s
@@ -365,44 +370,54 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                 part = runtime.partitions.get(p)
                 if part is None:  # assigned before the checkpoint callback ran: load it now
                     part = await _load_partition(runtime, p)
+                runtime.in_flight.add(p)
                 outputs.append((p, part, _journey_batch(runtime, part, events)))
-            sends = []
-            now_ms = int(time.time() * 1000)
-            rows: list[Rows] = []
-            for p, _part, (out, forwards, transfers, scores) in outputs:
-                sentiments = sentiments_of(out.released, scores)
-                out.links.clear()  # links and merges are written by the ingest agent
-                out.merges.clear()
-                rows.append(chain_rows(out, now_ms, p, sentiments, runtime.emission_clock))
-                rows.append({"alerts": [ch.alert_row(a) for s in scores for a in s.alerts]})
-                for key, value, headers in forwards + transfers:
-                    sends.append(resolved_topic.send(key=key, value=value, headers=headers))
-                for late in out.late:
-                    sends.append(late_topic.send(
-                        key=late.event.customer_id.encode(),
-                        value=orjson.dumps(ch.late_event_row(late, now_ms)),
-                    ))
-                for s in scores:
-                    sends.append(scores_topic.send(key=s.customer_id.encode(),
-                                                   value=_scores_json(s)))
-                    for alert in s.alerts:
-                        sends.append(alerts_topic.send(
-                            key=alert.alert_id.encode(), value=encode_alert(alert)
-                        ))
-            await _write(runtime, *rows)
-            await publish_partitions(runtime.serving, [(o[1], o[2][3]) for o in outputs])
-            for fut in await asyncio.gather(*sends):
-                await fut
-            await app.producer.flush()
-            now = time.monotonic()
-            for p, part, _ in outputs:
-                if now - runtime.last_checkpoint.get(p, 0.0) >= runtime.checkpoint_every_s:
-                    await _checkpoint(runtime, p, part)
-            runtime.metrics.transfers_awaited.set(
-                sum(len(part.awaiting) for part in runtime.partitions.values())
-            )
+            try:
+                await _finish_batch(runtime, outputs)
+            finally:
+                runtime.in_flight.difference_update(by_partition)
             _observe(runtime, "journey", batch,
                      {p: part.offset + 1 for p, part, _ in outputs})
+
+    async def _finish_batch(runtime: Runtime, outputs: list[Any]) -> None:
+        """Write, publish and produce one batch's outputs, then checkpoint what is due."""
+        sends = []
+        now_ms = int(time.time() * 1000)
+        rows: list[Rows] = []
+        for p, _part, (out, forwards, transfers, scores) in outputs:
+            sentiments = sentiments_of(out.released, scores)
+            out.links.clear()  # links and merges are written by the ingest agent
+            out.merges.clear()
+            rows.append(chain_rows(out, now_ms, p, sentiments, runtime.emission_clock))
+            rows.append({"alerts": [ch.alert_row(a) for s in scores for a in s.alerts]})
+            for key, value, headers in forwards + transfers:
+                sends.append(resolved_topic.send(key=key, value=value, headers=headers))
+            for late in out.late:
+                sends.append(late_topic.send(
+                    key=late.event.customer_id.encode(),
+                    value=orjson.dumps(ch.late_event_row(late, now_ms)),
+                ))
+            for s in scores:
+                sends.append(scores_topic.send(key=s.customer_id.encode(),
+                                               value=_scores_json(s)))
+                for alert in s.alerts:
+                    sends.append(alerts_topic.send(
+                        key=alert.alert_id.encode(), value=encode_alert(alert)
+                    ))
+        await _write(runtime, *rows)
+        await publish_partitions(runtime.serving, [(o[1], o[2][3]) for o in outputs])
+        for fut in await asyncio.gather(*sends):
+            await fut
+        await app.producer.flush()
+        now = time.monotonic()
+        for p, part, _ in outputs:
+            if runtime.partitions.get(p) is not part:  # revoked meanwhile: not ours to save
+                continue
+            if now - runtime.last_checkpoint.get(p, 0.0) >= runtime.checkpoint_every_s:
+                await _checkpoint(runtime, p, part)
+        runtime.metrics.transfers_awaited.set(
+            sum(len(part.awaiting) for part in runtime.partitions.values())
+        )
 
     @app.timer(interval=2.0)
     async def watchdog() -> None:
@@ -435,7 +450,12 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
         await _write(runtime)
         for tp in revoked:
             if tp.topic == t.resolved and tp.partition in runtime.partitions:
-                await _checkpoint(runtime, tp.partition, runtime.partitions.pop(tp.partition))
+                part = runtime.partitions.pop(tp.partition)
+                if tp.partition in runtime.in_flight:
+                    # Mid-batch: the next owner resumes from the previous checkpoint instead.
+                    log.info("partition %d revoked mid-batch: checkpoint skipped", tp.partition)
+                    continue
+                await _checkpoint(runtime, tp.partition, part)
 
     @app.timer(interval=settings.worker.snapshot_every_s)
     async def write_snapshots() -> None:
@@ -455,6 +475,9 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
             if part.awaiting:  # a stuck merge holds this partition: say which, for a diagnosis
                 log.warning("partition %d: shutting down with %d transfers awaited: %s", p,
                             len(part.awaiting), sorted(part.awaiting.items()))
+            if p in runtime.in_flight:  # a batch not fully produced: resume before it instead
+                log.info("partition %d: mid-batch at shutdown, checkpoint skipped", p)
+                continue
             await _checkpoint(runtime, p, part)
 
     app.jm_topics = {  # type: ignore[attr-defined]
