@@ -161,8 +161,8 @@ def test_worker_writes_the_replays_snapshots(env: dict[str, str], tmp_path: Path
             q = ("SELECT model, level, key, conversions_attributed, revenue_attributed FROM "
                  "attribution WHERE as_of = (SELECT max(as_of) FROM attribution) ORDER BY 1,2,3")
             q2 = "SELECT customer_id, ts, segment FROM customer_scores ORDER BY 1"
-            q3 = ("SELECT funnel, stage, cohort_week, shard, segment, entered, advanced, dropped FROM"
-                  " funnel_dropoff ORDER BY 1,2,3,4,5")
+            q3 = ("SELECT funnel, stage, cohort_week, shard, segment, entered, advanced, "
+                  "dropped FROM funnel_dropoff ORDER BY 1,2,3,4,5")
             for name, url in (("stream", target), ("replay", ClickHouseSettings(
                     url=str(replay_db), database=database))):
                 with connect(url) as store:
