@@ -21,7 +21,8 @@ from sinks.clickhouse import connect, run_query
 from sinks.identity_redis import RedisIdentityStore
 from streams.app import MERGE_RECOVERY_AFTER_S
 from streams.settings import ClickHouseSettings, Settings
-from tests.e2e.test_stream_vs_replay import Supervisor, _cli, free_ports, metric, stream_env
+from tests.e2e.harness import run_cli
+from tests.e2e.test_stream_vs_replay import Supervisor, free_ports, metric, stream_env
 from tests.factories import MIN_MS, T0_MS, event
 
 __all__ = ["stream_env"]  # the fixture, shared with the stream-vs-replay test
@@ -33,8 +34,8 @@ def test_a_merge_committed_but_never_produced_is_produced_by_the_next_worker(
 ) -> None:
     env = stream_env
     group = env["JOURNEYMAP_KAFKA__CONSUMER_GROUP"]
-    _cli(env, "topics", "create")
-    _cli(env, "migrate")
+    run_cli(env, "topics", "create")
+    run_cli(env, "migrate")
     settings = jm_settings.model_copy(deep=True)
     store = RedisIdentityStore(settings.redis.url, prefix=f"jm:id:{group}")  # the worker's
     resolver = IdentityResolver(settings.processing().identity, "salt", store)

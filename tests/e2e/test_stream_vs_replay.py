@@ -14,30 +14,24 @@ are equal; the timeout only bounds a failure. The workers' latency and lag gauge
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
-from simulator.model import SimConfig, simulate
-from simulator.writer import write_simulation
 from sinks.clickhouse import Store, connect, run_query
 from streams.producer import EventProducer
 from streams.services import ServiceManager
 from streams.settings import ClickHouseSettings, Settings
+from tests.e2e.harness import history, isolated_env, run_cli
 
-LATENESS_S = 400 * 86_400
 SENTINELS = 48
-DAY_MS = 86_400_000
 
 # Compared up to the cutoff (the end of the history): the sentinels themselves stay open in the
 # stream, which has no end, while the replay's finish releases them.
@@ -96,39 +90,10 @@ def fingerprint(store: Store, cutoff_ms: int) -> dict[str, tuple[Any, ...]]:
 
 @pytest.fixture
 def stream_env(jm_settings: Settings, clickhouse_url: str) -> Iterator[dict[str, str]]:
-    name = f"e2e{uuid.uuid4().hex[:8]}"
-    env = {
-        **os.environ,
-        "JOURNEYMAP_CLICKHOUSE__URL": clickhouse_url,
-        "JOURNEYMAP_CLICKHOUSE__DATABASE": name,
-        "JOURNEYMAP_CLICKHOUSE__FLUSH_INTERVAL_S": "0.5",
-        "JOURNEYMAP_KAFKA__CONSUMER_GROUP": name,
-        "JOURNEYMAP_KAFKA__PARTITIONS": "4",
-        "JOURNEYMAP_JOURNEY__ALLOWED_LATENESS_S": str(LATENESS_S),
-        # whole histories and panes kept, so merge corrections reach every pane on both sides
-        "JOURNEYMAP_JOURNEY__LAST_TOUCHPOINTS_KEPT": "100",
-        "JOURNEYMAP_WINDOWS__SIZES_S": "[86400, 10368000]",
-        "JOURNEYMAP_WORKER__CHECKPOINT_EVERY_S": "2",
-        "JOURNEYMAP_WORKER__BATCH_MAX": "200",
-    }
-    for topic in ("raw", "resolved", "dlq", "merges", "late", "scores", "alerts"):
-        env[f"JOURNEYMAP_KAFKA__TOPICS__{topic.upper()}"] = f"{name}.{topic}"
-    yield env
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": jm_settings.kafka.bootstrap_servers})
-    admin.delete_topics([env[f"JOURNEYMAP_KAFKA__TOPICS__{t.upper()}"] for t in
-                         ("raw", "resolved", "dlq", "merges", "late", "scores", "alerts")])
-    target = jm_settings.clickhouse.model_copy(update={"url": clickhouse_url, "database": name})
-    with connect(target) as store:
-        store.client.command(f"DROP DATABASE IF EXISTS {name}")
-
-
-def _cli(env: dict[str, str], *args: str, timeout: float = 120) -> str:
-    done = subprocess.run([sys.executable, "-m", "streams.cli", *args], env=env,
-                          capture_output=True, timeout=timeout, check=False)
-    assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
-    return done.stdout.decode()
+    with isolated_env(jm_settings, clickhouse_url, "e2e",
+                      JOURNEYMAP_KAFKA__PARTITIONS="4",
+                      JOURNEYMAP_WORKER__BATCH_MAX="200") as env:
+        yield env
 
 
 def _worker(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -226,24 +191,6 @@ def _disrupted(disruption: str, settings: Settings, workers: Supervisor) -> Iter
         manager.up([name])
 
 
-def _history(tmp_path: Path) -> tuple[Path, list[bytes], list[bytes], int]:
-    sim = simulate(SimConfig(customers=250, seed=23))
-    end_ms = max(e.ts_ms for c in sim.truth.customers for e in c.events)
-    sentinels = [
-        orjson.dumps({
-            "event_id": f"sentinel-{i}", "occurred_at": end_ms + LATENESS_S * 1000 + 60 * DAY_MS,
-            "channel": "other", "touchpoint": "landing_page",
-            "identities": {"anonymous_id": f"sentinel-{i}"},
-        })
-        for i in range(SENTINELS)
-    ]
-    path = tmp_path / "events.jsonl"
-    write_simulation(sim, path)
-    with path.open("ab") as f:
-        f.write(b"\n".join(sentinels) + b"\n")
-    return path, list(sim.lines), sentinels, end_ms + DAY_MS
-
-
 class Supervisor:
     """Restarts a worker that exits, as systemd or Kubernetes would (workers are crash-only)."""
 
@@ -301,20 +248,22 @@ def _wait_equal(target: ClickHouseSettings, want: dict[str, tuple[Any, ...]], cu
 def test_two_workers_on_four_partitions_equal_the_replay(
     disruption: str, stream_env: dict[str, str], tmp_path: Path, jm_settings: Settings
 ) -> None:
-    path, lines, sentinels, cutoff_ms = _history(tmp_path)
+    path, sim, sentinels, cutoff_ms = history(tmp_path, customers=250, seed=23,
+                                              sentinels=SENTINELS)
+    lines = list(sim.lines)
     env = stream_env
     bootstrap = jm_settings.kafka.bootstrap_servers
 
     replay_db = tmp_path / "replay-chdb"
-    _cli(env, "replay", str(path), "--clickhouse", str(replay_db), "--no-models", "--quiet",
+    run_cli(env, "replay", str(path), "--clickhouse", str(replay_db), "--no-models", "--quiet",
          timeout=300)
     database = env["JOURNEYMAP_CLICKHOUSE__DATABASE"]
     with connect(ClickHouseSettings(url=str(replay_db), database=database)) as store:
         want = fingerprint(store, cutoff_ms)
     assert want["touchpoints"][0] > 2000
 
-    _cli(env, "topics", "create")
-    _cli(env, "migrate")
+    run_cli(env, "topics", "create")
+    run_cli(env, "migrate")
     logs = tmp_path / "logs"
     logs.mkdir()
     ports = free_ports(2)

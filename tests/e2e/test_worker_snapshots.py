@@ -17,24 +17,18 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import orjson
 import pytest
 
-from simulator.model import SimConfig, simulate
-from simulator.writer import write_simulation
 from sinks.clickhouse import connect, run_query
 from streams.producer import EventProducer
 from streams.settings import ClickHouseSettings, Settings
+from tests.e2e.harness import history, isolated_env, run_cli
 
 pytestmark = pytest.mark.integration
 
-LATENESS_S = 400 * 86_400
-DAY_MS = 86_400_000
-TOPICS = ("raw", "resolved", "dlq", "merges", "late", "scores", "alerts")
 
 LATEST = {
     "attribution": "SELECT count(), sum(cityHash64(model, level, key, "
@@ -66,60 +60,21 @@ def _scalar(store, sql: str) -> int:
 
 @pytest.fixture
 def env(jm_settings: Settings, clickhouse_url: str) -> Iterator[dict[str, str]]:
-    name = f"snap{uuid.uuid4().hex[:8]}"
-    env = {
-        **os.environ,
-        "JOURNEYMAP_CLICKHOUSE__URL": clickhouse_url,
-        "JOURNEYMAP_CLICKHOUSE__DATABASE": name,
-        "JOURNEYMAP_CLICKHOUSE__FLUSH_INTERVAL_S": "0.5",
-        "JOURNEYMAP_KAFKA__CONSUMER_GROUP": name,
-        "JOURNEYMAP_KAFKA__PARTITIONS": "2",
-        "JOURNEYMAP_JOURNEY__ALLOWED_LATENESS_S": str(LATENESS_S),
-        "JOURNEYMAP_JOURNEY__LAST_TOUCHPOINTS_KEPT": "100",
-        "JOURNEYMAP_WINDOWS__SIZES_S": "[86400, 10368000]",
-        "JOURNEYMAP_WORKER__CHECKPOINT_EVERY_S": "2",
-        "JOURNEYMAP_WORKER__SNAPSHOT_EVERY_S": "2",
-        "JOURNEYMAP_WORKER__BATCH_MAX": "500",
-    }
-    for topic in TOPICS:
-        env[f"JOURNEYMAP_KAFKA__TOPICS__{topic.upper()}"] = f"{name}.{topic}"
-    yield env
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": jm_settings.kafka.bootstrap_servers})
-    admin.delete_topics([env[f"JOURNEYMAP_KAFKA__TOPICS__{t.upper()}"] for t in TOPICS])
-    target = jm_settings.clickhouse.model_copy(update={"url": clickhouse_url, "database": name})
-    with connect(target) as store:
-        store.client.command(f"DROP DATABASE IF EXISTS {name}")
-
-
-def _cli(env: dict[str, str], *args: str, timeout: float = 300) -> None:
-    done = subprocess.run([sys.executable, "-m", "streams.cli", *args], env=env,
-                          capture_output=True, timeout=timeout, check=False)
-    assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+    with isolated_env(jm_settings, clickhouse_url, "snap",
+                      JOURNEYMAP_KAFKA__PARTITIONS="2",
+                      JOURNEYMAP_WORKER__SNAPSHOT_EVERY_S="2",
+                      JOURNEYMAP_WORKER__BATCH_MAX="500") as env:
+        yield env
 
 
 @pytest.mark.timeout(600)
 def test_worker_writes_the_replays_snapshots(env: dict[str, str], tmp_path: Path,
                                              jm_settings: Settings) -> None:
-    sim = simulate(SimConfig(customers=400, seed=29))
-    end_ms = max(e.ts_ms for c in sim.truth.customers for e in c.events)
-    cutoff_ms = end_ms + DAY_MS
-    sentinels = [
-        orjson.dumps({
-            "event_id": f"sentinel-{i}", "occurred_at": end_ms + LATENESS_S * 1000 + 60 * DAY_MS,
-            "channel": "other", "touchpoint": "landing_page",
-            "identities": {"anonymous_id": f"sentinel-{i}"},
-        })
-        for i in range(24)
-    ]
-    path = tmp_path / "events.jsonl"
-    write_simulation(sim, path)
-    with path.open("ab") as f:
-        f.write(b"\n".join(sentinels) + b"\n")
+    path, sim, sentinels, cutoff_ms = history(tmp_path, customers=400, seed=29, sentinels=24)
 
     replay_db = tmp_path / "replay-chdb"
-    _cli(env, "replay", str(path), "--clickhouse", str(replay_db), "--quiet")
+    run_cli(env, "replay", str(path), "--clickhouse", str(replay_db), "--quiet",
+            timeout=300)
     database = env["JOURNEYMAP_CLICKHOUSE__DATABASE"]
     with connect(ClickHouseSettings(url=str(replay_db), database=database)) as store:
         want = _fingerprint(store, cutoff_ms)
@@ -127,8 +82,8 @@ def test_worker_writes_the_replays_snapshots(env: dict[str, str], tmp_path: Path
     assert want["attribution"][0] > 10 and want["funnel_dropoff"][0] > 0
     assert want["scored_customers"][0] > 100
 
-    _cli(env, "topics", "create")
-    _cli(env, "migrate")
+    run_cli(env, "topics", "create")
+    run_cli(env, "migrate")
     log = (tmp_path / "worker.log").open("wb")
     worker = subprocess.Popen(
         [sys.executable, "-m", "streams.cli", "worker", "--web-port", "16091",
