@@ -53,11 +53,11 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
+from confluent_kafka import Consumer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 from simulator.model import SimConfig, simulate  # noqa: E402
-from streams.producer import key_of  # noqa: E402
+from streams.producer import EventProducer  # noqa: E402
 from streams.services import clickhouse_server_url  # noqa: E402
 from streams.settings import load_settings  # noqa: E402
 
@@ -183,17 +183,10 @@ def sustained(samples: list[tuple[float, float]], n: int) -> tuple[float, float]
 
 
 def produce_all(bootstrap: str, topic: str, lines: list[bytes]) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20,
-                         "compression.type": "lz4", "enable.idempotence": True})
-    for line in lines:
-        while True:
-            try:
-                producer.produce(topic, value=line, key=key_of(line))
-                break
-            except BufferError:
-                producer.poll(0.05)
-    if producer.flush(60):
-        raise RuntimeError(f"could not produce the backlog to {topic}")
+    with EventProducer(bootstrap, topic, compression="lz4") as producer:
+        producer.send_many(lines)
+        if producer.close(60).n_undelivered:
+            raise RuntimeError(f"could not produce the backlog to {topic}")
 
 
 def rfc3339(ms: int) -> str:
@@ -378,8 +371,7 @@ class RowWatcher(threading.Thread):
 def live(bootstrap: str, topic: str, lines: list[bytes], rate: float, warm_s: float,
          measure_s: float, sample_every: int, rows: RowWatcher) -> tuple[int, float, float]:
     """Produce `lines` re-stamped with the wall clock at `rate`; returns (n, start, seconds)."""
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2,
-                         "enable.idempotence": True})
+    producer = EventProducer(bootstrap, topic, compression="none", linger_ms=2)
     start = time.time()
     measured_from = start + warm_s
     i = 0
@@ -393,18 +385,11 @@ def live(bootstrap: str, topic: str, lines: list[bytes], rate: float, warm_s: fl
             break
         body = orjson.loads(line)
         body["occurred_at"] = rfc3339(int(now * 1000))
-        value = orjson.dumps(body)
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key_of(value))
-                break
-            except BufferError:
-                producer.poll(0.01)
+        producer.send(orjson.dumps(body))
         if now >= measured_from and i % sample_every == 0:
             rows.add(body["event_id"], now)
-        producer.poll(0)
         i += 1
-    producer.flush(30)
+    producer.close(30)
     return i, start, time.time() - start
 
 
