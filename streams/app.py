@@ -32,6 +32,7 @@ from typing import Any
 
 import faust
 import orjson
+from faust.types import TP
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -182,6 +183,9 @@ class Runtime:
         # the transfer for good after a crash (the restart resumes after that batch).
         self.in_flight: set[int] = set()
         self.next_offsets: dict[Any, int] = {}  # TP -> next offset to process (for the lag)
+        # TP -> (offset, when): a hole was found before a batch and the consumer sought back to
+        # fill it; later messages already fetched are dropped until the offset arrives.
+        self.seeking: dict[Any, tuple[int, float]] = {}
         self.last_checkpoint: dict[int, float] = {}
         self.checkpoint_every_s = settings.worker.checkpoint_every_s
 
@@ -214,7 +218,11 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
         autodiscover=False,
     )
     raw_topic = app.topic(t.raw, key_type=bytes, value_type=bytes, internal=False)
-    resolved_topic = app.topic(t.resolved, key_type=bytes, value_type=bytes)
+    # Not acked through Faust: its offsets are committed with each partition checkpoint
+    # (_checkpoint), so the committed offset Faust seeks to after a rebalance is always the
+    # checkpoint's next one. Faust's own commits ran ahead of the checkpoint, and its seek to them
+    # after every rebalance skipped the events in between.
+    resolved_topic = app.topic(t.resolved, key_type=bytes, value_type=bytes, acks=False)
     dlq_topic = app.topic(t.dlq, key_type=bytes, value_type=bytes)
     merges_topic = app.topic(t.merges, key_type=bytes, value_type=bytes)
     late_topic = app.topic(t.late, key_type=bytes, value_type=bytes)
@@ -370,6 +378,9 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                 part = runtime.partitions.get(p)
                 if part is None:  # assigned before the checkpoint callback ran: load it now
                     part = await _load_partition(runtime, p)
+                events = await _contiguous(runtime, part, events)
+                if not events:
+                    continue
                 runtime.in_flight.add(p)
                 outputs.append((p, part, _journey_batch(runtime, part, events)))
             try:
@@ -445,6 +456,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
         runtime = R()
         for tp in revoked:
             runtime.next_offsets.pop(tp, None)
+            runtime.seeking.pop(tp, None)
             with contextlib.suppress(KeyError):  # no batch seen on it yet
                 runtime.metrics.lag.remove(tp.topic, str(tp.partition))
         await _write(runtime)
@@ -544,15 +556,73 @@ async def _load_partition(runtime: Runtime, p: int) -> PartitionState:
     return part
 
 
+# A hole older than this is sought back again: the first seek was undone (a rebalance).
+SEEK_AGAIN_AFTER_S = 5.0
+
+
+async def _contiguous(runtime: Runtime, part: PartitionState, events: Sequence[Any]
+                      ) -> list[Any]:
+    """The events of one partition's batch that continue its state, without a hole.
+
+    The state contains every message up to `part.offset`. Messages at or before it are kept
+    (the chain skips them). A message past the next offset means the consumer is somewhere the
+    state is not: it was assigned and loaded lazily before the rebalance callback sought it, or
+    Faust sought it elsewhere. Then the consumer seeks back to the next offset and the rest of
+    the batch is dropped (it comes again), unless retention deleted the missing messages.
+    """
+    expected = part.offset + 1
+    keep = []
+    for ev in events:
+        offset = ev.message.offset
+        if offset > expected and await _seek_back(runtime, ev.message.tp, expected, offset):
+            break
+        if offset >= expected:
+            runtime.seeking.pop(ev.message.tp, None)  # the hole is filled (or cannot be)
+        keep.append(ev)
+        expected = max(expected, offset + 1)
+    return keep
+
+
+async def _seek_back(runtime: Runtime, tp: Any, expected: int, got: int) -> bool:
+    """Seek `tp` back to `expected` (True), or say the hole cannot be filled (False)."""
+    app = runtime.app
+    if app is None:
+        return False
+    asked = runtime.seeking.get(tp)
+    if asked is not None and asked[0] == expected and \
+            time.monotonic() - asked[1] < SEEK_AGAIN_AFTER_S:
+        return True  # sought already: these were fetched before it
+    low = (await app.consumer.earliest_offsets(tp)).get(tp)
+    if low is not None and low > expected:
+        log.warning("partition %d: offsets %d..%d were deleted by retention before this "
+                    "worker processed them; continuing at %d", tp.partition, expected,
+                    low - 1, got)
+        return False
+    log.warning("partition %d: message at offset %d arrived while the state ends at %d; "
+                "seeking back to %d", tp.partition, got, expected - 1, expected)
+    await app.consumer.seek(tp, expected)
+    runtime.seeking[tp] = (expected, time.monotonic())
+    return True
+
+
 async def _checkpoint(runtime: Runtime, p: int, part: PartitionState) -> None:
+    """Save the partition's state with its offset, then commit the next offset to Kafka.
+
+    The commit follows the save: a crash in between leaves the commit behind the checkpoint,
+    and the messages in between are skipped by offset (never ahead of it, which would skip
+    messages the state does not contain)."""
     segment_of = part.chain.segment_of
     part.chain.segment_of = None  # a closure over the runtime does not pickle
+    topic = runtime.settings.kafka.topics.resolved
     try:
-        size = await asyncio.to_thread(
-            runtime.checkpoints.save, runtime.settings.kafka.topics.resolved, p, part, part.offset
-        )
+        size = await asyncio.to_thread(runtime.checkpoints.save, topic, p, part, part.offset)
     finally:
         part.chain.segment_of = segment_of
+    app = runtime.app
+    if app is not None and part.offset >= 0:
+        tp = TP(topic, p)
+        if tp in app.consumer.assignment():
+            await app.consumer._commit({tp: part.offset + 1})
     runtime.last_checkpoint[p] = time.monotonic()
     runtime.metrics.checkpoints.inc()
     log.debug("partition %d: checkpoint at offset %d (%d bytes)", p, part.offset, size)

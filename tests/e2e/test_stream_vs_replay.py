@@ -245,13 +245,7 @@ def _wait_equal(target: ClickHouseSettings, want: dict[str, tuple[Any, ...]], cu
 @pytest.mark.parametrize(
     "disruption", [
         "clean",
-        pytest.param("kill-9-and-restart", marks=pytest.mark.xfail(strict=False, reason=(
-            "known flake (3 of 4 runs since 1d83724 passed): after kill -9 a run can end "
-            "with touchpoints missing (2500 of 2556) and no transfer awaited; suspected: a "
-            "partition revoked mid-batch is not checkpointed (1d83724), and when a batch "
-            "reaches it again before on_partitions_assigned seeks, the journey agent loads "
-            "the older checkpoint without seeking back, skipping the events between. "
-            "See docs/streaming.md."))),
+        "kill-9-and-restart",
         "clickhouse-outage-30s",
         "redis-restart",
     ],
