@@ -49,6 +49,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -73,6 +74,7 @@ from processors.errors import (
 )
 from processors.events import ResolvedEvent
 from processors.identity import Conflict, IdentityLink, MergeRecord
+from processors.transitions import CellUpdate
 from processors.validation import DeadLetter
 from sinks.migrations import RAW_TABLES, RETENTION_COLUMNS
 
@@ -750,8 +752,11 @@ def transition_cell_row(row: CellRow, shard: int, updated_at_ms: int) -> dict[st
 
     `shard` is the Kafka partition whose worker counted it (0 in the replay). Every row of one
     emission of a pane must carry the same `updated_at_ms`, later than that of any earlier
-    emission of the pane by the same shard (:class:`EmissionClock` gives such values): the views
-    read only the latest emission of each (shard, pane), so cells missing from it count as zero.
+    emission of the pane by the same shard (:class:`EmissionClock` gives such values). A whole
+    pane (`CellRow`) replaces every cell of the pane: cells missing from it count as zero. A
+    :class:`~processors.transitions.CellUpdate` is written with ``partial = 1`` and replaces
+    only its own cell (migration 0011: the views read the latest row of each cell written at or
+    after the pane's latest whole emission).
     """
     if not 0 <= shard <= 65_535:
         raise ValueError(f"shard must fit UInt16 (a Kafka partition), got {shard}")
@@ -768,6 +773,7 @@ def transition_cell_row(row: CellRow, shard: int, updated_at_ms: int) -> dict[st
         "n": row.n,
         "gap_sum_ms": row.gap_sum_ms,
         "updated_at": updated_at_ms,
+        "partial": 1 if isinstance(row, CellUpdate) else 0,
     }
 
 
@@ -827,6 +833,21 @@ def customer_score_row(scores: Scores, as_of_ms: int) -> dict[str, Any]:
         "top_features": _json(dict(scores.top_features)),
         "sentiment": scores.sentiment or "",
         "sentiment_score": scores.sentiment_score,
+    }
+
+
+def customer_score_history_row(scores: Scores) -> dict[str, Any]:
+    """The `customer_score_history` row of a score: keyed by customer and event-time day (UTC),
+    versioned by the event time, so the day's last score wins and rewriting it changes nothing."""
+    return {
+        "customer_id": scores.customer_id,
+        "day": datetime.fromtimestamp(scores.ts_ms / 1000, UTC).date(),
+        "ts": scores.ts_ms,
+        "segment": scores.segment,
+        "p_convert": scores.p_convert,
+        "p_churn": scores.p_churn,
+        "lookalike": scores.lookalike,
+        "next_best_action": scores.next_best_action or "",
     }
 
 

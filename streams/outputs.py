@@ -84,6 +84,16 @@ def score_released(
     return scores
 
 
+def score_history_rows(scores: Sequence[Scores]) -> list[dict[str, Any]]:
+    """`customer_score_history` rows of a batch's scores (event-time order): the last score of
+    each customer per event-time day. A later batch of the same day rewrites the row with a
+    newer version (`ts`); the replay and the worker write the same rows from the same events."""
+    last: dict[tuple[str, int], Scores] = {}
+    for s in scores:
+        last[(s.customer_id, s.ts_ms // 86_400_000)] = s
+    return [ch.customer_score_history_row(s) for s in last.values()]
+
+
 def sentiments_of(released: list[ResolvedEvent], scores: list[Scores]) -> dict[str, float]:
     """event_id -> sentiment score, for the events whose text was scored."""
     return {

@@ -11,6 +11,8 @@ Rows are written when their facts are final:
   (watermark minus allowed lateness), in event-time order and under their final customer id;
 * ``transitions`` cells when their pane is final; ``dead_letters`` (bad input, unusable
   identities, late events) and identity links and merges at once;
+* ``customer_score_history`` (each customer's last score per event-time day) as the models score
+  the released events;
 * ``funnel_dropoff``, ``attribution``, ``segments`` and ``customer_scores`` as snapshots at the
   end of the replay.
 """
@@ -33,6 +35,7 @@ from streams.files import Chunk, read_chunks
 from streams.outputs import (
     add_rows,
     chain_rows,
+    score_history_rows,
     score_released,
     sentiments_of,
     snapshot_rows,
@@ -115,6 +118,7 @@ class Replayer:
         scores = score_released(self.models, self.model_states, self.last_scores, out.released)
         for score in scores:
             self._add("alerts", [ch.alert_row(alert) for alert in score.alerts])
+        self._add("customer_score_history", score_history_rows(scores))
         return sentiments_of(out.released, scores)
 
     # -- rows -------------------------------------------------------------------------------

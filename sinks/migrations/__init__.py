@@ -15,6 +15,7 @@ RETENTION_COLUMNS: dict[str, str] = {
     "funnel_progress": "ts",
     "attribution": "as_of",
     "customer_scores": "as_of",
+    "customer_score_history": "day",
     "segments": "as_of",
     "alerts": "ts",
 }
