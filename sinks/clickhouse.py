@@ -74,7 +74,6 @@ from processors.errors import (
 )
 from processors.events import ResolvedEvent
 from processors.identity import Conflict, IdentityLink, MergeRecord
-from processors.transitions import CellUpdate
 from processors.validation import DeadLetter
 from sinks.migrations import RAW_TABLES, RETENTION_COLUMNS
 
@@ -752,11 +751,8 @@ def transition_cell_row(row: CellRow, shard: int, updated_at_ms: int) -> dict[st
 
     `shard` is the Kafka partition whose worker counted it (0 in the replay). Every row of one
     emission of a pane must carry the same `updated_at_ms`, later than that of any earlier
-    emission of the pane by the same shard (:class:`EmissionClock` gives such values). A whole
-    pane (`CellRow`) replaces every cell of the pane: cells missing from it count as zero. A
-    :class:`~processors.transitions.CellUpdate` is written with ``partial = 1`` and replaces
-    only its own cell (migration 0011: the views read the latest row of each cell written at or
-    after the pane's latest whole emission).
+    emission of the pane by the same shard (:class:`EmissionClock` gives such values): the views
+    read only the latest emission of each (shard, pane), so cells missing from it count as zero.
     """
     if not 0 <= shard <= 65_535:
         raise ValueError(f"shard must fit UInt16 (a Kafka partition), got {shard}")
@@ -773,7 +769,6 @@ def transition_cell_row(row: CellRow, shard: int, updated_at_ms: int) -> dict[st
         "n": row.n,
         "gap_sum_ms": row.gap_sum_ms,
         "updated_at": updated_at_ms,
-        "partial": 1 if isinstance(row, CellUpdate) else 0,
     }
 
 
