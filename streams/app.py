@@ -51,6 +51,7 @@ from processors.validation import Accepted, DeadLetter, Source, decode, decode_b
 from sinks import clickhouse as ch
 from sinks.alerts import encode_alert
 from sinks.checkpoints import CheckpointStore
+from streams.delivery import OutputProducer
 from streams.outputs import (
     Rows,
     add_rows,
@@ -174,6 +175,8 @@ class Runtime:
             retry_total_s=settings.clickhouse.retry_total_s,
         )
         self.models = ModelSuite(model_config(self.config)) if with_models else None
+        # scores, alerts and late events: confluent-kafka (streams.delivery), off the event loop
+        self.outputs = OutputProducer(settings.kafka.bootstrap_servers)
         self.rows: dict[str, int] = {}
         self.sink_lock = asyncio.Lock()
         self.app: faust.App | None = None
@@ -393,8 +396,14 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                      {p: part.offset + 1 for p, part, _ in outputs})
 
     async def _finish_batch(runtime: Runtime, outputs: list[Any]) -> None:
-        """Write, publish and produce one batch's outputs, then checkpoint what is due."""
+        """Write, publish and produce one batch's outputs, then checkpoint what is due.
+
+        Forwards and transfers go through Faust's producer (the merge protocol's order on
+        touchpoints.resolved); late events, alerts and each customer's latest scores of the
+        batch through runtime.outputs. Both are acknowledged by the broker before any
+        checkpoint: a crash before it re-processes the batch and sends them again."""
         sends = []
+        produced: list[tuple[str, bytes, bytes]] = []
         now_ms = int(time.time() * 1000)
         rows: list[Rows] = []
         for p, _part, (out, forwards, transfers, scores) in outputs:
@@ -406,23 +415,20 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                          "customer_score_history": score_history_rows(scores)})
             for key, value, headers in forwards + transfers:
                 sends.append(resolved_topic.send(key=key, value=value, headers=headers))
-            for late in out.late:
-                sends.append(late_topic.send(
-                    key=late.event.customer_id.encode(),
-                    value=orjson.dumps(ch.late_event_row(late, now_ms)),
-                ))
-            for s in scores:
-                sends.append(scores_topic.send(key=s.customer_id.encode(),
-                                               value=_scores_json(s)))
-                for alert in s.alerts:
-                    sends.append(alerts_topic.send(
-                        key=alert.alert_id.encode(), value=encode_alert(alert)
-                    ))
+            produced.extend((t.late, late.event.customer_id.encode(),
+                             orjson.dumps(ch.late_event_row(late, now_ms))) for late in out.late)
+            produced.extend((t.alerts, alert.alert_id.encode(), encode_alert(alert))
+                            for s in scores for alert in s.alerts)
+            produced.extend((t.scores, s.customer_id.encode(), _scores_json(s))
+                            for s in latest_scores(scores))
         await _write(runtime, *rows)
         await publish_partitions(runtime.serving, [(o[1], o[2][3]) for o in outputs])
+        for topic, key, value in produced:
+            runtime.outputs.send(topic, key, value)
         for fut in await asyncio.gather(*sends):
             await fut
         await app.producer.flush()
+        await asyncio.to_thread(runtime.outputs.deliver)
         now = time.monotonic()
         for p, part, _ in outputs:
             if runtime.partitions.get(p) is not part:  # revoked meanwhile: not ours to save
@@ -784,6 +790,14 @@ async def _write_snapshots(runtime: Runtime) -> None:
         for part, dirty in taken:  # not written: the next snapshot (or checkpoint) keeps them
             part.dirty_scores |= dirty
         raise
+
+
+def latest_scores(scores: Sequence[Scores]) -> list[Scores]:
+    """Each customer's last scores of a batch, in the order of those last ones: the `scores`
+    topic carries a customer's live state (keyed by customer, newest wins), and one message
+    per released event was most of the worker's producing after a backlog (issue 6)."""
+    last = {s.customer_id: i for i, s in enumerate(scores)}
+    return [scores[i] for i in sorted(last.values())]
 
 
 def _scores_json(s: Scores) -> bytes:

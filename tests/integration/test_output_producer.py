@@ -1,0 +1,55 @@
+"""The worker's output producer (streams.delivery) against a real broker: deliver() returns
+once the broker holds every message, and keys land where aiokafka (Faust) would put them.
+
+Needs Kafka (`journeymap services up`); uses its own topic and deletes it at the end.
+"""
+
+from __future__ import annotations
+
+import pytest
+from aiokafka.partitioner import DefaultPartitioner
+from confluent_kafka import Consumer, TopicPartition
+
+from streams.delivery import OutputProducer
+from tests.integration import test_producer as producer_tests
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+N_PARTITIONS = 3  # the `topic` fixture's
+# the event producer's tests' fixtures: a broker that answers, a fresh 3-partition topic
+bootstrap, topic, consume = producer_tests.bootstrap, producer_tests.topic, producer_tests.consume
+
+
+def _end_offsets(bootstrap: str, topic: str) -> int:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "unused"})
+    try:
+        total = 0
+        for p in range(N_PARTITIONS):
+            _low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            total += high
+        return total
+    finally:
+        consumer.close()
+
+
+def test_deliver_returns_when_the_broker_has_everything(bootstrap: str, topic: str) -> None:
+    producer = OutputProducer(bootstrap, linger_ms=200)  # a long linger: nothing sent by itself
+    n = 5_000
+    for i in range(n):
+        producer.send(topic, f"customer-{i % 97}".encode(), b"x" * 50)
+    producer.deliver()
+    # Read right after deliver(), without waiting: the broker already has all of them.
+    assert _end_offsets(bootstrap, topic) == n
+    assert producer.n_delivered == n and producer.n_retried == 0
+    assert producer.close() == 0
+
+
+def test_keys_land_on_the_partition_aiokafka_would_choose(bootstrap: str, topic: str) -> None:
+    producer = OutputProducer(bootstrap)
+    keys = [f"customer-{i}".encode() for i in range(200)]
+    for key in keys:
+        producer.send(topic, key, key)
+    producer.deliver()
+    partitions = list(range(N_PARTITIONS))
+    for key, _value, partition in consume(bootstrap, topic, len(keys)):
+        assert key is not None
+        assert partition == DefaultPartitioner()(key, partitions, partitions), key
