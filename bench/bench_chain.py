@@ -7,7 +7,8 @@ funnels and attribution paths, next to plain `orjson.loads` of the same lines in
 Targets (issue 4): >= 100k events/s, >= 0.15 of the parse rate; peak memory per 100k customers.
 Times are CPU time of this process (the machine may be shared). Also counts the transition cell
 rows the chain emits for the sink, split into first emissions of final panes and re-emissions of
-corrected panes (whole panes: the sink reads the latest emission of each pane), per batch too.
+corrected panes (the chain's own ``corrections="cells"``: only the changed cells; ``--corrections
+pane`` re-emits whole panes, as the chain did before migration 0011), per batch too.
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ def main() -> None:
                         help="Also time decode, resolve and the rest of the chain apart.")
     parser.add_argument("--file", type=Path, default=None,
                         help="Read the lines of this JSON Lines file instead of simulating.")
-    parser.add_argument("--corrections", choices=["pane", "cells", "delta"], default="pane",
-                        help="How corrected final panes are emitted (TransitionCounter); the "
-                             "sink's transition_cells views read whole panes (the default).")
+    parser.add_argument("--corrections", choices=["pane", "cells", "delta"], default=None,
+                        help="How corrected final panes are emitted (TransitionCounter); "
+                             "default: the chain's own (cells), which the sink's views read.")
     parser.add_argument("--tune-gc", action="store_true",
                         help="Apply the replay command's process GC settings (gc.freeze and a "
                              "higher young-generation threshold) before the run.")
@@ -61,8 +62,9 @@ def main() -> None:
 
     config = load_settings().processing()
     chain = JourneyChain(config)
-    chain.transitions = TransitionCounter(config.windows, config.journey.allowed_lateness_s,
-                                          corrections=args.corrections)
+    if args.corrections is not None:
+        chain.transitions = TransitionCounter(config.windows, config.journey.allowed_lateness_s,
+                                              corrections=args.corrections)
     if args.tune_gc:
         tune_gc()
     stage_s = {"decode": 0.0, "resolve": 0.0, "journeys..attribution": 0.0}
@@ -93,7 +95,8 @@ def main() -> None:
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     customers = len(chain.journeys.customers)
-    print(f"lines: {n:,}  resolved customers: {customers:,}")
+    print(f"lines: {n:,}  resolved customers: {customers:,}  "
+          f"corrections: {chain.transitions.corrections}")
     print(f"baseline orjson.loads:  {n / parse_s:12,.0f} events/s")
     print(f"processor chain:        {n / chain_s:12,.0f} events/s")
     print(f"ratio to orjson.loads:  {parse_s / chain_s:12.3f}   (target >= 0.15)")

@@ -149,7 +149,10 @@ class JourneyChain:
             config.identity, config.identity_salt, identity_store or InMemoryIdentityStore()
         )
         self.journeys = JourneyProcessor(config)
-        self.transitions = TransitionCounter(config.windows, config.journey.allowed_lateness_s)
+        # Corrections carry only the changed cells (the sink's views read the latest row of each
+        # cell, migration 0011): a whole-pane re-emission costs every cell of a busy hour.
+        self.transitions = TransitionCounter(config.windows, config.journey.allowed_lateness_s,
+                                             corrections="cells")
         self.funnels = FunnelTracker(config.funnels)
         outcomes = config.outcomes
         self.paths = PathAccumulator(outcomes.conversion, outcomes.churn, outcomes.null_horizon_s)

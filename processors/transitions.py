@@ -132,6 +132,17 @@ class CellRow(NamedTuple):
     gap_sum_ms: int
 
 
+class CellUpdate(CellRow):
+    """A cell of a pane already published, with its full new value (``corrections="cells"``).
+
+    The other cells of the pane keep the values of their own latest rows; `n = 0` (with
+    `gap_sum_ms = 0`) marks a cell that is gone. A sink tells these rows from a whole pane's
+    (:class:`CellRow`), whose cells replace all the pane's earlier ones.
+    """
+
+    __slots__ = ()
+
+
 class CellDelta(CellRow):
     """A change to add to a cell of a pane already published (``corrections="delta"`` only).
 
@@ -448,7 +459,7 @@ class TransitionCounter:
                 if self.corrections == "cells":
                     prefix = (p * self.step_ms, self.step_s)
                     get = pane.cells.get
-                    rows.extend(_new(CellRow, prefix + key + get(key, (0, 0)))
+                    rows.extend(_new(CellUpdate, prefix + key + get(key, (0, 0)))
                                 for key in sorted(self.changed.pop(p, ())))
                     continue
                 cells = pane.cell_rows(p * self.step_ms, self.step_s)

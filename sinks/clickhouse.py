@@ -15,10 +15,12 @@ Why writes are idempotent (at-least-once delivery must never count a batch twice
   deltas would double count). A version column (ingested_at, updated_at, as_of) makes the newest
   win.
 * Transitions are stored as the processor emits them: the cells of one *pane* (one step of event
-  time) per shard (Kafka partition), re-emitted whole when late events or merges change the pane.
-  A cell can drop out of a re-emission, so the views read only the latest emission of each
-  (shard, pane), found in ``transition_panes`` (a materialized ``max(updated_at)``, exact under
-  repeated inserts), and sum over shards and panes at query time: ``FINAL`` plus ``GROUP BY``.
+  time) per shard (Kafka partition), written whole when the pane becomes final; a correction
+  (late events, merges) writes only the cells it changed (``partial = 1``, an ``n = 0`` row for
+  a cell that emptied). A whole emission can drop cells, so the views read the latest row of each
+  cell that is not older than its pane's latest whole emission, found in ``transition_panes`` (a
+  materialized ``max(updated_at)``, exact under repeated inserts), and sum over shards and panes
+  at query time: ``FINAL`` plus ``GROUP BY`` (migrations 0003 and 0011).
   An AggregatingMergeTree of sums could not be exact here: a re-emitted pane would add to its
   earlier emission instead of replacing it.
 * Each flushed batch carries an ``insert_deduplication_token`` fixed when the batch is sealed and
@@ -74,6 +76,7 @@ from processors.errors import (
 )
 from processors.events import ResolvedEvent
 from processors.identity import Conflict, IdentityLink, MergeRecord
+from processors.transitions import CellUpdate
 from processors.validation import DeadLetter
 from sinks.migrations import RAW_TABLES, RETENTION_COLUMNS
 
@@ -751,8 +754,11 @@ def transition_cell_row(row: CellRow, shard: int, updated_at_ms: int) -> dict[st
 
     `shard` is the Kafka partition whose worker counted it (0 in the replay). Every row of one
     emission of a pane must carry the same `updated_at_ms`, later than that of any earlier
-    emission of the pane by the same shard (:class:`EmissionClock` gives such values): the views
-    read only the latest emission of each (shard, pane), so cells missing from it count as zero.
+    emission of the pane by the same shard (:class:`EmissionClock` gives such values). A whole
+    pane (`CellRow`) replaces every cell of the pane: cells missing from it count as zero. A
+    :class:`~processors.transitions.CellUpdate` is written with ``partial = 1`` and replaces
+    only its own cell (migration 0011: the views read the latest row of each cell written at or
+    after the pane's latest whole emission).
     """
     if not 0 <= shard <= 65_535:
         raise ValueError(f"shard must fit UInt16 (a Kafka partition), got {shard}")
@@ -769,6 +775,7 @@ def transition_cell_row(row: CellRow, shard: int, updated_at_ms: int) -> dict[st
         "n": row.n,
         "gap_sum_ms": row.gap_sum_ms,
         "updated_at": updated_at_ms,
+        "partial": 1 if isinstance(row, CellUpdate) else 0,
     }
 
 

@@ -244,7 +244,7 @@ def test_dead_letter_row_keeps_the_original_bytes_and_where_they_came_from() -> 
 
 
 def test_transition_cell_rows_are_the_pane_cells_with_their_shard_and_version() -> None:
-    counter = TransitionCounter(WindowsConfig(sizes_s=[7200], step_s=3600))
+    counter = TransitionCounter(WindowsConfig(sizes_s=[7200], step_s=3600), corrections="cells")
 
     def step(src: str, dst: str, prev2: str, gap_ms: int, minute: int) -> Step:
         return Step("c1", "s1", "web", dst, src, dst, prev2, gap_ms, T0_MS + minute * 60_000,
@@ -259,13 +259,18 @@ def test_transition_cell_rows_are_the_pane_cells_with_their_shard_and_version() 
         {"shard": 3, "pane_start": T0_MS // 1000, "pane_size_s": 3600, "segment": "s1",
          "channel": "web", "prev2": "start", "src": "landing_page", "dst": "pricing_page",
          "gap_bucket": gap_bucket(90_000), "n": 2, "gap_sum_ms": 185_000,
-         "updated_at": T0_MS + 9},
+         "updated_at": T0_MS + 9, "partial": 0},
         {"shard": 3, "pane_start": T0_MS // 1000, "pane_size_s": 3600, "segment": "s1",
          "channel": "web", "prev2": "", "src": "start", "dst": "landing_page", "gap_bucket": 0,
-         "n": 1, "gap_sum_ms": 0, "updated_at": T0_MS + 9},
+         "n": 1, "gap_sum_ms": 0, "updated_at": T0_MS + 9, "partial": 0},
     ]
     with pytest.raises(ValueError, match="UInt16"):
         transition_cell_row(cells[0], 70_000, 0)
+    # A correction to the published pane: only the changed cell, its new value, partial = 1.
+    counter.update([step("landing_page", "pricing_page", "start", 95_000, 4)._replace(sign=-1)])
+    (update,) = counter.advance(T0_MS + 3_600_000)
+    assert transition_cell_row(update, 3, T0_MS + 10) == {
+        **rows[0], "n": 1, "gap_sum_ms": 90_000, "updated_at": T0_MS + 10, "partial": 1}
 
 
 def test_emission_versions_strictly_increase_even_within_one_millisecond() -> None:
