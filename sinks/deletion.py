@@ -4,7 +4,8 @@ Which rows belong to a customer:
 
 * every MergeTree table of the database with a ``customer_id`` column (found in
   ``system.columns``, so tables added later are covered): ``touchpoints``, ``late_events``,
-  ``identity_links``, ``funnel_progress``, ``customer_scores``, ``experiment_assignments``...;
+  ``identity_links``, ``funnel_progress``, ``customer_scores``, ``customer_score_history``,
+  ``experiment_assignments``...;
 * ``identity_merges`` (``loser`` or ``winner``) and ``identity_conflicts`` (``customer_a`` or
   ``customer_b``);
 * ``alerts`` whose evidence names the customer; ``segments`` lose the customer from their

@@ -330,3 +330,25 @@ def funnel(stages: Sequence[tuple[str, int, float | None]], *, width: int = 760)
                        f'text-anchor="middle">↓ drop-off {drop:.0%}</text>')
     out.append("</svg>")
     return Markup("".join(out))
+
+
+def sparkline(values: Sequence[float], *, width: int = 120, height: int = 24,
+              label: str = "") -> Markup:
+    """A small line of values in order (e.g. one score per day), scaled to its own range; the
+    last point is marked. `label` is the tooltip."""
+    if not values:
+        return Markup('<span class="empty">–</span>')
+    lo, hi = min(values), max(values)
+    span = hi - lo or 1.0
+    step = (width - 4) / max(1, len(values) - 1)
+    pts = [(2 + i * step, height - 2 - (v - lo) / span * (height - 4))
+           for i, v in enumerate(values)]
+    line = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
+    colour = "#cf222e" if values[-1] < values[0] else PALETTE[0]
+    x, y = pts[-1]
+    return Markup(
+        f'<svg class="spark" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+        f'role="img"><title>{_e(label)}</title>'
+        f'<polyline points="{line}" fill="none" stroke="{colour}" stroke-width="1.5"/>'
+        f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2" fill="{colour}"/></svg>'
+    )

@@ -538,54 +538,77 @@ def attribution_view(store: Store, scope: Scope) -> dict[str, Any]:
                                                          shares.items() if m in models})}
 
 
+# A customer at risk in a window [w_start, w_end): high value (lifetime revenue up to the window's
+# end in the top quarter of paying customers, or a latest lookalike score of 0.7 or more), scored
+# both before and during the window, and whose latest p_convert (last score before w_end) is
+# below their last score before w_start (customer_score_history, migration 0010).
 AT_RISK_SQL = """
-    WITH act AS (
-        SELECT customer_id, countIf(occurred_at >= {{a_start:DateTime64(3, 'UTC')}}) AS n_now,
-               countIf(occurred_at < {{a_start:DateTime64(3, 'UTC')}}) AS n_before
-        FROM touchpoints
-        WHERE occurred_at >= {{a_prev:DateTime64(3, 'UTC')}}
-          AND occurred_at < {{a_end:DateTime64(3, 'UTC')}} {channel}
+    WITH hist AS (
+        SELECT customer_id,
+               argMaxIf(p_convert, ts, ts < {{w_start:DateTime64(3, 'UTC')}}) AS p_before,
+               argMax(p_convert, ts) AS p_now,
+               argMax(p_churn, ts) AS p_churn,
+               argMax(tuple(lookalike), ts).1 AS lookalike,
+               argMax(segment, ts) AS segment,
+               argMax(next_best_action, ts) AS next_best_action,
+               countIf(ts < {{w_start:DateTime64(3, 'UTC')}}) AS n_before,
+               countIf(ts >= {{w_start:DateTime64(3, 'UTC')}}) AS n_now
+        FROM customer_score_history
+        WHERE ts < {{w_end:DateTime64(3, 'UTC')}} {customers}
         GROUP BY customer_id
+        HAVING n_before > 0 AND n_now > 0 AND p_now < p_before
     ),
     val AS (
         SELECT customer_id, sum(revenue) AS value FROM touchpoints
-        WHERE occurred_at < {{a_end:DateTime64(3, 'UTC')}} GROUP BY customer_id
+        WHERE occurred_at < {{w_end:DateTime64(3, 'UTC')}} GROUP BY customer_id
     ),
-    seg AS (SELECT segment, quantile(0.5)(p_convert) AS seg_p FROM customer_scores
-            GROUP BY segment),
-    bar AS (SELECT quantile(0.75)(value) AS high FROM val WHERE value > 0)
-    SELECT s.customer_id AS customer_id, s.segment AS segment, v.value AS value,
-           s.p_convert AS p_convert, g.seg_p AS seg_p, s.p_churn AS p_churn,
-           a.n_now AS n_now, a.n_before AS n_before, s.next_best_action AS next_best_action,
-           s.lookalike AS lookalike
-    FROM customer_scores AS s
-    INNER JOIN act AS a ON a.customer_id = s.customer_id
-    INNER JOIN val AS v ON v.customer_id = s.customer_id
-    INNER JOIN seg AS g ON g.segment = s.segment
-    WHERE (v.value >= (SELECT high FROM bar) AND v.value > 0 OR ifNull(s.lookalike, 0) >= 0.7)
-      AND s.p_convert < g.seg_p AND a.n_now < a.n_before {customers}
-    ORDER BY (v.value + 1) * (g.seg_p - s.p_convert) DESC, s.customer_id
+    bar AS (SELECT quantileExact(0.75)(value) AS high FROM val WHERE value > 0)
+    SELECT h.customer_id AS customer_id, h.segment AS segment, v.value AS value,
+           h.p_before AS p_before, h.p_now AS p_now,
+           toFloat64(h.p_before) - toFloat64(h.p_now) AS drop,
+           h.p_churn AS p_churn, h.lookalike AS lookalike, h.next_best_action AS next_best_action
+    FROM hist AS h
+    LEFT JOIN val AS v ON v.customer_id = h.customer_id
+    WHERE (v.value > 0 AND v.value >= (SELECT high FROM bar)) OR ifNull(h.lookalike, 0) >= 0.7
+    ORDER BY drop DESC, customer_id
     LIMIT {limit}
 """
+AT_RISK_CHANNEL = (" AND customer_id IN (SELECT customer_id FROM touchpoints "
+                   "WHERE channel = {channel:String} "
+                   "AND occurred_at >= {w_start:DateTime64(3, 'UTC')} "
+                   "AND occurred_at < {w_end:DateTime64(3, 'UTC')})")
 
 
 def at_risk_view(store: Store, scope: Scope, limit: int = 50) -> dict[str, Any]:
-    customers = "".join(f" AND {c}" for c in scope.customers("s.customer_id"))
-    channel = " AND channel = {channel:String}" if scope.filters.channel != "*" else ""
+    """High-value customers whose propensity fell during the window, by the size of the drop,
+    with their daily scores over both periods; the count against the previous period's."""
+    customers = "".join(f" AND {c}" for c in scope.customers())
+    if scope.filters.channel != "*":
+        customers += AT_RISK_CHANNEL
 
-    def run(a_prev: datetime, a_start: datetime, a_end: datetime, n: int) -> list[dict[str, Any]]:
-        sql = AT_RISK_SQL.format(channel=channel, customers=customers, limit=n)
-        return _query(store, sql, {**scope.params, "a_prev": _ts(a_prev), "a_start": _ts(a_start),
-                                   "a_end": _ts(a_end)})
+    def run(w_start: datetime, w_end: datetime, n: int) -> list[dict[str, Any]]:
+        sql = AT_RISK_SQL.format(customers=customers, limit=n)
+        return _query(store, sql, {**scope.params, "w_start": _ts(w_start), "w_end": _ts(w_end)})
 
-    rows = run(scope.prev_start, scope.start, scope.end, limit)
-    width = scope.start - scope.prev_start
-    count_now = len(run(scope.prev_start, scope.start, scope.end, 10_000))
-    count_before = len(run(scope.prev_start - width, scope.prev_start, scope.start, 10_000))
+    every = run(scope.start, scope.end, 1_000_000)
+    before = run(scope.prev_start, scope.start, 1_000_000)
+    rows = every[:limit]
+    daily: dict[str, list[float]] = {}
+    if rows:
+        for r in _query(store, """
+                SELECT customer_id, day, p_convert FROM customer_score_history
+                WHERE has(splitByChar(',', {ids:String}), customer_id)
+                  AND ts >= {prev_start:DateTime64(3, 'UTC')} AND ts < {end:DateTime64(3, 'UTC')}
+                ORDER BY customer_id, day""",
+                {**scope.params, "ids": ",".join(r["customer_id"] for r in rows)}):
+            daily.setdefault(r["customer_id"], []).append(float(r["p_convert"]))
     for r in rows:
-        r["activity_trend"] = charts.trend(r["n_now"], r["n_before"])
-    return {"rows": rows, "n": count_now, "n_trend": charts.trend(
-        count_now, count_before, higher_is_better=False)}
+        r["trend"] = charts.trend(r["p_now"], r["p_before"], points=True)
+        r["spark"] = charts.sparkline(daily.get(r["customer_id"], []),
+                                      label="p(convert), last score of each day of the "
+                                            "previous period and the window")
+    return {"rows": rows, "n": len(every), "n_trend": charts.trend(
+        len(every), len(before), higher_is_better=False)}
 
 
 def adoption_view(store: Store, scope: Scope, top: int = 14,
@@ -716,17 +739,54 @@ def _verdict(c: Comparison, planned: int) -> str:
     return f"{c.variant} converts {better} than {c.control} (p = {c.test.p_value:.3g})"
 
 
+@dataclass(frozen=True)
+class StatParams:
+    """The experiments page's test parameters: significance level (before the Bonferroni
+    correction), power and minimum detectable effect (an absolute lift, 0.02 = 2 pp)."""
+
+    alpha: float = 0.05
+    power: float = 0.8
+    mde: float = 0.02
+
+
+# name -> (lowest, highest, both excluded; an example) as `journeymap experiments analyse` takes
+STAT_PARAM_RANGES: dict[str, tuple[float, float, str]] = {
+    "alpha": (0.0, 0.5, "alpha=0.05"),
+    "power": (0.5, 1.0, "power=0.8"),
+    "mde": (0.0, 1.0, "mde=0.02 for a lift of 2 percentage points"),
+}
+
+
+def stat_params(extra: Mapping[str, str]) -> StatParams:
+    """Validate `alpha`, `power` and `mde` (each optional: the defaults of the CLI)."""
+    values: dict[str, float] = {}
+    for name, (low, high, example) in STAT_PARAM_RANGES.items():
+        if not extra.get(name):
+            continue
+        raw = extra[name]
+        try:
+            value = float(raw)
+        except ValueError:
+            value = float("nan")
+        if not low < value < high:  # also rejects nan and inf
+            raise BadRequest(f"{name}={raw!r} is not a number strictly between {low:g} and "
+                             f"{high:g} (e.g. {example})")
+        values[name] = value
+    return StatParams(**values)
+
+
 def _experiment(store: Store, scope: Scope, iv: Intervention,
-                every: list[Intervention]) -> dict[str, Any]:
+                every: list[Intervention], params: StatParams) -> dict[str, Any]:
     """One A/B test in the window: the variants, the test against the control, the warnings."""
     customers = "".join(f" AND {c}" for c in scope.customers(channel=True))
     rows = _query(store, EXPERIMENT_OUTCOMES_SQL.format(customers=customers), {
         **scope.params, "experiment": iv.experiment,
         "outcomes": ",".join(iv.outcome_touchpoints)})
+    stats = {"alpha": params.alpha, "power": params.power, "mde": params.mde}
     now = analyse(iv, [VariantOutcome(r["variant"], r["segment"], r["n_now"], r["x_now"])
-                       for r in rows], every)
+                       for r in rows], every, **stats)
     before = analyse(iv, [VariantOutcome(r["variant"], r["segment"], r["n_before"],
-                                         r["x_before"]) for r in rows], every)
+                                         r["x_before"]) for r in rows], every, **stats)
     prev = {(c.segment, c.variant): c for c in before.comparisons}
     comparisons = now.comparisons
     if len({c.segment for c in comparisons} - {ALL}) == 1:  # one segment: the same as overall
@@ -765,7 +825,8 @@ def _experiment(store: Store, scope: Scope, iv: Intervention,
 
 def experiments_view(store: Store, scope: Scope) -> dict[str, Any]:
     """Interventions live in the window (for the segment and channel, or for everyone) and the
-    analysis of each A/B test among them."""
+    analysis of each A/B test among them, with the page's alpha, power and MDE."""
+    params = stat_params(scope.filters.extra)
     seg = (" AND segment IN ('*', {segment:String})" if scope.filters.segment != "*" else "")
     seg += (" AND channel IN ('*', {channel:String})" if scope.filters.channel != "*" else "")
     live = _query(store, f"""
@@ -781,9 +842,9 @@ def experiments_view(store: Store, scope: Scope) -> dict[str, Any]:
     ids = {r["intervention_id"] for r in live if r["now"]}
     shown = [iv for iv in every if iv.intervention_id in ids]
     latest = {iv.experiment: iv for iv in every if iv.experiment}  # as the CLI: the newest
-    tests = [_experiment(store, scope, iv, every) for iv in shown
+    tests = [_experiment(store, scope, iv, every, params) for iv in shown
              if iv.experiment and latest[iv.experiment] is iv]
-    return {"interventions": shown, "experiments": tests,
+    return {"interventions": shown, "experiments": tests, "test": params,
             "n_live": len(ids), "live_trend": charts.trend(
                 len(ids), sum(1 for r in live if r["before"]), higher_is_better=None)}
 
@@ -808,7 +869,8 @@ VIEWS: tuple[View, ...] = (
     View("at_risk", "/at-risk", "At risk", "sales"),
     View("adoption", "/adoption", "Adoption gaps", "product"),
     View("alerts", "/alerts", "Alerts", "support"),
-    View("experiments", "/experiments", "Experiments", "product and growth"),
+    View("experiments", "/experiments", "Experiments", "product and growth",
+         ("alpha", "power", "mde")),
 )
 
 

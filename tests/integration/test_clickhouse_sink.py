@@ -236,6 +236,11 @@ def seed_rows() -> dict[str, list[dict[str, Any]]]:
             ch.customer_score_row(Scores("c2", T0, "all", 0.4, 0.1, (("pricing_page", 0.3),),
                                          "email_offer", 0.05, None, "positive", 0.5), T0 + 1),
         ],
+        "customer_score_history": [  # two days of c2 (the second day's later score wins)
+            ch.customer_score_history_row(Scores("c2", t, "all", p, 0.1, (), "email_offer", 0.05,
+                                                 None, None, None))
+            for t, p in ((T0 - 86_400_000, 0.6), (T0 + 60_000, 0.5), (T0 + 120_000, 0.4))
+        ],
         "segments": [
             ch.segment_row(SegmentProfile("browsers", 2, 0.5, {"web": 0.9}, 0.5, ("c1", "c2")),
                            T0),
@@ -407,8 +412,10 @@ def test_the_daily_rollup_migration_folds_in_rows_written_before_it(
 def test_every_row_helper_round_trips(store: Store) -> None:
     write_seed(store)
     seed = seed_rows()
+    # the history keeps one row per customer and day: the day's last score
+    seed["customer_score_history"] = [seed["customer_score_history"][i] for i in (0, 2)]
     for table in ("late_events", "identity_conflicts", "customer_scores", "segments", "alerts",
-                  "attribution", "funnel_progress", "funnel_dropoff"):
+                  "attribution", "funnel_progress", "funnel_dropoff", "customer_score_history"):
         names = list(seed[table][0])
         order = ", ".join(f"`{n}`" for n in names)
         got = store.client.query(f"SELECT {order} FROM {table} FINAL ORDER BY {order}")

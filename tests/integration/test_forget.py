@@ -102,6 +102,7 @@ def test_forget_removes_the_customer_from_every_store(demo: dict[str, Any]):
     before = _mentions(store, [cid])
     assert before["touchpoints"] > 0 and before["identity_links"] > 0
     assert before["experiment_assignments"] == 1
+    assert before["customer_score_history"] > 1  # several days of scores
     node_keys = [k for k, _ in replayer.chain.resolver.store.members_of(cid)]
     assert demo["serving"].find(customer_id=cid) is not None
 
@@ -113,12 +114,16 @@ def test_forget_removes_the_customer_from_every_store(demo: dict[str, Any]):
         result = forget_identifier(settings, "email", email)
         assert cid in result.customer_ids
         assert result.rows_removed["touchpoints"] == before["touchpoints"]
+        assert result.rows_removed["customer_score_history"] >= before["customer_score_history"]
         assert not any(result.rows_left.values())
         assert result.redis_keys_removed["serving_state"] == 1
 
         # every ClickHouse table (any column, as text), the identity and serving keys, the API
         ids = result.customer_ids
         assert _mentions(store, ids) == dict.fromkeys(before, 0)
+        assert store.client.query(
+            "SELECT count() FROM customer_score_history WHERE customer_id IN {ids:Array(String)}",
+            parameters={"ids": ids}).result_rows[0][0] == 0
         r = demo["redis"]
         group = demo["group"]
         assert not any(r.hexists(f"jm:serve:{group}:ids", k) for k in node_keys)
