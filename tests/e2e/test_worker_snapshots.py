@@ -46,6 +46,13 @@ LATEST = {
               GROUP BY funnel, stage, cohort_week)""",
     "scored_customers": "SELECT count(), sum(cityHash64(customer_id)) FROM customer_scores "
     "WHERE toUnixTimestamp64Milli(ts) < {cutoff:Int64}",
+    # written per batch, not on the schedule: which (final customer, event-time day) has a score
+    "score_history_days": """
+        SELECT count(), sum(cityHash64(c, d)) FROM (
+            SELECT DISTINCT m.winner AS c, h.day AS d FROM customer_score_history AS h
+            LEFT JOIN (SELECT customer_id, winner FROM customer_map) AS m
+                ON h.customer_id = m.customer_id
+            WHERE toUnixTimestamp64Milli(h.ts) < {cutoff:Int64})""",
 }
 
 
@@ -81,6 +88,7 @@ def test_worker_writes_the_replays_snapshots(env: dict[str, str], tmp_path: Path
         replay_segments = _scalar(store, "SELECT count() FROM segments")
     assert want["attribution"][0] > 10 and want["funnel_dropoff"][0] > 0
     assert want["scored_customers"][0] > 100
+    assert want["score_history_days"][0] > 2 * want["scored_customers"][0]  # several days each
 
     run_cli(env, "topics", "create")
     run_cli(env, "migrate")
