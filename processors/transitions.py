@@ -17,11 +17,20 @@ counts on demand (:meth:`TransitionCounts.matrix`), never stored.
 
 Outputs for the sink: :class:`CellRow` per cell of each pane as it becomes final (sum panes for
 any window, GROUP BY for any scope or order), and rolled-up :class:`TransitionRow` snapshots of the
-latest final window of each size. A correction to a published pane (an identity merge) re-emits
-the whole pane, or with ``corrections="cells"`` only the changed cells with their full new value
-(a zero row for a cell that is gone: a sink keeping the latest row of each cell), or with
-``corrections="delta"`` only the changed cells as rows to add. Either way a batch emits each
-pane it changed once, whatever the number of panes alive. Panes
+latest final window of each size. A correction to a published pane (a late event, an identity
+merge) is emitted in one of three ways:
+
+* ``corrections="cells"`` (what :class:`~processors.chain.JourneyChain` uses): only the changed
+  cells, as :class:`CellUpdate` rows with their full new value (``n = 0, gap_sum_ms = 0`` for a
+  cell that is gone). The current value of a cell is its latest row, unless the pane was emitted
+  whole after it. The sink's views read exactly that (sinks/migrations/0011).
+* ``corrections="pane"`` (the default here, the chain's mode before 0011): the whole pane again;
+  a cell missing from it is gone. 21-63x more correction rows on simulator data, growing with
+  the history (bench/RESULTS.md).
+* ``corrections="delta"``: only the changed cells, as :class:`CellDelta` rows to add (a summing
+  sink, which the ClickHouse sink is not).
+
+Either way a batch emits each pane it changed once, whatever the number of panes alive. Panes
 that left every window are kept pickled (``archive``: bytes per cell, bounded by the event-time
 span, not by the number of events or customers) so that a correction to one, however old, still
 re-emits the whole pane (or its changed cells' values) and every stored count equals a recount.
