@@ -546,6 +546,7 @@ AT_RISK_SQL = """
     WITH hist AS (
         SELECT customer_id,
                argMaxIf(p_convert, ts, ts < {{w_start:DateTime64(3, 'UTC')}}) AS p_before,
+               maxIf(day, ts < {{w_start:DateTime64(3, 'UTC')}}) AS day_before,
                argMax(p_convert, ts) AS p_now,
                argMax(p_churn, ts) AS p_churn,
                argMax(tuple(lookalike), ts).1 AS lookalike,
@@ -564,7 +565,7 @@ AT_RISK_SQL = """
     ),
     bar AS (SELECT quantileExact(0.75)(value) AS high FROM val WHERE value > 0)
     SELECT h.customer_id AS customer_id, h.segment AS segment, v.value AS value,
-           h.p_before AS p_before, h.p_now AS p_now,
+           h.p_before AS p_before, h.day_before AS day_before, h.p_now AS p_now,
            toFloat64(h.p_before) - toFloat64(h.p_now) AS drop,
            h.p_churn AS p_churn, h.lookalike AS lookalike, h.next_best_action AS next_best_action
     FROM hist AS h
@@ -581,7 +582,8 @@ AT_RISK_CHANNEL = (" AND customer_id IN (SELECT customer_id FROM touchpoints "
 
 def at_risk_view(store: Store, scope: Scope, limit: int = 50) -> dict[str, Any]:
     """High-value customers whose propensity fell during the window, by the size of the drop,
-    with their daily scores over both periods; the count against the previous period's."""
+    with their daily scores from the day of the score compared against; the count against the
+    previous period's."""
     customers = "".join(f" AND {c}" for c in scope.customers())
     if scope.filters.channel != "*":
         customers += AT_RISK_CHANNEL
@@ -593,20 +595,22 @@ def at_risk_view(store: Store, scope: Scope, limit: int = 50) -> dict[str, Any]:
     every = run(scope.start, scope.end, 1_000_000)
     before = run(scope.prev_start, scope.start, 1_000_000)
     rows = every[:limit]
-    daily: dict[str, list[float]] = {}
+    daily: dict[str, list[tuple[date, float]]] = {}
     if rows:
         for r in _query(store, """
                 SELECT customer_id, day, p_convert FROM customer_score_history
                 WHERE has(splitByChar(',', {ids:String}), customer_id)
-                  AND ts >= {prev_start:DateTime64(3, 'UTC')} AND ts < {end:DateTime64(3, 'UTC')}
+                  AND day >= {first:Date} AND ts < {end:DateTime64(3, 'UTC')}
                 ORDER BY customer_id, day""",
-                {**scope.params, "ids": ",".join(r["customer_id"] for r in rows)}):
-            daily.setdefault(r["customer_id"], []).append(float(r["p_convert"]))
+                {**scope.params, "ids": ",".join(r["customer_id"] for r in rows),
+                 "first": min(r["day_before"] for r in rows).isoformat()}):
+            daily.setdefault(r["customer_id"], []).append((r["day"], float(r["p_convert"])))
     for r in rows:
         r["trend"] = charts.trend(r["p_now"], r["p_before"], points=True)
-        r["spark"] = charts.sparkline(daily.get(r["customer_id"], []),
-                                      label="p(convert), last score of each day of the "
-                                            "previous period and the window")
+        r["spark"] = charts.sparkline(
+            [p for day, p in daily.get(r["customer_id"], []) if day >= r["day_before"]],
+            label=f"p(convert), the last score of each day from {r['day_before']} "
+                  "(the last score before the window) to the latest")
     return {"rows": rows, "n": len(every), "n_trend": charts.trend(
         len(every), len(before), higher_is_better=False)}
 
