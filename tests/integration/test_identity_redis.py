@@ -222,3 +222,113 @@ def test_retry_gives_up_after_max_wait_with_a_clear_error() -> None:
     resolver = IdentityResolver(CONFIG, SALT, store)
     with pytest.raises(ServiceUnavailable, match="nothing was committed"):
         resolver.resolve_batch(stream(16, 1))
+
+
+# -- the worker's cache (one round trip per batch once it is warm) ------------------------------
+
+
+def _answers(resolver: IdentityResolver, batches: list[list[TouchpointEvent]]) -> list[str]:
+    return [e.customer_id for batch in batches for e in resolver.resolve_batch(batch).resolved]
+
+
+def test_a_warm_cache_skips_the_read_and_the_commit_alone_checks(prefix: str) -> None:
+    events = stream(2_000, 3)
+    store = RedisIdentityStore(REDIS_URL, prefix=prefix)
+    reads = []
+    read = store._read
+    store._read = lambda **kw: reads.append(1) or read(**kw)  # type: ignore[method-assign]
+    resolver = IdentityResolver(CONFIG, SALT, store)
+    batches = [events[i : i + 100] for i in range(0, len(events), 100)]
+    got = _answers(resolver, batches)
+    # The first batch reads (the cache is empty); it finds nothing anyone else wrote, so every
+    # later batch is one commit, and new identifiers are checked by the commit alone.
+    assert len(reads) == 1
+    memory = IdentityResolver(CONFIG, SALT)
+    assert got == _answers(memory, batches)
+    assert isinstance(memory.store, InMemoryIdentityStore)
+    assert store.partition() == memory.store.graph.partition()
+
+
+def test_a_cache_made_stale_by_another_worker_never_gives_a_stale_answer(prefix: str) -> None:
+    ev = {
+        "a": _event("a", 10, anonymous_id="cookie-a"),
+        "b": _event("b", 20, anonymous_id="cookie-b"),
+        # another worker links both to a device, and an earlier event renames the customer
+        "ab": _event("ab", 30, anonymous_id="cookie-b", device_id="dev"),
+        "ba": _event("ba", 40, anonymous_id="cookie-a", device_id="dev"),
+        "early": _event("early", 5, device_id="dev"),
+        # then the first worker sees cookie-b again, cached as its own customer
+        "b2": _event("b2", 50, anonymous_id="cookie-b"),
+    }
+    plan = [("one", ["a", "b"]), ("two", ["ab"]), ("two", ["ba", "early"]), ("one", ["b2"])]
+    stores = {name: RedisIdentityStore(REDIS_URL, prefix=prefix) for name in ("one", "two")}
+    workers = {name: IdentityResolver(CONFIG, SALT, s) for name, s in stores.items()}
+    memory = IdentityResolver(CONFIG, SALT)
+    for name, ids in plan:
+        batch = [ev[i] for i in ids]
+        got = workers[name].resolve_batch(batch)
+        want = memory.resolve_batch(batch)
+        assert [e.customer_id for e in got.resolved] == [e.customer_id for e in want.resolved]
+        assert got.merges == want.merges
+    assert stores["one"].n_conflicting_commits == 1  # its commit saw the other worker's merge
+    assert isinstance(memory.store, InMemoryIdentityStore)
+    assert stores["one"].partition() == memory.store.graph.partition()
+
+
+def test_a_customer_deleted_behind_the_cache_is_read_again(prefix: str) -> None:
+    """`journeymap forget` deletes a customer's nodes and record; a worker that cached them
+    must not resolve to the deleted customer nor leave an identifier out of Redis."""
+    store = RedisIdentityStore(REDIS_URL, prefix=prefix)
+    resolver = IdentityResolver(CONFIG, SALT, store)
+    first = resolver.resolve_batch([_event("a", 10, anonymous_id="cookie-a", device_id="dev")])
+    cid = first.resolved[0].customer_id
+    members = [key for key, _ in store.members_of(cid)]
+    client = store.client
+    client.hdel(f"{prefix}:n", *members)
+    client.hdel(f"{prefix}:r", cid)
+    client.delete(f"{prefix}:m:{cid}")
+
+    again = resolver.resolve_batch([_event("a2", 20, device_id="dev")])
+    assert store.n_conflicting_commits == 1
+    fresh = IdentityResolver(CONFIG, SALT).resolve_batch([_event("a2", 20, device_id="dev")])
+    assert [e.customer_id for e in again.resolved] == [e.customer_id for e in fresh.resolved]
+    assert resolver.customer_of("device_id", "dev") == again.resolved[0].customer_id
+    assert resolver.customer_of("anonymous_id", "cookie-a") is None
+
+
+def test_a_commit_that_gave_up_leaves_no_decision_in_the_cache(prefix: str) -> None:
+    from processors.errors import ServiceUnavailable
+
+    store = RedisIdentityStore(
+        REDIS_URL, prefix=prefix, retry=RetryPolicy(initial_s=0.01, max_wait_s=0.05)
+    )
+    resolver = IdentityResolver(CONFIG, SALT, store)
+    resolver.resolve_batch([_event("a", 10, anonymous_id="cookie-a")])
+    link = [_event("ab", 20, anonymous_id="cookie-a", device_id="dev")]
+    commit = store._commit
+
+    def down(**kw: object) -> object:
+        raise redis.ConnectionError("Redis went away (test)")
+
+    store._commit = down  # type: ignore[assignment]
+    with pytest.raises(ServiceUnavailable):
+        resolver.resolve_batch(link)
+    store._commit = commit  # type: ignore[method-assign]
+    # The link was decided in the cache but never committed: it must be decided and written
+    # again, not taken as done.
+    again = resolver.resolve_batch(link)
+    links = [(link.kind, link.first_seen_ms) for link in again.links]
+    assert links == [("device_id", T0_MS + 20_000)]
+    assert resolver.customer_of("device_id", "dev") == again.resolved[0].customer_id
+
+
+def _event(event_id: str, at_s: int, **ids: str) -> TouchpointEvent:
+    return TouchpointEvent.model_validate(
+        {
+            "event_id": event_id,
+            "occurred_at": T0_MS + at_s * 1000,
+            "channel": "web",
+            "touchpoint": "landing_page",
+            "identities": ids,
+        }
+    )
