@@ -32,17 +32,24 @@ for i = 1, #moves, 2 do
   local src, dst = moves[i], moves[i + 1]
   local skey = p .. ':m:' .. src
   local members = redis.call('SMEMBERS', skey)
-  for j = 1, #members do
-    local v = redis.call('HGET', nkey, members[j])
-    if v then
-      redis.call('HSET', nkey, members[j], dst .. string.sub(v, (string.find(v, '|', 1, true))))
+  local dkey = p .. ':m:' .. dst
+  local half = CHUNK / 2  -- two HSET arguments per member
+  for s = 1, #members, half do
+    local e = math.min(s + half - 1, #members)
+    local vals = redis.call('HMGET', nkey, unpack(members, s, e))
+    local sets = {}
+    for j = 1, #vals do
+      local v = vals[j]
+      if v then
+        sets[#sets + 1] = members[s + j - 1]
+        sets[#sets + 1] = dst .. string.sub(v, (string.find(v, '|', 1, true)))
+      end
     end
+    if #sets > 0 then redis.call('HSET', nkey, unpack(sets)) end
+    -- SADD the moved members only: SUNIONSTORE would copy the whole (growing) target set
+    redis.call('SADD', dkey, unpack(members, s, e))
   end
-  if #members > 0 then
-    local dkey = p .. ':m:' .. dst
-    redis.call('SUNIONSTORE', dkey, dkey, skey)
-    redis.call('DEL', skey)
-  end
+  if #members > 0 then redis.call('DEL', skey) end
 end
 
 local function bulk(cmd, key, items)
