@@ -118,8 +118,8 @@ def bench_redis(events: list[TouchpointEvent], size: int, url: str) -> tuple[flo
         server_cpu = _server_cpu_s(store.client) - server_cpu
         evalsha = _evalsha_calls(store.client) - evalsha
         print(
-            f"Redis resolver, where it goes: client CPU {cpu / len(events) * 1e6:.1f} us/event, redis-server CPU "
-            f"{server_cpu / len(events) * 1e6:.1f} us/event (all clients of that server), "
+            f"Redis resolver, where it goes: client CPU {cpu / len(events) * 1e6:.1f} us/event, "
+            f"redis-server CPU {server_cpu / len(events) * 1e6:.1f} us/event (all its clients), "
             f"{evalsha / len(parts):.2f} scripts (round trips) per batch, "
             f"{store.n_conflicting_commits} conflicting commits"
         )
