@@ -21,8 +21,9 @@ One run, unique topics / consumer groups / ClickHouse database / Redis keys, loo
    --sample-every is timed from produce to its `touchpoints` row being visible (ClickHouse
    polled every 0.2 s), and every alert from produce of the event that raised it (`ts_ms` = that
    event's produce time, in ms) to its arrival on the alerts topic, and every scores message the
-   same way (the worker sends an event's alerts right after its scores message, in the same
-   loop). The worker runs with journey.allowed_lateness_s = --lateness-s (1): rows are final,
+   same way (the worker sends, per batch, each customer's latest scores message and every
+   alert, together, after the batch's rows are written). The worker runs with
+   journey.allowed_lateness_s = --lateness-s (1): rows are final,
    and written, once the partition's event time has passed them by the allowed lateness; with
    the default 1 h they would appear an hour later, by design.
 
@@ -607,8 +608,8 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> None:
           f"{res['table_alerts']} in the alerts table (whole run)")
     sl = res["score_lat"]
     if sl:
-        print(f"produce -> scores message (sent in the same loop as alerts, right before the "
-              f"alerts its event raises): {len(sl):,} events, p50 {percentile(sl, 0.5):.3f} s  "
+        print(f"produce -> scores message (each customer's latest of a batch, sent with the "
+              f"batch's alerts): {len(sl):,} events, p50 {percentile(sl, 0.5):.3f} s  "
               f"p99 {percentile(sl, 0.99):.3f} s  max {max(sl):.3f} s")
         third = max(len(sl) // 3, 1)
         print(f"    p50 in the first / last third of the measured window: "
