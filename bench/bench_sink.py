@@ -11,7 +11,9 @@ JOURNEYMAP_CLICKHOUSE__URL / http://127.0.0.1:8123 when it answers, else a priva
 With --matrix-days N (embedded only): N days of hourly transition panes on two shards (every tenth
 pane emitted twice), then the 7-day `transition_matrix(..., window_end='latest')` query next to the
 least a query can do over the same cells: a bare GROUP BY of those 7 days without FINAL or the
-latest-version filter (a ratio of query times).
+latest-version filter (a ratio of query times). Also the same 7-day aggregation over
+`transition_cells_current` next to that view as migration 0003 defined it (the cells of the
+latest emission of each pane, before 0011 made it the latest row of each cell), alternating.
 """
 
 from __future__ import annotations
@@ -103,6 +105,14 @@ def bench(store: Store, n: int, flush_rows: int, repeat: int) -> dict[str, float
     return {name: n / secs for name, secs in best.items()}
 
 
+# transition_cells_current as migration 0003 defined it, for comparison only.
+_CURRENT_0003 = """CREATE OR REPLACE VIEW transition_cells_current_0003 AS
+SELECT shard, pane_start, pane_size_s, segment, channel, prev2, src, dst, gap_bucket, n, gap_sum_ms
+FROM transition_cells FINAL
+WHERE (shard, pane_start, pane_size_s, updated_at) IN
+    (SELECT shard, pane_start, pane_size_s, updated_at FROM transition_panes FINAL)"""
+
+
 def bench_matrix(store: Store, days: int, cells_per_pane: int = 400, repeat: int = 5
                  ) -> dict[str, float]:
     """Seconds for the 7-day matrix view and for a bare GROUP BY of the same cells."""
@@ -131,9 +141,15 @@ def bench_matrix(store: Store, days: int, cells_per_pane: int = 400, repeat: int
     bare = ("SELECT if(prev2 = '', 1, 2) AS o, prev2, src, dst, sum(n) FROM transition_cells "
             "WHERE segment = 'seg1' AND pane_start >= (SELECT max(pane_start) FROM "
             "transition_cells) - 7 * 86400 GROUP BY o, prev2, src, dst")
-    best = {"view": float("inf"), "bare": float("inf")}
+    store.client.command(_CURRENT_0003)
+    cells = ("SELECT if(prev2 = '', 1, 2) AS o, prev2, src, dst, sum(n) FROM {} WHERE segment = "
+             "'seg1' AND pane_start >= (SELECT max(pane_start) FROM transition_panes) - 7 * 86400 "
+             "GROUP BY o, prev2, src, dst")
+    queries = {"view": view, "bare": bare, "current": cells.format("transition_cells_current"),
+               "current_0003": cells.format("transition_cells_current_0003")}
+    best = dict.fromkeys(queries, float("inf"))
     for _ in range(repeat):
-        for name, sql in (("view", view), ("bare", bare)):
+        for name, sql in queries.items():
             start = time.perf_counter()
             store.client.query(sql)
             best[name] = min(best[name], time.perf_counter() - start)
@@ -175,6 +191,9 @@ def main() -> None:
                 print(f"embedded chDB: {m['cells']:,.0f} transition cells ({args.matrix_days} days)"
                       f"; 7-day transition_matrix {m['view'] * 1000:.0f} ms, bare GROUP BY of the "
                       f"same cells {m['bare'] * 1000:.0f} ms, ratio {m['view'] / m['bare']:.1f}x")
+                print(f"7-day cells of seg1 over transition_cells_current {m['current'] * 1000:.0f}"
+                      f" ms, over 0003's definition {m['current_0003'] * 1000:.0f} ms, ratio "
+                      f"{m['current'] / m['current_0003']:.2f}")
     if args.skip_insert:
         return
 
