@@ -51,7 +51,7 @@ from processors.validation import Accepted, DeadLetter, Source, decode, decode_b
 from sinks import clickhouse as ch
 from sinks.alerts import encode_alert
 from sinks.checkpoints import CheckpointStore
-from streams.delivery import OutputProducer
+from streams.delivery import Outgoing, OutputProducer
 from streams.outputs import (
     Rows,
     add_rows,
@@ -181,8 +181,10 @@ class Runtime:
             retry_total_s=settings.clickhouse.retry_total_s,
         )
         self.models = ModelSuite(model_config(self.config)) if with_models else None
-        # scores, alerts and late events: confluent-kafka (streams.delivery), off the event loop
+        # confluent-kafka (streams.delivery), off the event loop: the journey agent's scores,
+        # alerts and late events, and the ingest agent's resolved events and merge messages
         self.outputs = OutputProducer(settings.kafka.bootstrap_servers)
+        self.ingest_out = OutputProducer(settings.kafka.bootstrap_servers)
         self.rows: dict[str, int] = {}
         self.sink_lock = asyncio.Lock()
         self.app: faust.App | None = None
@@ -279,7 +281,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                 runtime.resolver.resolve_batch, [a.event for a in accepted]
             ) if accepted else None
             sends = [dlq_topic.send(key=b"validate", value=d.to_json()) for d in dead]
-            expects: list[Any] = []
+            expects: list[Outgoing] = []
+            produced: list[Outgoing] = []
             m.dead.labels("validate").inc(len(dead))
             letters: list[DeadLetter] = []
             if resolved is not None:
@@ -295,14 +298,13 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                     m.dead.labels("resolve").inc()
                 raw_of = {id(a.event): ev.message.value for a, ev in _pairs(accepted, batch)}
                 ts_of = {id(a.event): ev.message.timestamp for a, ev in _pairs(accepted, batch)}
-                expects, merge_sends = _merge_messages(resolved.merges)
-                sends.extend(merge_sends)
+                expects, produced = _merge_records(resolved.merges)
                 m.merges.inc(len(resolved.merges))
-                for rev in resolved.resolved:
-                    sends.append(resolved_topic.send(  # the raw timestamp: latency end to end
-                        key=rev.customer_id.encode(), value=raw_of[id(rev.event)],
-                        timestamp=ts_of[id(rev.event)],
-                    ))
+                produced.extend(  # the raw timestamp: latency end to end
+                    (t.resolved, rev.customer_id.encode(), raw_of[id(rev.event)], None,
+                     int(ts_of[id(rev.event)] * 1000) if ts_of[id(rev.event)] else None)
+                    for rev in resolved.resolved
+                )
             now_ms = int(time.time() * 1000)
             out = ChainOutput(dead=dead)
             if resolved is not None:
@@ -311,29 +313,45 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                 out.conflicts.extend(resolved.conflicts)
                 out.dead.extend(letters)
             await _write(runtime, chain_rows(out, now_ms, 0, {}))
-            for fut in [*await asyncio.gather(*expects), *await asyncio.gather(*sends)]:
+            producer = runtime.ingest_out
+            if expects:  # on the broker before anything else of the batch is produced
+                for message in expects:
+                    producer.send(*message)
+                await asyncio.to_thread(producer.deliver)
+            for message in produced:
+                producer.send(*message)
+            for fut in await asyncio.gather(*sends):
                 await fut
             await app.producer.flush()
+            await asyncio.to_thread(producer.deliver)
             if resolved is not None and resolved.merges:  # produced: out of the outbox
                 await asyncio.to_thread(runtime.resolver.store.ack_merges,  # type: ignore[attr-defined]
                                         resolved.merges)
             _observe(runtime, "ingest", batch, {})
 
-    def _merge_messages(merges: Sequence[MergeRecord]) -> tuple[list[Any], list[Any]]:
-        """A merge's messages: "expect" (to be sent first: the winner's partition holds its
-        frontier before this batch's events and the transfer can reach it), the record on
-        identity.merges, and the "merge" control for the merged-away customer's partition."""
-        expects, sends = [], []
+    def _merge_records(merges: Sequence[MergeRecord]) -> tuple[list[Outgoing], list[Outgoing]]:
+        """A merge's messages: "expect" (delivered first: the winner's partition holds its
+        frontier before this batch's events and before the transfer can reach it), the record
+        on identity.merges, and the "merge" control for the merged-away customer's partition."""
+        expects: list[Outgoing] = []
+        others: list[Outgoing] = []
         for merge in merges:
             body = orjson.dumps(merge._asdict())
-            expects.append(resolved_topic.send(
-                key=merge.winner.encode(), value=body, headers={H_TYPE: b"expect"}
-            ))
-            sends.append(merges_topic.send(key=merge.loser.encode(), value=body))
-            sends.append(resolved_topic.send(
-                key=merge.loser.encode(), value=body, headers={H_TYPE: b"merge"}
-            ))
-        return expects, sends
+            expects.append((t.resolved, merge.winner.encode(), body, [(H_TYPE, b"expect")], None))
+            others.append((t.merges, merge.loser.encode(), body, None, None))
+            others.append((t.resolved, merge.loser.encode(), body, [(H_TYPE, b"merge")], None))
+        return expects, others
+
+    def _merge_messages(merges: Sequence[MergeRecord]) -> tuple[list[Any], list[Any]]:
+        """_merge_records as Faust sends (the outbox recovery, rare, sends through Faust)."""
+        expects, others = _merge_records(merges)
+        topics = {t.resolved: resolved_topic, t.merges: merges_topic}
+        first, then = (
+            [topics[topic].send(key=key, value=value, headers=dict(headers or ()))
+             for topic, key, value, headers, _ in messages]
+            for messages in (expects, others)
+        )
+        return first, then
 
     @app.timer(interval=2.0)
     async def report_lag() -> None:

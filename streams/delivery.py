@@ -1,4 +1,5 @@
-"""The journey agent's high-volume outputs (scores, alerts, late events) on confluent-kafka.
+"""The worker's high-volume outputs on confluent-kafka: the ingest agent's messages to
+touchpoints.resolved and identity.merges, the journey agent's scores, alerts and late events.
 
 Faust's producer (aiokafka) costs pure-Python work per message on the worker's event loop: a
 batch of a few thousand released events meant a few thousand ``Topic.send`` calls, and after a
@@ -7,9 +8,10 @@ message in one C call and does the rest on its own threads.
 
 Delivery is at-least-once, as before: :meth:`OutputProducer.deliver` returns only once every
 message handed over since the last call is acknowledged by the broker (``acks=all``,
-idempotence on), re-producing any that failed, and the agent checkpoints a partition only
-after that. Messages to ``touchpoints.resolved`` (forwards, transfers: the merge protocol)
-stay on Faust's producer with the ingest agent's, so their order is not changed.
+idempotence on), re-producing any that failed; the ingest agent acknowledges its raw batch,
+and the journey agent checkpoints a partition, only after that. One producer keeps the order of
+what it is given per partition; the ingest agent has its own (see streams.app on the order of
+the merge messages), and the journey agent's forwards and transfers stay on Faust's producer.
 """
 
 from __future__ import annotations
@@ -23,15 +25,22 @@ from confluent_kafka import KafkaError, Message, Producer
 
 log = logging.getLogger("journeymap.worker")
 
-Pending = tuple[str, bytes | None, bytes]  # topic, key, value
+Headers = list[tuple[str, bytes]] | None
+# topic, key, value, headers, timestamp (ms; None = now)
+Outgoing = tuple[str, bytes | None, bytes, Headers, int | None]
 
 
-def produce(producer: Producer, topic: str, value: bytes, key: bytes | None,
-            on_delivery: Any) -> None:
+def produce(producer: Producer, message: Outgoing, on_delivery: Any) -> None:
     """Queue one message; while the local queue is full, serve delivery reports to make room."""
+    topic, key, value, headers, timestamp_ms = message
+    extra: dict[str, Any] = {}
+    if headers:
+        extra["headers"] = headers
+    if timestamp_ms:
+        extra["timestamp"] = timestamp_ms
     while True:
         try:
-            producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+            producer.produce(topic, value=value, key=key, on_delivery=on_delivery, **extra)
             return
         except BufferError:
             producer.poll(0.05)
@@ -60,13 +69,14 @@ class OutputProducer:
         conf.update(config or {})
         self._producer = Producer(conf)
         self._unconfirmed = 0
-        self._failed: list[Pending] = []
+        self._failed: list[Outgoing] = []
         self.n_delivered = 0
         self.n_retried = 0
 
-    def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+    def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = None,
+             timestamp_ms: int | None = None) -> None:
         self._unconfirmed += 1
-        produce(self._producer, topic, value, key, self._on_delivery)
+        produce(self._producer, (topic, key, value, headers, timestamp_ms), self._on_delivery)
         self._producer.poll(0)
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
@@ -74,7 +84,9 @@ class OutputProducer:
         if err is None:
             self.n_delivered += 1
             return
-        self._failed.append((msg.topic() or "", msg.key(), msg.value() or b""))
+        _kind, timestamp_ms = msg.timestamp()
+        self._failed.append((msg.topic() or "", msg.key(), msg.value() or b"",
+                             msg.headers() or None, timestamp_ms or None))
         log.warning("output to %s not delivered (%s); producing it again", msg.topic(), err)
 
     def deliver(self, retry_every_s: float = 1.0) -> None:
@@ -86,9 +98,9 @@ class OutputProducer:
         while True:
             self._producer.flush(retry_every_s)
             failed, self._failed = self._failed, []
-            for topic, key, value in failed:
+            for message in failed:
                 self.n_retried += 1
-                self.send(topic, key, value)
+                self.send(*message)
             if not failed and self._unconfirmed <= 0:
                 return
             if failed:

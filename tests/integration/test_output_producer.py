@@ -53,3 +53,23 @@ def test_keys_land_on_the_partition_aiokafka_would_choose(bootstrap: str, topic:
     for key, _value, partition in consume(bootstrap, topic, len(keys)):
         assert key is not None
         assert partition == DefaultPartitioner()(key, partitions, partitions), key
+
+
+def test_headers_and_timestamps_arrive_as_given(bootstrap: str, topic: str) -> None:
+    producer = OutputProducer(bootstrap)
+    producer.send(topic, b"W", b"expect", [("jm-type", b"expect")], 1_700_000_000_123)
+    producer.send(topic, b"W", b"event", None, None)
+    producer.deliver()
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{topic}",
+                         "auto.offset.reset": "earliest"})
+    consumer.subscribe([topic])
+    got = []
+    try:
+        while len(got) < 2:
+            msg = consumer.poll(30)
+            assert msg is not None and msg.error() is None
+            got.append((msg.value(), msg.headers(), msg.timestamp()[1]))
+    finally:
+        consumer.close()
+    assert got[0] == (b"expect", [("jm-type", b"expect")], 1_700_000_000_123)
+    assert got[1][0] == b"event" and got[1][1] is None and got[1][2] > 1_700_000_000_123
