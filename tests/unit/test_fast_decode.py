@@ -68,6 +68,7 @@ def assert_fast_is_sound(message: bytes) -> None:
         assert fast == model
         assert fast.model_fields_set == model.model_fields_set  # type: ignore[attr-defined]
         assert fast.ts_ms == model.ts_ms  # type: ignore[attr-defined]
+        assert fast.model_dump_json() == model.model_dump_json()  # type: ignore[attr-defined]
         assert fast.occurred_at.utcoffset() == model.occurred_at.utcoffset()  # type: ignore[attr-defined]
 
 
