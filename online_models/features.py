@@ -8,7 +8,9 @@ heavy-tailed counts log-transformed, in the fixed order of `FEATURE_NAMES`.
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -72,6 +74,7 @@ LOG_FEATURES: Final = frozenset(
         "n_support",
     }
 )
+_LOG_MASK: Final = tuple(name in LOG_FEATURES for name in FEATURE_NAMES)
 # Outcome features say what happened, not how the customer behaves: kept out of behaviour models.
 OUTCOME_FEATURES: Final = frozenset({"revenue", "n_conversions"})
 BEHAVIOUR_FEATURES: Final[tuple[str, ...]] = tuple(
@@ -195,32 +198,40 @@ class CustomerFeatures:
 
 def features(summary: CustomerFeatures, now_ms: int) -> dict[str, float]:
     """Named features in plain units as of `now_ms` (event time, never the wall clock)."""
+    return dict(zip(FEATURE_NAMES, _feature_values(summary, now_ms), strict=True))
+
+
+def summary_vector(summary: CustomerFeatures, now_ms: int) -> np.ndarray:
+    """`model_vector(features(summary, now_ms))` without the dict in between."""
+    log1p = math.log1p
+    return np.array([
+        log1p(v) if is_log else v
+        for v, is_log in zip(_feature_values(summary, now_ms), _LOG_MASK, strict=True)
+    ])
+
+
+def _feature_values(summary: CustomerFeatures, now_ms: int) -> list[float]:
+    """The values of `features` in the order of FEATURE_NAMES."""
     last = summary.last_ts_ms if summary.last_ts_ms is not None else now_ms
     first = summary.first_ts_ms if summary.first_ts_ms is not None else now_ms
     n = summary.n_events
     n_session_gaps = max(summary.n_sessions - 1, 0)
-    out: dict[str, float] = {
-        "recency_h": max(0, now_ms - last) / HOUR_MS,
-        "tenure_d": max(0, last - first) / DAY_MS,
-        "n_events": float(n),
-        "n_sessions": float(summary.n_sessions),
-        "events_per_session": n / summary.n_sessions if summary.n_sessions else 0.0,
-        "mean_step_gap_s": (
-            summary.step_gap_sum_ms / summary.n_step_gaps / 1000 if summary.n_step_gaps else 0.0
-        ),
-        "mean_session_gap_h": (
-            summary.session_gap_sum_ms / n_session_gaps / HOUR_MS if n_session_gaps else 0.0
-        ),
-        "revenue": summary.revenue,
-        "n_conversions": float(summary.n_conversions),
-        "n_features_adopted": float(len(summary.adopted)),
-        "n_support": float(summary.n_support),
-        "mean_sentiment": (
-            summary.sentiment_sum / summary.n_sentiment if summary.n_sentiment else 0.0
-        ),
-    }
-    for channel, name in zip(CHANNELS, CHANNEL_FEATURES, strict=True):
-        out[name] = summary.channel_counts.get(channel, 0) / n if n else 0.0
+    out = [
+        max(0, now_ms - last) / HOUR_MS,
+        max(0, last - first) / DAY_MS,
+        float(n),
+        float(summary.n_sessions),
+        n / summary.n_sessions if summary.n_sessions else 0.0,
+        summary.step_gap_sum_ms / summary.n_step_gaps / 1000 if summary.n_step_gaps else 0.0,
+        summary.session_gap_sum_ms / n_session_gaps / HOUR_MS if n_session_gaps else 0.0,
+        summary.revenue,
+        float(summary.n_conversions),
+        float(len(summary.adopted)),
+        float(summary.n_support),
+        summary.sentiment_sum / summary.n_sentiment if summary.n_sentiment else 0.0,
+    ]
+    cc = summary.channel_counts
+    out.extend([cc.get(channel, 0) / n if n else 0.0 for channel in CHANNELS])
     return out
 
 
@@ -231,11 +242,9 @@ def transformed(feats: dict[str, float]) -> dict[str, float]:
 
 def model_vector(feats: dict[str, float], names: tuple[str, ...] = FEATURE_NAMES) -> np.ndarray:
     """`transformed(feats)` as a float vector in the order of `names`."""
-    return np.fromiter(
-        (math.log1p(feats[k]) if k in LOG_FEATURES else feats[k] for k in names),
-        dtype=np.float64,
-        count=len(names),
-    )
+    log1p = math.log1p
+    return np.array([log1p(feats[k]) if k in LOG_FEATURES else feats[k] for k in names],
+                    dtype=np.float64)
 
 
 @dataclass(slots=True)
@@ -294,10 +303,15 @@ class Vectorizer:
     # the journey space of the segment mixture: move cells (src x dst), then JOURNEY_STATS
     states: tuple[str, ...] = field(init=False)
     n_cells: int = field(init=False)
+    # the incremental per-customer counts (`counts`, `count_event`): touchpoint counts in the
+    # order of the actions, then channel counts in the order of CHANNELS
+    n_counts: int = field(init=False)
     _actions: tuple[str, ...] = field(init=False)
     _index: dict[str, int] = field(init=False)
     _cell: dict[tuple[str, str], int] = field(init=False)
     _state: dict[str, int] = field(init=False)
+    _count_of: dict[str, int] = field(init=False)
+    _channel_of: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
         actions = (*(t for t in self.touchpoints if t not in self.outcomes), OTHER)
@@ -322,6 +336,11 @@ class Vectorizer:
             *(f"sqrt_tp_{t}" for t in actions), "log_step_gap", "log_session_gap",
             "log_events_per_session",
         ))
+        count_of = {t: i for i, t in enumerate(actions)}
+        count_of.update(dict.fromkeys(self.outcomes, -1))
+        set_(self, "_count_of", count_of)
+        set_(self, "_channel_of", {c: len(actions) + j for j, c in enumerate(CHANNELS)})
+        set_(self, "n_counts", len(actions) + len(CHANNELS))
 
     def _shares(self, summary: CustomerFeatures) -> list[float]:
         shares = [0.0] * len(self._actions)
@@ -364,16 +383,33 @@ class Vectorizer:
     def rows(
         self, s: CustomerFeatures, *, behaviour: bool = True
     ) -> tuple[list[float], list[float] | None]:
-        """`vectors` as plain lists (a batch stacks them into one matrix)."""
+        """`vectors` as plain lists."""
+        step_s, session_h = self._gaps(s)
+        head = self._head(s, step_s, session_h)
+        n = s.n_events
+        cc = s.channel_counts
+        if n:
+            head.extend([cc.get(c, 0) / n for c in CHANNELS])
+        else:
+            head.extend([0.0] * len(CHANNELS))
+        shares = self._shares(s)
+        head.extend(shares)
+        last_tp = [0.0] * len(self._actions)
+        i = self._last_index(s)
+        if i >= 0:
+            last_tp[i] = 1.0
+        head.extend(last_tp)
+        xb = self._behaviour(s, shares, step_s, session_h) if behaviour else None
+        return head, xb
+
+    def _head(self, s: CustomerFeatures, step_s: float, session_h: float) -> list[float]:
+        """The propensity inputs before the channel shares."""
         log1p = math.log1p
         n = s.n_events
-        step_s, session_h = self._gaps(s)
         first = s.first_ts_ms if s.first_ts_ms is not None else 0
         last = s.last_ts_ms if s.last_ts_ms is not None else first
-        tps = s.touchpoint_counts
-        has_account = not tps.keys().isdisjoint(ACCOUNT_TOUCHPOINTS)
         n_sessions = s.n_sessions
-        head = [
+        return [
             log1p((last - first) / DAY_MS),
             log1p(n),
             log1p(n_sessions),
@@ -384,32 +420,131 @@ class Vectorizer:
             log1p(s.n_support),
             log1p(s.n_negative),
             s.sentiment_sum / s.n_sentiment if s.n_sentiment else 0.0,
-            1.0 if has_account else 0.0,
+            0.0 if s.touchpoint_counts.keys().isdisjoint(ACCOUNT_TOUCHPOINTS) else 1.0,
         ]
-        cc = s.channel_counts
-        if n:
-            head.extend([cc.get(c, 0) / n for c in CHANNELS])
-        else:
-            head.extend([0.0] * len(CHANNELS))
-        shares = self._shares(s)
-        head.extend(shares)
-        last_tp = [0.0] * len(self._actions)
-        if s.last_touchpoint is not None and s.last_touchpoint not in self.outcomes:
-            last_tp[self._index.get(s.last_touchpoint, self._index[OTHER])] = 1.0
-        head.extend(last_tp)
-        xb = self._behaviour(s, shares, step_s, session_h) if behaviour else None
-        return head, xb
+
+    def _last_index(self, s: CustomerFeatures) -> int:
+        """The action index of the last touchpoint (-1: none, or an outcome)."""
+        if s.last_touchpoint is None or s.last_touchpoint in self.outcomes:
+            return -1
+        return self._index.get(s.last_touchpoint, self._index[OTHER])
+
+    # -- incremental per-customer counts ---------------------------------------------------
+    def counts(self, s: CustomerFeatures) -> tuple[list[float], list[int]]:
+        """A customer's counts from its summary: (touchpoint and channel counts in the order
+        of `n_counts`, the journey cell of each of `s.transitions` in its order, -1 for moves
+        into outcomes). Kept per customer and moved on by `count_event`, they make the model
+        vectors of a batch of customers a few matrix operations (`batch`) instead of a pass
+        over each customer's dicts."""
+        out = [0.0] * self.n_counts
+        for tp, c in s.touchpoint_counts.items():
+            i = self._count_index(tp)
+            if i >= 0:
+                out[i] += c
+        for ch, c in s.channel_counts.items():
+            j = self._channel_of.get(ch)
+            if j is not None:
+                out[j] += c
+        return out, [self.cell_of(key) for key in s.transitions]
+
+    def count_event(
+        self, s: CustomerFeatures, counts: list[float], cells: list[int], touchpoint: str,
+        channel: str, n_moves_before: int,
+    ) -> None:
+        """Move `counts` on by the event `s` has just absorbed (O(1)): `n_moves_before` is
+        `len(s.transitions)` before it (a new move key is the last)."""
+        tp = touchpoint if touchpoint in s.touchpoint_counts else OTHER  # the summary's cap
+        i = self._count_of.get(tp)
+        if i is None:
+            i = self._count_index(tp)
+        if i >= 0:
+            counts[i] += 1.0
+        j = self._channel_of.get(channel)
+        if j is not None:
+            counts[j] += 1.0
+        if len(s.transitions) != n_moves_before:
+            cells.append(self.cell_of(next(reversed(s.transitions))))
+
+    def _count_index(self, tp: str) -> int:
+        return -1 if tp in self.outcomes else self._index.get(tp, self._index[OTHER])
+
+    def cell_of(self, key: tuple[str, str]) -> int:
+        """The journey cell of a (src, dst) move; -1 for a move into an outcome."""
+        if key[1] in self.outcomes:
+            return -1  # what a customer does, not what came of it (nor conversion drift)
+        i = self._cell.get(key)
+        if i is None:  # a name outside the vocabulary: counted as OTHER
+            src, dst = key
+            n_dst = len(self.states)
+            other = n_dst - 1
+            si = n_dst if src == START else self._state.get(src, other)
+            i = si * n_dst + self._state.get(dst, other)
+        return i
+
+    def batch(
+        self,
+        summaries: list[CustomerFeatures],
+        counts: list[list[float]],
+        cells: list[list[int]],
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Model inputs of many customers at once, equal to `rows` and `journey` of each:
+        (propensity rows, behaviour rows, then the journeys concatenated: indices, values and
+        the start of each customer's part)."""
+        heads: list[list[float]] = []
+        rhythm: list[list[float]] = []
+        last = []
+        stats_at = list(range(self.n_cells, self.n_cells + len(JOURNEY_STATS)))
+        idx_parts: list[list[int]] = []
+        val_parts: list[Iterable[float]] = []
+        for s, cs in zip(summaries, cells, strict=True):
+            step_s, session_h = self._gaps(s)
+            heads.append(self._head(s, step_s, session_h))
+            rhythm.append(self._rhythm(s, step_s, session_h))
+            last.append(self._last_index(s))
+            idx_parts.append(cs)
+            idx_parts.append(stats_at)
+            val_parts.append(s.transitions.values())
+            val_parts.append(_journey_stats(s))
+        n_rows = len(summaries)
+        n_actions = len(self._actions)
+        raw = np.array(counts)
+        tp = raw[:, :n_actions]
+        n_tp = tp.sum(axis=1, keepdims=True)
+        shares = np.divide(tp, n_tp, out=np.zeros_like(tp), where=n_tp > 0)
+        n = np.array([float(s.n_events) for s in summaries])[:, None]
+        ch = raw[:, n_actions:]
+        channels = np.divide(ch, n, out=np.zeros_like(ch), where=n > 0)
+        last_tp = np.zeros((n_rows, n_actions))
+        has_last = np.array(last) >= 0
+        last_tp[np.flatnonzero(has_last), np.array(last)[has_last]] = 1.0
+        xp = np.hstack([np.array(heads), channels, shares, last_tp])
+        xb = np.hstack([np.sqrt(shares), np.array(rhythm)])
+        chain = itertools.chain.from_iterable
+        idx = np.fromiter(chain(idx_parts), dtype=np.int64)
+        val = np.fromiter(chain(val_parts), dtype=np.float64, count=len(idx))
+        keep = idx >= 0
+        n_stats = len(stats_at)
+        # the length of each customer's part (never 0: the stats are kept)
+        lengths = [len(cs) - cs.count(-1) + n_stats for cs in cells]
+        starts = np.fromiter(itertools.accumulate(lengths[:-1], initial=0), dtype=np.int64,
+                             count=n_rows)
+        return xp, xb, idx[keep], val[keep], starts
 
     def _behaviour(
         self, s: CustomerFeatures, shares: list[float], step_s: float, session_h: float
     ) -> list[float]:
-        w = self.rhythm_weight
         sqrt = math.sqrt
-        out = [sqrt(v) for v in shares]
-        out.append(w * math.log(max(step_s, 1.0)))
-        out.append(w * math.log(max(session_h, 0.5)))
-        out.append(w * math.log(s.n_events / s.n_sessions if s.n_sessions else 1.0))
-        return out
+        return [*(sqrt(v) for v in shares), *self._rhythm(s, step_s, session_h)]
+
+    def _rhythm(self, s: CustomerFeatures, step_s: float, session_h: float) -> list[float]:
+        """The *how* of the behaviour space: weighted logs of gaps and session length."""
+        w = self.rhythm_weight
+        log = math.log
+        return [
+            w * log(max(step_s, 1.0)),
+            w * log(max(session_h, 0.5)),
+            w * log(s.n_events / s.n_sessions if s.n_sessions else 1.0),
+        ]
 
     def journey(self, s: CustomerFeatures) -> tuple[np.ndarray, np.ndarray]:
         """The customer's sufficient statistics for the segment mixture, as a sparse vector.
@@ -419,27 +554,23 @@ class Vectorizer:
         `n_cells` + 0..8 the JOURNEY_STATS (gap and revenue count, sum of logs, sum of squared
         logs). Every segment's log-likelihood is linear in it.
         """
-        cell = self._cell
-        other = len(self.states) - 1
-        n_dst = len(self.states)
         idx: list[int] = []
         val: list[float] = []
-        outcomes = self.outcomes
         for key, c in s.transitions.items():
-            if key[1] in outcomes:
-                continue  # what a customer does, not what came of it (nor conversion drift)
-            i = cell.get(key)
-            if i is None:  # a name outside the vocabulary: counted as OTHER
-                src, dst = key
-                si = n_dst if src == START else self._state.get(src, other)
-                i = si * n_dst + self._state.get(dst, other)
-            idx.append(i)
-            val.append(float(c))
+            i = self.cell_of(key)
+            if i >= 0:
+                idx.append(i)
+                val.append(float(c))
         base = self.n_cells
-        idx.extend(range(base, base + 9))
-        val.extend((
-            float(s.n_step_gaps), s.step_log_sum, s.step_log_sq,
-            float(max(s.n_sessions - 1, 0)), s.session_log_sum, s.session_log_sq,
-            float(s.n_revenue), s.revenue_log_sum, s.revenue_log_sq,
-        ))
+        idx.extend(range(base, base + len(JOURNEY_STATS)))
+        val.extend(_journey_stats(s))
         return np.array(idx, dtype=np.int64), np.array(val)
+
+
+def _journey_stats(s: CustomerFeatures) -> tuple[float, ...]:
+    """The values of JOURNEY_STATS for a summary."""
+    return (
+        float(s.n_step_gaps), s.step_log_sum, s.step_log_sq,
+        float(max(s.n_sessions - 1, 0)), s.session_log_sum, s.session_log_sq,
+        float(s.n_revenue), s.revenue_log_sum, s.revenue_log_sq,
+    )

@@ -334,14 +334,21 @@ class SegmentModel(Snapshotting):
 
     def assign_many(self, rows: list[tuple[np.ndarray, np.ndarray]]) -> list[str]:
         """`assign_sparse` for many customers at once (one sparse matrix product)."""
-        m = self.mixture
-        if m is None:
+        if self.mixture is None:
             return [UNASSIGNED] * len(rows)
-        # sum_j theta[:, idx_j] * val_j per row, without building a sparse matrix
         idx = np.concatenate([i for i, _ in rows])
         val = np.concatenate([v for _, v in rows])
         starts = np.zeros(len(rows), dtype=np.int64)
         np.cumsum([len(i) for i, _ in rows[:-1]], out=starts[1:])
+        return self.assign_flat(idx, val, starts)
+
+    def assign_flat(self, idx: np.ndarray, val: np.ndarray, starts: np.ndarray) -> list[str]:
+        """`assign_many` for rows concatenated (`Vectorizer.batch`): row r is
+        `idx[starts[r]:starts[r + 1]]`, `val[...]` (never empty)."""
+        m = self.mixture
+        if m is None:
+            return [UNASSIGNED] * len(starts)
+        # sum_j theta[:, idx_j] * val_j per row, without building a sparse matrix
         joint = np.add.reduceat(m.theta[:, idx] * val, starts, axis=1) + m.log_weights[:, None]
         return [self.ids[j] for j in joint.argmax(axis=0).tolist()]
 

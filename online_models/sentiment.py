@@ -59,6 +59,10 @@ class SentimentModel(Snapshotting):
     class_counts: dict[str, int] = field(default_factory=dict)
     class_totals: dict[str, float] = field(default_factory=dict)
     n_learned: int = 0
+    # per term, log(count + alpha) of each class in `_classes` order: derived from `counts`,
+    # dropped for the terms a text teaches (and all of it when a new class appears)
+    _logs: dict[str | tuple[str, str], tuple[float, ...]] = field(default_factory=dict)
+    _classes: tuple[str, ...] = ()
 
     @property
     def vocab(self) -> dict[str | tuple[str, str], dict[str, float]]:
@@ -75,15 +79,22 @@ class SentimentModel(Snapshotting):
         classes = sorted(self.class_counts)
         dens = [log(self.class_totals.get(c, 0.0) + alpha * n_terms) for c in classes]
         totals = [log(self.class_counts[c] / self.n_learned) for c in classes]
+        logs = getattr(self, "_logs", None)  # None in checkpoints written before the cache
+        if logs is None or getattr(self, "_classes", ()) != tuple(classes):
+            logs = self._logs = {}
+            self._classes = tuple(classes)
         # one pass over the tokens, each class's sum in token order (as one pass per class)
         counts = self.counts
-        pairs = tuple(zip(range(len(classes)), classes, dens, strict=True))
+        pairs = tuple(enumerate(dens))
         for token, f in x.items():
-            row = counts.get(token)
-            if row is None:
-                continue
-            for i, c, den in pairs:
-                totals[i] += f * (log(row.get(c, 0.0) + alpha) - den)
+            lc = logs.get(token)
+            if lc is None:
+                row = counts.get(token)
+                if row is None:
+                    continue
+                lc = logs[token] = tuple([log(row.get(c, 0.0) + alpha) for c in classes])
+            for i, den in pairs:
+                totals[i] += f * (lc[i] - den)
         joint = dict(zip(classes, totals, strict=True))
         top = max(joint.values())
         exp = {c: math.exp(v - top) for c, v in joint.items()}
@@ -98,7 +109,10 @@ class SentimentModel(Snapshotting):
             raise ValueError(f"sentiment label must be one of {LABELS}, got {label!r}")
         self.class_counts[label] = self.class_counts.get(label, 0) + 1
         total = 0.0
+        logs = getattr(self, "_logs", None)
         for token, f in tokens(text).items():
+            if logs:
+                logs.pop(token, None)
             row = self.counts.get(token)
             if row is None:
                 if len(self.counts) >= self.max_vocab:

@@ -32,11 +32,9 @@ from online_models.checkpoint import Snapshotting
 from online_models.drift import Alert, DriftMonitor
 from online_models.features import (
     DEFAULT_TOUCHPOINTS,
-    FEATURE_NAMES,
     CustomerFeatures,
     Vectorizer,
-    features,
-    model_vector,
+    summary_vector,
 )
 from online_models.lookalike import LookalikeModel
 from online_models.nba import Matrix, absorption_probabilities, next_best_action, odds
@@ -113,6 +111,10 @@ class CustomerModelState:
     p_churn: float = 0.5
     top_features: tuple[tuple[str, float], ...] = ()
     lookalike: float | None = None
+    # the summary's counts as the model vectors need them, moved on per event in O(1)
+    # (`Vectorizer.counts`); None until the first event (and in states pickled before them)
+    counts: list[float] | None = None
+    cells: list[int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,7 +291,14 @@ class ModelSuite(Snapshotting):
         sent = self.sentiment.predict(ev.text) if ev.text else None
         if sent is not None and sent.label is not None:
             summary.add_sentiment(sent.score)
+        n_moves = len(summary.transitions)
         summary.update(ev, conversion=self._conversion, churn=self._churn)
+        counts = getattr(state, "counts", None)
+        cells = getattr(state, "cells", None)
+        if counts is None or cells is None:
+            state.counts, state.cells = self.vectorizer.counts(summary)
+        else:
+            self.vectorizer.count_event(summary, counts, cells, tp, ev.channel, n_moves)
         is_outcome = tp in self._conversion or tp in self._churn
 
         # test: the models as they were before this event
@@ -419,20 +428,23 @@ class ModelSuite(Snapshotting):
         customer's next event (see `_reopen`)."""
         vec = self.vectorizer
         states = [self.open_sessions.pop(cid) for cid in cids]
-        xp_rows: list[list[float]] = []
-        xb_rows: list[list[float]] = []
-        journeys = []
         for st in states:
-            xp, xb = vec.rows(st.features)
-            xp_rows.append(xp)
-            xb_rows.append(xb)  # type: ignore[arg-type]
-            journeys.append(vec.journey(st.features))
-        xps = np.array(xp_rows)
-        segments = self.segments.assign_many(journeys)
+            if getattr(st, "counts", None) is None or getattr(st, "cells", None) is None:
+                st.counts, st.cells = vec.counts(st.features)
+        xps, xbs, idx, val, starts = vec.batch(
+            [st.features for st in states],
+            [st.counts for st in states],  # type: ignore[misc]
+            [st.cells for st in states],  # type: ignore[misc]
+        )
+        segments = self.segments.assign_flat(idx, val, starts)
         p_convert, contrib, fitted = self.convert.score_many(xps, segments)
         p_churn = self.churn.score_many(xps, segments, explain=False)[0].tolist()
         tops = top_many(vec.propensity_names, contrib, fitted)
-        looks = self.lookalike.score_many(np.array(xb_rows))
+        looks = self.lookalike.score_many(xbs)
+        # copies: the segment reservoir keeps some, and a view would keep the whole batch
+        ends = [*starts[1:].tolist(), len(idx)]
+        journeys = [(idx[a:b].copy(), val[a:b].copy())
+                    for a, b in zip(starts.tolist(), ends, strict=True)]
         p_list = p_convert.tolist()
         for i, (cid, st) in enumerate(zip(cids, states, strict=True)):
             if segments[i] != st.segment:
@@ -468,9 +480,7 @@ class ModelSuite(Snapshotting):
             self.churn.observe(cid, ts, xp, segment, state.p_churn)
         if summary.n_events < self.config.segment_min_events:
             return
-        change = self.segments.learn_sparse(
-            cid, idx, val, lambda: model_vector(features(summary, ts), FEATURE_NAMES)
-        )
+        change = self.segments.learn_sparse(cid, idx, val, lambda: summary_vector(summary, ts))
         if change is not None:
             self.n_reclusterings += 1
             # A segment's history keeps its meaning while the segment keeps its customers:

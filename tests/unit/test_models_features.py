@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import random
 
 import numpy as np
 
@@ -15,7 +16,9 @@ from online_models.features import (
     Vectorizer,
     features,
     model_vector,
+    summary_vector,
 )
+from processors.events import CHANNELS
 from tests.factories import HOUR_MS, MIN_MS, T0_MS, event
 
 # t (min): 0 landing  2 pricing  |3 h|  182 feature_use  184 support_ticket  |20 h|  purchase
@@ -111,3 +114,63 @@ def test_propensity_and_behaviour_vectors_match_their_names() -> None:
     # the last touchpoint (purchase) is an outcome, not a place in the journey: no one-hot
     assert not any(x for k, x in named.items() if k.startswith("last_"))
     assert math.isclose(named["tp_landing_page"], 1 / 4)  # shares of the 4 non-outcome events
+
+
+def _random_journeys(seed: int, n_customers: int) -> list[list[tuple[int, str, str]]]:
+    """Journeys with outcomes, unknown names (past the summary's caps for some), late events
+    and every channel: (minute, touchpoint, channel)."""
+    rng = random.Random(seed)
+    known = list(Vectorizer().touchpoints)
+    out = []
+    for c in range(n_customers):
+        names = known + [f"x{i}" for i in range(90)] if c % 3 == 0 else known
+        n = rng.randint(1, 400 if c % 3 == 0 else 30)
+        minute = 0
+        steps = []
+        for _ in range(n):
+            minute += rng.choice((1, 3, 20, 200, 3000))
+            late = rng.random() < 0.1
+            steps.append((minute - 500 if late else minute, rng.choice(names),
+                          rng.choice(CHANNELS)))
+        out.append(steps)
+    return out
+
+
+def test_counts_kept_per_event_equal_counts_from_the_summary() -> None:
+    v = Vectorizer()
+    for steps in _random_journeys(1, 12):
+        s = CustomerFeatures()
+        counts, cells = v.counts(s)
+        for minute, tp, channel in steps:
+            n_moves = len(s.transitions)
+            s.update(event(tp, at_ms=T0_MS + minute * MIN_MS, channel=channel))
+            v.count_event(s, counts, cells, tp, channel, n_moves)
+            assert (counts, cells) == v.counts(s)
+
+
+def test_batch_vectors_equal_each_customers_vectors_exactly() -> None:
+    v = Vectorizer()
+    summaries = []
+    for steps in _random_journeys(2, 40):
+        s = CustomerFeatures()
+        for minute, tp, channel in steps:
+            s.update(event(tp, at_ms=T0_MS + minute * MIN_MS, channel=channel,
+                           revenue=12.5 if tp == "purchase" else None))
+        summaries.append(s)
+    counts, cells = zip(*(v.counts(s) for s in summaries), strict=True)
+    xp, xb, idx, val, starts = v.batch(summaries, list(counts), list(cells))
+    ends = [*starts[1:].tolist(), len(idx)]
+    for r, s in enumerate(summaries):
+        p, b = v.vectors(s)
+        assert np.array_equal(xp[r], p) and np.array_equal(xb[r], b)
+        j_idx, j_val = v.journey(s)
+        assert np.array_equal(idx[starts[r]:ends[r]], j_idx)
+        assert np.array_equal(val[starts[r]:ends[r]], j_val)
+
+
+def test_summary_vector_is_the_model_vector_of_the_features() -> None:
+    s = _summary()
+    for now in (T0_MS, T0_MS + 30 * HOUR_MS):
+        assert np.array_equal(summary_vector(s, now), model_vector(features(s, now)))
+    empty = CustomerFeatures()
+    assert np.array_equal(summary_vector(empty, T0_MS), model_vector(features(empty, T0_MS)))
