@@ -1,6 +1,7 @@
 """Identity resolution throughput: in memory, and against real Redis next to a plain HGET loop.
 
     python bench/bench_identity.py [--events 200000] [--batch 1000] [--redis-url URL]
+    python bench/bench_identity.py --workers 2    # only: 2 worker processes sharing customers
 
 Prints events/s of the in-memory resolver (one core, CPU time) next to a bare union-find over
 the same raw identifiers (its baseline), of the resolver on the Redis store (one worker: one
@@ -18,6 +19,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -148,6 +150,51 @@ def bench_redis(events: list[TouchpointEvent], size: int, url: str) -> tuple[flo
         store.clear()
 
 
+def _one_of_several(
+    n: int, size: int, url: str, prefix: str, part: int, n_workers: int, start: Any, out: Any
+) -> None:
+    from sinks.identity_redis import RedisIdentityStore
+
+    events = make_events(n)[part::n_workers]
+    store = RedisIdentityStore(url, prefix=prefix)
+    resolver = IdentityResolver(IdentityConfig(), "bench-salt", store)
+    start.wait()
+    started = time.perf_counter()
+    for batch in batches(events, size):
+        resolver.resolve_batch(batch)
+    out.put((len(events), time.perf_counter() - started, store.n_conflicting_commits))
+
+
+def bench_several(n: int, size: int, url: str, n_workers: int) -> None:
+    """`n_workers` processes resolving interleaved slices of the same events (so they share
+    customers) against one Redis at the same time: their total rate and retried commits."""
+    import multiprocessing as mp
+
+    from sinks.identity_redis import RedisIdentityStore
+
+    prefix = f"bench:id:{os.getpid()}:several"
+    RedisIdentityStore(url, prefix=prefix).clear()
+    ctx = mp.get_context("spawn")
+    start, out = ctx.Barrier(n_workers), ctx.Queue()
+    procs = [
+        ctx.Process(target=_one_of_several, args=(n, size, url, prefix, i, n_workers, start, out))
+        for i in range(n_workers)
+    ]
+    try:
+        for proc in procs:
+            proc.start()
+        reports = [out.get(timeout=600) for _ in procs]
+        for proc in procs:
+            proc.join()
+    finally:
+        RedisIdentityStore(url, prefix=prefix).clear()
+    total = sum(r[0] for r in reports) / max(r[1] for r in reports)
+    print(
+        f"{n_workers} workers, shared customers: {total:>10,.0f} events/s in total, "
+        f"{sum(r[2] for r in reports)} conflicting commits in {n // size} batches"
+    )
+
+
 def _server_cpu_s(client: object) -> float:
     info = client.info("cpu")  # type: ignore[attr-defined]
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
@@ -167,7 +214,14 @@ def main() -> None:
         default=os.environ.get("JOURNEYMAP_REDIS__URL", "redis://127.0.0.1:6379/0"),
     )
     parser.add_argument("--no-redis", action="store_true")
+    parser.add_argument(
+        "--workers", type=int, default=0,
+        help="also run this many worker processes on interleaved slices of the events at once",
+    )
     args = parser.parse_args()
+    if args.workers:
+        bench_several(args.events, args.batch, args.redis_url, args.workers)
+        return
 
     events = make_events(args.events)
     # The events are built up front; keep the collector from re-scanning them in every batch
