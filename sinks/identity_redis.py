@@ -17,7 +17,8 @@ has not cached, and the read first checks the tokens of the cached customers the
 another writer made, later batches skip the read altogether, one round trip per batch, and
 rely on the commit's checks; a failed commit drops the cache and reading starts again. A
 decision is only kept in the cache once Redis accepted it. Anything else that changes the
-graph (``journeymap forget``) must change or delete the customer records it touches.
+graph (``journeymap forget``) must change or delete the customer records it touches. One store
+resolves one batch at a time (like the resolver; the ingest agent awaits each batch).
 
 Layout under the key prefix ``P`` (identifiers appear only as salted SHA-256 hashes):
 
