@@ -51,7 +51,7 @@ from processors.validation import Accepted, DeadLetter, Source, decode, decode_b
 from sinks import clickhouse as ch
 from sinks.alerts import encode_alert
 from sinks.checkpoints import CheckpointStore
-from streams.delivery import Outgoing, OutputProducer
+from streams.delivery import Outgoing, OutputProducer, ProducerFatalError
 from streams.outputs import (
     Rows,
     add_rows,
@@ -317,13 +317,13 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
             if expects:  # on the broker before anything else of the batch is produced
                 for message in expects:
                     producer.send(*message)
-                await asyncio.to_thread(producer.deliver)
+                await _deliver(producer)
             for message in produced:
                 producer.send(*message)
             for fut in await asyncio.gather(*sends):
                 await fut
             await app.producer.flush()
-            await asyncio.to_thread(producer.deliver)
+            await _deliver(producer)
             if resolved is not None and resolved.merges:  # produced: out of the outbox
                 await asyncio.to_thread(runtime.resolver.store.ack_merges,  # type: ignore[attr-defined]
                                         resolved.merges)
@@ -452,7 +452,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
         for fut in await asyncio.gather(*sends):
             await fut
         await app.producer.flush()
-        await asyncio.to_thread(runtime.outputs.deliver)
+        await _deliver(runtime.outputs)
         now = time.monotonic()
         for p, part, _ in outputs:
             if runtime.partitions.get(p) is not part:  # revoked meanwhile: not ours to save
@@ -563,6 +563,17 @@ def _observe(runtime: Runtime, agent: str, batch: Sequence[Any], next_of: dict[i
             continue
         if high is not None:
             m.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - runtime.next_offsets[tp]))
+
+
+async def _deliver(producer: OutputProducer) -> None:
+    """Wait until the broker has everything produced; exit the worker if it never can."""
+    try:
+        await asyncio.to_thread(producer.deliver)
+    except ProducerFatalError as exc:
+        # Restarted, the worker resumes every partition from its checkpoint and the raw topic
+        # from its committed offset: nothing unconfirmed was acknowledged.
+        log.critical("%s; exiting for a restart", exc)
+        os._exit(70)
 
 
 def _pairs(accepted: Sequence[Accepted], batch: Sequence[Any]) -> list[tuple[Accepted, Any]]:

@@ -46,6 +46,10 @@ def produce(producer: Producer, message: Outgoing, on_delivery: Any) -> None:
             producer.poll(0.05)
 
 
+class ProducerFatalError(RuntimeError):
+    """librdkafka reported a fatal error: this producer cannot deliver anything any more."""
+
+
 class OutputProducer:
     """Produce to any topic; :meth:`deliver` waits until everything produced is acknowledged.
 
@@ -70,6 +74,7 @@ class OutputProducer:
         self._producer = Producer(conf)
         self._unconfirmed = 0
         self._failed: list[Outgoing] = []
+        self._fatal: KafkaError | None = None
         self.n_delivered = 0
         self.n_retried = 0
 
@@ -84,6 +89,9 @@ class OutputProducer:
         if err is None:
             self.n_delivered += 1
             return
+        if err.fatal():  # e.g. the idempotent producer lost its sequence: nothing more gets out
+            self._fatal = err
+            return
         _kind, timestamp_ms = msg.timestamp()
         self._failed.append((msg.topic() or "", msg.key(), msg.value() or b"",
                              msg.headers() or None, timestamp_ms or None))
@@ -93,10 +101,14 @@ class OutputProducer:
         """Block until every message sent so far is acknowledged; failed ones are re-produced.
 
         Waits as long as the broker is away (the batch is then not checkpointed, like a batch
-        whose rows ClickHouse did not take). Call it in a thread from async code.
+        whose rows ClickHouse did not take). Call it in a thread from async code. A fatal
+        producer error raises :class:`ProducerFatalError` instead of retrying for ever: the
+        worker then exits and resumes from its checkpoints when restarted.
         """
         while True:
             self._producer.flush(retry_every_s)
+            if self._fatal is not None:
+                raise ProducerFatalError(f"Kafka producer failed for good: {self._fatal}")
             failed, self._failed = self._failed, []
             for message in failed:
                 self.n_retried += 1

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from streams.delivery import OutputProducer
+from streams.delivery import OutputProducer, ProducerFatalError
 from tests.integration import test_producer as producer_tests
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -73,3 +73,15 @@ def test_headers_and_timestamps_arrive_as_given(bootstrap: str, topic: str) -> N
         consumer.close()
     assert got[0] == (b"expect", [("jm-type", b"expect")], 1_700_000_000_123)
     assert got[1][0] == b"event" and got[1][1] is None and got[1][2] > 1_700_000_000_123
+
+
+def test_a_fatal_producer_error_raises_instead_of_retrying_for_ever(bootstrap: str,
+                                                                    topic: str) -> None:
+    # librdkafka reports a fatal error (e.g. an idempotent producer's lost sequence) through
+    # the delivery callback; no broker can be made to produce one on demand, so it is handed in.
+    producer = OutputProducer(bootstrap)
+    producer.send(topic, b"k", b"v")
+    producer.deliver()
+    producer._on_delivery(KafkaError(KafkaError._FATAL, "sequence lost", fatal=True), None)
+    with pytest.raises(ProducerFatalError, match="sequence lost"):
+        producer.deliver()
