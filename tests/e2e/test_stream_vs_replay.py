@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from processors.errors import QueryError
 from sinks.clickhouse import Store, connect, run_query
 from streams.producer import EventProducer
 from streams.services import ServiceManager
@@ -73,13 +74,23 @@ ROWS = {
     "touchpoint, segment FROM touchpoints AS t LEFT JOIN (SELECT customer_id, winner FROM "
     "customer_map) AS m ON t.customer_id = m.customer_id "
     "WHERE toUnixTimestamp64Milli(occurred_at) < {cutoff:Int64} ORDER BY c, occurred_at, event_id",
+    "identity": "SELECT ifNull(m.winner, l.customer_id) AS c, l.customer_id, kind, id_hash "
+    "FROM identity_links AS l LEFT JOIN (SELECT customer_id, winner FROM customer_map) AS m "
+    "ON l.customer_id = m.customer_id WHERE {cutoff:Int64} > 0 ORDER BY c, kind, id_hash",
+    "merges": "SELECT loser, winner, evidence_event_id FROM identity_merges "
+    "WHERE {cutoff:Int64} > 0 ORDER BY merged_at, loser",
+    "customer_map": "SELECT customer_id, winner FROM customer_map WHERE {cutoff:Int64} > 0 "
+    "ORDER BY customer_id",
 }
 
 
 def dump_rows(store: Store, cutoff_ms: int, into: Path) -> None:
     into.mkdir(parents=True, exist_ok=True)
     for name, sql in ROWS.items():
-        rows = run_query(store, sql, {"cutoff": str(cutoff_ms)}).rows
+        try:  # a diagnosis only: never hide the comparison's own failure
+            rows = run_query(store, sql, {"cutoff": str(cutoff_ms)}).rows
+        except QueryError as exc:
+            rows = [("query failed:", exc)]
         (into / f"{name}.tsv").write_text("".join("\t".join(map(str, r)) + "\n" for r in rows))
 
 
