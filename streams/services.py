@@ -226,8 +226,14 @@ def _tail(path: Path, n_lines: int = 15) -> str:
 
 
 def _kafka_cluster_id() -> str:
-    """A Kafka cluster id: 16 random bytes, url-safe base64 without padding (Kafka's Uuid)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A Kafka cluster id: 16 random bytes, url-safe base64 without padding (Kafka's Uuid).
+
+    Like Kafka's ``Uuid.randomUuid``, never one starting with "-": `kafka-storage format -t`
+    would read it as an option and fail (one start in 64 did)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):
+            return cid
 
 
 def default_cache_dir() -> Path:
