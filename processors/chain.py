@@ -213,7 +213,7 @@ class JourneyChain:
         out = out if out is not None else ChainOutput()
         for merge in merges:
             out.merges.append(merge)
-            self._renamed.pop(merge.winner, None)  # a winner may be an id merged away before
+            self._unrename(merge.winner)  # a winner may be an id merged away before
             self._renamed[merge.loser] = merge.winner
             self.paths.rename(merge.loser, merge.winner)
             self._absorb(self.journeys.merge(merge.loser, merge.winner), out)
@@ -256,7 +256,7 @@ class JourneyChain:
         # too (left here, they would reach these funnels, where `winner` has no run).
         ours = {cid for cid in self._renamed if self._winner(cid) == loser}
         ours.add(loser)
-        self._renamed.pop(winner, None)
+        self._unrename(winner)
         self._renamed[loser] = winner
         mine = [entry for entry in self._pending if entry[-1].customer_id in ours]
         if mine:
@@ -339,7 +339,29 @@ class JourneyChain:
     def revive(self, customer_id: str) -> None:
         """`customer_id`, merged away before, is a merge winner again (an earlier identifier
         made it canonical): its events stay here instead of following the old merge."""
-        self._renamed.pop(customer_id, None)
+        self._unrename(customer_id)
+
+    def _unrename(self, customer_id: str) -> None:
+        """`customer_id` names a customer again. What was merged away under that id before
+        stays with the customer it was merged into: waiting events still filed under the id, and
+        customers renamed to it. (Else a merge cycle, L into W, then W into L by earlier evidence,
+        then L into W again, handed W's old events to the revived W's own waiting list, where a
+        later transfer dropped them as copies it had seen: a whole customer lost.)"""
+        if customer_id not in self._renamed:
+            return
+        owner = self._winner(customer_id)
+        if any(entry[-1].customer_id == customer_id for entry in self._pending):
+            # (ts, seq) keys are unchanged, so the heap order holds
+            self._pending = [
+                (ts, seq, ResolvedEvent(owner, ev.event, ev.segment))
+                if ev.customer_id == customer_id else (ts, seq, ev)
+                for ts, seq, ev in self._pending
+            ]
+        renamed = self._renamed
+        for cid, to in list(renamed.items()):
+            if to == customer_id:
+                renamed[cid] = owner
+        del renamed[customer_id]
 
     def winner_of(self, customer_id: str) -> str | None:
         """The customer `customer_id` was merged into, if it was merged away here."""

@@ -30,10 +30,11 @@ class _Messages:
     def __init__(self) -> None:
         self.offset = -1
 
-    def __call__(self, key: str, kind: bytes, value: bytes) -> Any:
+    def __call__(self, key: str, kind: bytes | None, value: bytes) -> Any:
         self.offset += 1
         return SimpleNamespace(message=SimpleNamespace(
-            offset=self.offset, key=key.encode(), value=value, headers=[(H_TYPE, kind)],
+            offset=self.offset, key=key.encode(), value=value,
+            headers=[(H_TYPE, kind)] if kind else [],
             topic="resolved", partition=0, timestamp=0))
 
 
@@ -69,3 +70,41 @@ def test_partition_states_pickled_before_passed_existed_load() -> None:
     old = PartitionState.__new__(PartitionState)
     old.__setstate__(state)
     assert old.passed == set()
+
+
+def test_a_merge_cycle_keeps_every_event_of_the_customer() -> None:
+    # C1 into C2 and back (C2 into C1 by earlier evidence), the two merges' messages in the
+    # order an outbox re-send can produce (the later merge first), on one partition: after C2
+    # came home into C1 and C2 was revived by the next expect, C2's old waiting event was
+    # filed under the revived C2, and the transfer of C1 dropped it as a copy it had seen.
+    runtime = SimpleNamespace(metrics=Metrics(), models=None)
+    part = PartitionState(JourneyChain(CONFIG))
+    c2_into_c1 = MergeRecord("C2", "C1", "ev-m2", T0_MS + MIN_MS, "earlier_evidence")
+    c1_into_c2 = MergeRecord("C1", "C2", "ev-m1", T0_MS + 30 * MIN_MS, "shared_identifier")
+    msg = _Messages()
+    queue: list[Any] = []
+    released: list[str] = []
+
+    def send(key: str, kind: bytes | None, value: bytes) -> None:
+        queue.append(msg(key, kind, value))
+        while queue:  # this partition's own outputs come back to it
+            out, forwards, transfers, _ = _journey_batch(runtime, part, [queue.pop(0)])
+            released.extend(r.event.event_id for r in out.released)
+            released.extend(x.event.event.event_id for x in out.late)
+            for k, v, headers in forwards + transfers:
+                queue.append(msg(k.decode(), dict(headers).get(H_TYPE), v))
+
+    for cid, tp, minute, eid in [("C1", "landing_page", 10, "a1"), ("C1", "pricing_page", 20, "a2"),
+                                 ("C2", "signup", 25, "d1"), ("C2", "trial_start", 40, "d2"),
+                                 ("C1", "landing_page", 35, "a0")]:
+        event = resolved(cid, tp, T0_MS + minute * MIN_MS, event_id=eid).event
+        send(cid, None, event.model_dump_json().encode())
+    send("C1", b"expect", _control(c2_into_c1))
+    send("C2", b"merge", _control(c2_into_c1))
+    send("C2", b"expect", _control(c1_into_c2))
+    send("C1", b"merge", _control(c1_into_c2))
+    part.chain.hold = None
+    released.extend(r.event.event_id for r in part.chain.finish().released)
+
+    assert sorted(released) == ["a0", "a1", "a2", "d1", "d2"]
+    assert part.awaiting == {}
