@@ -267,16 +267,20 @@ class RedisIdentityStore:
         """Merge records committed at least `older_than_s` ago and not yet acknowledged.
 
         Their worker died between the commit and producing them (or is still busy): produce
-        them again, then :meth:`ack_merges`. Sorted by merge time, then loser.
+        them again, then :meth:`ack_merges`. In commit order (then merge time and loser within
+        one commit): a cycle's two merges (L into W, then W back into L) only make sense in the
+        order they were committed.
         """
         raw = self._call("read the merge outbox", lambda: self.client.hgetall(f"{self.prefix}:mo"))
         limit_ms = int((time.time() - older_than_s) * 1000)
         out = []
         for value in raw.values():  # type: ignore[union-attr]
             d = orjson.loads(value)
-            if d.pop("committed_ms") <= limit_ms:
-                out.append(MergeRecord(**d))
-        return sorted(out, key=lambda m: (m.ts_ms, m.loser))
+            committed_ms = d.pop("committed_ms")
+            if committed_ms <= limit_ms:
+                mr = MergeRecord(**d)
+                out.append((committed_ms, mr.ts_ms, mr.loser, mr))
+        return [entry[-1] for entry in sorted(out, key=lambda e: e[:3])]
 
     def ack_merges(self, merges: Collection[MergeRecord]) -> None:
         """`merges` are produced: drop them from the outbox (idempotent)."""

@@ -380,9 +380,12 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                     "sent (identity outbox)", len(pending))
         await _write(runtime, chain_rows(ChainOutput(merges=pending), int(time.time() * 1000),
                                          0, {}))
-        expects, sends = _merge_messages(pending)
-        for fut in [*await asyncio.gather(*expects), *await asyncio.gather(*sends)]:
-            await fut
+        # One merge after the other, in commit order: two merges of a cycle (L into W, then W
+        # back into L) must reach the partitions in the order they were made.
+        for merge in pending:
+            expects, sends = _merge_messages([merge])
+            for fut in [*await asyncio.gather(*expects), *await asyncio.gather(*sends)]:
+                await fut
         await app.producer.flush()
         await asyncio.to_thread(store.ack_merges, pending)  # type: ignore[attr-defined]
         runtime.metrics.merges_recovered.inc(len(pending))
@@ -763,6 +766,12 @@ def _adopt(part: PartitionState, mr: MergeRecord, package: Any, model_state: Any
     key = _mkey(mr)
     if key in part.adopted:
         return None  # a duplicate (the merge was re-processed after a crash)
+    if mr.winner in part.away and mr.winner == mr.loser:
+        # The loser's own state came home (passed on from its winner, which had been merged
+        # back into it), but the loser left here too (a merge cycle whose messages crossed):
+        # passing it on again would bounce it between the two for ever. Revive it here.
+        part.away.pop(mr.loser)
+        part.chain.revive(mr.loser)
     if mr.winner in part.away:  # the winner was merged away from here meanwhile
         part.passed.add(key)
         return _transfer(mr._replace(winner=part.away[mr.winner]), package, model_state,

@@ -7,10 +7,11 @@ import os
 import uuid
 from collections.abc import Iterator
 
+import orjson
 import pytest
 
 from processors.config import IdentityConfig
-from processors.identity import IdentityResolver
+from processors.identity import IdentityResolver, MergeRecord
 from sinks.identity_redis import RedisIdentityStore
 from tests.factories import MIN_MS, T0_MS, event
 
@@ -62,3 +63,14 @@ def test_a_batch_without_merges_leaves_the_outbox_alone(store: RedisIdentityStor
     first, _ = _two_customers_then_the_link()
     assert resolver.resolve_batch(first).merges == []
     assert store.client.exists(f"{store.prefix}:mo") == 0
+
+
+def test_pending_merges_come_in_commit_order(store: RedisIdentityStore) -> None:
+    # A merge cycle: L into W first, then W back into L by an earlier event. Merge time orders
+    # them the other way round; re-sent in that order, the partitions would undo the cycle.
+    first = MergeRecord("L", "W", "ev-1", T0_MS + 30 * MIN_MS, "shared_identifier")
+    then = MergeRecord("W", "L", "ev-2", T0_MS + MIN_MS, "earlier_evidence")
+    for committed_ms, mr in [(1_000, first), (2_000, then)]:
+        store.client.hset(f"{store.prefix}:mo", f"{mr.loser}|{mr.evidence_event_id}",
+                          orjson.dumps({**mr._asdict(), "committed_ms": committed_ms}))
+    assert store.pending_merges() == [first, then]

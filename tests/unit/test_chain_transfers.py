@@ -72,22 +72,25 @@ def test_partition_states_pickled_before_passed_existed_load() -> None:
     assert old.passed == set()
 
 
-def test_a_merge_cycle_keeps_every_event_of_the_customer() -> None:
-    # C1 into C2 and back (C2 into C1 by earlier evidence), the two merges' messages in the
-    # order an outbox re-send can produce (the later merge first), on one partition: after C2
-    # came home into C1 and C2 was revived by the next expect, C2's old waiting event was
-    # filed under the revived C2, and the transfer of C1 dropped it as a copy it had seen.
+C2_INTO_C1 = MergeRecord("C2", "C1", "ev-m2", T0_MS + MIN_MS, "earlier_evidence")
+C1_INTO_C2 = MergeRecord("C1", "C2", "ev-m1", T0_MS + 30 * MIN_MS, "shared_identifier")
+
+
+def _cycle(controls: list[tuple[str, bytes, MergeRecord]]) -> tuple[list[str], PartitionState]:
+    """Two customers on one partition, then merge `controls` (key, kind, merge) each handled
+    as it comes, with the partition's own outputs (forwards, transfers) coming back to it."""
     runtime = SimpleNamespace(metrics=Metrics(), models=None)
     part = PartitionState(JourneyChain(CONFIG))
-    c2_into_c1 = MergeRecord("C2", "C1", "ev-m2", T0_MS + MIN_MS, "earlier_evidence")
-    c1_into_c2 = MergeRecord("C1", "C2", "ev-m1", T0_MS + 30 * MIN_MS, "shared_identifier")
     msg = _Messages()
     queue: list[Any] = []
     released: list[str] = []
 
     def send(key: str, kind: bytes | None, value: bytes) -> None:
         queue.append(msg(key, kind, value))
-        while queue:  # this partition's own outputs come back to it
+        steps = 0
+        while queue:
+            steps += 1
+            assert steps < 100, "messages bounce between customers for ever"
             out, forwards, transfers, _ = _journey_batch(runtime, part, [queue.pop(0)])
             released.extend(r.event.event_id for r in out.released)
             released.extend(x.event.event.event_id for x in out.late)
@@ -99,12 +102,28 @@ def test_a_merge_cycle_keeps_every_event_of_the_customer() -> None:
                                  ("C1", "landing_page", 35, "a0")]:
         event = resolved(cid, tp, T0_MS + minute * MIN_MS, event_id=eid).event
         send(cid, None, event.model_dump_json().encode())
-    send("C1", b"expect", _control(c2_into_c1))
-    send("C2", b"merge", _control(c2_into_c1))
-    send("C2", b"expect", _control(c1_into_c2))
-    send("C1", b"merge", _control(c1_into_c2))
+    for key, kind, mr in controls:
+        send(key, kind, _control(mr))
     part.chain.hold = None
     released.extend(r.event.event_id for r in part.chain.finish().released)
+    return sorted(released), part
 
-    assert sorted(released) == ["a0", "a1", "a2", "d1", "d2"]
+
+def test_a_merge_cycle_keeps_every_event_of_the_customer() -> None:
+    # C1 into C2 and back (C2 into C1 by earlier evidence), the later merge's messages first
+    # (an outbox re-send in merge-time order): after C2 came home into C1 and C2 was revived by
+    # the next expect, C2's old waiting event was filed under the revived C2, and the transfer
+    # of C1 dropped it as a copy it had seen.
+    released, part = _cycle([("C1", b"expect", C2_INTO_C1), ("C2", b"merge", C2_INTO_C1),
+                             ("C2", b"expect", C1_INTO_C2), ("C1", b"merge", C1_INTO_C2)])
+    assert released == ["a0", "a1", "a2", "d1", "d2"]
+    assert part.awaiting == {}
+
+
+def test_a_merge_cycle_whose_messages_cross_does_not_bounce_for_ever() -> None:
+    # Both expects before both merges (a re-send of both at once): each customer leaves for
+    # the other, and each transfer was passed on to the other's winner without end.
+    released, part = _cycle([("C2", b"expect", C1_INTO_C2), ("C1", b"expect", C2_INTO_C1),
+                             ("C1", b"merge", C1_INTO_C2), ("C2", b"merge", C2_INTO_C1)])
+    assert released == ["a0", "a1", "a2", "d1", "d2"]
     assert part.awaiting == {}
