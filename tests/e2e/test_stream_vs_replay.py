@@ -252,19 +252,13 @@ def _wait_equal(target: ClickHouseSettings, want: dict[str, tuple[Any, ...]], cu
     return got
 
 
-# Seen in 3 of ~12 disrupted runs (none clean or kill -9): see docs/streaming.md.
-_CYCLE = ("known open bug (docs/streaming.md, 'Known problem: a customer lost in a merge "
-          "cycle'): a customer re-keyed by earlier evidence after being merged away can end with "
-          "its touchpoints never released when merge messages are also re-sent from the outbox")
-
-
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize(
     "disruption", [
         "clean",
         "kill-9-and-restart",
-        pytest.param("clickhouse-outage-30s", marks=pytest.mark.xfail(strict=False, reason=_CYCLE)),
-        pytest.param("redis-restart", marks=pytest.mark.xfail(strict=False, reason=_CYCLE)),
+        "clickhouse-outage-30s",
+        "redis-restart",
     ],
 )
 def test_two_workers_on_four_partitions_equal_the_replay(
