@@ -28,6 +28,7 @@ from confluent_kafka.admin import AdminClient
 
 from processors.config import IdentityConfig
 from processors.errors import ServiceUnavailable
+from streams.delivery import produce
 
 KEY_ORDER: Final = ("user_id", "crm_id", "email", "device_id", "anonymous_id")
 IGNORED_VALUES: Final = frozenset(IdentityConfig().ignored_values)
@@ -182,15 +183,8 @@ class EventProducer:
             self._limiter.acquire()
         if key is _AUTO:
             key = key_of(value)
-        while True:
-            try:
-                self._producer.produce(
-                    self.topic, value=value, key=key, on_delivery=self._on_delivery  # type: ignore[arg-type]
-                )
-                break
-            except BufferError:
-                # The local queue is full: serve delivery reports until there is room.
-                self._producer.poll(0.05)
+        produce(self._producer, (self.topic, key, value, None, None),  # type: ignore[arg-type]
+                self._on_delivery)
         self.stats.n_sent += 1
         self._producer.poll(0)
 
