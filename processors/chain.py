@@ -253,9 +253,12 @@ class JourneyChain:
         `winner` from now on (see :meth:`winner_of`).
         """
         # Waiting events of customers merged into `loser` here before are `loser`'s: they go
-        # too (left here, they would reach these funnels, where `winner` has no run).
-        ours = {cid for cid in self._renamed if self._winner(cid) == loser}
-        ours.add(loser)
+        # too (left here, they would reach these funnels, where `winner` has no run). Only the
+        # ids of waiting events are looked up: every id ever merged away here would make each
+        # merge cost as much as all the merges before it (quadratic over a long stream).
+        ours = {loser}
+        ours.update(cid for cid in {entry[-1].customer_id for entry in self._pending}
+                    if cid in self._renamed and self._winner(cid) == loser)
         self._unrename(winner)
         self._renamed[loser] = winner
         mine = [entry for entry in self._pending if entry[-1].customer_id in ours]
