@@ -1,6 +1,7 @@
 """Decode + validate throughput: events/s on one core, next to `orjson.loads` of the same bytes.
 
     python bench/bench_decode.py [--events 200000] [--repeat 3] [--batch 1000]
+    valgrind --tool=callgrind python bench/bench_decode.py --events 2000 --only batch --rounds 5
 
 Times `decode_batch` (what the chain and the worker call, batches of `--batch` messages with
 their Kafka positions, made before the timing), `decode_lines` (what the replay calls: the
@@ -8,6 +9,10 @@ same batches as file lines, their positions made inside the timing, as every rea
 and `decode` one message at a time, all against plain `orjson.loads`.
 The passes are interleaved and the best CPU time of each is kept, so a shared machine skews
 them alike. Target (issue 2): >= 200k validated events/s.
+
+`--only PASS --rounds R` runs one pass R times without timing or output, for an instruction
+count that does not depend on the machine's load: the difference between `--rounds 5` and
+`--rounds 1` under callgrind, divided by 4 x `--events`, is the pass's instructions per event.
 """
 
 from __future__ import annotations
@@ -107,6 +112,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--batch", type=int, default=1_000)
+    parser.add_argument("--only", choices=["orjson", "batch", "lines", "each"])
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     messages = make_messages(args.events)
     # Kafka hands every message over with its position; build them outside the timing.
@@ -117,16 +124,18 @@ def main() -> None:
     # (a worker holds one batch at a time, not the whole stream).
     gc.collect()
     gc.freeze()
-    rates = best_rates(
-        {
-            "orjson": lambda: parse_only(messages),
-            "batch": lambda: decode_batches(batches),
-            "lines": lambda: decode_files(chunks),
-            "each": lambda: decode_each(batches),
-        },
-        len(messages),
-        args.repeat,
-    )
+    passes: dict[str, Callable[[], int]] = {
+        "orjson": lambda: parse_only(messages),
+        "batch": lambda: decode_batches(batches),
+        "lines": lambda: decode_files(chunks),
+        "each": lambda: decode_each(batches),
+    }
+    if args.only:
+        passes[args.only]()  # once before the counted rounds: first-call costs
+        for _ in range(args.rounds):
+            assert passes[args.only]() == len(messages)
+        return
+    rates = best_rates(passes, len(messages), args.repeat)
     base, rate = rates["orjson"], rates["batch"]
     print(f"events: {len(messages)}  mean size: {sum(map(len, messages)) / len(messages):.0f} B")
     print(f"baseline orjson.loads:          {base:12,.0f} events/s")
