@@ -24,7 +24,7 @@ import redis
 
 from processors.config import IdentityConfig
 from processors.events import TouchpointEvent
-from processors.identity import IdentityResolver, InMemoryIdentityStore
+from processors.identity import KIND_CODE, IdentityResolver, InMemoryIdentityStore
 from sinks.identity_redis import RedisIdentityStore, RetryPolicy
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -222,3 +222,158 @@ def test_retry_gives_up_after_max_wait_with_a_clear_error() -> None:
     resolver = IdentityResolver(CONFIG, SALT, store)
     with pytest.raises(ServiceUnavailable, match="nothing was committed"):
         resolver.resolve_batch(stream(16, 1))
+
+
+# -- two workers against a Redis that loses its state -----------------------------------------
+# Two workers resolve interleaved batches full of merges; then Redis forgets writes behind their
+# backs: a flush, a restart that kept only an older state (writes lost after their commit was
+# answered), or a clean restart that kept everything. Whatever a worker still holds from before
+# (the store's worker cache, where it has one), no later commit may be decided on it: the graph
+# Redis ends with, and every output the workers gave that Redis kept, must be the in-memory
+# answer over the batches Redis kept.
+
+MERGING = IdentityConfig(unique_kinds=[], max_customers_per_identifier=1_000_000)
+
+
+def merging_stream(n: int, seed: int) -> list[TouchpointEvent]:
+    """Neighbouring customers share devices and emails, and event times jump back and forth,
+    so batches merge known customers, rename them by earlier evidence and close cycles."""
+    rng = random.Random(seed)
+    n_customers = max(4, n // 12)
+    out = []
+    for i in range(n):
+        c = rng.randrange(n_customers)
+        ids = {"anonymous_id": f"cookie-{c}-{rng.randrange(3)}"}
+        r = rng.random()
+        if r < 0.25:
+            ids["device_id"] = f"device-{(c + rng.randrange(2)) // 2}"
+        elif r < 0.4:
+            ids["email"] = f"c{(c + rng.randrange(3)) // 3}@example.com"
+        elif r < 0.5:
+            ids["user_id"] = f"user-{c}"
+        out.append(
+            TouchpointEvent.model_validate(
+                {
+                    "event_id": f"ev-{i}",
+                    "occurred_at": T0_MS + rng.randrange(3_600_000),
+                    "channel": "web",
+                    "touchpoint": "landing_page",
+                    "identities": ids,
+                }
+            )
+        )
+    return out
+
+
+class _Followed:
+    """What downstream sees: outputs named by the customer of their batch, renamed by every
+    merge record in the order the commits made them."""
+
+    def __init__(self) -> None:
+        self.name: dict[str, str] = {}
+        self.links: list[tuple[str, str, str]] = []  # kind, id hash, customer when emitted
+        self.events: list[tuple[TouchpointEvent, str]] = []
+
+    def add(self, result: object) -> None:
+        for mr in result.merges:  # type: ignore[attr-defined]
+            for cid, now in self.name.items():
+                if now == mr.loser:
+                    self.name[cid] = mr.winner
+            self.name.setdefault(mr.loser, mr.winner)
+        for link in result.links:  # type: ignore[attr-defined]
+            self.links.append((link.kind, link.id_hash, link.customer_id))
+            self.name.setdefault(link.customer_id, link.customer_id)
+        for rev in result.resolved:  # type: ignore[attr-defined]
+            self.events.append((rev.event, rev.customer_id))
+            self.name.setdefault(rev.customer_id, rev.customer_id)
+
+    def final(self, cid: str) -> str:
+        return self.name.get(cid, cid)
+
+
+def _snapshot(client: redis.Redis, prefix: str) -> dict[str, bytes]:
+    return {k: client.dump(k) for k in client.scan_iter(match=f"{prefix}:*", count=1000)}
+
+
+def _forget(client: redis.Redis, prefix: str) -> None:
+    for k in list(client.scan_iter(match=f"{prefix}:*", count=1000)):
+        client.delete(k)
+
+
+@pytest.mark.parametrize("loss", ["flush", "lost-writes", "restart"])
+def test_two_workers_after_redis_forgot_give_the_in_memory_answer(
+    prefix: str, loss: str, tmp_path: Path
+) -> None:
+    events = merging_stream(3_000, 17)
+    batches = [events[i : i + 25] for i in range(0, len(events), 25)]
+    phases = [batches[:40], batches[40:80], batches[80:]]
+    server = None
+    url = REDIS_URL
+    if loss == "restart":
+        if shutil.which("redis-server") is None:
+            pytest.skip("needs the redis-server binary")
+        port = _free_port()
+        server = _start_redis(port, tmp_path)
+        url = f"redis://127.0.0.1:{port}/0"
+    try:
+        stores = [RedisIdentityStore(url, prefix=prefix) for _ in range(2)]
+        workers = [IdentityResolver(MERGING, SALT, s) for s in stores]
+        raw = redis.Redis.from_url(url)
+        outputs: list[list[object]] = [[], [], []]
+        rng = random.Random(5)
+
+        def run(phase: int) -> None:
+            for batch in phases[phase]:
+                outputs[phase].append(workers[rng.randrange(2)].resolve_batch(batch))
+
+        run(0)
+        kept = _snapshot(raw, prefix)
+        run(1)
+        resets: list[int] = []
+        for s in stores:  # a worker cache dropped because Redis no longer held what it held
+            if hasattr(s, "_reset"):
+                s._reset = (lambda reset: lambda: resets.append(1) or reset())(s._reset)  # type: ignore[method-assign]
+        if loss == "flush":
+            _forget(raw, prefix)
+            survived = [2]
+        elif loss == "lost-writes":  # Redis came back with the state after phase 0 only
+            _forget(raw, prefix)
+            for key, value in kept.items():
+                raw.restore(key, 0, value)
+            survived = [0, 2]
+        else:  # SIGTERM: the append-only file has every answered write
+            assert server is not None
+            server.terminate()
+            server.wait(timeout=30)
+            server = _start_redis(port, tmp_path)
+            survived = [0, 1, 2]
+        run(2)
+        if loss != "restart" and hasattr(stores[0], "_reset"):
+            assert resets  # the warm caches were used after the loss, and caught
+
+        memory = IdentityResolver(MERGING, SALT)
+        followed = _Followed()
+        for phase in survived:
+            for batch, result in zip(phases[phase], outputs[phase], strict=True):
+                memory.resolve_batch(batch)
+                followed.add(result)
+        assert not any(r.conflicts for p in survived for r in outputs[p])  # type: ignore[attr-defined]
+        assert isinstance(memory.store, InMemoryIdentityStore)
+        assert stores[0].partition() == memory.store.graph.partition()
+
+        # Every identifier a worker linked, and every event it resolved, ends (following the
+        # merge records) with the customer the in-memory answer gives it: none under two.
+        graph = memory.store.graph
+        finals: dict[tuple[str, str], set[str]] = {}
+        for kind, id_hash, cid in followed.links:
+            finals.setdefault((kind, id_hash), set()).add(followed.final(cid))
+        assert finals
+        for (kind, id_hash), ends in finals.items():
+            assert ends == {graph.cid[KIND_CODE[kind] + id_hash]}, (kind, id_hash, ends)
+        for event, cid in followed.events:
+            kind, value = next((k, v) for k, v in event.identities.__dict__.items() if v)
+            assert followed.final(cid) == memory.customer_of(kind, value), event.event_id
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
