@@ -3,18 +3,35 @@ funnels and attribution paths, next to plain `orjson.loads` of the same lines in
 
     python bench/bench_chain.py [--customers 100000] [--batch 20000] [--file events.jsonl]
                                 [--stages] [--corrections pane|cells|delta] [--tune-gc]
+                                [--after-resolve] [--fingerprint]
 
 Targets (issue 4): >= 100k events/s, >= 0.15 of the parse rate; peak memory per 100k customers.
 Times are CPU time of this process (the machine may be shared). Also counts the transition cell
 rows the chain emits for the sink, split into first emissions of final panes and re-emissions of
 corrected panes (the chain's own ``corrections="cells"``: only the changed cells; ``--corrections
 pane`` re-emits whole panes, as the chain did before migration 0011), per batch too.
+
+``--after-resolve`` decodes and resolves every batch first (not timed), then times only the
+journeys..attribution stage (`JourneyChain.process_resolved` and `finish`), called through
+`functools.reduce` so that callgrind can count that region alone:
+
+    PYTHONHASHSEED=0 valgrind --tool=callgrind --collect-atstart=no \
+        --toggle-collect=functools_reduce python3.11 bench/bench_chain.py --customers 4000 \
+        --after-resolve
+
+(use the interpreter binary itself, not a pyenv shim). ``--fingerprint`` prints a hash of every
+output of every batch (steps, cell rows, funnel transitions, released, applied, duplicate and late
+events, merges) and of the final state: a change meant to be exact must print the same. The order
+of a batch's expiry steps follows set iteration, so compare runs with the same PYTHONHASHSEED.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
+import hashlib
+import pickle
 import resource
 import time
 from collections import Counter
@@ -42,6 +59,12 @@ def main() -> None:
     parser.add_argument("--corrections", choices=["pane", "cells", "delta"], default=None,
                         help="How corrected final panes are emitted (TransitionCounter); "
                              "default: the chain's own (cells), which the sink's views read.")
+    parser.add_argument("--after-resolve", action="store_true",
+                        help="Decode and resolve every batch first, then time only the "
+                             "journeys..attribution stage (one functools.reduce call, for "
+                             "callgrind --toggle-collect=functools_reduce).")
+    parser.add_argument("--fingerprint", action="store_true",
+                        help="Print a hash of every output and of the final state.")
     parser.add_argument("--tune-gc", action="store_true",
                         help="Apply the replay command's process GC settings (gc.freeze and a "
                              "higher young-generation threshold) before the run.")
@@ -67,6 +90,10 @@ def main() -> None:
                                               corrections=args.corrections)
     if args.tune_gc:
         tune_gc()
+    if args.after_resolve:
+        after_resolve(chain, lines, args.batch, parse_s, args.fingerprint)
+        return
+    digest = hashlib.sha256() if args.fingerprint else None
     stage_s = {"decode": 0.0, "resolve": 0.0, "journeys..attribution": 0.0}
     emitted = EmittedRows()
     start = time.process_time()
@@ -74,7 +101,10 @@ def main() -> None:
         messages = [(line, Source("bench", 0, i + j))
                     for j, line in enumerate(lines[i : i + args.batch])]
         if not args.stages:
-            emitted.add(chain.process(messages).cells)
+            out = chain.process(messages)
+            emitted.add(out.cells)
+            if digest is not None:
+                add_fingerprint(digest, out)
             continue
         with gc_paused():  # as chain.process runs them
             t0 = time.process_time()
@@ -85,12 +115,17 @@ def main() -> None:
             out = chain.process_resolved(resolved.resolved, resolved.merges, ChainOutput())
             t3 = time.process_time()
         emitted.add(out.cells)
+        if digest is not None:
+            add_fingerprint(digest, out)
         stage_s["decode"] += t1 - t0
         stage_s["resolve"] += t2 - t1
         stage_s["journeys..attribution"] += t3 - t2
     t0 = time.process_time()
-    emitted.add(chain.finish().cells)
+    out = chain.finish()
     stage_s["journeys..attribution"] += time.process_time() - t0
+    emitted.add(out.cells)
+    if digest is not None:
+        add_fingerprint(digest, out)
     chain_s = time.process_time() - start - emitted.cpu_s
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
@@ -109,10 +144,10 @@ def main() -> None:
           f"{emitted.n_first:,}, re-emitted corrected panes {emitted.n_again:,} "
           f"({emitted.n_panes_again:,} pane emissions)")
     print("  re-emitted rows per batch: " + " ".join(f"{k:,}" for k in emitted.again_per_batch))
+    if digest is not None:
+        print(f"fingerprint: outputs {digest.hexdigest()[:16]}, state {state_fingerprint(chain)}")
     # The per-customer state as a store would hold it (pickled): journeys, open funnel runs,
     # open attribution paths. Identity is counted by bench_identity.py.
-    import pickle
-
     parts = {
         "journeys": len(pickle.dumps(chain.journeys.customers, pickle.HIGHEST_PROTOCOL)),
         "funnel runs": len(pickle.dumps(chain.funnels.state.runs, pickle.HIGHEST_PROTOCOL)),
@@ -127,6 +162,77 @@ def main() -> None:
     grown_mb = (rss_after - rss_before) / 1024
     print(f"peak RSS growth: {grown_mb:,.0f} MB = {grown_mb / customers * 100_000:,.0f} MB "
           "per 100k resolved customers (state of every processor)")
+
+
+def after_resolve(chain: JourneyChain, lines: list[bytes], batch: int, parse_s: float,
+                  fingerprint: bool) -> None:
+    """Time the journeys..attribution stage alone, on batches decoded and resolved before."""
+    resolved = []
+    for i in range(0, len(lines), batch):
+        messages = [(line, Source("bench", 0, i + j))
+                    for j, line in enumerate(lines[i : i + batch])]
+        accepted, _ = decode_batch(messages)
+        result = chain.resolver.resolve_batch([a.event for a in accepted])
+        resolved.append((result.resolved, result.merges))
+    outs: list[ChainOutput] = []
+
+    def stage(*_: object) -> None:
+        for events, merges in resolved:
+            outs.append(chain.process_resolved(events, merges, ChainOutput()))
+        outs.append(chain.finish())
+
+    gc.collect()
+    start = time.process_time()
+    functools.reduce(stage, [0, 0])  # calls `stage` once: the callgrind toggle
+    stage_s = time.process_time() - start
+    n = len(lines)
+    print(f"lines: {n:,}  resolved customers: {len(chain.journeys.customers):,}")
+    print(f"baseline orjson.loads:  {n / parse_s:12,.0f} events/s")
+    print(f"journeys..attribution:  {n / stage_s:12,.0f} events/s  "
+          f"(ratio {parse_s / stage_s:.3f}; decode and resolve not timed)")
+    if fingerprint:
+        digest = hashlib.sha256()
+        for out in outs:
+            add_fingerprint(digest, out)
+        print(f"fingerprint: outputs {digest.hexdigest()[:16]}, state {state_fingerprint(chain)}")
+
+
+def add_fingerprint(digest: hashlib._Hash, out: ChainOutput) -> None:
+    """Every output record of one batch, in emission order, into `digest`."""
+    for records in (out.steps, out.cells, out.funnel_transitions, out.merges):
+        for record in records:
+            digest.update(f"{type(record).__name__}{tuple(record)!r}".encode())
+    for name in ("released", "applied", "duplicates"):
+        for ev in getattr(out, name):
+            digest.update(f"{name}|{ev.customer_id}|{ev.event.event_id}|{ev.segment}".encode())
+    for late in out.late:
+        digest.update(f"late|{late.event.customer_id}|{late.event.event.event_id}|"
+                      f"{late.watermark_ms}|{late.frontier_ms}".encode())
+
+
+def state_fingerprint(chain: JourneyChain) -> str:
+    """A hash of the chain's journey, transition, funnel and path state (order-free parts
+    sorted)."""
+    parts: list[object] = []
+    journeys = chain.journeys
+    parts.append(sorted((cid, s.__getstate__()) for cid, s in journeys.customers.items()))
+    parts.append(sorted((b, sorted(cids)) for b, cids in journeys._due.items()))
+    t = chain.transitions
+    parts.append(sorted(t.totals.cells.items()))
+    for group in (t.panes, t.hot):
+        parts.append(sorted((p, sorted(c.cells.items())) for p, c in group.items()))
+    parts.append(sorted((p, sorted(pickle.loads(b).items())) for p, b in t.archive.items()))
+    f = chain.funnels.state
+    parts.append(sorted((name, sorted((cid, (r.stage, r.stage_entered_ms, r.run_start_ms, r.cell,
+                                             list(r.events))) for cid, r in runs.items()))
+                        for name, runs in f.runs.items()))
+    parts.append(sorted((key, (c.n_entered, c.n_advanced, c.n_dropped,
+                               [(sorted(d.exact or ()), sorted(d.buckets.items()), d.n_zero, d.n)
+                                for d in c.advance_ms])) for key, c in f.cells.items()))
+    parts.append(sorted(chain.paths.open.items()))
+    for level in ("touchpoint", "channel"):
+        parts.append(sorted(chain.paths.done[level].items()))
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 
 class EmittedRows:

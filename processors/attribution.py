@@ -396,23 +396,31 @@ class PathAccumulator:
 
     def add(self, events: Iterable[ResolvedEvent]) -> None:
         """Add events; per customer they must come in event-time order."""
+        open_paths = self.open
+        last_of = open_paths.get
+        conversion, churn, horizon_ms = self.conversion, self.churn, self.horizon_ms
+        close = self._close
         for ev in events:
-            cid, ts, tp = ev.customer_id, ev.ts_ms, ev.event.touchpoint
-            last = self.open.get(cid)
-            if last is not None and ts - last[0] >= self.horizon_ms:
-                self._close(last[1], last[2], 2)
-                last = None
-            tps, chs = (last[1], last[2]) if last is not None else ([], [])
-            if tp in self.conversion:
-                self._close(tps, chs, 0, ev.event.revenue or 0.0)
+            cid, ts, te = ev.customer_id, ev.ts_ms, ev.event
+            tp = te.touchpoint
+            last = last_of(cid)
+            if last is None:
                 tps, chs = [], []
-            elif tp in self.churn:
-                self._close(tps, chs, 2)
+            elif ts - last[0] >= horizon_ms:
+                close(last[1], last[2], 2)
+                tps, chs = [], []
+            else:
+                _, tps, chs = last
+            if tp in conversion:
+                close(tps, chs, 0, te.revenue or 0.0)
+                tps, chs = [], []
+            elif tp in churn:
+                close(tps, chs, 2)
                 tps, chs = [], []
             else:
                 tps.append(tp)
-                chs.append(ev.event.channel)
-            self.open[cid] = (ts, tps, chs)
+                chs.append(te.channel)
+            open_paths[cid] = (ts, tps, chs)
 
     def rename(self, loser: str, winner: str) -> None:
         """A merge: the loser's open journey continues as the winner's (the longer one wins)."""

@@ -28,9 +28,12 @@ passage of time (journeys and funnel runs that are open at the end of the data s
 
 from __future__ import annotations
 
+import bisect
 import functools
 import gc
 import heapq
+import itertools
+import operator
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -90,6 +93,29 @@ def _batch(method: Callable) -> Callable:  # type: ignore[type-arg]
             return method(*args, **kwargs)
 
     return run
+
+
+def _entry_ts(entry: tuple[int, int, ResolvedEvent]) -> int:
+    return entry[0]
+
+
+def _digest_order_ties(
+    entries: list[tuple[int, int, ResolvedEvent]], times: list[int]
+) -> None:
+    """Put each run of equal times in `entries` (sorted by ``(ts_ms, seq)``; `times` are their
+    times) in event-id digest order, then seq, in place: the release order does not depend on
+    arrival order. Ties are rare, so only the runs that have them are touched."""
+    n = len(times)
+    i = 0
+    for j in [k for k, a, b in zip(itertools.count(), times, times[1:]) if a == b]:
+        if j < i:
+            continue  # inside the run just sorted
+        end = j + 1
+        while end < n and times[end] == times[j]:
+            end += 1
+        entries[j:end] = sorted(entries[j:end],
+                                key=lambda e: (event_digest(e[2].event.event_id), e[1]))
+        i = end
 
 
 @dataclass
@@ -229,13 +255,17 @@ class JourneyChain:
         if self.hold is None:  # no journey ends before a customer still on its way here
             self._absorb(self.journeys.expire(self.journeys.watermark_ms), out)
 
-        skipped = {id(e) for e in out.duplicates[n_dup:]}
-        skipped.update(id(late.event) for late in out.late[n_late:])
-        applied = [e for e in events if id(e) not in skipped]
+        if len(out.duplicates) > n_dup or len(out.late) > n_late:
+            skipped = {id(e) for e in out.duplicates[n_dup:]}
+            skipped.update(id(late.event) for late in out.late[n_late:])
+            applied = [e for e in events if id(e) not in skipped]
+        else:
+            applied = events
         out.applied.extend(applied)
-        for ev in applied:
-            self._seq += 1
-            heapq.heappush(self._pending, (ev.ts_ms, self._seq, ev))
+        seq = self._seq
+        # Appended in arrival order; `_release` sorts the list (any heap order is kept valid).
+        self._pending.extend([(ev.ts_ms, seq + i, ev) for i, ev in enumerate(applied, 1)])
+        self._seq = seq + len(applied)
         frontier_ms, watermark_ms = self.hold or (
             self.journeys.frontier_ms, self.journeys.watermark_ms
         )
@@ -253,9 +283,12 @@ class JourneyChain:
         `winner` from now on (see :meth:`winner_of`).
         """
         # Waiting events of customers merged into `loser` here before are `loser`'s: they go
-        # too (left here, they would reach these funnels, where `winner` has no run).
-        ours = {cid for cid in self._renamed if self._winner(cid) == loser}
-        ours.add(loser)
+        # too (left here, they would reach these funnels, where `winner` has no run). Only the
+        # ids of waiting events are looked up: every id ever merged away here would make each
+        # merge cost as much as all the merges before it (quadratic over a long stream).
+        ours = {loser}
+        ours.update(cid for cid in {entry[-1].customer_id for entry in self._pending}
+                    if cid in self._renamed and self._winner(cid) == loser)
         self._unrename(winner)
         self._renamed[loser] = winner
         mine = [entry for entry in self._pending if entry[-1].customer_id in ours]
@@ -400,26 +433,33 @@ class JourneyChain:
         return customer_id
 
     def _release(self, frontier_ms: int | None, out: ChainOutput) -> None:
-        """Feed the funnels every buffered event before `frontier_ms` (all when None)."""
+        """Feed the funnels every buffered event before `frontier_ms` (all when None).
+
+        Events go out in ``(ts_ms, arrival seq)`` order, ties in time in event-id digest order.
+        `_pending` is sorted here, once per batch (mostly sorted already, so close to linear),
+        and what stays is sorted, which is also a valid heap for the other methods.
+        """
         pending = self._pending
-        heappop = heapq.heappop
+        pending.sort()
+        if frontier_ms is None:
+            k = len(pending)
+        else:
+            k = bisect.bisect_left(pending, frontier_ms, key=_entry_ts)
+        if not k:
+            return
+        taken = pending[:k]
+        del pending[:k]
+        times = [entry[0] for entry in taken]
+        if any(map(operator.eq, times, itertools.islice(times, 1, None))):
+            _digest_order_ties(taken, times)
         renamed = self._renamed
-        ready: list[ResolvedEvent] = []
-        while pending and (frontier_ms is None or pending[0][0] < frontier_ms):
-            ts, seq, ev = heappop(pending)
-            if pending and pending[0][0] == ts:  # a tie in time: event-id digest order
-                tied = [(event_digest(ev.event.event_id), seq, ev)]
-                while pending and pending[0][0] == ts:
-                    _, seq, ev = heappop(pending)
-                    tied.append((event_digest(ev.event.event_id), seq, ev))
-                tied.sort()
-                group = [entry[2] for entry in tied]
-            else:
-                group = [ev]
-            for ev in group:
-                if ev.customer_id in renamed:
-                    ev = ResolvedEvent(self._winner(ev.customer_id), ev.event, ev.segment)
-                ready.append(ev)
+        if renamed:
+            winner = self._winner
+            ready = [ev if ev.customer_id not in renamed else
+                     ResolvedEvent(winner(ev.customer_id), ev.event, ev.segment)
+                     for _, _, ev in taken]
+        else:
+            ready = [entry[2] for entry in taken]
         if ready:
             out.released.extend(ready)
             self.paths.add(ready)

@@ -169,6 +169,10 @@ class StageCounts:
 CellKey = tuple[str, str, date]  # (funnel, segment, cohort week)
 
 
+# Records built with tuple.__new__ skip the Python-level NamedTuple.__new__ frame (every field
+# given, defaults too): the hot paths make one per funnel move.
+_new = tuple.__new__
+
 _STAGE_BITS: Final = 6  # a run's event codes: ts_ms << 6 | stage (funnels have < 64 stages)
 _STAGE_MASK: Final = (1 << _STAGE_BITS) - 1
 
@@ -391,8 +395,9 @@ class FunnelTracker:
                 cell.advance_ms[c].add(spent)
                 cell.n_entered[s] += 1
                 names = f.names
-                transitions.append(FunnelTransition(cid, f.name, c, s, names[c], names[s], ts,
-                                                    spent, key[1], key[2], s == f.last))
+                transitions.append(_new(FunnelTransition, (
+                    cid, f.name, c, s, names[c], names[s], ts, spent, key[1], key[2],
+                    s == f.last)))
                 if s == f.last:
                     del runs_of[f.name][cid]
                 else:
@@ -632,8 +637,8 @@ class FunnelTracker:
         cell.n_entered[0] += 1
         self.state.runs[f.name][cid] = FunnelRun(0, ts, ts, key, array("q", (ts << _STAGE_BITS,)))
         heapq.heappush(self.state.deadlines[f.name], (ts + f.window_ms, cid, ts))
-        out.append(FunnelTransition(cid, f.name, OUTSIDE, 0, "", f.names[0], ts, None,
-                                    ev.segment, week))
+        out.append(_new(FunnelTransition, (cid, f.name, OUTSIDE, 0, "", f.names[0], ts, None,
+                                           ev.segment, week, False)))
 
     def _drop(self, f: _Compiled, cid: str, run: FunnelRun, out: list[FunnelTransition]
               ) -> None:
@@ -641,8 +646,9 @@ class FunnelTracker:
         key = run.cell
         self.state.cells[key].n_dropped[run.stage] += 1
         del self.state.runs[f.name][cid]
-        out.append(FunnelTransition(cid, f.name, run.stage, OUTSIDE, f.names[run.stage], "",
-                                    deadline, deadline - run.stage_entered_ms, key[1], key[2]))
+        out.append(_new(FunnelTransition, (
+            cid, f.name, run.stage, OUTSIDE, f.names[run.stage], "", deadline,
+            deadline - run.stage_entered_ms, key[1], key[2], False)))
 
 
 def _group_order(item: tuple[tuple[str, str, date | None], StageCounts]) -> tuple[str, str, date]:

@@ -133,6 +133,20 @@ class IdentityGraph:
         self.new_keys.append(key)
         return cid
 
+    def attach(self, key: str, ts: int, cid: str, unique_codes: Collection[str]) -> None:
+        """Add a new identifier straight into customer `cid`, which stays named as it is (its
+        earliest identifier is earlier than `key`): what adding it alone and moving it in
+        would leave, without the one-identifier customer in between."""
+        self.cid[key] = cid
+        self.first[key] = ts
+        self.changed[key] = None
+        self.members[cid].append(key)
+        self.new_keys.append(key)
+        root = self.roots[cid]
+        if key[0] in unique_codes:
+            root.uniq[key[0]] = key
+        root.size += 1
+
     def move(self, src: str, dst: str) -> None:
         """Fold customer `src` into `dst` (a merge, or a rename when `dst` has no root yet)."""
         moved = self.members.pop(src, [])
@@ -237,6 +251,20 @@ class _Decision:
         self.n_ignored = 0
 
 
+class _Combo:
+    """One identity combination (an event's identity values): its node keys, how many of its
+    values were ignored, and whether its keys were found settled in one customer (see
+    :meth:`IdentityResolver._decide`): `settled_ts` is valid while `generation` is current."""
+
+    __slots__ = ("generation", "keys", "n_ignored", "settled_ts")
+
+    def __init__(self, keys: tuple[str, ...], n_ignored: int) -> None:
+        self.keys = keys
+        self.n_ignored = n_ignored
+        self.generation = 0
+        self.settled_ts = 0
+
+
 class IdentityResolver:
     """Resolve batches of accepted events to canonical customer ids.
 
@@ -258,8 +286,11 @@ class IdentityResolver:
             (kind, {}) for kind in IDENTITY_KINDS
         )
         self._cache_of = dict(self._caches)
-        # identity values in field order -> (node keys, number of ignored values)
-        self._combos: dict[tuple[str | None, ...], tuple[tuple[str, ...], int]] = {}
+        # identity values in field order -> their combination
+        self._combos: dict[tuple[str | None, ...], _Combo] = {}
+        # The graph the combinations' settled marks hold for; a new graph, a new generation.
+        self._settled_graph: IdentityGraph | None = None
+        self._generation = 0
         self.totals: dict[str, int] = {}
 
     # -- identifiers ---------------------------------------------------------------------------
@@ -312,16 +343,13 @@ class IdentityResolver:
         Within a batch the outcome does not depend on the order of `accepted`. Applying the
         same batch twice changes nothing the second time (no merges, no links).
         """
-        per_event, ts_list, wanted, n_ignored = self._prepare(accepted)
-        # Event-time order, ties by event id: two stable C-level sorts instead of tuple keys.
-        order = sorted(range(len(accepted)), key=[ev.event_id for ev in accepted].__getitem__)
-        order.sort(key=ts_list.__getitem__)
+        entries, ts_list, wanted, n_ignored = self._prepare(accepted)
 
         attempt = 0
         while True:
             attempt += 1
             graph = self.store.begin(wanted.keys())
-            decision = self._decide(graph, accepted, per_event, ts_list, order)
+            decision = self._decide(graph, accepted, entries, ts_list)
             graph.merge_records = decision.merges
             if self.store.commit(graph):
                 break
@@ -339,9 +367,11 @@ class IdentityResolver:
             n_attempts=attempt,
         )
         cids = graph.cid
-        for ev, anchor in zip(accepted, decision.anchors, strict=True):
-            if anchor is not None:
-                result.resolved.append(ResolvedEvent(cids[anchor], ev))
+        result.resolved = [
+            ResolvedEvent(cids[anchor], ev)
+            for ev, anchor in zip(accepted, decision.anchors, strict=True)
+            if anchor is not None
+        ]
         first = graph.first
         result.links = [
             IdentityLink(cids[key], KIND_OF_CODE[key[0]], key[1:], first[key])
@@ -353,41 +383,76 @@ class IdentityResolver:
 
     def _prepare(
         self, accepted: Sequence[TouchpointEvent]
-    ) -> tuple[list[tuple[str, ...]], list[int], dict[str, None], int]:
-        """Node keys and event times of every event, and every key the batch touches."""
+    ) -> tuple[list[_Combo], list[int], dict[str, None], int]:
+        """Each event's identity combination, event times, and every key the batch touches."""
         # Most events repeat an identity combination seen before (the same cookie, the same
         # cookie and device): one lookup of the combination replaces one per identifier.
         combos = self._combos
-        per_event: list[tuple[str, ...]] = []
+        entries: list[_Combo] = []
         n_ignored = 0
         for ev in accepted:
-            fields = ev.identities.__dict__
-            hit = combos.get(combo := tuple(fields.values()))
+            hit = combos.get(combo := tuple(ev.identities.__dict__.values()))
             if hit is None:
+                fields = ev.identities.__dict__
                 keys = [self.key_of(k, v) for k, v in fields.items() if v is not None]
-                hit = tuple(k for k in keys if k is not None), keys.count(None)
+                hit = _Combo(tuple(k for k in keys if k is not None), keys.count(None))
                 if len(combos) >= _HASH_CACHE_MAX:
                     combos.clear()
                 combos[combo] = hit
-            per_event.append(hit[0])
-            n_ignored += hit[1]
+            entries.append(hit)
+            n_ignored += hit.n_ignored
         ts_list = [ev.ts_ms for ev in accepted]
-        return per_event, ts_list, dict.fromkeys(chain.from_iterable(per_event)), n_ignored
+        # Each distinct combination once: its keys are what the store must load.
+        distinct = {id(e): e.keys for e in entries}
+        return entries, ts_list, dict.fromkeys(chain.from_iterable(distinct.values())), n_ignored
 
     def _decide(
         self,
         g: IdentityGraph,
         accepted: Sequence[TouchpointEvent],
-        per_event: list[tuple[str, ...]],
+        entries: list[_Combo],
         ts_list: list[int],
-        order: list[int],
     ) -> _Decision:
+        """Decide every event against graph `g`, in event-time order (ties by event id).
+
+        An event whose identifiers are all known, all in one customer, and first seen no later
+        than the event changes nothing, and stays so whatever else the batch does (customers
+        only merge, first-seen times only move earlier): it is anchored at once, in any order.
+        A combination found settled keeps that (with the latest first-seen time of its keys)
+        for as long as the store hands out the same graph; every other event is decided in
+        event-time order.
+        """
+        if g is not self._settled_graph:
+            self._settled_graph = g
+            self._generation += 1
+        gen = self._generation
         d = _Decision()
         anchors: list[str | None] = [None] * len(accepted)
         cid_of = g.cid.get
         first = g.first
-        for i in order:
-            keys = per_event[i]
+        slow: list[int] = []
+        for i, entry in enumerate(entries):
+            if entry.generation == gen and ts_list[i] >= entry.settled_ts:
+                anchors[i] = entry.keys[0]
+                continue
+            keys = entry.keys
+            if keys and (c0 := cid_of(keys[0])) is not None:
+                for k in keys[1:]:
+                    if cid_of(k) != c0:
+                        break
+                else:  # settled: mark it, with its keys' latest first-seen time
+                    entry.generation = gen
+                    entry.settled_ts = ts = max(first[k] for k in keys)
+                    if ts_list[i] >= ts:
+                        anchors[i] = keys[0]
+                        continue
+            slow.append(i)
+        # Event-time order, ties by event id: two stable sorts.
+        slow.sort(key=[ev.event_id for ev in accepted].__getitem__)
+        slow.sort(key=ts_list.__getitem__)
+        for i in slow:
+            entry = entries[i]
+            keys = entry.keys
             if not keys:
                 d.dead.append((accepted[i], _NO_IDENTIFIER))
                 continue
@@ -412,14 +477,14 @@ class IdentityResolver:
         ts = ev.ts_ms
         cids = g.cid
         first = g.first
-        fresh: set[str] = set()
+        fresh: list[str] = []
         for key in keys:
             cid = cids.get(key)
             if cid is None:
-                g.add(key, ts, self._unique)
-                fresh.add(key)
+                fresh.append(key)
                 d.link_keys[key] = None
-            elif ts < first[key]:
+                continue
+            if ts < first[key]:
                 first[key] = ts
                 g.changed[key] = None
                 d.link_keys[key] = None
@@ -432,43 +497,49 @@ class IdentityResolver:
                         d.merges.append(
                             MergeRecord(cid, new_cid, ev.event_id, ts, "earlier_evidence")
                         )
-        if len(keys) == 1:
+        # The known customers, after any rename above (fresh keys have none yet).
+        known = {c for k in keys if (c := cids.get(k)) is not None}
+        if not fresh:
+            if len(known) == 1:
+                return keys[0]
+            return self._fold(g, d, ev, keys, set())
+        if len(known) <= 1 and self._join_fresh(g, known, fresh, ts):
             return keys[0]
-        if len({cids[k] for k in keys}) == 1:
-            return keys[0]
-        if fresh and self._join_fresh(g, keys, fresh, ts):
-            return keys[0]
-        return self._fold(g, d, ev, keys, fresh)
+        unique = self._unique
+        for key in fresh:
+            g.add(key, ts, unique)
+        return self._fold(g, d, ev, keys, set(fresh))
 
     def _join_fresh(
-        self, g: IdentityGraph, keys: Sequence[str], fresh: set[str], ts: int
+        self, g: IdentityGraph, known: Collection[str], fresh: list[str], ts: int
     ) -> bool:
-        """The most common fold, done directly: new identifiers join at most one known customer.
+        """The most common case, done directly: new identifiers join at most one known customer.
 
         Exactly what :meth:`_fold` decides in that case, when no safeguard can fire and the
         known customer stays the winner (its earliest identifier is earlier than the new ones):
-        the new identifiers move into it, no merge record (the losers were unknown), no cap
-        charge (that needs two known customers). Returns False, having changed nothing, when
-        the case is any other; then :meth:`_fold` decides.
+        the new identifiers go into it, no merge record (the losers were unknown), no cap
+        charge (that needs two known customers). All new: one new customer named after the
+        smallest key (the earliest, at one event time). Returns False, having changed nothing,
+        when the case is any other; then :meth:`_fold` decides.
         """
-        cids = g.cid
-        known = {cids[k] for k in keys if k not in fresh}
-        if len(known) > 1:
-            return False
+        unique = self._unique
         if known:
             (target,) = known
             root = g.roots[target]
-            first = (root.earliest_ts, root.earliest_key)
+            earliest = (root.earliest_ts, root.earliest_key)
             uniq = root.uniq
             for key in fresh:
-                if key[0] in uniq or (ts, key) < first:
+                if key[0] in uniq or (ts, key) < earliest:
                     return False
-        else:  # all new: the smallest key is the earliest (same event time)
-            target = cids[min(fresh)]
-        for key in keys:
-            cid = cids[key]
-            if cid != target:
-                g.move(cid, target)
+        else:
+            if len(fresh) == 1:
+                g.add(fresh[0], ts, unique)
+                return True
+            target = g.add(min(fresh), ts, unique)
+        cids = g.cid
+        for key in fresh:
+            if key not in cids:  # (the smallest was added above)
+                g.attach(key, ts, target, unique)
         return True
 
     def _saturated(self, g: IdentityGraph, key: str) -> bool:

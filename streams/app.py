@@ -142,9 +142,15 @@ class PartitionState:
     # Merges awaited here whose winner left before the transfer came (handed on with it): a
     # duplicate "expect" (an outbox re-send) must not hold this partition again for good.
     passed: set[tuple[str, str]] = field(default_factory=set)
+    # Awaited merge -> the chain's (frontier, watermark) when it was announced here: the chain
+    # holds at the earliest of them (see _hold).
+    held_at: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state.setdefault("passed", set())  # checkpoints pickled before it existed
+        if "held_at" not in state:  # held at one point for all of them, as they were then
+            hold = state["chain"].hold
+            state["held_at"] = {k: hold for k in state["awaiting"]} if hold else {}
         self.__dict__.update(state)
 
 
@@ -729,8 +735,22 @@ def _journey_batch(runtime: Runtime, part: PartitionState, events: Sequence[Any]
 
 
 def _hold(part: PartitionState) -> None:
-    if part.awaiting:
-        part.chain.hold_at_current()
+    """Hold the chain at the frontier the oldest awaited merge found when it was announced.
+
+    Each awaited merge needs nothing released past the frontier of its announcement until its
+    transfer arrives; the earliest of those points satisfies all of them. Holding at the first
+    announcement until no merge at all was awaited (as before) froze a partition that kept
+    receiving merges until its input paused (issue 6): now the hold moves on as the oldest
+    transfers arrive.
+    """
+    journeys = part.chain.journeys
+    for key in part.awaiting:
+        part.held_at.setdefault(key, (journeys.frontier_ms, journeys.watermark_ms))
+    for key in [k for k in part.held_at if k not in part.awaiting]:
+        del part.held_at[key]
+    if part.held_at:
+        part.chain.hold = (min(f for f, _ in part.held_at.values()),
+                           min(w for _, w in part.held_at.values()))
     else:
         part.chain.hold = None
 

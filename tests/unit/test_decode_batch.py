@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from pydantic import ValidationError
 
 from processors import validation
 from processors.validation import Accepted, DeadLetter, Source, decode, decode_batch
@@ -158,3 +159,38 @@ def test_the_collector_is_back_on_after_a_batch_even_a_failing_one() -> None:
         assert not gc.isenabled()  # left as the caller had it
     finally:
         gc.enable()
+
+
+def test_chunk_sizes_are_powers_of_two_that_add_up() -> None:
+    for n in [*range(0, 70), 1000, 1023, 1024, 1025, 3000]:
+        sizes = validation._chunk_sizes(n)
+        assert sum(sizes) == n
+        assert all(s & (s - 1) == 0 and 0 < s <= validation._MAX_CHUNK for s in sizes)
+        assert sizes == sorted(sizes, reverse=True)
+
+
+@pytest.mark.parametrize("at", [1022, 1023, 1024, 1026, 1027])
+def test_messages_that_fool_a_join_at_a_chunk_edge(at: int) -> None:
+    # 1030 messages are validated as chunks of 1024, 4 and 2: put the string that one message
+    # opens and the next closes, and two glued events, across and next to those edges.
+    messages = [event(i) for i in range(1030)]
+    messages[at] = event(at)[:-1] + b',"text":"'
+    messages[at + 1] = b'"}'
+    messages[at - 3] = event(at - 3) + b"," + event(at + 1000)
+    batch = positioned(messages)
+    result = decode_batch(batch)
+    assert result == one_by_one(batch)
+    assert [d.source.offset for d in result[1]] == [100 + at - 3, 100 + at, 100 + at + 1]
+
+
+def test_a_place_missing_at_the_end_is_not_taken_for_an_items_error() -> None:
+    # The third message opens a string the fourth closes (swallowing a separator), and the
+    # fourth adds a number: every place up to the last lines up, and only the tuple's last
+    # place is missing, which says nothing about the fourth message itself.
+    messages = [event(0), event(1), event(2)[:-1] + b',"text":"', b'"},5']
+    with pytest.raises(ValidationError) as caught:
+        validation._INTERLEAVED[4].validate_json(b"[" + b",42,".join(messages) + b"]")
+    assert [(e["type"], e["loc"]) for e in caught.value.errors()] == [("missing", (6,))]
+    assert validation._validate_many(messages) == set()
+    batch = positioned(messages)
+    assert decode_batch(batch) == one_by_one(batch)

@@ -25,7 +25,10 @@ from processors.validation import (
     Accepted,
     Source,
     _accept_all,
+    _filled,
     decode,
+    decode_lines,
+    sources_at,
 )
 from tests.unit.test_events import GOOD
 
@@ -164,3 +167,22 @@ def test_accept_all_makes_ordinary_frozen_accepted() -> None:
     assert list(map(hash, made)) == list(map(hash, expected))
     with pytest.raises(dataclasses.FrozenInstanceError):
         made[0].event = events[1]  # type: ignore[misc]
+
+
+def test_sources_at_makes_ordinary_frozen_sources() -> None:
+    made = sources_at("f.jsonl", 0, range(7, 10))
+    expected = [Source("f.jsonl", 0, offset) for offset in range(7, 10)]
+    assert made == expected
+    assert list(map(hash, made)) == list(map(hash, expected))
+    assert sources_at("t", 3, []) == []
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made[0].offset = 1  # type: ignore[misc]
+    with pytest.raises(TypeError, match="exactly the columns"):
+        _filled(Source, 1, {"topic": ["t"], "offset": [1]})  # a field left unset
+
+
+def test_decode_lines_gives_each_line_its_file_and_number() -> None:
+    lines = [orjson.dumps({**GOOD, "event_id": f"e{i}"}) for i in range(3)] + [b"{oops"]
+    accepted, dead = decode_lines(lines, "day.jsonl", first_line=41)
+    assert [a.source for a in accepted] == [Source("day.jsonl", 0, n) for n in (41, 42, 43)]
+    assert [d.source for d in dead] == [Source("day.jsonl", 0, 44)]

@@ -129,6 +129,29 @@ def test_refit_matches_offline_logistic_regression() -> None:
     assert np.allclose(warm.w, fit.w, atol=1e-4)
 
 
+def test_newton_stops_when_the_loss_no_longer_falls_at_the_same_optimum() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2000, 5))
+    y = (rng.random(2000) < 1 / (1 + np.exp(-(x @ [1.0, -2.0, 0.5, 0.0, 3.0])))).astype(float)
+    steps: list[int] = []
+    solve = np.linalg.solve
+
+    def counted(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        steps.append(1)
+        return solve(a, b)
+
+    np.linalg.solve = counted
+    try:
+        tight = fit_logistic(x, y, l2=1e-3, tol=0.0)
+        n_tight = len(steps)
+        steps.clear()
+        early = fit_logistic(x, y, l2=1e-3)
+    finally:
+        np.linalg.solve = solve
+    assert len(steps) < n_tight  # the last, useless Newton step is skipped
+    assert np.allclose(early.w, tight.w, atol=1e-4) and abs(early.b - tight.b) < 1e-4
+
+
 def test_segment_model_takes_over_when_it_has_enough_labels() -> None:
     m = _model(min_segment_labels=200)
     rng = random.Random(0)
