@@ -478,6 +478,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
             log.critical("the Kafka fetcher crashed (%r); exiting for a restart",
                          fetcher.crash_reason)
             os._exit(70)
+        if "runtime" in rt:
+            await _seek_again(rt["runtime"])
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app: faust.App, assigned: set[Any], **kwargs: Any) -> None:
@@ -652,6 +654,31 @@ async def _seek_back(runtime: Runtime, tp: Any, expected: int, got: int) -> bool
     await app.consumer.seek(tp, expected)
     runtime.seeking[tp] = (expected, time.monotonic())
     return True
+
+
+async def _seek_again(runtime: Runtime) -> None:
+    """Repeat a seek back whose hole is still open after SEEK_AGAIN_AFTER_S.
+
+    Faust drops a fetched message below its read offset for the partition, and messages fetched
+    before the seek but drained after it raise that offset again: the refetched hole can then be
+    dropped whole, and with no later input nothing would come to trigger a new seek (seen once
+    after a rebalance during a ClickHouse outage: the partition stalled until new input came).
+    """
+    app = runtime.app
+    if app is None:
+        return
+    now = time.monotonic()
+    assigned = app.consumer.assignment()
+    for tp, (expected, when) in list(runtime.seeking.items()):
+        if now - when < SEEK_AGAIN_AFTER_S:
+            continue
+        if tp not in assigned:
+            runtime.seeking.pop(tp, None)
+            continue
+        log.warning("partition %d: offset %d has not arrived %.0f s after seeking back to it; "
+                    "seeking again", tp.partition, expected, now - when)
+        await app.consumer.seek(tp, expected)
+        runtime.seeking[tp] = (expected, time.monotonic())
 
 
 async def _checkpoint(runtime: Runtime, p: int, part: PartitionState, *,
