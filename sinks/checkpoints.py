@@ -14,8 +14,12 @@ The value is ``zlib(pickle(state))`` with a small header: format version and off
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
+import os
 import pickle
+import signal
 import struct
 import time
 import zlib
@@ -80,6 +84,36 @@ class CheckpointStore:
         self._retry("save a checkpoint", lambda: self.client.set(self.key(topic, partition), value))
         return len(value)
 
+    def save_in_child(self, topic: str, partition: int, state: Any, offset: int) -> int:
+        """Start saving `state` in a forked child process and return its pid (:meth:`wait_child`).
+
+        Redis's own BGSAVE trick: the child sees the state exactly as it was at the fork (the
+        pages are shared copy-on-write) and pickles it while this process goes on; pickling a
+        large partition in process holds the interpreter for seconds (about 90 µs per customer
+        measured). The child uses a fresh Redis connection, never this process's locks, dies with
+        its parent (so an old snapshot cannot land after a restarted worker's newer one), and
+        leaves with ``os._exit``: exit code 0 when the checkpoint is stored.
+        """
+        parent = os.getpid()
+        pid = os.fork()
+        if pid:
+            return pid
+        code = 1
+        try:
+            _die_with_parent(parent)
+            child = CheckpointStore(self.url, self.group, prefix=self.prefix,
+                                    retry_total_s=self.retry_total_s)
+            child.save(topic, partition, state, offset)
+            code = 0
+        finally:
+            os._exit(code)
+
+    @staticmethod
+    def wait_child(pid: int) -> bool:
+        """Block until the child of :meth:`save_in_child` ends; True when it stored the state."""
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status) == 0
+
     def load(self, topic: str, partition: int) -> tuple[Any, int] | None:
         """The saved (state, offset), or None when the partition has no checkpoint."""
         key = self.key(topic, partition)
@@ -105,3 +139,11 @@ class CheckpointStore:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (prctl PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: only the check below
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    if os.getppid() != parent:  # died before the request took effect
+        os._exit(1)

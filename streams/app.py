@@ -200,6 +200,8 @@ class Runtime:
         # fill it; later messages already fetched are dropped until the offset arrives.
         self.seeking: dict[Any, tuple[int, float]] = {}
         self.last_checkpoint: dict[int, float] = {}
+        # partition -> the task waiting for a checkpoint being saved by a child process
+        self.bg_checkpoints: dict[int, asyncio.Task[None]] = {}
         self.checkpoint_every_s = settings.worker.checkpoint_every_s
 
     def new_partition(self) -> PartitionState:
@@ -461,7 +463,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
             if runtime.partitions.get(p) is not part:  # revoked meanwhile: not ours to save
                 continue
             if now - runtime.last_checkpoint.get(p, 0.0) >= runtime.checkpoint_every_s:
-                await _checkpoint(runtime, p, part)
+                await _checkpoint(runtime, p, part, background=True)
         runtime.metrics.transfers_awaited.set(
             sum(len(part.awaiting) for part in runtime.partitions.values())
         )
@@ -476,6 +478,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
             log.critical("the Kafka fetcher crashed (%r); exiting for a restart",
                          fetcher.crash_reason)
             os._exit(70)
+        if "runtime" in rt:
+            await _seek_again(rt["runtime"])
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app: faust.App, assigned: set[Any], **kwargs: Any) -> None:
@@ -652,27 +656,89 @@ async def _seek_back(runtime: Runtime, tp: Any, expected: int, got: int) -> bool
     return True
 
 
-async def _checkpoint(runtime: Runtime, p: int, part: PartitionState) -> None:
+async def _seek_again(runtime: Runtime) -> None:
+    """Repeat a seek back whose hole is still open after SEEK_AGAIN_AFTER_S.
+
+    Faust drops a fetched message below its read offset for the partition, and messages fetched
+    before the seek but drained after it raise that offset again: the refetched hole can then be
+    dropped whole, and with no later input nothing would come to trigger a new seek (seen once
+    after a rebalance during a ClickHouse outage: the partition stalled until new input came).
+    """
+    app = runtime.app
+    if app is None:
+        return
+    now = time.monotonic()
+    assigned = app.consumer.assignment()
+    for tp, (expected, when) in list(runtime.seeking.items()):
+        if now - when < SEEK_AGAIN_AFTER_S:
+            continue
+        if tp not in assigned:
+            runtime.seeking.pop(tp, None)
+            continue
+        log.warning("partition %d: offset %d has not arrived %.0f s after seeking back to it; "
+                    "seeking again", tp.partition, expected, now - when)
+        await app.consumer.seek(tp, expected)
+        runtime.seeking[tp] = (expected, time.monotonic())
+
+
+async def _checkpoint(runtime: Runtime, p: int, part: PartitionState, *,
+                      background: bool = False) -> None:
     """Save the partition's state with its offset, then commit the next offset to Kafka.
 
     The commit follows the save: a crash in between leaves the commit behind the checkpoint,
     and the messages in between are skipped by offset (never ahead of it, which would skip
-    messages the state does not contain)."""
+    messages the state does not contain).
+
+    `background` (the periodic checkpoints): a forked child pickles and stores the state as it
+    is now while the worker goes on, and the commit follows when the child has stored it; a
+    partition whose previous child is still at work skips this turn. Revocation and shutdown
+    save in process, after any child of the partition has finished (its older state must not
+    land last)."""
+    running = runtime.bg_checkpoints.get(p)
+    if running is not None and not running.done():
+        if background:
+            return
+        await running
+    topic = runtime.settings.kafka.topics.resolved
+    offset = part.offset
     segment_of = part.chain.segment_of
     part.chain.segment_of = None  # a closure over the runtime does not pickle
-    topic = runtime.settings.kafka.topics.resolved
     try:
-        size = await asyncio.to_thread(runtime.checkpoints.save, topic, p, part, part.offset)
+        if background:
+            pid = runtime.checkpoints.save_in_child(topic, p, part, offset)
+        else:
+            size = await asyncio.to_thread(runtime.checkpoints.save, topic, p, part, offset)
     finally:
         part.chain.segment_of = segment_of
-    app = runtime.app
-    if app is not None and part.offset >= 0:
-        tp = TP(topic, p)
-        if tp in app.consumer.assignment():
-            await app.consumer._commit({tp: part.offset + 1})
     runtime.last_checkpoint[p] = time.monotonic()
+    if background:
+        runtime.bg_checkpoints[p] = asyncio.ensure_future(
+            _checkpoint_stored(runtime, p, part, offset, pid))
+        return
+    await _commit_checkpoint(runtime, p, offset)
+    log.debug("partition %d: checkpoint at offset %d (%d bytes)", p, offset, size)
+
+
+async def _checkpoint_stored(runtime: Runtime, p: int, part: PartitionState, offset: int,
+                             pid: int) -> None:
+    """Wait for a checkpoint's child process; commit its offset once the state is stored."""
+    if not await asyncio.to_thread(runtime.checkpoints.wait_child, pid):
+        log.warning("partition %d: the checkpoint at offset %d was not stored (Redis "
+                    "unreachable?); the next one will try again", p, offset)
+        runtime.last_checkpoint[p] = 0.0
+        return
+    if runtime.partitions.get(p) is part:  # still ours: the commit may follow the save
+        await _commit_checkpoint(runtime, p, offset)
+    log.debug("partition %d: checkpoint at offset %d stored by a child process", p, offset)
+
+
+async def _commit_checkpoint(runtime: Runtime, p: int, offset: int) -> None:
+    app = runtime.app
+    if app is not None and offset >= 0:
+        tp = TP(runtime.settings.kafka.topics.resolved, p)
+        if tp in app.consumer.assignment():
+            await app.consumer._commit({tp: offset + 1})
     runtime.metrics.checkpoints.inc()
-    log.debug("partition %d: checkpoint at offset %d (%d bytes)", p, part.offset, size)
 
 
 def _journey_batch(runtime: Runtime, part: PartitionState, events: Sequence[Any]

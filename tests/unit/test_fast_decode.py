@@ -22,6 +22,7 @@ from processors.events import _NATIVE_EPOCH_MS, _NOT_NUMERIC, _NUMERIC
 from processors.validation import (
     _EVENT_ADAPTER,
     _FAST_EVENT,
+    _INTERLEAVED,
     Accepted,
     Source,
     _accept_all,
@@ -147,6 +148,11 @@ def test_the_fast_path_is_really_in_use() -> None:
         ).occurred_at.tzinfo
         is UTC
     )
+    # ... and so would every batch validator, whose schemas name the model class too.
+    raw = orjson.dumps({**GOOD, "occurred_at": 1_772_000_000_123})
+    for size in (1, 2, 1024):
+        joined = b"[" + b",7,".join([raw] * size) + b"]"
+        assert _INTERLEAVED[size].validate_json(joined)[0].occurred_at.tzinfo is not UTC
 
 
 def test_what_the_fast_path_rejects_the_model_still_decides() -> None:

@@ -1,0 +1,46 @@
+"""Partition checkpoints in a real Redis: in process and from a forked child (BGSAVE-style)."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from sinks.checkpoints import CheckpointStore
+from tests.conftest import unique_name
+
+
+def _store(url: str) -> CheckpointStore:
+    return CheckpointStore(url, unique_name("ckpt"), retry_total_s=5.0)
+
+
+def test_a_saved_state_loads_back_with_its_offset(redis_test_url: str, redis_client: Any) -> None:
+    store = _store(redis_test_url)
+    assert store.load("t", 0) is None
+    size = store.save("t", 0, {"customers": {"c1": [1, 2, 3]}}, 41)
+    assert size > 0
+    assert store.load("t", 0) == ({"customers": {"c1": [1, 2, 3]}}, 41)
+
+
+def test_a_child_stores_the_state_as_it_was_at_the_fork(
+    redis_test_url: str, redis_client: Any
+) -> None:
+    store = _store(redis_test_url)
+    state = {"customers": {f"c{i}": list(range(i % 50)) for i in range(20_000)}}
+    pid = store.save_in_child("t", 3, state, 99)
+    # the worker goes on and changes its state while the child pickles the old one
+    state["customers"].clear()
+    state["customers"]["later"] = [7]
+    assert store.wait_child(pid) is True
+    loaded, offset = store.load("t", 3)  # type: ignore[misc]
+    assert offset == 99
+    assert len(loaded["customers"]) == 20_000 and "later" not in loaded["customers"]
+    assert loaded["customers"]["c49"] == list(range(49))
+
+
+def test_a_child_that_cannot_reach_redis_reports_failure() -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = CheckpointStore(f"redis://127.0.0.1:{port}/0", "g", retry_total_s=0.5)
+    pid = store.save_in_child("t", 0, {"x": 1}, 5)
+    assert store.wait_child(pid) is False
