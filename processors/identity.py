@@ -112,22 +112,14 @@ class IdentityGraph:
         self.members: dict[str, list[str]] = {}
         self.moves: list[tuple[str, str]] = []
         self.new_keys: list[str] = []
-        # Nodes whose first-seen time or link count the batch set (new ones included), so a
-        # store writes those instead of comparing every node it loaded.
-        self.changed: dict[str, None] = {}
         # The batch's merge records, set before `commit`: a store can keep them in the same
         # atomic step as the merges (the Redis store's outbox) so they are never lost.
         self.merge_records: list[MergeRecord] = []
-
-    def __setstate__(self, state: dict[str, object]) -> None:
-        state.setdefault("changed", {})  # graphs pickled before it existed
-        self.__dict__.update(state)
 
     def add(self, key: str, ts: int, unique_codes: Collection[str]) -> str:
         cid = customer_id_for(key)
         self.cid[key] = cid
         self.first[key] = ts
-        self.changed[key] = None
         self.roots[cid] = Root(ts, key, {key[0]: key} if key[0] in unique_codes else {}, 1)
         self.members[cid] = [key]
         self.new_keys.append(key)
@@ -139,7 +131,6 @@ class IdentityGraph:
         would leave, without the one-identifier customer in between."""
         self.cid[key] = cid
         self.first[key] = ts
-        self.changed[key] = None
         self.members[cid].append(key)
         self.new_keys.append(key)
         root = self.roots[cid]
@@ -200,7 +191,6 @@ class InMemoryIdentityStore:
     def commit(self, graph: IdentityGraph) -> bool:
         graph.moves.clear()  # the change log only matters to stores that replay it
         graph.new_keys.clear()
-        graph.changed.clear()
         graph.merge_records = []  # so is the outbox
         return True
 
@@ -486,7 +476,6 @@ class IdentityResolver:
                 continue
             if ts < first[key]:
                 first[key] = ts
-                g.changed[key] = None
                 d.link_keys[key] = None
                 root = g.roots[cid]
                 if (ts, key) < (root.earliest_ts, root.earliest_key):
@@ -614,7 +603,6 @@ class IdentityResolver:
                 for k in g_ok + c_ok:
                     if k[0] not in self._unique:
                         g.linked[k] = g.linked.get(k, 0) + 1
-                        g.changed[k] = None
             if (c_root.earliest_ts, c_root.earliest_key) < (
                 g_root.earliest_ts,
                 g_root.earliest_key,

@@ -1,11 +1,8 @@
 -- Commit one batch's identity decisions atomically, if nothing it read has changed since.
--- (split, tokens_unchanged and CHUNK come from identity_lib.lua.)
 -- ARGV: prefix, token, token_ttl_s, then seven sections, each one string joined by '\n':
 --   4 new keys     that must still be absent
---   5 root checks  customer, token it was read or written with ...   (a record ends with
---                  the token of the commit that last wrote it: `...,"<32 hex>"]`)
---   6 moves        from customer, to customer ...   each customer Redis holds that the batch
---                  folded, straight to where it ended, applied to its full member set
+--   5 root checks  customer, record as read ...   (records carry the token of their last commit)
+--   6 moves        from customer, to customer ...   replayed in order on the full member sets
 --   7 node sets    key, value ...
 --   8 member adds  customer, key ...
 --   9 root sets    customer, record ...
@@ -14,9 +11,21 @@
 --                   them (`RedisIdentityStore.ack_merges`), so a crash cannot lose a merge
 -- Returns 1 when applied, 2 when this token was applied before (a retried call), 0 when another
 -- writer changed a customer this batch read (the caller then decides the batch again).
+local function split(s)
+  local out, start = {}, 1
+  if s == '' then return out end
+  while true do
+    local j = string.find(s, '\n', start, true)
+    if not j then out[#out + 1] = string.sub(s, start); return out end
+    out[#out + 1] = string.sub(s, start, j - 1)
+    start = j + 1
+  end
+end
+
 local p, token, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local nkey, rkey, tkey = p .. ':n', p .. ':r', p .. ':tok:' .. token
 if redis.call('EXISTS', tkey) == 1 then return 2 end
+local CHUNK = 4000
 
 local new = split(ARGV[4])
 for s = 1, #new, CHUNK do
@@ -25,31 +34,27 @@ for s = 1, #new, CHUNK do
     if vals[i] then return 0 end
   end
 end
-if not tokens_unchanged(rkey, split(ARGV[5])) then return 0 end
+local checks = split(ARGV[5])
+for i = 1, #checks, 2 do
+  if (redis.call('HGET', rkey, checks[i]) or '') ~= checks[i + 1] then return 0 end
+end
 
 local moves = split(ARGV[6])
 for i = 1, #moves, 2 do
   local src, dst = moves[i], moves[i + 1]
   local skey = p .. ':m:' .. src
   local members = redis.call('SMEMBERS', skey)
-  local dkey = p .. ':m:' .. dst
-  local half = CHUNK / 2  -- two HSET arguments per member
-  for s = 1, #members, half do
-    local e = math.min(s + half - 1, #members)
-    local vals = redis.call('HMGET', nkey, unpack(members, s, e))
-    local sets = {}
-    for j = 1, #vals do
-      local v = vals[j]
-      if v then
-        sets[#sets + 1] = members[s + j - 1]
-        sets[#sets + 1] = dst .. string.sub(v, (string.find(v, '|', 1, true)))
-      end
+  for j = 1, #members do
+    local v = redis.call('HGET', nkey, members[j])
+    if v then
+      redis.call('HSET', nkey, members[j], dst .. string.sub(v, (string.find(v, '|', 1, true))))
     end
-    if #sets > 0 then redis.call('HSET', nkey, unpack(sets)) end
-    -- SADD the moved members only: SUNIONSTORE would copy the whole (growing) target set
-    redis.call('SADD', dkey, unpack(members, s, e))
   end
-  if #members > 0 then redis.call('DEL', skey) end
+  if #members > 0 then
+    local dkey = p .. ':m:' .. dst
+    redis.call('SUNIONSTORE', dkey, dkey, skey)
+    redis.call('DEL', skey)
+  end
 end
 
 local function bulk(cmd, key, items)

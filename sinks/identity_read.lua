@@ -1,18 +1,24 @@
 -- Read one batch's part of the identity graph in one atomic step.
--- ARGV[1] = key prefix, ARGV[2] = node keys joined by '\n', ARGV[3] (optional) = the customers
--- the reader has cached, with their tokens: 'customer\ntoken\n...'.
--- Returns 0 if a cached customer's record no longer ends with its token (the cache is stale).
--- Otherwise three '\n'-joined strings: the node values ('' when absent), the customer ids they
--- point at (each once, cached ones left out), and those customers' records. One string each
--- keeps the client's encoding and parsing to a handful of values however large the batch.
--- (split, tokens_unchanged and CHUNK come from identity_lib.lua.)
+-- ARGV[1] = key prefix, ARGV[2] = node keys joined by '\n'.
+-- Returns three '\n'-joined strings: the node values ('' when absent), the customer ids they
+-- point at (each once), and those customers' records. One string each keeps the client's
+-- encoding and parsing to a handful of values however large the batch.
+local function split(s)
+  local out, start = {}, 1
+  if s == '' then return out end
+  while true do
+    local j = string.find(s, '\n', start, true)
+    if not j then out[#out + 1] = string.sub(s, start); return out end
+    out[#out + 1] = string.sub(s, start, j - 1)
+    start = j + 1
+  end
+end
+
 local p = ARGV[1]
 local nkey, rkey = p .. ':n', p .. ':r'
 local keys = split(ARGV[2])
+local CHUNK = 4000
 local nodes, cids, seen = {}, {}, {}
-local checks = split(ARGV[3] or '')
-if not tokens_unchanged(rkey, checks) then return 0 end
-for i = 1, #checks, 2 do seen[checks[i]] = true end
 for s = 1, #keys, CHUNK do
   local vals = redis.call('HMGET', nkey, unpack(keys, s, math.min(s + CHUNK - 1, #keys)))
   for i = 1, #vals do

@@ -1,24 +1,14 @@
 """The identity graph in Redis, shared by every streaming worker.
 
 The resolver (:mod:`processors.identity`) makes every decision; this store only loads and
-commits, each in one Lua script per batch:
+commits, each in one Lua script per batch, so a batch costs two round trips:
 
 - ``identity_read.lua`` reads the batch's nodes and their customers atomically;
-- ``identity_commit.lua`` writes the batch's changes only if none of the customers it used has
-  changed since and its new identifiers are still new (optimistic concurrency). If another
-  worker got there first, the resolver decides the batch again on fresh state. Every commit is
-  therefore equivalent to the batches applied one after another: two workers can never produce
-  different answers or lose a link.
-
-The store keeps what it has read and committed (the worker's cache, up to `cache_max_keys`
-nodes) with the token of each customer's record. A batch then reads only the identifiers it
-has not cached, and the read first checks the tokens of the cached customers the batch uses
-(any changed: the cache is dropped and the batch read afresh). Once a read finds nothing that
-another writer made, later batches skip the read altogether, one round trip per batch, and
-rely on the commit's checks; a failed commit drops the cache and reading starts again. A
-decision is only kept in the cache once Redis accepted it. Anything else that changes the
-graph (``journeymap forget``) must change or delete the customer records it touches. One store
-resolves one batch at a time (like the resolver; the ingest agent awaits each batch).
+- ``identity_commit.lua`` writes the batch's changes only if none of the nodes and customers it
+  read has changed since (optimistic concurrency). If another worker got there first, the
+  resolver decides the batch again on fresh state. Every commit is therefore equivalent to the
+  batches applied one after another: two workers can never produce different answers or lose a
+  link.
 
 Layout under the key prefix ``P`` (identifiers appear only as salted SHA-256 hashes):
 
@@ -69,62 +59,31 @@ class RetryPolicy:
     max_wait_s: float | None = None
 
 
-class _CachedGraph(IdentityGraph):
-    """The part of the graph this worker has read or written, kept across batches.
-
-    Alongside the graph it holds what Redis held for those nodes and customers when they were
-    last read or committed: a batch whose identifiers are all cached needs no read, because the
-    commit checks that every customer it used still carries the cached token.
-    """
+class _LoadedGraph(IdentityGraph):
+    """One batch's part of the graph, with the raw values read (for the commit's checks)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.stored: dict[str, tuple[int, int]] = {}  # node key -> (first_seen, n_linked) in Redis
-        self.tokens: dict[str, str] = {}  # customer -> token of its record in Redis
-        self.batch: list[str] = []  # the current batch's node keys
-        self.used: dict[str, None] = {}  # their customers in Redis when the batch began
-        self.open = False  # begun and not committed: holds decisions Redis has not accepted
-
-
-class _StaleCache(Exception):
-    """A customer read from Redis carries another token than the cached one."""
+        self.read_nodes: dict[str, str] = {}  # raw values ('' when absent)
+        self.read_state: dict[str, tuple[int, int]] = {}  # (first_seen, n_linked) as read
+        self.read_roots: dict[str, str] = {}
+        self.read_content: dict[str, tuple[int, str, dict[str, str], int]] = {}
 
 
 def _script(name: str) -> str:
-    files = resources.files("sinks")
-    return files.joinpath("identity_lib.lua").read_text() + files.joinpath(name).read_text()
+    return resources.files("sinks").joinpath(name).read_text()
 
 
 def _outbox_field(mr: MergeRecord) -> str:
     return f"{mr.loser}|{mr.evidence_event_id}"
 
 
-def _net_moves(moves: list[tuple[str, str]], stored: Collection[str]) -> list[tuple[str, str]]:
-    """The batch's customer moves as Redis must replay them: each customer Redis holds
-    (`stored`) straight to where it ended, skipping customers that exist only in this batch
-    (their identifiers are written with their final customer anyway).
-
-    A customer never ends elsewhere while another one ends under its name (its name is its
-    earliest identifier's, which goes wherever its members go), so the order does not matter;
-    if that ever failed, the moves are replayed as they were made.
-    """
-    where: dict[str, list[str]] = {}
-    placed: set[str] = set()
-    for src, dst in moves:
-        held = where.pop(src, [])
-        if src in stored and src not in placed:
-            placed.add(src)
-            held.append(src)
-        if held:
-            where.setdefault(dst, []).extend(held)
-    net = [(cid, end) for end, held in where.items() for cid in held if cid != end]
-    if any(src in where for src, _ in net):
-        return moves
-    return net
-
-
 def encode_node(cid: str, first: int, linked: int) -> str:
     return f"{cid}|{first}|{linked}"
+
+
+def _content(root: Root) -> tuple[int, str, dict[str, str], int]:
+    return root.earliest_ts, root.earliest_key, root.uniq, root.size
 
 
 def encode_root(root: Root, token: str) -> str:
@@ -145,7 +104,6 @@ class RedisIdentityStore:
         *,
         retry: RetryPolicy = RetryPolicy(),
         token_ttl_s: int = 86_400,
-        cache_max_keys: int = 500_000,
     ) -> None:
         if isinstance(client, str):
             client = redis.Redis.from_url(client, decode_responses=True)
@@ -161,9 +119,6 @@ class RedisIdentityStore:
         self._read = client.register_script(_script("identity_read.lua"))
         self._commit = client.register_script(_script("identity_commit.lua"))
         self.n_conflicting_commits = 0
-        self.cache_max_keys = cache_max_keys
-        self._cache = _CachedGraph()
-        self._trusted = False  # no read while the cache has been right (see begin)
 
     # -- retrying ------------------------------------------------------------------------------
 
@@ -212,142 +167,87 @@ class RedisIdentityStore:
     # -- IdentityStore -------------------------------------------------------------------------
 
     def begin(self, keys: Collection[str]) -> IdentityGraph:
-        """The graph holding `keys` and their customers: this worker's cache, completed and
-        checked by one atomic read, or by none at all while the cache has been right so far.
-
-        The read sends the tokens of the cached customers the batch uses and reads the keys not
-        cached; if a cached customer changed (another worker wrote it), the cache is dropped and
-        the batch read afresh. Without a read, the commit makes the same checks (the customers'
-        tokens, and that the uncached keys are still new), so a stale cache can cost a retried
-        batch, never a wrong answer.
-        """
-        g = self._cache
-        if g.open or len(g.stored) > self.cache_max_keys:
-            g = self._reset()  # an uncommitted decision, or full: start over
-        g.open = True
-        g.moves.clear()
-        g.new_keys.clear()
-        g.changed.clear()
-        g.merge_records = []
-        batch = g.batch = list(keys)
-        if not self._trusted:
-            known, tokens = g.cid, g.tokens
-            missing = [key for key in batch if key not in known]
-            used = {known[key] for key in batch if key in known}
-            try:
-                n_found = self._load(g, missing, "\n".join(f"{c}\n{tokens[c]}" for c in used))
-            except _StaleCache:
-                g = self._reset()
-                g.open = True
-                g.batch = batch
-                n_found = self._load(g, batch, "")
-            # Skip this read from the next batch on once it found nothing anyone else wrote.
-            self._trusted = n_found == 0
-        known = g.cid
-        g.used = dict.fromkeys(known[key] for key in batch if key in known)
-        return g
-
-    def _reset(self) -> _CachedGraph:
-        self._cache = _CachedGraph()
-        self._trusted = False
-        return self._cache
-
-    def _load(self, g: _CachedGraph, wanted: list[str], checks: str) -> int:
-        """Read the nodes `wanted` and their customers into `g` (one atomic read), after
-        checking the cached customers in `checks`; returns how many of `wanted` exist."""
-        reply = self._call(
+        """Load the nodes `keys` and the customers they belong to, as one atomic read."""
+        wanted = list(keys)
+        g = _LoadedGraph()
+        if not wanted:
+            return g
+        nodes_s, cids_s, roots_s = self._call(
             "read the identity graph",
-            lambda: self._read(args=[self.prefix, "\n".join(wanted), checks]),
+            lambda: self._read(args=[self.prefix, "\n".join(wanted)]),
         )
-        if reply == 0:
-            raise _StaleCache()
-        nodes_s, cids_s, roots_s = reply
         cids = cids_s.split("\n") if cids_s else []
         roots = roots_s.split("\n") if cids_s else []
-        tokens = g.tokens
         for cid, raw in zip(cids, roots, strict=True):
             if not raw:
                 raise ServiceUnavailable(
                     f"identity graph under {self.prefix!r} is inconsistent: node points at "
                     f"customer {cid} which has no record; was the prefix partially deleted?"
                 )
-            cached = tokens.get(cid)
-            if cached is not None:
-                if raw[-34:-2] != cached:
-                    raise _StaleCache(cid)
-                continue  # unchanged since cached, members included
-            ts, key, uniq, size, token = orjson.loads(raw)
-            g.roots[cid] = Root(ts, key, uniq, size)
-            tokens[cid] = token
+            ts, key, uniq, size, _token = orjson.loads(raw)
+            g.roots[cid] = Root(ts, key, dict(uniq), size)
+            g.read_content[cid] = (ts, key, uniq, size)
             g.members[cid] = []
-        n_found = 0
-        for key, raw in zip(wanted, nodes_s.split("\n") if wanted else [], strict=True):
+            g.read_roots[cid] = raw
+        for key, raw in zip(wanted, nodes_s.split("\n"), strict=True):
+            g.read_nodes[key] = raw
             if not raw:
                 continue
-            n_found += 1
             cid, first, linked = raw.split("|")
             g.cid[key] = cid
             g.first[key] = f = int(first)
             n = int(linked)
             if n:
                 g.linked[key] = n
-            g.stored[key] = (f, n)
+            g.read_state[key] = (f, n)
             g.members[cid].append(key)
-        return n_found
+        return g
 
     def commit(self, graph: IdentityGraph) -> bool:
-        """Write the batch atomically; False if another writer changed what it used.
+        """Write the batch atomically; False if another writer changed what it read.
 
         The check is on customer records only (plus the absence of new identifiers): every
         change to a node rewrites its customer's record, stamped with this commit's token, so
-        an unchanged token means unchanged members. On False the cache is dropped.
+        an unchanged record means unchanged members.
         """
-        g = graph
-        assert isinstance(g, _CachedGraph) and g is self._cache and g.open, (
-            "commit the graph this store's last begin() returned"
-        )
-        if not g.batch:
-            g.open = False
+        assert isinstance(graph, _LoadedGraph), "commit a graph this store's begin() returned"
+        if not graph.read_nodes:
             return True
         token = uuid.uuid4().hex
-        cids, first, linked, stored = g.cid, g.first, g.linked, g.stored
+        cids, first, linked = graph.cid, graph.first, graph.linked
+        new = [key for key, raw in graph.read_nodes.items() if not raw]
         node_sets: list[str] = []
-        states: list[tuple[str, tuple[int, int]]] = []
-        for key in g.changed:
-            state = (first[key], linked.get(key, 0))
-            if stored.get(key) != state:
-                node_sets += (key, encode_node(cids[key], *state))
-                states.append((key, state))
-        # A customer record changes with its nodes (above) and when customers move into it;
-        # every record written gets this commit's token.
-        written = {cids[key]: None for key, _ in states}
-        roots = g.roots
-        for _, dst in g.moves:
-            if dst in roots:
-                written[dst] = None
+        dirty: set[str] = set()
+        for key in graph.read_nodes:
+            f, n = first[key], linked.get(key, 0)
+            if graph.read_state.get(key) != (f, n):
+                cid = cids[key]
+                node_sets += (key, encode_node(cid, f, n))
+                dirty.add(cid)
         root_sets: list[str] = []
-        for cid in written:
-            root_sets += (cid, encode_root(roots[cid], token))
-        gone = [cid for cid in g.used if cid not in roots]
+        for cid, root in graph.roots.items():
+            if cid in dirty or graph.read_content.get(cid) != _content(root):
+                root_sets += (cid, encode_root(root, token))
+        gone = [cid for cid in graph.read_roots if cid not in graph.roots]
 
         checks: list[str] = []
-        for cid in g.used:
-            checks += (cid, g.tokens[cid])
+        for cid, raw in graph.read_roots.items():
+            checks += (cid, raw)
         adds: list[str] = []
-        for key in g.new_keys:
+        for key in graph.new_keys:
             adds += (cids[key], key)
         now_ms = int(time.time() * 1000)
         outbox: list[str] = []
-        for mr in g.merge_records:
+        for mr in graph.merge_records:
             outbox += (_outbox_field(mr),
                        orjson.dumps({**mr._asdict(), "committed_ms": now_ms}).decode())
         args: list[Any] = [
             self.prefix,
             token,
             self.token_ttl_s,
-            "\n".join(g.new_keys),
+            "\n".join(new),
             "\n".join(checks),
-            "\n".join(f"{src}\n{dst}" for src, dst in _net_moves(g.moves, g.used)),
+            "\n".join(f"{src}\n{dst}" for src, dst in graph.moves),
             "\n".join(node_sets),
             "\n".join(adds),
             "\n".join(root_sets),
@@ -358,15 +258,7 @@ class RedisIdentityStore:
         status = self._call("commit identity decisions", lambda: self._commit(args=args))
         if status == 0:
             self.n_conflicting_commits += 1
-            self._reset()
             return False
-        stored.update(states)
-        tokens = g.tokens
-        for cid in written:
-            tokens[cid] = token
-        for cid in gone:
-            del tokens[cid]
-        g.open = False
         return True
 
     # -- merge outbox --------------------------------------------------------------------------
@@ -429,7 +321,6 @@ class RedisIdentityStore:
 
     def clear(self) -> int:
         """Delete every key under this store's prefix; returns how many."""
-        self._reset()
 
         def run() -> int:
             n = 0
