@@ -35,6 +35,14 @@ T0_MS = 1_772_323_200_000
 CONFIG = IdentityConfig()
 
 
+def _landing(i: int, at_ms: int, ids: dict[str, str]) -> TouchpointEvent:
+    """Event `ev-{i}`: a web landing page at `at_ms` carrying `ids`."""
+    return TouchpointEvent.model_validate(
+        {"event_id": f"ev-{i}", "occurred_at": at_ms, "channel": "web",
+         "touchpoint": "landing_page", "identities": ids}
+    )
+
+
 def stream(n: int, seed: int) -> list[TouchpointEvent]:
     """Customers with cookies, a device and occasional logins; no identifier is shared."""
     rng = random.Random(seed)
@@ -49,17 +57,7 @@ def stream(n: int, seed: int) -> list[TouchpointEvent]:
             ids["user_id"] = f"user-{c}"
         elif r < 0.5:
             ids["email"] = f"c{c}@example.com"
-        out.append(
-            TouchpointEvent.model_validate(
-                {
-                    "event_id": f"ev-{i}",
-                    "occurred_at": T0_MS + rng.randrange(3_600_000),
-                    "channel": "web",
-                    "touchpoint": "landing_page",
-                    "identities": ids,
-                }
-            )
-        )
+        out.append(_landing(i, T0_MS + rng.randrange(3_600_000), ids))
     return out
 
 
@@ -251,17 +249,7 @@ def merging_stream(n: int, seed: int) -> list[TouchpointEvent]:
             ids["email"] = f"c{(c + rng.randrange(3)) // 3}@example.com"
         elif r < 0.5:
             ids["user_id"] = f"user-{c}"
-        out.append(
-            TouchpointEvent.model_validate(
-                {
-                    "event_id": f"ev-{i}",
-                    "occurred_at": T0_MS + rng.randrange(3_600_000),
-                    "channel": "web",
-                    "touchpoint": "landing_page",
-                    "identities": ids,
-                }
-            )
-        )
+        out.append(_landing(i, T0_MS + rng.randrange(3_600_000), ids))
     return out
 
 
