@@ -642,3 +642,51 @@ __all__ = [
     "customer_id_for",
     "resolve_identities",
 ]
+
+
+# -- the order in which merges reach the partitions -------------------------------------------
+
+
+def merges_to_send(own: Sequence[MergeRecord], outbox: Sequence[tuple[int, MergeRecord]]
+                   ) -> list[MergeRecord]:
+    """What a batch that committed the merges `own` produces, in order: first the merges of other
+    batches still unsent (`outbox`, the store's unacknowledged merges as (commit sequence,
+    record)) that were committed before `own` and touch `own`'s customers (directly or through
+    each other), in commit order, then `own`.
+
+    Related merges must reach the partitions in commit order: L into W, then W back into L, sent
+    by two workers at once, could otherwise announce the second at L's partition before the
+    first detached L there, and each partition would then wait for good for a transfer that the
+    other had passed on (a crossed cycle). Re-sending another worker's earlier merge is harmless
+    (each step of a merge is idempotent; its own sender's copy is dropped as a duplicate).
+    """
+    mine = {(mr.loser, mr.evidence_event_id) for mr in own}
+    own_seq = min((seq for seq, mr in outbox if (mr.loser, mr.evidence_event_id) in mine),
+                  default=None)
+    customers = {c for mr in own for c in (mr.loser, mr.winner)}
+    earlier: list[MergeRecord] = []
+    for seq, mr in sorted(outbox, key=lambda e: e[0], reverse=True):
+        if (own_seq is not None and seq >= own_seq) or (mr.loser, mr.evidence_event_id) in mine:
+            continue
+        if mr.loser in customers or mr.winner in customers:
+            earlier.append(mr)
+            customers.update((mr.loser, mr.winner))
+    return [*reversed(earlier), *own]
+
+
+def merge_waves(merges: Sequence[MergeRecord]) -> list[list[MergeRecord]]:
+    """`merges` (in commit order) cut into consecutive waves in which no two share a customer.
+
+    A wave's "expect" messages are produced, then its "merge" messages, each step confirmed by
+    the broker before the next: a later merge of a customer is never announced before an
+    earlier one has detached it.
+    """
+    waves: list[list[MergeRecord]] = []
+    seen: set[str] = set()
+    for mr in merges:
+        if not waves or mr.loser in seen or mr.winner in seen:
+            waves.append([])
+            seen = set()
+        waves[-1].append(mr)
+        seen.update((mr.loser, mr.winner))
+    return waves

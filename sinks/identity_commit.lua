@@ -8,7 +8,9 @@
 --   9 root sets    customer, record ...
 --  10 root deletes customer ...
 --  11 merge outbox  loser|evidence event, merge record (JSON) ...   kept until the ingest agent has produced
---                   them (`RedisIdentityStore.ack_merges`), so a crash cannot lose a merge
+--                   them (`RedisIdentityStore.ack_merges`), so a crash cannot lose a merge; each is
+--                   stored as '<seq> <JSON>', seq from the counter P:mseq: the global commit order
+--                   of merges, in which related merges must reach the partitions
 -- Returns 1 when applied, 2 when this token was applied before (a retried call), 0 when another
 -- writer changed a customer this batch read (the caller then decides the batch again).
 local function split(s)
@@ -69,6 +71,14 @@ for i = 1, #adds, 2 do
 end
 bulk('HSET', rkey, split(ARGV[9]))
 bulk('HDEL', rkey, split(ARGV[10]))
-bulk('HSET', p .. ':mo', split(ARGV[11]))
+local outbox = split(ARGV[11])
+if #outbox > 0 then
+  local seq = redis.call('INCRBY', p .. ':mseq', #outbox / 2) - #outbox / 2
+  for i = 2, #outbox, 2 do
+    seq = seq + 1
+    outbox[i] = seq .. ' ' .. outbox[i]
+  end
+  bulk('HSET', p .. ':mo', outbox)
+end
 redis.call('SET', tkey, '1', 'EX', ttl)
 return 1

@@ -17,11 +17,15 @@ Layout under the key prefix ``P`` (identifiers appear only as salted SHA-256 has
 - ``P:m:<cust>``   set   the node keys of one customer (for merges and `members_of`)
 - ``P:tok:<t>``    a commit that was applied (so a retried commit is not applied twice)
 - ``P:mo``         hash  merge outbox: ``loser|evidence event`` -> JSON merge record (with
-  ``committed_ms``),
+  ``committed_ms`` and the committing worker's ``owner`` id),
   written by the commit that made the merge, deleted by :meth:`RedisIdentityStore.ack_merges`
   once the worker has produced it. A worker that dies in between leaves it there, and
   :meth:`RedisIdentityStore.pending_merges` hands it to another one (loser and evidence event
   identify a merge, so consumers can drop duplicates).
+- ``P:alive:<owner>``  string with a TTL, refreshed by :meth:`RedisIdentityStore.heartbeat`: the
+  owner is alive, so its outbox entries are its own to produce, however long it is held up
+  (a ClickHouse outage can hold an agent for minutes; a second sender would interleave the
+  merges with the live worker's own messages).
 
 While Redis is unreachable every call retries with bounded exponential backoff and logs a
 warning saying what it is waiting for; nothing is lost because nothing is committed until Redis
@@ -36,7 +40,7 @@ import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 import orjson
 import redis
@@ -68,6 +72,15 @@ class _LoadedGraph(IdentityGraph):
         self.read_state: dict[str, tuple[int, int]] = {}  # (first_seen, n_linked) as read
         self.read_roots: dict[str, str] = {}
         self.read_content: dict[str, tuple[int, str, dict[str, str], int]] = {}
+
+
+class OutboxEntry(NamedTuple):
+    """A merge in the outbox: its place in the global commit order, when and by whom."""
+
+    seq: int
+    committed_ms: int
+    owner: str | None
+    merge: MergeRecord
 
 
 def _script(name: str) -> str:
@@ -104,6 +117,8 @@ class RedisIdentityStore:
         *,
         retry: RetryPolicy = RetryPolicy(),
         token_ttl_s: int = 86_400,
+        owner: str | None = None,
+        alive_ttl_s: int = 30,
     ) -> None:
         if isinstance(client, str):
             client = redis.Redis.from_url(client, decode_responses=True)
@@ -116,6 +131,8 @@ class RedisIdentityStore:
         self.prefix = prefix
         self.retry = retry
         self.token_ttl_s = token_ttl_s
+        self.owner = owner  # this worker's id in the merge outbox (None: nobody's, recoverable)
+        self.alive_ttl_s = alive_ttl_s
         self._read = client.register_script(_script("identity_read.lua"))
         self._commit = client.register_script(_script("identity_commit.lua"))
         self.n_conflicting_commits = 0
@@ -239,8 +256,8 @@ class RedisIdentityStore:
         now_ms = int(time.time() * 1000)
         outbox: list[str] = []
         for mr in graph.merge_records:
-            outbox += (_outbox_field(mr),
-                       orjson.dumps({**mr._asdict(), "committed_ms": now_ms}).decode())
+            outbox += (_outbox_field(mr), orjson.dumps(
+                {**mr._asdict(), "committed_ms": now_ms, "owner": self.owner}).decode())
         args: list[Any] = [
             self.prefix,
             token,
@@ -263,24 +280,43 @@ class RedisIdentityStore:
 
     # -- merge outbox --------------------------------------------------------------------------
 
-    def pending_merges(self, older_than_s: float = 0.0) -> list[MergeRecord]:
+    def heartbeat(self) -> None:
+        """Say this store's owner is alive for the next `alive_ttl_s` (call well within it)."""
+        if self.owner is not None:
+            key = f"{self.prefix}:alive:{self.owner}"
+            self._call("refresh the worker heartbeat",
+                       lambda: self.client.set(key, int(time.time() * 1000), ex=self.alive_ttl_s))
+
+    def outbox(self) -> list[OutboxEntry]:
+        """Every merge not yet acknowledged, in commit order (`seq`, the global order of merges)."""
+        raw = self._call("read the merge outbox", lambda: self.client.hgetall(f"{self.prefix}:mo"))
+        out = []
+        for value in raw.values():  # type: ignore[union-attr]
+            seq_text, _, body = value.partition(" ") if value[:1] != "{" else ("0", "", value)
+            d = orjson.loads(body)  # (entries written before `seq` existed start with '{')
+            committed_ms, owner = d.pop("committed_ms"), d.pop("owner", None)
+            out.append(OutboxEntry(int(seq_text), committed_ms, owner, MergeRecord(**d)))
+        return sorted(out, key=lambda e: (e.seq, e.committed_ms, e.merge.ts_ms, e.merge.loser))
+
+    def pending_merges(self, older_than_s: float = 0.0, *, orphaned: bool = False
+                       ) -> list[MergeRecord]:
         """Merge records committed at least `older_than_s` ago and not yet acknowledged.
 
         Their worker died between the commit and producing them (or is still busy): produce
-        them again, then :meth:`ack_merges`. In commit order (then merge time and loser within
-        one commit): a cycle's two merges (L into W, then W back into L) only make sense in the
-        order they were committed.
+        them again, then :meth:`ack_merges`. `orphaned`: only those whose owner has no live
+        heartbeat (a recovery sweep must not race a live worker held up by an outage). In
+        commit order: a cycle's two merges (L into W, then W back into L) only make sense in
+        the order they were committed.
         """
-        raw = self._call("read the merge outbox", lambda: self.client.hgetall(f"{self.prefix}:mo"))
         limit_ms = int((time.time() - older_than_s) * 1000)
-        out = []
-        for value in raw.values():  # type: ignore[union-attr]
-            d = orjson.loads(value)
-            committed_ms = d.pop("committed_ms")
-            if committed_ms <= limit_ms:
-                mr = MergeRecord(**d)
-                out.append((committed_ms, mr.ts_ms, mr.loser, mr))
-        return [entry[-1] for entry in sorted(out, key=lambda e: e[:3])]
+        out = [e for e in self.outbox() if e.committed_ms <= limit_ms]
+        if orphaned and out:
+            named = sorted({e.owner for e in out if e.owner is not None})
+            alive = self._call("read the worker heartbeats", lambda: self.client.mget(
+                [f"{self.prefix}:alive:{o}" for o in named])) if named else []
+            live = {o for o, a in zip(named, alive, strict=True) if a is not None}
+            out = [e for e in out if e.owner not in live]
+        return [e.merge for e in out]
 
     def ack_merges(self, merges: Collection[MergeRecord]) -> None:
         """`merges` are produced: drop them from the outbox (idempotent)."""

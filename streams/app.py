@@ -26,7 +26,9 @@ import contextlib
 import logging
 import os
 import pickle
+import socket
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,8 +48,15 @@ from online_models.suite import CustomerModelState, ModelSuite, Scores
 from processors.chain import ChainOutput, JourneyChain
 from processors.errors import ServiceUnavailable
 from processors.events import ResolvedEvent
-from processors.identity import IdentityResolver, MergeRecord
-from processors.validation import Accepted, DeadLetter, Source, decode, decode_batch
+from processors.identity import IdentityResolver, MergeRecord, merge_waves, merges_to_send
+from processors.validation import (
+    Accepted,
+    DeadLetter,
+    Source,
+    decode,
+    decode_batch,
+    sources_of,
+)
 from sinks import clickhouse as ch
 from sinks.alerts import encode_alert
 from sinks.checkpoints import CheckpointStore
@@ -166,7 +175,8 @@ class Runtime:
         self.resolver = IdentityResolver(
             self.config.identity,
             self.config.identity_salt,
-            RedisIdentityStore(settings.redis.url, prefix=f"jm:id:{settings.kafka.consumer_group}"),
+            RedisIdentityStore(settings.redis.url, prefix=f"jm:id:{settings.kafka.consumer_group}",
+                               owner=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"),
         )
         self.checkpoints = CheckpointStore(
             settings.redis.url, settings.kafka.consumer_group,
@@ -202,6 +212,9 @@ class Runtime:
         self.last_checkpoint: dict[int, float] = {}
         # partition -> the task waiting for a checkpoint being saved by a child process
         self.bg_checkpoints: dict[int, asyncio.Task[None]] = {}
+        # (partition, merge key) -> when this worker first saw the merge's transfer awaited
+        # (_report_awaited warns once about one awaited for long)
+        self.awaited_since: dict[tuple[int, tuple[str, str]], float] = {}
         self.checkpoint_every_s = settings.worker.checkpoint_every_s
 
     def new_partition(self) -> PartitionState:
@@ -274,16 +287,15 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
             m = runtime.metrics
             m.events_in.inc(len(batch))
             # One Rust validation call per batch; dead letters keep their own reasons and offsets.
-            accepted, dead = decode_batch(
-                (ev.message.value or b"",
-                 Source(ev.message.topic, ev.message.partition, ev.message.offset))
-                for ev in batch
-            )
+            accepted, dead = decode_batch(zip(
+                [ev.message.value or b"" for ev in batch],
+                sources_of([ev.message for ev in batch]),  # positions made per partition run
+                strict=True,
+            ))
             resolved = await asyncio.to_thread(
                 runtime.resolver.resolve_batch, [a.event for a in accepted]
             ) if accepted else None
             sends = [dlq_topic.send(key=b"validate", value=d.to_json()) for d in dead]
-            expects: list[Outgoing] = []
             produced: list[Outgoing] = []
             m.dead.labels("validate").inc(len(dead))
             letters: list[DeadLetter] = []
@@ -300,7 +312,6 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                     m.dead.labels("resolve").inc()
                 raw_of = {id(a.event): ev.message.value for a, ev in _pairs(accepted, batch)}
                 ts_of = {id(a.event): ev.message.timestamp for a, ev in _pairs(accepted, batch)}
-                expects, produced = _merge_records(resolved.merges)
                 m.merges.inc(len(resolved.merges))
                 produced.extend(  # the raw timestamp: latency end to end
                     (t.resolved, rev.customer_id.encode(), raw_of[id(rev.event)], None,
@@ -316,10 +327,22 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                 out.dead.extend(letters)
             await _write(runtime, chain_rows(out, now_ms, 0, {}))
             producer = runtime.ingest_out
-            if expects:  # on the broker before anything else of the batch is produced
-                for message in expects:
-                    producer.send(*message)
-                await _deliver(producer)
+            if resolved is not None and resolved.merges:
+                # Before anything else of the batch: the merges (and any earlier related merge
+                # of another batch still unsent), wave after wave in commit order.
+                store = runtime.resolver.store
+                outbox = await asyncio.to_thread(store.outbox)  # type: ignore[attr-defined]
+                waves = merge_waves(merges_to_send(resolved.merges,
+                                                   [(e.seq, e.merge) for e in outbox]))
+                for i, wave in enumerate(waves):
+                    expects, others = _merge_records(wave)
+                    for message in expects:
+                        producer.send(*message)
+                    await _deliver(producer)
+                    for message in others:
+                        producer.send(*message)
+                    if i < len(waves) - 1:  # the last wave's go with the batch's events
+                        await _deliver(producer)
             for message in produced:
                 producer.send(*message)
             for fut in await asyncio.gather(*sends):
@@ -376,12 +399,21 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                 runtime.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - done))
 
     @app.timer(interval=5.0)
+    async def heartbeat() -> None:
+        # Its own timer: recover_merges can wait minutes for ClickHouse, and a lapsed heartbeat
+        # would let another worker send this live worker's merges beside its own.
+        store = R().resolver.store
+        await asyncio.to_thread(store.heartbeat)  # type: ignore[attr-defined]
+
+    @app.timer(interval=5.0)
     async def recover_merges() -> None:
         # The identity commit keeps every merge record in an outbox until it is produced; one
-        # still there long after its commit belongs to a worker that died in between.
+        # still there long after its commit, whose worker's heartbeat has stopped, belongs to a
+        # worker that died in between.
         runtime = R()
         store = runtime.resolver.store
-        pending = await asyncio.to_thread(store.pending_merges, MERGE_RECOVERY_AFTER_S)  # type: ignore[attr-defined]
+        pending = await asyncio.to_thread(store.pending_merges, MERGE_RECOVERY_AFTER_S,  # type: ignore[attr-defined]
+                                          orphaned=True)
         if not pending:
             return
         log.warning("producing %d merge records that a stopped worker committed but never "
@@ -480,6 +512,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
             os._exit(70)
         if "runtime" in rt:
             await _seek_again(rt["runtime"])
+            _report_awaited(rt["runtime"])
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app: faust.App, assigned: set[Any], **kwargs: Any) -> None:
@@ -681,6 +714,30 @@ async def _seek_again(runtime: Runtime) -> None:
         runtime.seeking[tp] = (expected, time.monotonic())
 
 
+# A merge whose transfer is awaited this long holds its partition far beyond a normal hand-over.
+AWAITED_WARN_AFTER_S = 60.0
+
+
+def _report_awaited(runtime: Runtime) -> None:
+    """Warn once about each merge whose transfer has been awaited for AWAITED_WARN_AFTER_S: its
+    partition releases nothing past the merge's announcement until the transfer comes."""
+    now = time.monotonic()
+    seen = runtime.awaited_since
+    current = {(p, key): winner for p, part in runtime.partitions.items()
+               for key, winner in part.awaiting.items()}
+    for k in [k for k in seen if k not in current]:
+        del seen[k]
+    for (p, key), winner in current.items():
+        since = seen.setdefault((p, key), now)
+        if since <= now - AWAITED_WARN_AFTER_S:
+            part = runtime.partitions[p]
+            log.warning("partition %d: the transfer of %s into %s (evidence event %s) is awaited "
+                        "for %.0f s; the partition holds at %s (away here: %s)", p, key[0],
+                        winner, key[1], now - since, part.chain.hold,
+                        part.away.get(winner) or part.away.get(key[0]))
+            seen[(p, key)] = float("inf")  # once
+
+
 async def _checkpoint(runtime: Runtime, p: int, part: PartitionState, *,
                       background: bool = False) -> None:
     """Save the partition's state with its offset, then commit the next offset to Kafka.
@@ -869,7 +926,13 @@ def _adopt(part: PartitionState, mr: MergeRecord, package: Any, model_state: Any
         # home. Adopt it under an alias and merge that into L like any other merged customer.
         mr = mr._replace(loser=f"{mr.loser}@{mr.evidence_event_id}")
     for k in carried:
-        if k not in part.adopted:
+        # A merge passed on from here already can never come here again but as a bounce, which
+        # is adopted without being awaited: waiting for it would hold this partition for good
+        # (a crossed cycle: the ingest side sends related merges in commit order to prevent it).
+        if k in part.passed:
+            log.warning("partition: merge %s handed back with %s's transfer after it was passed "
+                        "on from here (crossed merge cycle); not awaited again", k, mr.loser)
+        elif k not in part.adopted:
             part.awaiting[k] = mr.winner
     _hold(part)  # lifted before the merge, so the adopted events are released with it
     part.chain.attach_customer(package, mr, out)

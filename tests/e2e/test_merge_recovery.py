@@ -49,9 +49,10 @@ def test_a_merge_committed_but_never_produced_is_produced_by_the_next_worker(
     # ... and the worker that committed it died: its outbox entry grows old.
     outbox = f"{store.prefix}:mo"
     for field, value in store.client.hgetall(outbox).items():
-        record = orjson.loads(value)
+        seq, _, body = value.partition(" ")  # '<commit sequence> <JSON>'
+        record = orjson.loads(body)
         record["committed_ms"] -= int((MERGE_RECOVERY_AFTER_S + 60) * 1000)
-        store.client.hset(outbox, field, orjson.dumps(record).decode())
+        store.client.hset(outbox, field, f"{seq} {orjson.dumps(record).decode()}")
     assert store.pending_merges(MERGE_RECOVERY_AFTER_S) == merges
 
     logs = tmp_path / "logs"

@@ -234,6 +234,16 @@ class Supervisor:
                 proc.kill()
 
 
+def _warnings(logs: Path, last: int = 40) -> list[str]:
+    """The workers' last warnings and errors: a failed variant's diagnosis in CI, where the
+    logs are gone with the machine."""
+    lines = []
+    for log in sorted(logs.glob("*.log")):
+        lines += [f"{log.name}: {line}" for line in log.read_text(errors="replace").splitlines()
+                  if "WARNING" in line or "ERROR" in line or "CRITICAL" in line]
+    return lines[-last:]
+
+
 def _wait_equal(target: ClickHouseSettings, want: dict[str, tuple[Any, ...]], cutoff_ms: int,
                 timeout_s: float, supervisor: Supervisor) -> dict[str, tuple[Any, ...]]:
     """Poll the tables until they equal `want` (return at once) or `timeout_s` passes."""
@@ -295,12 +305,15 @@ def test_two_workers_on_four_partitions_equal_the_replay(
             producer.flush()
         # The sentinels end the history: send them once every history event has gone through
         # both agents (Kafka does not order across partitions; a sentinel must not overtake).
-        deadline = time.monotonic() + 240
+        started = time.monotonic()
+        deadline = started + 240
         n_drained = 0
         while n_drained < 2 and time.monotonic() < deadline:
             workers.check()
             n_drained = n_drained + 1 if _drained(env, bootstrap, ports) else 0
             time.sleep(2)
+        print(f"drained: {n_drained >= 2} after {time.monotonic() - started:.0f} s; lags "
+              f"{metric(ports, 'journeymap_consumer_lag{')}")  # shown with -rP
         producer.send_many(sentinels)
         stats = producer.close(30)
         assert stats.n_failed == 0 and stats.n_undelivered == 0
@@ -316,6 +329,7 @@ def test_two_workers_on_four_partitions_equal_the_replay(
             {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v},
             "transfers awaited", metric(ports, "journeymap_transfers_awaited"),
             "lags", metric(ports, "journeymap_consumer_lag{"),
+            "worker warnings", _warnings(logs),
         )
         for agent in ("ingest", "journey"):  # filled by the batches that produced the tables
             latency = metric(ports, "journeymap_processing_latency_seconds", f'agent="{agent}"')

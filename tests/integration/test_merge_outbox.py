@@ -4,6 +4,7 @@ worker produced it (issue 6). Real Redis; each test uses its own key prefix."""
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -74,3 +75,53 @@ def test_pending_merges_come_in_commit_order(store: RedisIdentityStore) -> None:
         store.client.hset(f"{store.prefix}:mo", f"{mr.loser}|{mr.evidence_event_id}",
                           orjson.dumps({**mr._asdict(), "committed_ms": committed_ms}))
     assert store.pending_merges() == [first, then]
+
+
+def test_a_live_owners_merges_are_not_recovered_by_others(store: RedisIdentityStore) -> None:
+    # Worker A committed the merge and is held up (ClickHouse down): its heartbeat still runs,
+    # so a recovery sweep elsewhere leaves the merge to A. Once A's heartbeat lapses it is
+    # orphaned and recovered. A merge committed without an owner is always recoverable.
+    a = RedisIdentityStore(store.client, store.prefix, owner="host:1:a", alive_ttl_s=1)
+    first, link = _two_customers_then_the_link()
+    resolver = IdentityResolver(IdentityConfig(), "salt", a)
+    resolver.resolve_batch(first)
+    a.heartbeat()
+    merges = resolver.resolve_batch(link).merges
+    assert len(merges) == 1
+    assert store.pending_merges(orphaned=True) == []
+    assert store.pending_merges() == merges  # not asked about owners: everything pending
+    deadline = time.monotonic() + 5
+    while store.pending_merges(orphaned=True) == [] and time.monotonic() < deadline:
+        time.sleep(0.2)  # the heartbeat's TTL runs out
+    assert store.pending_merges(orphaned=True) == merges
+    ownerless = MergeRecord("L", "W", "ev-1", T0_MS, "shared_identifier")
+    store.client.hset(f"{store.prefix}:mo", "L|ev-1",
+                      orjson.dumps({**ownerless._asdict(), "committed_ms": 1_000}))
+    assert store.pending_merges(orphaned=True) == [ownerless, *merges]
+
+
+def test_the_outbox_numbers_merges_in_commit_order_across_workers(store: RedisIdentityStore
+                                                                   ) -> None:
+    # Two workers on one graph: worker A merges L into W, then worker B merges W's customer with
+    # a third. The commit sequence (kept by Redis, not by the workers' clocks) orders them, so
+    # B can send A's still unsent merge before its own (processors.identity.merges_to_send).
+    a = RedisIdentityStore(store.client, store.prefix, owner="host:1:a")
+    b = RedisIdentityStore(store.client, store.prefix, owner="host:2:b")
+    first, link = _two_customers_then_the_link()
+    IdentityResolver(IdentityConfig(), "salt", a).resolve_batch(first)
+    by_a = IdentityResolver(IdentityConfig(), "salt", a).resolve_batch(link).merges
+    by_b = IdentityResolver(IdentityConfig(), "salt", b).resolve_batch([
+        event(at_ms=T0_MS + 4 * MIN_MS, event_id="c", anonymous_id="cookie-c"),
+        event(at_ms=T0_MS + 5 * MIN_MS, event_id="cb", anonymous_id="cookie-c",
+              device_id="dev-1"),
+    ]).merges
+    assert len(by_a) == 1 and len(by_b) == 1
+    entries = store.outbox()
+    assert [e.merge for e in entries] == [*by_a, *by_b]
+    assert [e.owner for e in entries] == ["host:1:a", "host:2:b"]
+    assert entries[0].seq < entries[1].seq
+    # An entry written before the sequence existed (plain JSON) still reads, ahead of the rest.
+    old = MergeRecord("K", "Y", "ev-0", T0_MS, "shared_identifier")
+    store.client.hset(f"{store.prefix}:mo", "K|ev-0",
+                      orjson.dumps({**old._asdict(), "committed_ms": 1_000}))
+    assert [e.merge for e in store.outbox()] == [old, *by_a, *by_b]

@@ -127,3 +127,51 @@ def test_a_merge_cycle_whose_messages_cross_does_not_bounce_for_ever() -> None:
                              ("C1", b"merge", C1_INTO_C2), ("C2", b"merge", C2_INTO_C1)])
     assert released == ["a0", "a1", "a2", "d1", "d2"]
     assert part.awaiting == {}
+
+
+def test_a_cycle_crossed_between_two_partitions_holds_neither_for_good() -> None:
+    # L into W, then W back into L, sent by two workers at once: each partition hears of the
+    # second merge before the first one detached its customer (the ingest side now sends related
+    # merges in commit order; this is the safety net). L's and W's partitions then each sent
+    # their customer to the other, each transfer bounced home, and each partition waited for good
+    # for the merge it had itself passed on: neither released anything again.
+    l_into_w = MergeRecord("L", "W", "ev-1", T0_MS + 30 * MIN_MS, "shared_identifier")
+    w_into_l = MergeRecord("W", "L", "ev-2", T0_MS + MIN_MS, "earlier_evidence")
+    runtime = SimpleNamespace(metrics=Metrics(), models=None)
+    parts = {"L": PartitionState(JourneyChain(CONFIG)), "W": PartitionState(JourneyChain(CONFIG))}
+    queues: dict[str, list[Any]] = {"L": [], "W": []}
+    messages = {"L": _Messages(), "W": _Messages()}
+    released: list[str] = []
+
+    def send(key: str, kind: bytes | None, value: bytes) -> None:
+        home = key.split("@")[0]
+        queues[home].append(messages[home](key, kind, value))
+
+    def drain(first: str) -> None:  # one message at a time, alternating between partitions
+        turn, steps = first, 0
+        while queues["L"] or queues["W"]:
+            steps += 1
+            assert steps < 100, "messages bounce between the partitions for ever"
+            if queues[turn]:
+                out, forwards, transfers, _ = _journey_batch(runtime, parts[turn],
+                                                            [queues[turn].pop(0)])
+                released.extend(r.event.event_id for r in out.released)
+                for k, v, headers in forwards + transfers:
+                    send(k.decode(), dict(headers).get(H_TYPE), v)
+            turn = "W" if turn == "L" else "L"
+
+    send("L", None, resolved("L", "landing_page", T0_MS + 10 * MIN_MS, event_id="l1")
+         .event.model_dump_json().encode())
+    send("W", None, resolved("W", "signup", T0_MS + 25 * MIN_MS, event_id="w1")
+         .event.model_dump_json().encode())
+    drain("L")
+    for key, kind, mr in [("W", b"expect", l_into_w), ("L", b"expect", w_into_l),
+                          ("L", b"merge", l_into_w), ("W", b"merge", w_into_l)]:
+        send(key, kind, _control(mr))
+    drain("L")
+
+    assert parts["L"].awaiting == {} and parts["W"].awaiting == {}
+    assert parts["L"].chain.hold is None and parts["W"].chain.hold is None
+    for part in parts.values():
+        released.extend(r.event.event_id for r in part.chain.finish().released)
+    assert sorted(released) == ["l1", "w1"]
