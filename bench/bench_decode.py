@@ -5,7 +5,9 @@
 
 Times `decode_batch` (what the chain and the worker call, batches of `--batch` messages with
 their Kafka positions, made before the timing), `decode_lines` (what the replay calls: the
-same batches as file lines, their positions made inside the timing, as every real caller does)
+same batches as file lines, their positions made inside the timing, as every real caller does),
+the ingest agent's call (Kafka messages in, their positions made inside the timing by
+`sources_of`; and, for comparison, by one `Source(...)` per message as before)
 and `decode` one message at a time, all against plain `orjson.loads`.
 The passes are interleaved and the best CPU time of each is kept, so a shared machine skews
 them alike. Target (issue 2): >= 200k validated events/s.
@@ -22,10 +24,18 @@ import gc
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import orjson
 
-from processors.validation import Accepted, Source, decode, decode_batch, decode_lines
+from processors.validation import (
+    Accepted,
+    Source,
+    decode,
+    decode_batch,
+    decode_lines,
+    sources_of,
+)
 
 CHANNELS = ["web", "app", "email", "support", "sales", "ads"]
 TOUCHPOINTS = ["landing_page", "pricing_page", "signup", "email_open", "support_ticket", "purchase"]
@@ -56,6 +66,16 @@ def make_messages(n: int, seed: int = 7) -> list[bytes]:
             body["revenue"] = round(rng.uniform(10, 500), 2)
         out.append(orjson.dumps(body))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """What the ingest agent reads from a Kafka message (Faust's `Message` attributes)."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
 
 
 def best_rates(passes: dict[str, Callable[[], int]], n: int, repeat: int) -> dict[str, float]:
@@ -97,6 +117,29 @@ def decode_batches(batches: list[list[tuple[bytes, Source]]]) -> int:
     return n
 
 
+def ingest(batches: list[list[Message]]) -> int:
+    """The ingest agent's call: positions made from the messages by `sources_of`."""
+    n = 0
+    for batch in batches:
+        values = [m.value or b"" for m in batch]
+        accepted, dead = decode_batch(zip(values, sources_of(batch), strict=True))
+        assert not dead
+        n += len(accepted)
+    return n
+
+
+def ingest_per_message(batches: list[list[Message]]) -> int:
+    """The ingest agent's call before: one `Source(...)` per message."""
+    n = 0
+    for batch in batches:
+        accepted, dead = decode_batch(
+            (m.value or b"", Source(m.topic, m.partition, m.offset)) for m in batch
+        )
+        assert not dead
+        n += len(accepted)
+    return n
+
+
 def decode_files(chunks: list[list[bytes]]) -> int:
     """What the replay does: each chunk of lines with its file name and first line number."""
     n = 0
@@ -112,7 +155,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--batch", type=int, default=1_000)
-    parser.add_argument("--only", choices=["orjson", "batch", "lines", "each"])
+    parser.add_argument(
+        "--only", choices=["orjson", "batch", "lines", "ingest", "ingest_source", "each"]
+    )
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     messages = make_messages(args.events)
@@ -120,6 +165,9 @@ def main() -> None:
     positioned = [(raw, Source("touchpoints.raw", 0, i)) for i, raw in enumerate(messages)]
     batches = [positioned[i : i + args.batch] for i in range(0, len(positioned), args.batch)]
     chunks = [messages[i : i + args.batch] for i in range(0, len(messages), args.batch)]
+    # Two partitions interleaved in runs of 100, as a consumer may hand them over.
+    kafka = [Message("touchpoints.raw", i // 100 % 2, i, raw) for i, raw in enumerate(messages)]
+    kafka_batches = [kafka[i : i + args.batch] for i in range(0, len(kafka), args.batch)]
     # The inputs are built up front; keep the collector from re-scanning them on every pass
     # (a worker holds one batch at a time, not the whole stream).
     gc.collect()
@@ -128,6 +176,8 @@ def main() -> None:
         "orjson": lambda: parse_only(messages),
         "batch": lambda: decode_batches(batches),
         "lines": lambda: decode_files(chunks),
+        "ingest": lambda: ingest(kafka_batches),
+        "ingest_source": lambda: ingest_per_message(kafka_batches),
         "each": lambda: decode_each(batches),
     }
     if args.only:
@@ -141,9 +191,13 @@ def main() -> None:
     print(f"baseline orjson.loads:          {base:12,.0f} events/s")
     print(f"decode_batch (batches of {args.batch:>5}): {rate:12,.0f} events/s")
     print(f"decode_lines (replay's chunks): {rates['lines']:12,.0f} events/s")
+    print(f"ingest agent (sources_of):      {rates['ingest']:12,.0f} events/s")
+    print(f"ingest, a Source() per message: {rates['ingest_source']:12,.0f} events/s")
     print(f"decode, one message at a time:  {rates['each']:12,.0f} events/s")
     print(f"ratio decode_batch / orjson:    {rate / base:12.3f}")
     print(f"ratio decode_lines / orjson:    {rates['lines'] / base:12.3f}")
+    print(f"ratio ingest / orjson:          {rates['ingest'] / base:12.3f}")
+    print(f"ratio ingest (Source()) / orjson: {rates['ingest_source'] / base:10.3f}")
     print(f"ratio decode / orjson:          {rates['each'] / base:12.3f}")
     print(f"target >= 200,000/s:            {'met' if rate >= 200_000 else 'NOT met'}")
 

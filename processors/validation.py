@@ -12,7 +12,8 @@ import secrets
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import groupby, repeat
+from operator import attrgetter
 from typing import Any, Final
 
 import orjson
@@ -146,6 +147,24 @@ def sources_at(topic: str, partition: int, offsets: Sequence[int]) -> list[Sourc
     return _filled(
         Source, n, {"topic": repeat(topic, n), "partition": repeat(partition, n), "offset": offsets}
     )
+
+
+_TOPIC_PARTITION: Final = attrgetter("topic", "partition")
+_OFFSET: Final = attrgetter("offset")
+
+
+def sources_of(messages: Sequence[Any]) -> list[Source]:
+    """`[Source(m.topic, m.partition, m.offset) for m in messages]` for anything with those
+    three attributes (a Kafka consumer's messages): each run of one topic and partition is made
+    by :func:`sources_at`, so a batch costs a few calls instead of a `Source()` per message."""
+    offsets = list(map(_OFFSET, messages))
+    out: list[Source] = []
+    start = 0
+    for (topic, partition), run in groupby(map(_TOPIC_PARTITION, messages)):
+        end = start + len(list(run))
+        out += sources_at(topic, partition, offsets[start:end])
+        start = end
+    return out
 
 
 def _short(value: Any) -> Any:

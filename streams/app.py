@@ -49,14 +49,7 @@ from processors.chain import ChainOutput, JourneyChain
 from processors.errors import ServiceUnavailable
 from processors.events import ResolvedEvent
 from processors.identity import IdentityResolver, MergeRecord, merge_waves, merges_to_send
-from processors.validation import (
-    Accepted,
-    DeadLetter,
-    Source,
-    decode,
-    decode_batch,
-    sources_of,
-)
+from processors.validation import Accepted, DeadLetter, Source, decode, decode_batch, sources_of
 from sinks import clickhouse as ch
 from sinks.alerts import encode_alert
 from sinks.checkpoints import CheckpointStore
@@ -440,21 +433,28 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
             for ev in batch:
                 by_partition.setdefault(ev.message.partition, []).append(ev)
             outputs = []
-            for p, events in sorted(by_partition.items()):
-                part = runtime.partitions.get(p)
-                if part is None:  # assigned before the checkpoint callback ran: load it now
-                    part = await _load_partition(runtime, p)
-                events = await _contiguous(runtime, part, events)
-                if not events:
-                    continue
-                runtime.in_flight.add(p)
-                outputs.append((p, part, _journey_batch(runtime, part, events)))
+            touched: list[tuple[int, PartitionState]] = []
             try:
+                for p, events in sorted(by_partition.items()):
+                    part = runtime.partitions.get(p)
+                    if part is None:  # assigned before the checkpoint callback ran: load it now
+                        part = await _load_partition(runtime, p)
+                    touched.append((p, part))
+                    events = await _contiguous(runtime, part, events)
+                    if not events:
+                        continue
+                    runtime.in_flight.add(p)
+                    outputs.append((p, part, _journey_batch(runtime, part, events)))
                 await _finish_batch(runtime, outputs)
+            except BaseException:
+                _forget(runtime, touched)
+                raise
             finally:
                 runtime.in_flight.difference_update(by_partition)
+            # the next offset of each partition's state as it is now (a partition revoked and
+            # assigned again meanwhile has a new state, loaded from its checkpoint)
             _observe(runtime, "journey", batch,
-                     {p: part.offset + 1 for p, part, _ in outputs})
+                     {p: (runtime.partitions.get(p) or part).offset + 1 for p, part in touched})
 
     async def _finish_batch(runtime: Runtime, outputs: list[Any]) -> None:
         """Write, publish and produce one batch's outputs, then checkpoint what is due.
@@ -571,6 +571,19 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
     }
     app.jm_runtime = R  # type: ignore[attr-defined]
     return app
+
+
+def _forget(runtime: Runtime, touched: Sequence[tuple[int, PartitionState]]) -> None:
+    """A journey batch failed between changing its partitions' states and producing all their
+    outputs (a transfer computed but never sent would be lost for good): drop those states. A
+    partition's next message loads it again from its checkpoint, and the hole behind makes the
+    consumer seek back (`_contiguous`), so the failed batch is processed again from scratch. A
+    worker that is stopping does not checkpoint them either."""
+    for p, part in touched:
+        if runtime.partitions.get(p) is part:
+            del runtime.partitions[p]
+            log.warning("partition %d: a batch failed midway; its state is dropped and will be "
+                        "loaded again from the checkpoint", p)
 
 
 def _observe(runtime: Runtime, agent: str, batch: Sequence[Any], next_of: dict[int, int]

@@ -30,6 +30,7 @@ from processors.validation import (
     decode,
     decode_lines,
     sources_at,
+    sources_of,
 )
 from tests.unit.test_events import GOOD
 
@@ -185,6 +186,24 @@ def test_sources_at_makes_ordinary_frozen_sources() -> None:
         made[0].offset = 1  # type: ignore[misc]
     with pytest.raises(TypeError, match="exactly the columns"):
         _filled(Source, 1, {"topic": ["t"], "offset": [1]})  # a field left unset
+
+
+def test_sources_of_gives_each_message_its_own_position() -> None:
+    """The ingest agent's positions: runs of one topic and partition, in any interleaving."""
+
+    @dataclasses.dataclass
+    class Message:
+        topic: str
+        partition: int
+        offset: int
+
+    places = [("a", 0, 5), ("a", 0, 6), ("a", 1, 2), ("a", 0, 7), ("b", 0, 9), ("b", 1, 3)]
+    messages = [Message(*place) for place in places]
+    made = sources_of(messages)
+    assert made == [Source(*place) for place in places]
+    assert all(type(s) is Source for s in made)
+    assert sources_of([]) == []
+    assert sources_of(messages[:1]) == [Source("a", 0, 5)]
 
 
 def test_decode_lines_gives_each_line_its_file_and_number() -> None:
