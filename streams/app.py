@@ -208,6 +208,8 @@ class Runtime:
         # (partition, merge key) -> when this worker first saw the merge's transfer awaited
         # (_report_awaited warns once about one awaited for long)
         self.awaited_since: dict[tuple[int, tuple[str, str]], float] = {}
+        # partitions whose state a failed batch dropped: loaded again by the watchdog
+        self.forgotten: set[int] = set()
         self.checkpoint_every_s = settings.worker.checkpoint_every_s
 
     def new_partition(self) -> PartitionState:
@@ -511,18 +513,27 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                          fetcher.crash_reason)
             os._exit(70)
         if "runtime" in rt:
-            await _seek_again(rt["runtime"])
-            _report_awaited(rt["runtime"])
+            runtime = rt["runtime"]
+            await _seek_again(runtime)
+            _report_awaited(runtime)
+            while runtime.forgotten:  # states dropped by a failed batch (_forget)
+                p = runtime.forgotten.pop()
+                tp = TP(t.resolved, p)
+                if p not in runtime.partitions and tp in app.consumer.assignment():
+                    await _restore(runtime, tp)
+
+    async def _restore(runtime: Runtime, tp: Any) -> None:
+        part = await _load_partition(runtime, tp.partition)
+        # state and input must agree: continue right after the checkpointed offset
+        await app.consumer.seek(tp, part.offset + 1)
+        runtime.next_offsets[tp] = part.offset + 1  # the lag is known from the start
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app: faust.App, assigned: set[Any], **kwargs: Any) -> None:
         runtime = R()
         for tp in sorted(assigned):
             if tp.topic == t.resolved and tp.partition not in runtime.partitions:
-                part = await _load_partition(runtime, tp.partition)
-                # state and input must agree: continue right after the checkpointed offset
-                await app.consumer.seek(tp, part.offset + 1)
-                runtime.next_offsets[tp] = part.offset + 1  # the lag is known from the start
+                await _restore(runtime, tp)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
@@ -582,6 +593,7 @@ def _forget(runtime: Runtime, touched: Sequence[tuple[int, PartitionState]]) -> 
     for p, part in touched:
         if runtime.partitions.get(p) is part:
             del runtime.partitions[p]
+            runtime.forgotten.add(p)
             log.warning("partition %d: a batch failed midway; its state is dropped and will be "
                         "loaded again from the checkpoint", p)
 
