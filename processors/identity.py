@@ -277,7 +277,7 @@ class IdentityResolver:
         )
         self._cache_of = dict(self._caches)
         # identity values in field order -> their combination
-        self._combos: dict[tuple[str | None, ...], _Combo] = {}
+        self._combos: dict[tuple[tuple[str, str], ...], _Combo] = {}
         # The graph the combinations' settled marks hold for; a new graph, a new generation.
         self._settled_graph: IdentityGraph | None = None
         self._generation = 0
@@ -381,10 +381,11 @@ class IdentityResolver:
         entries: list[_Combo] = []
         n_ignored = 0
         for ev in accepted:
-            hit = combos.get(combo := tuple(ev.identities.__dict__.values()))
+            # the identities' (kind, value) pairs in the message's order: the same combination
+            # sent in another order only takes a second cache entry with the same keys
+            hit = combos.get(combo := tuple(dict.items(ev.identities)))
             if hit is None:
-                fields = ev.identities.__dict__
-                keys = [self.key_of(k, v) for k, v in fields.items() if v is not None]
+                keys = [self.key_of(k, v) for k, v in ev.identities.items()]
                 hit = _Combo(tuple(k for k in keys if k is not None), keys.count(None))
                 if len(combos) >= _HASH_CACHE_MAX:
                     combos.clear()

@@ -359,7 +359,7 @@ def test_two_workers_after_redis_forgot_give_the_in_memory_answer(
         for (kind, id_hash), ends in finals.items():
             assert ends == {graph.cid[KIND_CODE[kind] + id_hash]}, (kind, id_hash, ends)
         for event, cid in followed.events:
-            kind, value = next((k, v) for k, v in event.identities.__dict__.items() if v)
+            kind, value = next((k, v) for k, v in event.identities.items() if v)
             assert followed.final(cid) == memory.customer_of(kind, value), event.event_id
     finally:
         if server is not None:

@@ -120,3 +120,50 @@ def test_decode_batch_keeps_order_and_loses_nothing() -> None:
     accepted, dead_letters = decode_batch(messages)
     assert [a.event.event_id for a in accepted] == ["e0", "e1", "e2", "e3", "e4"]
     assert [d.source.offset for d in dead_letters] == [99]
+
+
+def test_identities_read_as_attributes_and_as_a_read_only_mapping() -> None:
+    """`Identities` is a dict of the kinds present (since the sixth decode pass, issue 2)."""
+    import copy
+    import pickle
+
+    from processors.events import Identities
+
+    message = raw(identities={"email": "a@x.io", "anonymous_id": "a-1"})
+    event = decode(message).event  # type: ignore[union-attr]
+    model = TouchpointEvent.model_validate_json(message)
+    ids = event.identities
+    assert type(ids) is Identities and type(model.identities) is Identities
+    assert (ids.anonymous_id, ids.device_id, ids.user_id, ids.email, ids.crm_id) == (
+        "a-1", None, None, "a@x.io", None
+    )
+    assert ids.items() == [("anonymous_id", "a-1"), ("email", "a@x.io")]  # kind order
+    assert ids == model.identities == {"anonymous_id": "a-1", "email": "a@x.io"}
+    assert hash(ids) == hash(model.identities) and hash(event) == hash(model)
+    assert repr(ids) == (
+        "Identities(anonymous_id='a-1', device_id=None, user_id=None, email='a@x.io', crm_id=None)"
+    )
+    for change in (
+        lambda: ids.__setitem__("email", "b"),
+        lambda: ids.__delitem__("email"),
+        lambda: ids.update(email="b"),
+        lambda: ids.pop("email"),
+        lambda: ids.setdefault("crm_id", "c"),
+        ids.clear,
+        ids.popitem,
+    ):
+        with pytest.raises(TypeError, match="read-only"):
+            change()
+    assert ids.email == "a@x.io"
+    assert pickle.loads(pickle.dumps(event)) == event
+    assert copy.deepcopy(event) == event
+    # serialized with all five kinds, absent ones as null, as the model did
+    assert orjson.loads(event.model_dump_json())["identities"] == {
+        "anonymous_id": "a-1", "device_id": None, "user_id": None, "email": "a@x.io",
+        "crm_id": None,
+    }
+    assert event.model_dump()["identities"]["device_id"] is None
+    assert TouchpointEvent.model_validate({**GOOD, "identities": ids}) == event
+    # explicit nulls are absent kinds
+    nulls = decode(raw(identities={"email": None, "crm_id": "c"})).event  # type: ignore[union-attr]
+    assert nulls.identities == {"crm_id": "c"} and nulls.identities.email is None

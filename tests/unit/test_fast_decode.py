@@ -28,6 +28,7 @@ from processors.validation import (
     _accept_all,
     _filled,
     decode,
+    decode_batch,
     decode_lines,
     sources_at,
     sources_of,
@@ -163,6 +164,43 @@ def test_what_the_fast_path_rejects_the_model_still_decides() -> None:
     # Explicit nulls and odd identities still get the model's answer and reason.
     nulls = orjson.dumps({**GOOD, "identities": {"email": None, "crm_id": "c"}})
     assert isinstance(decode(nulls), Accepted)
+
+
+# Identities objects as JSON text: known and unknown keys, odd values, repeated keys.
+identity_values = st.one_of(
+    st.text(max_size=3),
+    st.sampled_from(["", "x" * 512, "x" * 513]),
+    st.none(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.booleans(),
+    st.just([]),
+    st.just({}),
+)
+identity_pairs = st.lists(
+    st.tuples(st.sampled_from(["anonymous_id", "device_id", "user_id", "email", "crm_id", "x"]),
+              identity_values),
+    max_size=6,
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(identity_pairs)
+def test_fast_identities_are_a_subset_of_the_model_with_equal_values(
+    pairs: list[tuple[str, object]],
+) -> None:
+    body = b"{" + b",".join(orjson.dumps(k) + b":" + orjson.dumps(v) for k, v in pairs) + b"}"
+    message = orjson.dumps({**GOOD, "identities": "PLACEHOLDER"}).replace(b'"PLACEHOLDER"', body)
+    assert_fast_is_sound(message)
+    fast, model = both(message)
+    if fast is not None:
+        assert type(fast.identities) is type(model.identities)  # type: ignore[attr-defined]
+        assert fast.identities.items() == model.identities.items()  # type: ignore[attr-defined]
+    # and the batch form decides exactly as `decode` does
+    batch = [orjson.dumps(GOOD), message, orjson.dumps({**GOOD, "event_id": "e-2"})]
+    accepted, dead = decode_batch(zip(batch, sources_at("t", 0, range(3)), strict=True))
+    each = [decode(m, Source("t", 0, i)) for i, m in enumerate(batch)]
+    assert accepted == [r for r in each if isinstance(r, Accepted)]
+    assert dead == [r for r in each if not isinstance(r, Accepted)]
 
 
 def test_accept_all_makes_ordinary_frozen_accepted() -> None:
