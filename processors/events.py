@@ -168,6 +168,12 @@ class Identities(dict[str, str]):
     def __reduce__(self) -> tuple[type[Identities], tuple[dict[str, str]]]:
         return (Identities, (dict(self),))
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickle an `Identities` pickled when it was a pydantic model (checkpoints written
+        before the sixth decode pass): its state holds the five fields in `__dict__`."""
+        fields = state.get("__dict__", {})
+        dict.update(self, {k: v for k, v in fields.items() if v is not None})
+
     def _read_only(self, *args: Any, **kwargs: Any) -> Any:
         raise TypeError("Identities is read-only: validate a new event instead")
 

@@ -167,3 +167,32 @@ def test_identities_read_as_attributes_and_as_a_read_only_mapping() -> None:
     # explicit nulls are absent kinds
     nulls = decode(raw(identities={"email": None, "crm_id": "c"})).event  # type: ignore[union-attr]
     assert nulls.identities == {"crm_id": "c"} and nulls.identities.email is None
+
+
+# A ResolvedEvent pickled by the tree before the sixth decode pass (Identities a pydantic model),
+# as a checkpoint written then holds it: identities a-1 / a@x.io, customer c-1.
+_OLD_PICKLE = (
+    "gAWVZQIAAAAAAACMEXByb2Nlc3NvcnMuZXZlbnRzlIwNUmVzb2x2ZWRFdmVudJSTlCmBlE59lCiMC2N1c3RvbWVy"
+    "X2lklIwDYy0xlIwFZXZlbnSUaACMD1RvdWNocG9pbnRFdmVudJSTlCmBlH2UKIwIX19kaWN0X1+UfZQojAhldmVu"
+    "dF9pZJSMA2UtMZSMC29jY3VycmVkX2F0lIwIZGF0ZXRpbWWUjAhkYXRldGltZZSTlEMKB+oDAQwAAAHgeJSMHHB5"
+    "ZGFudGljX2NvcmUuX3B5ZGFudGljX2NvcmWUjAZUekluZm+Uk5RLAIWUUpSGlFKUjAdjaGFubmVslIwDd2VilIwK"
+    "dG91Y2hwb2ludJSMDHByaWNpbmdfcGFnZZSMCmlkZW50aXRpZXOUaACMCklkZW50aXRpZXOUk5QpgZR9lChoDH2U"
+    "KIwMYW5vbnltb3VzX2lklIwDYS0xlIwJZGV2aWNlX2lklE6MB3VzZXJfaWSUTowFZW1haWyUjAZhQHguaW+UjAZj"
+    "cm1faWSUTnWMEl9fcHlkYW50aWNfZXh0cmFfX5ROjBdfX3B5ZGFudGljX2ZpZWxkc19zZXRfX5SPlChoJmgqkIwU"
+    "X19weWRhbnRpY19wcml2YXRlX1+UTnVijApzZXNzaW9uX2lklE6MB3JldmVudWWUTowEdGV4dJROjApwcm9wZXJ0"
+    "aWVzlE6MDnNjaGVtYV92ZXJzaW9ulEsBjAV0c19tc5SKBnsKRamcAXVoLU5oLo+UKGgOaBBoIGgcaB6QaDBOdWKM"
+    "B3NlZ21lbnSUjANhbGyUaDaKBnsKRamcAXWGlGIu"
+)
+
+
+def test_events_pickled_when_identities_was_a_model_still_load() -> None:
+    import pickle
+
+    from processors.events import Identities
+
+    old = pickle.loads(base64.b64decode(_OLD_PICKLE))
+    assert type(old.event.identities) is Identities
+    assert old.event.identities == {"anonymous_id": "a-1", "email": "a@x.io"}
+    assert old.customer_id == "c-1"
+    message = raw(event_id="e-1", identities={"email": "a@x.io", "anonymous_id": "a-1"})
+    assert old.event == decode(message).event  # type: ignore[union-attr]
