@@ -115,6 +115,11 @@ class IdentityGraph:
         # The batch's merge records, set before `commit`: a store can keep them in the same
         # atomic step as the merges (the Redis store's outbox) so they are never lost.
         self.merge_records: list[MergeRecord] = []
+        # Likewise the batch's new identity links (the rows of identity_links): a batch resolved
+        # again after a crash finds its identifiers known and reports no links, so a store
+        # keeps them until the rows are written. `commit_id` names the commit that kept them.
+        self.link_records: list[IdentityLink] = []
+        self.commit_id: str | None = None
 
     def add(self, key: str, ts: int, unique_codes: Collection[str]) -> str:
         cid = customer_id_for(key)
@@ -192,6 +197,7 @@ class InMemoryIdentityStore:
         graph.moves.clear()  # the change log only matters to stores that replay it
         graph.new_keys.clear()
         graph.merge_records = []  # so is the outbox
+        graph.link_records = []
         return True
 
     def customer_of(self, key: str) -> str | None:
@@ -213,6 +219,7 @@ class ResolveResult:
     dead: list[tuple[TouchpointEvent, str]] = field(default_factory=list)
     n_ignored_identifiers: int = 0
     n_attempts: int = 1
+    commit_id: str | None = None  # the store's name for the commit (to acknowledge its links)
 
     def counters(self) -> dict[str, int]:
         return {
@@ -341,6 +348,12 @@ class IdentityResolver:
             graph = self.store.begin(wanted.keys())
             decision = self._decide(graph, accepted, entries, ts_list)
             graph.merge_records = decision.merges
+            cids, first = graph.cid, graph.first
+            links = [
+                IdentityLink(cids[key], KIND_OF_CODE[key[0]], key[1:], first[key])
+                for key in decision.link_keys
+            ]
+            graph.link_records = links
             if self.store.commit(graph):
                 break
             if attempt >= MAX_COMMIT_ATTEMPTS:  # pragma: no cover - pathological contention
@@ -356,17 +369,13 @@ class IdentityResolver:
             n_ignored_identifiers=n_ignored,
             n_attempts=attempt,
         )
-        cids = graph.cid
         result.resolved = [
             ResolvedEvent(cids[anchor], ev)
             for ev, anchor in zip(accepted, decision.anchors, strict=True)
             if anchor is not None
         ]
-        first = graph.first
-        result.links = [
-            IdentityLink(cids[key], KIND_OF_CODE[key[0]], key[1:], first[key])
-            for key in decision.link_keys
-        ]
+        result.links = links
+        result.commit_id = graph.commit_id
         for name, value in result.counters().items():
             self.totals[name] = self.totals.get(name, 0) + value
         return result

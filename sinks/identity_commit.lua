@@ -11,6 +11,8 @@
 --                   them (`RedisIdentityStore.ack_merges`), so a crash cannot lose a merge; each is
 --                   stored as '<seq> <JSON>', seq from the counter P:mseq: the global commit order
 --                   of merges, in which related merges must reach the partitions
+--  12 links outbox  the batch's new identity links (JSON), kept under the token until the ingest
+--                   agent has written their rows (`RedisIdentityStore.ack_links`)
 -- Returns 1 when applied, 2 when this token was applied before (a retried call), 0 when another
 -- writer changed a customer this batch read (the caller then decides the batch again).
 local function split(s)
@@ -80,5 +82,6 @@ if #outbox > 0 then
   end
   bulk('HSET', p .. ':mo', outbox)
 end
+if ARGV[12] ~= '' then redis.call('HSET', p .. ':lo', token, ARGV[12]) end
 redis.call('SET', tkey, '1', 'EX', ttl)
 return 1

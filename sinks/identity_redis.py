@@ -22,6 +22,10 @@ Layout under the key prefix ``P`` (identifiers appear only as salted SHA-256 has
   once the worker has produced it. A worker that dies in between leaves it there, and
   :meth:`RedisIdentityStore.pending_merges` hands it to another one (loser and evidence event
   identify a merge, so consumers can drop duplicates).
+- ``P:lo``         hash  links outbox: commit token -> JSON ``{committed_ms, owner, links}``, the
+  batch's new identity links, written by the commit, deleted by
+  :meth:`RedisIdentityStore.ack_links` once their identity_links rows are written (a batch
+  resolved again after a crash reports no links: its identifiers are known by then).
 - ``P:alive:<owner>``  string with a TTL, refreshed by :meth:`RedisIdentityStore.heartbeat`: the
   owner is alive, so its outbox entries are its own to produce, however long it is held up
   (a ClickHouse outage can hold an agent for minutes; a second sender would interleave the
@@ -46,7 +50,7 @@ import orjson
 import redis
 
 from processors.errors import ConfigError, ServiceUnavailable
-from processors.identity import IdentityGraph, MergeRecord, Root
+from processors.identity import IdentityGraph, IdentityLink, MergeRecord, Root
 
 log = logging.getLogger("journeymap.identity")
 T = TypeVar("T")
@@ -270,12 +274,16 @@ class RedisIdentityStore:
             "\n".join(root_sets),
             "\n".join(gone),
             "\n".join(outbox),
+            orjson.dumps({"committed_ms": now_ms, "owner": self.owner,
+                          "links": [list(link) for link in graph.link_records]}).decode()
+            if graph.link_records else "",
         ]
         # The same token on every retry: a commit whose reply was lost is not applied twice.
         status = self._call("commit identity decisions", lambda: self._commit(args=args))
         if status == 0:
             self.n_conflicting_commits += 1
             return False
+        graph.commit_id = token if graph.link_records else None
         return True
 
     # -- merge outbox --------------------------------------------------------------------------
@@ -311,12 +319,39 @@ class RedisIdentityStore:
         limit_ms = int((time.time() - older_than_s) * 1000)
         out = [e for e in self.outbox() if e.committed_ms <= limit_ms]
         if orphaned and out:
-            named = sorted({e.owner for e in out if e.owner is not None})
-            alive = self._call("read the worker heartbeats", lambda: self.client.mget(
-                [f"{self.prefix}:alive:{o}" for o in named])) if named else []
-            live = {o for o, a in zip(named, alive, strict=True) if a is not None}
+            live = self._live({e.owner for e in out})
             out = [e for e in out if e.owner not in live]
         return [e.merge for e in out]
+
+    def pending_links(self, older_than_s: float = 0.0, *, orphaned: bool = False
+                      ) -> list[tuple[str, list[IdentityLink]]]:
+        """(commit id, links) of commits whose identity_links rows were not acknowledged as
+        written, committed at least `older_than_s` ago (`orphaned`: by a worker whose heartbeat
+        has lapsed). Write the rows (idempotent), then :meth:`ack_links`."""
+        raw = self._call("read the links outbox", lambda: self.client.hgetall(f"{self.prefix}:lo"))
+        limit_ms = int((time.time() - older_than_s) * 1000)
+        entries = [(token, orjson.loads(value)) for token, value in raw.items()]  # type: ignore[union-attr]
+        entries = [(t, d) for t, d in entries if d["committed_ms"] <= limit_ms]
+        if orphaned:
+            live = self._live({d["owner"] for _, d in entries})
+            entries = [(t, d) for t, d in entries if d["owner"] not in live]
+        return [(t, [IdentityLink(*link) for link in d["links"]])
+                for t, d in sorted(entries, key=lambda e: (e[1]["committed_ms"], e[0]))]
+
+    def ack_links(self, commit_id: str | None) -> None:
+        """The identity_links rows of commit `commit_id` are written (idempotent)."""
+        if commit_id is not None:
+            self._call("acknowledge links",
+                       lambda: self.client.hdel(f"{self.prefix}:lo", commit_id))
+
+    def _live(self, owners: Collection[str | None]) -> set[str]:
+        """The owners among `owners` whose heartbeat has not lapsed."""
+        named = sorted(o for o in owners if o is not None)
+        if not named:
+            return set()
+        alive = self._call("read the worker heartbeats", lambda: self.client.mget(
+            [f"{self.prefix}:alive:{o}" for o in named]))
+        return {o for o, a in zip(named, alive, strict=True) if a is not None}  # type: ignore[arg-type]
 
     def ack_merges(self, merges: Collection[MergeRecord]) -> None:
         """`merges` are produced: drop them from the outbox (idempotent)."""

@@ -50,7 +50,13 @@ from online_models.suite import CustomerModelState, ModelSuite, Scores
 from processors.chain import ChainOutput, JourneyChain
 from processors.errors import ServiceUnavailable
 from processors.events import ResolvedEvent
-from processors.identity import IdentityResolver, MergeRecord, merge_waves, merges_to_send
+from processors.identity import (
+    IdentityResolver,
+    MergeRecord,
+    ResolveResult,
+    merge_waves,
+    merges_to_send,
+)
 from processors.validation import Accepted, DeadLetter, Source, decode, decode_batch, sources_of
 from sinks import clickhouse as ch
 from sinks.alerts import encode_alert
@@ -347,9 +353,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                 await fut
             await app.producer.flush()
             await _deliver(producer)
-            if resolved is not None and resolved.merges:  # produced: out of the outbox
-                await asyncio.to_thread(runtime.resolver.store.ack_merges,  # type: ignore[attr-defined]
-                                        resolved.merges)
+            if resolved is not None and (resolved.merges or resolved.commit_id):
+                await asyncio.to_thread(_acknowledge, runtime.resolver.store, resolved)
             _observe(runtime, "ingest", batch, {})
 
     def _merge_records(merges: Sequence[MergeRecord]) -> tuple[list[Outgoing], list[Outgoing]]:
@@ -410,6 +415,14 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
         # worker that died in between.
         runtime = R()
         store = runtime.resolver.store
+        links = await asyncio.to_thread(store.pending_links, MERGE_RECOVERY_AFTER_S,  # type: ignore[attr-defined]
+                                        orphaned=True)
+        for commit_id, batch_links in links:  # a stopped worker's identity_links rows
+            log.warning("writing %d identity links that a stopped worker committed but never "
+                        "wrote (identity outbox)", len(batch_links))
+            await _write(runtime, chain_rows(ChainOutput(links=batch_links),
+                                             int(time.time() * 1000), 0, {}))
+            await asyncio.to_thread(store.ack_links, commit_id)  # type: ignore[attr-defined]
         pending = await asyncio.to_thread(store.pending_merges, MERGE_RECOVERY_AFTER_S,  # type: ignore[attr-defined]
                                           orphaned=True)
         if not pending:
@@ -594,6 +607,13 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
     }
     app.jm_runtime = R  # type: ignore[attr-defined]
     return app
+
+
+def _acknowledge(store: Any, resolved: ResolveResult) -> None:
+    """The batch's merges are produced and its rows written: out of the identity outbox."""
+    if resolved.merges:
+        store.ack_merges(resolved.merges)
+    store.ack_links(resolved.commit_id)
 
 
 def _forget(runtime: Runtime, touched: Sequence[tuple[int, PartitionState]]) -> None:
@@ -999,10 +1019,13 @@ def _adopt(part: PartitionState, mr: MergeRecord, package: Any, model_state: Any
     key = _mkey(mr)
     if key in part.adopted:
         return None  # a duplicate (the merge was re-processed after a crash)
-    if mr.winner in part.away and mr.winner == mr.loser:
+    bounced = mr.winner in part.away and mr.winner == mr.loser
+    if bounced:
         # The loser's own state came home (passed on from its winner, which had been merged
         # back into it), but the loser left here too (a merge cycle whose messages crossed):
         # passing it on again would bounce it between the two for ever. Revive it here.
+        log.warning("merge cycle crossed: %s's own state came home (merge %s, carrying %s)",
+                    mr.loser, key, carried)
         part.away.pop(mr.loser)
         part.chain.revive(mr.loser)
     if mr.winner in part.away:  # the winner was merged away from here meanwhile
@@ -1016,12 +1039,12 @@ def _adopt(part: PartitionState, mr: MergeRecord, package: Any, model_state: Any
         # home. Adopt it under an alias and merge that into L like any other merged customer.
         mr = mr._replace(loser=f"{mr.loser}@{mr.evidence_event_id}")
     for k in carried:
-        # A merge passed on from here already can never come here again but as a bounce, which
-        # is adopted without being awaited: waiting for it would hold this partition for good
-        # (a crossed cycle: the ingest side sends related merges in commit order to prevent it).
-        if k in part.passed:
-            log.warning("partition: merge %s handed back with %s's transfer after it was passed "
-                        "on from here (crossed merge cycle); not awaited again", k, mr.loser)
+        # A bounce brings back the merges this partition handed on when the cycle crossed; their
+        # transfers went on to the other side, which adopts them as its own bounce: waiting for
+        # them here would hold this partition for good. (The ingest side sends related merges
+        # in commit order, so that a cycle does not cross; this is the safety net.)
+        if bounced and k in part.passed:
+            log.warning("merge %s handed back by the crossed cycle is not awaited again", k)
         elif k not in part.adopted:
             part.awaiting[k] = mr.winner
     _hold(part)  # lifted before the merge, so the adopted events are released with it

@@ -125,3 +125,24 @@ def test_the_outbox_numbers_merges_in_commit_order_across_workers(store: RedisId
     store.client.hset(f"{store.prefix}:mo", "K|ev-0",
                       orjson.dumps({**old._asdict(), "committed_ms": 1_000}))
     assert [e.merge for e in store.outbox()] == [old, *by_a, *by_b]
+
+
+def test_a_batchs_links_stay_in_the_outbox_until_their_rows_are_written(
+    store: RedisIdentityStore,
+) -> None:
+    # The worker dies after the identity commit, before the identity_links rows are written.
+    # The batch is redelivered and resolved again: its identifiers are known, so it reports no
+    # links. The links outbox still has them, for a recovery sweep (once the owner is gone).
+    a = RedisIdentityStore(store.client, store.prefix, owner="host:1:a", alive_ttl_s=1)
+    first, _ = _two_customers_then_the_link()
+    result = IdentityResolver(IdentityConfig(), "salt", a).resolve_batch(first)
+    assert len(result.links) == 2 and result.commit_id is not None
+    again = IdentityResolver(IdentityConfig(), "salt", a).resolve_batch(first)
+    assert again.links == [] and again.commit_id is None
+    assert store.pending_links() == [(result.commit_id, result.links)]
+    a.heartbeat()
+    assert store.pending_links(orphaned=True) == []  # its worker is alive: its own to write
+    store.ack_links(result.commit_id)
+    assert store.pending_links() == []
+    store.ack_links(result.commit_id)  # twice is harmless
+    store.ack_links(None)
