@@ -218,6 +218,8 @@ class Runtime:
         self.awaited_since: dict[tuple[int, tuple[str, str]], float] = {}
         # partitions whose state a failed batch dropped: loaded again by the watchdog
         self.forgotten: set[int] = set()
+        # journey TP -> (next offset to process, since when): a stall detector (_unstall)
+        self.progress: dict[Any, tuple[int, float]] = {}
         self.checkpoint_every_s = settings.worker.checkpoint_every_s
         self.gc_full_at = time.monotonic()  # the last full collection (_freeze_heap)
 
@@ -400,6 +402,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
             high, done = highs.get(tp), runtime.next_offsets.get(tp)
             if high is not None and done is not None and tp in assigned:
                 runtime.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(0, high - done))
+                if tp.topic == t.resolved:
+                    await _unstall(runtime, tp, high - done, done)
 
     @app.timer(interval=5.0)
     async def heartbeat() -> None:
@@ -769,6 +773,34 @@ async def _seek_again(runtime: Runtime) -> None:
                     "seeking again", tp.partition, expected, now - when)
         await app.consumer.seek(tp, expected)
         runtime.seeking[tp] = (expected, time.monotonic())
+
+
+# A journey partition with messages left whose state has not moved on for this long is sought to
+# the state's next offset again.
+STALL_AFTER_S = 30.0
+
+
+async def _unstall(runtime: Runtime, tp: Any, lag: int, done: int) -> None:
+    """Seek a stalled journey partition back to where its state ends.
+
+    A partition whose consumer position went past messages its state does not contain (a seek
+    undone by a rebalance or by Faust's recovery, fetched messages dropped below Faust's read
+    offset) gets no batch to notice the hole in until new input comes, which in a quiet stream
+    may be never. Seeking to the state's next offset is always safe: what the state contains is
+    skipped by offset."""
+    now = time.monotonic()
+    last = runtime.progress.get(tp)
+    if lag <= 0 or last is None or last[0] != done:
+        runtime.progress[tp] = (done, now)
+        return
+    part = runtime.partitions.get(tp.partition)
+    if now - last[1] < STALL_AFTER_S or part is None or tp.partition in runtime.in_flight:
+        return
+    log.warning("partition %d: %d messages behind and no progress for %.0f s; seeking to the "
+                "state's next offset %d", tp.partition, lag, now - last[1], part.offset + 1)
+    runtime.progress[tp] = (done, now)
+    if runtime.app is not None:
+        await runtime.app.consumer.seek(tp, part.offset + 1)
 
 
 # A merge whose transfer is awaited this long holds its partition far beyond a normal hand-over.
