@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import pickle
@@ -62,6 +61,7 @@ from sinks import clickhouse as ch
 from sinks.alerts import encode_alert
 from sinks.checkpoints import CheckpointStore
 from streams.delivery import Outgoing, OutputProducer, ProducerFatalError
+from streams.heap import WORKER_FULL_EVERY_S, HeapFreezer
 from streams.outputs import (
     Rows,
     add_rows,
@@ -221,7 +221,7 @@ class Runtime:
         # journey TP -> (next offset to process, since when): a stall detector (_unstall)
         self.progress: dict[Any, tuple[int, float]] = {}
         self.checkpoint_every_s = settings.worker.checkpoint_every_s
-        self.gc_full_at = time.monotonic()  # the last full collection (_freeze_heap)
+        self.heap = HeapFreezer(WORKER_FULL_EVERY_S)  # _freeze_heap
 
     def new_partition(self) -> PartitionState:
         return PartitionState(JourneyChain(self.config))
@@ -866,32 +866,12 @@ async def _checkpoint(runtime: Runtime, p: int, part: PartitionState, *,
     log.debug("partition %d: checkpoint at offset %d (%d bytes)", p, offset, size)
 
 
-# The partitions' state lives long, and each full collection of the cyclic garbage collector walked
-# all of it: 0.03 s at the start of the 20k-customer bench, 2.2 s at its end, every ~4 s (a fifth
-# of the worker's wall time, issue 6). Frozen objects are skipped; the young generations are
-# collected before each freeze, so little garbage is frozen with the state, and this often
-# everything is unfrozen and collected once, so cycles that died among frozen objects are freed
-# after all. That collection walks the whole state (about 2 s at 13k customers, so minutes at
-# 1M, during which the worker consumes nothing): rarely.
-GC_FULL_EVERY_S = 6 * 3600.0
-
-
 def _freeze_heap(runtime: Runtime) -> None:
     """Before a checkpoint's fork: put every object alive now out of the collector's reach
-    (``gc.freeze``, as the Python docs advise before a fork: the collector then no longer writes
-    to the pages the child shares), so that full collections walk only what was allocated since
-    the last checkpoint. Objects are still freed by reference counting as before."""
-    now = time.monotonic()
-    if now - runtime.gc_full_at >= GC_FULL_EVERY_S:
-        started = time.perf_counter()
-        gc.unfreeze()
-        found = gc.collect()
-        runtime.gc_full_at = now
-        log.info("full garbage collection: %d objects freed in %.2f s", found,
-                 time.perf_counter() - started)
-    else:
-        gc.collect(1)  # the young generations: what died since the last freeze is not frozen
-    gc.freeze()
+    (streams.heap: full collections walked the whole state, a fifth of the worker's wall time at
+    20k customers; the young generations are collected first; everything is collected once every
+    WORKER_FULL_EVERY_S)."""
+    runtime.heap.freeze(young=True)
 
 
 async def _checkpoint_stored(runtime: Runtime, p: int, part: PartitionState, offset: int,

@@ -32,6 +32,7 @@ from processors.config import ProcessingConfig
 from processors.validation import Source
 from sinks import clickhouse as ch
 from streams.files import Chunk, read_chunks
+from streams.heap import REPLAY_FULL_EVERY_S, HeapFreezer
 from streams.outputs import (
     add_rows,
     chain_rows,
@@ -97,6 +98,7 @@ class Replayer:
         self.model_states: dict[str, CustomerModelState] = {}
         self.last_scores: dict[str, Scores] = {}
         self.chain = JourneyChain(config, segment_of=self._segment_of if with_models else None)
+        self.heap = HeapFreezer(REPLAY_FULL_EVERY_S)
         self.stats = ReplayStats()
         self.emission_clock = ch.EmissionClock()
 
@@ -147,7 +149,8 @@ class Replayer:
                 (line, Source(chunk.path, 0, line_no))
                 for line, line_no in zip(chunk.lines, chunk.line_nos, strict=True)
             ]
-            out = self.chain.process(messages)
+            with self.heap.batch():
+                out = self.chain.process(messages)
             self._write(out, int(self.clock() * 1000))
             self.stats.add(out.counters())
             self.stats.n_lines += len(messages)
