@@ -466,8 +466,9 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                     if not events:
                         continue
                     runtime.in_flight.add(p)
-                    outputs.append((p, part, _journey_batch(runtime, part, events,
-                                                            here=_here(p))))
+                    with runtime.heap.batch():  # what the batch leaves alive is frozen
+                        outputs.append((p, part, _journey_batch(runtime, part, events,
+                                                                here=_here(p))))
                 await _finish_batch(runtime, outputs)
             except BaseException:
                 _forget(runtime, touched)
