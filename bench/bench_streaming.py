@@ -7,9 +7,14 @@ One run, unique topics / consumer groups / ClickHouse database / Redis keys, loo
 1. The simulator's history (seed 1, drift injected into self_serve_dev at mid-history) is cut
    at the drift. The part before it is produced as a backlog twice: to the worker's raw topic
    and to a pass-through topic.
-2. Baseline: a pass-through Faust agent (same batching as the worker: take_events, send each
-   value to another topic, await, flush) drains its copy: events/s between 10 % and 90 % of
-   the copy reaching the output topic (its watermark, polled every 0.1 s).
+2. Baseline: a pass-through Faust agent built like the worker (its Faust settings, batching
+   and consumer patch, streams.drain; each batch forwarded to another topic with the worker's
+   confluent-kafka output producer and acknowledged by the broker before the next) drains its
+   copy: events/s between 10 % and 90 % of the copy reaching the output topic (its watermark,
+   polled every 0.1 s). With --old-passthrough, also the pass-through of sessions 1-5 (each
+   value sent with Faust's aiokafka producer, the batch's sends awaited, then a flush; no
+   consumer patch) on the same copy (its own consumer group and output topic), for
+   comparisons with earlier figures.
 3. One `journeymap worker` (models on) drains the backlog: events/s through the journey agent
    (its /metrics, between 10 % and 90 % of the backlog) and end to end, from the first event
    taken in to 99 % of the backlog's `touchpoints` rows written (the chain releases, scores and
@@ -82,10 +87,16 @@ class Deadline:
 
 
 def passthrough_main(bootstrap: str, src: str, dst: str, group: str, batch_max: int,
-                     within: float, workdir: str) -> None:
+                     within: float, workdir: str, old: bool = False) -> None:
     import faust
     from faust.worker import Worker
 
+    from streams import drain
+    from streams.delivery import OutputProducer
+
+    if not old:
+        drain.install()  # as the worker does (streams/commands/worker.py)
+    out = OutputProducer(bootstrap)
     app = faust.App(group, broker=f"kafka://{bootstrap}", store="memory://",
                     web_host="127.0.0.1", web_bind="127.0.0.1", web_port=PASS_PORT,
                     value_serializer="raw", key_serializer="raw",
@@ -97,10 +108,16 @@ def passthrough_main(bootstrap: str, src: str, dst: str, group: str, batch_max: 
     @app.agent(src_topic)
     async def copy(stream: Any) -> None:
         async for batch in stream.take_events(batch_max, within=within):
-            sends = [dst_topic.send(key=ev.message.key, value=ev.message.value) for ev in batch]
-            for fut in await asyncio.gather(*sends):
-                await fut
-            await app.producer.flush()
+            if old:  # sessions 1-5: one aiokafka send per record
+                sends = [dst_topic.send(key=ev.message.key, value=ev.message.value)
+                         for ev in batch]
+                for fut in await asyncio.gather(*sends):
+                    await fut
+                await app.producer.flush()
+                continue
+            for ev in batch:
+                out.send(dst, ev.message.key, ev.message.value or b"")
+            await asyncio.to_thread(out.deliver)
 
     Path(workdir).mkdir(parents=True, exist_ok=True)
     Worker(app, loglevel="warning", workdir=workdir, redirect_stdouts=False
@@ -219,12 +236,14 @@ def cli(env: dict[str, str], *args: str) -> None:
 
 
 def drain_passthrough(env: dict[str, str], bootstrap: str, src: str, dst: str, group: str,
-                      n: int, partitions: int, workdir: Path, deadline: Deadline) -> float:
+                      n: int, partitions: int, workdir: Path, deadline: Deadline,
+                      old: bool = False) -> float:
     s = load_settings()
     proc = subprocess.Popen(
         [sys.executable, __file__, "--passthrough", bootstrap, src, dst, group,
-         str(s.worker.batch_max), str(s.worker.batch_within_s), str(workdir / "pt")],
-        env=env, cwd=ROOT, stdout=(workdir / "passthrough.log").open("wb"),
+         str(s.worker.batch_max), str(s.worker.batch_within_s),
+         str(workdir / ("pt-old" if old else "pt")), "old" if old else "new"],
+        env=env, cwd=ROOT, stdout=(workdir / "passthrough.log").open("ab"),
         stderr=subprocess.STDOUT,
     )
     watcher = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{group}-watch"})
@@ -418,6 +437,9 @@ def main() -> None:
                          "lateness then drops much of the history as late)")
     ap.add_argument("--max-seconds", type=float, default=900.0)
     ap.add_argument("--keep", action="store_true", help="keep topics, database and logs")
+    ap.add_argument("--old-passthrough", action="store_true",
+                    help="also run the pass-through of sessions 1-5 (aiokafka sends, no "
+                         "consumer patch) and report the worker's ratios to it")
     args = ap.parse_args()
     deadline = Deadline(args.max_seconds)
 
@@ -438,7 +460,7 @@ def main() -> None:
     }
     for t in TOPICS:
         env[f"JOURNEYMAP_KAFKA__TOPICS__{t.upper()}"] = f"{name}.{t}"
-    pt_in, pt_out = f"{name}.pt-in", f"{name}.pt-out"
+    pt_in, pt_out, pt_old = f"{name}.pt-in", f"{name}.pt-out", f"{name}.pt-old"
     admin = AdminClient({"bootstrap.servers": bootstrap})
 
     cfg = SimConfig(customers=args.customers, seed=args.seed)
@@ -463,7 +485,7 @@ def main() -> None:
     try:
         cli(env, "topics", "create")
         cli(env, "migrate")
-        for f in admin.create_topics([NewTopic(t, partitions, 1) for t in (pt_in, pt_out)]
+        for f in admin.create_topics([NewTopic(t, partitions, 1) for t in (pt_in, pt_out, pt_old)]
                                      ).values():
             f.result(30)
         # The history before the drift, moved so that it ends now: the live events that follow
@@ -484,6 +506,14 @@ def main() -> None:
         pt_rate = drain_passthrough(env, bootstrap, pt_in, pt_out, f"{name}-pt", len(backlog),
                                     partitions, workdir, deadline)
         print(f"  pass-through: {pt_rate:,.0f} events/s", flush=True)
+        pt_old_rate = None
+        if args.old_passthrough:
+            print("pass-through of sessions 1-5 (aiokafka sends, no consumer patch) ...",
+                  flush=True)
+            pt_old_rate = drain_passthrough(env, bootstrap, pt_in, pt_old, f"{name}-pt-old",
+                                            len(backlog), partitions, workdir, deadline,
+                                            old=True)
+            print(f"  old pass-through: {pt_old_rate:,.0f} events/s", flush=True)
 
         print("journeymap worker (models on) draining the same backlog ...", flush=True)
         worker = start_worker(env, workdir)
@@ -535,7 +565,7 @@ def main() -> None:
         alert_lat = [got - a["ts_ms"] / 1000 for a, got in live_alerts]
         score_lat = [got - sc["ts_ms"] / 1000 for sc, got in scores.got
                      if sc["ts_ms"] >= measured_ms]
-        results = dict(pt_rate=pt_rate, w=w, rate=rate, n_live=n_live,
+        results = dict(pt_rate=pt_rate, pt_old_rate=pt_old_rate, w=w, rate=rate, n_live=n_live,
                        live_s=live_s, lat=lat, missing=len(rows.pending), alerts=live_alerts,
                        alert_lat=alert_lat, all_alerts=len(alerts.got), polls=rows.polls,
                        poll_s=rows.poll_s, load=(load1, load2), score_lat=score_lat,
@@ -545,7 +575,7 @@ def main() -> None:
         if worker is not None:
             stop_pid(worker, "the worker")
         if not args.keep:
-            cleanup(admin, env, name, ch_url, settings, [pt_in, pt_out])
+            cleanup(admin, env, name, ch_url, settings, [pt_in, pt_out, pt_old])
     report(results, args)
 
 
@@ -585,6 +615,11 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> None:
           f"ratio {w['rows_rate'] / res['pt_rate']:.3f}   (targets >= 10,000/s and >= 0.5; "
           f"{w['rows']:,.0f} rows of {w['journeyed']:,.0f} events, "
           f"{w['rows_at_half']:,.0f} of them written by half that time)")
+    old = res.get("pt_old_rate")
+    if old:
+        print(f"old pass-through (sessions 1-5: aiokafka sends, no consumer patch): "
+              f"{old:10,.0f} events/s; worker ratios to it: journey agent "
+              f"{w['rate'] / old:.3f}, whole pipeline {w['rows_rate'] / old:.3f}")
     lat = res["lat"]
     if lat:
         print(f"produce -> touchpoints row visible at {res['rate']:,.0f}/s "
@@ -626,8 +661,9 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--passthrough":
-        b, src, dst, group, batch_max, within, wd = sys.argv[2:9]
+        b, src, dst, group, batch_max, within, wd, kind = sys.argv[2:10]
         sys.argv = [sys.argv[0], "worker"]
-        passthrough_main(b, src, dst, group, int(batch_max), float(within), wd)
+        passthrough_main(b, src, dst, group, int(batch_max), float(within), wd,
+                         old=kind == "old")
     else:
         main()

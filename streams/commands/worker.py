@@ -33,6 +33,7 @@ def worker(ctx: click.Context, web_port: int | None, loglevel: str, workdir: str
     from faust.worker import Worker
 
     from sinks.clickhouse import check_schema, connect
+    from streams import drain
     from streams.app import Runtime, create_app
     from streams.topics import check_topics
 
@@ -57,4 +58,7 @@ def worker(ctx: click.Context, web_port: int | None, loglevel: str, workdir: str
     # aiokafka, about 6 % of a busy worker's CPU (py-spy, issue 6). Without it the root logger
     # keeps --loglevel.
     faust_worker.spinner = None
+    # Faust's fetcher wrapped each message's delivery in four asyncio tasks: a third of a Faust
+    # agent's event loop (streams.drain, bench/bench_passthrough.py, issue 6).
+    drain.install()
     faust_worker.execute_from_commandline()
