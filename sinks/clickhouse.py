@@ -540,6 +540,7 @@ class SinkWriter:
         self._sleep = sleep
         self._buffers: dict[str, _Buffer] = {}
         self._sealed: dict[str, list[_Batch]] = {}
+        self._types: dict[str, dict[str, str]] = {}  # table -> column -> ClickHouse type
         self._oldest: float | None = None
         self.n_rows_written = 0
         self.n_batches_written = 0
@@ -660,6 +661,24 @@ class SinkWriter:
             self._oldest = None
         return written
 
+    def _column_types(self, table: str, names: Sequence[str]) -> list[str] | None:
+        """The columns' ClickHouse types, asked once per table (``DESCRIBE TABLE``).
+
+        Without them clickhouse-connect asks the server before every insert: one more round
+        trip per table per flush, several per journey batch in the streaming worker (issue 6).
+        None (clickhouse-connect asks, and reports a column the table lacks) when a column is
+        unknown to the table even after asking again (a migration since the last ask).
+        """
+        known = self._types.get(table)
+        if known is None or any(n not in known for n in names):
+            rows = self.client.query(f"DESCRIBE TABLE {table}").result_rows
+            known = self._types[table] = {
+                r[0]: r[1] for r in rows if r[2] not in ("MATERIALIZED", "ALIAS", "EPHEMERAL")
+            }
+        if any(n not in known for n in names):
+            return None
+        return [known[n] for n in names]
+
     def _insert(self, batch: _Batch) -> None:
         deadline = self._clock() + self.retry_total_s
         delay = self.backoff_initial_s
@@ -669,6 +688,7 @@ class SinkWriter:
                     batch.table,
                     batch.columns,
                     column_names=list(batch.names),
+                    column_type_names=self._column_types(batch.table, batch.names),
                     column_oriented=True,
                     settings={"insert_deduplication_token": batch.token},
                 )
@@ -678,6 +698,7 @@ class SinkWriter:
                     f"rows for {batch.table} do not fit its columns: {_one_line(exc)}"
                 ) from exc
             except DatabaseError as exc:
+                self._types.pop(batch.table, None)  # asked again: the schema may have changed
                 if not _retryable(exc):
                     code = _error_code(exc)
                     kind = SchemaError if code in (16, 47, 60, 81) else ServiceError

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -56,14 +57,24 @@ class FakeClock:
 class FakeClient:
     """Records inserts; fails the next `fail_next` inserts with `error`."""
 
-    def __init__(self) -> None:
+    def __init__(self, schema: dict[str, dict[str, str]] | None = None) -> None:
         self.inserts: list[dict[str, Any]] = []
         self.attempts: list[str] = []
         self.fail_next = 0
         self.error: Exception = OperationalError("Connection refused")
+        self.schema = schema or {}  # table -> column -> type, as DESCRIBE TABLE answers
+        self.described: list[str] = []
+
+    def query(self, sql: str) -> Any:
+        table = sql.removeprefix("DESCRIBE TABLE ")
+        self.described.append(table)
+        rows = [(name, kind, "", "", "", "", "") for name, kind in
+                self.schema.get(table, {}).items()]
+        return SimpleNamespace(result_rows=rows)
 
     def insert(self, table: str, data: list[list[Any]], *, column_names: list[str],
-               column_oriented: bool, settings: dict[str, Any]) -> None:
+               column_type_names: list[str] | None, column_oriented: bool,
+               settings: dict[str, Any]) -> None:
         token = settings["insert_deduplication_token"]
         self.attempts.append(token)
         if self.fail_next:
@@ -72,7 +83,7 @@ class FakeClient:
         assert column_oriented
         self.inserts.append(
             {"table": table, "columns": dict(zip(column_names, data, strict=True)),
-             "token": token}
+             "token": token, "types": column_type_names}
         )
 
     def rows(self, table: str) -> list[dict[str, Any]]:
@@ -375,3 +386,23 @@ def test_params_are_name_value_pairs() -> None:
     for bad in (["novalue"], ["1x=2"], ["a=1", "a=2"]):
         with pytest.raises(QueryError):
             parse_params(bad)
+
+
+def test_column_types_are_asked_once_per_table_and_again_after_a_failed_insert() -> None:
+    """clickhouse-connect asks the server for the column types before every insert unless it is
+    given them: the writer asks once per table (issue 6), and again when an insert failed (a
+    migration may have changed the table) or a column is new to it."""
+    client = FakeClient({"touchpoints": {"event_id": "String", "n": "UInt32", "x": "Float64"}})
+    w = SinkWriter(client, flush_rows=10**6)
+    for start in (0, 2, 4):
+        w.add("touchpoints", rows(2, start))
+        w.flush()
+    assert client.described == ["touchpoints"]
+    assert [i["types"] for i in client.inserts] == [["String", "UInt32"]] * 3
+    client.fail_next, client.error = 1, DatabaseError("Code: 202. DB::Exception: Too many")
+    w.add("touchpoints", rows(1, 6))
+    w.flush()
+    assert client.described == ["touchpoints", "touchpoints"]
+    w.add("touchpoints", [{"event_id": "e9", "n": 9, "new": 1}])
+    w.flush()  # a column the table does not have (yet): asked again, then left to the client
+    assert client.described == ["touchpoints"] * 3 and client.inserts[-1]["types"] is None
