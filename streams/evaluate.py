@@ -36,6 +36,7 @@ from processors.errors import ConfigError, JourneymapError
 from processors.events import ResolvedEvent, TouchpointEvent
 from simulator.model import SimConfig, simulate
 from simulator.truth import DriftTruth, Truth, load_truth
+from streams import segment_ceiling as ceil
 from streams.files import check_files, read_chunks
 
 # phase, done, total: called every few thousand events and at each phase's end
@@ -59,6 +60,7 @@ class EvalData:
     sentiment_of: dict[str, str]  # event_id -> true sentiment label, for texts
     drift: DriftTruth | None
     n_invalid: int = 0  # lines that are not valid events (a user's file), skipped
+    truth: Truth | None = None  # the whole truth: the Bayes ceiling needs its parameters
 
 
 @dataclass
@@ -97,7 +99,7 @@ def events_of(lines: Iterable[bytes], truth: Truth) -> EvalData:
     out.sort(key=lambda e: (e.ts_ms, e.event.event_id))
     segment = {c.customer_id: c.segment for c in truth.customers}
     sentiment = {e.event_id: e.sentiment for c in truth.customers for e in c.events if e.sentiment}
-    return EvalData(out, segment, sentiment, truth.drift, n_invalid)
+    return EvalData(out, segment, sentiment, truth.drift, n_invalid, truth)
 
 
 def simulated(customers: int, seed: int, *, drift_segment: str | None = "self_serve_dev",
@@ -186,6 +188,7 @@ def segment_recovery(run: SuiteRun, data: EvalData) -> dict[str, Any]:
             "mostly": top[0][0] if top else None,
             "mostly_share": top[0][1] / sum(members.values()) if top else None,
         })
+    by_cid = dict(zip(cids, pred, strict=True))
     return {
         "k": len(suite.segments.ids),
         "k_true": len(set(truth)),
@@ -195,8 +198,62 @@ def segment_recovery(run: SuiteRun, data: EvalData) -> dict[str, Any]:
         if rich else None,
         "ari_all": float(adjusted_rand_score(truth, pred)) if cids else None,
         "target_ari": 0.8,
+        "ceiling": bayes_ceiling(data, by_cid,
+                                 {c: states[c].features.n_events for c in cids}),
         "profiles": profiles,
-        "_pred": dict(zip(cids, pred, strict=True)),
+        "_pred": by_cid,
+    }
+
+
+def resolved_journeys(data: EvalData) -> dict[str, list[ceil.Step]]:
+    """Each customer's events as the models saw them (texts with their labelled sentiment)."""
+    out: dict[str, list[ceil.Step]] = {}
+    sentiment_of = data.sentiment_of
+    for e in data.events:
+        ev = e.event
+        out.setdefault(e.customer_id, []).append(
+            ceil.Step(ev.touchpoint, ev.ts_ms, ev.revenue, sentiment_of.get(ev.event_id)))
+    return out
+
+
+def bayes_ceiling(data: EvalData, pred: dict[str, str], n_events: dict[str, int]
+                  ) -> dict[str, Any] | None:
+    """The Bayes-optimal assignment's ARI (true parameters, maximum posterior) next to the
+    model's, on all customers and by number of events (`streams/segment_ceiling.py`).
+
+    On the journeys as resolved (what the models saw) and on the true journeys; None without a
+    truth whose segments the simulator's catalog knows."""
+    truth = data.truth
+    if truth is None:
+        return None
+    try:
+        params = ceil.params_of(truth)
+    except ValueError as exc:
+        return {"note": f"no ceiling: {exc}"}
+    resolved = resolved_journeys(data)
+    cids = [c for c in pred if c in resolved]
+    true_journeys = ceil.truth_journeys(truth)
+    bayes = ceil.bayes_assign({c: resolved[c] for c in cids}, params, end_ms=truth.end_ms)
+    same = all(resolved[c] == true_journeys.get(c) for c in cids)
+    bayes_true = bayes if same else ceil.bayes_assign(
+        {c: true_journeys[c] for c in cids if c in true_journeys}, params, end_ms=truth.end_ms)
+    seg = data.true_segment
+    ceiling = ceil.ari_by_bucket(seg, bayes, n_events, cids)
+    model = ceil.ari_by_bucket(seg, pred, n_events, cids)
+    n_true = {c: len(true_journeys[c]) for c in bayes_true}
+    on_true = ceil.ari_by_bucket(seg, bayes_true, n_true, bayes_true)
+    share = {b: (model[b]["ari"] / ceiling[b]["ari"]
+                 if model[b]["ari"] is not None and ceiling[b]["ari"] else None)
+             for b in ceiling}
+    return {
+        "buckets": [label for label, _, _ in ceil.BUCKETS],
+        "bayes": {b: v["ari"] for b, v in ceiling.items()},
+        "model": {b: v["ari"] for b, v in model.items()},
+        "model_of_ceiling": share,
+        "n": {b: v["n"] for b, v in ceiling.items()},
+        "bayes_true_journeys": {b: v["ari"] for b, v in on_true.items()},
+        "true_journeys_same": same,
+        "true_shares": ceil.shares_by_bucket({c: seg[c] for c in cids}, n_events),
     }
 
 
@@ -363,6 +420,7 @@ def text_report(r: dict[str, Any]) -> list[str]:
     lines.append(f"segments: k={s['k']} (true {s['k_true']}); ARI on {s['n_rich']} customers "
                  f"with >= {RICH_EVENTS} events {ari_rich} (target >= 0.8); on all "
                  f"{s['n_customers']}: {ari_all}")
+    lines.extend(ceiling_lines(s.get("ceiling"), s["target_ari"]))
     for p in s["profiles"]:
         lines.append(f"  {p['segment']}: size {p['size']}, conversion {p['conversion_rate']:.2f},"
                      f" mostly {p['mostly']} ({(p['mostly_share'] or 0):.0%})")
@@ -401,3 +459,31 @@ def text_report(r: dict[str, Any]) -> list[str]:
                      f"{len(sr['runs'])} runs ({sr['per_1m_events']:.1f} per 1M; target 0)"
                      + (": " + ", ".join(sr["messages"]) if sr["messages"] else ""))
     return lines
+
+
+def ceiling_lines(c: dict[str, Any] | None, target: float) -> list[str]:
+    """The Bayes ceiling next to the model's ARI, by number of events, and what it implies."""
+    if c is None:
+        return []
+    if "bayes" not in c:
+        return [f"  Bayes ceiling: {c['note']}"]
+
+    def f(x: float | None) -> str:
+        return "-" if x is None else f"{x:.3f}"
+
+    out = [f"  Bayes ceiling (max posterior under the true segments' parameters): ARI on all "
+           f"{f(c['bayes']['all'])}, the model {f(c['model']['all'])} = "
+           f"{f(c['model_of_ceiling']['all'])} of it"
+           + ("" if c["true_journeys_same"] else
+              f" (on the true journeys: {f(c['bayes_true_journeys']['all'])})")]
+    out.append("  by events: " + "; ".join(
+        f"{b}: {c['n'][b]} customers, ceiling {f(c['bayes'][b])}, model {f(c['model'][b])}"
+        for b in c["buckets"]))
+    ceiling_all = c["bayes"]["all"]
+    if ceiling_all is not None and ceiling_all < target:
+        rich = c["buckets"][-1]
+        out.append(f"  the {target} target on all customers is above what their events allow "
+                   f"(ceiling {ceiling_all:.3f}): it is measurable only where the evidence is, "
+                   f"customers with {rich} events (ceiling {f(c['bayes'][rich])}, model "
+                   f"{f(c['model_of_ceiling'][rich])} of it)")
+    return out

@@ -33,7 +33,10 @@ def test_json_shape(report: dict) -> None:
                            "drift", "sentiment", "stationary"}
     assert report["n_customers"] == 800
     assert report["n_events"] > 800 * 4
-    assert set(report["segments"]) >= {"k", "k_true", "ari_rich", "ari_all", "profiles"}
+    assert set(report["segments"]) >= {"k", "k_true", "ari_rich", "ari_all", "profiles",
+                                       "ceiling"}
+    assert set(report["segments"]["ceiling"]) >= {"bayes", "model", "model_of_ceiling", "n",
+                                                  "bayes_true_journeys", "true_journeys_same"}
     assert set(report["propensity"]) >= {"prequential_auc", "offline_lr_auc", "offline_gb_auc",
                                          "diff", "n_labelled"}
     assert set(report["drift"]) >= {"injected", "detected", "delay_events", "false_alarms"}
@@ -48,6 +51,15 @@ def test_numbers_in_sane_ranges(report: dict) -> None:
     # far better than chance (0), below perfect on a small population
     assert 0.2 < seg["ari_rich"] <= 1.0
     assert -0.1 < seg["ari_all"] <= seg["ari_rich"] + 0.2
+    c = seg["ceiling"]
+    # the model's ARI by bucket is the same measurement as ari_all / ari_rich
+    assert c["model"]["all"] == pytest.approx(seg["ari_all"], abs=1e-12)
+    assert c["model"][">=5"] == pytest.approx(seg["ari_rich"], abs=1e-12)
+    assert sum(c["n"][b] for b in ("1", "2", "3-4", ">=5")) == c["n"]["all"] == 800
+    # simulated events are the true journeys: the two ceilings are one
+    assert c["true_journeys_same"] and c["bayes_true_journeys"] == c["bayes"]
+    # more events, more evidence: the ceiling rises with the bucket
+    assert c["bayes"]["1"] < c["bayes"]["3-4"] < c["bayes"][">=5"] <= 1.0
     prop = report["propensity"]
     assert prop["n_labelled"] > 500
     for key in ("prequential_auc", "offline_lr_auc", "offline_gb_auc"):
@@ -67,7 +79,8 @@ def test_text_output_names_every_measurement() -> None:
                      "--quiet")
     assert code == 0, out
     for phrase in ("segments: k=", "ARI", "prequential ROC AUC", "offline sklearn LR",
-                   "drift: none injected", "sentiment accuracy"):
+                   "drift: none injected", "sentiment accuracy", "Bayes ceiling",
+                   "by events: 1:"):
         assert phrase in out
     assert "stationary" not in out
 
