@@ -15,6 +15,14 @@ is kept (a different k than the current must win by `switch_margin` per customer
 every `refit_every` updates, the current mixture is refitted warm. New components are matched to
 the old ones by the customers they share (Hungarian matching on the reservoir), so a segment
 keeps its id while it moves; only a genuinely new cluster gets a new id.
+
+Short histories (fewer than `short_events` events, which the mixture does not learn from) are
+assigned with the segment shares *of customers with that many events* as the prior, not the
+mixture's weights (the shares among long histories): a second reservoir keeps short customers'
+latest statistics, and on every change of the mixture (only then: a short customer's segment
+changes when everyone's may, which the drift detectors account for) the weights per event count
+are refitted by EM with the segments held fixed. A customer's
+event count is read from its own statistics vector (1 + step gaps + session gaps).
 """
 
 from __future__ import annotations
@@ -244,6 +252,52 @@ def _merge(resp: np.ndarray, j: int) -> np.ndarray:
     return np.where(total > 0, out / np.maximum(total, 1e-300), 1.0 / out.shape[1])
 
 
+def _sample_slot(
+    keys: list[str],
+    index: dict[str, int],
+    rows: list[tuple[np.ndarray, np.ndarray]],
+    size: int,
+    n_seen: int,
+    rng: random.Random,
+    key: str,
+    row: tuple[np.ndarray, np.ndarray],
+) -> int | None:
+    """Reservoir sampling of the `n_seen`-th new key: a free slot while there is one, else a
+    random slot with probability size / n_seen (its key evicted); None when not sampled."""
+    if len(keys) < size:
+        keys.append(key)
+        rows.append(row)
+        index[key] = len(keys) - 1
+        return len(keys) - 1
+    j = rng.randrange(n_seen)
+    if j >= size:
+        return None
+    del index[keys[j]]
+    keys[j] = key
+    index[key] = j
+    return j
+
+
+def n_events_of(val: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Events of each row whose statistics end at `ends` (`Vectorizer.journey` puts the
+    N_STATS last: each event after the first is a step gap or a session gap)."""
+    return 1 + val[ends - N_STATS] + val[ends - N_STATS + 3]
+
+
+def fit_weights(loglik: np.ndarray, *, n_iter: int = 100, tol: float = 1e-6) -> np.ndarray:
+    """Log mixture weights maximizing the likelihood of rows with fixed components' (n, k)
+    log-likelihoods (EM on the weights alone, Laplace-smoothed as in `m_step`)."""
+    n, k = loglik.shape
+    logw = np.full(k, -np.log(k))
+    for _ in range(n_iter):
+        resp, _ = posteriors(loglik + logw)
+        new = np.log((resp.sum(axis=0) + 1.0) / (n + k))
+        if np.abs(new - logw).max() < tol:
+            return new
+        logw = new
+    return logw
+
+
 @dataclass(frozen=True, slots=True)
 class Reclustering:
     """What one re-evaluation changed: analysts and drift detectors need to know."""
@@ -311,6 +365,20 @@ class SegmentModel(Snapshotting):
     res_rows: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
     res_plain: np.ndarray = field(init=False)
     rng: random.Random = field(init=False)
+    # Short histories (a checkpoint pickled before these has none of them: see `getattr`s).
+    # Customers with 1..short_events-1 events are assigned with their own weights (0: off).
+    short_events: int = 0
+    short_reservoir_size: int = 4000
+    min_short_rows: int = 50  # fewer customers with an event count: the mixture's weights
+    # their latest statistics (reservoir) and log weights per event count
+    n_short: int = 0
+    n_short_updates: int = 0
+    short_keys: list[str] = field(default_factory=list)
+    short_index: dict[str, int] = field(default_factory=dict)
+    short_rows: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    short_log_weights: np.ndarray | None = None  # (short_events - 1, k): row n-1 for n events
+    # its own generator: the long histories' reservoir (and so the mixture) stays as without
+    short_rng: random.Random | None = None
 
     def __post_init__(self) -> None:
         if not 2 <= self.k_min <= self.k_max:
@@ -325,12 +393,15 @@ class SegmentModel(Snapshotting):
         return (self.n_dst + 1) * self.n_dst + N_STATS
 
     # -- scoring ---------------------------------------------------------------------------
-    def assign_sparse(self, idx: np.ndarray, val: np.ndarray) -> str:
-        """The segment of a customer with these statistics (`"all"` before the first fit)."""
+    def assign_sparse(self, idx: np.ndarray, val: np.ndarray, *, short: bool = True) -> str:
+        """The segment of a customer with these statistics (`"all"` before the first fit).
+
+        `short=False`: with the mixture's weights whatever the history's length."""
         m = self.mixture
         if m is None:
             return UNASSIGNED
-        return self.ids[int((m.theta[:, idx] @ val + m.log_weights).argmax())]
+        prior = self._prior(val) if short else m.log_weights
+        return self.ids[int((m.theta[:, idx] @ val + prior).argmax())]
 
     def assign_many(self, rows: list[tuple[np.ndarray, np.ndarray]]) -> list[str]:
         """`assign_sparse` for many customers at once (one sparse matrix product)."""
@@ -342,14 +413,25 @@ class SegmentModel(Snapshotting):
         np.cumsum([len(i) for i, _ in rows[:-1]], out=starts[1:])
         return self.assign_flat(idx, val, starts)
 
-    def assign_flat(self, idx: np.ndarray, val: np.ndarray, starts: np.ndarray) -> list[str]:
+    def assign_flat(
+        self, idx: np.ndarray, val: np.ndarray, starts: np.ndarray, *, short: bool = True
+    ) -> list[str]:
         """`assign_many` for rows concatenated (`Vectorizer.batch`): row r is
         `idx[starts[r]:starts[r + 1]]`, `val[...]` (never empty)."""
         m = self.mixture
         if m is None:
             return [UNASSIGNED] * len(starts)
         # sum_j theta[:, idx_j] * val_j per row, without building a sparse matrix
-        joint = np.add.reduceat(m.theta[:, idx] * val, starts, axis=1) + m.log_weights[:, None]
+        joint = np.add.reduceat(m.theta[:, idx] * val, starts, axis=1)
+        weights = getattr(self, "short_log_weights", None) if short else None
+        if weights is None:
+            joint += m.log_weights[:, None]
+        else:
+            ends = np.append(starts[1:], len(val))
+            n = n_events_of(val, ends).astype(np.int64)
+            priors = np.where((n < self.short_events)[:, None],
+                              weights[np.clip(n - 1, 0, len(weights) - 1)], m.log_weights)
+            joint += priors.T
         return [self.ids[j] for j in joint.argmax(axis=0).tolist()]
 
     def posterior(self, idx: np.ndarray, val: np.ndarray) -> dict[str, float]:
@@ -357,8 +439,18 @@ class SegmentModel(Snapshotting):
         m = self.mixture
         if m is None:
             return {UNASSIGNED: 1.0}
-        resp, _ = posteriors((m.theta[:, idx] @ val + m.log_weights)[None, :])
+        resp, _ = posteriors((m.theta[:, idx] @ val + self._prior(val))[None, :])
         return dict(zip(self.ids, resp[0].tolist(), strict=True))
+
+    def _prior(self, val: np.ndarray) -> np.ndarray:
+        """Log segment weights for a customer with statistics `val` (see the module doc)."""
+        assert self.mixture is not None
+        short = getattr(self, "short_log_weights", None)  # None in checkpoints before them
+        if short is not None:
+            n = int(n_events_of(val, np.array([len(val)]))[0])
+            if n < self.short_events:
+                return short[max(n, 1) - 1]
+        return self.mixture.log_weights
 
     # -- learning --------------------------------------------------------------------------
     def learn_sparse(
@@ -373,21 +465,13 @@ class SegmentModel(Snapshotting):
         `plain()` gives the customer's `model_vector(features, FEATURE_NAMES)` for profiles
         (called only when the customer is in the reservoir)."""
         key = hashed_id(customer_id)
+        if key in getattr(self, "short_index", ()):
+            self._drop_short(key)
         slot = self.res_index.get(key)
         if slot is None:
             self.n_customers += 1
-            if len(self.res_keys) < self.reservoir_size:
-                slot = len(self.res_keys)
-                self.res_keys.append(key)
-                self.res_rows.append((idx, val))
-                self.res_index[key] = slot
-            else:
-                j = self.rng.randrange(self.n_customers)
-                if j < self.reservoir_size:
-                    slot = j
-                    del self.res_index[self.res_keys[slot]]
-                    self.res_keys[slot] = key
-                    self.res_index[key] = slot
+            slot = _sample_slot(self.res_keys, self.res_index, self.res_rows,
+                                self.reservoir_size, self.n_customers, self.rng, key, (idx, val))
         if slot is not None:
             self.res_rows[slot] = (idx, val)
             self.res_plain[slot] = plain()  # what profiles show, as of this session end
@@ -399,6 +483,54 @@ class SegmentModel(Snapshotting):
             with one_blas_thread():
                 return self.refit()
         return None
+
+    def learn_short(self, customer_id: str, idx: np.ndarray, val: np.ndarray) -> None:
+        """Keep the latest statistics of a customer with fewer than `short_events` events (a
+        reservoir sample of them); refit the weights per event count on the schedule."""
+        if not getattr(self, "short_events", 0):  # off, or a checkpoint from before them
+            return
+        key = hashed_id(customer_id)
+        slot = self.short_index.get(key)
+        if slot is None:
+            self.n_short += 1
+            if self.short_rng is None:
+                self.short_rng = random.Random(self.seed ^ 0x5EED)
+            slot = _sample_slot(self.short_keys, self.short_index, self.short_rows,
+                                self.short_reservoir_size, self.n_short, self.short_rng, key,
+                                (idx, val))
+        if slot is not None:
+            self.short_rows[slot] = (idx, val)
+        self.n_short_updates += 1
+
+    def _drop_short(self, key: str) -> None:
+        """A short customer grew into the mixture's own reservoir: out of the short one."""
+        slot = self.short_index.pop(key)
+        last = len(self.short_keys) - 1
+        if slot != last:
+            self.short_keys[slot] = self.short_keys[last]
+            self.short_rows[slot] = self.short_rows[last]
+            self.short_index[self.short_keys[slot]] = slot
+        self.short_keys.pop()
+        self.short_rows.pop()
+
+    def refit_short(self) -> None:
+        """Weights per event count for short histories, by EM with the segments held fixed."""
+        if not getattr(self, "short_events", 0):
+            return
+        m = self.mixture
+        if m is None or not self.short_rows:
+            return
+        phi = self._matrix(self.short_rows)
+        loglik = np.asarray(phi @ m.theta.T)
+        n = np.array([1 + v[-N_STATS] + v[-N_STATS + 3] for _, v in self.short_rows],
+                     dtype=np.int64)
+        out = np.tile(m.log_weights, (self.short_events - 1, 1))
+        for count in range(1, self.short_events):
+            rows = n == count
+            if rows.sum() >= self.min_short_rows:
+                out[count - 1] = fit_weights(loglik[rows])
+        self.short_log_weights = out
+        self.version += 1
 
     def move(self, old: str, new: str) -> None:
         """A customer's segment changed from `old` to `new`: keep the sizes."""
@@ -509,6 +641,7 @@ class SegmentModel(Snapshotting):
         self.ids = new_ids
         self.mixture = mixture
         self.version += 1
+        self.refit_short()
         return Reclustering(
             n_updates=self.n_updates,
             k_before=k_before,

@@ -65,6 +65,9 @@ class ModelConfig(BaseModel):
     touchpoints: tuple[str, ...] = DEFAULT_TOUCHPOINTS
     # Segments learn from customers with at least this many events (fewer say too little).
     segment_min_events: Annotated[int, Field(ge=1)] = 5
+    # Shorter histories are assigned with the segment shares of customers with as many events
+    # (learned from a reservoir of them), not the shares among the long ones.
+    segment_short_weights: bool = True
     max_pending: Annotated[int, Field(gt=0)] = 200_000
     min_segment_labels: Annotated[int, Field(gt=0)] = 2_000
     k_min: Annotated[int, Field(ge=2)] = 3
@@ -115,6 +118,11 @@ class CustomerModelState:
     # (`Vectorizer.counts`); None until the first event (and in states pickled before them)
     counts: list[float] | None = None
     cells: list[int] | None = None
+    # the segment under the mixture's own weights (differs from `segment` only for short
+    # histories, see SegmentModel): what the drift detectors count the customer's events under.
+    # The short-history shares move as the population matures; counted under them, segments'
+    # conversion rates moved with them (false alarms on a stationary run, bench/RESULTS.md).
+    watch_segment: str = UNASSIGNED
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +157,7 @@ class _Closed:
     p_churn: float
     top_features: tuple[tuple[str, float], ...]
     lookalike: float | None
+    watch_segment: str | None = None  # None: as `segment`
 
 
 @dataclass(slots=True)
@@ -206,6 +215,7 @@ class ModelSuite(Snapshotting):
             reservoir_size=c.segment_reservoir,
             max_eval_every=c.segment_max_eval_every,
             seed=c.seed,
+            short_events=c.segment_min_events if c.segment_short_weights else 0,
         )
         common = {
             "snapshot_every_ms": c.snapshot_every_s * 1000,
@@ -333,7 +343,10 @@ class ModelSuite(Snapshotting):
             self.labelled.extend(lab for name, lab in labelled if name == "convert")
         if sent is not None and sent.label is not None:
             self.sentiment_by.update(state.segment, prev_tp or tp, sent)
-        alerts = self._watch(ts, state.segment, prev_tp, tp, labelled, sent)
+        # the drift detectors see a segment's members under the mixture's own weights
+        # (`CustomerModelState.watch_segment`)
+        alerts = self._watch(ts, getattr(state, "watch_segment", state.segment), prev_tp, tp,
+                             labelled, sent)
         if alerts:
             self.alerts.extend(alerts)
         return Scores(
@@ -366,6 +379,10 @@ class ModelSuite(Snapshotting):
         if segment != state.segment:
             self.segments.move(state.segment, segment)
             state.segment = segment
+        state.watch_segment = (
+            self.segments.assign_sparse(idx, val, short=False)
+            if summary.n_events < self.config.segment_min_events else segment
+        )
         xp, xb = vec.vectors(summary, behaviour=lookalike)
         p, contrib = self.convert.score_vector(xp, segment)
         state.p_convert = p
@@ -391,12 +408,14 @@ class ModelSuite(Snapshotting):
         if hit is None:
             self._score(state, ts, lookalike=False)
             self._first[(tp, channel)] = _Closed(
-                1, state.segment, state.p_convert, state.p_churn, state.top_features, None
+                1, state.segment, state.p_convert, state.p_churn, state.top_features, None,
+                state.watch_segment,
             )
             return
         if hit.segment != state.segment:
             self.segments.move(state.segment, hit.segment)
             state.segment = hit.segment
+        state.watch_segment = getattr(hit, "watch_segment", None) or hit.segment
         state.p_convert, state.p_churn = hit.p_convert, hit.p_churn
         state.top_features = hit.top_features
         state.scored_ms = ts
@@ -410,6 +429,7 @@ class ModelSuite(Snapshotting):
         if done is None or done.n_events != state.features.n_events:
             return False
         state.segment = done.segment  # the sizes were moved when it was scored
+        state.watch_segment = getattr(done, "watch_segment", None) or done.segment
         state.p_convert, state.p_churn = done.p_convert, done.p_churn
         state.top_features, state.lookalike = done.top_features, done.lookalike
         state.scored_ms = ts
@@ -437,6 +457,9 @@ class ModelSuite(Snapshotting):
             [st.cells for st in states],  # type: ignore[misc]
         )
         segments = self.segments.assign_flat(idx, val, starts)
+        short = [st.features.n_events < self.config.segment_min_events for st in states]
+        watched = self.segments.assign_flat(idx, val, starts, short=False) if any(short) \
+            else segments
         p_convert, contrib, fitted = self.convert.score_many(xps, segments)
         p_churn = self.churn.score_many(xps, segments, explain=False)[0].tolist()
         tops = top_many(vec.propensity_names, contrib, fitted)
@@ -452,10 +475,11 @@ class ModelSuite(Snapshotting):
                 st.segment = segments[i]
             st.p_convert, st.p_churn = p_list[i], p_churn[i]
             st.top_features, st.lookalike = tops[i], looks[i]
+            st.watch_segment = watched[i] if short[i] else segments[i]
             st.scored_ms = at_ms
             self.closed[cid] = _Closed(
                 st.features.n_events, st.segment, st.p_convert, st.p_churn,
-                st.top_features, st.lookalike,
+                st.top_features, st.lookalike, st.watch_segment,
             )
         for i, (cid, st) in enumerate(zip(cids, states, strict=True)):
             self._learn_closed(cid, st, xps[i], *journeys[i], at_ms)
@@ -479,6 +503,7 @@ class ModelSuite(Snapshotting):
                 self.convert.observe(cid, ts, xp, segment, state.p_convert)
             self.churn.observe(cid, ts, xp, segment, state.p_churn)
         if summary.n_events < self.config.segment_min_events:
+            self.segments.learn_short(cid, idx, val)
             return
         change = self.segments.learn_sparse(cid, idx, val, lambda: summary_vector(summary, ts))
         if change is not None:
