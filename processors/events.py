@@ -10,6 +10,7 @@ producer bug, and silently dropping it would hide that bug.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import Annotated, Any, Final, Literal
@@ -228,7 +229,26 @@ class TouchpointEvent(BaseModel):
     @_computed_once
     def ts_ms(self) -> int:
         """Event time as integer epoch milliseconds (UTC): the unit every processor works in."""
-        return int(self.occurred_at.timestamp() * 1000)
+        return _epoch_ms(self.occurred_at)
+
+
+def _epoch_ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
+
+
+def event_times_ms(events: Iterable[TouchpointEvent]) -> list[int]:
+    """Each event's `ts_ms`, for a whole batch: the same values, cached in each event the same
+    way, without the attribute's per-event descriptor calls (two Python frames on each first
+    read, more than the computation itself)."""
+    out: list[int] = []
+    append = out.append
+    for ev in events:
+        cached = ev.__dict__
+        ts = cached.get("ts_ms")
+        if ts is None:
+            ts = cached["ts_ms"] = _epoch_ms(ev.occurred_at)
+        append(ts)
+    return out
 
 
 class ResolvedEvent:

@@ -27,7 +27,13 @@ from typing import Final, Literal, NamedTuple, Protocol
 
 from processors.config import IdentityConfig
 from processors.errors import ServiceError
-from processors.events import IDENTITY_KINDS, IdentityKind, ResolvedEvent, TouchpointEvent
+from processors.events import (
+    IDENTITY_KINDS,
+    IdentityKind,
+    ResolvedEvent,
+    TouchpointEvent,
+    event_times_ms,
+)
 
 # One letter per kind prefixes every node key, so the kind travels with the hash.
 KIND_CODE: Final[dict[str, str]] = {
@@ -41,6 +47,7 @@ KIND_OF_CODE: Final[dict[str, IdentityKind]] = {v: k for k, v in KIND_CODE.items
 # Which identifier an event resolves around when its identifiers cannot all be linked.
 _RANK: Final[dict[str, int]] = {"u": 0, "k": 1, "e": 2, "d": 3, "a": 4}
 _HASH_CACHE_MAX: Final = 1_000_000
+_NEVER: Final = 1 << 62  # a settled limit no event time reaches (ms; year 9999 is < 2**48)
 MAX_COMMIT_ATTEMPTS: Final = 50
 _NO_IDENTIFIER: Final = (
     "no usable identifier: every identity value is a placeholder such as '', 'null' or 'anonymous'"
@@ -251,15 +258,18 @@ class _Decision:
 class _Combo:
     """One identity combination (an event's identity values): its node keys, how many of its
     values were ignored, and whether its keys were found settled in one customer (see
-    :meth:`IdentityResolver._decide`): `settled_ts` is valid while `generation` is current."""
+    :meth:`IdentityResolver._decide`): `settled_ts` is valid while `generation` is current.
+    `limit` is the batch's: events at or after it change nothing (`_NEVER` when unsettled)."""
 
-    __slots__ = ("generation", "keys", "n_ignored", "settled_ts")
+    __slots__ = ("anchor", "generation", "keys", "limit", "n_ignored", "settled_ts")
 
     def __init__(self, keys: tuple[str, ...], n_ignored: int) -> None:
         self.keys = keys
+        self.anchor = keys[0] if keys else None
         self.n_ignored = n_ignored
         self.generation = 0
         self.settled_ts = 0
+        self.limit = _NEVER
 
 
 class IdentityResolver:
@@ -385,26 +395,32 @@ class IdentityResolver:
     ) -> tuple[list[_Combo], list[int], dict[str, None], int]:
         """Each event's identity combination, event times, and every key the batch touches."""
         # Most events repeat an identity combination seen before (the same cookie, the same
-        # cookie and device): one lookup of the combination replaces one per identifier.
+        # cookie and device): one lookup of the combination replaces one per identifier. The
+        # key is the identities' (kind, value) pairs in the message's order: the same
+        # combination sent in another order only takes a second entry with the same keys.
         combos = self._combos
         entries: list[_Combo] = []
+        append = entries.append
         n_ignored = 0
         for ev in accepted:
-            # the identities' (kind, value) pairs in the message's order: the same combination
-            # sent in another order only takes a second cache entry with the same keys
             hit = combos.get(combo := tuple(dict.items(ev.identities)))
             if hit is None:
-                keys = [self.key_of(k, v) for k, v in ev.identities.items()]
-                hit = _Combo(tuple(k for k in keys if k is not None), keys.count(None))
-                if len(combos) >= _HASH_CACHE_MAX:
-                    combos.clear()
-                combos[combo] = hit
-            entries.append(hit)
+                hit = self._combo_of(combo, ev)
+            append(hit)
             n_ignored += hit.n_ignored
-        ts_list = [ev.ts_ms for ev in accepted]
+        ts_list = event_times_ms(accepted)
         # Each distinct combination once: its keys are what the store must load.
-        distinct = {id(e): e.keys for e in entries}
-        return entries, ts_list, dict.fromkeys(chain.from_iterable(distinct.values())), n_ignored
+        wanted = dict.fromkeys(chain.from_iterable(e.keys for e in dict.fromkeys(entries)))
+        return entries, ts_list, wanted, n_ignored
+
+    def _combo_of(self, combo: tuple[tuple[str, str], ...], ev: TouchpointEvent) -> _Combo:
+        """A new combination, `ev`'s identities (pairs `combo`): made and kept."""
+        keys = [self.key_of(k, v) for k, v in ev.identities.items()]
+        hit = _Combo(tuple(k for k in keys if k is not None), keys.count(None))
+        if len(self._combos) >= _HASH_CACHE_MAX:
+            self._combos.clear()
+        self._combos[combo] = hit
+        return hit
 
     def _decide(
         self,
@@ -419,21 +435,19 @@ class IdentityResolver:
         than the event changes nothing, and stays so whatever else the batch does (customers
         only merge, first-seen times only move earlier): it is anchored at once, in any order.
         A combination found settled keeps that (with the latest first-seen time of its keys)
-        for as long as the store hands out the same graph; every other event is decided in
-        event-time order.
+        for as long as the store hands out the same graph; so each distinct combination is
+        looked at once per batch at most, and an event of a settled one costs one comparison.
+        Every other event is decided in event-time order.
         """
         if g is not self._settled_graph:
             self._settled_graph = g
             self._generation += 1
         gen = self._generation
-        d = _Decision()
-        anchors: list[str | None] = [None] * len(accepted)
         cid_of = g.cid.get
         first = g.first
-        slow: list[int] = []
-        for i, entry in enumerate(entries):
-            if entry.generation == gen and ts_list[i] >= entry.settled_ts:
-                anchors[i] = entry.keys[0]
+        for entry in dict.fromkeys(entries):
+            if entry.generation == gen:
+                entry.limit = entry.settled_ts
                 continue
             keys = entry.keys
             if keys and (c0 := cid_of(keys[0])) is not None:
@@ -442,25 +456,40 @@ class IdentityResolver:
                         break
                 else:  # settled: mark it, with its keys' latest first-seen time
                     entry.generation = gen
-                    entry.settled_ts = ts = max(first[k] for k in keys)
-                    if ts_list[i] >= ts:
-                        anchors[i] = keys[0]
-                        continue
-            slow.append(i)
+                    entry.limit = entry.settled_ts = max(first[k] for k in keys)
+                    continue
+            entry.limit = _NEVER
+        anchors: list[str | None] = [
+            e.anchor if ts >= e.limit else None for e, ts in zip(entries, ts_list, strict=True)
+        ]
+        d = _Decision()
+        d.anchors = anchors
+        slow = [i for i, a in enumerate(anchors) if a is None]
+        if not slow:
+            return d
         # Event-time order, ties by event id: two stable sorts.
-        slow.sort(key=[ev.event_id for ev in accepted].__getitem__)
+        slow.sort(key={i: accepted[i].event_id for i in slow}.__getitem__)
         slow.sort(key=ts_list.__getitem__)
+        unique = self._unique
+        link_keys = d.link_keys
         for i in slow:
             entry = entries[i]
             keys = entry.keys
             if not keys:
                 d.dead.append((accepted[i], _NO_IDENTIFIER))
                 continue
-            # Fast path: every identifier known, already in one customer, no earlier evidence.
+            # Fast paths: every identifier known, already in one customer, no earlier evidence;
+            # or one identifier, new: a new customer (what `_apply_event` does then).
             ts = ts_list[i]
             k0 = keys[0]
             c0 = cid_of(k0)
-            if c0 is not None and ts >= first[k0]:
+            if c0 is None:
+                if len(keys) == 1:
+                    g.add(k0, ts, unique)
+                    link_keys[k0] = None
+                    anchors[i] = k0
+                    continue
+            elif ts >= first[k0]:
                 for k in keys[1:]:
                     if cid_of(k) != c0 or ts < first[k]:
                         break
@@ -468,7 +497,6 @@ class IdentityResolver:
                     anchors[i] = k0
                     continue
             anchors[i] = self._apply_event(g, d, accepted[i], keys)
-        d.anchors = anchors
         return d
 
     def _apply_event(
