@@ -58,7 +58,9 @@ def evaluate(
 
     Simulates --customers (or reads FILE, written by `journeymap simulate`, and its truth file),
     feeds every event once, in event time, to fresh models and prints: segment recovery
-    (adjusted Rand index vs the true segments, target >= 0.8), prequential ROC AUC of conversion
+    (adjusted Rand index vs the true segments, target >= 0.8) next to its Bayes ceiling (the
+    maximum-posterior true segment under the simulator's own parameters), on all customers and
+    by number of events, prequential ROC AUC of conversion
     propensity next to offline scikit-learn models trained on the same features with a time
     split (target within 0.02), the drift alert delay after the injected drift in events of the
     affected segment (target <= 2,000), false alarms before it and on stationary runs (target 0
