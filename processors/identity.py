@@ -445,19 +445,24 @@ class IdentityResolver:
         gen = self._generation
         cid_of = g.cid.get
         first = g.first
+        first_of = first.__getitem__
         for entry in dict.fromkeys(entries):
             if entry.generation == gen:
                 entry.limit = entry.settled_ts
                 continue
             keys = entry.keys
             if keys and (c0 := cid_of(keys[0])) is not None:
-                for k in keys[1:]:
-                    if cid_of(k) != c0:
-                        break
-                else:  # settled: mark it, with its keys' latest first-seen time
-                    entry.generation = gen
-                    entry.limit = entry.settled_ts = max(first[k] for k in keys)
+                if len(keys) == 1:
+                    ts = first_of(keys[0])
+                elif list(map(cid_of, keys)).count(c0) == len(keys):
+                    ts = max(map(first_of, keys))
+                else:
+                    entry.limit = _NEVER
                     continue
+                # settled: mark it, with its keys' latest first-seen time
+                entry.generation = gen
+                entry.limit = entry.settled_ts = ts
+                continue
             entry.limit = _NEVER
         anchors: list[str | None] = [
             e.anchor if ts >= e.limit else None for e, ts in zip(entries, ts_list, strict=True)
