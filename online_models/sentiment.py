@@ -1,23 +1,26 @@
-"""Sentiment of support texts: bag-of-words (1-2 grams) + multinomial naive Bayes, online.
+"""Sentiment of support texts: River's bag-of-words (1-2 grams) piped into River's multinomial
+naive Bayes, learned online, one text at a time.
 
 Trained online on the project's own labelled texts (negative / neutral / positive). Unigrams and
-bigrams ("not working", "thank you") carry most of the signal in support messages. The
-vocabulary is capped at `max_vocab` (words after the cap are ignored) so the model stays bounded.
+bigrams ("not working", "thank you") carry most of the signal in support messages. The model is a
+River `compose.Pipeline`: `feature_extraction.BagOfWords(ngram_range=(1, 2))` |
+`VocabularyCap(max_vocab)` | `naive_bayes.MultinomialNB(alpha)`. The cap keeps the first
+`max_vocab` distinct terms learned (words after it are ignored), so the model stays bounded.
 A text's score is P(positive) - P(negative), in -1..1: what the churn-side features average.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-import re
-import unicodedata
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
+
+from river import base, compose, feature_extraction, naive_bayes
 
 from online_models.checkpoint import Snapshotting
 
 LABELS: Final = ("negative", "neutral", "positive")
+STATE_VERSION: Final = 2  # 1: the plain-dict model before River (its slots, no version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,101 +30,114 @@ class SentimentPrediction:
     proba: dict[str, float]
 
 
-_TOKEN = re.compile(r"(?u)\b\w[\w\-]+\b")  # River's BagOfWords default
+class VocabularyCap(base.Transformer):
+    """Keeps the first `max_vocab` distinct terms it learns; `transform_one` drops all others.
 
-
-def tokens(text: str) -> dict[str | tuple[str, str], int]:
-    """Unigram and bigram counts, as River's `BagOfWords(ngram_range=(1, 2))` makes them."""
-    if not text.isascii():
-        text = "".join(
-            c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)
-        )
-    words = _TOKEN.findall(text.lower())
-    out: dict[str | tuple[str, str], int] = {}
-    for w in words:
-        out[w] = out.get(w, 0) + 1
-    for pair in itertools.pairwise(words):
-        out[pair] = out.get(pair, 0) + 1
-    return out
-
-
-@dataclass(slots=True)
-class SentimentModel(Snapshotting):
-    """Online multinomial naive Bayes over a bounded vocabulary (plain dicts: ~20x River's speed).
-
-    The same algorithm as River's `MultinomialNB` (Laplace smoothing `alpha`, vocabulary size =
-    distinct terms seen) on River's bag-of-words tokens, so it is exact, not an approximation.
+    So a term past the cap, or one never learned, says nothing at prediction (River's
+    `MultinomialNB` alone would count an unseen term as alpha / class total, a pull towards the
+    classes with fewer words in training; the model before River ignored such terms too).
     """
 
-    max_vocab: int = 20_000
-    alpha: float = 1.0
-    counts: dict[str | tuple[str, str], dict[str, float]] = field(default_factory=dict)
-    class_counts: dict[str, int] = field(default_factory=dict)
-    class_totals: dict[str, float] = field(default_factory=dict)
-    n_learned: int = 0
-    # per term, log(count + alpha) of each class in `_classes` order: derived from `counts`,
-    # dropped for the terms a text teaches (and all of it when a new class appears)
-    _logs: dict[str | tuple[str, str], tuple[float, ...]] = field(default_factory=dict)
-    _classes: tuple[str, ...] = ()
+    def __init__(self, max_vocab: int = 20_000) -> None:
+        self.max_vocab = max_vocab
+        self.vocab: set[Any] = set()
+
+    def learn_one(self, x: dict[Any, float]) -> None:
+        vocab = self.vocab
+        room = self.max_vocab - len(vocab)
+        if room <= 0:
+            return
+        for term in x:
+            if term not in vocab:
+                vocab.add(term)
+                room -= 1
+                if room == 0:
+                    return
+
+    def transform_one(self, x: dict[Any, float]) -> dict[Any, float]:
+        vocab = self.vocab
+        return {term: f for term, f in x.items() if term in vocab}
+
+
+def text_pipeline(max_vocab: int, alpha: float) -> compose.Pipeline:
+    """River's text pipeline the sentiment model is: 1-2-gram counts, capped, naive Bayes."""
+    return compose.Pipeline(
+        ("bow", feature_extraction.BagOfWords(ngram_range=(1, 2))),
+        ("vocab", VocabularyCap(max_vocab)),
+        ("nb", naive_bayes.MultinomialNB(alpha=alpha)),
+    )
+
+
+class SentimentModel(Snapshotting):
+    """River's `BagOfWords | VocabularyCap | MultinomialNB` pipeline, online, by composition.
+
+    `learn` is the pipeline's `learn_one`; `predict` is its `predict_proba_one` computed as the
+    pipeline's `transform_one` and the naive Bayes' `joint_log_likelihood`, normalized here:
+    River's `predict_proba_one` normalizes through `scipy.special.logsumexp`, about half of its
+    time on three classes (equal to 1e-12, tested). Pickles (checkpoints) keep the pipeline; a
+    checkpoint of the plain-dict model before River loads into the same pipeline (its counts are
+    MultinomialNB's sufficient statistics).
+    """
+
+    __slots__ = ("alpha", "max_vocab", "pipeline")
+
+    def __init__(self, max_vocab: int = 20_000, alpha: float = 1.0) -> None:
+        self.max_vocab = max_vocab
+        self.alpha = alpha
+        self.pipeline = text_pipeline(max_vocab, alpha)
 
     @property
-    def vocab(self) -> dict[str | tuple[str, str], dict[str, float]]:
-        return self.counts
+    def nb(self) -> naive_bayes.MultinomialNB:
+        return self.pipeline["nb"]
+
+    @property
+    def vocab(self) -> dict[Any, Any]:
+        """Term -> {label: count}: the naive Bayes' feature counts (at most `max_vocab`)."""
+        return self.nb.feature_counts
+
+    @property
+    def n_learned(self) -> int:
+        return sum(self.nb.class_counts.values())
 
     def predict(self, text: str) -> SentimentPrediction:
         """The most likely label and the -1..1 score; label None before any training."""
-        if self.n_learned == 0:
+        nb = self.nb
+        if not nb.class_counts:
             return SentimentPrediction(None, 0.0, {})
-        x = tokens(text)
-        alpha = self.alpha
-        n_terms = len(self.counts)
-        log = math.log
-        classes = sorted(self.class_counts)
-        dens = [log(self.class_totals.get(c, 0.0) + alpha * n_terms) for c in classes]
-        totals = [log(self.class_counts[c] / self.n_learned) for c in classes]
-        logs = getattr(self, "_logs", None)  # None in checkpoints written before the cache
-        if logs is None or getattr(self, "_classes", ()) != tuple(classes):
-            logs = self._logs = {}
-            self._classes = tuple(classes)
-        # one pass over the tokens, each class's sum in token order (as one pass per class)
-        counts = self.counts
-        pairs = tuple(enumerate(dens))
-        for token, f in x.items():
-            lc = logs.get(token)
-            if lc is None:
-                row = counts.get(token)
-                if row is None:
-                    continue
-                lc = logs[token] = tuple([log(row.get(c, 0.0) + alpha) for c in classes])
-            for i, den in pairs:
-                totals[i] += f * (lc[i] - den)
-        joint = dict(zip(classes, totals, strict=True))
+        # BagOfWords(on=None) takes the text itself; Pipeline's hints say dict
+        joint = nb.joint_log_likelihood(self.pipeline.transform_one(text))  # type: ignore[arg-type]
         top = max(joint.values())
         exp = {c: math.exp(v - top) for c, v in joint.items()}
         norm = sum(exp.values())
         proba = {c: v / norm for c, v in exp.items()}
-        label = max(classes, key=lambda k: proba[k])
+        label = max(sorted(proba), key=proba.__getitem__)
         score = proba.get("positive", 0.0) - proba.get("negative", 0.0)
         return SentimentPrediction(label, float(score), proba)
 
     def learn(self, text: str, label: str) -> None:
         if label not in LABELS:
             raise ValueError(f"sentiment label must be one of {LABELS}, got {label!r}")
-        self.class_counts[label] = self.class_counts.get(label, 0) + 1
-        total = 0.0
-        logs = getattr(self, "_logs", None)
-        for token, f in tokens(text).items():
-            if logs:
-                logs.pop(token, None)
-            row = self.counts.get(token)
-            if row is None:
-                if len(self.counts) >= self.max_vocab:
-                    continue
-                row = self.counts[token] = {}
-            row[label] = row.get(label, 0.0) + f
-            total += f
-        self.class_totals[label] = self.class_totals.get(label, 0.0) + total
-        self.n_learned += 1
+        self.pipeline.learn_one(text, label)  # type: ignore[arg-type]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"version": STATE_VERSION, "max_vocab": self.max_vocab, "alpha": self.alpha,
+                "pipeline": self.pipeline}
+
+    def __setstate__(self, state: dict[str, Any] | tuple[None, dict[str, Any]]) -> None:
+        if isinstance(state, tuple):  # version 1, the plain-dict dataclass: (None, {slot: value})
+            state = state[1]
+        self.max_vocab, self.alpha = state["max_vocab"], state["alpha"]
+        if "pipeline" in state:
+            self.pipeline = state["pipeline"]
+            return
+        # version 1's counts are MultinomialNB's sufficient statistics: the same model
+        self.pipeline = text_pipeline(self.max_vocab, self.alpha)
+        nb = self.nb
+        nb.class_counts.update(state["class_counts"])
+        nb.class_totals.update(state["class_totals"])
+        for term, row in state["counts"].items():
+            nb.feature_counts[term].update(row)
+        self.pipeline["vocab"].vocab.update(state["counts"])
 
 
 @dataclass(slots=True)

@@ -1,12 +1,19 @@
-"""Sentiment: learns a small labelled set, generalises to held-out texts, bounded, pickles."""
+"""Sentiment: learns a small labelled set, generalises to held-out texts, bounded, pickles;
+River's text pipeline underneath; checkpoints of the model before River still load."""
 
 from __future__ import annotations
 
+import json
+import pickle
 import random
+from pathlib import Path
 
 import pytest
+from river import compose, feature_extraction, naive_bayes
 
 from online_models.sentiment import SentimentAggregates, SentimentModel
+
+DATA = Path(__file__).parent / "data"
 
 NEG = [
     "{f} keeps crashing, this is unacceptable",
@@ -84,3 +91,78 @@ def test_round_trip_predicts_identically() -> None:
     copy = SentimentModel.restore(m.snapshot())
     for text, _ in _texts(3, 50):
         assert copy.predict(text) == m.predict(text)
+
+
+def test_is_rivers_pipeline_and_predicts_as_its_predict_proba_one() -> None:
+    m = _trained()
+    steps = list(m.pipeline.steps.values())
+    assert isinstance(m.pipeline, compose.Pipeline)
+    assert isinstance(steps[0], feature_extraction.BagOfWords)
+    assert steps[0].ngram_range == (1, 2)
+    assert isinstance(steps[-1], naive_bayes.MultinomialNB)
+    for text, _ in [*_texts(4, 50), ("billing zzz unheard-of words", "neutral")]:
+        ours = m.predict(text).proba
+        river = m.pipeline.predict_proba_one(text)
+        assert ours.keys() == river.keys()
+        assert all(abs(ours[c] - river[c]) < 1e-12 for c in ours)
+
+
+def test_same_as_a_bare_river_pipeline_while_under_the_cap() -> None:
+    """Below the cap every learned term is kept, so only unseen terms differ from bare River
+    (dropped here; River's MultinomialNB would count them): probe texts without unseen terms."""
+    m = _trained()
+    bare = compose.Pipeline(feature_extraction.BagOfWords(ngram_range=(1, 2)),
+                            naive_bayes.MultinomialNB(alpha=1.0))
+    for text, label in _texts(0, 300):
+        bare.learn_one(text, label)
+    assert len(m.vocab) < m.max_vocab
+    for text, _ in _texts(0, 40):
+        ours, river = m.predict(text).proba, bare.predict_proba_one(text)
+        assert all(abs(ours[c] - river[c]) < 1e-12 for c in ours)
+
+
+def test_pickle_round_trip_keeps_learning_identically() -> None:
+    m = _trained()
+    copy = pickle.loads(pickle.dumps(m))
+    more = _texts(5, 100)
+    for text, label in more:
+        m.learn(text, label)
+        copy.learn(text, label)
+    assert copy.n_learned == m.n_learned == 400
+    assert copy.vocab == m.vocab
+    for text, _ in _texts(6, 50):
+        assert copy.predict(text) == m.predict(text)
+
+
+def test_checkpoint_of_the_model_before_river_loads_and_predicts_as_it_did() -> None:
+    """`data/sentiment_v1.ckpt`: the plain-dict model of commit 640ea1f (vocabulary capped at
+    150, reached), trained on `_texts(0, 300)`; the json holds what it predicted then."""
+    expected = json.loads((DATA / "sentiment_v1.json").read_text())
+    m = SentimentModel.restore((DATA / "sentiment_v1.ckpt").read_bytes())
+    assert m.max_vocab == 150 and len(m.vocab) == expected["n_terms"] == 150
+    assert m.n_learned == 300
+    for e in expected["predictions"]:
+        p = m.predict(e["text"])
+        assert p.label == e["label"]
+        assert abs(p.score - e["score"]) < 1e-9
+        assert all(abs(p.proba[c] - e["proba"][c]) < 1e-9 for c in e["proba"])
+    # it goes on learning as River's pipeline, with its cap still in force
+    for text, label in _texts(7, 50):
+        m.learn(text + " brand-new-term", label)
+    assert len(m.vocab) == 150 and m.n_learned == 350
+    again = SentimentModel.restore(m.snapshot())
+    assert again.predict("billing is broken") == m.predict("billing is broken")
+
+
+def test_test_then_train_a_text_is_scored_before_it_teaches() -> None:
+    """In the suite each text is predicted, then learned: the prediction must not have seen it."""
+    m = SentimentModel()
+    m.learn("the editor keeps crashing", "negative")
+    m.learn("thanks, the editor works", "positive")
+    text = "refund refund refund, awful"
+    before = m.predict(text)
+    assert before.proba == m.predict(text).proba  # predicting teaches nothing
+    m.learn(text, "negative")
+    after = m.predict(text)
+    assert after.proba["negative"] > before.proba["negative"]
+    assert m.n_learned == 3
