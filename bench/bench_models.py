@@ -1,7 +1,7 @@
 """Online models on simulator data: throughput and quality, each next to a baseline of this run.
 
     python bench/bench_models.py [--customers 4000] [--seed 1] [--stationary-customers 4000]
-                                 [--stationary-runs 1] [--json] [--profile 25]
+                                 [--stationary-runs 1] [--json] [--profile 25] [--sentiment]
 
 The measurements are `streams.evaluate` (the same as `journeymap evaluate`); this adds the
 throughput baseline: model updates per second (CPU time) next to the feature summary alone, the
@@ -14,6 +14,10 @@ on stationary runs (seeds after --seed) and sentiment accuracy on held-out texts
 functions by own time. `--pipeline` instead runs the simulator's file through the processor
 chain with the models, as the replay does (batches of 20k lines, in-memory identities), and
 prints model updates/s inside the chain and the share of the pipeline's CPU time the models take.
+`--sentiment` instead times the sentiment model per text on the simulation's texts, in the
+suite's test-then-train order (predict every text, learn the training ones): the share of texts
+among events, microseconds per predict and per learn, and, as the same-run baseline, River's own
+`predict_proba_one` on the same pipeline and River's `BagOfWords` alone.
 `--fingerprint` instead prints a hash of every score of one run and the models' updates/s: a
 change meant to be exact must leave the hash as it was (compare with a checkout of the base).
 Every mode runs with the replay's collector settings (`streams.commands.replay.tune_gc`: start-up
@@ -109,6 +113,48 @@ def fingerprint(customers: int, seed: int) -> None:
           f"ModelSuite.update), scores fingerprint {digest.hexdigest()[:16]}")
 
 
+def sentiment(customers: int, seed: int) -> None:
+    """CPU time per text of SentimentModel.predict / .learn, River's predict_proba_one and
+    BagOfWords alone, on the simulation's texts in event order."""
+    from online_models.sentiment import SentimentModel
+
+    data = simulated(customers, seed)
+    train = train_texts(data)
+    texts = [(e.event.event_id, e.event.text) for e in data.events if e.event.text]
+    model = SentimentModel()
+    bow = model.pipeline["bow"]
+    predict_s = learn_s = river_s = bow_s = 0.0
+    n_learned = 0
+    clock = time.process_time
+    for event_id, text in texts:
+        t0 = clock()
+        model.predict(text)
+        t1 = clock()
+        model.pipeline.predict_proba_one(text)
+        t2 = clock()
+        bow.transform_one(text)
+        t3 = clock()
+        predict_s += t1 - t0
+        river_s += t2 - t1
+        bow_s += t3 - t2
+        if event_id in train:
+            t0 = clock()
+            model.learn(text, data.sentiment_of[event_id])
+            learn_s += clock() - t0
+            n_learned += 1
+    n = len(texts)
+    print(f"{len(data.events):,} events, {n:,} texts ({n / len(data.events):.1%} of events), "
+          f"{n_learned:,} learned, vocabulary {len(model.vocab):,}")
+    print(f"SentimentModel.predict:            {predict_s / n * 1e6:7.1f} us per text")
+    learn_us = learn_s / max(n_learned, 1) * 1e6
+    print(f"SentimentModel.learn:              {learn_us:7.1f} us per text")
+    print(f"River pipeline.predict_proba_one:  {river_s / n * 1e6:7.1f} us per text "
+          f"(predict is {predict_s / river_s:.2f} of it)")
+    print(f"River BagOfWords alone:            {bow_s / n * 1e6:7.1f} us per text")
+    per_event = (predict_s + learn_s) / len(data.events) * 1e6
+    print(f"sentiment per event (predict + learn over all events): {per_event:.1f} us")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--customers", type=int, default=4000)
@@ -120,6 +166,7 @@ def main() -> None:
     ap.add_argument("--pipeline", action="store_true")
     ap.add_argument("--default-gc", action="store_true")
     ap.add_argument("--fingerprint", action="store_true")
+    ap.add_argument("--sentiment", action="store_true")
     args = ap.parse_args()
     if not args.default_gc:
         tune_gc()
@@ -129,6 +176,9 @@ def main() -> None:
         return
     if args.fingerprint:
         fingerprint(args.customers, args.seed)
+        return
+    if args.sentiment:
+        sentiment(args.customers, args.seed)
         return
 
     data = simulated(args.customers, args.seed)

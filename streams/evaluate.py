@@ -10,7 +10,9 @@ One place for `journeymap evaluate` and `bench/bench_models.py`:
 * drift: the alert delay after the simulator's injected drift, in events of the affected true
   segment, and alerts before it (false alarms);
 * false alarms on stationary runs (no injected drift, fresh models): every alert is one;
-* sentiment accuracy on held-out labelled texts (the last 20 % by event id).
+* sentiment accuracy on held-out labelled texts (the last 20 % by event id);
+* River's own models as baselines on the same examples (`streams/river_baselines.py`):
+  online logistic regressions next to our propensity, KMeans / DBSTREAM next to our segments.
 
 Events are fed to the models once each, in event time, under their true customer: this measures
 the models, not identity resolution or delivery faults (the replay measures those).
@@ -360,10 +362,12 @@ def stationary(customers: int, seed: int, runs: int, *, days: float = 90,
 
 def evaluate(data: EvalData, *, stationary_customers: int = 0, stationary_runs: int = 0,
              seed: int = 1, days: float = 90, progress: ProgressFn = _noop,
-             baseline: bool = False, config: ModelConfig | None = None) -> dict[str, Any]:
+             baseline: bool = False, config: ModelConfig | None = None,
+             river: bool = True) -> dict[str, Any]:
     """Every measurement on one run of the models (plus the stationary runs): a JSON-able dict.
 
-    `config`: the models' settings (default `ModelConfig(seed=0)`, the benchmark's)."""
+    `config`: the models' settings (default `ModelConfig(seed=0)`, the benchmark's); `river`:
+    River's own models as baselines on the same examples (`river_baselines`)."""
     need_sklearn()
     train = train_texts(data)
     run = run_suite(data, train, config=config, progress=progress)
@@ -387,10 +391,24 @@ def evaluate(data: EvalData, *, stationary_customers: int = 0, stationary_runs: 
         "drift": drift_delay(run, data, pred),
         "sentiment": sentiment_accuracy(data, train),
     }
+    if river:
+        report["river"] = river_report(run, data, segments["k_true"])
     if stationary_runs and stationary_customers:
         report["stationary"] = stationary(stationary_customers, seed, stationary_runs,
                                           days=days, config=config, progress=progress)
     return report
+
+
+def river_report(run: SuiteRun, data: EvalData, k: int) -> dict[str, Any]:
+    """River's models on our propensity examples and customers' behaviour vectors."""
+    from streams import river_baselines as rb
+
+    last_seen = {e.customer_id: i for i, e in enumerate(data.events)}
+    lab = sorted(run.suite.labelled, key=lambda r: r.snapshot_ms)
+    return {
+        "propensity": rb.propensity_baselines(lab),
+        "segments": rb.segment_baselines(run.suite, run.states, last_seen, data.true_segment, k),
+    }
 
 
 def need_sklearn() -> None:
@@ -453,12 +471,39 @@ def text_report(r: dict[str, Any]) -> list[str]:
     else:
         lines.append(f"sentiment accuracy on {st['n_held_out']} held-out texts: "
                      f"{st['accuracy']:.3f} (majority class {st['majority_baseline']:.3f})")
+    if "river" in r:
+        lines.extend(river_lines(r))
     if "stationary" in r:
         sr = r["stationary"]
         lines.append(f"stationary: {sr['alerts']} alerts in {sr['n_events']} events over "
                      f"{len(sr['runs'])} runs ({sr['per_1m_events']:.1f} per 1M; target 0)"
                      + (": " + ", ".join(sr["messages"]) if sr["messages"] else ""))
     return lines
+
+
+def river_lines(r: dict[str, Any]) -> list[str]:
+    """River's baselines, each beside our model's figure (and the offline model, the ceiling)."""
+
+    def f(x: float | None) -> str:
+        return "-" if x is None else f"{x:.3f}"
+
+    p, s = r["propensity"], r["segments"]
+    out = [f"River baselines on the same examples (propensity: ours {f(p['prequential_auc'])}, "
+           f"offline LR {f(p.get('offline_lr_auc'))}; segments ARI all / >=5: ours "
+           f"{f(s['ari_all'])} / {f(s['ari_rich'])}"
+           + (f", Bayes ceiling {f(s['ceiling']['bayes']['all'])} / "
+              f"{f(s['ceiling']['bayes']['>=5'])}" if "bayes" in (s.get("ceiling") or {}) else "")
+           + "):"]
+    for b in r["river"]["propensity"]:
+        diff = (b["prequential_auc"] - p["offline_lr_auc"]
+                if b["prequential_auc"] is not None and p.get("offline_lr_auc") is not None
+                else None)
+        out.append(f"  propensity {b['model']}: prequential AUC {f(b['prequential_auc'])}"
+                   + (f" (diff vs offline LR {diff:+.3f})" if diff is not None else ""))
+    for b in r["river"]["segments"]:
+        out.append(f"  segments {b['model']}: ARI {f(b['ari']['all'])} / {f(b['ari']['>=5'])} "
+                   f"({b['n_clusters']} clusters)")
+    return out
 
 
 def ceiling_lines(c: dict[str, Any] | None, target: float) -> list[str]:

@@ -38,6 +38,9 @@ from simulator.catalog import SEGMENT_NAMES
                    "(default: as many as the main run; 0: no stationary run).")
 @click.option("--stationary-runs", type=click.IntRange(min=0), default=1, show_default=True,
               help="How many stationary runs (fresh models, seeds after --seed).")
+@click.option("--river/--no-river", default=True, show_default=True,
+              help="River's own models as baselines on the same examples: online logistic "
+                   "regressions beside our propensity, KMeans / DBSTREAM beside our segments.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON object.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
@@ -51,6 +54,7 @@ def evaluate(
     drift_segment: str,
     stationary_customers: int | None,
     stationary_runs: int,
+    river: bool,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -64,7 +68,8 @@ def evaluate(
     propensity next to offline scikit-learn models trained on the same features with a time
     split (target within 0.02), the drift alert delay after the injected drift in events of the
     affected segment (target <= 2,000), false alarms before it and on stationary runs (target 0
-    per 1M events) and sentiment accuracy on held-out texts (the last 20 %). The models use the
+    per 1M events), sentiment accuracy on held-out texts (the last 20 %) and, beside ours,
+    River's own models on the same examples (--no-river to skip them). The models use the
     configured settings (session gap, outcomes, horizons), as the replay does. Needs
     scikit-learn (the dev extra). Examples:
 
@@ -114,6 +119,7 @@ def evaluate(
             days=days,
             progress=progress,
             config=config,
+            river=river,
         )
     if as_json:
         click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))

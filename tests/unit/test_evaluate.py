@@ -74,13 +74,30 @@ def test_numbers_in_sane_ranges(report: dict) -> None:
     assert report["throughput"]["updates_per_s"] > 0
 
 
+def test_river_baselines_on_the_same_examples(report: dict) -> None:
+    river = report["river"]
+    from streams.river_baselines import PROPENSITY_SETTINGS
+
+    assert len(river["propensity"]) == len(PROPENSITY_SETTINGS)
+    for b in river["propensity"]:
+        # an online logistic regression on the same labelled examples: better than chance
+        assert 0.5 < b["prequential_auc"] < 0.9, b
+    models = [b["model"] for b in river["segments"]]
+    assert any(m.startswith("StandardScaler | KMeans(k=5") for m in models)
+    assert any(m.startswith("DBSTREAM") for m in models)
+    for b in river["segments"]:
+        assert set(b["ari"]) == {"all", "1", "2", "3-4", ">=5"}
+        assert all(-0.5 < v <= 1.0 for v in b["ari"].values()), b
+        assert b["n_clusters"] >= 1
+
+
 def test_text_output_names_every_measurement() -> None:
     code, out = _run("--customers", "300", "--stationary-runs", "0", "--drift", "none",
                      "--quiet")
     assert code == 0, out
     for phrase in ("segments: k=", "ARI", "prequential ROC AUC", "offline sklearn LR",
                    "drift: none injected", "sentiment accuracy", "Bayes ceiling",
-                   "by events: 1:"):
+                   "by events: 1:", "River baselines", "LogisticRegression", "KMeans"):
         assert phrase in out
     assert "stationary" not in out
 
