@@ -93,3 +93,10 @@ def support_text(rng: random.Random, sentiment: Sentiment) -> str:
             values[slot] = rng.choice(words)
     text = template.format(**values)
     return text[0].upper() + text[1:]
+
+
+def labelled_corpus(rng: random.Random, n_per_label: int) -> list[tuple[str, Sentiment]]:
+    """`n_per_label` texts of each sentiment, labels taking turns (negative, neutral, positive,
+    negative, ...): the shipped training corpus of the sentiment model
+    (`scripts/gen-sentiment-corpus.py`)."""
+    return [(support_text(rng, s), s) for _ in range(n_per_label) for s in SENTIMENTS]

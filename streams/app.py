@@ -45,7 +45,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from online_models.suite import CustomerModelState, ModelSuite, Scores
+from online_models.suite import CustomerModelState, Scores
 from processors.chain import ChainOutput, JourneyChain
 from processors.errors import ServiceUnavailable
 from processors.events import ResolvedEvent
@@ -60,6 +60,7 @@ from processors.validation import Accepted, DeadLetter, Source, decode, decode_b
 from sinks import clickhouse as ch
 from sinks.alerts import encode_alert
 from sinks.checkpoints import CheckpointStore
+from streams.corpus import new_model_suite
 from streams.delivery import Outgoing, OutputProducer, ProducerFatalError
 from streams.heap import WORKER_FULL_EVERY_S, HeapFreezer
 from streams.outputs import (
@@ -191,7 +192,9 @@ class Runtime:
             flush_interval_s=settings.clickhouse.flush_interval_s,
             retry_total_s=settings.clickhouse.retry_total_s,
         )
-        self.models = ModelSuite(model_config(self.config)) if with_models else None
+        # built fresh at start, so it learns the sentiment corpus once (nothing restores it)
+        self.models = new_model_suite(model_config(self.config),
+                                      settings.models.sentiment_corpus) if with_models else None
         # confluent-kafka (streams.delivery), off the event loop: the journey agent's scores,
         # alerts and late events, and the ingest agent's resolved events and merge messages
         self.outputs = OutputProducer(settings.kafka.bootstrap_servers)

@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from online_models.suite import CustomerModelState, ModelConfig, ModelSuite, Scores
+from online_models.suite import CustomerModelState, ModelConfig, Scores
 from processors.chain import ChainOutput, JourneyChain
 from processors.config import ProcessingConfig
 from processors.validation import Source
 from sinks import clickhouse as ch
+from streams.corpus import new_model_suite
 from streams.files import Chunk, read_chunks
 from streams.heap import REPLAY_FULL_EVERY_S, HeapFreezer
 from streams.outputs import (
@@ -86,6 +87,7 @@ class Replayer:
         with_models: bool = True,
         chunk_lines: int = 20_000,
         clock: Callable[[], float] = time.time,
+        sentiment_corpus: str | Path = "",
     ) -> None:
         self.config = config
         self.store = store
@@ -94,7 +96,9 @@ class Replayer:
         self.writer = store.writer(
             flush_rows=flush_rows, flush_interval_s=flush_interval_s, retry_total_s=retry_total_s
         )
-        self.models = ModelSuite(model_config(config)) if with_models else None
+        # the sentiment model learns the `models.sentiment_corpus` setting's texts ("": shipped)
+        self.models = new_model_suite(model_config(config), sentiment_corpus) \
+            if with_models else None
         self.model_states: dict[str, CustomerModelState] = {}
         self.last_scores: dict[str, Scores] = {}
         self.chain = JourneyChain(config, segment_of=self._segment_of if with_models else None)

@@ -201,6 +201,26 @@ class AlertsWebhookSettings(_Group):
         return value
 
 
+class ModelsSettings(_Group):
+    """The online models (docs/models.md)."""
+
+    # JSON Lines of {"text", "label"} (negative / neutral / positive) the sentiment model learns
+    # from when a replay or a worker builds its models; "" is the corpus journeymap ships.
+    sentiment_corpus: str = ""
+
+    @field_validator("sentiment_corpus")
+    @classmethod
+    def _readable_corpus(cls, value: str) -> str:
+        if value:
+            from streams.corpus import read_corpus
+
+            try:
+                read_corpus(Path(value))
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -216,6 +236,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     alerts_webhook: AlertsWebhookSettings = AlertsWebhookSettings()
     serving: ServingSettings = ServingSettings()
+    models: ModelsSettings = ModelsSettings()
     outcomes: OutcomesConfig = OutcomesConfig()
     funnels: list[FunnelConfig] = []
     windows: WindowsConfig = WindowsConfig()

@@ -223,3 +223,32 @@ def test_replay_is_idempotent_and_survives_a_kill(
     proc = _replay_cli(path, killed)
     assert proc.wait(timeout=600) == 0, proc.stdout.read() if proc.stdout else ""
     assert fingerprint(killed) == reference
+
+
+def test_replay_scores_the_sentiment_of_texts(
+    history: tuple[Path, Truth], tmp_path: Path, jm_settings: Settings
+) -> None:
+    """The replay's models learn the shipped corpus first: every text's touchpoint row carries a
+    sentiment, of the sign of the simulator's label; customers' scores carry the label."""
+    path, truth = history
+    label_of = {e.event_id: e.sentiment for c in truth.customers for e in c.events if e.sentiment}
+    assert len(label_of) > 30
+    store = _store("embedded", tmp_path, jm_settings, "")
+    try:
+        Replayer(jm_settings.processing(), store, with_models=True).run([path])
+        rows = _rows(store, "SELECT event_id, has_text, sentiment FROM touchpoints FINAL")
+        scored = {event_id: s for event_id, has_text, s in rows if has_text}
+        assert scored and all(s is not None for s in scored.values())
+        assert all(s is None for _, has_text, s in rows if not has_text)
+        by_label: dict[str, list[float]] = {}
+        for event_id in sorted(scored):
+            by_label.setdefault(label_of[event_id], []).append(scored[event_id])
+        assert set(by_label) == {"negative", "neutral", "positive"}
+        assert all(s < -0.5 for s in by_label["negative"][:5])
+        assert all(s > 0.5 for s in by_label["positive"][:5])
+        assert all(abs(s) < 0.5 for s in by_label["neutral"][:5])
+        labels = {label for (label,) in _rows(
+            store, "SELECT sentiment FROM customer_scores FINAL WHERE sentiment != ''")}
+        assert labels and labels <= {"negative", "neutral", "positive"}
+    finally:
+        store.close()
