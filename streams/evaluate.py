@@ -10,7 +10,8 @@ One place for `journeymap evaluate` and `bench/bench_models.py`:
 * drift: the alert delay after the simulator's injected drift, in events of the affected true
   segment, and alerts before it (false alarms);
 * false alarms on stationary runs (no injected drift, fresh models): every alert is one;
-* sentiment accuracy on held-out labelled texts (the last 20 % by event id);
+* sentiment accuracy on held-out labelled texts (the last 20 % by event id), and of the model
+  the replay and the workers run (trained on the sentiment corpus alone) on every text;
 * River's own models as baselines on the same examples (`streams/river_baselines.py`):
   online logistic regressions next to our propensity, KMeans / DBSTREAM next to our segments.
 
@@ -39,6 +40,7 @@ from processors.events import ResolvedEvent, TouchpointEvent
 from simulator.model import SimConfig, simulate
 from simulator.truth import DriftTruth, Truth, load_truth
 from streams import segment_ceiling as ceil
+from streams.corpus import SHIPPED_CORPUS, corpus_path, read_corpus
 from streams.files import check_files, read_chunks
 
 # phase, done, total: called every few thousand events and at each phase's end
@@ -336,6 +338,25 @@ def sentiment_accuracy(data: EvalData, train: set[str]) -> dict[str, Any]:
     return {"n_held_out": len(held), "accuracy": acc, "majority_baseline": majority}
 
 
+def corpus_accuracy(data: EvalData, corpus: str | Path = "") -> dict[str, Any]:
+    """The sentiment model as the replay and the workers train it (on the corpus the
+    `models.sentiment_corpus` setting names, "" the shipped one), scored on every labelled text."""
+    path = corpus_path(corpus)
+    model = SentimentModel()
+    pairs = read_corpus(path)
+    for text, label in pairs:
+        model.learn(text, label)
+    texts = [(e.event.text, data.sentiment_of[e.event.event_id]) for e in data.events
+             if e.event.text and e.event.event_id in data.sentiment_of]
+    out: dict[str, Any] = {"corpus": "shipped" if path == SHIPPED_CORPUS else str(path),
+                           "n_corpus": len(pairs), "n_texts": len(texts)}
+    if not texts:
+        return {**out, "accuracy": None, "majority_baseline": None}
+    acc = sum(model.predict(text).label == label for text, label in texts) / len(texts)
+    majority = Counter(label for _, label in texts).most_common(1)[0][1] / len(texts)
+    return {**out, "accuracy": acc, "majority_baseline": majority}
+
+
 def stationary(customers: int, seed: int, runs: int, *, days: float = 90,
                config: ModelConfig | None = None, progress: ProgressFn = _noop
                ) -> dict[str, Any]:
@@ -363,11 +384,12 @@ def stationary(customers: int, seed: int, runs: int, *, days: float = 90,
 def evaluate(data: EvalData, *, stationary_customers: int = 0, stationary_runs: int = 0,
              seed: int = 1, days: float = 90, progress: ProgressFn = _noop,
              baseline: bool = False, config: ModelConfig | None = None,
-             river: bool = True) -> dict[str, Any]:
+             river: bool = True, sentiment_corpus: str | Path = "") -> dict[str, Any]:
     """Every measurement on one run of the models (plus the stationary runs): a JSON-able dict.
 
     `config`: the models' settings (default `ModelConfig(seed=0)`, the benchmark's); `river`:
-    River's own models as baselines on the same examples (`river_baselines`)."""
+    River's own models as baselines on the same examples (`river_baselines`);
+    `sentiment_corpus`: the corpus the production sentiment model learns ("": the shipped one)."""
     need_sklearn()
     train = train_texts(data)
     run = run_suite(data, train, config=config, progress=progress)
@@ -389,7 +411,8 @@ def evaluate(data: EvalData, *, stationary_customers: int = 0, stationary_runs: 
         "segments": segments,
         "propensity": propensity_auc(run),
         "drift": drift_delay(run, data, pred),
-        "sentiment": sentiment_accuracy(data, train),
+        "sentiment": {**sentiment_accuracy(data, train),
+                      "corpus": corpus_accuracy(data, sentiment_corpus)},
     }
     if river:
         report["river"] = river_report(run, data, segments["k_true"])
@@ -471,6 +494,11 @@ def text_report(r: dict[str, Any]) -> list[str]:
     else:
         lines.append(f"sentiment accuracy on {st['n_held_out']} held-out texts: "
                      f"{st['accuracy']:.3f} (majority class {st['majority_baseline']:.3f})")
+    sc = st.get("corpus")
+    if sc and sc["accuracy"] is not None:
+        lines.append(f"sentiment accuracy of the production model (trained on the {sc['corpus']} "
+                     f"corpus, {sc['n_corpus']} texts) on all {sc['n_texts']} texts: "
+                     f"{sc['accuracy']:.3f} (majority class {sc['majority_baseline']:.3f})")
     if "river" in r:
         lines.extend(river_lines(r))
     if "stationary" in r:

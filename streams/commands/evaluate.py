@@ -85,7 +85,8 @@ def evaluate(
         ev.need_sklearn()
     except ev.MissingDependency as exc:
         raise click.ClickException(str(exc)) from None
-    config = model_config(settings_from(ctx).processing())
+    settings = settings_from(ctx)
+    config = model_config(settings.processing())
     console = Console(stderr=True, quiet=quiet)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
@@ -120,6 +121,7 @@ def evaluate(
             progress=progress,
             config=config,
             river=river,
+            sentiment_corpus=settings.models.sentiment_corpus,
         )
     if as_json:
         click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))

@@ -68,6 +68,11 @@ def test_numbers_in_sane_ranges(report: dict) -> None:
     sent = report["sentiment"]
     assert sent["n_held_out"] > 50
     assert sent["accuracy"] > sent["majority_baseline"] + 0.2
+    # the production model (the shipped corpus alone) on every text of the simulation
+    corpus = sent["corpus"]
+    assert corpus["corpus"] == "shipped" and corpus["n_corpus"] == 3_000
+    assert corpus["n_texts"] > sent["n_held_out"]
+    assert corpus["accuracy"] > corpus["majority_baseline"] + 0.2
     st = report["stationary"]
     assert st["n_events"] > 300 * 4
     assert st["per_1m_events"] == st["alerts"] / st["n_events"] * 1e6
@@ -97,7 +102,8 @@ def test_text_output_names_every_measurement() -> None:
     assert code == 0, out
     for phrase in ("segments: k=", "ARI", "prequential ROC AUC", "offline sklearn LR",
                    "drift: none injected", "sentiment accuracy", "Bayes ceiling",
-                   "by events: 1:", "River baselines", "LogisticRegression", "KMeans"):
+                   "by events: 1:", "River baselines", "LogisticRegression", "KMeans",
+                   "production model (trained on the shipped corpus, 3000 texts)"):
         assert phrase in out
     assert "stationary" not in out
 
