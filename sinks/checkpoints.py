@@ -94,6 +94,10 @@ class CheckpointStore:
         its parent (so an old snapshot cannot land after a restarted worker's newer one), and
         leaves with ``os._exit``: exit code 0 when the checkpoint is stored.
         """
+        return self._in_child(lambda child: child.save(topic, partition, state, offset))
+
+    def _in_child(self, work: Callable[[CheckpointStore], object]) -> int:
+        """Fork; the child runs `work` with its own store and exits (0 when it returned)."""
         parent = os.getpid()
         pid = os.fork()
         if pid:
@@ -101,12 +105,36 @@ class CheckpointStore:
         code = 1
         try:
             _die_with_parent(parent)
-            child = CheckpointStore(self.url, self.group, prefix=self.prefix,
-                                    retry_total_s=self.retry_total_s)
-            child.save(topic, partition, state, offset)
+            work(CheckpointStore(self.url, self.group, prefix=self.prefix,
+                                 retry_total_s=self.retry_total_s))
             code = 0
         finally:
             os._exit(code)
+
+    # -- the worker's models ----------------------------------------------------------------
+    # One snapshot per consumer group (`ModelSuite.snapshot()`: versioned bytes), the last
+    # saved by any of its workers. The models are shared by all of a worker's partitions, not
+    # part of any partition's state: a restarted worker continues learning from the group's
+    # latest snapshot instead of from zero.
+
+    def models_key(self) -> str:
+        return f"{self.prefix}:{self.group}:models"
+
+    def save_models(self, snapshot: bytes) -> int:
+        """Store the models' snapshot bytes; returns their size."""
+        key = self.models_key()
+        self._retry("save the models", lambda: self.client.set(key, snapshot))
+        return len(snapshot)
+
+    def save_models_in_child(self, snapshot: Callable[[], bytes]) -> int:
+        """Take and store the snapshot in a forked child (as :meth:`save_in_child`): its pid."""
+        return self._in_child(lambda child: child.save_models(snapshot()))
+
+    def load_models(self) -> bytes | None:
+        """The group's latest models snapshot, or None."""
+        key = self.models_key()
+        value = self._retry("load the models", lambda: self.client.get(key))
+        return None if value is None else bytes(value)
 
     @staticmethod
     def wait_child(pid: int) -> bool:

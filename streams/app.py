@@ -45,9 +45,9 @@ from prometheus_client import (
     generate_latest,
 )
 
-from online_models.suite import CustomerModelState, Scores
+from online_models.suite import CustomerModelState, ModelConfig, ModelSuite, Scores
 from processors.chain import ChainOutput, JourneyChain
-from processors.errors import ServiceUnavailable
+from processors.errors import CheckpointError, ServiceUnavailable
 from processors.events import ResolvedEvent
 from processors.identity import (
     IdentityResolver,
@@ -192,9 +192,11 @@ class Runtime:
             flush_interval_s=settings.clickhouse.flush_interval_s,
             retry_total_s=settings.clickhouse.retry_total_s,
         )
-        # built fresh at start, so it learns the sentiment corpus once (nothing restores it)
-        self.models = new_model_suite(model_config(self.config),
-                                      settings.models.sentiment_corpus) if with_models else None
+        # the group's latest snapshot, or fresh (then it learns the sentiment corpus once)
+        self.models = initial_models(settings, self.checkpoints,
+                                     model_config(self.config)) if with_models else None
+        self.models_saved_at = time.monotonic()
+        self.models_child: asyncio.Task[None] | None = None  # saving the models in a child
         # confluent-kafka (streams.delivery), off the event loop: the journey agent's scores,
         # alerts and late events, and the ingest agent's resolved events and merge messages
         self.outputs = OutputProducer(settings.kafka.bootstrap_servers)
@@ -531,6 +533,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                 continue
             if now - runtime.last_checkpoint.get(p, 0.0) >= runtime.checkpoint_every_s:
                 await _checkpoint(runtime, p, part, background=True)
+        if now - runtime.models_saved_at >= runtime.checkpoint_every_s:
+            _save_models(runtime, background=True)
         runtime.metrics.transfers_awaited.set(
             sum(len(part.awaiting) for part in runtime.partitions.values())
         )
@@ -608,6 +612,9 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                 log.info("partition %d: mid-batch at shutdown, checkpoint skipped", p)
                 continue
             await _checkpoint(runtime, p, part)
+        if runtime.models_child is not None:
+            await runtime.models_child
+        _save_models(runtime, background=False)
 
     app.jm_topics = {  # type: ignore[attr-defined]
         "raw": raw_topic, "resolved": resolved_topic, "dlq": dlq_topic, "merges": merges_topic,
@@ -876,6 +883,60 @@ def _freeze_heap(runtime: Runtime) -> None:
     20k customers; the young generations are collected first; everything is collected once every
     WORKER_FULL_EVERY_S)."""
     runtime.heap.freeze(young=True)
+
+
+def initial_models(settings: Settings, checkpoints: CheckpointStore,
+                   config: ModelConfig) -> ModelSuite:
+    """The consumer group's latest models snapshot (a restarted worker continues learning), or
+    fresh models taught the sentiment corpus: when there is none, when it cannot be read, or
+    when it was taken with other model settings (they take effect with fresh models)."""
+    data = checkpoints.load_models()
+    if data is not None:
+        try:
+            suite = ModelSuite.restore(data)
+        except CheckpointError as exc:
+            log.warning("the models snapshot %s is not restored (%s): starting fresh models",
+                        checkpoints.models_key(), exc)
+        else:
+            if suite.config == config:
+                log.info("models restored from %s (%d bytes, %d events learned)",
+                         checkpoints.models_key(), len(data), suite.n_events)
+                return suite
+            log.warning("the models snapshot %s was taken with other model settings: starting "
+                        "fresh models", checkpoints.models_key())
+    return new_model_suite(config, settings.models.sentiment_corpus)
+
+
+def _save_models(runtime: Runtime, *, background: bool) -> None:
+    """Store the models' snapshot under the group (CheckpointStore.save_models): in a forked
+    child while running (as partition checkpoints; a child still at work skips this turn), in
+    process at shutdown. A restarted worker continues from it (`initial_models`); events between
+    the snapshot and a crash are learned again, which moves the models a little, not the
+    analyst tables."""
+    models = runtime.models
+    if models is None:
+        return
+    runtime.models_saved_at = time.monotonic()
+    if not background:
+        try:
+            size = runtime.checkpoints.save_models(models.snapshot())
+        except ServiceUnavailable as exc:
+            log.warning("the models are not saved (%s): a restart continues from the snapshot "
+                        "before", exc)
+        else:
+            log.info("models saved (%d bytes, %d events learned)", size, models.n_events)
+        return
+    if runtime.models_child is not None and not runtime.models_child.done():
+        return
+    runtime.heap.freeze(young=True)
+    pid = runtime.checkpoints.save_models_in_child(models.snapshot)
+
+    async def wait() -> None:
+        if not await asyncio.to_thread(runtime.checkpoints.wait_child, pid):
+            log.warning("saving the models failed in child %d; retried at the next turn", pid)
+            runtime.models_saved_at = 0.0
+
+    runtime.models_child = asyncio.ensure_future(wait())
 
 
 async def _checkpoint_stored(runtime: Runtime, p: int, part: PartitionState, offset: int,

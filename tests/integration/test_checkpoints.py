@@ -44,3 +44,19 @@ def test_a_child_that_cannot_reach_redis_reports_failure() -> None:
     store = CheckpointStore(f"redis://127.0.0.1:{port}/0", "g", retry_total_s=0.5)
     pid = store.save_in_child("t", 0, {"x": 1}, 5)
     assert store.wait_child(pid) is False
+
+
+def test_the_models_snapshot_round_trips_in_process_and_from_a_child(
+    redis_test_url: str, redis_client: Any
+) -> None:
+    store = _store(redis_test_url)
+    assert store.load_models() is None
+    assert store.save_models(b"JMOM first") == len(b"JMOM first")
+    assert store.load_models() == b"JMOM first"
+    taken: list[bytes] = []
+    pid = store.save_models_in_child(lambda: taken.append(b"x") or b"JMOM second")
+    assert store.wait_child(pid) is True
+    assert store.load_models() == b"JMOM second"
+    assert taken == []  # the snapshot was taken in the child, not here
+    assert store.models_key() not in {store.key("models", 0)}
+    assert store.delete_group() >= 1 and store.load_models() is None

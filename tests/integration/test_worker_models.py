@@ -1,0 +1,69 @@
+"""A restarted worker continues learning from its consumer group's models snapshot
+(streams.app.initial_models, issue 7), against a real Redis: fresh models when there is none,
+when it cannot be read, or when the model settings changed since."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from typing import Any
+
+import pytest
+
+from online_models.suite import ModelConfig
+from processors.events import ResolvedEvent, TouchpointEvent
+from sinks.checkpoints import CheckpointStore
+from streams.app import initial_models
+from streams.corpus import new_model_suite
+from streams.settings import load_settings
+from tests.conftest import unique_name
+
+T0 = 1_767_225_600_000  # 2026-01-01
+
+
+def _events(n: int) -> list[ResolvedEvent]:
+    out = []
+    for i in range(n):
+        ev = TouchpointEvent.model_validate({
+            "event_id": f"e{i}", "occurred_at": T0 + i * 60_000, "channel": "web",
+            "touchpoint": ["visit", "pricing", "signup"][i % 3],
+            "identities": {"anonymous_id": f"a{i % 7}"},
+        })
+        out.append(ResolvedEvent(f"c{i % 7}", ev, "all"))
+    return out
+
+
+def test_a_restarted_worker_continues_from_the_groups_snapshot(
+    redis_test_url: str, redis_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = load_settings()
+    store = CheckpointStore(redis_test_url, unique_name("models"), retry_total_s=5.0)
+    config = ModelConfig()
+    fresh = initial_models(settings, store, config)  # nothing saved: fresh, corpus learned
+    assert fresh.n_events == 0 and fresh.sentiment.predict("Thanks a lot! it works great").label
+
+    states: dict[str, Any] = {}
+    for ev in _events(50):
+        fresh.update(ev, states.setdefault(ev.customer_id, fresh.new_customer()))
+    store.save_models(fresh.snapshot())
+
+    restored = initial_models(settings, store, config)
+    assert restored.n_events == 50
+    # it continues where the saved models were: the next events score as in the uninterrupted run
+    copies = pickle.loads(pickle.dumps(states))
+    for ev in _events(60)[50:]:
+        a = fresh.update(ev, states[ev.customer_id])
+        b = restored.update(ev, copies[ev.customer_id])
+        assert repr(a) == repr(b)
+
+    with caplog.at_level(logging.WARNING, logger="streams.app"):
+        other = initial_models(settings, store, ModelConfig(segment_min_events=7))
+    assert other.n_events == 0 and "other model settings" in caplog.text
+
+    store.save_models(b"not a snapshot")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="streams.app"):
+        broken = initial_models(settings, store, config)
+    assert broken.n_events == 0 and "not restored" in caplog.text
+    assert broken.snapshot() == new_model_suite(config).snapshot()
+    store.delete_group()
