@@ -4,17 +4,21 @@ when it cannot be read, or when the model settings changed since."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
 import pickle
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from online_models.suite import ModelConfig
+from online_models.suite import ModelConfig, ModelSuite
 from processors.events import ResolvedEvent, TouchpointEvent
 from sinks.checkpoints import CheckpointStore
-from streams.app import initial_models
+from streams.app import _save_models, initial_models
 from streams.corpus import new_model_suite
+from streams.heap import HeapFreezer
 from streams.settings import load_settings
 from tests.conftest import unique_name
 
@@ -66,4 +70,31 @@ def test_a_restarted_worker_continues_from_the_groups_snapshot(
         broken = initial_models(settings, store, config)
     assert broken.n_events == 0 and "not restored" in caplog.text
     assert broken.snapshot() == new_model_suite(config).snapshot()
+    store.delete_group()
+
+
+def test_the_running_worker_saves_its_models_from_a_child(
+    redis_test_url: str, redis_client: Any
+) -> None:
+    store = CheckpointStore(redis_test_url, unique_name("models"), retry_total_s=5.0)
+    suite = new_model_suite(ModelConfig())
+    states: dict[str, Any] = {}
+    for ev in _events(20):
+        suite.update(ev, states.setdefault(ev.customer_id, suite.new_customer()))
+    runtime = SimpleNamespace(models=suite, checkpoints=store, models_saved_at=0.0,
+                              models_child=None, heap=HeapFreezer(float("inf")))
+
+    async def run() -> None:
+        _save_models(runtime, background=True)  # type: ignore[arg-type]
+        assert runtime.models_child is not None
+        _save_models(runtime, background=True)  # type: ignore[arg-type]  # child busy: skipped
+        await runtime.models_child
+
+    try:
+        asyncio.run(run())
+    finally:
+        gc.unfreeze()
+    assert runtime.models_saved_at > 0
+    saved = store.load_models()
+    assert saved is not None and ModelSuite.restore(saved).n_events == 20
     store.delete_group()
