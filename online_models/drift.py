@@ -221,6 +221,16 @@ class DriftMonitor(Snapshotting):
         for key in [k for k in self.tracks if metric in (None, k[0]) and segment in (None, k[1])]:
             del self.tracks[key]
 
+    def restart(self, metric: str, segment: str) -> None:
+        """A fresh detector and warm-up for one key (its values now come from something new,
+        a refitted model, say), keeping when it last alerted: the cooldown still holds."""
+        old = self.tracks.pop((metric, segment), None)
+        if old is not None and old.last_alert_ms is not None:
+            self.tracks[(metric, segment)] = _Track(
+                self._new_detector(type(old.detector) is BernoulliGLR),
+                last_alert_ms=old.last_alert_ms,
+            )
+
     def update(
         self, metric: str, segment: str, value: float, ts_ms: int, *, binary: bool = False
     ) -> Alert | None:

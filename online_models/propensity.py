@@ -41,6 +41,9 @@ class Labelled:
     y: bool
     vector: np.ndarray  # the model inputs of the snapshot, in the order of `names`
     names: tuple[str, ...]
+    # the version of the model that gave `p`: the labels its fit had learned from (0: no fit
+    # yet, p is the 0.5 prior). Errors of different versions are errors of different models.
+    fit_at: int = 0
 
     @property
     def x(self) -> dict[str, float]:
@@ -55,6 +58,7 @@ class _Pending:
     segment: str
     p: float
     y: bool = False
+    fit_at: int = 0  # `Labelled.fit_at`
 
 
 @dataclass(slots=True)
@@ -179,6 +183,7 @@ class PropensityModel(Snapshotting):
     n_labelled: int = 0
     n_positive: int = 0
     n_fits: int = 0
+    fit_at: int = 0  # labels learned when the models now scoring were fitted (0: none yet)
 
     def __post_init__(self) -> None:
         self.window = deque(maxlen=self.fit_window)
@@ -266,7 +271,7 @@ class PropensityModel(Snapshotting):
             snaps.pop(0)
             self.n_pending -= 1
             self.n_dropped += 1
-        snaps.append(_Pending(ts_ms, x, segment, p))
+        snaps.append(_Pending(ts_ms, x, segment, p, fit_at=getattr(self, "fit_at", 0)))
         self.order.append((ts_ms, customer_id))
         self.n_pending += 1
         while self.n_pending > self.max_pending:
@@ -315,7 +320,8 @@ class PropensityModel(Snapshotting):
         self.n_labelled += 1
         self.n_positive += int(snap.y)
         return Labelled(
-            customer_id, snap.ts_ms, now_ms, snap.segment, snap.p, snap.y, snap.x, self.names
+            customer_id, snap.ts_ms, now_ms, snap.segment, snap.p, snap.y, snap.x, self.names,
+            getattr(snap, "fit_at", 0),  # snapshots pickled before versions: unknown, 0
         )
 
     # -- fitting ---------------------------------------------------------------------------
@@ -334,6 +340,7 @@ class PropensityModel(Snapshotting):
             return
         self.fit = fit_logistic(x, y, self.l2, self.fit)
         self.n_fits += 1
+        self.fit_at = self.n_labelled
         segs = np.array([r[2] for r in self.window])
         for seg in np.unique(segs):
             rows = np.flatnonzero(segs == seg)

@@ -89,8 +89,15 @@ class ModelConfig(BaseModel):
     key_transitions: list[tuple[str, str]] = []
     # Segment shares move while customers mature and centroids settle: opt in once stable.
     watch_segment_shares: bool = False
-    # Prequential error moves while the propensity model is first fitted (day horizon+): opt in.
-    watch_propensity_error: bool = False
+    # The propensity models' prequential error (squared error of the score given before the
+    # label), per model version: only scores of a model fitted on at least
+    # `propensity_error_min_fit` labels are watched (the first fits, on few labels, move the
+    # error), and the detector restarts when a refit replaces the model (warm-up again; the
+    # cooldown holds), so the errors of two models are never compared. 5,000: the doubling
+    # schedule's fit on 6,400 labels is the first watched (a full 20,000-label window comes
+    # too late for any label of it to be known within `journeymap evaluate`'s 90 days).
+    watch_propensity_error: bool = True
+    propensity_error_min_fit: Annotated[int, Field(ge=0)] = 5_000
     max_alerts_kept: Annotated[int, Field(ge=1)] = 1_000
     # Scores taken when event time closed a session, kept until the customer's next event
     # (bounded: the oldest are dropped, and such a customer is scored afresh when back).
@@ -185,6 +192,8 @@ class ModelSuite(Snapshotting):
     n_reclusterings: int = 0
     n_drift_resets: int = 0
     segment_moved: dict[str, float] = field(default_factory=dict)
+    # per propensity model, the version whose prequential error is watched (`_watch_error`)
+    error_versions: dict[str, int] = field(default_factory=dict)
     labelled: list[Labelled] = field(default_factory=list)
     keep_labelled: bool = False
     vectorizer: Vectorizer = field(init=False)
@@ -613,7 +622,7 @@ class ModelSuite(Snapshotting):
                     if alert is not None:
                         out.append(alert)
         for name, lab in labelled if self.config.watch_propensity_error else ():
-            alert = update(f"propensity_error:{name}", UNASSIGNED, (float(lab.y) - lab.p) ** 2, ts)
+            alert = self._watch_error(name, lab, ts)
             if alert is not None:
                 out.append(alert)
         if sent is not None and sent.label is not None:
@@ -621,6 +630,23 @@ class ModelSuite(Snapshotting):
             if alert is not None:
                 out.append(alert)
         return out
+
+    def _watch_error(self, name: str, lab: Labelled, ts: int) -> Alert | None:
+        """The prequential error of one label, watched per version of the model that scored it
+        (`Labelled.fit_at`): a newer version restarts the detector, older ones are skipped."""
+        version = lab.fit_at
+        if version < max(self.config.propensity_error_min_fit, 1):
+            return None
+        metric = f"propensity_error:{name}"
+        if getattr(self, "error_versions", None) is None:  # a suite pickled before versions
+            self.error_versions = {}
+        watched = self.error_versions.get(name, 0)
+        if version < watched:  # a snapshot scored just before the refit, labelled late
+            return None
+        if version > watched:
+            self.error_versions[name] = version
+            self.drift.restart(metric, UNASSIGNED)
+        return self.drift.update(metric, UNASSIGNED, (float(lab.y) - lab.p) ** 2, ts)
 
     # -- reading ---------------------------------------------------------------------------
     def alerts_since(self, ts_ms: int) -> list[Alert]:

@@ -32,6 +32,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from online_models.drift import Alert
 from online_models.features import CustomerFeatures, features
 from online_models.sentiment import SentimentModel
 from online_models.suite import ModelConfig, ModelSuite
@@ -319,7 +320,42 @@ def drift_delay(run: SuiteRun, data: EvalData, pred: dict[str, str]) -> dict[str
         detected=bool(after), delay_events=delay, message=after[0].message if after else None,
         false_alarms=len(before),
         n_events_before=sum(1 for e in data.events if e.ts_ms < drift.at_ms),
+        propensity_error=_error_alerts(alerts, data),
     )
+    return out
+
+
+def error_watched(run: SuiteRun) -> dict[str, Any]:
+    """How much of the conversion model's prequential error the drift detector saw: labels
+    scored by a model fitted on >= `propensity_error_min_fit` labels, per model version."""
+    config = run.suite.config
+    versions = Counter(r.fit_at for r in run.suite.labelled)
+    least = max(config.propensity_error_min_fit, 1)
+    return {
+        "on": config.watch_propensity_error, "min_fit": config.propensity_error_min_fit,
+        "n_labelled": len(run.suite.labelled),
+        "n_watched": sum(n for v, n in versions.items() if v >= least)
+        if config.watch_propensity_error else 0,
+        "versions": {str(v): n for v, n in sorted(versions.items())},
+    }
+
+
+def _error_alerts(alerts: list[Alert], data: EvalData) -> list[dict[str, Any]]:
+    """The propensity-error alerts after the injected drift: when, and how many events (all,
+    and the drifted true segment's) came between the drift and each."""
+    drift = data.drift
+    assert drift is not None
+    out = []
+    for a in alerts:
+        if a.ts_ms < drift.at_ms or not a.metric.startswith("propensity_error:"):
+            continue
+        between = [e for e in data.events if drift.at_ms <= e.ts_ms <= a.ts_ms]
+        out.append({
+            "metric": a.metric, "message": a.message, "days_after": (a.ts_ms - drift.at_ms) / 864e5,
+            "events_after": len(between),
+            "segment_events_after": sum(data.true_segment[e.customer_id] == drift.segment
+                                        for e in between),
+        })
     return out
 
 
@@ -410,7 +446,7 @@ def evaluate(data: EvalData, *, stationary_customers: int = 0, stationary_runs: 
         "throughput": throughput,
         "segments": segments,
         "propensity": propensity_auc(run),
-        "drift": drift_delay(run, data, pred),
+        "drift": {**drift_delay(run, data, pred), "error_watched": error_watched(run)},
         "sentiment": {**sentiment_accuracy(data, train),
                       "corpus": corpus_accuracy(data, sentiment_corpus)},
     }
@@ -488,6 +524,9 @@ def text_report(r: dict[str, Any]) -> list[str]:
             lines.append(f"drift in {d['segment']} (learned {d['learned_segment']}): NOT detected")
         lines.append(f"  false alarms before the drift: {d['false_alarms']} in "
                      f"{d['n_events_before']} events")
+        for a in d.get("propensity_error", ()):
+            lines.append(f"  {a['metric']} after {a['events_after']} events "
+                         f"({a['segment_events_after']} of {d['segment']}): {a['message']}")
     st = r["sentiment"]
     if st["accuracy"] is None:
         lines.append("sentiment: no held-out texts")

@@ -176,3 +176,21 @@ def test_restored_model_scores_and_learns_identically() -> None:
     assert [copy.score(f, "all") for f in probes] == [m.score(f, "all") for f in probes]
     assert _run(copy, 3, 500) == _run(m, 3, 500)
     assert [copy.score(f, "all") for f in probes] == [m.score(f, "all") for f in probes]
+
+
+def test_labels_carry_the_version_of_the_model_that_scored_them() -> None:
+    #  snapshots before the first fit ........ fit (at 100 labels) ........ snapshots after
+    #  fit_at 0 (the 0.5 prior)                                              fit_at 100
+    m = _model(first_fit_after=100)
+    for i in range(100):
+        m.observe(f"c{i}", T0_MS + i, _feats(i % 2), "all", 0.5)
+        if i % 2:
+            m.outcome(f"c{i}", T0_MS + i + 1)
+    m.observe("late", T0_MS + 200, _feats(1.0), "all", 0.5)
+    first = m.expire(T0_MS + 150 + HORIZON)
+    assert len(first) == 100 and {lab.fit_at for lab in first} == {0}
+    assert m.fit is not None and m.fit_at == 100
+    m.observe("next", T0_MS + 300, _feats(1.0), "all", m.score(_feats(1.0), "all")[0])
+    later = m.expire(T0_MS + 400 + HORIZON)
+    # "late" was scored before the fit, "next" by the model fitted on 100 labels
+    assert [(lab.customer_id, lab.fit_at) for lab in later] == [("late", 0), ("next", 100)]

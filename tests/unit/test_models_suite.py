@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import copy
 import pickle
+import random
 
+import numpy as np
 import pytest
 
 from online_models.checkpoint import dumps, loads
-from online_models.propensity import top_of
+from online_models.propensity import Labelled, top_of
 from online_models.segments import SegmentModel
 from online_models.suite import CustomerModelState, ModelConfig, ModelSuite
 from processors.errors import CheckpointError
-from tests.factories import resolved
+from tests.factories import MIN_MS, T0_MS, resolved
 from tests.unit.test_models_support import population
 
 MATRIX = {
@@ -146,3 +148,56 @@ def test_checkpoints_are_checked() -> None:
     with pytest.raises(CheckpointError, match="corrupt"):
         loads(data[:-50], ModelSuite)
     assert loads(dumps(SegmentModel()), SegmentModel).ids == []
+
+
+def _labels(seed: int, n: int, rate: float, fit_at: int, p: float = 0.05) -> list[Labelled]:
+    rng = random.Random(seed)
+    return [Labelled(f"c{i}", 0, 0, "all", p, rng.random() < rate, np.zeros(1), ("x",), fit_at)
+            for i in range(n)]
+
+
+def _watch(s: ModelSuite, labels: list[Labelled], start: int = 0) -> list:
+    alerts = []
+    for i, lab in enumerate(labels):
+        alert = s._watch_error("convert", lab, T0_MS + (start + i) * MIN_MS)
+        if alert is not None:
+            alerts.append(alert)
+    return alerts
+
+
+def test_propensity_error_is_watched_per_model_version() -> None:
+    #  error of model A (y ~ 5 %, p 0.05) ......... | error of model B (y ~ 25 %, p 0.05)
+    #  one model: the error shift is one alert; a refit in between: two models, no alert
+    s = ModelSuite(ModelConfig(drift_warmup=1_000, propensity_error_min_fit=1_000))
+    alerts = _watch(s, _labels(0, 6_000, 0.05, 5_000) + _labels(1, 6_000, 0.25, 5_000))
+    assert [a.metric for a in alerts] == ["propensity_error:convert"]
+    assert alerts[0].evidence["after_mean"] > 3 * alerts[0].evidence["before_mean"]
+    s = ModelSuite(ModelConfig(drift_warmup=1_000, propensity_error_min_fit=1_000))
+    assert _watch(s, _labels(0, 6_000, 0.05, 5_000) + _labels(1, 6_000, 0.25, 15_000)) == []
+    assert s.error_versions == {"convert": 15_000}
+    track = s.drift.tracks[("propensity_error:convert", "all")]
+    assert track.n == 6_000  # the detector restarted at the refit
+
+
+def test_propensity_error_is_not_watched_before_a_fit_on_enough_labels() -> None:
+    s = ModelSuite(ModelConfig(drift_warmup=1_000, propensity_error_min_fit=20_000))
+    # the prior (no fit) and a fit on 10,000 labels: not watched, even when the error moves
+    assert _watch(s, _labels(0, 6_000, 0.05, 0) + _labels(1, 6_000, 0.25, 10_000)) == []
+    assert not s.drift.tracks and not s.error_versions
+    # a label scored by the older model after the newer one's first label: skipped
+    _watch(s, _labels(2, 10, 0.05, 20_000) + _labels(3, 10, 0.05, 10_000))
+    assert s.drift.tracks[("propensity_error:convert", "all")].n == 10
+
+
+def test_a_restart_keeps_the_cooldown() -> None:
+    #  shift -> alert | refit (restart) | another shift within the cooldown: no second alert
+    #  (one label a minute: the second shift comes ~5.5 days after the first alert)
+    again = _labels(2, 2_000, 0.05, 15_000) + _labels(3, 2_000, 0.25, 15_000)
+    n_alerts = []
+    for cooldown_s in (7 * 86_400, 3_600):
+        s = ModelSuite(ModelConfig(drift_warmup=1_000, propensity_error_min_fit=1_000,
+                                   drift_cooldown_s=cooldown_s))
+        first = _watch(s, _labels(0, 6_000, 0.05, 5_000) + _labels(1, 6_000, 0.25, 5_000))
+        assert len(first) == 1
+        n_alerts.append(len(_watch(s, again, start=12_000)))
+    assert n_alerts == [0, 1]  # suppressed by the 7-day cooldown; alerted under a 1-hour one
