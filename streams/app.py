@@ -193,8 +193,9 @@ class Runtime:
             retry_total_s=settings.clickhouse.retry_total_s,
         )
         # the group's latest snapshot, or fresh (then it learns the sentiment corpus once)
-        self.models = initial_models(settings, self.checkpoints,
-                                     model_config(self.config)) if with_models else None
+        self.models = initial_models(
+            settings, self.checkpoints, model_config(self.config, settings.models)
+        ) if with_models else None
         self.models_saved_at = time.monotonic()
         self.models_child: asyncio.Task[None] | None = None  # saving the models in a child
         # confluent-kafka (streams.delivery), off the event loop: the journey agent's scores,

@@ -42,6 +42,7 @@ from streams.outputs import (
     sentiments_of,
     snapshot_rows,
 )
+from streams.settings import ModelsSettings
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +65,16 @@ class ReplayStats:
             self.counters[key] = self.counters.get(key, 0) + value
 
 
-def model_config(config: ProcessingConfig) -> ModelConfig:
+def model_config(config: ProcessingConfig, models: ModelsSettings | None = None) -> ModelConfig:
+    """The models' configuration from the processing settings and the `models` group."""
+    m = models or ModelsSettings()
     return ModelConfig(
         outcomes=config.outcomes,
         session_gap_s=config.journey.session_gap_s,
         convert_horizon_s=config.outcomes.null_horizon_s,
         churn_horizon_s=config.outcomes.null_horizon_s,
+        watch_propensity_error=m.watch_propensity_error,
+        propensity_error_min_fit=m.propensity_error_min_fit,
     )
 
 
@@ -88,6 +93,7 @@ class Replayer:
         chunk_lines: int = 20_000,
         clock: Callable[[], float] = time.time,
         sentiment_corpus: str | Path = "",
+        models: ModelsSettings | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -97,7 +103,7 @@ class Replayer:
             flush_rows=flush_rows, flush_interval_s=flush_interval_s, retry_total_s=retry_total_s
         )
         # the sentiment model learns the `models.sentiment_corpus` setting's texts ("": shipped)
-        self.models = new_model_suite(model_config(config), sentiment_corpus) \
+        self.models = new_model_suite(model_config(config, models), sentiment_corpus) \
             if with_models else None
         self.model_states: dict[str, CustomerModelState] = {}
         self.last_scores: dict[str, Scores] = {}

@@ -207,6 +207,10 @@ class ModelsSettings(_Group):
     # JSON Lines of {"text", "label"} (negative / neutral / positive) the sentiment model learns
     # from when a replay or a worker builds its models; "" is the corpus journeymap ships.
     sentiment_corpus: str = ""
+    # Drift alerts on the propensity models' prequential error (docs/models.md, drift): on/off,
+    # and the labels a model version must have been fitted on before its errors are watched.
+    watch_propensity_error: bool = True
+    propensity_error_min_fit: Annotated[int, Field(ge=0)] = 5_000
 
     @field_validator("sentiment_corpus")
     @classmethod

@@ -86,7 +86,7 @@ def evaluate(
     except ev.MissingDependency as exc:
         raise click.ClickException(str(exc)) from None
     settings = settings_from(ctx)
-    config = model_config(settings.processing())
+    config = model_config(settings.processing(), settings.models)
     console = Console(stderr=True, quiet=quiet)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())

@@ -69,6 +69,7 @@ def run_replay(
             with_models=with_models,
             chunk_lines=chunk_lines,
             sentiment_corpus=settings.models.sentiment_corpus,
+            models=settings.models,
         )
         where = f"embedded chDB at {target.url}" if store.embedded else target.url
         console.print(f"replaying {len(paths)} file(s) into {where} (database {store.database})")

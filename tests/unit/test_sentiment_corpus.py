@@ -158,3 +158,17 @@ def test_train_sentiment_adds_to_what_a_suite_knows() -> None:
     train_sentiment(suite, [("Awful support.", "negative"), ("Great job, thanks!", "positive")])
     assert suite.sentiment.n_learned == 2
     assert suite.sentiment.predict("awful").label == "negative"
+
+
+def test_the_models_settings_reach_the_model_config() -> None:
+    from processors.config import ProcessingConfig
+    from streams.replay import model_config
+    from streams.settings import ModelsSettings
+
+    off = model_config(ProcessingConfig(), ModelsSettings(watch_propensity_error=False,
+                                                          propensity_error_min_fit=123))
+    assert off.watch_propensity_error is False and off.propensity_error_min_fit == 123
+    default = model_config(ProcessingConfig())
+    assert default.watch_propensity_error is True and default.propensity_error_min_fit == 5_000
+    with pytest.raises(ConfigError, match="JOURNEYMAP_MODELS__PROPENSITY_ERROR_MIN_FIT"):
+        load_settings(models={"propensity_error_min_fit": -1})
