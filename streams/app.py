@@ -929,7 +929,7 @@ def _save_models(runtime: Runtime, *, background: bool) -> None:
         return
     if runtime.models_child is not None and not runtime.models_child.done():
         return
-    runtime.heap.freeze(young=True)
+    _freeze_heap(runtime)
     pid = runtime.checkpoints.save_models_in_child(models.snapshot)
 
     async def wait() -> None:

@@ -92,7 +92,6 @@ class Replayer:
         with_models: bool = True,
         chunk_lines: int = 20_000,
         clock: Callable[[], float] = time.time,
-        sentiment_corpus: str | Path = "",
         models: ModelsSettings | None = None,
     ) -> None:
         self.config = config
@@ -103,7 +102,8 @@ class Replayer:
             flush_rows=flush_rows, flush_interval_s=flush_interval_s, retry_total_s=retry_total_s
         )
         # the sentiment model learns the `models.sentiment_corpus` setting's texts ("": shipped)
-        self.models = new_model_suite(model_config(config, models), sentiment_corpus) \
+        models = models or ModelsSettings()
+        self.models = new_model_suite(model_config(config, models), models.sentiment_corpus) \
             if with_models else None
         self.model_states: dict[str, CustomerModelState] = {}
         self.last_scores: dict[str, Scores] = {}

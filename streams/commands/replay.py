@@ -68,7 +68,6 @@ def run_replay(
             retry_total_s=target.retry_total_s,
             with_models=with_models,
             chunk_lines=chunk_lines,
-            sentiment_corpus=settings.models.sentiment_corpus,
             models=settings.models,
         )
         where = f"embedded chDB at {target.url}" if store.embedded else target.url
