@@ -237,6 +237,7 @@ def bench_redis(events: list[TouchpointEvent], size: int, url: str) -> tuple[flo
     try:
         server_cpu = _server_cpu_s(store.client)
         evalsha = _evalsha_calls(store.client)
+        net = _net_bytes(store.client)
         cpu = time.process_time()
         started = time.perf_counter()
         for batch in parts:
@@ -245,10 +246,13 @@ def bench_redis(events: list[TouchpointEvent], size: int, url: str) -> tuple[flo
         cpu = time.process_time() - cpu
         server_cpu = _server_cpu_s(store.client) - server_cpu
         evalsha = _evalsha_calls(store.client) - evalsha
+        sent, received = (b - a for a, b in zip(net, _net_bytes(store.client), strict=True))
         print(
             f"Redis resolver, where it goes: client CPU {cpu / len(events) * 1e6:.1f} us/event, "
             f"redis-server CPU {server_cpu / len(events) * 1e6:.1f} us/event (all its clients), "
             f"{evalsha / len(parts):.2f} scripts (round trips) per batch, "
+            f"{sent / len(parts) / 1000:.1f} KB sent to and {received / len(parts) / 1000:.1f} KB "
+            f"received from Redis per batch (all its clients), "
             f"{store.n_conflicting_commits} conflicting commits"
         )
 
@@ -288,7 +292,8 @@ def _one_of_several(
     started = time.perf_counter()
     for batch in batches(events, size):
         resolver.resolve_batch(batch)
-    out.put((len(events), time.perf_counter() - started, store.n_conflicting_commits))
+    out.put((len(events), time.perf_counter() - started, store.n_conflicting_commits,
+             store.n_reads, store.n_cache_drops))
 
 
 def bench_several(n: int, size: int, url: str, n_workers: int) -> None:
@@ -312,18 +317,35 @@ def bench_several(n: int, size: int, url: str, n_workers: int) -> None:
         reports = [out.get(timeout=600) for _ in procs]
         for proc in procs:
             proc.join()
+        # The graph the workers left in Redis against the in-memory resolver over all events.
+        final = RedisIdentityStore(url, prefix=prefix).partition()
     finally:
         RedisIdentityStore(url, prefix=prefix).clear()
     total = sum(r[0] for r in reports) / max(r[1] for r in reports)
     print(
         f"{n_workers} workers, shared customers: {total:>10,.0f} events/s in total, "
-        f"{sum(r[2] for r in reports)} conflicting commits in {n // size} batches"
+        f"{sum(r[2] for r in reports)} conflicting commits in {n // size} batches, "
+        f"{sum(r[3] for r in reports)} reads, {sum(r[4] for r in reports)} cache drops"
     )
+    memory = IdentityResolver(IdentityConfig(), "bench-salt")
+    for batch in batches(make_events(n), size):
+        memory.resolve_batch(batch)
+    same = final == memory.store.graph.partition()  # type: ignore[attr-defined]
+    print(f"final graph equals the in-memory answer: {'yes' if same else 'NO'} "
+          f"({len(final)} customers)")
+    if not same:
+        raise SystemExit(1)
 
 
 def _server_cpu_s(client: object) -> float:
     info = client.info("cpu")  # type: ignore[attr-defined]
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def _net_bytes(client: object) -> tuple[int, int]:
+    """Bytes redis-server has received and sent so far (INFO stats, all its clients)."""
+    info = client.info("stats")  # type: ignore[attr-defined]
+    return int(info["total_net_input_bytes"]), int(info["total_net_output_bytes"])
 
 
 def _evalsha_calls(client: object) -> int:

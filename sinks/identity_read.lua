@@ -1,8 +1,11 @@
 -- Read one batch's part of the identity graph in one atomic step.
--- ARGV[1] = key prefix, ARGV[2] = node keys joined by '\n'.
--- Returns three '\n'-joined strings: the node values ('' when absent), the customer ids they
--- point at (each once), and those customers' records. One string each keeps the client's
--- encoding and parsing to a handful of values however large the batch.
+-- ARGV[1] = key prefix, ARGV[2] = node keys joined by '\n', ARGV[3] = the customers the reader
+-- has cached and may use, with the token of their record as cached: 'customer\ntoken\n...'.
+-- Returns 0 if any of those records is gone or carries another token (the reader's cache is
+-- stale). Otherwise three '\n'-joined strings: the node values ('' when absent), the customer
+-- ids they point at (each once, the checked ones left out), and those customers' records. One
+-- string each keeps the client's encoding and parsing to a handful of values however large
+-- the batch.
 local function split(s)
   local out, start = {}, 1
   if s == '' then return out end
@@ -19,6 +22,13 @@ local nkey, rkey = p .. ':n', p .. ':r'
 local keys = split(ARGV[2])
 local CHUNK = 4000
 local nodes, cids, seen = {}, {}, {}
+-- A record is JSON ending with the token of the commit that wrote it: `...,"<32 hex>"]`.
+local checks = split(ARGV[3])
+for i = 1, #checks, 2 do
+  local v = redis.call('HGET', rkey, checks[i])
+  if not v or string.sub(v, -34, -3) ~= checks[i + 1] then return 0 end
+  seen[checks[i]] = true
+end
 for s = 1, #keys, CHUNK do
   local vals = redis.call('HMGET', nkey, unpack(keys, s, math.min(s + CHUNK - 1, #keys)))
   for i = 1, #vals do

@@ -1,14 +1,33 @@
 """The identity graph in Redis, shared by every streaming worker.
 
 The resolver (:mod:`processors.identity`) makes every decision; this store only loads and
-commits, each in one Lua script per batch, so a batch costs two round trips:
+commits, each in one Lua script per batch:
 
 - ``identity_read.lua`` reads the batch's nodes and their customers atomically;
-- ``identity_commit.lua`` writes the batch's changes only if none of the nodes and customers it
-  read has changed since (optimistic concurrency). If another worker got there first, the
-  resolver decides the batch again on fresh state. Every commit is therefore equivalent to the
-  batches applied one after another: two workers can never produce different answers or lose a
-  link.
+- ``identity_commit.lua`` writes the batch's changes only if none of the customers it used has
+  changed since and its new identifiers are still absent (optimistic concurrency). If another
+  worker got there first, the resolver decides the batch again on fresh state. Every commit is
+  therefore equivalent to the batches applied one after another: two workers can never produce
+  different answers or lose a link.
+
+The worker's cache. The store keeps the part of the graph it has read or committed (up to
+`cache_max_keys` identifiers) across batches, with the token of every cached customer's record:
+the token names the commit that last wrote the record (a fresh uuid4 per commit). Invalidation
+rule: every commit that changes a node (its customer, first-seen time or link count) rewrites
+the record of the node's customer with its own token, a merge deletes the loser's record, and
+nothing else writes the graph; so a customer whose record still carries the cached token has
+exactly the cached record, nodes and members. A batch reads only the identifiers the cache does
+not hold; every cached customer it may read or write (the customers of its cached identifiers,
+and any cached customer named after one of its identifiers) is sent with its cached token, and
+the commit (and the read, when there is one) fails if any record is gone or carries another
+token, or if an identifier taken as new exists. So a stale entry can cost a retried batch,
+never an answer: a batch's outputs are only kept when its commit's checks passed atomically
+with its writes. After a failed commit, one that raised, one whose call was retried (a lost
+reply: Redis may have restarted meanwhile) or one found already applied, the whole cache is
+dropped and the next batch reads afresh. Once a read finds none of the identifiers it asked
+for (nobody else wrote them), later batches skip the read and leave every check to the
+commit: one round trip per batch, until a commit fails. One store serves one resolver, one
+batch at a time.
 
 Layout under the key prefix ``P`` (identifiers appear only as salted SHA-256 hashes):
 
@@ -50,7 +69,7 @@ import orjson
 import redis
 
 from processors.errors import ConfigError, ServiceUnavailable
-from processors.identity import IdentityGraph, IdentityLink, MergeRecord, Root
+from processors.identity import IdentityGraph, IdentityLink, MergeRecord, Root, customer_id_for
 
 log = logging.getLogger("journeymap.identity")
 T = TypeVar("T")
@@ -67,15 +86,26 @@ class RetryPolicy:
     max_wait_s: float | None = None
 
 
-class _LoadedGraph(IdentityGraph):
-    """One batch's part of the graph, with the raw values read (for the commit's checks)."""
+_Content = tuple[int, str, dict[str, str], int]  # a record without its token
+
+
+class _CachedGraph(IdentityGraph):
+    """The part of the graph this worker has read or committed, kept across batches, with what
+    Redis held for it: every node's (first_seen, n_linked) and every customer's record (token
+    and content). Between batches its roots are exactly the customers in `records`."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.read_nodes: dict[str, str] = {}  # raw values ('' when absent)
-        self.read_state: dict[str, tuple[int, int]] = {}  # (first_seen, n_linked) as read
-        self.read_roots: dict[str, str] = {}
-        self.read_content: dict[str, tuple[int, str, dict[str, str], int]] = {}
+        self.stored: dict[str, tuple[int, int]] = {}  # node key -> (first_seen, n_linked)
+        self.records: dict[str, tuple[str, _Content]] = {}  # customer -> (token, content)
+        self.batch: list[str] = []  # the current batch's node keys
+        self.absent: list[str] = []  # those taken as absent from Redis (the commit checks)
+        self.used: dict[str, None] = {}  # cached customers the batch may use (checked by token)
+        self.open = False  # begun, not committed: it may hold decisions Redis never accepted
+
+
+class _StaleCache(Exception):
+    """A customer read from Redis carries another token than the cached one."""
 
 
 class OutboxEntry(NamedTuple):
@@ -99,8 +129,13 @@ def encode_node(cid: str, first: int, linked: int) -> str:
     return f"{cid}|{first}|{linked}"
 
 
-def _content(root: Root) -> tuple[int, str, dict[str, str], int]:
+def _content(root: Root) -> _Content:
     return root.earliest_ts, root.earliest_key, root.uniq, root.size
+
+
+def _token_of(record: str) -> str:
+    """The token at the end of a record as encode_root writes it: `...,"<32 hex>"]`."""
+    return record[-34:-2]
 
 
 def encode_root(root: Root, token: str) -> str:
@@ -123,6 +158,7 @@ class RedisIdentityStore:
         token_ttl_s: int = 86_400,
         owner: str | None = None,
         alive_ttl_s: int = 30,
+        cache_max_keys: int = 250_000,
     ) -> None:
         if isinstance(client, str):
             client = redis.Redis.from_url(client, decode_responses=True)
@@ -140,18 +176,28 @@ class RedisIdentityStore:
         self._read = client.register_script(_script("identity_read.lua"))
         self._commit = client.register_script(_script("identity_commit.lua"))
         self.n_conflicting_commits = 0
+        self.cache_max_keys = cache_max_keys  # 0: no cache (every batch reads everything)
+        self.n_reads = 0
+        self.n_cache_drops = 0
+        self._cache = _CachedGraph()
+        self._trusted = False  # skip the read: the last one found nothing anyone else wrote
+        # The token of this worker's last commit while its whole cache was current; while Redis
+        # still names it the last commit (P:last), nothing else has written the graph.
+        self._chain: str | None = None
+        self._fresh = False  # the cache holds this batch's read only (begun empty)
+        self._n_failed = 0  # failed attempts in the last _call
 
     # -- retrying ------------------------------------------------------------------------------
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         started = time.monotonic()
         delay = self.retry.initial_s
-        n_failed = 0
+        n_failed = self._n_failed = 0
         while True:
             try:
                 result = fn()
             except _RETRYABLE as exc:
-                n_failed += 1
+                n_failed = self._n_failed = n_failed + 1
                 waited = time.monotonic() - started
                 limit = self.retry.max_wait_s
                 if limit is not None and waited + delay > limit:
@@ -188,15 +234,76 @@ class RedisIdentityStore:
     # -- IdentityStore -------------------------------------------------------------------------
 
     def begin(self, keys: Collection[str]) -> IdentityGraph:
-        """Load the nodes `keys` and the customers they belong to, as one atomic read."""
-        wanted = list(keys)
-        g = _LoadedGraph()
-        if not wanted:
-            return g
-        nodes_s, cids_s, roots_s = self._call(
+        """The graph holding `keys` and their customers: this worker's cache, completed by one
+        atomic read of the keys it does not hold (which first checks the tokens of the cached
+        customers the batch may use), or by no read at all while the reads find nothing new.
+        """
+        g = self._cache
+        if g.open or len(g.cid) > self.cache_max_keys:
+            g = self._drop()  # an uncommitted decision, or full (or no cache): start over
+        batch = self._open(g, keys)
+        self._fresh = not g.cid
+        missing = [key for key in batch if key not in g.cid]
+        if missing and not self._trusted:
+            try:
+                n_found = self._load(g, missing, self._used(g, batch))
+            except _StaleCache:
+                g = self._drop()
+                self._open(g, batch)
+                self._fresh = True
+                missing = batch
+                n_found = self._load(g, batch, {})
+            # Reads stop (the commit alone checks) once one finds none of its keys.
+            self._trusted = n_found == 0 and self.cache_max_keys > 0
+            missing = [key for key in missing if key not in g.cid]
+        g.absent = missing
+        g.used = self._used(g, batch)
+        return g
+
+    def _open(self, g: _CachedGraph, keys: Collection[str]) -> list[str]:
+        g.open = True
+        g.moves.clear()
+        g.new_keys.clear()
+        g.merge_records = []
+        g.link_records = []
+        g.commit_id = None
+        g.batch = list(keys)
+        return g.batch
+
+    def _drop(self) -> _CachedGraph:
+        """Forget the cache (and stop trusting it): the next read is a full one."""
+        if self._cache.cid:
+            self.n_cache_drops += 1
+        self._cache = _CachedGraph()
+        self._trusted = False
+        self._chain = None
+        return self._cache
+
+    @staticmethod
+    def _used(g: _CachedGraph, batch: list[str]) -> dict[str, None]:
+        """The cached customers a batch may read or write: those of its cached keys, and any
+        named after one of its keys (a rename or a new customer takes that name)."""
+        cid_of, records = g.cid.get, g.records
+        used = dict.fromkeys(c for key in batch if (c := cid_of(key)) is not None)
+        for key in batch:
+            if (name := customer_id_for(key)) in records:
+                used[name] = None
+        return used
+
+    def _load(self, g: _CachedGraph, wanted: list[str], used: dict[str, None]) -> int:
+        """Read the nodes `wanted` and their customers into `g` in one atomic read that first
+        checks the tokens of the cached customers `used`; returns how many of `wanted` exist.
+        Raises _StaleCache when a cached customer's record changed."""
+        records = g.records
+        checks = "\n".join(f"{cid}\n{records[cid][0]}" for cid in used)
+        self.n_reads += 1
+        reply = self._call(
             "read the identity graph",
-            lambda: self._read(args=[self.prefix, "\n".join(wanted)]),
+            lambda: self._read(args=[self.prefix, "\n".join(wanted), checks]),
         )
+        if reply == 0:
+            raise _StaleCache()
+        nodes_s, cids_s, roots_s = reply
         cids = cids_s.split("\n") if cids_s else []
         roots = roots_s.split("\n") if cids_s else []
         for cid, raw in zip(cids, roots, strict=True):
@@ -205,85 +312,139 @@ class RedisIdentityStore:
                     f"identity graph under {self.prefix!r} is inconsistent: node points at "
                     f"customer {cid} which has no record; was the prefix partially deleted?"
                 )
-            ts, key, uniq, size, _token = orjson.loads(raw)
+            cached = records.get(cid)
+            if cached is not None:
+                if _token_of(raw) != cached[0]:
+                    raise _StaleCache(cid)
+                continue  # unchanged since cached: record, nodes and members
+            ts, key, uniq, size, token = orjson.loads(raw)
             g.roots[cid] = Root(ts, key, dict(uniq), size)
-            g.read_content[cid] = (ts, key, uniq, size)
+            records[cid] = (token, (ts, key, uniq, size))
             g.members[cid] = []
-            g.read_roots[cid] = raw
+        n_found = 0
         for key, raw in zip(wanted, nodes_s.split("\n"), strict=True):
-            g.read_nodes[key] = raw
             if not raw:
                 continue
+            n_found += 1
             cid, first, linked = raw.split("|")
             g.cid[key] = cid
             g.first[key] = f = int(first)
             n = int(linked)
             if n:
                 g.linked[key] = n
-            g.read_state[key] = (f, n)
+            g.stored[key] = (f, n)
             g.members[cid].append(key)
-        return g
+        return n_found
 
     def commit(self, graph: IdentityGraph) -> bool:
-        """Write the batch atomically; False if another writer changed what it read.
+        """Write the batch atomically; False if another writer changed what it used.
 
         The check is on customer records only (plus the absence of new identifiers): every
         change to a node rewrites its customer's record, stamped with this commit's token, so
-        an unchanged record means unchanged members.
+        an unchanged token means unchanged members. Anything but a clean first-time success
+        drops the cache.
         """
-        assert isinstance(graph, _LoadedGraph), "commit a graph this store's begin() returned"
-        if not graph.read_nodes:
+        g = graph
+        assert isinstance(g, _CachedGraph) and g is self._cache and g.open, (
+            "commit the graph this store's last begin() returned"
+        )
+        batch = g.batch
+        if not batch:
+            g.open = False
             return True
         token = uuid.uuid4().hex
-        cids, first, linked = graph.cid, graph.first, graph.linked
-        new = [key for key, raw in graph.read_nodes.items() if not raw]
+        cids, first, linked, stored = g.cid, g.first, g.linked, g.stored
         node_sets: list[str] = []
+        states: list[tuple[str, tuple[int, int]]] = []
         dirty: set[str] = set()
-        for key in graph.read_nodes:
-            f, n = first[key], linked.get(key, 0)
-            if graph.read_state.get(key) != (f, n):
+        for key in batch:
+            state = (first[key], linked.get(key, 0))
+            if stored.get(key) != state:
                 cid = cids[key]
-                node_sets += (key, encode_node(cid, f, n))
+                node_sets += (key, encode_node(cid, *state))
+                states.append((key, state))
                 dirty.add(cid)
+        # Every customer the batch changed holds one of its keys at the end (customers only
+        # gain keys, by whole moves); its record is rewritten when its content or a node of it
+        # changed, so any change to a node changes the token of its customer's record.
+        roots, records = g.roots, g.records
         root_sets: list[str] = []
-        for cid, root in graph.roots.items():
-            if cid in dirty or graph.read_content.get(cid) != _content(root):
+        written: list[str] = []
+        for cid in dict.fromkeys(cids[key] for key in batch):
+            root = roots[cid]
+            was = records.get(cid)
+            if cid in dirty or was is None or was[1] != _content(root):
                 root_sets += (cid, encode_root(root, token))
-        gone = [cid for cid in graph.read_roots if cid not in graph.roots]
+                written.append(cid)
+        gone = [cid for cid in g.used if cid not in roots]
 
-        checks: list[str] = []
-        for cid, raw in graph.read_roots.items():
-            checks += (cid, raw)
         adds: list[str] = []
-        for key in graph.new_keys:
+        for key in sorted(g.new_keys, key=cids.__getitem__):  # grouped: one SADD per customer
             adds += (cids[key], key)
         now_ms = int(time.time() * 1000)
         outbox: list[str] = []
-        for mr in graph.merge_records:
+        for mr in g.merge_records:
             outbox += (_outbox_field(mr), orjson.dumps(
                 {**mr._asdict(), "committed_ms": now_ms, "owner": self.owner}).decode())
         args: list[Any] = [
             self.prefix,
             token,
             self.token_ttl_s,
-            "\n".join(new),
-            "\n".join(checks),
-            "\n".join(f"{src}\n{dst}" for src, dst in graph.moves),
+            "\n".join(g.absent),
+            "",  # the root checks, left out while the chain holds
+            "\n".join(f"{src}\n{dst}" for src, dst in g.moves),
             "\n".join(node_sets),
             "\n".join(adds),
             "\n".join(root_sets),
             "\n".join(gone),
             "\n".join(outbox),
             orjson.dumps({"committed_ms": now_ms, "owner": self.owner,
-                          "links": [list(link) for link in graph.link_records]}).decode()
-            if graph.link_records else "",
+                          "links": [list(link) for link in g.link_records]}).decode()
+            if g.link_records else "",
+            self._chain or "",
+            "",
         ]
-        # The same token on every retry: a commit whose reply was lost is not applied twice.
-        status = self._call("commit identity decisions", lambda: self._commit(args=args))
+        n_failed = 0
+        try:
+            while True:
+                if self._chain is None:
+                    args[4] = "\n".join(f"{cid}\n{records[cid][0]}" for cid in g.used)
+                    args[13] = ""
+                else:
+                    args[13] = "1"  # checks left out: answer 3 if the chain broke
+                # The same token on every retry: a commit whose reply was lost is not applied
+                # twice.
+                status = self._call("commit identity decisions", lambda: self._commit(args=args))
+                n_failed += self._n_failed
+                if status != 3:
+                    break
+                self._chain, args[12] = None, ""  # another writer came in: send the checks
+        except BaseException:
+            self._drop()
+            raise
         if status == 0:
             self.n_conflicting_commits += 1
+            self._drop()
             return False
-        graph.commit_id = token if graph.link_records else None
+        g.commit_id = token if g.link_records else None
+        if status not in (1, 4) or n_failed:
+            # Applied, but not in one clean call: Redis may have restarted in between, so
+            # nothing in the cache is taken on trust any more.
+            self._drop()
+            return True
+        for key, state in states:
+            stored[key] = state
+        for cid in written:
+            root = roots[cid]
+            records[cid] = (token, (root.earliest_ts, root.earliest_key, dict(root.uniq),
+                                    root.size))
+        for cid in gone:
+            del records[cid]
+        # Status 4: the chain held, the whole cache was current before this commit and is
+        # after it. Status 1 after the checks: so it is if the cache is this batch's read only
+        # (every customer in it was checked); otherwise parts of it may be stale.
+        self._chain = token if status == 4 or self._fresh else None
+        g.open = False
         return True
 
     # -- merge outbox --------------------------------------------------------------------------

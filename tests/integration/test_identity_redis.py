@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 import redis
 
@@ -319,8 +320,8 @@ def test_two_workers_after_redis_forgot_give_the_in_memory_answer(
         run(1)
         resets: list[int] = []
         for s in stores:  # a worker cache dropped because Redis no longer held what it held
-            if hasattr(s, "_reset"):
-                s._reset = (lambda reset: lambda: resets.append(1) or reset())(s._reset)  # type: ignore[method-assign]
+            if hasattr(s, "_drop"):
+                s._drop = (lambda drop: lambda: resets.append(1) or drop())(s._drop)  # type: ignore[method-assign]
         if loss == "flush":
             _forget(raw, prefix)
             survived = [2]
@@ -336,7 +337,7 @@ def test_two_workers_after_redis_forgot_give_the_in_memory_answer(
             server = _start_redis(port, tmp_path)
             survived = [0, 1, 2]
         run(2)
-        if loss != "restart" and hasattr(stores[0], "_reset"):
+        if loss != "restart" and hasattr(stores[0], "_drop"):
             assert resets  # the warm caches were used after the loss, and caught
 
         memory = IdentityResolver(MERGING, SALT)
@@ -365,3 +366,217 @@ def test_two_workers_after_redis_forgot_give_the_in_memory_answer(
         if server is not None:
             server.terminate()
             server.wait(timeout=30)
+
+
+# -- the worker's cache (sinks/identity_redis.py: what a stale entry can and cannot do) ---------
+
+
+def _event(event_id: str, at_s: int, **ids: str) -> TouchpointEvent:
+    return _landing(0, T0_MS + at_s * 1000, ids).model_copy(update={"event_id": event_id})
+
+
+def _records(store: RedisIdentityStore) -> dict[str, list[object]]:
+    """Every customer record in Redis without its token: [earliest_ts, earliest_key, uniq, size]."""
+    raw = store.client.hgetall(f"{store.prefix}:r")
+    return {cid: orjson.loads(value)[:4] for cid, value in raw.items()}  # type: ignore[union-attr]
+
+
+def _assert_same_graph(store: RedisIdentityStore, memory: IdentityResolver) -> None:
+    """Redis holds the in-memory graph: the same partition and the same customer records."""
+    assert isinstance(memory.store, InMemoryIdentityStore)
+    graph = memory.store.graph
+    assert store.partition() == graph.partition()
+    assert _records(store) == {
+        cid: [r.earliest_ts, r.earliest_key, r.uniq, r.size] for cid, r in graph.roots.items()
+    }
+
+
+def _same_outputs(got: object, want: object) -> None:
+    assert [(e.event.event_id, e.customer_id) for e in got.resolved] == [  # type: ignore[attr-defined]
+        (e.event.event_id, e.customer_id) for e in want.resolved  # type: ignore[attr-defined]
+    ]
+    assert got.merges == want.merges  # type: ignore[attr-defined]
+    assert got.links == want.links  # type: ignore[attr-defined]
+    assert got.conflicts == want.conflicts  # type: ignore[attr-defined]
+
+
+def test_a_warm_cache_reads_once_and_gives_the_in_memory_answer(prefix: str) -> None:
+    events = merging_stream(3_000, 23)
+    batches = [events[i : i + 100] for i in range(0, len(events), 100)]
+    store = RedisIdentityStore(REDIS_URL, prefix=prefix)
+    resolver = IdentityResolver(MERGING, SALT, store)
+    memory = IdentityResolver(MERGING, SALT)
+    for batch in batches:
+        _same_outputs(resolver.resolve_batch(batch), memory.resolve_batch(batch))
+    # The first batch reads (the cache is empty) and finds none of its identifiers, so every
+    # later batch is one commit: its new identifiers and the customers it used are checked
+    # there (by the chain: nothing else wrote the graph since this worker's last commit).
+    assert store.n_reads == 1
+    assert store.n_conflicting_commits == 0 and store.n_cache_drops == 0
+    _assert_same_graph(store, memory)
+
+
+def test_another_worker_merges_and_renames_cached_customers_between_two_batches(
+    prefix: str,
+) -> None:
+    ev = {
+        # worker one caches two customers, and customer c_E (named after its email) through
+        # its member dev-k only
+        "a": _event("a", 10, anonymous_id="cookie-a"),
+        "b": _event("b", 20, anonymous_id="cookie-b"),
+        "e": _event("e", 12, email="e@example.com"),
+        "ek": _event("ek", 13, email="e@example.com", device_id="dev-k"),
+        "k": _event("k", 30, device_id="dev-k"),
+        "g": _event("g", 14, anonymous_id="cookie-g"),
+        # worker two links a and b through a device, renames the result by earlier evidence,
+        # and merges c_E away into an earlier customer
+        "ab": _event("ab", 30, anonymous_id="cookie-b", device_id="dev"),
+        "ba": _event("ba", 40, anonymous_id="cookie-a", device_id="dev"),
+        "early": _event("early", 5, device_id="dev"),
+        "f": _event("f", 3, anonymous_id="cookie-f"),
+        "fe": _event("fe", 50, anonymous_id="cookie-f", email="e@example.com"),
+        # then worker one sees the cached identifiers again, and c_E's earliest identifier
+        # (which it never cached) with evidence earlier than anything: a rename to c_E's name
+        "b2": _event("b2", 60, anonymous_id="cookie-b"),
+        "k2": _event("k2", 61, device_id="dev-k"),
+        "e0": _event("e0", 1, email="e@example.com"),
+        "g2": _event("g2", 70, anonymous_id="cookie-g"),
+    }
+    # Worker one's batch "g2" reads a customer worker two did not change, so it commits and
+    # keeps its cache, stale c_E included; then "e0" reads the email and renames c_F to c_E's
+    # name, which only the check of the cached customer named after a batch's identifier
+    # catches.
+    plan = [("two", ["e", "g"]), ("two", ["ek"]), ("one", ["a", "b", "k"]), ("two", ["ab"]),
+            ("two", ["ba", "early", "f"]), ("two", ["fe"]), ("one", ["g2"]), ("one", ["e0"]),
+            ("one", ["b2"]), ("one", ["k2"]), ("one", ["a", "b2", "k2", "e0"])]
+    stores = {name: RedisIdentityStore(REDIS_URL, prefix=prefix) for name in ("one", "two")}
+    workers = {name: IdentityResolver(MERGING, SALT, s) for name, s in stores.items()}
+    memory = IdentityResolver(MERGING, SALT)
+    for name, ids in plan:
+        batch = [ev[i] for i in ids]
+        _same_outputs(workers[name].resolve_batch(batch), memory.resolve_batch(batch))
+    # Worker one found its cached customers changed (by a read's or a commit's check) and
+    # dropped its cache.
+    assert stores["one"].n_cache_drops >= 1
+    _assert_same_graph(stores["one"], memory)
+
+
+def test_the_cache_is_not_used_after_a_failed_commit(prefix: str) -> None:
+    store = RedisIdentityStore(REDIS_URL, prefix=prefix)
+    other = IdentityResolver(MERGING, SALT, RedisIdentityStore(REDIS_URL, prefix=prefix))
+    resolver = IdentityResolver(MERGING, SALT, store)
+    memory = IdentityResolver(MERGING, SALT)
+    first = [_event("a", 10, anonymous_id="cookie-a", device_id="dev")]
+    _same_outputs(resolver.resolve_batch(first), memory.resolve_batch(first))
+    # Another worker changes the cached customer: the next commit fails, the cache is dropped
+    # and the batch is read afresh (a second read), not decided again on the cache.
+    link = [_event("b", 5, anonymous_id="cookie-b", device_id="dev")]
+    _same_outputs(other.resolve_batch(link), memory.resolve_batch(link))
+    reads = store.n_reads
+    again = [_event("c", 20, anonymous_id="cookie-a", email="a@example.com")]
+    result = resolver.resolve_batch(again)
+    _same_outputs(result, memory.resolve_batch(again))
+    assert result.n_attempts == 2 and store.n_conflicting_commits == 1
+    assert store.n_reads == reads + 1 and store.n_cache_drops == 1
+    _assert_same_graph(store, memory)
+
+
+def test_the_cache_is_not_used_after_a_commit_that_gave_up(prefix: str) -> None:
+    from processors.errors import ServiceUnavailable
+
+    store = RedisIdentityStore(
+        REDIS_URL, prefix=prefix, retry=RetryPolicy(initial_s=0.01, max_wait_s=0.05)
+    )
+    resolver = IdentityResolver(MERGING, SALT, store)
+    resolver.resolve_batch([_event("a", 10, anonymous_id="cookie-a")])
+    link = [_event("ab", 20, anonymous_id="cookie-a", device_id="dev")]
+    commit = store._commit
+
+    def down(**kw: object) -> object:
+        raise redis.ConnectionError("Redis went away (test)")
+
+    store._commit = down  # type: ignore[assignment]
+    with pytest.raises(ServiceUnavailable):
+        resolver.resolve_batch(link)
+    store._commit = commit  # type: ignore[method-assign]
+    # The link was decided in the cache but never committed: it must be decided and written
+    # again, on a fresh read, not taken as done.
+    reads = store.n_reads
+    again = resolver.resolve_batch(link)
+    assert store.n_reads == reads + 1
+    assert [(x.kind, x.first_seen_ms) for x in again.links] == [("device_id", T0_MS + 20_000)]
+    assert resolver.customer_of("device_id", "dev") == again.resolved[0].customer_id
+    memory = IdentityResolver(MERGING, SALT)
+    memory.resolve_batch([_event("a", 10, anonymous_id="cookie-a")])
+    memory.resolve_batch(link)
+    _assert_same_graph(store, memory)
+
+
+def test_the_cache_is_not_used_after_a_retried_commit(prefix: str) -> None:
+    """A commit applied whose reply was lost is sent again with the same token (answer 2:
+    applied before). Redis may have restarted in between: the cache is dropped all the same."""
+    store = RedisIdentityStore(REDIS_URL, prefix=prefix, retry=RetryPolicy(initial_s=0.01))
+    resolver = IdentityResolver(MERGING, SALT, store)
+    memory = IdentityResolver(MERGING, SALT)
+    first = [_event("a", 10, anonymous_id="cookie-a", device_id="dev")]
+    _same_outputs(resolver.resolve_batch(first), memory.resolve_batch(first))
+    commit = store._commit
+    lost: list[object] = []
+
+    def reply_lost(**kw: object) -> object:
+        status = commit(**kw)
+        if not lost:
+            lost.append(status)
+            raise redis.ConnectionError("the reply was lost (test)")
+        return status
+
+    store._commit = reply_lost  # type: ignore[assignment]
+    link = [_event("b", 20, anonymous_id="cookie-b", device_id="dev")]
+    _same_outputs(resolver.resolve_batch(link), memory.resolve_batch(link))
+    store._commit = commit  # type: ignore[method-assign]
+    assert lost == [4] and store.n_cache_drops == 1
+    reads = store.n_reads
+    later = [_event("c", 30, anonymous_id="cookie-b", email="b@example.com")]
+    _same_outputs(resolver.resolve_batch(later), memory.resolve_batch(later))
+    assert store.n_reads == reads + 1  # read afresh
+    _assert_same_graph(store, memory)
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
+@pytest.mark.parametrize("loss", ["flushall", "restart-without-persistence"])
+def test_a_warm_cache_cannot_bring_back_what_redis_lost(loss: str, tmp_path: Path) -> None:
+    port = _free_port()
+    proc = _start_redis(port, tmp_path)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        store = RedisIdentityStore(url, prefix="warm", retry=RetryPolicy(initial_s=0.05))
+        resolver = IdentityResolver(MERGING, SALT, store)
+        # Warm: two customers merged through a device; c_A is cached with all its members.
+        before = [_event("a", 10, anonymous_id="cookie-a", device_id="dev"),
+                  _event("b", 20, anonymous_id="cookie-b", device_id="dev"),
+                  _event("u", 30, anonymous_id="cookie-b", user_id="user-1")]
+        resolver.resolve_batch(before)
+        resolver.resolve_batch([_event("a2", 40, anonymous_id="cookie-a")])
+        if loss == "flushall":
+            redis.Redis.from_url(url).flushall()
+        else:  # a restart that kept nothing: the append-only file removed with the server down
+            proc.terminate()
+            proc.wait(timeout=10)
+            for f in tmp_path.rglob("*.aof*"):
+                if f.is_file():
+                    f.unlink()
+            proc = _start_redis(port, tmp_path)
+        # The same identifiers again, one of them with a new link: Redis knows none of them, so
+        # the answers are those of a resolver that never saw the events before the loss.
+        after = [_event("b2", 50, anonymous_id="cookie-b"),
+                 _event("d2", 55, device_id="dev", email="d@example.com"),
+                 _event("a3", 60, anonymous_id="cookie-a", device_id="dev")]
+        memory = IdentityResolver(MERGING, SALT)
+        for batch in ([after[0]], after[1:]):
+            _same_outputs(resolver.resolve_batch(batch), memory.resolve_batch(batch))
+        assert store.n_cache_drops >= 1
+        _assert_same_graph(store, memory)
+        assert resolver.customer_of("user_id", "user-1") is None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
