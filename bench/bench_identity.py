@@ -4,6 +4,7 @@
     python bench/bench_identity.py --workers 2    # only: 2 worker processes sharing customers
     python bench/bench_identity.py --sim 20000 --no-redis   # simulator events instead
     python bench/bench_identity.py --fingerprint  # only: a hash of every output, to compare trees
+    python bench/bench_identity.py --fingerprint-redis   # the same on the Redis store: equal
 
 Prints events/s of the in-memory resolver (one core, CPU time) next to a bare union-find over
 the same raw identifiers (its baseline), of the resolver on the Redis store (one worker: one
@@ -127,13 +128,20 @@ def repeat_share(events: list[TouchpointEvent], size: int) -> tuple[float, float
 
 
 def _outputs_hash(events: list[TouchpointEvent], config: IdentityConfig, size: int,
-                  shuffle: bool, passes: int) -> str:
-    """SHA-256 of every output of every batch and of the final graph (see the module doc)."""
+                  shuffle: bool, passes: int, redis_url: str | None = None) -> str:
+    """SHA-256 of every output of every batch and of the final graph (see the module doc);
+    with `redis_url`, of the resolver on the Redis store there (the graph read back from it)."""
     h = hashlib.sha256()
     evs = list(events)
     if shuffle:
         random.Random(3).shuffle(evs)
-    resolver = IdentityResolver(config, "bench-salt")
+    store = None
+    if redis_url is not None:
+        from sinks.identity_redis import RedisIdentityStore
+
+        store = RedisIdentityStore(redis_url, prefix=f"bench:fp:{os.getpid()}")
+        store.clear()
+    resolver = IdentityResolver(config, "bench-salt", store)
     for _ in range(passes):
         for part in batches(evs, size):
             r = resolver.resolve_batch(part)
@@ -143,7 +151,7 @@ def _outputs_hash(events: list[TouchpointEvent], config: IdentityConfig, size: i
                 [(ev.event_id, why) for ev, why in r.dead],
                 sorted(r.counters().items()),
             )).encode())
-    g = resolver.store.graph  # type: ignore[attr-defined]
+    g = resolver.store.graph if store is None else _graph_in_redis(store)  # type: ignore[attr-defined]
     h.update(repr((
         sorted(g.cid.items()), sorted(g.first.items()), sorted(g.linked.items()),
         sorted((c, r.earliest_ts, r.earliest_key, sorted(r.uniq.items()), r.size)
@@ -151,10 +159,32 @@ def _outputs_hash(events: list[TouchpointEvent], config: IdentityConfig, size: i
         sorted((c, sorted(keys)) for c, keys in g.members.items()),
         sorted(resolver.totals.items()),
     )).encode())
+    if store is not None:
+        store.clear()
     return h.hexdigest()[:16]
 
 
-def fingerprint() -> None:
+def _graph_in_redis(store: Any) -> Any:
+    """The whole graph a RedisIdentityStore holds, as the in-memory store's IdentityGraph."""
+    import orjson
+
+    from processors.identity import IdentityGraph, Root
+
+    g = IdentityGraph()
+    client, p = store.client, store.prefix
+    for key, raw in client.hscan_iter(f"{p}:n", count=5000):
+        cid, first, linked = raw.split("|")
+        g.cid[key], g.first[key] = cid, int(first)
+        if int(linked):
+            g.linked[key] = int(linked)
+    for cid, raw in client.hscan_iter(f"{p}:r", count=5000):
+        ts, key, uniq, size, _token = orjson.loads(raw)
+        g.roots[cid] = Root(ts, key, uniq, size)
+        g.members[cid] = list(client.smembers(f"{p}:m:{cid}"))
+    return g
+
+
+def fingerprint(redis_url: str | None = None) -> None:
     sim = sim_events(20_000)
     synthetic = make_events(60_000)
     tangled = make_tangled(30_000)
@@ -174,7 +204,7 @@ def fingerprint() -> None:
     ]
     total = hashlib.sha256()
     for name, evs, config, size, shuffle, passes in cases:
-        digest = _outputs_hash(evs, config, size, shuffle, passes)
+        digest = _outputs_hash(evs, config, size, shuffle, passes, redis_url)
         total.update(digest.encode())
         print(f"{name:45s} {digest}")
     print(f"{'all':45s} {total.hexdigest()[:16]}")
@@ -366,6 +396,9 @@ def main() -> None:
                         help="resolve the events of a simulation of this many customers")
     parser.add_argument("--fingerprint", action="store_true",
                         help="only print the hash of every output (see the module doc)")
+    parser.add_argument("--fingerprint-redis", action="store_true",
+                        help="the same, resolving on the Redis store at --redis-url (the hashes "
+                             "must equal the in-memory ones)")
     parser.add_argument(
         "--workers", type=int, default=0,
         help="also run this many worker processes on interleaved slices of the events at once",
@@ -374,8 +407,8 @@ def main() -> None:
     if args.workers:
         bench_several(args.events, args.batch, args.redis_url, args.workers)
         return
-    if args.fingerprint:
-        fingerprint()
+    if args.fingerprint or args.fingerprint_redis:
+        fingerprint(args.redis_url if args.fingerprint_redis else None)
         return
 
     def fresh_events() -> list[TouchpointEvent]:  # ts_ms is cached per event: a cold start
