@@ -283,11 +283,10 @@ class RedisIdentityStore:
     def _used(g: _CachedGraph, batch: list[str]) -> dict[str, None]:
         """The cached customers a batch may read or write: those of its cached keys, and any
         named after one of its keys (a rename or a new customer takes that name)."""
-        cid_of, records = g.cid.get, g.records
-        used = dict.fromkeys(c for key in batch if (c := cid_of(key)) is not None)
-        for key in batch:
-            if (name := customer_id_for(key)) in records:
-                used[name] = None
+        used = dict.fromkeys(map(g.cid.get, batch))
+        used.pop(None, None)  # (keys not cached)
+        for name in {customer_id_for(key) for key in batch}.intersection(g.records):
+            used[name] = None
         return used
 
     def _load(self, g: _CachedGraph, wanted: list[str], used: dict[str, None]) -> int:
@@ -370,7 +369,7 @@ class RedisIdentityStore:
         roots, records = g.roots, g.records
         root_sets: list[str] = []
         written: list[str] = []
-        for cid in dict.fromkeys(cids[key] for key in batch):
+        for cid in dict.fromkeys(map(cids.__getitem__, batch)):
             root = roots[cid]
             was = records.get(cid)
             if cid in dirty or was is None or was[1] != _content(root):
