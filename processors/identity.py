@@ -22,7 +22,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, compress, repeat
+from operator import attrgetter
 from typing import Final, Literal, NamedTuple, Protocol
 
 from processors.config import IdentityConfig
@@ -49,6 +50,8 @@ _RANK: Final[dict[str, int]] = {"u": 0, "k": 1, "e": 2, "d": 3, "a": 4}
 _HASH_CACHE_MAX: Final = 1_000_000
 _NEVER: Final = 1 << 62  # a settled limit no event time reaches (ms; year 9999 is < 2**48)
 MAX_COMMIT_ATTEMPTS: Final = 50
+_IDENTITIES: Final = attrgetter("identities")
+_N_IGNORED: Final = attrgetter("n_ignored")
 _NO_IDENTIFIER: Final = (
     "no usable identifier: every identity value is a placeholder such as '', 'null' or 'anonymous'"
 )
@@ -379,11 +382,16 @@ class IdentityResolver:
             n_ignored_identifiers=n_ignored,
             n_attempts=attempt,
         )
-        result.resolved = [
-            ResolvedEvent(cids[anchor], ev)
-            for ev, anchor in zip(accepted, decision.anchors, strict=True)
-            if anchor is not None
-        ]
+        anchors = decision.anchors
+        events: Sequence[TouchpointEvent] = accepted
+        if decision.dead:  # their anchors are None: keep the others, in order
+            keep = [a is not None for a in anchors]
+            events = list(compress(accepted, keep))
+            anchors = list(compress(anchors, keep))
+            ts_list = list(compress(ts_list, keep))
+        result.resolved = list(
+            map(ResolvedEvent, map(cids.__getitem__, anchors), events, repeat("all"), ts_list)  # type: ignore[arg-type]
+        )
         result.links = links
         result.commit_id = graph.commit_id
         for name, value in result.counters().items():
@@ -399,15 +407,15 @@ class IdentityResolver:
         # key is the identities' (kind, value) pairs in the message's order: the same
         # combination sent in another order only takes a second entry with the same keys.
         combos = self._combos
-        entries: list[_Combo] = []
-        append = entries.append
-        n_ignored = 0
-        for ev in accepted:
-            hit = combos.get(combo := tuple(dict.items(ev.identities)))
-            if hit is None:
-                hit = self._combo_of(combo, ev)
-            append(hit)
-            n_ignored += hit.n_ignored
+        pairs = list(map(tuple, map(dict.items, map(_IDENTITIES, accepted))))
+        try:
+            entries: list[_Combo] = list(map(combos.__getitem__, pairs))
+        except KeyError:  # new combinations: made in order (a later event may repeat one)
+            entries = list(map(combos.get, pairs))  # type: ignore[arg-type]
+            for i, hit in enumerate(entries):
+                if hit is None:
+                    entries[i] = combos.get(pairs[i]) or self._combo_of(pairs[i], accepted[i])
+        n_ignored = sum(map(_N_IGNORED, entries))
         ts_list = event_times_ms(accepted)
         # Each distinct combination once: its keys are what the store must load.
         wanted = dict.fromkeys(chain.from_iterable(e.keys for e in dict.fromkeys(entries)))
@@ -415,7 +423,9 @@ class IdentityResolver:
 
     def _combo_of(self, combo: tuple[tuple[str, str], ...], ev: TouchpointEvent) -> _Combo:
         """A new combination, `ev`'s identities (pairs `combo`): made and kept."""
-        keys = [self.key_of(k, v) for k, v in ev.identities.items()]
+        # in kind order (the pairs are in the message's; one pair is in both)
+        items = combo if len(combo) == 1 else ev.identities.items()
+        keys = [self.key_of(k, v) for k, v in items]
         hit = _Combo(tuple(k for k in keys if k is not None), keys.count(None))
         if len(self._combos) >= _HASH_CACHE_MAX:
             self._combos.clear()
