@@ -285,7 +285,7 @@ class RedisIdentityStore:
         named after one of its keys (a rename or a new customer takes that name)."""
         used = dict.fromkeys(map(g.cid.get, batch))
         used.pop(None, None)  # (keys not cached)
-        for name in {customer_id_for(key) for key in batch}.intersection(g.records):
+        for name in set(map(customer_id_for, batch)).intersection(g.records):
             used[name] = None
         return used
 
@@ -331,7 +331,7 @@ class RedisIdentityStore:
             n = int(linked)
             if n:
                 g.linked[key] = n
-            g.stored[key] = (f, n)
+            g.stored[key] = (f, n or None)  # as the commit compares: (first, linked.get(key))
             g.members[cid].append(key)
         return n_found
 
@@ -354,15 +354,22 @@ class RedisIdentityStore:
         token = uuid.uuid4().hex
         cids, first, linked, stored = g.cid, g.first, g.linked, g.stored
         node_sets: list[str] = []
-        states: list[tuple[str, tuple[int, int]]] = []
         dirty: set[str] = set()
-        for key in batch:
-            state = (first[key], linked.get(key, 0))
-            if stored.get(key) != state:
-                cid = cids[key]
-                node_sets += (key, encode_node(cid, *state))
-                states.append((key, state))
-                dirty.add(cid)
+        # (first_seen, n_linked or None) of every key against what Redis holds, compared in C
+        states = [
+            (key, state)
+            for key, state, was in zip(
+                batch,
+                zip(map(first.__getitem__, batch), map(linked.get, batch), strict=True),
+                map(stored.get, batch),
+                strict=True,
+            )
+            if state != was
+        ]
+        for key, (f, n) in states:
+            cid = cids[key]
+            node_sets += (key, encode_node(cid, f, n or 0))
+            dirty.add(cid)
         # Every customer the batch changed holds one of its keys at the end (customers only
         # gain keys, by whole moves); its record is rewritten when its content or a node of it
         # changed, so any change to a node changes the token of its customer's record.
