@@ -20,10 +20,11 @@ and commits the result atomically (or says it changed meanwhile, and the batch i
 from __future__ import annotations
 
 import hashlib
+from bisect import bisect_left, bisect_right
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, compress, repeat
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Final, Literal, NamedTuple, Protocol
 
 from processors.config import IdentityConfig
@@ -52,6 +53,8 @@ _NEVER: Final = 1 << 62  # a settled limit no event time reaches (ms; year 9999 
 MAX_COMMIT_ATTEMPTS: Final = 50
 _IDENTITIES: Final = attrgetter("identities")
 _N_IGNORED: Final = attrgetter("n_ignored")
+_FIRST_CHAR: Final = itemgetter(0)
+_AFTER_FIRST_CHAR: Final = itemgetter(slice(1, None))
 _NO_IDENTIFIER: Final = (
     "no usable identifier: every identity value is a placeholder such as '', 'null' or 'anonymous'"
 )
@@ -362,10 +365,20 @@ class IdentityResolver:
             decision = self._decide(graph, accepted, entries, ts_list)
             graph.merge_records = decision.merges
             cids, first = graph.cid, graph.first
-            links = [
-                IdentityLink(cids[key], KIND_OF_CODE[key[0]], key[1:], first[key])
-                for key in decision.link_keys
-            ]
+            link_keys = list(decision.link_keys)
+            links: list[IdentityLink] = list(
+                map(
+                    tuple.__new__,
+                    repeat(IdentityLink),
+                    zip(
+                        map(cids.__getitem__, link_keys),
+                        map(KIND_OF_CODE.__getitem__, map(_FIRST_CHAR, link_keys)),
+                        map(_AFTER_FIRST_CHAR, link_keys),
+                        map(first.__getitem__, link_keys),
+                        strict=True,
+                    ),
+                )
+            )
             graph.link_records = links
             if self.store.commit(graph):
                 break
@@ -418,7 +431,12 @@ class IdentityResolver:
         n_ignored = sum(map(_N_IGNORED, entries))
         ts_list = event_times_ms(accepted)
         # Each distinct combination once: its keys are what the store must load.
-        wanted = dict.fromkeys(chain.from_iterable(e.keys for e in dict.fromkeys(entries)))
+        # (The in-memory store holds every key already: nothing to gather for it.)
+        wanted = (
+            {}
+            if type(self.store) is InMemoryIdentityStore
+            else dict.fromkeys(chain.from_iterable(e.keys for e in dict.fromkeys(entries)))
+        )
         return entries, ts_list, wanted, n_ignored
 
     def _combo_of(self, combo: tuple[tuple[str, str], ...], ev: TouchpointEvent) -> _Combo:
@@ -482,9 +500,14 @@ class IdentityResolver:
         slow = [i for i, a in enumerate(anchors) if a is None]
         if not slow:
             return d
-        # Event-time order, ties by event id: two stable sorts.
-        slow.sort(key={i: accepted[i].event_id for i in slow}.__getitem__)
+        # Event-time order, ties by event id (then input order): sorted by time, then each run
+        # of equal times by event id (stable sorts; ties are rare, and integer keys are cheap).
         slow.sort(key=ts_list.__getitem__)
+        times = list(map(ts_list.__getitem__, slow))
+        if len(set(times)) < len(slow):
+            for t in {times[k] for k in range(1, len(times)) if times[k - 1] == times[k]}:
+                run = slice(bisect_left(times, t), bisect_right(times, t))
+                slow[run] = sorted(slow[run], key=lambda i: accepted[i].event_id)
         unique = self._unique
         link_keys = d.link_keys
         for i in slow:
