@@ -105,7 +105,12 @@ class _CachedGraph(IdentityGraph):
 
 
 class _StaleCache(Exception):
-    """A customer read from Redis carries another token than the cached one."""
+    """A customer read from Redis carries another token than the cached one; `reply`, when
+    the read brought every key of the batch as if nothing were cached."""
+
+    def __init__(self, reply: list[Any] | None = None) -> None:
+        super().__init__()
+        self.reply = reply
 
 
 class OutboxEntry(NamedTuple):
@@ -245,14 +250,21 @@ class RedisIdentityStore:
         self._fresh = not g.cid
         missing = [key for key in batch if key not in g.cid]
         if missing and not self._trusted:
+            # After another writer was seen (no chain), send the cached keys too: if the cache
+            # turns out stale, the same read brings the whole batch back.
+            others = [] if self._chain is not None else [k for k in batch if k in g.cid]
             try:
-                n_found = self._load(g, missing, self._used(g, batch))
-            except _StaleCache:
+                n_found = self._load(g, missing, self._used(g, batch), others)
+            except _StaleCache as stale:
                 g = self._drop()
                 self._open(g, batch)
                 self._fresh = True
-                missing = batch
-                n_found = self._load(g, batch, {})
+                if stale.reply is None:
+                    missing = batch
+                    n_found = self._load(g, batch, {})
+                else:
+                    missing = missing + others
+                    n_found = self._parse(g, missing, stale.reply)
             # Reads stop (the commit alone checks) once one finds none of its keys.
             self._trusted = n_found == 0 and self.cache_max_keys > 0
             missing = [key for key in missing if key not in g.cid]
@@ -289,20 +301,29 @@ class RedisIdentityStore:
             used[name] = None
         return used
 
-    def _load(self, g: _CachedGraph, wanted: list[str], used: dict[str, None]) -> int:
+    def _load(self, g: _CachedGraph, wanted: list[str], used: dict[str, None],
+              others: Collection[str] = ()) -> int:
         """Read the nodes `wanted` and their customers into `g` in one atomic read that first
         checks the tokens of the cached customers `used`; returns how many of `wanted` exist.
-        Raises _StaleCache when a cached customer's record changed."""
+        Raises _StaleCache when a cached customer's record changed (with the reply for
+        `wanted` + `others` read as if nothing were cached, when `others` were sent)."""
         records = g.records
         checks = "\n".join(f"{cid}\n{records[cid][0]}" for cid in used)
         self.n_reads += 1
         reply = self._call(
             "read the identity graph",
-            lambda: self._read(args=[self.prefix, "\n".join(wanted), checks]),
+            lambda: self._read(args=[self.prefix, "\n".join(wanted), checks, "\n".join(others)]),
         )
         if reply == 0:
             raise _StaleCache()
-        nodes_s, cids_s, roots_s = reply
+        if reply[3]:
+            raise _StaleCache(reply)
+        return self._parse(g, wanted, reply)
+
+    def _parse(self, g: _CachedGraph, wanted: list[str], reply: list[Any]) -> int:
+        """Put a read's nodes `wanted` and their customers into `g`; how many of `wanted` exist."""
+        records = g.records
+        nodes_s, cids_s, roots_s, _stale = reply
         cids = cids_s.split("\n") if cids_s else []
         roots = roots_s.split("\n") if cids_s else []
         for cid, raw in zip(cids, roots, strict=True):
@@ -314,7 +335,7 @@ class RedisIdentityStore:
             cached = records.get(cid)
             if cached is not None:
                 if _token_of(raw) != cached[0]:
-                    raise _StaleCache(cid)
+                    raise _StaleCache()  # (the reply lacks the cached keys: read again)
                 continue  # unchanged since cached: record, nodes and members
             ts, key, uniq, size, token = orjson.loads(raw)
             g.roots[cid] = Root(ts, key, dict(uniq), size)
