@@ -263,7 +263,11 @@ def drain_passthrough(env: dict[str, str], bootstrap: str, src: str, dst: str, g
         stop_pid(proc, "the pass-through")
 
 
-def start_worker(env: dict[str, str], workdir: Path) -> subprocess.Popen[bytes]:
+def start_worker(env: dict[str, str], workdir: Path, trace: Path | None = None
+                 ) -> subprocess.Popen[bytes]:
+    if trace is not None:  # bench/worker_trace.py, loaded by bench/trace/sitecustomize.py
+        env = {**env, "JOURNEYMAP_BENCH_TRACE": str(trace),
+               "PYTHONPATH": os.pathsep.join([str(ROOT / "bench" / "trace"), env["PYTHONPATH"]])}
     return subprocess.Popen(
         [sys.executable, "-m", "streams.cli", "worker", "--web-port", str(WORKER_PORT),
          "--workdir", str(workdir / "worker"), "--loglevel", "warning"],
@@ -360,6 +364,7 @@ class RowWatcher(threading.Thread):
         self.client = client
         self.pending: dict[str, float] = {}
         self.seen: dict[str, float] = {}
+        self.produced: dict[str, float] = {}  # every sampled event's produce time
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.polls = 0
@@ -368,6 +373,7 @@ class RowWatcher(threading.Thread):
     def add(self, event_id: str, produced: float) -> None:
         with self.lock:
             self.pending[event_id] = produced
+            self.produced[event_id] = produced
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -437,6 +443,9 @@ def main() -> None:
                          "lateness then drops much of the history as late)")
     ap.add_argument("--max-seconds", type=float, default=900.0)
     ap.add_argument("--keep", action="store_true", help="keep topics, database and logs")
+    ap.add_argument("--trace", action="store_true",
+                    help="trace the worker (bench/worker_trace.py) and break the sampled live "
+                         "events' latency down by step")
     ap.add_argument("--old-passthrough", action="store_true",
                     help="also run the pass-through of sessions 1-5 (aiokafka sends, no "
                          "consumer patch) and report the worker's ratios to it")
@@ -516,7 +525,8 @@ def main() -> None:
             print(f"  old pass-through: {pt_old_rate:,.0f} events/s", flush=True)
 
         print("journeymap worker (models on) draining the same backlog ...", flush=True)
-        worker = start_worker(env, workdir)
+        trace = workdir / "trace.jsonl" if args.trace else None
+        worker = start_worker(env, workdir, trace)
         w = drain_worker(worker, len(backlog), workdir, deadline, customers_at, client)
         print(f"  worker: {w['rate']:,.0f} events/s through the journey agent, "
               f"{w['rows_rate']:,.0f} events/s end to end into ClickHouse "
@@ -571,12 +581,56 @@ def main() -> None:
                        poll_s=rows.poll_s, load=(load1, load2), score_lat=score_lat,
                        late_live=late_live, lateness_s=args.lateness_s,
                        table_alerts=table_alerts)
+        if trace is not None:
+            results["breakdown"] = breakdown(trace, rows.produced, rows.seen)
+            (workdir / "sampled.json").write_bytes(orjson.dumps(
+                {"produced": rows.produced, "visible": rows.seen}))
     finally:
         if worker is not None:
             stop_pid(worker, "the worker")
         if not args.keep:
             cleanup(admin, env, name, ch_url, settings, [pt_in, pt_out, pt_old])
     report(results, args)
+
+
+STEPS = ("ingest_taken", "ingest_done", "journey_taken", "released", "write_start", "write_end",
+         "delivered")
+
+
+def breakdown(trace: Path, produced: dict[str, float], seen: dict[str, float]
+              ) -> dict[str, list[float]]:
+    """Seconds from produce to each traced step (bench/worker_trace.py), for the sampled live
+    events: the first time each step names the event; `delivered` (scores and alerts
+    acknowledged) is the first delivery after the event's write_end; `visible` from the row
+    watcher."""
+    import bisect
+
+    first: dict[str, dict[str, float]] = {step: {} for step in STEPS}
+    delivered: list[float] = []
+    with trace.open("rb") as f:
+        for line in f:
+            rec = orjson.loads(line)
+            if rec["s"] == "delivered":
+                delivered.append(rec["t"])
+                continue
+            at = first.get(rec["s"])
+            if at is None:
+                continue
+            for event_id in rec["ids"]:
+                if event_id in produced and event_id not in at:
+                    at[event_id] = rec["t"]
+    delivered.sort()
+    out: dict[str, list[float]] = {step: [] for step in (*STEPS, "visible")}
+    for event_id, t0 in produced.items():
+        for step in STEPS[:-1]:
+            if event_id in first[step]:
+                out[step].append(first[step][event_id] - t0)
+        end = first["write_end"].get(event_id)
+        if end is not None and (i := bisect.bisect_left(delivered, end)) < len(delivered):
+            out["delivered"].append(delivered[i] - t0)
+        if event_id in seen:
+            out["visible"].append(seen[event_id])
+    return out
 
 
 def cleanup(admin: AdminClient, env: dict[str, str], name: str, ch_url: str, settings: Any,
@@ -650,6 +704,13 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> None:
         print(f"    p50 in the first / last third of the measured window: "
               f"{percentile(sl[:third], 0.5):.3f} s / {percentile(sl[-third:], 0.5):.3f} s "
               "(growing = the worker falls behind at this rate)")
+    bd = res.get("breakdown")
+    if bd:
+        print("where a sampled live event's time goes (seconds from produce; worker traced):")
+        for step, values in bd.items():
+            if values:
+                print(f"    {step:14s} n={len(values):5d}  p50 {percentile(values, 0.5):7.3f}  "
+                      f"p99 {percentile(values, 0.99):7.3f}")
     grown = w["customers"] - w["customers_mid"]
     per_customer = (w["rss_mb"] - w["rss_mid_mb"]) / max(grown, 1)
     print(f"worker RSS: {w['rss_mid_mb']:.0f} MB at {w['customers_mid']:,} resolved customers, "

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import pickle
 import socket
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +61,7 @@ from processors.validation import Accepted, DeadLetter, Source, decode, decode_b
 from sinks import clickhouse as ch
 from sinks.alerts import encode_alert
 from sinks.checkpoints import CheckpointStore
+from streams.batching import take_ready
 from streams.corpus import new_model_suite
 from streams.delivery import Outgoing, OutputProducer, ProducerFatalError
 from streams.heap import WORKER_FULL_EVERY_S, HeapFreezer
@@ -187,11 +189,15 @@ class Runtime:
         self.serving = serving_store(settings)  # live customer state for the serving API
         self.store = ch.connect(settings.clickhouse)
         ch.check_schema(self.store)
+        # Flushed by _write only (never on the event loop by an `add` that finds the interval
+        # passed); clickhouse.flush_interval_s is the time budget of the rows _write defers.
         self.writer = self.store.writer(
             flush_rows=settings.clickhouse.flush_rows,
-            flush_interval_s=settings.clickhouse.flush_interval_s,
+            flush_interval_s=float("inf"),
             retry_total_s=settings.clickhouse.retry_total_s,
         )
+        self.flush_budget_s = settings.clickhouse.flush_interval_s
+        self.deferred_since: float | None = None  # the oldest row _write left buffered
         # the group's latest snapshot, or fresh (then it learns the sentiment corpus once)
         self.models = initial_models(
             settings, self.checkpoints, model_config(self.config, settings.models)
@@ -294,7 +300,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
 
     @app.agent(raw_topic)
     async def ingest(stream: faust.StreamT) -> None:
-        async for batch in stream.take_events(batch_max, within=within):
+        async for batch in take_ready(stream, batch_max, within):
             runtime = R()
             m = runtime.metrics
             m.events_in.inc(len(batch))
@@ -337,33 +343,45 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                 out.merges.extend(resolved.merges)
                 out.conflicts.extend(resolved.conflicts)
                 out.dead.extend(letters)
-            await _write(runtime, chain_rows(out, now_ms, 0, {}))
-            producer = runtime.ingest_out
-            if resolved is not None and resolved.merges:
-                # Before anything else of the batch: the merges (and any earlier related merge
-                # of another batch still unsent), wave after wave in commit order.
-                store = runtime.resolver.store
-                outbox = await asyncio.to_thread(store.outbox)  # type: ignore[attr-defined]
-                waves = merge_waves(merges_to_send(resolved.merges,
-                                                   [(e.seq, e.merge) for e in outbox]))
-                for i, wave in enumerate(waves):
-                    expects, others = _merge_records(wave)
-                    for message in expects:
-                        producer.send(*message)
-                    await _deliver(producer)
-                    for message in others:
-                        producer.send(*message)
-                    if i < len(waves) - 1:  # the last wave's go with the batch's events
-                        await _deliver(producer)
-            for message in produced:
-                producer.send(*message)
-            for fut in await asyncio.gather(*sends):
-                await fut
-            await app.producer.flush()
-            await _deliver(producer)
+            rows = chain_rows(out, now_ms, 0, {})
+            # The rows are written while the batch is produced (latency: the events do not wait
+            # for ClickHouse); both are done before the batch is acknowledged and before its
+            # merges and links leave the identity outbox.
+            own = [table for table, table_rows in rows.items() if table_rows]
+            await asyncio.gather(
+                _write(runtime, rows, only=own) if own else asyncio.sleep(0),
+                _produce_ingested(runtime, resolved, produced, sends),
+            )
             if resolved is not None and (resolved.merges or resolved.commit_id):
                 await asyncio.to_thread(_acknowledge, runtime.resolver.store, resolved)
             _observe(runtime, "ingest", batch, {})
+
+    async def _produce_ingested(runtime: Runtime, resolved: ResolveResult | None,
+                                produced: list[Outgoing], sends: list[Any]) -> None:
+        """An ingest batch's messages, acknowledged by the broker: merges first (and any
+        earlier related merge of another batch still unsent), wave after wave in commit order,
+        then the re-keyed events with the last wave, and the dead letters."""
+        producer = runtime.ingest_out
+        if resolved is not None and resolved.merges:
+            store = runtime.resolver.store
+            outbox = await asyncio.to_thread(store.outbox)  # type: ignore[attr-defined]
+            waves = merge_waves(merges_to_send(resolved.merges,
+                                               [(e.seq, e.merge) for e in outbox]))
+            for i, wave in enumerate(waves):
+                expects, others = _merge_records(wave)
+                for message in expects:
+                    producer.send(*message)
+                await _deliver(producer)
+                for message in others:
+                    producer.send(*message)
+                if i < len(waves) - 1:  # the last wave's go with the batch's events
+                    await _deliver(producer)
+        for message in produced:
+            producer.send(*message)
+        for fut in await asyncio.gather(*sends):
+            await fut
+        await app.producer.flush()
+        await _deliver(producer)
 
     def _merge_records(merges: Sequence[MergeRecord]) -> tuple[list[Outgoing], list[Outgoing]]:
         """A merge's messages: "expect" (delivered first: the winner's partition holds its
@@ -455,7 +473,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
 
     @app.agent(resolved_topic)
     async def journey(stream: faust.StreamT) -> None:
-        async for batch in stream.take_events(batch_max, within=within):
+        async for batch in take_ready(stream, batch_max, within):
             runtime = R()
             by_partition: dict[int, list[Any]] = {}
             for ev in batch:
@@ -520,19 +538,27 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                             for s in scores for alert in s.alerts)
             produced.extend((t.scores, s.customer_id.encode(), _scores_json(s))
                             for s in latest_scores(scores))
-        await _write(runtime, *rows)
-        await publish_partitions(runtime.serving, [(o[1], o[2][3]) for o in outputs])
+        # Scores, alerts and late events leave first and are acknowledged while the rows are
+        # written (latency: an alert does not wait for ClickHouse); everything is acknowledged
+        # and written before any checkpoint, as before. Only the touchpoints are written at
+        # once unless a checkpoint is due; the other tables wait for the time budget (_write).
+        now = time.monotonic()
+        due = [(p, part) for p, part, _ in outputs
+               if runtime.partitions.get(p) is part  # revoked meanwhile: not ours to save
+               and now - runtime.last_checkpoint.get(p, 0.0) >= runtime.checkpoint_every_s]
         for topic, key, value in produced:
             runtime.outputs.send(topic, key, value)
-        for fut in await asyncio.gather(*sends):
+        futs, _, _ = await asyncio.gather(
+            asyncio.gather(*sends),
+            _write(runtime, *rows, only=None if due else ("touchpoints",)),
+            publish_partitions(runtime.serving, [(o[1], o[2][3]) for o in outputs]),
+        )
+        for fut in futs:
             await fut
         await app.producer.flush()
         await _deliver(runtime.outputs)
-        now = time.monotonic()
-        for p, part, _ in outputs:
-            if runtime.partitions.get(p) is not part:  # revoked meanwhile: not ours to save
-                continue
-            if now - runtime.last_checkpoint.get(p, 0.0) >= runtime.checkpoint_every_s:
+        for p, part in due:
+            if runtime.partitions.get(p) is part:  # (revoked while the batch was written)
                 await _checkpoint(runtime, p, part, background=True)
         if now - runtime.models_saved_at >= runtime.checkpoint_every_s:
             _save_models(runtime, background=True)
@@ -1193,21 +1219,37 @@ def _scores_json(s: Scores) -> bytes:
     })
 
 
-async def _write(runtime: Runtime, *rows: Rows) -> None:
-    """Buffer rows and write everything buffered, before the batch is acknowledged.
+async def _write(runtime: Runtime, *rows: Rows, only: Collection[str] | None = None) -> None:
+    """Buffer rows and write them (all that is buffered, or only the tables `only` names).
 
     The ingest and journey agents share one writer: the lock keeps its buffers to one user at a
     time (the flush runs in a thread). While ClickHouse is unreachable the flush is retried and
     the batch waits; any other failure is a bug, and the worker stops rather than acknowledge
     rows it did not write (a restart resumes from the last checkpoint).
+
+    `only`: the tables the caller needs written now (the ingest agent's own, before it acks its
+    batch; the journey agent's `touchpoints`, for latency); the rest stays buffered until a
+    later call writes everything: one without `only` (before every checkpoint), or any call
+    once the oldest row left behind has waited `clickhouse.flush_interval_s` (issue 6: fewer
+    inserts per batch, each insert costing the shared ClickHouse server a round trip).
     """
     async with runtime.sink_lock:
         for table_rows in rows:
             add_rows(runtime.writer, table_rows, runtime.rows)
+        now = time.monotonic()
+        since = runtime.deferred_since
+        if only is not None and (since is None or now - since < runtime.flush_budget_s):
+            flush = functools.partial(runtime.writer.flush, tables=list(only))
+        else:
+            flush = runtime.writer.flush
         while True:
             try:
-                await asyncio.to_thread(runtime.writer.flush)
+                await asyncio.to_thread(flush)
                 runtime.metrics.sink_batches.inc()
+                if not runtime.writer.pending_rows:
+                    runtime.deferred_since = None
+                elif runtime.deferred_since is None:
+                    runtime.deferred_since = now
                 return
             except ServiceUnavailable as exc:
                 runtime.metrics.sink_failures.inc()

@@ -1,0 +1,66 @@
+"""streams.app._write: the tables a caller needs now are written at once, the rest waits for a
+later full write or the time budget (clickhouse.flush_interval_s). A fake ClickHouse client,
+no I/O; the budget is tested by back-dating the oldest deferred row, not by waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import SimpleNamespace
+from typing import Any
+
+from sinks.clickhouse import SinkWriter
+from streams.app import Metrics, _write
+
+
+class FakeClient:
+    def __init__(self) -> None:
+        self.inserted: list[str] = []
+
+    def query(self, sql: str) -> Any:  # DESCRIBE TABLE: types unknown, the client would ask
+        return SimpleNamespace(result_rows=[])
+
+    def insert(self, table: str, data: Any, **kwargs: Any) -> None:
+        self.inserted.append(table)
+
+
+def _runtime() -> Any:
+    client = FakeClient()
+    return SimpleNamespace(
+        client=client, writer=SinkWriter(client, flush_interval_s=float("inf")),
+        sink_lock=asyncio.Lock(), rows={}, metrics=Metrics(), flush_budget_s=1.0,
+        deferred_since=None, app=None,
+    )
+
+
+BATCH = {"touchpoints": [{"event_id": "e1"}], "transition_cells": [{"cell": "a"}],
+         "funnel_progress": [{"run": "r"}]}
+
+
+async def test_only_the_named_tables_are_written_and_the_rest_waits() -> None:
+    rt = _runtime()
+    await _write(rt, BATCH, only=("touchpoints",))
+    assert rt.client.inserted == ["touchpoints"]
+    assert rt.writer.pending_rows == 2 and rt.deferred_since is not None
+    await _write(rt, {"touchpoints": [{"event_id": "e2"}]}, only=("touchpoints",))
+    assert rt.client.inserted == ["touchpoints", "touchpoints"]  # still within the budget
+    await _write(rt)  # before a checkpoint: everything
+    assert sorted(rt.client.inserted[2:]) == ["funnel_progress", "transition_cells"]
+    assert rt.writer.pending_rows == 0 and rt.deferred_since is None
+
+
+async def test_rows_left_behind_past_the_budget_go_with_the_next_write() -> None:
+    rt = _runtime()
+    await _write(rt, BATCH, only=("touchpoints",))
+    rt.deferred_since = time.monotonic() - 5.0  # the budget (1 s) has passed
+    await _write(rt, {"touchpoints": [{"event_id": "e2"}]}, only=("touchpoints",))
+    assert sorted(rt.client.inserted[1:]) == ["funnel_progress", "touchpoints",
+                                              "transition_cells"]
+    assert rt.writer.pending_rows == 0 and rt.deferred_since is None
+
+
+async def test_a_write_without_only_writes_everything_at_once() -> None:
+    rt = _runtime()
+    await _write(rt, BATCH)
+    assert sorted(rt.client.inserted) == ["funnel_progress", "touchpoints", "transition_cells"]
+    assert rt.deferred_since is None
