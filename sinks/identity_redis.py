@@ -250,9 +250,9 @@ class RedisIdentityStore:
         self._fresh = not g.cid
         missing = [key for key in batch if key not in g.cid]
         if missing and not self._trusted:
-            # After another writer was seen (no chain), send the cached keys too: if the cache
-            # turns out stale, the same read brings the whole batch back.
-            others = [] if self._chain is not None else [k for k in batch if k in g.cid]
+            # The cached keys go too: if the cache turns out stale, the same read brings the
+            # whole batch back (one round trip, not a failed read and a full one).
+            others = [k for k in batch if k in g.cid]
             try:
                 n_found = self._load(g, missing, self._used(g, batch), others)
             except _StaleCache as stale:
