@@ -26,15 +26,21 @@ with its writes. After a failed commit, one that raised, one whose call was retr
 reply: Redis may have restarted meanwhile) or one found already applied, the whole cache is
 dropped and the next batch reads afresh. Once a read finds none of the identifiers it asked
 for (nobody else wrote them), later batches skip the read and leave every check to the
-commit: one round trip per batch, until a commit fails. One store serves one resolver, one
-batch at a time.
+commit: one round trip per batch, until a commit fails. The chain: every commit sets ``P:last``
+to its token; while it still names this worker's last commit, made when the whole cache was
+current, nothing else has written the graph and the commit goes without the per-customer
+checks (the script answers 3, writing nothing, when the chain broke; then they are sent). Every
+writer of a prefix must run this commit script. One store serves one resolver, one batch at a
+time.
 
 Layout under the key prefix ``P`` (identifiers appear only as salted SHA-256 hashes):
 
 - ``P:n``          hash  node key -> ``"customer|first_seen_ms|n_linked"``
-- ``P:r``          hash  customer id -> JSON ``[earliest_ts, earliest_key, {kind: key}, size]``
+- ``P:r``          hash  customer id -> JSON ``[earliest_ts, earliest_key, {kind: key}, size,
+  token]`` (the token of the commit that wrote it)
 - ``P:m:<cust>``   set   the node keys of one customer (for merges and `members_of`)
 - ``P:tok:<t>``    a commit that was applied (so a retried commit is not applied twice)
+- ``P:last``       string  the token of the last commit applied (the chain)
 - ``P:mo``         hash  merge outbox: ``loser|evidence event`` -> JSON merge record (with
   ``committed_ms`` and the committing worker's ``owner`` id),
   written by the commit that made the merge, deleted by :meth:`RedisIdentityStore.ack_merges`
