@@ -32,6 +32,12 @@ One run, unique topics / consumer groups / ClickHouse database / Redis keys, loo
    and written, once the partition's event time has passed them by the allowed lateness; with
    the default 1 h they would appear an hour later, by design.
 
+With --trace the worker runs with bench/worker_trace.py loaded (bench/trace/sitecustomize.py):
+the sampled live events' seconds from produce to each step inside the worker (ingest batch
+handed over, re-keyed, journey batch, released by the chain, written, scores and alerts
+acknowledged) are printed, and the trace (with samples of the event loop whenever it was
+blocked for 0.3 s) stays in the run's log directory with sampled.json.
+
 Every process started here is stopped by its PID; the run ends by itself (--max-seconds).
 """
 

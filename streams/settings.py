@@ -139,6 +139,9 @@ class ServicesSettings(_Group):
 
 
 class WorkerSettings(_Group):
+    # Both agents' batches (streams.batching.take_ready) are handed over as soon as events are
+    # there, up to batch_max; batch_within_s bounds how long a batch that keeps growing is
+    # gathered (and how often an idle stream is looked at), it is no longer a wait per batch.
     batch_max: Annotated[int, Field(ge=1, le=100_000)] = 1_000
     batch_within_s: Annotated[float, Field(gt=0)] = 0.5
     web_port: Annotated[int, Field(ge=1, le=65535)] = 6066
