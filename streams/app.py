@@ -180,7 +180,8 @@ class Runtime:
             self.config.identity,
             self.config.identity_salt,
             RedisIdentityStore(settings.redis.url, prefix=f"jm:id:{settings.kafka.consumer_group}",
-                               owner=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"),
+                               owner=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+                               cache_max_keys=settings.redis.identity_cache_keys),
         )
         self.checkpoints = CheckpointStore(
             settings.redis.url, settings.kafka.consumer_group,

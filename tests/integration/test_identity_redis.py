@@ -24,9 +24,11 @@ import pytest
 import redis
 
 from processors.config import IdentityConfig
+from processors.errors import ConfigError
 from processors.events import TouchpointEvent
 from processors.identity import KIND_CODE, IdentityResolver, InMemoryIdentityStore
 from sinks.identity_redis import RedisIdentityStore, RetryPolicy
+from streams.settings import load_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -414,6 +416,23 @@ def test_a_warm_cache_reads_once_and_gives_the_in_memory_answer(prefix: str) -> 
     assert store.n_reads == 1
     assert store.n_conflicting_commits == 0 and store.n_cache_drops == 0
     _assert_same_graph(store, memory)
+
+
+def test_with_the_cache_off_every_batch_reads_and_the_answer_is_the_same(prefix: str) -> None:
+    """`redis.identity_cache_keys = 0` (the setting the worker passes as `cache_max_keys`)."""
+    events = merging_stream(1_000, 29)
+    batches = [events[i : i + 100] for i in range(0, len(events), 100)]
+    settings = load_settings(redis={"url": REDIS_URL, "identity_cache_keys": 0})
+    store = RedisIdentityStore(REDIS_URL, prefix=prefix,
+                               cache_max_keys=settings.redis.identity_cache_keys)
+    resolver = IdentityResolver(MERGING, SALT, store)
+    memory = IdentityResolver(MERGING, SALT)
+    for batch in batches:
+        _same_outputs(resolver.resolve_batch(batch), memory.resolve_batch(batch))
+    assert store.n_reads == len(batches)
+    _assert_same_graph(store, memory)
+    with pytest.raises(ConfigError, match="JOURNEYMAP_REDIS__IDENTITY_CACHE_KEYS"):
+        load_settings(redis={"identity_cache_keys": -1})
 
 
 def test_another_worker_merges_and_renames_cached_customers_between_two_batches(
