@@ -19,11 +19,17 @@ output of every batch (resolved customer per event, merges, links, conflicts, de
 counters) and the final graph, for a 20k-customer simulation (delivery order, then all again),
 the synthetic stream and a tangled stream that fires every safeguard, under several safeguard
 settings and batch sizes, shuffled and not: a change meant to be exact must print the same.
+
+Every timed batch (the resolver's and the baselines') runs as the replay and the worker run theirs:
+the cyclic collector paused during the batch and what it left alive frozen after it
+(`streams.heap.HeapFreezer`; otherwise every batch's survivors and, at each full collection,
+the whole graph are walked again). `--no-freeze` times them under CPython's default collector.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import hashlib
 import os
@@ -38,6 +44,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from processors.config import IdentityConfig
 from processors.events import TouchpointEvent
 from processors.identity import IdentityResolver
+from streams.heap import REPLAY_FULL_EVERY_S, HeapFreezer
+
+# How each timed batch runs (see the module doc); `--no-freeze` sets it to None.
+HEAP: HeapFreezer | None = HeapFreezer(REPLAY_FULL_EVERY_S)
+
+
+def batch_gc() -> contextlib.AbstractContextManager[None]:
+    """The collector's regime for one timed batch: paused, then frozen, unless --no-freeze."""
+    return HEAP.batch() if HEAP is not None else contextlib.nullcontext()
 
 T0_MS = 1_772_323_200_000
 
@@ -223,7 +238,8 @@ def bench_memory(events: list[TouchpointEvent], size: int, passes: int = 1) -> f
             resolver.resolve_batch(batch)
     started = time.process_time()
     for batch in batches(events, size):
-        resolver.resolve_batch(batch)
+        with batch_gc():
+            resolver.resolve_batch(batch)
     return len(events) / (time.process_time() - started)
 
 
@@ -242,15 +258,16 @@ def bench_plain_union_find(events: list[TouchpointEvent], size: int) -> float:
 
     started = time.process_time()
     for batch in batches(events, size):
-        roots = []
-        for ev in batch:
-            ids = ev.identities.items()
-            r0 = find(ids[0])
-            for pair in ids[1:]:
-                r = find(pair)
-                if r != r0:
-                    parent[r] = r0
-            roots.append((r0, ev.ts_ms))
+        with batch_gc():
+            roots = []
+            for ev in batch:
+                ids = ev.identities.items()
+                r0 = find(ids[0])
+                for pair in ids[1:]:
+                    r = find(pair)
+                    if r != r0:
+                        parent[r] = r0
+                roots.append((r0, ev.ts_ms))
     return len(events) / (time.process_time() - started)
 
 
@@ -271,7 +288,8 @@ def bench_redis(events: list[TouchpointEvent], size: int, url: str) -> tuple[flo
         cpu = time.process_time()
         started = time.perf_counter()
         for batch in parts:
-            resolver.resolve_batch(batch)
+            with batch_gc():
+                resolver.resolve_batch(batch)
         resolved_rate = len(events) / (time.perf_counter() - started)
         cpu = time.process_time() - cpu
         server_cpu = _server_cpu_s(store.client) - server_cpu
@@ -300,10 +318,11 @@ def bench_redis(events: list[TouchpointEvent], size: int, url: str) -> tuple[flo
         node_hash = f"{prefix}:n"
         started = time.perf_counter()
         for keys in keyed:
-            pipe = client.pipeline(transaction=False)
-            for k in keys:
-                pipe.hget(node_hash, k)
-            pipe.execute()
+            with batch_gc():
+                pipe = client.pipeline(transaction=False)
+                for k in keys:
+                    pipe.hget(node_hash, k)
+                pipe.execute()
         hget_rate = len(events) / (time.perf_counter() - started)
         return resolved_rate, hget_rate, len(store.partition())
     finally:
@@ -321,7 +340,8 @@ def _one_of_several(
     start.wait()
     started = time.perf_counter()
     for batch in batches(events, size):
-        resolver.resolve_batch(batch)
+        with batch_gc():
+            resolver.resolve_batch(batch)
     out.put((len(events), time.perf_counter() - started, store.n_conflicting_commits,
              store.n_reads, store.n_cache_drops))
 
@@ -403,7 +423,15 @@ def main() -> None:
         "--workers", type=int, default=0,
         help="also run this many worker processes on interleaved slices of the events at once",
     )
+    parser.add_argument(
+        "--no-freeze", action="store_true",
+        help="time each batch under CPython's default collector instead of the replay's and the "
+             "worker's (paused during a batch, what it left alive frozen after it)",
+    )
     args = parser.parse_args()
+    if args.no_freeze:
+        global HEAP
+        HEAP = None
     if args.workers:
         bench_several(args.events, args.batch, args.redis_url, args.workers)
         return

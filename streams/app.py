@@ -49,7 +49,7 @@ from prometheus_client import (
 from online_models.suite import CustomerModelState, ModelConfig, ModelSuite, Scores
 from processors.chain import ChainOutput, JourneyChain
 from processors.errors import CheckpointError, ServiceUnavailable
-from processors.events import ResolvedEvent
+from processors.events import ResolvedEvent, TouchpointEvent
 from processors.identity import (
     IdentityResolver,
     MergeRecord,
@@ -312,7 +312,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                 strict=True,
             ))
             resolved = await asyncio.to_thread(
-                runtime.resolver.resolve_batch, [a.event for a in accepted]
+                _resolve, runtime, [a.event for a in accepted]
             ) if accepted else None
             sends = [dlq_topic.send(key=b"validate", value=d.to_json()) for d in dead]
             produced: list[Outgoing] = []
@@ -992,6 +992,15 @@ async def _commit_checkpoint(runtime: Runtime, p: int, offset: int) -> None:
 def partition_of(key: bytes, n_partitions: int) -> int:
     """The partition Faust's producer (aiokafka's default partitioner) sends `key` to."""
     return (murmur2(key) & 0x7FFFFFFF) % n_partitions
+
+
+def _resolve(runtime: Runtime, events: list[TouchpointEvent]) -> ResolveResult:
+    """Resolve one ingest batch (in a thread) with the collector paused and what the batch left
+    alive frozen after it, as the journey batch runs: the worker's identity cache and the
+    batch's events are not walked again at every collection (bench_identity.py: the client's
+    CPU per event ~0.8x of the default collector's)."""
+    with runtime.heap.batch():
+        return runtime.resolver.resolve_batch(events)
 
 
 def _journey_batch(runtime: Runtime, part: PartitionState, events: Sequence[Any], *,

@@ -91,3 +91,31 @@ def test_the_worker_collects_young_objects_before_freezing_for_the_fork() -> Non
         assert alive() is None and gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_the_worker_resolves_an_ingest_batch_paused_and_freezes_what_it_left() -> None:
+    from processors.config import IdentityConfig
+    from processors.identity import IdentityResolver
+    from streams.app import _resolve
+    from tests.factories import event
+
+    gc.unfreeze()  # whatever an earlier test left frozen
+    gc.collect()
+    seen: list[bool] = []
+    resolver = IdentityResolver(IdentityConfig(), "salt")
+    resolve = resolver.resolve_batch
+
+    def resolve_batch(events):  # type: ignore[no-untyped-def]
+        seen.append(gc.isenabled())
+        return resolve(events)
+
+    resolver.resolve_batch = resolve_batch  # type: ignore[method-assign]
+    runtime = SimpleNamespace(heap=HeapFreezer(full_every_s=float("inf")), resolver=resolver)
+    try:
+        assert gc.get_freeze_count() == 0
+        result = _resolve(runtime, [event()])  # type: ignore[arg-type]
+        assert len(result.resolved) == 1
+        assert seen == [False] and gc.isenabled()  # paused during the batch only
+        assert gc.get_freeze_count() > 0  # the graph it built is frozen
+    finally:
+        gc.unfreeze()
