@@ -186,7 +186,11 @@ class IdentityStore(Protocol):
     `commit(graph)` writes the graph's changes atomically and returns True, or returns False
     when another writer changed any of the loaded nodes or roots since `begin` (then the batch
     is decided again on fresh state). Both may block and retry while the store is unreachable.
+    `holds_every_key`: `begin` hands out the whole graph whatever keys it is given, so the
+    resolver need not gather them.
     """
+
+    holds_every_key: bool
 
     def begin(self, keys: Collection[str]) -> IdentityGraph: ...
 
@@ -199,6 +203,8 @@ class IdentityStore(Protocol):
 
 class InMemoryIdentityStore:
     """The whole graph in one process (the replay, tests). Plain data: it pickles."""
+
+    holds_every_key = True
 
     def __init__(self) -> None:
         self.graph = IdentityGraph()
@@ -431,10 +437,10 @@ class IdentityResolver:
         n_ignored = sum(map(_N_IGNORED, entries))
         ts_list = event_times_ms(accepted)
         # Each distinct combination once: its keys are what the store must load.
-        # (The in-memory store holds every key already: nothing to gather for it.)
+        # (A store that holds every key already, in memory, needs none gathered.)
         wanted = (
             {}
-            if type(self.store) is InMemoryIdentityStore
+            if self.store.holds_every_key
             else dict.fromkeys(chain.from_iterable(e.keys for e in dict.fromkeys(entries)))
         )
         return entries, ts_list, wanted, n_ignored

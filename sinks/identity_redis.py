@@ -160,6 +160,8 @@ def encode_root(root: Root, token: str) -> str:
 class RedisIdentityStore:
     """:class:`~processors.identity.IdentityStore` on Redis (sync redis-py)."""
 
+    holds_every_key = False  # a batch loads the keys the cache does not hold
+
     def __init__(
         self,
         client: redis.Redis | str,
