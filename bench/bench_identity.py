@@ -37,7 +37,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -142,6 +142,20 @@ def repeat_share(events: list[TouchpointEvent], size: int) -> tuple[float, float
     return n_seen / len(events), n_batch / len(events)
 
 
+class _MergeWithoutSeq(NamedTuple):
+    """A MergeRecord as it was before `seq` (the fingerprint stays comparable with older runs;
+    seq is compared between the stores by tests/integration/test_identity_redis.py)."""
+
+    loser: str
+    winner: str
+    evidence_event_id: str
+    ts_ms: int
+    reason: str
+
+
+_MergeWithoutSeq.__name__ = "MergeRecord"
+
+
 def _outputs_hash(events: list[TouchpointEvent], config: IdentityConfig, size: int,
                   shuffle: bool, passes: int, redis_url: str | None = None) -> str:
     """SHA-256 of every output of every batch and of the final graph (see the module doc);
@@ -162,7 +176,8 @@ def _outputs_hash(events: list[TouchpointEvent], config: IdentityConfig, size: i
             r = resolver.resolve_batch(part)
             h.update(repr((
                 [(e.customer_id, e.event.event_id, e.ts_ms, e.segment) for e in r.resolved],
-                r.merges, r.links, r.conflicts,
+                [_MergeWithoutSeq(*m[:5]) for m in r.merges],  # comparable with older runs
+                r.links, r.conflicts,
                 [(ev.event_id, why) for ev, why in r.dead],
                 sorted(r.counters().items()),
             )).encode())

@@ -64,13 +64,19 @@ ConflictReason = Literal["unique_kind", "max_customers"]
 
 
 class MergeRecord(NamedTuple):
-    """Customer `loser` is now `winner` (topic ``identity.merges``); downstream follows winner."""
+    """Customer `loser` is now `winner` (topic ``identity.merges``); downstream follows winner.
+
+    `seq` is the merge's place in the store's commit order (1, 2, ...; 0 until committed). It
+    orders the merges of one id when evidence arrived late (A into B, later B back into A): event
+    times do not, and neither does the order in which workers write the rows.
+    """
 
     loser: str
     winner: str
     evidence_event_id: str
     ts_ms: int
     reason: MergeReason
+    seq: int = 0
 
 
 class IdentityLink(NamedTuple):
@@ -104,6 +110,13 @@ class Root:
     size: int
 
 
+def number_merges(merges: list[MergeRecord], last_seq: int) -> int:
+    """Give `merges` the commit order `last_seq + 1, ...` in place; returns the last one given."""
+    for i, mr in enumerate(merges, start=1):
+        merges[i - 1] = mr._replace(seq=last_seq + i)
+    return last_seq + len(merges)
+
+
 def customer_id_for(key: str) -> str:
     """The canonical id of a component whose earliest identifier is node `key`."""
     return "c_" + key[1:17]
@@ -126,7 +139,8 @@ class IdentityGraph:
         self.moves: list[tuple[str, str]] = []
         self.new_keys: list[str] = []
         # The batch's merge records, set before `commit`: a store can keep them in the same
-        # atomic step as the merges (the Redis store's outbox) so they are never lost.
+        # atomic step as the merges (the Redis store's outbox) so they are never lost. A store's
+        # commit numbers them in place (`MergeRecord.seq`, its global commit order).
         self.merge_records: list[MergeRecord] = []
         # Likewise the batch's new identity links (the rows of identity_links): a batch resolved
         # again after a crash finds its identifiers known and reports no links, so a store
@@ -208,11 +222,13 @@ class InMemoryIdentityStore:
 
     def __init__(self) -> None:
         self.graph = IdentityGraph()
+        self.merge_seq = 0  # merges committed so far (MergeRecord.seq)
 
     def begin(self, keys: Collection[str]) -> IdentityGraph:
         return self.graph
 
     def commit(self, graph: IdentityGraph) -> bool:
+        self.merge_seq = number_merges(graph.merge_records, self.merge_seq)
         graph.moves.clear()  # the change log only matters to stores that replay it
         graph.new_keys.clear()
         graph.merge_records = []  # so is the outbox

@@ -929,6 +929,7 @@ def identity_merge_row(merge: MergeRecord) -> dict[str, Any]:
         "evidence_event_id": merge.evidence_event_id,
         "merged_at": merge.ts_ms,
         "reason": merge.reason,
+        "seq": merge.seq,
     }
 
 

@@ -25,10 +25,11 @@
 --                   are not needed: the chain holds.
 --  14 unchecked     '1' when the root checks were left out (sent with a chain): if the chain
 --                   does not hold, return 3 and write nothing (the caller sends the checks)
--- Returns 1 when applied after the root checks, 4 when applied because the chain held, 2 when
--- this token was applied before (a retried call), 3 (see 14), 0 when another writer changed a
--- customer this batch read or took an identifier it took as new (the caller then decides the
--- batch again).
+-- Returns {status, seq}: status 1 when applied after the root checks, 4 when applied because the
+-- chain held, 2 when this token was applied before (a retried call), 3 (see 14), 0 when another
+-- writer changed a customer this batch read or took an identifier it took as new (the caller
+-- then decides the batch again). seq: the merges of 11 are numbered seq + 1, seq + 2, ... (kept
+-- under the token, so a retried call gets the numbers of the call that applied).
 local function split(s)
   local out, start = {}, 1
   if s == '' then return out end
@@ -42,19 +43,20 @@ end
 
 local p, token, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local nkey, rkey, tkey = p .. ':n', p .. ':r', p .. ':tok:' .. token
-if redis.call('EXISTS', tkey) == 1 then return 2 end
+local done = redis.call('GET', tkey)
+if done then return {2, tonumber(done) or 0} end
 local CHUNK = 4000
 
 local new = split(ARGV[4])
 for s = 1, #new, CHUNK do
   local vals = redis.call('HMGET', nkey, unpack(new, s, math.min(s + CHUNK - 1, #new)))
   for i = 1, #vals do
-    if vals[i] then return 0 end
+    if vals[i] then return {0, 0} end
   end
 end
 local held = ARGV[13] ~= '' and redis.call('GET', p .. ':last') == ARGV[13]
 if not held then
-  if ARGV[14] == '1' then return 3 end
+  if ARGV[14] == '1' then return {3, 0} end
   local checks = split(ARGV[5])
   local cids = {}
   for i = 1, #checks, 2 do cids[#cids + 1] = checks[i] end
@@ -62,7 +64,7 @@ if not held then
     local vals = redis.call('HMGET', rkey, unpack(cids, s, math.min(s + CHUNK - 1, #cids)))
     for i = 1, #vals do
       local v = vals[i]
-      if not v or string.sub(v, -34, -3) ~= checks[2 * (s + i - 1)] then return 0 end
+      if not v or string.sub(v, -34, -3) ~= checks[2 * (s + i - 1)] then return {0, 0} end
     end
   end
 end
@@ -111,8 +113,10 @@ end
 bulk('HSET', rkey, split(ARGV[9]))
 bulk('HDEL', rkey, split(ARGV[10]))
 local outbox = split(ARGV[11])
+local base = 0
 if #outbox > 0 then
-  local seq = redis.call('INCRBY', p .. ':mseq', #outbox / 2) - #outbox / 2
+  base = redis.call('INCRBY', p .. ':mseq', #outbox / 2) - #outbox / 2
+  local seq = base
   for i = 2, #outbox, 2 do
     seq = seq + 1
     outbox[i] = seq .. ' ' .. outbox[i]
@@ -120,7 +124,7 @@ if #outbox > 0 then
   bulk('HSET', p .. ':mo', outbox)
 end
 if ARGV[12] ~= '' then redis.call('HSET', p .. ':lo', token, ARGV[12]) end
-redis.call('SET', tkey, '1', 'EX', ttl)
+redis.call('SET', tkey, base, 'EX', ttl)
 redis.call('SET', p .. ':last', token)
-if held then return 4 end
-return 1
+if held then return {4, base} end
+return {1, base}

@@ -75,7 +75,14 @@ import orjson
 import redis
 
 from processors.errors import ConfigError, ServiceUnavailable
-from processors.identity import IdentityGraph, IdentityLink, MergeRecord, Root, customer_id_for
+from processors.identity import (
+    IdentityGraph,
+    IdentityLink,
+    MergeRecord,
+    Root,
+    customer_id_for,
+    number_merges,
+)
 
 log = logging.getLogger("journeymap.identity")
 T = TypeVar("T")
@@ -419,8 +426,10 @@ class RedisIdentityStore:
         now_ms = int(time.time() * 1000)
         outbox: list[str] = []
         for mr in g.merge_records:
+            record = mr._asdict()
+            del record["seq"]  # the script numbers it: `<seq> <JSON>`
             outbox += (_outbox_field(mr), orjson.dumps(
-                {**mr._asdict(), "committed_ms": now_ms, "owner": self.owner}).decode())
+                {**record, "committed_ms": now_ms, "owner": self.owner}).decode())
         args: list[Any] = [
             self.prefix,
             token,
@@ -449,7 +458,8 @@ class RedisIdentityStore:
                     args[13] = "1"  # checks left out: answer 3 if the chain broke
                 # The same token on every retry: a commit whose reply was lost is not applied
                 # twice.
-                status = self._call("commit identity decisions", lambda: self._commit(args=args))
+                status, seq = self._call("commit identity decisions",
+                                         lambda: self._commit(args=args))
                 n_failed += self._n_failed
                 if status != 3:
                     break
@@ -462,6 +472,7 @@ class RedisIdentityStore:
             self._drop()
             return False
         g.commit_id = token if g.link_records else None
+        number_merges(g.merge_records, int(seq))  # as the script numbered them in the outbox
         if status not in (1, 4) or n_failed:
             # Applied, but not in one clean call: Redis may have restarted in between, so
             # nothing in the cache is taken on trust any more.
@@ -499,7 +510,8 @@ class RedisIdentityStore:
             seq_text, _, body = value.partition(" ") if value[:1] != "{" else ("0", "", value)
             d = orjson.loads(body)  # (entries written before `seq` existed start with '{')
             committed_ms, owner = d.pop("committed_ms"), d.pop("owner", None)
-            out.append(OutboxEntry(int(seq_text), committed_ms, owner, MergeRecord(**d)))
+            d["seq"] = int(seq_text)
+            out.append(OutboxEntry(d["seq"], committed_ms, owner, MergeRecord(**d)))
         return sorted(out, key=lambda e: (e.seq, e.committed_ms, e.merge.ts_ms, e.merge.loser))
 
     def pending_merges(self, older_than_s: float = 0.0, *, orphaned: bool = False

@@ -84,9 +84,8 @@ class KafkaSettings(_Group):
 class RedisSettings(_Group):
     url: str = "redis://127.0.0.1:6379/0"
     # The worker's identity cache (sinks.identity_redis): how many identifiers one worker keeps
-    # between batches (~300 B each; past this it starts over); 0 (the default until the
-    # Redis-restart e2e difference seen with it is explained) reads every batch's identifiers.
-    identity_cache_keys: Annotated[int, Field(ge=0)] = 0
+    # between batches (~300 B each; past this it starts over); 0 reads every batch's identifiers.
+    identity_cache_keys: Annotated[int, Field(ge=0)] = 250_000
 
     @field_validator("url")
     @classmethod

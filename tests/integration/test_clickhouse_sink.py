@@ -371,6 +371,28 @@ def test_a_batch_written_twice_leaves_the_same_query_results(store: Store) -> No
     assert store.client.query("SELECT count() FROM touchpoints").result_rows == [(8,)]
 
 
+def test_a_revived_customer_stays_canonical_whatever_order_the_merge_rows_arrive_in(
+    store: Store,
+) -> None:
+    """A into B (seq 1), later B back into A (seq 2, earlier evidence): two workers, or a batch
+    written again after an outage, can insert the first merge's row last."""
+    from processors.identity import MergeRecord
+    from streams.outputs import merge_rows_of
+
+    first = MergeRecord("A", "B", "e-late", T0 + 5, "shared_identifier", seq=1)
+    revival = MergeRecord("B", "A", "e-early", T0, "earlier_evidence", seq=2)
+    writer = SinkWriter(store.client)
+    writer.add("identity_links", [{"customer_id": c, "kind": "email", "id_hash": f"h-{c}",
+                                   "first_seen": T0} for c in "AB"])
+    for batch in ([revival], [first]):  # commit order reversed on the way to ClickHouse
+        writer.add("identity_merges", [ch.identity_merge_row(m) for m in merge_rows_of(batch)])
+        writer.flush()
+    assert run_query(store, PROBES["customer_map"]).rows == [("A", "A", 0), ("B", "A", 1)]
+    store.client.command("OPTIMIZE TABLE identity_merges FINAL")
+    assert run_query(store, "SELECT loser, winner, seq FROM identity_merges ORDER BY loser"
+                     ).rows == [("A", "A", 2), ("B", "A", 2)]
+
+
 DAILY_ROLLUP = """
 SELECT day, channel, touchpoint, uniqExactMerge(events), uniqExactMerge(customers)
 FROM touchpoints_daily GROUP BY day, channel, touchpoint ORDER BY day, channel, touchpoint

@@ -120,6 +120,9 @@ def test_the_outbox_numbers_merges_in_commit_order_across_workers(store: RedisId
     assert [e.merge for e in entries] == [*by_a, *by_b]
     assert [e.owner for e in entries] == ["host:1:a", "host:2:b"]
     assert entries[0].seq < entries[1].seq
+    # The merges the workers wrote to ClickHouse carry the same numbers (identity_merges keeps
+    # the highest per loser, whatever order the two workers' inserts arrive in).
+    assert [m.seq for m in by_a + by_b] == [e.seq for e in entries]
     # An entry written before the sequence existed (plain JSON) still reads, ahead of the rest.
     old = MergeRecord("K", "Y", "ev-0", T0_MS, "shared_identifier")
     store.client.hset(f"{store.prefix}:mo", "K|ev-0",
@@ -146,3 +149,29 @@ def test_a_batchs_links_stay_in_the_outbox_until_their_rows_are_written(
     assert store.pending_links() == []
     store.ack_links(result.commit_id)  # twice is harmless
     store.ack_links(None)
+
+
+def test_a_commit_sent_again_after_a_lost_reply_keeps_its_merge_numbers(
+    store: RedisIdentityStore,
+) -> None:
+    import redis
+
+    resolver = IdentityResolver(IdentityConfig(), "salt", store)
+    first, link = _two_customers_then_the_link()
+    resolver.resolve_batch(first)
+    store.client.set(f"{store.prefix}:mseq", 41)  # merges committed before, by anyone
+    commit, replies = store._commit, []
+
+    def reply_lost(**kw: object) -> object:
+        reply = commit(**kw)
+        replies.append(reply)
+        if len(replies) == 1:
+            raise redis.ConnectionError("the reply was lost (test)")
+        return reply
+
+    store._commit = reply_lost  # type: ignore[method-assign]
+    merges = resolver.resolve_batch(link).merges
+    assert [status for status, _ in replies][1:] == [2]  # applied, then "applied before"
+    assert [m.seq for m in merges] == [42]
+    assert [e.seq for e in store.outbox()] == [42]
+    assert store.client.get(f"{store.prefix}:mseq") in ("42", b"42")  # numbered once

@@ -51,6 +51,7 @@ def test_two_known_customers_merge_into_the_earlier_one_with_a_record() -> None:
             "login",
             T0_MS + 9,
             "shared_identifier",
+            seq=1,  # the first merge the store committed
         )
     ]
     assert r.customer_of("anonymous_id", "web") == cid("device_id", "phone")
@@ -63,11 +64,27 @@ def test_an_earlier_event_arriving_late_re_keys_the_customer() -> None:
     # email is now the earliest identifier by event time: the id follows it.
     assert late.merges == [
         MergeRecord(
-            cid("anonymous_id", "a"), cid("email", "x@y.com"), "late", T0_MS, "earlier_evidence"
+            cid("anonymous_id", "a"), cid("email", "x@y.com"), "late", T0_MS, "earlier_evidence",
+            seq=1,
         )
     ]
     assert {e.customer_id for e in late.resolved} == {cid("email", "x@y.com")}
     assert r.customer_of("anonymous_id", "a") == cid("email", "x@y.com")
+
+
+def test_merges_are_numbered_in_commit_order_across_batches() -> None:
+    # A into B, then B back into A by an earlier event (a revival): event times order them the
+    # other way round, so the sink and customer_map go by `seq`.
+    r = resolver()
+    r.resolve_batch([event(at_ms=T0_MS + 10 * MIN_MS, anonymous_id="a")])
+    r.resolve_batch([event(at_ms=T0_MS + 5 * MIN_MS, device_id="d")])
+    into_d = r.resolve_batch([event(at_ms=T0_MS + 20 * MIN_MS, anonymous_id="a", device_id="d")])
+    back = r.resolve_batch([event(at_ms=T0_MS, anonymous_id="a")])
+    assert [(m.loser, m.winner, m.seq) for m in into_d.merges + back.merges] == [
+        (cid("anonymous_id", "a"), cid("device_id", "d"), 1),
+        (cid("device_id", "d"), cid("anonymous_id", "a"), 2),
+    ]
+    assert r.resolve_batch([event(at_ms=T0_MS, anonymous_id="a")]).merges == []
 
 
 def test_emails_are_trimmed_and_lower_cased_and_placeholders_ignored() -> None:

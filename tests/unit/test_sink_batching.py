@@ -355,9 +355,9 @@ def test_identity_conflict_row() -> None:
 def test_identity_rows() -> None:
     link = identity_link_row(IdentityLink("c1", "email", "h1", T0_MS))
     assert link == {"customer_id": "c1", "kind": "email", "id_hash": "h1", "first_seen": T0_MS}
-    merge = identity_merge_row(MergeRecord("c2", "c1", "ev-9", T0_MS, "shared_identifier"))
+    merge = identity_merge_row(MergeRecord("c2", "c1", "ev-9", T0_MS, "shared_identifier", 7))
     assert merge == {"loser": "c2", "winner": "c1", "evidence_event_id": "ev-9",
-                     "merged_at": T0_MS, "reason": "shared_identifier"}
+                     "merged_at": T0_MS, "reason": "shared_identifier", "seq": 7}
 
 
 @pytest.mark.parametrize("sql", [
