@@ -393,6 +393,45 @@ def test_a_revived_customer_stays_canonical_whatever_order_the_merge_rows_arrive
                      ).rows == [("A", "A", 2), ("B", "A", 2)]
 
 
+def test_upgrading_to_merge_seq_keeps_each_losers_current_merge(
+    target: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database at schema 11 with merges (one revived id) migrates to 12 (identity_merges by
+    `seq`) with the same customer_map, and new merges then go by seq."""
+    from processors.identity import MergeRecord
+    from streams.outputs import merge_rows_of
+
+    every = ch.load_migrations()
+    with connect(target) as store:
+        monkeypatch.setattr(ch, "load_migrations", lambda: every[:11])
+        migrate(store)
+        old = [MergeRecord("A", "B", "e1", T0, "shared_identifier"),
+               MergeRecord("B", "A", "e0", T0 - 5, "earlier_evidence"),
+               MergeRecord("C", "A", "e2", T0 + 9, "shared_identifier")]
+        writer = SinkWriter(store.client)
+        writer.add("identity_links", [{"customer_id": c, "kind": "email", "id_hash": f"h-{c}",
+                                       "first_seen": T0} for c in "ABCD"])
+        for mr in merge_rows_of(old):  # in commit order, one insert each (as before 12)
+            row = ch.identity_merge_row(mr)
+            del row["seq"]
+            writer.add("identity_merges", [row])
+            writer.flush()
+        before = run_query(store, PROBES["customer_map"]).rows
+        assert before == [("A", "A", 0), ("B", "A", 1), ("C", "A", 1), ("D", "D", 0)]
+        monkeypatch.setattr(ch, "load_migrations", lambda: every)
+        assert [m.version for m in migrate(store).applied] == [12]
+        assert run_query(store, PROBES["customer_map"]).rows == before
+        assert check_schema(store) == ch.required_version()
+        # D takes A in later (seq 5), and the inserts arrive out of order: seq decides.
+        newer = MergeRecord("A", "D", "e3", T0 + 20, "shared_identifier", seq=5)
+        stale = MergeRecord("A", "B", "e1", T0, "shared_identifier", seq=1)
+        for mr in (newer, stale):
+            writer.add("identity_merges", [ch.identity_merge_row(mr)])
+            writer.flush()
+        assert run_query(store, PROBES["customer_map"]).rows == [
+            ("A", "D", 1), ("B", "D", 2), ("C", "D", 2), ("D", "D", 0)]
+
+
 DAILY_ROLLUP = """
 SELECT day, channel, touchpoint, uniqExactMerge(events), uniqExactMerge(customers)
 FROM touchpoints_daily GROUP BY day, channel, touchpoint ORDER BY day, channel, touchpoint
