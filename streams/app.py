@@ -590,7 +590,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
     async def _restore(runtime: Runtime, tp: Any) -> None:
         part = await _load_partition(runtime, tp.partition)
         # state and input must agree: continue right after the checkpointed offset
-        await app.consumer.seek(tp, part.offset + 1)
+        await seek(app.consumer, tp, part.offset + 1)
         runtime.next_offsets[tp] = part.offset + 1  # the lag is known from the start
 
     @app.on_partitions_assigned.connect
@@ -784,7 +784,7 @@ async def _seek_back(runtime: Runtime, tp: Any, expected: int, got: int) -> bool
         return False
     log.warning("partition %d: message at offset %d arrived while the state ends at %d; "
                 "seeking back to %d", tp.partition, got, expected - 1, expected)
-    await app.consumer.seek(tp, expected)
+    await seek(app.consumer, tp, expected)
     runtime.seeking[tp] = (expected, time.monotonic())
     return True
 
@@ -810,7 +810,7 @@ async def _seek_again(runtime: Runtime) -> None:
             continue
         log.warning("partition %d: offset %d has not arrived %.0f s after seeking back to it; "
                     "seeking again", tp.partition, expected, now - when)
-        await app.consumer.seek(tp, expected)
+        await seek(app.consumer, tp, expected)
         runtime.seeking[tp] = (expected, time.monotonic())
 
 
@@ -839,7 +839,7 @@ async def _unstall(runtime: Runtime, tp: Any, lag: int, done: int) -> None:
                 "state's next offset %d", tp.partition, lag, now - last[1], part.offset + 1)
     runtime.progress[tp] = (done, now)
     if runtime.app is not None:
-        await runtime.app.consumer.seek(tp, part.offset + 1)
+        await seek(runtime.app.consumer, tp, part.offset + 1)
 
 
 # A merge whose transfer is awaited this long holds its partition far beyond a normal hand-over.
@@ -987,6 +987,22 @@ async def _commit_checkpoint(runtime: Runtime, p: int, offset: int) -> None:
         if tp in app.consumer.assignment():
             await app.consumer._commit({tp: offset + 1})
     runtime.metrics.checkpoints.inc()
+
+
+async def seek(consumer: Any, tp: Any, offset: int) -> None:
+    """Seek `tp` to `offset`, from the consumer's own thread (what Faust's `Consumer.seek` does,
+    without its thread race).
+
+    Faust's `Consumer.seek` calls aiokafka's `seek` from the caller's thread, but aiokafka's
+    fetcher belongs to Faust's consumer thread, which may be going through its fetched records
+    at that moment: the seek deleted a partition's records under it, and the fetcher crashed
+    with a KeyError in `Fetcher.fetched_records` (seen in e2e worker logs right after a worker
+    restored a partition's checkpoint and sought to it; the worker died). Faust's own
+    `seek_wait` goes through the thread's `call_thread`; so does this.
+    """
+    thread = consumer._thread
+    await thread.call_thread(thread.seek, tp, offset)
+    consumer._read_offset[tp] = offset if offset else None  # as Consumer.seek: read again
 
 
 def partition_of(key: bytes, n_partitions: int) -> int:

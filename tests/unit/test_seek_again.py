@@ -9,23 +9,12 @@ from typing import Any
 
 from faust.types import TP
 
-from streams.app import SEEK_AGAIN_AFTER_S, _seek_again
-
-
-class _Consumer:
-    def __init__(self, assigned: set[TP]) -> None:
-        self.assigned = assigned
-        self.seeks: list[tuple[TP, int]] = []
-
-    def assignment(self) -> set[TP]:
-        return self.assigned
-
-    async def seek(self, tp: TP, offset: int) -> None:
-        self.seeks.append((tp, offset))
+from streams.app import SEEK_AGAIN_AFTER_S, _seek_again, seek
+from tests.unit.fake_consumer import Consumer
 
 
 def _runtime(assigned: set[TP], seeking: dict[TP, tuple[int, float]]) -> Any:
-    return SimpleNamespace(app=SimpleNamespace(consumer=_Consumer(assigned)), seeking=seeking)
+    return SimpleNamespace(app=SimpleNamespace(consumer=Consumer(assigned)), seeking=seeking)
 
 
 def test_an_old_open_seek_is_repeated_and_a_fresh_one_is_left_alone() -> None:
@@ -43,3 +32,17 @@ def test_a_seek_on_a_partition_no_longer_assigned_is_forgotten() -> None:
     runtime = _runtime(set(), {gone: (7, time.monotonic() - SEEK_AGAIN_AFTER_S - 1)})
     asyncio.run(_seek_again(runtime))
     assert runtime.app.consumer.seeks == [] and runtime.seeking == {}
+
+
+def test_the_seek_runs_on_the_consumers_thread_and_reads_from_there_again() -> None:
+    # Faust's Consumer.seek ran aiokafka's seek on the caller's thread while the fetcher went
+    # through its records on the consumer thread: a KeyError in fetched_records killed workers.
+    consumer = Consumer()
+    tp = TP("resolved", 3)
+    try:
+        asyncio.run(seek(consumer, tp, 41))
+        assert consumer.seeks == [(tp, 41)]
+        assert consumer._thread.seek_threads == [consumer._thread.thread]
+        assert consumer._read_offset[tp] == 41
+    finally:
+        consumer._thread.stop()

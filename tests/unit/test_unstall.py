@@ -13,6 +13,7 @@ from faust.types import TP
 
 from processors.chain import JourneyChain
 from streams.app import STALL_AFTER_S, PartitionState, _unstall
+from tests.unit.fake_consumer import Consumer
 from tests.unit.test_chain_hold import CONFIG
 
 TP0 = TP("resolved", 0)
@@ -21,14 +22,10 @@ TP0 = TP("resolved", 0)
 def _runtime(offset: int) -> Any:
     part = PartitionState(JourneyChain(CONFIG))
     part.offset = offset
-    seeks: list[tuple[Any, int]] = []
-
-    async def seek(tp: Any, to: int) -> None:
-        seeks.append((tp, to))
-
-    app = SimpleNamespace(consumer=SimpleNamespace(seek=seek))
+    consumer = Consumer()
+    app = SimpleNamespace(consumer=consumer)
     return SimpleNamespace(progress={}, partitions={0: part}, in_flight=set(), app=app,
-                           seeks=seeks)
+                           seeks=consumer.seeks)
 
 
 def test_a_partition_behind_without_progress_is_sought_to_its_states_end() -> None:
