@@ -199,7 +199,9 @@ class IdentityStore(Protocol):
     `begin(keys)` returns a graph holding at least those node keys and their customers' roots.
     `commit(graph)` writes the graph's changes atomically and returns True, or returns False
     when another writer changed any of the loaded nodes or roots since `begin` (then the batch
-    is decided again on fresh state). Both may block and retry while the store is unreachable.
+    is decided again on fresh state); when it returns True it has numbered the graph's merge
+    records in place (`MergeRecord.seq`: 1, 2, ... in the order of all commits to the store).
+    Both may block and retry while the store is unreachable.
     `holds_every_key`: `begin` hands out the whole graph whatever keys it is given, so the
     resolver need not gather them.
     """
