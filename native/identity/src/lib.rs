@@ -1,0 +1,786 @@
+//! Experiment (issue 3): the in-memory identity resolver's graph and decision loop in Rust.
+//!
+//! A port of `processors/identity.py` (`IdentityGraph`, `IdentityResolver._decide`,
+//! `_apply_event`, `_join_fresh`, `_fold`) over interned node keys, for the in-memory store
+//! only. Python still parses events, hashes identifiers and builds the outputs
+//! (`processors/identity_native.py`); this module decides and keeps the graph. The semantics
+//! must be exactly the Python ones: `bench/bench_identity_native.py --fingerprint` checks it.
+
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet};
+
+const NONE: u32 = u32::MAX;
+const NEVER: i64 = 1 << 62;
+
+fn rank(code: u8) -> u8 {
+    match code {
+        b'u' => 0,
+        b'k' => 1,
+        b'e' => 2,
+        b'd' => 3,
+        _ => 4,
+    }
+}
+
+fn kind_of(code: u8) -> &'static str {
+    match code {
+        b'a' => "anonymous_id",
+        b'd' => "device_id",
+        b'u' => "user_id",
+        b'e' => "email",
+        _ => "crm_id",
+    }
+}
+
+struct Root {
+    ts: i64,
+    key: u32,
+    uniq: Vec<(u8, u32)>, // kind code -> node, unique kinds only
+    size: i64,
+}
+
+struct Combo {
+    keys: Vec<u32>,
+    settled: Option<i64>, // the keys' latest first-seen time once found settled in one customer
+    stamp: u64,           // the batch that computed `limit`
+    limit: i64,
+}
+
+struct Merge {
+    loser: u32,
+    winner: u32,
+    ev: usize,
+    ts: i64,
+    shared: bool,
+}
+
+struct Clash {
+    unique: bool,
+    ev: usize,
+    ts: i64,
+    a: u32,
+    b: u32,
+    hashes: Vec<u32>,
+}
+
+#[derive(Default)]
+struct Decision {
+    merges: Vec<Merge>,
+    conflicts: Vec<Clash>,
+    link_keys: Vec<u32>,
+    dead: Vec<usize>,
+}
+
+/// The whole identity graph and the combinations' settled marks, for one in-memory resolver.
+#[pyclass(module = "journeymap_native")]
+pub struct NativeIdentityCore {
+    salt: Vec<u8>,
+    ignored: HashSet<String>, // Python's `v.strip().lower()` of each ignored placeholder
+    unique: [bool; 128],
+    max_linked: i64,
+    keys: Vec<String>,
+    key_ix: HashMap<String, u32>,
+    ncid: Vec<u32>,
+    nfirst: Vec<i64>,
+    nlinked: Vec<i64>,
+    nstamp: Vec<u64>, // the batch that last listed the node in `link_keys`
+    cnames: Vec<String>,
+    cix: HashMap<String, u32>,
+    cpy: Vec<Option<Py<PyString>>>,
+    roots: Vec<Option<Root>>,
+    members: Vec<Vec<u32>>,
+    combos: Vec<Combo>,
+    batch: u64,
+    // raw combinations (kind order) -> (combination, values ignored), by an FNV-1a hash
+    raw_ix: HashMap<u64, Vec<(Vec<(String, String)>, usize, usize)>>,
+}
+
+impl NativeIdentityCore {
+    fn is_unique(&self, node: u32) -> bool {
+        self.unique[self.code(node) as usize]
+    }
+
+    fn code(&self, node: u32) -> u8 {
+        self.keys[node as usize].as_bytes()[0]
+    }
+
+    /// (ts_a, key_a) < (ts_b, key_b), keys compared as strings
+    fn earlier(&self, ts_a: i64, a: u32, ts_b: i64, b: u32) -> bool {
+        ts_a < ts_b || (ts_a == ts_b && self.keys[a as usize] < self.keys[b as usize])
+    }
+
+    fn intern_key(&mut self, key: &str) -> u32 {
+        if let Some(&n) = self.key_ix.get(key) {
+            return n;
+        }
+        let n = self.keys.len() as u32;
+        self.keys.push(key.to_owned());
+        self.key_ix.insert(key.to_owned(), n);
+        self.ncid.push(NONE);
+        self.nfirst.push(0);
+        self.nlinked.push(0);
+        self.nstamp.push(0);
+        n
+    }
+
+    /// The customer slot of `customer_id_for(key)`.
+    fn customer_for(&mut self, node: u32) -> u32 {
+        let name = format!("c_{}", &self.keys[node as usize][1..17]);
+        if let Some(&c) = self.cix.get(&name) {
+            return c;
+        }
+        let c = self.cnames.len() as u32;
+        self.cix.insert(name.clone(), c);
+        self.cnames.push(name);
+        self.cpy.push(None);
+        self.roots.push(None);
+        self.members.push(Vec::new());
+        c
+    }
+
+    fn cid_py(&mut self, py: Python<'_>, c: u32) -> Py<PyString> {
+        let slot = &mut self.cpy[c as usize];
+        if slot.is_none() {
+            *slot = Some(PyString::new_bound(py, &self.cnames[c as usize]).unbind());
+        }
+        slot.as_ref().unwrap().clone_ref(py)
+    }
+
+    fn link(&mut self, d: &mut Decision, node: u32) {
+        if self.nstamp[node as usize] != self.batch {
+            self.nstamp[node as usize] = self.batch;
+            d.link_keys.push(node);
+        }
+    }
+
+    fn add(&mut self, node: u32, ts: i64) -> u32 {
+        let c = self.customer_for(node);
+        self.ncid[node as usize] = c;
+        self.nfirst[node as usize] = ts;
+        let uniq = if self.is_unique(node) { vec![(self.code(node), node)] } else { vec![] };
+        self.roots[c as usize] = Some(Root { ts, key: node, uniq, size: 1 });
+        self.members[c as usize] = vec![node];
+        c
+    }
+
+    fn attach(&mut self, node: u32, ts: i64, c: u32) {
+        self.ncid[node as usize] = c;
+        self.nfirst[node as usize] = ts;
+        self.members[c as usize].push(node);
+        let code = self.code(node);
+        let unique = self.is_unique(node);
+        let root = self.roots[c as usize].as_mut().unwrap();
+        if unique {
+            set_uniq(&mut root.uniq, code, node);
+        }
+        root.size += 1;
+    }
+
+    fn move_customer(&mut self, src: u32, dst: u32) {
+        let moved = std::mem::take(&mut self.members[src as usize]);
+        for &k in &moved {
+            self.ncid[k as usize] = dst;
+        }
+        self.members[dst as usize].extend(moved);
+        let old = self.roots[src as usize].take().unwrap();
+        match self.roots[dst as usize].take() {
+            None => self.roots[dst as usize] = Some(old),
+            Some(mut into) => {
+                if self.earlier(old.ts, old.key, into.ts, into.key) {
+                    into.ts = old.ts;
+                    into.key = old.key;
+                }
+                for (code, k) in old.uniq {
+                    set_uniq(&mut into.uniq, code, k);
+                }
+                into.size += old.size;
+                self.roots[dst as usize] = Some(into);
+            }
+        }
+    }
+
+    fn saturated(&self, node: u32) -> bool {
+        !self.is_unique(node) && 1 + self.nlinked[node as usize] >= self.max_linked
+    }
+
+    fn root(&self, c: u32) -> &Root {
+        self.roots[c as usize].as_ref().unwrap()
+    }
+
+    fn apply_event(&mut self, d: &mut Decision, ev: usize, ts: i64, keys: &[u32]) -> u32 {
+        let mut fresh: Vec<u32> = Vec::new();
+        for &key in keys {
+            let c = self.ncid[key as usize];
+            if c == NONE {
+                fresh.push(key);
+                self.link(d, key);
+                continue;
+            }
+            if ts < self.nfirst[key as usize] {
+                self.nfirst[key as usize] = ts;
+                self.link(d, key);
+                let (rts, rkey) = {
+                    let r = self.root(c);
+                    (r.ts, r.key)
+                };
+                if self.earlier(ts, key, rts, rkey) {
+                    {
+                        let r = self.roots[c as usize].as_mut().unwrap();
+                        r.ts = ts;
+                        r.key = key;
+                    }
+                    let new_c = self.customer_for(key);
+                    if new_c != c {
+                        self.move_customer(c, new_c);
+                        d.merges.push(Merge { loser: c, winner: new_c, ev, ts, shared: false });
+                    }
+                }
+            }
+        }
+        let mut known: Vec<u32> = Vec::with_capacity(keys.len());
+        for &k in keys {
+            let c = self.ncid[k as usize];
+            if c != NONE && !known.contains(&c) {
+                known.push(c);
+            }
+        }
+        if fresh.is_empty() {
+            if known.len() == 1 {
+                return keys[0];
+            }
+            return self.fold(d, ev, ts, keys, &fresh);
+        }
+        if known.len() <= 1 && self.join_fresh(&known, &fresh, ts) {
+            return keys[0];
+        }
+        for &key in &fresh {
+            self.add(key, ts);
+        }
+        self.fold(d, ev, ts, keys, &fresh)
+    }
+
+    fn join_fresh(&mut self, known: &[u32], fresh: &[u32], ts: i64) -> bool {
+        let target;
+        if let Some(&t) = known.first() {
+            target = t;
+            let root = self.root(t);
+            for &key in fresh {
+                let code = self.code(key);
+                if root.uniq.iter().any(|&(c, _)| c == code)
+                    || self.earlier(ts, key, root.ts, root.key)
+                {
+                    return false;
+                }
+            }
+        } else {
+            if fresh.len() == 1 {
+                self.add(fresh[0], ts);
+                return true;
+            }
+            let smallest =
+                *fresh.iter().min_by(|&&a, &&b| self.keys[a as usize].cmp(&self.keys[b as usize])).unwrap();
+            target = self.add(smallest, ts);
+        }
+        for &key in fresh {
+            if self.ncid[key as usize] == NONE {
+                self.attach(key, ts, target);
+            }
+        }
+        true
+    }
+
+    fn fold(&mut self, d: &mut Decision, ev: usize, ts: i64, keys: &[u32], fresh: &[u32]) -> u32 {
+        // customer -> its keys among the event's, in the event's key order
+        let mut groups: Vec<(u32, Vec<u32>)> = Vec::new();
+        for &key in keys {
+            let c = self.ncid[key as usize];
+            match groups.iter_mut().find(|g| g.0 == c) {
+                Some(g) => g.1.push(key),
+                None => groups.push((c, vec![key])),
+            }
+        }
+        let strength = |s: &Self, g: &(u32, Vec<u32>)| {
+            let best = g.1.iter().map(|&k| (s.saturated(k), rank(s.code(k)))).min().unwrap();
+            let r = s.root(g.0);
+            (best, r.ts, r.key)
+        };
+        let mut keyed: Vec<((bool, u8), i64, u32, usize)> = groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                let (b, t, k) = strength(self, g);
+                (b, t, k, i)
+            })
+            .collect();
+        keyed.sort_by(|x, y| {
+            x.0.cmp(&y.0)
+                .then(x.1.cmp(&y.1))
+                .then_with(|| self.keys[x.2 as usize].cmp(&self.keys[y.2 as usize]))
+                .then(x.3.cmp(&y.3))
+        });
+        let ordered: Vec<&(u32, Vec<u32>)> = keyed.iter().map(|x| &groups[x.3]).collect();
+        let first_keys = &ordered[0].1;
+        let mut anchor = first_keys[0];
+        for &k in first_keys.iter() {
+            if rank(self.code(k)) < rank(self.code(anchor)) {
+                anchor = k;
+            }
+        }
+        let mut group_keys: Vec<u32> = first_keys.clone();
+        let mut group_known = !group_keys.iter().all(|k| fresh.contains(k));
+        for &(_, comp_keys) in &ordered[1..] {
+            let comp_keys = comp_keys.clone();
+            let cid = self.ncid[comp_keys[0] as usize];
+            let group_cid = self.ncid[group_keys[0] as usize];
+            if cid == group_cid {
+                group_keys.extend(comp_keys);
+                continue;
+            }
+            let (g_root, c_root) = (self.root(group_cid), self.root(cid));
+            let mut clash: Vec<u32> = Vec::new();
+            for &(code, key) in &c_root.uniq {
+                if let Some(&(_, gk)) = g_root.uniq.iter().find(|&&(c, _)| c == code) {
+                    if gk != key {
+                        clash.push(gk);
+                        clash.push(key);
+                    }
+                }
+            }
+            if !clash.is_empty() {
+                d.conflicts.push(Clash { unique: true, ev, ts, a: group_cid, b: cid, hashes: clash });
+                continue;
+            }
+            let comp_known = !comp_keys.iter().all(|k| fresh.contains(k));
+            if group_known && comp_known {
+                let g_ok: Vec<u32> = group_keys.iter().copied().filter(|&k| !self.saturated(k)).collect();
+                let c_ok: Vec<u32> = comp_keys.iter().copied().filter(|&k| !self.saturated(k)).collect();
+                if g_ok.is_empty() || c_ok.is_empty() {
+                    let blocked: Vec<u32> = group_keys
+                        .iter()
+                        .chain(comp_keys.iter())
+                        .copied()
+                        .filter(|&k| self.saturated(k))
+                        .collect();
+                    d.conflicts.push(Clash { unique: false, ev, ts, a: group_cid, b: cid, hashes: blocked });
+                    continue;
+                }
+                for k in g_ok.into_iter().chain(c_ok) {
+                    if !self.is_unique(k) {
+                        self.nlinked[k as usize] += 1;
+                    }
+                }
+            }
+            let (g_ts, g_key) = (self.root(group_cid).ts, self.root(group_cid).key);
+            let (c_ts, c_key) = (self.root(cid).ts, self.root(cid).key);
+            let (winner, loser, loser_known) = if self.earlier(c_ts, c_key, g_ts, g_key) {
+                (cid, group_cid, group_known)
+            } else {
+                (group_cid, cid, comp_known)
+            };
+            self.move_customer(loser, winner);
+            if loser_known {
+                let winner_known = if winner == cid { comp_known } else { group_known };
+                d.merges.push(Merge { loser, winner, ev, ts, shared: winner_known });
+            }
+            group_keys.extend(comp_keys);
+            group_known = group_known || comp_known;
+        }
+        anchor
+    }
+}
+
+/// `IDENTITY_KINDS` order (anonymous, device, user, email, crm): `Identities.items()`'s.
+fn kind_order(code: u8) -> u8 {
+    match code {
+        b'a' => 0,
+        b'd' => 1,
+        b'u' => 2,
+        b'e' => 3,
+        _ => 4,
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn code_of(kind: &str) -> Option<u8> {
+    Some(match kind {
+        "anonymous_id" => b'a',
+        "device_id" => b'd',
+        "user_id" => b'u',
+        "email" => b'e',
+        "crm_id" => b'k',
+        _ => return None,
+    })
+}
+
+/// Python's `str.strip()` of an ASCII string: its whitespace includes \x1c-\x1f.
+fn python_strip(s: &str) -> &str {
+    s.trim_matches(|c: char| matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c' | '\x1c'..='\x1f'))
+}
+
+fn set_uniq(uniq: &mut Vec<(u8, u32)>, code: u8, node: u32) {
+    match uniq.iter_mut().find(|e| e.0 == code) {
+        Some(e) => e.1 = node,
+        None => uniq.push((code, node)),
+    }
+}
+
+#[pymethods]
+impl NativeIdentityCore {
+    #[new]
+    fn new(unique_codes: &str, max_linked: i64, salt: &str, ignored: Vec<String>) -> Self {
+        let mut unique = [false; 128];
+        for b in unique_codes.bytes() {
+            unique[b as usize] = true;
+        }
+        NativeIdentityCore {
+            salt: salt.as_bytes().to_vec(),
+            ignored: ignored.into_iter().collect(),
+            unique,
+            max_linked,
+            keys: Vec::new(),
+            key_ix: HashMap::new(),
+            ncid: Vec::new(),
+            nfirst: Vec::new(),
+            nlinked: Vec::new(),
+            nstamp: Vec::new(),
+            cnames: Vec::new(),
+            cix: HashMap::new(),
+            cpy: Vec::new(),
+            roots: Vec::new(),
+            members: Vec::new(),
+            combos: Vec::new(),
+            batch: 0,
+            raw_ix: HashMap::new(),
+        }
+    }
+
+    /// Register an identity combination (its node keys, in kind order); returns its index.
+    fn add_combo(&mut self, keys: Vec<String>) -> usize {
+        let nodes = keys.iter().map(|k| self.intern_key(k)).collect();
+        self.combos.push(Combo { keys: nodes, settled: None, stamp: 0, limit: NEVER });
+        self.combos.len() - 1
+    }
+
+    /// Register a combination from its raw (kind, value) pairs in kind order, hashing them as
+    /// `IdentityResolver.key_of` does: returns (index, node keys, values ignored), or None when
+    /// a value is not ASCII (Python's `strip` and `lower` then decide; see `python_strip`).
+    fn add_combo_raw(&mut self, pairs: Vec<(String, String)>) -> Option<(usize, Vec<String>, usize)> {
+        if pairs.iter().any(|(_, v)| !v.is_ascii()) {
+            return None;
+        }
+        let mut keys: Vec<String> = Vec::with_capacity(pairs.len());
+        let mut n_ignored = 0;
+        for (kind, value) in &pairs {
+            let mut norm = python_strip(value).to_owned();
+            if kind == "email" {
+                norm.make_ascii_lowercase();
+            }
+            if self.ignored.contains(&norm.to_ascii_lowercase()) {
+                n_ignored += 1;
+                continue;
+            }
+            let mut h = Sha256::new();
+            h.update(&self.salt);
+            h.update(kind.as_bytes());
+            h.update(b":");
+            h.update(norm.as_bytes());
+            let digest = h.finalize();
+            let mut key = String::with_capacity(65);
+            key.push(code_of(kind)? as char);
+            for b in digest {
+                key.push(HEX[(b >> 4) as usize] as char);
+                key.push(HEX[(b & 15) as usize] as char);
+            }
+            keys.push(key);
+        }
+        let index = self.add_combo(keys.clone());
+        Some((index, keys, n_ignored))
+    }
+
+    /// Each event's combination index (-1: Python must make it; a value is not ASCII or a
+    /// kind unknown) and the values ignored over the events with an index; the combination is
+    /// looked up by its (kind, value) pairs in kind order, registered and hashed when new.
+    fn prepare(&mut self, accepted: &Bound<'_, PyAny>) -> PyResult<(Vec<i64>, usize)> {
+        let py = accepted.py();
+        let mut out: Vec<i64> = Vec::new();
+        let mut n_ignored = 0usize;
+        let mut vals: Vec<Bound<'_, PyAny>> = Vec::with_capacity(5);
+        for ev in accepted.iter()? {
+            let ids_any = ev?.getattr(intern!(py, "identities"))?;
+            let ids = ids_any.downcast::<PyDict>()?;
+            vals.clear();
+            let mut pairs: Vec<(u8, &str, &str)> = Vec::with_capacity(5);
+            let mut ok = true;
+            for (k, v) in ids.iter() {
+                vals.push(k);
+                vals.push(v);
+            }
+            for kv in vals.chunks(2) {
+                let (Ok(k), Ok(v)) = (kv[0].downcast::<PyString>(), kv[1].downcast::<PyString>()) else {
+                    ok = false;
+                    break;
+                };
+                let (k, v) = (k.to_str()?, v.to_str()?);
+                match code_of(k) {
+                    Some(c) if v.is_ascii() => pairs.push((kind_order(c), k, v)),
+                    _ => {
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+            if !ok {
+                out.push(-1);
+                continue;
+            }
+            pairs.sort_unstable_by_key(|p| p.0);
+            let mut h: u64 = 0xcbf29ce484222325;
+            for (_, k, v) in &pairs {
+                for b in k.bytes().chain(std::iter::once(0)).chain(v.bytes()).chain(std::iter::once(1)) {
+                    h = (h ^ b as u64).wrapping_mul(0x100000001b3);
+                }
+            }
+            let found = self.raw_ix.get(&h).and_then(|list| {
+                list.iter()
+                    .find(|(raw, _, _)| {
+                        raw.len() == pairs.len()
+                            && raw.iter().zip(&pairs).all(|(a, b)| a.0 == b.1 && a.1 == b.2)
+                    })
+                    .map(|e| (e.1, e.2))
+            });
+            let (index, ignored) = match found {
+                Some(hit) => hit,
+                None => {
+                    let raw: Vec<(String, String)> =
+                        pairs.iter().map(|p| (p.1.to_owned(), p.2.to_owned())).collect();
+                    let (index, _, ignored) = self.add_combo_raw(raw.clone()).unwrap();
+                    self.raw_ix.entry(h).or_default().push((raw, index, ignored));
+                    (index, ignored)
+                }
+            };
+            n_ignored += ignored;
+            out.push(index as i64);
+        }
+        Ok((out, n_ignored))
+    }
+
+    /// Decide one batch: `combos[i]` and `ts[i]` are event i's combination and time.
+    /// Returns (customer id or None per event, merges, conflicts, links, dead indices).
+    #[allow(clippy::type_complexity)]
+    fn decide(
+        &mut self,
+        py: Python<'_>,
+        accepted: &Bound<'_, PyAny>,
+        combos: Vec<usize>,
+        ts: Vec<i64>,
+    ) -> PyResult<(PyObject, PyObject, PyObject, PyObject, PyObject)> {
+        let n = combos.len();
+        if ts.len() != n {
+            return Err(pyo3::exceptions::PyValueError::new_err("combos and ts differ in length"));
+        }
+        self.batch += 1;
+        let batch = self.batch;
+        // settled marks: each distinct combination once per batch
+        for &ci in &combos {
+            if self.combos[ci].stamp == batch {
+                continue;
+            }
+            let limit = match self.combos[ci].settled {
+                Some(t) => t,
+                None => {
+                    let keys = &self.combos[ci].keys;
+                    let mut limit = NEVER;
+                    if let Some(&k0) = keys.first() {
+                        let c0 = self.ncid[k0 as usize];
+                        if c0 != NONE && keys.iter().all(|&k| self.ncid[k as usize] == c0) {
+                            limit = keys.iter().map(|&k| self.nfirst[k as usize]).max().unwrap();
+                            self.combos[ci].settled = Some(limit);
+                        }
+                    }
+                    limit
+                }
+            };
+            let c = &mut self.combos[ci];
+            c.stamp = batch;
+            c.limit = limit;
+        }
+        let mut anchors: Vec<u32> = Vec::with_capacity(n);
+        let mut slow: Vec<usize> = Vec::new();
+        for i in 0..n {
+            let c = &self.combos[combos[i]];
+            if ts[i] >= c.limit {
+                anchors.push(c.keys[0]);
+            } else {
+                anchors.push(NONE);
+                slow.push(i);
+            }
+        }
+        let mut d = Decision::default();
+        let ev_id = |i: usize| -> PyResult<String> {
+            accepted.get_item(i)?.getattr(intern!(py, "event_id"))?.extract::<String>()
+        };
+        if !slow.is_empty() {
+            slow.sort_by_key(|&i| ts[i]);
+            let mut s = 0;
+            while s < slow.len() {
+                let mut e = s + 1;
+                while e < slow.len() && ts[slow[e]] == ts[slow[s]] {
+                    e += 1;
+                }
+                if e - s > 1 {
+                    let mut run: Vec<(String, usize)> = Vec::with_capacity(e - s);
+                    for &i in &slow[s..e] {
+                        run.push((ev_id(i)?, i));
+                    }
+                    run.sort_by(|a, b| a.0.cmp(&b.0)); // stable: then input order
+                    for (j, (_, i)) in run.into_iter().enumerate() {
+                        slow[s + j] = i;
+                    }
+                }
+                s = e;
+            }
+            for &i in &slow {
+                let t = ts[i];
+                let ci = combos[i];
+                let nkeys = self.combos[ci].keys.len();
+                if nkeys == 0 {
+                    d.dead.push(i);
+                    continue;
+                }
+                let k0 = self.combos[ci].keys[0];
+                let c0 = self.ncid[k0 as usize];
+                if c0 == NONE {
+                    if nkeys == 1 {
+                        self.add(k0, t);
+                        self.link(&mut d, k0);
+                        anchors[i] = k0;
+                        continue;
+                    }
+                } else if t >= self.nfirst[k0 as usize] {
+                    let keys = &self.combos[ci].keys;
+                    if keys[1..]
+                        .iter()
+                        .all(|&k| self.ncid[k as usize] == c0 && t >= self.nfirst[k as usize])
+                    {
+                        anchors[i] = k0;
+                        continue;
+                    }
+                }
+                let keys = self.combos[ci].keys.clone();
+                anchors[i] = self.apply_event(&mut d, i, t, &keys);
+            }
+        }
+        // outputs
+        let mut out_anchors: Vec<PyObject> = Vec::with_capacity(n);
+        for &a in &anchors {
+            if a == NONE {
+                out_anchors.push(py.None());
+            } else {
+                let c = self.ncid[a as usize];
+                out_anchors.push(self.cid_py(py, c).into_any());
+            }
+        }
+        let mut merges: Vec<PyObject> = Vec::with_capacity(d.merges.len());
+        for m in &d.merges {
+            let reason = if m.shared { "shared_identifier" } else { "earlier_evidence" };
+            let t = (
+                self.cid_py(py, m.loser),
+                self.cid_py(py, m.winner),
+                accepted.get_item(m.ev)?.getattr(intern!(py, "event_id"))?,
+                m.ts,
+                reason,
+            );
+            merges.push(t.into_py(py));
+        }
+        let mut conflicts: Vec<PyObject> = Vec::with_capacity(d.conflicts.len());
+        for c in &d.conflicts {
+            let mut hashes: Vec<&str> = c.hashes.iter().map(|&k| &self.keys[k as usize][1..]).collect();
+            hashes.sort();
+            let hashes = PyTuple::new_bound(py, hashes).unbind();
+            let reason = if c.unique { "unique_kind" } else { "max_customers" };
+            let t = (
+                reason,
+                accepted.get_item(c.ev)?.getattr(intern!(py, "event_id"))?,
+                c.ts,
+                self.cid_py(py, c.a),
+                self.cid_py(py, c.b),
+                hashes,
+            );
+            conflicts.push(t.into_py(py));
+        }
+        let mut links: Vec<PyObject> = Vec::with_capacity(d.link_keys.len());
+        for &k in &d.link_keys {
+            let c = self.ncid[k as usize];
+            let cid = self.cid_py(py, c);
+            let key = &self.keys[k as usize];
+            let t = (cid, kind_of(key.as_bytes()[0]), &key[1..], self.nfirst[k as usize]);
+            links.push(t.into_py(py));
+        }
+        Ok((
+            PyList::new_bound(py, out_anchors).into_any().unbind(),
+            PyList::new_bound(py, merges).into_any().unbind(),
+            PyList::new_bound(py, conflicts).into_any().unbind(),
+            PyList::new_bound(py, links).into_any().unbind(),
+            PyList::new_bound(py, d.dead).into_any().unbind(),
+        ))
+    }
+
+    fn customer_of(&self, key: &str) -> Option<String> {
+        let &n = self.key_ix.get(key)?;
+        let c = self.ncid[n as usize];
+        (c != NONE).then(|| self.cnames[c as usize].clone())
+    }
+
+    fn members_of(&self, customer_id: &str) -> Vec<(String, i64)> {
+        match self.cix.get(customer_id) {
+            Some(&c) if self.roots[c as usize].is_some() => self.members[c as usize]
+                .iter()
+                .map(|&k| (self.keys[k as usize].clone(), self.nfirst[k as usize]))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The whole graph: ([(key, customer, first_seen, linked)], [(customer, earliest_ts,
+    /// earliest_key, [(code, key)], size, [member keys])]).
+    #[allow(clippy::type_complexity)]
+    fn export(&self) -> (Vec<(String, String, i64, i64)>, Vec<(String, i64, String, Vec<(String, String)>, i64, Vec<String>)>) {
+        let nodes = (0..self.keys.len())
+            .filter(|&n| self.ncid[n] != NONE)
+            .map(|n| {
+                (self.keys[n].clone(), self.cnames[self.ncid[n] as usize].clone(), self.nfirst[n], self.nlinked[n])
+            })
+            .collect();
+        let roots = (0..self.cnames.len())
+            .filter_map(|c| {
+                let r = self.roots[c].as_ref()?;
+                Some((
+                    self.cnames[c].clone(),
+                    r.ts,
+                    self.keys[r.key as usize].clone(),
+                    r.uniq
+                        .iter()
+                        .map(|&(code, k)| ((code as char).to_string(), self.keys[k as usize].clone()))
+                        .collect(),
+                    r.size,
+                    self.members[c].iter().map(|&k| self.keys[k as usize].clone()).collect(),
+                ))
+            })
+            .collect();
+        (nodes, roots)
+    }
+
+    fn __len__(&self) -> usize {
+        self.ncid.iter().filter(|&&c| c != NONE).count()
+    }
+}
+
+#[pymodule]
+fn journeymap_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<NativeIdentityCore>()?;
+    Ok(())
+}
