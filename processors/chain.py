@@ -45,11 +45,10 @@ from processors.funnels import FunnelTracker, FunnelTransition
 from processors.identity import (
     Conflict,
     IdentityLink,
-    IdentityResolver,
     IdentityStore,
-    InMemoryIdentityStore,
     MergeRecord,
 )
+from processors.identity_native import new_resolver
 from processors.journeys import (
     CustomerState,
     JourneyProcessor,
@@ -171,9 +170,8 @@ class JourneyChain:
         segment_of: SegmentOf | None = None,
     ) -> None:
         self.config = config
-        self.resolver = IdentityResolver(
-            config.identity, config.identity_salt, identity_store or InMemoryIdentityStore()
-        )
+        # native (Rust) for the in-memory graph when installed, else Python: identity.engine
+        self.resolver = new_resolver(config.identity, config.identity_salt, identity_store)
         self.journeys = JourneyProcessor(config)
         # Corrections carry only the changed cells (the sink's views read the latest row of each
         # cell, migration 0011): a whole-pane re-emission costs every cell of a busy hour.

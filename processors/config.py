@@ -108,6 +108,9 @@ class IdentityConfig(_Frozen):
     # One identifier may link at most this many otherwise separate customers.
     max_customers_per_identifier: Annotated[int, Field(ge=1)] = 5
     ignored_values: list[str] = ["", "null", "none", "undefined", "0", "anonymous", "nan", "-"]
+    # Who decides for an in-memory graph (replay, demo): the Rust core when it is installed
+    # (`auto`), always Python, or always native (an error when not installed). Same outputs.
+    engine: Literal["auto", "python", "native"] = "auto"
 
     @field_validator("unique_kinds")
     @classmethod

@@ -1,13 +1,18 @@
-"""Experiment (issue 3): the in-memory identity resolver with its graph and decisions in Rust.
+"""The in-memory identity resolver with its graph and decisions in Rust, and the engine choice.
 
 :class:`NativeIdentityResolver` has :class:`~processors.identity.IdentityResolver`'s contract
-(``resolve_batch(events) -> ResolveResult``, the same outputs to the last field) for the
-in-memory store only. Python still reads each event's identities and time, hashes new
-identifiers (``key_of``) and builds the outputs; the graph (union-find with a flat customer per
-node, first-seen times, roots, members, link counts) and every decision (the settled marks,
-the fast paths, ``_apply_event``, ``_join_fresh``, ``_fold``) are the Rust port in
-``native/identity/src/lib.rs`` (module ``journeymap_native``, built with maturin).
-``bench/bench_identity_native.py --fingerprint`` checks it against the Python resolver.
+(``resolve_batch(events) -> ResolveResult``, the same outputs to the last field, merges numbered
+by ``seq`` as :class:`~processors.identity.InMemoryIdentityStore` numbers them) for the in-memory
+store only; the Redis store stays Python. The graph (union-find with a flat customer per node,
+first-seen times, roots, members, link counts), every decision (the settled marks, the fast
+paths, ``_apply_event``, ``_join_fresh``, ``_fold``), hashing of ASCII identifiers and each
+event's combination lookup are the Rust port in ``native/identity/src/lib.rs`` (the separate
+package ``journeymap_native``, built by maturin: ``pip install ./native/identity``). Python
+reads event times and builds the outputs; identifiers that are not ASCII go through ``key_of``.
+
+:func:`new_resolver` picks the engine (``identity.engine``: ``auto``, ``python``, ``native``).
+A native resolver pickles as plain data (its graph) and unpickles as a native one, or as the
+Python resolver over the same graph where the module is not installed.
 """
 
 from __future__ import annotations
@@ -15,10 +20,10 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from itertools import compress, repeat, starmap
 from operator import attrgetter
-
-from journeymap_native import NativeIdentityCore  # type: ignore[import-not-found]
+from typing import Any
 
 from processors.config import IdentityConfig
+from processors.errors import ConfigError
 from processors.events import ResolvedEvent, TouchpointEvent, event_times_ms
 from processors.identity import (
     _HASH_CACHE_MAX,
@@ -27,6 +32,8 @@ from processors.identity import (
     IdentityGraph,
     IdentityLink,
     IdentityResolver,
+    IdentityStore,
+    InMemoryIdentityStore,
     MergeRecord,
     ResolveResult,
     Root,
@@ -34,50 +41,86 @@ from processors.identity import (
     number_merges,
 )
 
+try:
+    from journeymap_native import NativeIdentityCore  # type: ignore[import-not-found]
+except ImportError as exc:  # the package is optional: the Python resolver does the same
+    NativeIdentityCore = None
+    NATIVE_IMPORT_ERROR: str | None = str(exc)
+else:
+    NATIVE_IMPORT_ERROR = None
+
+NATIVE_AVAILABLE = NativeIdentityCore is not None
 _NATIVE: attrgetter[int] = attrgetter("native")
+# A graph as plain data: ([(key, customer, first_seen, linked)],
+# [(customer, earliest_ts, earliest_key, [(code, key)], size, [member keys])]).
+GraphState = tuple[list[tuple[str, str, int, int]],
+                   list[tuple[str, int, str, list[tuple[str, str]], int, list[str]]]]
+
+
+def _not_built() -> ConfigError:
+    return ConfigError(
+        "identity.engine = 'native' but the native identity core (Python module "
+        f"journeymap_native) cannot be imported ({NATIVE_IMPORT_ERROR}): build it with "
+        "`pip install ./native/identity` (needs Rust's cargo; scripts/install-deps.sh does it), "
+        "or set identity.engine to 'auto' or 'python' (env JOURNEYMAP_IDENTITY__ENGINE)"
+    )
 
 
 class _NativeCombo(_Combo):
     __slots__ = ("native",)
 
 
+def graph_from_state(state: GraphState) -> IdentityGraph:
+    """An :class:`IdentityGraph` holding `state` (the form of ``NativeIdentityCore.export``)."""
+    nodes, roots = state
+    g = IdentityGraph()
+    for key, cid, first, linked in nodes:
+        g.cid[key], g.first[key] = cid, first
+        if linked:
+            g.linked[key] = linked
+    for cid, ts, key, uniq, size, members in roots:
+        g.roots[cid] = Root(ts, key, dict(uniq), size)
+        g.members[cid] = list(members)
+    return g
+
+
 class NativeInMemoryStore:
-    """The graph, held by the Rust core; `graph` copies it out as an :class:`IdentityGraph`."""
+    """The graph, held by the Rust core; `graph` copies it out as an :class:`IdentityGraph`.
+
+    The native resolver decides and commits in one call, so `begin` and `commit` are not part
+    of its work; `merge_seq` counts the merges committed, as :class:`InMemoryIdentityStore`'s.
+    """
 
     holds_every_key = True
 
-    def __init__(self, core: NativeIdentityCore) -> None:
+    def __init__(self, core: Any) -> None:
         self.core = core
         self.merge_seq = 0
 
     @property
     def graph(self) -> IdentityGraph:
-        nodes, roots = self.core.export()
-        g = IdentityGraph()
-        for key, cid, first, linked in nodes:
-            g.cid[key], g.first[key] = cid, first
-            if linked:
-                g.linked[key] = linked
-        for cid, ts, key, uniq, size, members in roots:
-            g.roots[cid] = Root(ts, key, dict(uniq), size)
-            g.members[cid] = members
-        return g
+        return graph_from_state(self.core.export())
 
-    def begin(self, keys: Collection[str]) -> IdentityGraph:  # pragma: no cover - not used
-        raise NotImplementedError("the native core decides and commits in one call")
+    def begin(self, keys: Collection[str]) -> IdentityGraph:
+        raise TypeError("the native core decides and commits in one call (resolve_batch)")
 
-    def commit(self, graph: IdentityGraph) -> bool:  # pragma: no cover - not used
-        raise NotImplementedError("the native core decides and commits in one call")
+    def commit(self, graph: IdentityGraph) -> bool:
+        raise TypeError("the native core decides and commits in one call (resolve_batch)")
 
     def customer_of(self, key: str) -> str | None:
-        return self.core.customer_of(key)
+        return self.core.customer_of(key)  # type: ignore[no-any-return]
 
     def members_of(self, customer_id: str) -> list[tuple[str, int]]:
-        return self.core.members_of(customer_id)
+        return self.core.members_of(customer_id)  # type: ignore[no-any-return]
 
 
 class NativeIdentityResolver(IdentityResolver):
-    """:class:`IdentityResolver` on the in-memory store, deciding in Rust (see the module doc)."""
+    """:class:`IdentityResolver` on the in-memory store, deciding in Rust (see the module doc).
+
+    `combo_cap` bounds the identity combinations the core remembers (the same bound as the
+    Python resolver's, 1,000,000): when a batch starts with that many, they are all forgotten
+    and made again as they come (a cache: the outputs do not change).
+    """
 
     def __init__(
         self,
@@ -86,6 +129,8 @@ class NativeIdentityResolver(IdentityResolver):
         native_hashing: bool = True,
         native_prepare: bool = True,
     ) -> None:
+        if NativeIdentityCore is None:
+            raise _not_built()
         super().__init__(config, salt)
         self.core = NativeIdentityCore(
             "".join(sorted(self._unique)), self._max_linked, salt, sorted(self._ignored)
@@ -94,7 +139,13 @@ class NativeIdentityResolver(IdentityResolver):
         self.native_hashing = native_hashing
         # Each event's combination looked up in Rust from its identities (else `_prepare`)
         self.native_prepare = native_prepare and native_hashing
+        self.combo_cap = _HASH_CACHE_MAX
         self.store = NativeInMemoryStore(self.core)  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        store: NativeInMemoryStore = self.store  # type: ignore[assignment]
+        return (_restore, (self.config, self.salt, self.core.export(), store.merge_seq,
+                           dict(self.totals)))
 
     def _combo_of(self, combo: tuple[tuple[str, str], ...], ev: TouchpointEvent) -> _Combo:
         items = combo if len(combo) == 1 else ev.identities.items()
@@ -107,12 +158,13 @@ class NativeIdentityResolver(IdentityResolver):
             index, hashed, n_ignored = raw
             hit = _NativeCombo(tuple(hashed), n_ignored)
             hit.native = index
-        if len(self._combos) >= _HASH_CACHE_MAX:
-            self._combos.clear()
         self._combos[combo] = hit
         return hit
 
     def resolve_batch(self, accepted: Sequence[TouchpointEvent]) -> ResolveResult:
+        if self.core.n_combos() >= self.combo_cap:  # both sides: Python's hold core indices
+            self.core.clear_combos()
+            self._combos.clear()
         if self.native_prepare:
             indices, n_ignored = self.core.prepare(accepted)
             for i in [i for i, c in enumerate(indices) if c < 0]:  # Python's strip/lower
@@ -147,4 +199,51 @@ class NativeIdentityResolver(IdentityResolver):
         return result
 
 
-__all__ = ["NativeIdentityResolver", "NativeInMemoryStore"]
+def _restore(config: IdentityConfig, salt: str, state: GraphState, merge_seq: int,
+             totals: dict[str, int]) -> IdentityResolver:
+    """Unpickle a native resolver: native again, or Python over the same graph without the
+    module (a checkpoint written where it was installed, read where it is not)."""
+    if NativeIdentityCore is None:
+        store = InMemoryIdentityStore()
+        store.graph = graph_from_state(state)
+        resolver = IdentityResolver(config, salt, store)
+    else:
+        resolver = NativeIdentityResolver(config, salt)
+        resolver.core.load(*state)
+        store = resolver.store  # type: ignore[assignment]
+    store.merge_seq = merge_seq
+    resolver.totals = totals
+    return resolver
+
+
+def new_resolver(config: IdentityConfig, salt: str,
+                 store: IdentityStore | None = None) -> IdentityResolver:
+    """The resolver for `config.engine`: the native one for an in-memory graph (`store` None)
+    when it is installed (`auto`) or asked for (`native`: a :class:`ConfigError` if it is not
+    installed), else the Python one. A given store (Redis) always gets the Python resolver;
+    `native` with a store is a :class:`ConfigError`."""
+    engine = config.engine
+    if engine == "python" or (engine == "auto" and (store is not None or not NATIVE_AVAILABLE)):
+        return IdentityResolver(config, salt, store if store is not None else
+                                InMemoryIdentityStore())
+    if store is not None:
+        raise ConfigError(
+            "identity.engine = 'native' holds the graph in memory only; a resolver over "
+            f"{type(store).__name__} needs identity.engine 'auto' or 'python'"
+        )
+    return NativeIdentityResolver(config, salt)
+
+
+def engine_of(resolver: IdentityResolver) -> str:
+    """'native' or 'python': which engine `resolver` decides with (for logs)."""
+    return "native" if isinstance(resolver, NativeIdentityResolver) else "python"
+
+
+__all__ = [
+    "NATIVE_AVAILABLE",
+    "NativeIdentityResolver",
+    "NativeInMemoryStore",
+    "engine_of",
+    "graph_from_state",
+    "new_resolver",
+]

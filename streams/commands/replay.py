@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import time
 
 import click
@@ -19,6 +20,8 @@ from rich.table import Table
 
 from streams.cli import settings_from
 from streams.files import Chunk
+
+log = logging.getLogger(__name__)
 
 # Young collections once per this many new container objects (CPython's default is 700).
 GC_GEN0_THRESHOLD = 50_000
@@ -47,6 +50,7 @@ def run_replay(
     quiet: bool,
     serve_redis: bool | None = None,
 ) -> None:
+    from processors.identity_native import engine_of
     from sinks.clickhouse import connect, migrate
     from streams.files import check_files, total_bytes
     from streams.replay import Replayer
@@ -71,7 +75,11 @@ def run_replay(
             models=settings.models,
         )
         where = f"embedded chDB at {target.url}" if store.embedded else target.url
-        console.print(f"replaying {len(paths)} file(s) into {where} (database {store.database})")
+        engine = engine_of(replayer.chain.resolver)
+        log.info("identity engine: %s (identity.engine = %s)", engine,
+                 settings.identity.engine)
+        console.print(f"replaying {len(paths)} file(s) into {where} (database {store.database}); "
+                      f"identity engine: {engine}")
         with Progress(
             TextColumn("[bold]replay"),
             BarColumn(),

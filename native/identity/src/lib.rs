@@ -774,6 +774,66 @@ impl NativeIdentityCore {
         (nodes, roots)
     }
 
+    /// How many identity combinations are registered (the resolver bounds them: `clear_combos`).
+    fn n_combos(&self) -> usize {
+        self.combos.len()
+    }
+
+    /// Forget every registered combination (a cache: each is made again from its identities
+    /// when next seen). Indices handed out before are invalid after this.
+    fn clear_combos(&mut self) {
+        self.combos.clear();
+        self.raw_ix.clear();
+    }
+
+    /// Load a graph in `export`'s form into this core, which must be empty (unpickling).
+    #[allow(clippy::type_complexity)]
+    fn load(
+        &mut self,
+        nodes: Vec<(String, String, i64, i64)>,
+        roots: Vec<(String, i64, String, Vec<(String, String)>, i64, Vec<String>)>,
+    ) -> PyResult<()> {
+        if !self.keys.is_empty() || !self.cnames.is_empty() {
+            return Err(pyo3::exceptions::PyValueError::new_err("load needs an empty core"));
+        }
+        let bad = |what: &str| pyo3::exceptions::PyValueError::new_err(format!("load: {what}"));
+        let slot = |core: &mut Self, name: &str| -> u32 {
+            if let Some(&c) = core.cix.get(name) {
+                return c;
+            }
+            let c = core.cnames.len() as u32;
+            core.cix.insert(name.to_owned(), c);
+            core.cnames.push(name.to_owned());
+            core.cpy.push(None);
+            core.roots.push(None);
+            core.members.push(Vec::new());
+            c
+        };
+        for (key, cid, first, linked) in &nodes {
+            if key.len() < 17 || !key.is_ascii() {
+                return Err(bad("a node key is not a kind code and a hash"));
+            }
+            let n = self.intern_key(key);
+            let c = slot(self, cid);
+            self.ncid[n as usize] = c;
+            self.nfirst[n as usize] = *first;
+            self.nlinked[n as usize] = *linked;
+        }
+        for (cid, ts, key, uniq, size, members) in roots {
+            let c = slot(self, &cid);
+            let node = |core: &Self, k: &str| core.key_ix.get(k).copied().ok_or_else(|| bad("a root names an unknown node"));
+            let key = node(self, &key)?;
+            let mut u: Vec<(u8, u32)> = Vec::with_capacity(uniq.len());
+            for (code, k) in &uniq {
+                u.push((*code.as_bytes().first().ok_or_else(|| bad("an empty kind code"))?, node(self, k)?));
+            }
+            let ms = members.iter().map(|k| node(self, k)).collect::<PyResult<Vec<u32>>>()?;
+            self.roots[c as usize] = Some(Root { ts, key, uniq: u, size });
+            self.members[c as usize] = ms;
+        }
+        Ok(())
+    }
+
     fn __len__(&self) -> usize {
         self.ncid.iter().filter(|&&c| c != NONE).count()
     }

@@ -1,0 +1,236 @@
+"""The native (Rust) identity core decides exactly as the Python resolver; choosing the engine.
+
+Tests that need the extension module (``journeymap_native``, ``pip install ./native/identity``)
+skip without it on a developer's machine and FAIL in CI (``CI=true``): CI must test it.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from processors import identity_native
+from processors.chain import JourneyChain
+from processors.config import IdentityConfig, ProcessingConfig
+from processors.errors import ConfigError
+from processors.events import TouchpointEvent
+from processors.identity import (
+    IdentityGraph,
+    IdentityResolver,
+    InMemoryIdentityStore,
+    ResolveResult,
+)
+from processors.identity_native import NativeIdentityResolver, engine_of, new_resolver
+from tests.factories import T0_MS, event
+from tests.property.test_identity_props import KINDS, batches
+
+SALT = "native-test"
+
+
+@pytest.fixture(scope="module")
+def native() -> None:
+    """The tests that compare the engines need the module: fail in CI, skip elsewhere."""
+    if identity_native.NATIVE_AVAILABLE:
+        return
+    why = (f"the native identity core is not installed ({identity_native.NATIVE_IMPORT_ERROR});"
+           " build it with `pip install ./native/identity`")
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must test the native identity core: {why}")
+    pytest.skip(why)
+
+
+# Values that exercise the paths that differ between the engines' preparation: the same
+# identifier in other case and whitespace (emails compare trimmed and lower-cased; other kinds
+# trimmed), placeholders in any case, Python-only whitespace (\x1f) and non-ASCII values
+# (hashed through Python's `key_of`).
+_VALUES = ("0", "1", "2", "3", " 1 ", "\x1f2", "é1", "Ω", "null", " NULL", "Anonymous", "")
+
+
+@st.composite
+def identity_events(draw: st.DrawFn, max_events: int = 30) -> list[TouchpointEvent]:
+    n = draw(st.integers(1, max_events))
+    out = []
+    for _ in range(n):
+        kinds = draw(st.lists(st.sampled_from(KINDS), min_size=1, max_size=4, unique=True))
+        ids = {}
+        for k in kinds:
+            v = draw(st.sampled_from(_VALUES))
+            ids[k] = (f"{v}@X.io" if k == "email" and v.strip() not in ("", "null") else
+                      v if v else "-")
+        out.append(event(event_id=f"e{draw(st.integers(0, n))}",
+                         at_ms=T0_MS + draw(st.integers(0, 12)), **ids))
+    return out
+
+
+configs = st.builds(
+    IdentityConfig,
+    unique_kinds=st.lists(st.sampled_from(KINDS), max_size=3, unique=True),
+    max_customers_per_identifier=st.integers(1, 4),
+)
+
+
+def outputs(r: ResolveResult) -> tuple[Any, ...]:
+    """Everything a batch produced, as plain values (merges with their seq)."""
+    return (
+        [(e.customer_id, e.event.event_id, e.ts_ms, e.segment) for e in r.resolved],
+        [tuple(m) for m in r.merges],
+        [tuple(link) for link in r.links],
+        [tuple(c) for c in r.conflicts],
+        [(ev.event_id, why) for ev, why in r.dead],
+        r.counters(),
+        r.n_ignored_identifiers,
+        r.commit_id,
+    )
+
+
+def graph_of(r: IdentityResolver) -> tuple[Any, ...]:
+    g: IdentityGraph = r.store.graph  # type: ignore[attr-defined]
+    return (
+        sorted(g.cid.items()), sorted(g.first.items()), sorted(g.linked.items()),
+        sorted((c, x.earliest_ts, x.earliest_key, sorted(x.uniq.items()), x.size)
+               for c, x in g.roots.items()),
+        sorted((c, list(keys)) for c, keys in g.members.items() if keys),
+        r.store.merge_seq,  # type: ignore[attr-defined]
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    evs=identity_events(),
+    config=configs,
+    cuts=st.lists(st.integers(0, 60), max_size=5),
+    perm=st.randoms(use_true_random=False),
+    cap=st.integers(1, 8),
+    pickle_at=st.integers(0, 6),
+)
+def test_native_gives_the_python_resolvers_outputs_batch_after_batch(
+    native: None, evs: list[TouchpointEvent], config: IdentityConfig, cuts: list[int],
+    perm: Any, cap: int, pickle_at: int,
+) -> None:
+    shuffled = evs + evs[: len(evs) // 2]
+    perm.shuffle(shuffled)
+    py = IdentityResolver(config, SALT)
+    nat = NativeIdentityResolver(config, SALT)
+    nat.combo_cap = cap  # the combination table is cleared between batches: same outputs
+    parts = [*batches(shuffled, cuts), evs]  # then every event again (known identifiers)
+    for n, part in enumerate(parts):
+        if n == pickle_at:  # a checkpoint: pickled and restored halfway, it goes on the same
+            nat = pickle.loads(pickle.dumps(nat))
+            assert isinstance(nat, NativeIdentityResolver)
+        assert outputs(nat.resolve_batch(part)) == outputs(py.resolve_batch(part))
+        assert graph_of(nat) == graph_of(py)
+    assert nat.totals == py.totals
+    assert nat.core.n_combos() <= cap + len(parts[-1])
+    for ev in evs:
+        for kind, value in ev.identities.items():
+            assert nat.customer_of(kind, value) == py.customer_of(kind, value)
+    for customer in py.store.graph.roots:  # type: ignore[attr-defined]
+        assert nat.identifiers_of(customer) == py.identifiers_of(customer)
+
+
+def test_merges_are_numbered_in_commit_order_like_the_in_memory_store(native: None) -> None:
+    r = NativeIdentityResolver(IdentityConfig(), SALT)
+    r.resolve_batch([event(at_ms=T0_MS, anonymous_id="a"), event(at_ms=T0_MS + 1, device_id="d")])
+    one = r.resolve_batch([event(at_ms=T0_MS + 2, anonymous_id="a", device_id="d")])
+    r.resolve_batch([event(at_ms=T0_MS + 3, anonymous_id="b"), event(at_ms=T0_MS + 4, email="e")])
+    two = r.resolve_batch([event(at_ms=T0_MS + 5, anonymous_id="b", email="e")])
+    assert [m.seq for m in one.merges + two.merges] == [1, 2]
+    assert r.store.merge_seq == 2  # type: ignore[attr-defined]
+
+
+def test_a_pickled_native_resolver_restores_as_python_without_the_module(
+    native: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint written where the module is installed reads where it is not."""
+    r = NativeIdentityResolver(IdentityConfig(), SALT)
+    evs = [event(at_ms=T0_MS, anonymous_id="a"), event(at_ms=T0_MS + 1, device_id="d"),
+           event(at_ms=T0_MS + 2, anonymous_id="a", device_id="d")]
+    py = IdentityResolver(IdentityConfig(), SALT)
+    r.resolve_batch(evs[:2])
+    py.resolve_batch(evs[:2])
+    blob = pickle.dumps(r)
+    monkeypatch.setattr(identity_native, "NativeIdentityCore", None)
+    back = pickle.loads(blob)
+    assert type(back) is IdentityResolver and isinstance(back.store, InMemoryIdentityStore)
+    assert graph_of(back) == graph_of(py)
+    assert outputs(back.resolve_batch(evs[2:])) == outputs(py.resolve_batch(evs[2:]))
+
+
+_BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def test_the_benchmark_fingerprint_cases_give_equal_outputs(native: None) -> None:
+    """bench_identity's fingerprint cases (smaller): every output and the final graph."""
+    sys.path.insert(0, str(_BENCH))
+    try:
+        import bench_identity as bi
+    finally:
+        sys.path.remove(str(_BENCH))
+    sim, synthetic, tangled = bi.sim_events(300), bi.make_events(4000), bi.make_tangled(3000)
+    cases = [
+        (sim, IdentityConfig(), 100, False, 2),
+        (sim, IdentityConfig(max_customers_per_identifier=1), 37, True, 1),
+        (synthetic, IdentityConfig(), 500, False, 2),
+        (synthetic[:1500], IdentityConfig(unique_kinds=[], max_customers_per_identifier=2), 1,
+         True, 1),
+        (tangled, IdentityConfig(), 200, False, 2),
+        (tangled, IdentityConfig(max_customers_per_identifier=1), 37, True, 2),
+        (tangled[:1000], IdentityConfig(unique_kinds=["user_id", "crm_id", "email", "device_id"]),
+         1, True, 1),
+    ]
+    try:
+        for evs, config, size, shuffle, passes in cases:
+            bi.IdentityResolver = IdentityResolver
+            want = bi._outputs_hash(evs, config, size, shuffle, passes)
+            bi.IdentityResolver = lambda c, salt, store=None: NativeIdentityResolver(c, salt)
+            assert bi._outputs_hash(evs, config, size, shuffle, passes) == want
+    finally:
+        bi.IdentityResolver = IdentityResolver
+
+
+# -- choosing the engine ---------------------------------------------------------------------
+
+
+def test_auto_is_native_when_installed_python_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    r = new_resolver(IdentityConfig(), SALT)
+    assert engine_of(r) == ("native" if identity_native.NATIVE_AVAILABLE else "python")
+    monkeypatch.setattr(identity_native, "NativeIdentityCore", None)
+    monkeypatch.setattr(identity_native, "NATIVE_AVAILABLE", False)
+    assert engine_of(new_resolver(IdentityConfig(), SALT)) == "python"
+
+
+def test_python_engine_and_any_given_store_get_the_python_resolver() -> None:
+    r = new_resolver(IdentityConfig(engine="python"), SALT)
+    assert type(r) is IdentityResolver and isinstance(r.store, InMemoryIdentityStore)
+    store = InMemoryIdentityStore()
+    r = new_resolver(IdentityConfig(), SALT, store)
+    assert type(r) is IdentityResolver and r.store is store
+    with pytest.raises(ConfigError, match="in memory only"):
+        new_resolver(IdentityConfig(engine="native"), SALT, store)
+
+
+def test_native_engine_without_the_module_says_how_to_build_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(identity_native, "NativeIdentityCore", None)
+    monkeypatch.setattr(identity_native, "NATIVE_AVAILABLE", False)
+    with pytest.raises(ConfigError, match=r"pip install \./native/identity.*"
+                                          r"JOURNEYMAP_IDENTITY__ENGINE"):
+        new_resolver(IdentityConfig(engine="native"), SALT)
+    with pytest.raises(ConfigError, match=r"identity\.engine = 'native'"):
+        JourneyChain(ProcessingConfig(identity=IdentityConfig(engine="native")))
+
+
+def test_the_chain_resolves_with_the_configured_engine(native: None) -> None:
+    for engine, kind in (("native", NativeIdentityResolver), ("python", IdentityResolver)):
+        chain = JourneyChain(ProcessingConfig(identity=IdentityConfig(engine=engine)))
+        assert type(chain.resolver) is kind
+        again = pickle.loads(pickle.dumps(chain))  # checkpoints pickle the chain
+        assert type(again.resolver) is kind
