@@ -112,8 +112,9 @@ class _CachedGraph(IdentityGraph):
         self.stored: dict[str, tuple[int, int]] = {}  # node key -> (first_seen, n_linked)
         self.records: dict[str, tuple[str, _Content]] = {}  # customer -> (token, content)
         self.batch: list[str] = []  # the current batch's node keys
-        self.absent: list[str] = []  # those taken as absent from Redis (the commit checks)
-        self.used: dict[str, None] = {}  # cached customers the batch may use (checked by token)
+        # The cached customers of the batch's cached keys at begin (checked by token, with the
+        # cached customers named after one of its keys: see RedisIdentityStore._used).
+        self.used: dict[str, None] = {}
         self.open = False  # begun, not committed: it may hold decisions Redis never accepted
 
 
@@ -263,8 +264,9 @@ class RedisIdentityStore:
             g = self._drop()  # an uncommitted decision, or full (or no cache): start over
         batch = self._open(g, keys)
         self._fresh = not g.cid
-        missing = [key for key in batch if key not in g.cid]
-        if missing and not self._trusted:
+        # Trusted: no read, and the commit checks what the batch takes as new (`new_keys`).
+        missing = [] if self._trusted else [key for key in batch if key not in g.cid]
+        if missing:
             # The cached keys go too: if the cache turns out stale, the same read brings the
             # whole batch back (one round trip, not a failed read and a full one).
             others = [k for k in batch if k in g.cid]
@@ -275,16 +277,12 @@ class RedisIdentityStore:
                 self._open(g, batch)
                 self._fresh = True
                 if stale.reply is None:
-                    missing = batch
                     n_found = self._load(g, batch, {})
                 else:
-                    missing = missing + others
-                    n_found = self._parse(g, missing, stale.reply)
+                    n_found = self._parse(g, missing + others, stale.reply)
             # Reads stop (the commit alone checks) once one finds none of its keys.
             self._trusted = n_found == 0 and self.cache_max_keys > 0
-            missing = [key for key in missing if key not in g.cid]
-        g.absent = missing
-        g.used = self._used(g, batch)
+        g.used = self._customers_of(g, batch)
         return g
 
     def _open(self, g: _CachedGraph, keys: Collection[str]) -> list[str]:
@@ -307,11 +305,20 @@ class RedisIdentityStore:
         return self._cache
 
     @staticmethod
-    def _used(g: _CachedGraph, batch: list[str]) -> dict[str, None]:
-        """The cached customers a batch may read or write: those of its cached keys, and any
-        named after one of its keys (a rename or a new customer takes that name)."""
+    def _customers_of(g: _CachedGraph, batch: list[str]) -> dict[str, None]:
+        """The cached customers of the batch's cached keys (as of now: call it before deciding)."""
         used = dict.fromkeys(map(g.cid.get, batch))
         used.pop(None, None)  # (keys not cached)
+        return used
+
+    @classmethod
+    def _used(cls, g: _CachedGraph, batch: list[str],
+              customers: dict[str, None] | None = None) -> dict[str, None]:
+        """The cached customers a batch may read or write: those of its cached keys
+        (`customers`, taken before deciding), and any named after one of its keys (a rename or a
+        new customer takes that name). Only needed when tokens are checked: the read, and a
+        commit without the chain."""
+        used = cls._customers_of(g, batch) if customers is None else dict(customers)
         for name in set(map(customer_id_for, batch)).intersection(g.records):
             used[name] = None
         return used
@@ -390,7 +397,7 @@ class RedisIdentityStore:
         token = uuid.uuid4().hex
         cids, first, linked, stored = g.cid, g.first, g.linked, g.stored
         node_sets: list[str] = []
-        dirty: set[str] = set()
+        dirty: dict[str, None] = {}  # customers holding a node that changed (in order)
         # (first_seen, n_linked or None) of every key against what Redis holds, compared in C
         states = [
             (key, state)
@@ -405,20 +412,29 @@ class RedisIdentityStore:
         for key, (f, n) in states:
             cid = cids[key]
             node_sets += (key, encode_node(cid, f, n or 0))
-            dirty.add(cid)
-        # Every customer the batch changed holds one of its keys at the end (customers only
-        # gain keys, by whole moves); its record is rewritten when its content or a node of it
-        # changed, so any change to a node changes the token of its customer's record.
+            dirty[cid] = None
+        # A record is rewritten when a node of its customer changed (so any change to a node
+        # changes the token of its customer's record) or its content did. Content changes only
+        # by a node that changes (a new key added or attached, an earlier first-seen time: in
+        # `dirty`) or by a move into the customer (its final holder is a move's target), so
+        # only those customers are compared.
         roots, records = g.roots, g.records
+        candidates = dirty.copy()
+        for _, dst in g.moves:
+            candidates[dst] = None
         root_sets: list[str] = []
         written: list[str] = []
-        for cid in dict.fromkeys(map(cids.__getitem__, batch)):
-            root = roots[cid]
+        for cid in candidates:
+            root = roots.get(cid)
+            if root is None:
+                continue  # moved on again later in the batch
             was = records.get(cid)
             if cid in dirty or was is None or was[1] != _content(root):
                 root_sets += (cid, encode_root(root, token))
                 written.append(cid)
-        gone = [cid for cid in g.used if cid not in roots]
+        # Records gone: the cached customers moved away (roots only go by a move).
+        gone = [cid for cid in dict.fromkeys(src for src, _ in g.moves)
+                if cid in records and cid not in roots]
 
         adds: list[str] = []
         for key in sorted(g.new_keys, key=cids.__getitem__):  # grouped: one SADD per customer
@@ -434,7 +450,7 @@ class RedisIdentityStore:
             self.prefix,
             token,
             self.token_ttl_s,
-            "\n".join(g.absent),
+            "\n".join(g.new_keys),  # taken as new: must still be absent
             "",  # the root checks, left out while the chain holds
             "\n".join(f"{src}\n{dst}" for src, dst in g.moves),
             "\n".join(node_sets),
@@ -452,7 +468,8 @@ class RedisIdentityStore:
         try:
             while True:
                 if self._chain is None:
-                    args[4] = "\n".join(f"{cid}\n{records[cid][0]}" for cid in g.used)
+                    used = self._used(g, batch, g.used)
+                    args[4] = "\n".join(f"{cid}\n{records[cid][0]}" for cid in used)
                     args[13] = ""
                 else:
                     args[13] = "1"  # checks left out: answer 3 if the chain broke

@@ -418,6 +418,23 @@ def test_a_warm_cache_reads_once_and_gives_the_in_memory_answer(prefix: str) -> 
     _assert_same_graph(store, memory)
 
 
+def test_a_merge_that_changes_no_node_state_still_rewrites_the_winner_record(prefix: str) -> None:
+    """Two customers known by unique kinds only (no link count is charged) merge through an event
+    later than both (no first-seen time moves): no node's state changes, but the winner's record
+    (size, unique kinds) does, and must be written (the commit compares every move's target)."""
+    store = RedisIdentityStore(REDIS_URL, prefix=prefix)
+    resolver = IdentityResolver(CONFIG, SALT, store)
+    memory = IdentityResolver(CONFIG, SALT)
+    batches = [
+        [_event("a", 0, user_id="u1"), _event("b", 10, crm_id="k1")],
+        [_event("c", 20, user_id="u1", crm_id="k1")],
+    ]
+    for batch in batches:
+        _same_outputs(resolver.resolve_batch(batch), memory.resolve_batch(batch))
+    assert store.n_reads == 1  # the merge was decided on the cache
+    _assert_same_graph(store, memory)
+
+
 def test_with_the_cache_off_every_batch_reads_and_the_answer_is_the_same(prefix: str) -> None:
     """`redis.identity_cache_keys = 0` (the setting the worker passes as `cache_max_keys`)."""
     events = merging_stream(1_000, 29)
