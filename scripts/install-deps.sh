@@ -3,8 +3,16 @@
 #   - Debian packages, only when missing: redis-server, a Java 17+ runtime, maven, chromium
 #   - this project with its dev extra: pip install -e '.[dev]'
 #   - the Kafka broker jars from Maven Central, into ~/.cache/journeymap/kafka-<version>/libs
+#   - the native identity core (native/identity, Rust): scripts/build-native.sh, skipped when the
+#     installed module was built from the same sources; a failed build fails this script (CI
+#     tests the native core). Rust: rustup's in ~/.cargo/bin, else Debian's cargo and rustc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# rustup's cargo when a non-login shell did not put it on PATH
+if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
 
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
@@ -12,6 +20,8 @@ command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 # Browser tests (tests/browser) drive Debian's Chromium through Playwright: no browser download.
 command -v chromium >/dev/null || missing+=(chromium)
+# Debian 12's rustc is 1.63: PyO3 0.22's minimum, and what native/identity's Cargo.lock targets.
+command -v cargo >/dev/null || missing+=(cargo rustc)
 if ((${#missing[@]})); then
     sudo=""
     if [ "$(id -u)" != 0 ]; then
@@ -25,6 +35,9 @@ fi
 
 echo "install-deps: pip install -e '.[dev]'"
 python -m pip install -q --disable-pip-version-check -e '.[dev]'
+
+echo "install-deps: the native identity core"
+scripts/build-native.sh
 
 echo "install-deps: Kafka jars"
 python - <<'PY'

@@ -520,9 +520,13 @@ impl NativeIdentityCore {
                 vals.push(v);
             }
             for kv in vals.chunks(2) {
-                let (Ok(k), Ok(v)) = (kv[0].downcast::<PyString>(), kv[1].downcast::<PyString>()) else {
-                    ok = false;
-                    break;
+                // (a match, not let-else: that needs Rust 1.65, Debian 12 has 1.63)
+                let (k, v) = match (kv[0].downcast::<PyString>(), kv[1].downcast::<PyString>()) {
+                    (Ok(k), Ok(v)) => (k, v),
+                    _ => {
+                        ok = false;
+                        break;
+                    }
                 };
                 let (k, v) = (k.to_str()?, v.to_str()?);
                 match code_of(k) {
@@ -842,5 +846,7 @@ impl NativeIdentityCore {
 #[pymodule]
 fn journeymap_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeIdentityCore>()?;
+    // The hash of the sources it was built from (scripts/build-native.sh sets it; "" otherwise)
+    m.add("SOURCE_HASH", option_env!("JOURNEYMAP_NATIVE_SOURCE_HASH").unwrap_or(""))?;
     Ok(())
 }

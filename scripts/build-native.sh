@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Build and install journeymap's native identity core (native/identity: Rust, PyO3, built by
+# maturin into the Python package `journeymap_native`), unless the installed one was built from
+# the same sources: the build stamps the sources' hash into the module
+# (journeymap_native.SOURCE_HASH), so a second run costs one import.
+#   scripts/build-native.sh            build if needed; exit non-zero if the build fails
+#   scripts/build-native.sh --check    exit 0 if the installed module is up to date, 1 if not
+# Needs cargo and rustc >= 1.63 (rustup's in ~/.cargo/bin, or Debian's `cargo` and `rustc`:
+# scripts/install-deps.sh installs those when cargo is missing). journeymap works without the
+# module (identity.engine = auto falls back to the Python resolver, same outputs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# rustup's cargo when a non-login shell did not put it on PATH
+if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    PATH="$HOME/.cargo/bin:$PATH"
+fi
+
+crate=native/identity
+# The sources, in a fixed order, with their paths (what the module is built from).
+source_hash=$(cd "$crate" && find Cargo.toml Cargo.lock pyproject.toml src -type f | LC_ALL=C sort \
+    | xargs sha256sum | sha256sum | cut -c1-16)
+installed=$(python - <<'PY' 2>/dev/null || true
+import journeymap_native
+print(getattr(journeymap_native, "SOURCE_HASH", ""))
+PY
+)
+if [ "$installed" = "$source_hash" ]; then
+    [ "${1:-}" = --check ] || echo "build-native: journeymap_native up to date ($source_hash)"
+    exit 0
+fi
+if [ "${1:-}" = --check ]; then
+    echo "build-native: journeymap_native ${installed:+$installed }is not built from these sources ($source_hash)" >&2
+    exit 1
+fi
+command -v cargo >/dev/null || {
+    echo "build-native: cargo not found: install Rust (Debian: apt-get install cargo rustc)" >&2
+    exit 1
+}
+# Cargo before 1.68 (Debian 12's is 1.65) reads crates.io's index by git from GitHub unless told
+# to use the sparse protocol, then an unstable feature: enabled for that one build.
+if cargo --version | grep -Eq '^cargo 1\.(6[0-7])\.'; then
+    export RUSTC_BOOTSTRAP=1 CARGO_UNSTABLE_SPARSE_REGISTRY=true
+fi
+echo "build-native: pip install ./$crate ($(rustc --version), sources $source_hash)"
+# maturin from PyPI in pip's isolated build environment; crates from crates.io (Cargo.lock)
+JOURNEYMAP_NATIVE_SOURCE_HASH=$source_hash \
+    python -m pip install -q --disable-pip-version-check --force-reinstall --no-deps "./$crate"
+python -c "import journeymap_native as m; assert m.SOURCE_HASH == '$source_hash', m.SOURCE_HASH"
+echo "build-native: journeymap_native installed ($source_hash)"
