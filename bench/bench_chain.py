@@ -46,6 +46,7 @@ import orjson
 
 from processors.chain import ChainOutput, JourneyChain, gc_paused
 from processors.identity import MergeRecord
+from processors.identity_native import engine_of
 from processors.transitions import CellRow, TransitionCounter
 from processors.validation import Source, decode_batch
 from simulator.model import SimConfig, simulate
@@ -145,7 +146,8 @@ def main() -> None:
 
     customers = len(chain.journeys.customers)
     print(f"lines: {n:,}  resolved customers: {customers:,}  "
-          f"corrections: {chain.transitions.corrections}")
+          f"corrections: {chain.transitions.corrections}  "
+          f"identity engine: {engine_of(chain.resolver)}")  # JOURNEYMAP_IDENTITY__ENGINE
     print(f"baseline orjson.loads:  {n / parse_s:12,.0f} events/s")
     print(f"processor chain:        {n / chain_s:12,.0f} events/s")
     print(f"ratio to orjson.loads:  {parse_s / chain_s:12.3f}   (target >= 0.15)")
