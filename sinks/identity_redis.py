@@ -102,13 +102,43 @@ class RetryPolicy:
 _Content = tuple[int, str, dict[str, str], int]  # a record without its token
 
 
-class _CachedGraph(IdentityGraph):
-    """The part of the graph this worker has read or committed, kept across batches, with what
-    Redis held for it: every node's (first_seen, n_linked) and every customer's record (token
-    and content). Between batches its roots are exactly the customers in `records`."""
+class _Written(dict[str, int]):
+    """A dict that notes every key written to it (`written`, in order): the nodes whose state a
+    batch may have changed, so the commit compares those instead of every key of the batch."""
+
+    __slots__ = ("written",)
 
     def __init__(self) -> None:
         super().__init__()
+        self.written: dict[str, None] = {}
+
+    def __setitem__(self, key: str, value: int) -> None:
+        dict.__setitem__(self, key, value)
+        self.written[key] = None
+
+    def setdefault(self, key: str, default: int) -> int:  # type: ignore[override]
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def update(self, *args: Any, **kwargs: int) -> None:  # type: ignore[override]
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+
+class _CachedGraph(IdentityGraph):
+    """The part of the graph this worker has read or committed, kept across batches, with what
+    Redis held for it: every node's (first_seen, n_linked) and every customer's record (token
+    and content). Between batches its roots are exactly the customers in `records`. The nodes'
+    `first` and `linked` note the keys written since the batch began (the decision's writes)."""
+
+    first: _Written
+    linked: _Written
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = _Written()
+        self.linked = _Written()
         self.stored: dict[str, tuple[int, int]] = {}  # node key -> (first_seen, n_linked)
         self.records: dict[str, tuple[str, _Content]] = {}  # customer -> (token, content)
         self.batch: list[str] = []  # the current batch's node keys
@@ -283,6 +313,8 @@ class RedisIdentityStore:
             # Reads stop (the commit alone checks) once one finds none of its keys.
             self._trusted = n_found == 0 and self.cache_max_keys > 0
         g.used = self._customers_of(g, batch)
+        g.first.written.clear()  # (what the read loaded): from here on, the decision's writes
+        g.linked.written.clear()
         return g
 
     def _open(self, g: _CachedGraph, keys: Collection[str]) -> list[str]:
@@ -398,16 +430,12 @@ class RedisIdentityStore:
         cids, first, linked, stored = g.cid, g.first, g.linked, g.stored
         node_sets: list[str] = []
         dirty: dict[str, None] = {}  # customers holding a node that changed (in order)
-        # (first_seen, n_linked or None) of every key against what Redis holds, compared in C
+        # (first_seen, n_linked or None) against what Redis holds, of every key the decision
+        # wrote (only a write changes a node's state; the batch's keys alone are written)
         states = [
             (key, state)
-            for key, state, was in zip(
-                batch,
-                zip(map(first.__getitem__, batch), map(linked.get, batch), strict=True),
-                map(stored.get, batch),
-                strict=True,
-            )
-            if state != was
+            for key in first.written | linked.written
+            if (state := (first[key], linked.get(key))) != stored.get(key)
         ]
         for key, (f, n) in states:
             cid = cids[key]
