@@ -1,16 +1,16 @@
-"""Experiment (issue 3): the in-memory identity resolver deciding in Rust vs the Python one.
+"""The in-memory identity resolver deciding in Rust vs the Python one (issue 3).
 
     python bench/bench_identity_native.py --fingerprint      # per-case hashes, both resolvers
     python bench/bench_identity_native.py [--events 200000] [--rounds 3]
     python bench/bench_identity_native.py --sim 20000 [--rounds 3]
 
-Needs the extension module: ``cd native/identity && maturin build --release`` then
-``pip install --no-deps --force-reinstall target/wheels/journeymap_native-*.whl``.
+Needs the extension module: ``scripts/build-native.sh`` (``pip install ./native/identity``).
 
 `--fingerprint` runs bench_identity's fingerprint cases (`_outputs_hash`, unchanged) with the
 Python resolver and with :class:`processors.identity_native.NativeIdentityResolver` (native:
 combinations looked up and hashed in Rust; native+pyprep: looked up by `_prepare`, hashed in
-Rust; native+pyhash: both in Python) and prints every resolver's hashes per case. Otherwise,
+Rust; native+pyhash: both in Python; native+pytime: event times by numpy, the rest in Rust)
+and prints every resolver's hashes per case. Otherwise,
 in the same run, it alternates the resolvers `rounds` times over the same stream (batches of
 `--batch`, CPU time, the collector handled as bench_identity does): the first pass (a new
 resolver over fresh events) and a second pass (the same events again, every identifier
@@ -62,9 +62,18 @@ def _native_py_prepare(config: IdentityConfig, salt: str, store: Any = None
     return resolver
 
 
+def _native_py_time(config: IdentityConfig, salt: str, store: Any = None
+                    ) -> NativeIdentityResolver:
+    """The native resolver with event times by `events.event_times_ms` (numpy), as in session 8."""
+    resolver = _native(config, salt, store)
+    resolver.native_times = False
+    return resolver
+
+
 RESOLVERS: tuple[tuple[str, Callable[..., IdentityResolver]], ...] = (
     ("python", IdentityResolver), ("native+pyhash", _native_py_hash),
-    ("native+pyprep", _native_py_prepare), ("native", _native))
+    ("native+pyprep", _native_py_prepare), ("native+pytime", _native_py_time),
+    ("native", _native))
 
 
 def fingerprints(native_only: bool) -> None:

@@ -5,10 +5,10 @@
 by ``seq`` as :class:`~processors.identity.InMemoryIdentityStore` numbers them) for the in-memory
 store only; the Redis store stays Python. The graph (union-find with a flat customer per node,
 first-seen times, roots, members, link counts), every decision (the settled marks, the fast
-paths, ``_apply_event``, ``_join_fresh``, ``_fold``), hashing of ASCII identifiers and each
-event's combination lookup are the Rust port in ``native/identity/src/lib.rs`` (the separate
-package ``journeymap_native``, built by maturin: ``pip install ./native/identity``). Python
-reads event times and builds the outputs; identifiers that are not ASCII go through ``key_of``.
+paths, ``_apply_event``, ``_join_fresh``, ``_fold``), hashing of ASCII identifiers, each
+event's combination lookup and event times are the Rust port in ``native/identity/src/lib.rs``
+(the separate package ``journeymap_native``, built by maturin: ``pip install ./native/identity``).
+Python builds the outputs; identifiers that are not ASCII go through ``key_of``.
 
 :func:`new_resolver` picks the engine (``identity.engine``: ``auto``, ``python``, ``native``).
 A native resolver pickles as plain data (its graph) and unpickles as a native one, or as the
@@ -43,8 +43,9 @@ from processors.identity import (
 
 try:
     from journeymap_native import NativeIdentityCore  # type: ignore[import-not-found]
+    from journeymap_native import event_times_ms as native_event_times_ms
 except ImportError as exc:  # the package is optional: the Python resolver does the same
-    NativeIdentityCore = None
+    NativeIdentityCore = native_event_times_ms = None
     NATIVE_IMPORT_ERROR: str | None = str(exc)
 else:
     NATIVE_IMPORT_ERROR = None
@@ -140,6 +141,9 @@ class NativeIdentityResolver(IdentityResolver):
         # Each event's combination looked up in Rust from its identities (else `_prepare`)
         self.native_prepare = native_prepare and native_hashing
         self.combo_cap = _HASH_CACHE_MAX
+        # Event times computed in Rust (the same values as `events.event_times_ms`, cached in
+        # each event alike); else by `event_times_ms`
+        self.native_times = True
         self.store = NativeInMemoryStore(self.core)  # type: ignore[assignment]
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -172,7 +176,8 @@ class NativeIdentityResolver(IdentityResolver):
                 entry = self._combos.get(pairs) or self._combo_of(pairs, accepted[i])
                 indices[i] = entry.native  # type: ignore[attr-defined]
                 n_ignored += entry.n_ignored
-            ts_list = event_times_ms(accepted)
+            ts_list = (native_event_times_ms(accepted) if self.native_times else
+                       event_times_ms(accepted))
         else:
             entries, ts_list, _wanted, n_ignored = self._prepare(accepted)
             indices = list(map(_NATIVE, entries))

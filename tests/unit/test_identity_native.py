@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from processors.identity import (
 )
 from processors.identity_native import NativeIdentityResolver, engine_of, new_resolver
 from tests.factories import T0_MS, event
+from tests.property.test_event_time_props import _ANY_TZ, _RECENT, _aware, reference
 from tests.property.test_identity_props import KINDS, batches
 
 SALT = "native-test"
@@ -193,6 +195,30 @@ def test_the_benchmark_fingerprint_cases_give_equal_outputs(native: None) -> Non
             assert bi._outputs_hash(evs, config, size, shuffle, passes) == want
     finally:
         bi.IdentityResolver = IdentityResolver
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ats=st.lists(st.one_of(_aware(_ANY_TZ), _RECENT), max_size=40),
+    cached=st.lists(st.booleans(), max_size=40),
+)
+def test_native_event_times_equal_the_reference_and_are_cached_alike(
+    native: None, ats: list[datetime], cached: list[bool]
+) -> None:
+    """Any date, any fixed offset (pydantic-core's, `timezone`), a named zone, naive, fold,
+    consecutive events sharing one tzinfo, some events with `ts_ms` already read."""
+    evs = []
+    for i, at in enumerate(ats):
+        ev = event(anonymous_id="a")
+        ev.__dict__["occurred_at"] = at
+        if i and i % 3 == 0:  # the same tzinfo object as the event before
+            ev.__dict__["occurred_at"] = at.replace(tzinfo=ats[i - 1].tzinfo)
+        if i < len(cached) and cached[i]:
+            assert ev.ts_ms == reference(ev.occurred_at)  # read (and cached) before
+        evs.append(ev)
+    want = [reference(ev.occurred_at) for ev in evs]
+    assert identity_native.native_event_times_ms(evs) == want
+    assert [ev.__dict__["ts_ms"] for ev in evs] == want  # as `event_times_ms` leaves them
 
 
 # -- choosing the engine ---------------------------------------------------------------------

@@ -8,7 +8,10 @@
 
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{
+    PyDateAccess, PyDateTime, PyDelta, PyDeltaAccess, PyDict, PyList, PyString, PyTimeAccess,
+    PyTuple, PyTzInfoAccess, PyType,
+};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 
@@ -843,9 +846,101 @@ impl NativeIdentityCore {
     }
 }
 
+/// Days from 1970-01-01 to a civil date (H. Hinnant's days_from_civil, as processors.events).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `datetime.timezone` and pydantic-core's `TzInfo`: the fixed-offset kinds.
+static FIXED_TZ: pyo3::sync::GILOnceCell<(Py<PyType>, Py<PyType>)> = pyo3::sync::GILOnceCell::new();
+
+const EXACT_US: i64 = 1 << 53; // |epoch microseconds| below this are exact as a float
+
+/// `int(at.timestamp() * 1000)` of an aware `datetime` with a fixed-offset tzinfo, by the
+/// reference's own float arithmetic (`us / 1e6 * 1000`, truncated); None for anything else.
+/// `last` caches the previous tzinfo's offset (the objects outlive the call: the events hold
+/// them).
+fn fixed_epoch_ms<'py>(
+    at: &Bound<'py, PyAny>,
+    kinds: &(Py<PyType>, Py<PyType>),
+    last: &mut Option<(Bound<'py, PyAny>, i64)>,
+) -> Option<i64> {
+    let dt = at.downcast_exact::<PyDateTime>().ok()?;
+    let tz = dt.get_tzinfo_bound()?.into_any();
+    let offset_us = match last {
+        Some((t, off)) if t.is(&tz) => *off,
+        _ => {
+            let t = tz.get_type();
+            if !(t.is(kinds.0.bind(at.py())) || t.is(kinds.1.bind(at.py()))) {
+                return None;
+            }
+            let delta = tz.call_method1(intern!(at.py(), "utcoffset"), (at.py().None(),)).ok()?;
+            let delta = delta.downcast::<PyDelta>().ok()?;
+            let off = (delta.get_days() as i64 * 86_400 + delta.get_seconds() as i64) * 1_000_000
+                + delta.get_microseconds() as i64;
+            *last = Some((tz, off));
+            off
+        }
+    };
+    let days = days_from_civil(dt.get_year() as i64, dt.get_month() as i64, dt.get_day() as i64);
+    let secs = days * 86_400
+        + dt.get_hour() as i64 * 3_600
+        + dt.get_minute() as i64 * 60
+        + dt.get_second() as i64;
+    let us = secs * 1_000_000 + dt.get_microsecond() as i64 - offset_us;
+    if us.abs() >= EXACT_US {
+        return None;
+    }
+    Some((us as f64 / 1e6 * 1000.0) as i64)
+}
+
+/// Each event's `ts_ms` (`processors.events.event_times_ms`): the value its `__dict__` caches,
+/// else computed (`fixed_epoch_ms`, or the event's own `ts_ms` attribute for other datetimes)
+/// and cached there, as the attribute caches it. Returns the list of them.
+#[pyfunction]
+fn event_times_ms<'py>(py: Python<'py>, events: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+    let kinds = FIXED_TZ.get_or_try_init(py, || -> PyResult<_> {
+        let timezone = py.import_bound("datetime")?.getattr("timezone")?.downcast_into::<PyType>()?;
+        let tzinfo = py.import_bound("pydantic_core")?.getattr("TzInfo")?.downcast_into::<PyType>()?;
+        Ok((timezone.unbind(), tzinfo.unbind()))
+    })?;
+    let (dict_name, at_name, ts_name) =
+        (intern!(py, "__dict__"), intern!(py, "occurred_at"), intern!(py, "ts_ms"));
+    let out = PyList::empty_bound(py);
+    let mut last: Option<(Bound<'py, PyAny>, i64)> = None;
+    for ev in events.iter()? {
+        let ev = ev?;
+        let d = ev.getattr(dict_name)?;
+        let d = d.downcast::<PyDict>()?;
+        if let Some(ts) = d.get_item(ts_name)? {
+            out.append(ts)?;
+            continue;
+        }
+        let at = match d.get_item(at_name)? {
+            Some(at) => at,
+            None => ev.getattr(at_name)?,
+        };
+        match fixed_epoch_ms(&at, kinds, &mut last) {
+            Some(ms) => {
+                let ts = ms.into_py(py).into_bound(py);
+                d.set_item(ts_name, &ts)?;
+                out.append(ts)?;
+            }
+            None => out.append(ev.getattr(ts_name)?)?,
+        }
+    }
+    Ok(out)
+}
+
 #[pymodule]
 fn journeymap_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeIdentityCore>()?;
+    m.add_function(wrap_pyfunction!(event_times_ms, m)?)?;
     // The hash of the sources it was built from (scripts/build-native.sh sets it; "" otherwise)
     m.add("SOURCE_HASH", option_env!("JOURNEYMAP_NATIVE_SOURCE_HASH").unwrap_or(""))?;
     Ok(())
