@@ -6,9 +6,10 @@ by ``seq`` as :class:`~processors.identity.InMemoryIdentityStore` numbers them) 
 store only; the Redis store stays Python. The graph (union-find with a flat customer per node,
 first-seen times, roots, members, link counts), every decision (the settled marks, the fast
 paths, ``_apply_event``, ``_join_fresh``, ``_fold``), hashing of ASCII identifiers, each
-event's combination lookup and event times are the Rust port in ``native/identity/src/lib.rs``
-(the separate package ``journeymap_native``, built by maturin: ``pip install ./native/identity``).
-Python builds the outputs; identifiers that are not ASCII go through ``key_of``.
+event's combination lookup, event times and the ``ResolvedEvent``s are the Rust port in
+``native/identity/src/lib.rs`` (the separate package ``journeymap_native``, built by maturin:
+``pip install ./native/identity``). Python builds the other outputs; identifiers that are not
+ASCII go through ``key_of``.
 
 :func:`new_resolver` picks the engine (``identity.engine``: ``auto``, ``python``, ``native``).
 A native resolver pickles as plain data (its graph) and unpickles as a native one, or as the
@@ -18,7 +19,7 @@ Python resolver over the same graph where the module is not installed.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from itertools import compress, repeat, starmap
+from itertools import starmap
 from operator import attrgetter
 from typing import Any
 
@@ -181,7 +182,9 @@ class NativeIdentityResolver(IdentityResolver):
         else:
             entries, ts_list, _wanted, n_ignored = self._prepare(accepted)
             indices = list(map(_NATIVE, entries))
-        anchors, merges, conflicts, links, dead = self.core.decide(accepted, indices, ts_list)
+        # the resolved events come made (ResolvedEvent's slots set from Rust, dead left out)
+        resolved, merges, conflicts, links, dead = self.core.decide(accepted, indices, ts_list,
+                                                                    ResolvedEvent)
         merge_records = list(starmap(MergeRecord, merges))
         store: NativeInMemoryStore = self.store  # type: ignore[assignment]
         store.merge_seq = number_merges(merge_records, store.merge_seq)
@@ -191,13 +194,7 @@ class NativeIdentityResolver(IdentityResolver):
             dead=[(accepted[i], _NO_IDENTIFIER) for i in dead],
             n_ignored_identifiers=n_ignored,
         )
-        events: Sequence[TouchpointEvent] = accepted
-        if dead:
-            keep = [a is not None for a in anchors]
-            events = list(compress(accepted, keep))
-            anchors = list(compress(anchors, keep))
-            ts_list = list(compress(ts_list, keep))
-        result.resolved = list(map(ResolvedEvent, anchors, events, repeat("all"), ts_list))
+        result.resolved = resolved
         result.links = list(map(IdentityLink._make, links))
         for name, value in result.counters().items():
             self.totals[name] = self.totals.get(name, 0) + value

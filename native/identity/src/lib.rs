@@ -6,6 +6,7 @@
 //! (`processors/identity_native.py`); this module decides and keeps the graph. The semantics
 //! must be exactly the Python ones: `bench/bench_identity_native.py --fingerprint` checks it.
 
+use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{
@@ -578,13 +579,16 @@ impl NativeIdentityCore {
     /// Decide one batch: `combos[i]` and `ts[i]` are event i's combination and time.
     /// Returns (customer id or None per event, merges, conflicts, links, dead indices).
     #[allow(clippy::type_complexity)]
+    #[pyo3(signature = (accepted, combos, ts_list, resolved_type=None))]
     fn decide(
         &mut self,
         py: Python<'_>,
         accepted: &Bound<'_, PyAny>,
         combos: Vec<usize>,
-        ts: Vec<i64>,
+        ts_list: &Bound<'_, PyList>,
+        resolved_type: Option<&Bound<'_, PyType>>,
     ) -> PyResult<(PyObject, PyObject, PyObject, PyObject, PyObject)> {
+        let ts: Vec<i64> = ts_list.extract()?;
         let n = combos.len();
         if ts.len() != n {
             return Err(pyo3::exceptions::PyValueError::new_err("combos and ts differ in length"));
@@ -682,13 +686,30 @@ impl NativeIdentityCore {
             }
         }
         // outputs
-        let mut out_anchors: Vec<PyObject> = Vec::with_capacity(n);
-        for &a in &anchors {
-            if a == NONE {
-                out_anchors.push(py.None());
-            } else {
-                let c = self.ncid[a as usize];
-                out_anchors.push(self.cid_py(py, c).into_any());
+        let out_anchors = PyList::empty_bound(py);
+        match resolved_type {
+            None => {
+                for &a in &anchors {
+                    if a == NONE {
+                        out_anchors.append(py.None())?;
+                    } else {
+                        let c = self.ncid[a as usize];
+                        out_anchors.append(self.cid_py(py, c))?;
+                    }
+                }
+            }
+            Some(rtype) => {
+                // the resolved events themselves, dead ones left out
+                let make = SlotMaker::new(rtype, &["customer_id", "event", "segment", "ts_ms"])?;
+                let all = intern!(py, "all");
+                for (i, &a) in anchors.iter().enumerate() {
+                    if a != NONE {
+                        let cid = self.cid_py(py, self.ncid[a as usize]).into_bound(py).into_any();
+                        let ev = accepted.get_item(i)?;
+                        let t = ts_list.get_item(i)?;
+                        out_anchors.append(make.make(&[&cid, &ev, all.as_any(), &t])?)?;
+                    }
+                }
             }
         }
         let mut merges: Vec<PyObject> = Vec::with_capacity(d.merges.len());
@@ -728,7 +749,7 @@ impl NativeIdentityCore {
             links.push(t.into_py(py));
         }
         Ok((
-            PyList::new_bound(py, out_anchors).into_any().unbind(),
+            out_anchors.into_any().unbind(),
             PyList::new_bound(py, merges).into_any().unbind(),
             PyList::new_bound(py, conflicts).into_any().unbind(),
             PyList::new_bound(py, links).into_any().unbind(),
@@ -843,6 +864,53 @@ impl NativeIdentityCore {
 
     fn __len__(&self) -> usize {
         self.ncid.iter().filter(|&&c| c != NONE).count()
+    }
+}
+
+/// Makes instances of a plain `__slots__` class (`processors.events.ResolvedEvent`) as its
+/// `__init__` would with every argument given: allocated by the type, each slot set through
+/// its member descriptor (the type's own `__set__`), in C instead of a Python frame each.
+struct SlotMaker<'py> {
+    rtype: &'py Bound<'py, PyType>,
+    descrs: Vec<Bound<'py, PyAny>>,
+}
+
+impl<'py> SlotMaker<'py> {
+    /// Only for a class whose `__slots__` are exactly `slots` (in order), with no `__dict__`.
+    fn new(rtype: &'py Bound<'py, PyType>, slots: &[&str]) -> PyResult<Self> {
+        let declared: Vec<String> = rtype.getattr("__slots__")?.extract()?;
+        let dict_offset: isize = rtype.getattr("__dictoffset__")?.extract()?;
+        if declared != slots || dict_offset != 0 {
+            return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                "resolved_type must have __slots__ {slots:?} and no __dict__"
+            )));
+        }
+        let mut descrs = Vec::with_capacity(slots.len());
+        for name in slots {
+            let d = rtype.getattr(*name)?;
+            let has_set = unsafe { (*ffi::Py_TYPE(d.as_ptr())).tp_descr_set.is_some() };
+            if !has_set {
+                return Err(pyo3::exceptions::PyTypeError::new_err(format!("{name} is not a slot")));
+            }
+            descrs.push(d);
+        }
+        Ok(SlotMaker { rtype, descrs })
+    }
+
+    fn make(&self, values: &[&Bound<'py, PyAny>]) -> PyResult<Bound<'py, PyAny>> {
+        let py = self.rtype.py();
+        unsafe {
+            let tp = self.rtype.as_type_ptr();
+            let alloc = (*tp).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc);
+            let obj = Bound::from_owned_ptr_or_err(py, alloc(tp, 0))?;
+            for (d, v) in self.descrs.iter().zip(values) {
+                let set = (*ffi::Py_TYPE(d.as_ptr())).tp_descr_set.unwrap();
+                if set(d.as_ptr(), obj.as_ptr(), v.as_ptr()) != 0 {
+                    return Err(PyErr::fetch(py));
+                }
+            }
+            Ok(obj)
+        }
     }
 }
 
