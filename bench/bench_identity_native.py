@@ -14,9 +14,9 @@ and prints every resolver's hashes per case. Otherwise,
 in the same run, it alternates the resolvers `rounds` times over the same stream (batches of
 `--batch`, CPU time, the collector handled as bench_identity does): the first pass (a new
 resolver over fresh events) and a second pass (the same events again, every identifier
-known), and prints events/s and each / Python. Then it splits native+pyprep's first pass into
-`_prepare` (identities, combination lookup, hashing of new identifiers, event times), the Rust
-`decide` call, and building the outputs.
+known), and prints events/s and each / Python. Then it splits the native first pass into
+`prepare` (identities, combination lookup, hashing of new identifiers), event times, `decide`
+(decisions and `ResolvedEvent`s) and the rest (the other outputs, in Python).
 """
 
 from __future__ import annotations
@@ -100,41 +100,45 @@ def one_pass(make: Callable[..., IdentityResolver], events: list[TouchpointEvent
 
 
 def split(events: list[TouchpointEvent], size: int) -> None:
-    """Where native+pyprep's first pass spends its time (CPU, per part)."""
+    """Where the native resolver's first pass spends its time (CPU, per part): `prepare` (each
+    event's combination: identities read, looked up, new ones hashed), event times, `decide`
+    (the decisions and the `ResolvedEvent`s), and the rest in Python (the other outputs)."""
     from processors import identity_native as nat
 
-    parts = {"prepare": 0.0, "decide": 0.0, "outputs": 0.0}
-    resolver = NativeIdentityResolver(IdentityConfig(), "bench-salt", native_prepare=False)
+    parts = {"prepare": 0.0, "event times": 0.0, "decide": 0.0}
+    resolver = NativeIdentityResolver(IdentityConfig(), "bench-salt")
     core = resolver.core
-    prepare = resolver._prepare
+    times = nat.native_event_times_ms
 
-    def timed_prepare(accepted: Any) -> Any:
-        t = time.process_time()
-        out = prepare(accepted)
-        parts["prepare"] += time.process_time() - t
-        return out
+    def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any) -> Any:
+            t = time.process_time()
+            out = fn(*args)
+            parts[name] += time.process_time() - t
+            return out
+        return run
 
     class Timed:
+        prepare = staticmethod(timed("prepare", core.prepare))
+        decide = staticmethod(timed("decide", core.decide))
+
         def __getattr__(self, name: str) -> Any:
             return getattr(core, name)
 
-        def decide(self, *args: Any) -> Any:
-            t = time.process_time()
-            out = core.decide(*args)
-            parts["decide"] += time.process_time() - t
-            return out
-
-    resolver._prepare = timed_prepare  # type: ignore[method-assign]
-    resolver.core = Timed()  # type: ignore[assignment]
-    started = time.process_time()
-    for batch in bi.batches(events, size):
-        with bi.batch_gc():
-            resolver.resolve_batch(batch)
-    total = time.process_time() - started
-    parts["outputs"] = total - parts["prepare"] - parts["decide"]
-    del nat
+    resolver.core = Timed()
+    nat.native_event_times_ms = timed("event times", times)
+    try:
+        started = time.process_time()
+        for batch in bi.batches(events, size):
+            with bi.batch_gc():
+                resolver.resolve_batch(batch)
+        total = time.process_time() - started
+    finally:
+        nat.native_event_times_ms = times
+    parts["Python"] = total - sum(parts.values())
     print(f"native first pass, {total:.3f} s CPU: " + ", ".join(
-        f"{k} {v:.3f} s ({v / total:.0%})" for k, v in parts.items()))
+        f"{k} {v:.3f} s ({v / total:.0%}, {v / len(events) * 1e9:.0f} ns/event)"
+        for k, v in parts.items()))
 
 
 def main() -> None:
