@@ -1,0 +1,1436 @@
+//! Experiment (issue 4): the journeys stage (`processors/journeys.py`, `JourneyProcessor`) over
+//! native per-customer state.
+//!
+//! Per customer: the dedup ring as 8-byte digests, the base and current cursors, the kept
+//! history and the counters, in Rust structs; touchpoints, channels, segments and Markov states
+//! are interned codes. Python objects stay only at the boundary: events are read from the
+//! `ResolvedEvent`s given, and the outputs are the same `Step` records (built here), duplicate
+//! events and `(event, watermark, frontier)` for late ones. Event ids, session ids and customer
+//! ids are kept as references to Python strings, because every step carries them out again.
+//!
+//! The index of open journeys by deadline bucket stays a Python dict of Python sets, changed by
+//! the same adds and discards as in Python: `expire` walks those sets, and their iteration order
+//! is the order of a batch's expiry steps (part of the outputs that must be equal).
+//!
+//! The semantics must be exactly the Python ones, to the order of the outputs:
+//! `bench/bench_journeys_native.py --fingerprint` and `bench/bench_chain.py`'s fingerprint
+//! through it check that.
+
+use blake2::digest::consts::U8;
+use blake2::{Blake2b, Digest};
+use pyo3::exceptions::PyValueError;
+use pyo3::ffi;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyDict, PyList, PySet, PyString, PyTuple};
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::ptr::NonNull;
+
+const EMPTY: u32 = 0; // ""
+const START: u32 = 1;
+const CONVERSION: u32 = 2;
+const NULL: u32 = 3;
+const DUE_BUCKET_MS: i64 = 3_600_000;
+
+/// FxHash over bytes: short keys (ids, touchpoints) hashed in a few instructions.
+#[derive(Default)]
+struct Fx(u64);
+
+impl Hasher for Fx {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = self.0;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let w = u64::from_le_bytes(c.try_into().unwrap());
+            h = (h.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+        for &b in chunks.remainder() {
+            h = (h.rotate_left(5) ^ b as u64).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+        self.0 = h;
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.0 = (self.0.rotate_left(5) ^ i as u64).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<Fx>>;
+
+/// A strong reference to a Python string, held only while the GIL is (every method of the core
+/// runs under it): increments and decrements without PyO3's thread-local GIL check.
+struct PStr(NonNull<ffi::PyObject>);
+
+// SAFETY: only touched under the GIL (the core is a pyclass; its methods hold the GIL).
+unsafe impl Send for PStr {}
+
+impl PStr {
+    fn of(b: &Bound<'_, PyString>) -> PStr {
+        PStr::take(b.clone())
+    }
+
+    fn take(b: Bound<'_, PyString>) -> PStr {
+        PStr(NonNull::new(b.into_ptr()).unwrap())
+    }
+
+    fn ptr(&self) -> *mut ffi::PyObject {
+        self.0.as_ptr()
+    }
+
+    /// A new strong reference, for a slot that steals it.
+    fn new_ref(&self) -> *mut ffi::PyObject {
+        unsafe { ffi::Py_INCREF(self.ptr()) };
+        self.ptr()
+    }
+
+    fn text(&self) -> &str {
+        unsafe {
+            let mut n: ffi::Py_ssize_t = 0;
+            let p = ffi::PyUnicode_AsUTF8AndSize(self.ptr(), &mut n);
+            if p.is_null() {
+                ffi::PyErr_Clear();
+                return "";
+            }
+            std::str::from_utf8_unchecked(std::slice::from_raw_parts(p as *const u8, n as usize))
+        }
+    }
+
+    fn bound<'py>(&self, py: Python<'py>) -> Bound<'py, PyString> {
+        unsafe { Bound::from_borrowed_ptr(py, self.ptr()).downcast_into_unchecked() }
+    }
+
+    fn obj(&self, py: Python<'_>) -> PyObject {
+        self.bound(py).into_any().unbind()
+    }
+}
+
+impl Clone for PStr {
+    fn clone(&self) -> PStr {
+        unsafe { ffi::Py_INCREF(self.ptr()) };
+        PStr(self.0)
+    }
+}
+
+impl Drop for PStr {
+    fn drop(&mut self) {
+        unsafe { ffi::Py_DECREF(self.ptr()) };
+    }
+}
+
+/// The BLAKE2b digest (8 bytes) of an event id, big-endian: integer order is byte order.
+fn digest_of(id: &str) -> u64 {
+    let mut h = Blake2b::<U8>::new();
+    h.update(id.as_bytes());
+    u64::from_be_bytes(h.finalize().into())
+}
+
+fn same_str(a: &PStr, b: &PStr) -> bool {
+    a.ptr() == b.ptr() || a.text() == b.text()
+}
+
+/// One applied event as the history keeps it (`HistoryEntry`).
+#[derive(Clone)]
+struct Entry {
+    ts: i64,
+    dig: u64,
+    eid: PStr,
+    tp: u32,
+    ch: u32,
+    given: Option<PStr>,
+    seg: u32,
+    rev: f64, // 0 is Python's int 0 (`revenue or 0`)
+}
+
+/// The walk state after some prefix of a customer's events (`Cursor`).
+#[derive(Clone)]
+struct Cursor {
+    last_ts: i64,
+    is_open: bool,
+    src: u32,
+    prev2: u32,
+    session: PStr,
+    sess_start: i64,
+    jno: i64,
+    ch: u32,
+    seg: u32,
+}
+
+/// One Markov step (`Step`), before it becomes a Python record.
+#[derive(Clone)]
+struct RStep {
+    cid: PStr,
+    seg: u32,
+    ch: u32,
+    tp: u32,
+    src: u32,
+    dst: u32,
+    prev2: u32,
+    gap: i64,
+    ts: i64,
+    session: PStr,
+    is_new: bool,
+    rev: f64,
+    jno: i64,
+    sign: i64,
+    eid: Option<PStr>, // None: "" (an expiry)
+}
+
+impl RStep {
+    fn same(&self, o: &RStep) -> bool {
+        self.seg == o.seg
+            && self.ch == o.ch
+            && self.tp == o.tp
+            && self.src == o.src
+            && self.dst == o.dst
+            && self.prev2 == o.prev2
+            && self.gap == o.gap
+            && self.ts == o.ts
+            && self.is_new == o.is_new
+            && self.rev == o.rev
+            && self.jno == o.jno
+            && self.sign == o.sign
+            && same_str(&self.cid, &o.cid)
+            && same_str(&self.session, &o.session)
+            && match (&self.eid, &o.eid) {
+                (None, None) => true,
+                (Some(a), Some(b)) => same_str(a, b),
+                _ => false,
+            }
+    }
+}
+
+/// Everything kept per customer (`CustomerState`).
+struct Customer {
+    cid: PStr,
+    seen: Vec<u64>,
+    seen_pos: usize, // in digests
+    base: Cursor,
+    cur: Cursor,
+    hist: VecDeque<Entry>,
+    n_events: i64,
+    n_sessions: i64,
+    n_support: i64,
+    n_conversions: i64,
+    n_churns: i64,
+    n_expired: i64,
+    revenue: f64,
+    first_ts: i64,
+    by_channel: Vec<(u32, i64)>, // in the Python dict's insertion order
+}
+
+impl Customer {
+    fn new(cid: PStr, empty: &Cursor) -> Self {
+        Customer {
+            cid,
+            seen: Vec::new(),
+            seen_pos: 0,
+            base: empty.clone(),
+            cur: empty.clone(),
+            hist: VecDeque::new(),
+            n_events: 0,
+            n_sessions: 0,
+            n_support: 0,
+            n_conversions: 0,
+            n_churns: 0,
+            n_expired: 0,
+            revenue: 0.0,
+            first_ts: -1,
+            by_channel: Vec::new(),
+        }
+    }
+
+    fn has_seen(&self, dig: u64) -> bool {
+        self.seen.contains(&dig)
+    }
+}
+
+/// Strings as small codes, with the Python string of each code for the outputs.
+struct Interner {
+    ix: FxMap<Box<str>, u32>,
+    py: Vec<PStr>,
+    // a few recent Python strings by address (the same object recurs: literals, cached values)
+    by_ptr: Vec<(usize, u32, Option<PStr>)>,
+}
+
+impl Interner {
+    fn code(&mut self, py: Python<'_>, s: &Bound<'_, PyString>) -> PyResult<u32> {
+        let ptr = s.as_ptr() as usize;
+        let slot = (ptr >> 4) & (self.by_ptr.len() - 1);
+        let hit = &self.by_ptr[slot];
+        if hit.0 == ptr && hit.2.is_some() {
+            return Ok(hit.1);
+        }
+        let text = s.to_str()?;
+        let code = match self.ix.get(text) {
+            Some(&c) => c,
+            None => self.add(py, text),
+        };
+        self.by_ptr[slot] = (ptr, code, Some(PStr::of(s)));
+        Ok(code)
+    }
+
+    fn add(&mut self, py: Python<'_>, text: &str) -> u32 {
+        let c = self.py.len() as u32;
+        self.ix.insert(text.into(), c);
+        self.py.push(PStr::take(PyString::intern_bound(py, text)));
+        c
+    }
+
+    fn text<'a>(&'a self, py: Python<'a>, code: u32) -> &'a str {
+        let _ = py;
+        self.py[code as usize].text()
+    }
+}
+
+/// The output of one call: steps (Python `Step` records), duplicates, late events, changed.
+struct Out<'py> {
+    steps: Bound<'py, PyList>,
+    changed: Bound<'py, PySet>,
+}
+
+#[pyclass(module = "journeymap_journeys")]
+pub struct NativeJourneyCore {
+    step_type: Py<PyAny>,
+    session_gap_ms: i64,
+    lateness_ms: i64,
+    kept: usize,
+    dedup: usize, // digests
+    horizon_ms: i64,
+    #[pyo3(get, set)]
+    watermark_ms: i64,
+    strs: Interner,
+    outcome: Vec<u32>, // code -> Markov state code
+    conversion: Vec<String>,
+    churn: Vec<String>,
+    support: u32,
+    empty_cursor: Cursor,
+    empty_str: PStr,
+    cix: FxMap<Box<str>, u32>,
+    slots: Vec<Option<Box<Customer>>>,
+    free: Vec<u32>,
+    due: Py<PyDict>,
+    ev_layout: Option<EvLayout>,
+    ev_type: Option<Py<PyAny>>,
+}
+
+impl NativeJourneyCore {
+    fn intern(&mut self, py: Python<'_>, s: &Bound<'_, PyString>) -> PyResult<u32> {
+        let n = self.strs.py.len();
+        let c = self.strs.code(py, s)?;
+        if self.strs.py.len() > n {
+            self.note_new_code(py, c);
+        }
+        Ok(c)
+    }
+
+    fn intern_text(&mut self, py: Python<'_>, text: &str) -> u32 {
+        if let Some(&c) = self.strs.ix.get(text) {
+            return c;
+        }
+        let c = self.strs.add(py, text);
+        self.note_new_code(py, c);
+        c
+    }
+
+    fn note_new_code(&mut self, py: Python<'_>, c: u32) {
+        let text = self.strs.text(py, c);
+        let st = if self.conversion.iter().any(|t| t == text) {
+            CONVERSION
+        } else if self.churn.iter().any(|t| t == text) {
+            NULL
+        } else {
+            c
+        };
+        self.outcome.push(st);
+    }
+
+    fn slot_of(&self, cid: &str) -> Option<u32> {
+        self.cix.get(cid).copied()
+    }
+
+    fn cust(&self, slot: u32) -> &Customer {
+        self.slots[slot as usize].as_ref().unwrap()
+    }
+
+    fn cust_mut(&mut self, slot: u32) -> &mut Customer {
+        self.slots[slot as usize].as_mut().unwrap()
+    }
+
+    fn new_customer(&mut self, cid_text: &str, cid: PStr) -> u32 {
+        let c = Box::new(Customer::new(cid, &self.empty_cursor));
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slots[s as usize] = Some(c);
+                s
+            }
+            None => {
+                self.slots.push(Some(c));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.cix.insert(cid_text.into(), slot);
+        slot
+    }
+
+    fn remove_customer(&mut self, cid_text: &str) -> Option<Box<Customer>> {
+        let slot = self.cix.remove(cid_text)?;
+        self.free.push(slot);
+        self.slots[slot as usize].take()
+    }
+
+    /// `_walk`: the cursor after `e`, pushing its step(s) to `out` (an expiry may precede it).
+    fn walk(
+        &self,
+        py: Python<'_>,
+        cid: &PStr,
+        cur: &Cursor,
+        e: &Entry,
+        out: Option<&mut Vec<RStep>>,
+    ) -> Cursor {
+        let mut is_open = cur.is_open;
+        let mut src = cur.src;
+        let mut prev2 = cur.prev2;
+        let mut jno = cur.jno;
+        let mut sess_start = cur.sess_start;
+        let last_ts = cur.last_ts;
+        let ts = e.ts;
+        let mut out = out;
+        if is_open && ts - last_ts >= self.horizon_ms {
+            if let Some(o) = out.as_deref_mut() {
+                o.push(self.expiry_step(cid, cur));
+            }
+            is_open = false;
+        }
+        if !is_open {
+            jno += 1;
+            src = START;
+            prev2 = EMPTY;
+        }
+        let is_new;
+        let session: PStr;
+        if let Some(given) = &e.given {
+            is_new = !same_str(given, &cur.session) || last_ts < 0;
+            session = given.clone();
+        } else if last_ts >= 0 && ts - last_ts <= self.session_gap_ms {
+            is_new = false;
+            session = cur.session.clone();
+        } else {
+            is_new = true;
+            session = new_session(py, cid, ts);
+        }
+        if is_new {
+            sess_start = ts;
+        }
+        let dst = self.outcome[e.tp as usize];
+        if let Some(o) = out {
+            o.push(RStep {
+                cid: cid.clone(),
+                seg: e.seg,
+                ch: e.ch,
+                tp: e.tp,
+                src,
+                dst,
+                prev2,
+                gap: if src == START { 0 } else { ts - last_ts },
+                ts,
+                session: session.clone(),
+                is_new,
+                rev: e.rev,
+                jno,
+                sign: 1,
+                eid: Some(e.eid.clone()),
+            });
+        }
+        Cursor {
+            last_ts: ts,
+            is_open: dst != CONVERSION && dst != NULL,
+            src: dst,
+            prev2: src,
+            session,
+            sess_start,
+            jno,
+            ch: e.ch,
+            seg: e.seg,
+        }
+    }
+
+    fn expiry_step(&self, cid: &PStr, cur: &Cursor) -> RStep {
+        RStep {
+            cid: cid.clone(),
+            seg: cur.seg,
+            ch: cur.ch,
+            tp: EMPTY,
+            src: cur.src,
+            dst: NULL,
+            prev2: cur.prev2,
+            gap: self.horizon_ms,
+            ts: cur.last_ts + self.horizon_ms,
+            session: cur.session.clone(),
+            is_new: false,
+            rev: 0.0,
+            jno: cur.jno,
+            sign: 1,
+            eid: None,
+        }
+    }
+
+    fn replay<'a>(
+        &self,
+        py: Python<'_>,
+        cid: &PStr,
+        cur: &Cursor,
+        entries: impl Iterator<Item = &'a Entry>,
+        mut out: Option<&mut Vec<RStep>>,
+    ) -> Cursor {
+        let mut c = cur.clone();
+        for e in entries {
+            c = self.walk(py, cid, &c, e, out.as_deref_mut());
+        }
+        c
+    }
+
+    /// `_count`
+    fn count(&self, s: &mut Customer, st: &RStep, sign: i64) {
+        if st.tp != EMPTY {
+            s.n_events += sign;
+            let ch = st.ch;
+            match s.by_channel.iter().position(|&(c, _)| c == ch) {
+                Some(i) => {
+                    let n = s.by_channel[i].1 + sign;
+                    if n != 0 {
+                        s.by_channel[i].1 = n;
+                    } else {
+                        s.by_channel.remove(i);
+                    }
+                }
+                None => {
+                    if sign != 0 {
+                        s.by_channel.push((ch, sign));
+                    }
+                }
+            }
+            if ch == self.support {
+                s.n_support += sign;
+            }
+            if st.is_new {
+                s.n_sessions += sign;
+            }
+            if st.rev != 0.0 {
+                s.revenue += sign as f64 * st.rev;
+            }
+            if st.dst == CONVERSION {
+                s.n_conversions += sign;
+            } else if st.dst == NULL {
+                s.n_churns += sign;
+            }
+        } else {
+            s.n_expired += sign;
+        }
+    }
+
+    fn bucket(&self, cur: &Cursor) -> Option<i64> {
+        if cur.is_open {
+            Some((cur.last_ts + self.horizon_ms).div_euclid(DUE_BUCKET_MS))
+        } else {
+            None
+        }
+    }
+
+    /// `_index`: move a customer between deadline buckets (the Python dict of sets).
+    fn index(&self, py: Python<'_>, cid: &PStr, old: Option<i64>, new: Option<i64>) -> PyResult<()> {
+        if old == new {
+            return Ok(());
+        }
+        let due = self.due.bind(py);
+        if let Some(ob) = old {
+            if let Some(w) = due.get_item(ob)? {
+                let w = w.downcast_into::<PySet>()?;
+                w.discard(&cid.bound(py))?;
+                if w.is_empty() {
+                    due.del_item(ob)?;
+                }
+            }
+        }
+        if let Some(nb) = new {
+            match due.get_item(nb)? {
+                Some(w) => w.downcast_into::<PySet>()?.add(&cid.bound(py))?,
+                None => due.set_item(nb, PySet::new_bound(py, [&cid.bound(py)])?)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// `_net`: additions and retractions that differ (Counter order: added first).
+    fn net(&self, _py: Python<'_>, retracted: Vec<RStep>, added: Vec<RStep>) -> Vec<RStep> {
+        let mut keys: Vec<(RStep, i64)> = Vec::new();
+        for st in added {
+            match keys.iter_mut().find(|(k, _)| k.same(&st)) {
+                Some(k) => k.1 += 1,
+                None => keys.push((st, 1)),
+            }
+        }
+        for st in retracted {
+            match keys.iter_mut().find(|(k, _)| k.same(&st)) {
+                Some(k) => k.1 -= 1,
+                None => keys.push((st, -1)),
+            }
+        }
+        let mut out = Vec::new();
+        for (k, n) in &keys {
+            for _ in 0..(*n).max(0) {
+                out.push(k.clone());
+            }
+        }
+        for (k, n) in &keys {
+            for _ in 0..(-*n).max(0) {
+                let mut r = k.clone();
+                r.sign = -1;
+                out.push(r);
+            }
+        }
+        out
+    }
+
+    /// `_emit`: count the steps into the customer and send them out.
+    fn emit(&self, py: Python<'_>, s: &mut Customer, steps: &[RStep], out: &Out<'_>) -> PyResult<()> {
+        for st in steps {
+            self.count(s, st, st.sign);
+            out.steps.append(self.step_obj(py, st)?)?;
+        }
+        Ok(())
+    }
+
+    /// A `Step` record, built as `tuple.__new__(Step, fields)` builds it.
+    fn step_obj<'py>(&self, py: Python<'py>, st: &RStep) -> PyResult<Bound<'py, PyAny>> {
+        unsafe {
+            let items: [*mut ffi::PyObject; 15] = [
+                st.cid.new_ref(),
+                self.strs.py[st.seg as usize].new_ref(),
+                self.strs.py[st.ch as usize].new_ref(),
+                self.strs.py[st.tp as usize].new_ref(),
+                self.strs.py[st.src as usize].new_ref(),
+                self.strs.py[st.dst as usize].new_ref(),
+                self.strs.py[st.prev2 as usize].new_ref(),
+                ffi::PyLong_FromLongLong(st.gap),
+                ffi::PyLong_FromLongLong(st.ts),
+                st.session.new_ref(),
+                ffi::PyBool_FromLong(st.is_new as _),
+                if st.tp != EMPTY && st.rev == 0.0 {
+                    ffi::PyLong_FromLong(0)
+                } else {
+                    ffi::PyFloat_FromDouble(st.rev)
+                },
+                ffi::PyLong_FromLongLong(st.jno),
+                ffi::PyLong_FromLongLong(st.sign),
+                match &st.eid {
+                    Some(e) => e.new_ref(),
+                    None => self.empty_str.new_ref(),
+                },
+            ];
+            let tp = self.step_type.as_ptr() as *mut ffi::PyTypeObject;
+            let alloc = (*tp).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc);
+            let obj = alloc(tp, 15);
+            if obj.is_null() {
+                for p in items {
+                    ffi::Py_XDECREF(p);
+                }
+                return Err(PyErr::fetch(py));
+            }
+            for (i, p) in items.into_iter().enumerate() {
+                ffi::PyTuple_SET_ITEM(obj, i as ffi::Py_ssize_t, p);
+            }
+            // Strings and numbers only: no cycle can go through it, and the collector would
+            // untrack it at its first pass anyway (as it does any such tuple); untracked now,
+            // it is never walked.
+            if ffi::PyObject_IS_GC(obj) != 0 {
+                ffi::PyObject_GC_UnTrack(obj as *mut std::ffi::c_void);
+            }
+            Ok(Bound::from_owned_ptr(py, obj))
+        }
+    }
+
+    /// `_insert`: an out-of-order entry in place, and the corrections of the steps after it.
+    fn insert(&mut self, py: Python<'_>, slot: u32, e: Entry, out: &Out<'_>) -> PyResult<()> {
+        let mut s = self.slots[slot as usize].take().unwrap();
+        let key = (e.ts, e.dig);
+        let mut i = s.hist.len();
+        while i > 0 && (s.hist[i - 1].ts, s.hist[i - 1].dig) > key {
+            i -= 1;
+        }
+        let cid = s.cid.clone();
+        let cur = self.replay(py, &cid, &s.base, s.hist.range(..i), None);
+        let mut old = Vec::new();
+        self.replay(py, &cid, &cur, s.hist.range(i..), Some(&mut old));
+        let mut new = Vec::new();
+        let end = self.replay(
+            py,
+            &cid,
+            &cur,
+            std::iter::once(&e).chain(s.hist.range(i..)),
+            Some(&mut new),
+        );
+        let steps = self.net(py, old, new);
+        let r = self.emit(py, &mut s, &steps, out);
+        s.hist.insert(i, e);
+        s.cur = end;
+        self.slots[slot as usize] = Some(s);
+        r
+    }
+
+    /// `_fold`: history older than the frontier beyond the last `kept` entries into `base`.
+    fn fold(&self, py: Python<'_>, s: &mut Customer, frontier: i64) {
+        let mut n = 0;
+        let mut base: Option<Cursor> = None;
+        while s.hist.len() - n > self.kept && s.hist[n].ts < frontier {
+            let b = self.walk(py, &s.cid, base.as_ref().unwrap_or(&s.base), &s.hist[n], None);
+            base = Some(b);
+            n += 1;
+        }
+        if let Some(b) = base {
+            s.base = b;
+            s.hist.drain(..n);
+        }
+    }
+
+    fn cursor_obj<'py>(&self, py: Python<'py>, c: &Cursor) -> Bound<'py, PyTuple> {
+        PyTuple::new_bound(
+            py,
+            [
+                c.last_ts.into_py(py),
+                c.is_open.into_py(py),
+                self.strs.py[c.src as usize].obj(py),
+                self.strs.py[c.prev2 as usize].obj(py),
+                c.session.obj(py),
+                c.sess_start.into_py(py),
+                c.jno.into_py(py),
+                self.strs.py[c.ch as usize].obj(py),
+                self.strs.py[c.seg as usize].obj(py),
+            ],
+        )
+    }
+
+    fn cursor_from(&mut self, py: Python<'_>, t: &Bound<'_, PyAny>) -> PyResult<Cursor> {
+        let t = t.downcast::<PyTuple>()?;
+        Ok(Cursor {
+            last_ts: t.get_item(0)?.extract()?,
+            is_open: t.get_item(1)?.extract()?,
+            src: self.intern(py, t.get_item(2)?.downcast()?)?,
+            prev2: self.intern(py, t.get_item(3)?.downcast()?)?,
+            session: PStr::take(t.get_item(4)?.downcast_into::<PyString>()?),
+            sess_start: t.get_item(5)?.extract()?,
+            jno: t.get_item(6)?.extract()?,
+            ch: self.intern(py, t.get_item(7)?.downcast()?)?,
+            seg: self.intern(py, t.get_item(8)?.downcast()?)?,
+        })
+    }
+
+    fn rev_obj(py: Python<'_>, rev: f64) -> PyObject {
+        if rev == 0.0 {
+            0i64.into_py(py)
+        } else {
+            rev.into_py(py)
+        }
+    }
+
+    /// A customer in `CustomerState.__getstate__`'s layout (a tuple of its slots).
+    fn state_obj<'py>(&self, py: Python<'py>, s: &Customer) -> PyResult<Bound<'py, PyTuple>> {
+        let mut ring = Vec::with_capacity(s.seen.len() * 8);
+        for d in &s.seen {
+            ring.extend_from_slice(&d.to_be_bytes());
+        }
+        let hist = PyList::empty_bound(py);
+        for e in &s.hist {
+            let given = match &e.given {
+                Some(g) => g.obj(py),
+                None => py.None(),
+            };
+            hist.append(PyTuple::new_bound(
+                py,
+                [
+                    e.ts.into_py(py),
+                    e.eid.obj(py),
+                    self.strs.py[e.tp as usize].obj(py),
+                    self.strs.py[e.ch as usize].obj(py),
+                    given,
+                    self.strs.py[e.seg as usize].obj(py),
+                    Self::rev_obj(py, e.rev),
+                ],
+            ))?;
+        }
+        let by_channel = PyDict::new_bound(py);
+        for &(c, n) in &s.by_channel {
+            by_channel.set_item(self.strs.py[c as usize].bound(py), n)?;
+        }
+        Ok(PyTuple::new_bound(
+            py,
+            [
+                PyByteArray::new_bound(py, &ring).into_any().unbind(),
+                (s.seen_pos * 8).into_py(py),
+                self.cursor_obj(py, &s.base).into_any().unbind(),
+                self.cursor_obj(py, &s.cur).into_any().unbind(),
+                hist.into_any().unbind(),
+                s.n_events.into_py(py),
+                s.n_sessions.into_py(py),
+                s.n_support.into_py(py),
+                s.n_conversions.into_py(py),
+                s.n_churns.into_py(py),
+                s.n_expired.into_py(py),
+                s.revenue.into_py(py),
+                s.first_ts.into_py(py),
+                by_channel.into_any().unbind(),
+            ],
+        ))
+    }
+}
+
+/// Where `ResolvedEvent`'s slots sit in its instances (read directly when the type is the same).
+struct EvLayout {
+    ty: *mut ffi::PyTypeObject,
+    off: [isize; 4], // customer_id, event, segment, ts_ms
+}
+
+// SAFETY: a type pointer kept alive by the reference the core holds (`ev_type`).
+unsafe impl Send for EvLayout {}
+
+fn slot_offset(ty: &Bound<'_, PyAny>, name: &Bound<'_, PyString>) -> Option<isize> {
+    let d = ty.getattr(name).ok()?;
+    if d.get_type().name().ok()?.to_str().ok()? != "member_descriptor" {
+        return None;
+    }
+    unsafe {
+        let descr = d.as_ptr() as *mut ffi::PyMemberDescrObject;
+        let member = (*descr).d_member as *mut ffi::PyMemberDef;
+        if (*member).type_code != 16 {
+            return None; // T_OBJECT_EX only
+        }
+        Some((*member).offset as isize)
+    }
+}
+
+/// `obj.<slot>` read at its offset, or by getattr when the layout does not apply.
+fn slot_or_attr<'py>(
+    obj: &Bound<'py, PyAny>,
+    layout: &Option<EvLayout>,
+    i: usize,
+    name: &Bound<'py, PyString>,
+) -> PyResult<Bound<'py, PyAny>> {
+    if let Some(l) = layout {
+        unsafe {
+            if ffi::Py_TYPE(obj.as_ptr()) == l.ty {
+                let p = *((obj.as_ptr() as *mut u8).offset(l.off[i]) as *mut *mut ffi::PyObject);
+                if !p.is_null() {
+                    return Ok(Bound::from_borrowed_ptr(obj.py(), p));
+                }
+            }
+        }
+    }
+    obj.getattr(name)
+}
+
+/// `obj.<name>` from the instance dict `dict` (a model's fields), or by getattr.
+fn dict_or_attr<'py>(
+    obj: &Bound<'py, PyAny>,
+    dict: *mut ffi::PyObject,
+    name: &Bound<'py, PyString>,
+) -> PyResult<Bound<'py, PyAny>> {
+    if !dict.is_null() {
+        unsafe {
+            let p = ffi::PyDict_GetItemWithError(dict, name.as_ptr());
+            if !p.is_null() {
+                return Ok(Bound::from_borrowed_ptr(obj.py(), p));
+            }
+            if !ffi::PyErr_Occurred().is_null() {
+                return Err(PyErr::fetch(obj.py()));
+            }
+        }
+    }
+    obj.getattr(name)
+}
+
+fn instance_dict(obj: &Bound<'_, PyAny>) -> *mut ffi::PyObject {
+    unsafe {
+        let dp = ffi::_PyObject_GetDictPtr(obj.as_ptr());
+        if dp.is_null() {
+            std::ptr::null_mut()
+        } else {
+            *dp
+        }
+    }
+}
+
+fn new_session(py: Python<'_>, cid: &PStr, ts: i64) -> PStr {
+    PStr::take(PyString::new_bound(py, &format!("{}/{ts}", cid.text())))
+}
+
+#[pymethods]
+impl NativeJourneyCore {
+    /// The core of one partition: `step_type` is `processors.journeys.Step`, `due` the dict
+    /// of deadline buckets (int -> set of customer ids) the wrapper exposes as `_due`.
+    #[new]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        step_type: Py<PyAny>,
+        session_gap_ms: i64,
+        lateness_ms: i64,
+        kept: usize,
+        dedup_ids: usize,
+        horizon_ms: i64,
+        conversion: Vec<String>,
+        churn: Vec<String>,
+        due: Py<PyDict>,
+    ) -> Self {
+        let mut strs = Interner {
+            ix: FxMap::default(),
+            py: Vec::new(),
+            by_ptr: (0..64).map(|_| (0usize, 0u32, None)).collect(),
+        };
+        for t in ["", "start", "conversion", "null"] {
+            strs.add(py, t);
+        }
+        let empty_str = strs.py[0].clone();
+        let empty_cursor = Cursor {
+            last_ts: -1,
+            is_open: false,
+            src: START,
+            prev2: EMPTY,
+            session: empty_str.clone(),
+            sess_start: -1,
+            jno: 0,
+            ch: EMPTY,
+            seg: EMPTY,
+        };
+        let mut core = NativeJourneyCore {
+            step_type,
+            session_gap_ms,
+            lateness_ms,
+            kept,
+            dedup: dedup_ids,
+            horizon_ms,
+            watermark_ms: -(1i64 << 62),
+            strs,
+            outcome: Vec::new(),
+            conversion,
+            churn,
+            support: 0,
+            empty_cursor,
+            empty_str,
+            cix: FxMap::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            due,
+            ev_layout: None,
+            ev_type: None,
+        };
+        for c in 0..4 {
+            core.note_new_code(py, c);
+        }
+        core.support = core.intern_text(py, "support");
+        core
+    }
+
+    /// `JourneyProcessor.apply`: returns (steps, duplicates, late, changed) where late holds
+    /// `(event, watermark_ms, frontier_ms)`.
+    #[pyo3(signature = (events, watermark_ms=None))]
+    fn apply<'py>(
+        &mut self,
+        py: Python<'py>,
+        events: &Bound<'py, PyAny>,
+        watermark_ms: Option<i64>,
+    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PySet>)> {
+        let out = Out { steps: PyList::empty_bound(py), changed: PySet::empty_bound(py)? };
+        let dups = PyList::empty_bound(py);
+        let late = PyList::empty_bound(py);
+        if let Some(w) = watermark_ms {
+            if w > self.watermark_ms {
+                self.watermark_ms = w;
+            }
+        }
+        let mut wm = self.watermark_ms;
+        let lateness = self.lateness_ms;
+        let mut frontier = wm - lateness;
+        let n_customer_id = intern!(py, "customer_id");
+        let n_event = intern!(py, "event");
+        let n_event_id = intern!(py, "event_id");
+        let n_ts_ms = intern!(py, "ts_ms");
+        let n_touchpoint = intern!(py, "touchpoint");
+        let n_channel = intern!(py, "channel");
+        let n_session_id = intern!(py, "session_id");
+        let n_segment = intern!(py, "segment");
+        let n_revenue = intern!(py, "revenue");
+        let mut steps: Vec<RStep> = Vec::with_capacity(2);
+        for ev in events.iter()? {
+            let ev = ev?;
+            if self.ev_type.is_none() {
+                let ty = ev.get_type().into_any();
+                let offs = [n_customer_id, n_event, n_segment, n_ts_ms].map(|n| slot_offset(&ty, n));
+                if offs.iter().all(|o| o.is_some()) {
+                    self.ev_layout = Some(EvLayout {
+                        ty: ty.as_ptr() as *mut ffi::PyTypeObject,
+                        off: offs.map(|o| o.unwrap()),
+                    });
+                }
+                self.ev_type = Some(ty.unbind());
+            }
+            let layout = &self.ev_layout;
+            let cid_obj = slot_or_attr(&ev, layout, 0, n_customer_id)?.downcast_into::<PyString>()?;
+            let te = slot_or_attr(&ev, layout, 1, n_event)?;
+            let td = instance_dict(&te);
+            let eid = dict_or_attr(&te, td, n_event_id)?.downcast_into::<PyString>()?;
+            let dig = digest_of(eid.to_str()?);
+            let cid_text = cid_obj.to_str()?;
+            let found = self.slot_of(cid_text);
+            if let Some(slot) = found {
+                if self.cust(slot).has_seen(dig) {
+                    dups.append(&ev)?;
+                    continue;
+                }
+            }
+            let ts: i64 = slot_or_attr(&ev, &self.ev_layout, 3, n_ts_ms)?.extract()?;
+            if ts < frontier {
+                late.append((&ev, wm, frontier))?;
+                continue;
+            }
+            let slot = match found {
+                Some(s) => s,
+                None => self.new_customer(cid_text, PStr::of(&cid_obj)),
+            };
+            if ts > wm {
+                wm = ts;
+                frontier = ts - lateness;
+            }
+            let tp = self.intern(py, dict_or_attr(&te, td, n_touchpoint)?.downcast()?)?;
+            let ch = self.intern(py, dict_or_attr(&te, td, n_channel)?.downcast()?)?;
+            let given = dict_or_attr(&te, td, n_session_id)?;
+            let given = if given.is_none() {
+                None
+            } else {
+                Some(PStr::take(given.downcast_into::<PyString>()?))
+            };
+            let seg = self.intern(py, slot_or_attr(&ev, &self.ev_layout, 2, n_segment)?.downcast()?)?;
+            let rev_obj = dict_or_attr(&te, td, n_revenue)?;
+            let rev: f64 = if rev_obj.is_none() { 0.0 } else { rev_obj.extract()? };
+            let e = Entry { ts, dig, eid: PStr::take(eid), tp, ch, given, seg, rev };
+            let dedup = self.dedup;
+            let horizon = self.horizon_ms;
+            let mut s = self.slots[slot as usize].take().unwrap();
+            if s.seen.len() < dedup {
+                s.seen.push(dig);
+            } else {
+                let pos = s.seen_pos;
+                s.seen[pos] = dig;
+                s.seen_pos = (pos + 1) % dedup;
+            }
+            let old_bucket = self.bucket(&s.cur);
+            let out_of_order = match s.hist.back() {
+                Some(last) => ts < s.cur.last_ts || (ts == s.cur.last_ts && dig <= last.dig),
+                None => false,
+            };
+            if out_of_order {
+                self.watermark_ms = wm;
+                self.slots[slot as usize] = Some(s);
+                self.insert(py, slot, e, &out)?;
+                s = self.slots[slot as usize].take().unwrap();
+                if ts < s.first_ts {
+                    s.first_ts = ts;
+                }
+            } else {
+                let cid = s.cid.clone();
+                steps.clear();
+                let new_cur = self.walk(py, &cid, &s.cur, &e, Some(&mut steps));
+                for st in &steps {
+                    self.count(&mut s, st, 1);
+                    out.steps.append(self.step_obj(py, st)?)?;
+                }
+                s.cur = new_cur;
+                s.hist.push_back(e);
+                if s.first_ts < 0 {
+                    s.first_ts = ts;
+                }
+                let _ = horizon;
+            }
+            let new_bucket = self.bucket(&s.cur);
+            if old_bucket != new_bucket {
+                self.index(py, &s.cid, old_bucket, new_bucket)?;
+            }
+            if s.hist.len() > self.kept && s.hist[0].ts < frontier {
+                self.fold(py, &mut s, frontier);
+            }
+            out.changed.add(s.cid.bound(py))?;
+            self.slots[slot as usize] = Some(s);
+        }
+        self.watermark_ms = wm;
+        Ok((out.steps, dups, late, out.changed))
+    }
+
+    /// `JourneyProcessor.expire`: returns (steps, changed).
+    fn expire<'py>(&mut self, py: Python<'py>, now_ms: i64) -> PyResult<(Bound<'py, PyList>, Bound<'py, PySet>)> {
+        let out = Out { steps: PyList::empty_bound(py), changed: PySet::empty_bound(py)? };
+        if now_ms > self.watermark_ms {
+            self.watermark_ms = now_ms;
+        }
+        let frontier = self.watermark_ms - self.lateness_ms;
+        let last_bucket = frontier.div_euclid(DUE_BUCKET_MS);
+        let due = self.due.clone_ref(py);
+        let due = due.bind(py);
+        let mut buckets: Vec<i64> = Vec::new();
+        for k in due.keys() {
+            let b: i64 = k.extract()?;
+            if b <= last_bucket {
+                buckets.push(b);
+            }
+        }
+        buckets.sort_unstable();
+        for bucket in buckets {
+            let waiting = due.get_item(bucket)?.unwrap();
+            due.del_item(bucket)?;
+            for cid in waiting.iter()? {
+                let cid = cid?.downcast_into::<PyString>()?;
+                let slot = match self.slot_of(cid.to_str()?) {
+                    Some(s) => s,
+                    None => continue,
+                };
+                let mut s = self.slots[slot as usize].take().unwrap();
+                if !s.cur.is_open {
+                    self.slots[slot as usize] = Some(s);
+                    continue;
+                }
+                if s.cur.last_ts + self.horizon_ms > frontier {
+                    match due.get_item(bucket)? {
+                        Some(w) => w.downcast_into::<PySet>()?.add(&cid)?,
+                        None => due.set_item(bucket, PySet::new_bound(py, [&cid])?)?,
+                    }
+                    self.slots[slot as usize] = Some(s);
+                    continue;
+                }
+                let c = s.cid.clone();
+                let st = self.expiry_step(&c, &s.cur);
+                let r = self.emit(py, &mut s, std::slice::from_ref(&st), &out);
+                s.cur.is_open = false;
+                if s.hist.len() > self.kept && s.hist[0].ts < frontier {
+                    self.fold(py, &mut s, frontier);
+                }
+                self.slots[slot as usize] = Some(s);
+                r?;
+                out.changed.add(&cid)?;
+            }
+        }
+        Ok((out.steps, out.changed))
+    }
+
+    /// `JourneyProcessor.merge`: returns (steps, changed).
+    fn merge<'py>(
+        &mut self,
+        py: Python<'py>,
+        loser: &Bound<'py, PyString>,
+        winner: &Bound<'py, PyString>,
+    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PySet>)> {
+        let out = Out { steps: PyList::empty_bound(py), changed: PySet::empty_bound(py)? };
+        let (lt, wt) = (loser.to_str()?, winner.to_str()?);
+        if lt == wt || self.slot_of(lt).is_none() {
+            return Ok((out.steps, out.changed));
+        }
+        let ls = self.remove_customer(lt).unwrap();
+        let wslot = match self.slot_of(wt) {
+            Some(s) => s,
+            None => self.new_customer(wt, PStr::of(winner)),
+        };
+        let mut ws = self.slots[wslot as usize].take().unwrap();
+        out.changed.add(loser)?;
+        out.changed.add(winner)?;
+        let cut = ws.base.last_ts.max(ls.base.last_ts);
+        let start = if ws.base.last_ts >= ls.base.last_ts { ws.base.clone() } else { ls.base.clone() };
+        let mut retracted: Vec<RStep> = Vec::new();
+        for s in [&ws, &ls] {
+            let mut i = 0;
+            let mut cur = s.base.clone();
+            while i < s.hist.len() && s.hist[i].ts <= cut {
+                cur = self.walk(py, &s.cid, &cur, &s.hist[i], None);
+                i += 1;
+            }
+            let mut old = Vec::new();
+            let end = self.replay(py, &s.cid, &cur, s.hist.range(i..), Some(&mut old));
+            if s.cur.is_open != end.is_open {
+                old.push(self.expiry_step(&s.cid, &end));
+            }
+            retracted.extend(old);
+        }
+        // {e.event_id: e for e in ws.history + ls.history if e.ts > cut}, sorted by (ts, digest)
+        let mut kept: Vec<Entry> = Vec::new();
+        {
+            let mut at: FxMap<&str, usize> = FxMap::default();
+            for e in ws.hist.iter().chain(ls.hist.iter()) {
+                if e.ts <= cut {
+                    continue;
+                }
+                let id = e.eid.text();
+                match at.get(id) {
+                    Some(&k) => kept[k] = e.clone(),
+                    None => {
+                        at.insert(id, kept.len());
+                        kept.push(e.clone());
+                    }
+                }
+            }
+        }
+        kept.sort_by_key(|e| (e.ts, e.dig));
+        let wcid = ws.cid.clone();
+        let mut added = Vec::new();
+        let mut new_cur = self.replay(py, &wcid, &start, kept.iter(), Some(&mut added));
+        ws.n_events += ls.n_events;
+        ws.n_sessions += ls.n_sessions;
+        ws.n_support += ls.n_support;
+        ws.n_conversions += ls.n_conversions;
+        ws.n_churns += ls.n_churns;
+        ws.n_expired += ls.n_expired;
+        ws.revenue += ls.revenue;
+        for &(ch, n) in &ls.by_channel {
+            match ws.by_channel.iter().position(|&(c, _)| c == ch) {
+                Some(i) => ws.by_channel[i].1 += n,
+                None => ws.by_channel.push((ch, n)),
+            }
+        }
+        let firsts: Vec<i64> = [ws.first_ts, ls.first_ts].into_iter().filter(|&t| t >= 0).collect();
+        ws.first_ts = firsts.into_iter().min().unwrap_or(-1);
+        let frontier = self.watermark_ms - self.lateness_ms;
+        if new_cur.is_open && new_cur.last_ts + self.horizon_ms <= frontier {
+            added.push(self.expiry_step(&wcid, &new_cur));
+            new_cur.is_open = false;
+        }
+        let steps = self.net(py, retracted, added);
+        let r = self.emit(py, &mut ws, &steps, &out);
+        ws.base = start;
+        let lb = self.bucket(&ls.cur);
+        self.index(py, &ls.cid, lb, None)?;
+        let (ob, nb) = (self.bucket(&ws.cur), self.bucket(&new_cur));
+        self.index(py, &wcid, ob, nb)?;
+        ws.cur = new_cur;
+        ws.hist = kept.into();
+        let mut seen = ws.seen.clone();
+        seen.extend_from_slice(&ls.seen);
+        if seen.len() > self.dedup {
+            seen.drain(..seen.len() - self.dedup);
+        }
+        ws.seen = seen;
+        ws.seen_pos = 0;
+        self.slots[wslot as usize] = Some(ws);
+        r?;
+        Ok((out.steps, out.changed))
+    }
+
+    /// Every customer as `(customer_id, CustomerState.__getstate__() layout)`.
+    fn export<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty_bound(py);
+        for s in self.slots.iter().flatten() {
+            out.append((s.cid.bound(py), self.state_obj(py, s)?))?;
+        }
+        Ok(out)
+    }
+
+    /// One customer's state (as `export`), or None.
+    fn get_state<'py>(&self, py: Python<'py>, cid: &str) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        match self.slot_of(cid) {
+            Some(slot) => Ok(Some(self.state_obj(py, self.cust(slot))?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Remove a customer; its state (as `export`) or None. The deadline index is not touched.
+    fn pop_state<'py>(&mut self, py: Python<'py>, cid: &str) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        match self.remove_customer(cid) {
+            Some(s) => Ok(Some(self.state_obj(py, &s)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Set a customer's state from `CustomerState.__getstate__()`'s layout (replacing any).
+    /// The deadline index is not touched.
+    fn put_state(&mut self, py: Python<'_>, cid: &Bound<'_, PyString>, state: &Bound<'_, PyTuple>) -> PyResult<()> {
+        if state.len() != 14 {
+            return Err(PyValueError::new_err("a CustomerState has 14 fields"));
+        }
+        let ring: Vec<u8> = state.get_item(0)?.downcast::<PyByteArray>()?.to_vec();
+        let seen = ring.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().unwrap())).collect();
+        let seen_pos: usize = state.get_item(1)?.extract::<usize>()? / 8;
+        let base = self.cursor_from(py, &state.get_item(2)?)?;
+        let cur = self.cursor_from(py, &state.get_item(3)?)?;
+        let mut hist = VecDeque::new();
+        for e in state.get_item(4)?.iter()? {
+            let e = e?;
+            let e = e.downcast::<PyTuple>()?;
+            let eid = e.get_item(1)?.downcast_into::<PyString>()?;
+            let given = e.get_item(4)?;
+            hist.push_back(Entry {
+                ts: e.get_item(0)?.extract()?,
+                dig: digest_of(eid.to_str()?),
+                eid: PStr::take(eid),
+                tp: self.intern(py, e.get_item(2)?.downcast()?)?,
+                ch: self.intern(py, e.get_item(3)?.downcast()?)?,
+                given: if given.is_none() { None } else { Some(PStr::take(given.downcast_into::<PyString>()?)) },
+                seg: self.intern(py, e.get_item(5)?.downcast()?)?,
+                rev: e.get_item(6)?.extract()?,
+            });
+        }
+        let mut by_channel = Vec::new();
+        for (k, v) in state.get_item(13)?.downcast::<PyDict>()?.iter() {
+            by_channel.push((self.intern(py, k.downcast()?)?, v.extract()?));
+        }
+        let cid_text = cid.to_str()?;
+        let slot = match self.slot_of(cid_text) {
+            Some(s) => s,
+            None => self.new_customer(cid_text, PStr::of(cid)),
+        };
+        let s = self.cust_mut(slot);
+        s.seen = seen;
+        s.seen_pos = seen_pos;
+        s.base = base;
+        s.cur = cur;
+        s.hist = hist;
+        s.n_events = state.get_item(5)?.extract()?;
+        s.n_sessions = state.get_item(6)?.extract()?;
+        s.n_support = state.get_item(7)?.extract()?;
+        s.n_conversions = state.get_item(8)?.extract()?;
+        s.n_churns = state.get_item(9)?.extract()?;
+        s.n_expired = state.get_item(10)?.extract()?;
+        s.revenue = state.get_item(11)?.extract()?;
+        s.first_ts = state.get_item(12)?.extract()?;
+        s.by_channel = by_channel;
+        Ok(())
+    }
+
+    /// Whether the customer's dedup ring holds the event id (`JourneyProcessor._seen`).
+    fn seen(&self, cid: &str, event_id: &str) -> bool {
+        match self.slot_of(cid) {
+            Some(slot) => self.cust(slot).has_seen(digest_of(event_id)),
+            None => false,
+        }
+    }
+
+    /// The deadline bucket of a customer's current cursor (None: not open or unknown).
+    fn due_bucket(&self, cid: &str) -> Option<i64> {
+        self.slot_of(cid).and_then(|slot| self.bucket(&self.cust(slot).cur))
+    }
+
+    fn __len__(&self) -> usize {
+        self.cix.len()
+    }
+
+    fn __contains__(&self, cid: &str) -> bool {
+        self.cix.contains_key(cid)
+    }
+
+    /// The customer ids, in no particular order.
+    fn customer_ids<'py>(&self, py: Python<'py>) -> Bound<'py, PyList> {
+        let ids: Vec<PyObject> = self.slots.iter().flatten().map(|s| s.cid.obj(py)).collect();
+        PyList::new_bound(py, ids)
+    }
+
+    /// The 8-byte digest of an event id, as `processors.journeys.event_digest` gives it.
+    #[staticmethod]
+    fn event_digest(event_id: &str) -> [u8; 8] {
+        digest_of(event_id).to_be_bytes()
+    }
+}
+
+/// `TransitionCounter.update`'s loop (the hot path of the windowed counting) over the same
+/// Python state: each step's cell `(segment, channel, prev2, src, dst, gap bucket)` updated in
+/// its pane's dict (`hot[p].cells`, or a late pane's dict returned to Python for `_correct`),
+/// by the same dict operations in the same order, so the cells keep the same order.
+#[pyclass(module = "journeymap_journeys")]
+pub struct NativeStepCounter {
+    step_ms: i64,
+    lows: Vec<i64>,
+    counts_type: Py<PyAny>,
+}
+
+#[pymethods]
+impl NativeStepCounter {
+    #[new]
+    fn new(step_ms: i64, lows: Vec<i64>, counts_type: Py<PyAny>) -> Self {
+        NativeStepCounter { step_ms, lows, counts_type }
+    }
+
+    /// Count `steps` into `hot` (pane -> TransitionCounts); the late panes' cells (pane ->
+    /// dict) or None.
+    #[pyo3(signature = (steps, hot, frontier))]
+    fn update<'py>(
+        &self,
+        py: Python<'py>,
+        steps: &Bound<'py, PyAny>,
+        hot: &Bound<'py, PyDict>,
+        frontier: Option<i64>,
+    ) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let n_cells = intern!(py, "cells");
+        let mut late: Option<Bound<'py, PyDict>> = None;
+        let mut last_p: Option<i64> = None;
+        let mut cells: Option<Bound<'py, PyDict>> = None;
+        for st in steps.iter()? {
+            let st = st?;
+            let st = st.downcast::<PyTuple>()?;
+            if st.len() != 15 {
+                return Err(PyValueError::new_err("a Step has 15 fields"));
+            }
+            let item = |i: usize| unsafe { st.get_item_unchecked(i) };
+            let gap: i64 = item(7).extract()?;
+            let ts: i64 = item(8).extract()?;
+            let sign: i64 = item(13).extract()?;
+            let p = ts.div_euclid(self.step_ms);
+            let bucket = self.lows.partition_point(|&low| low <= gap) as i64 - 1;
+            let key = PyTuple::new_bound(
+                py,
+                [item(1), item(2), item(6), item(4), item(5), bucket.into_py(py).into_bound(py)],
+            );
+            if last_p != Some(p) {
+                last_p = Some(p);
+                if matches!(frontier, Some(f) if p < f) {
+                    let l = late.get_or_insert_with(|| PyDict::new_bound(py));
+                    cells = Some(match l.get_item(p)? {
+                        Some(c) => c.downcast_into::<PyDict>()?,
+                        None => {
+                            let c = PyDict::new_bound(py);
+                            l.set_item(p, &c)?;
+                            c
+                        }
+                    });
+                } else {
+                    let pane = match hot.get_item(p)? {
+                        Some(pane) => pane,
+                        None => {
+                            let pane = self.counts_type.bind(py).call0()?;
+                            hot.set_item(p, &pane)?;
+                            pane
+                        }
+                    };
+                    cells = Some(pane.getattr(n_cells)?.downcast_into::<PyDict>()?);
+                }
+            }
+            let c = cells.as_ref().unwrap();
+            match c.get_item(&key)? {
+                None => c.set_item(key, (sign, sign * gap))?,
+                Some(v) => {
+                    let v = v.downcast::<PyTuple>()?;
+                    let n = v.get_item(0)?.extract::<i64>()? + sign;
+                    let g = v.get_item(1)?.extract::<i64>()? + sign * gap;
+                    if n != 0 || g != 0 {
+                        c.set_item(key, (n, g))?;
+                    } else {
+                        c.del_item(key)?;
+                    }
+                }
+            }
+        }
+        Ok(late)
+    }
+}
+
+#[pymodule]
+fn journeymap_journeys(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<NativeJourneyCore>()?;
+    m.add_class::<NativeStepCounter>()?;
+    // The hash of the sources it was built from (scripts/build-native.sh sets it; "" otherwise)
+    m.add("SOURCE_HASH", option_env!("JOURNEYMAP_NATIVE_SOURCE_HASH").unwrap_or(""))?;
+    Ok(())
+}
