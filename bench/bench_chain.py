@@ -27,6 +27,10 @@ journeys..attribution stage (`JourneyChain.process_resolved` and `finish`), call
 output of every batch (steps, cell rows, funnel transitions, released, applied, duplicate and late
 events, merges) and of the final state: a change meant to be exact must print the same. The order
 of a batch's expiry steps follows set iteration, so compare runs with the same PYTHONHASHSEED.
+
+The engines are the settings' (printed on the first line): the native cores when installed.
+``JOURNEYMAP_JOURNEY__ENGINE=python`` runs the Python journeys processor and transition counter,
+``JOURNEYMAP_IDENTITY__ENGINE=python`` the Python resolver.
 """
 
 from __future__ import annotations
@@ -47,7 +51,9 @@ import orjson
 from processors.chain import ChainOutput, JourneyChain, gc_paused
 from processors.identity import MergeRecord
 from processors.identity_native import engine_of
-from processors.transitions import CellRow, TransitionCounter
+from processors.journeys_native import engine_of as journey_engine_of
+from processors.journeys_native import new_journey_stage
+from processors.transitions import CellRow
 from processors.validation import Source, decode_batch
 from simulator.model import SimConfig, simulate
 from streams.commands.replay import tune_gc
@@ -94,9 +100,8 @@ def main() -> None:
 
     config = load_settings().processing()
     chain = JourneyChain(config)
-    if args.corrections is not None:
-        chain.transitions = TransitionCounter(config.windows, config.journey.allowed_lateness_s,
-                                              corrections=args.corrections)
+    if args.corrections is not None:  # the journey.engine's counter, with these corrections
+        chain.journeys, chain.transitions = new_journey_stage(config, args.corrections)
     if args.tune_gc:
         tune_gc()
     if args.after_resolve:
@@ -147,7 +152,8 @@ def main() -> None:
     customers = len(chain.journeys.customers)
     print(f"lines: {n:,}  resolved customers: {customers:,}  "
           f"corrections: {chain.transitions.corrections}  "
-          f"identity engine: {engine_of(chain.resolver)}")  # JOURNEYMAP_IDENTITY__ENGINE
+          f"identity engine: {engine_of(chain.resolver)}  "  # JOURNEYMAP_IDENTITY__ENGINE
+          f"journey engine: {journey_engine_of(chain.journeys)}")  # JOURNEYMAP_JOURNEY__ENGINE
     print(f"baseline orjson.loads:  {n / parse_s:12,.0f} events/s")
     print(f"processor chain:        {n / chain_s:12,.0f} events/s")
     print(f"ratio to orjson.loads:  {parse_s / chain_s:12.3f}   (target >= 0.15)")

@@ -51,12 +51,12 @@ from processors.identity import (
 from processors.identity_native import new_resolver
 from processors.journeys import (
     CustomerState,
-    JourneyProcessor,
     LateEvent,
     Step,
     event_digest,
 )
-from processors.transitions import CellRow, TransitionCounter
+from processors.journeys_native import new_journey_stage
+from processors.transitions import CellRow
 from processors.validation import Accepted, DeadLetter, Source, decode_batch
 
 SegmentOf = Callable[[str], str]
@@ -172,11 +172,10 @@ class JourneyChain:
         self.config = config
         # native (Rust) for the in-memory graph when installed, else Python: identity.engine
         self.resolver = new_resolver(config.identity, config.identity_salt, identity_store)
-        self.journeys = JourneyProcessor(config)
         # Corrections carry only the changed cells (the sink's views read the latest row of each
         # cell, migration 0011): a whole-pane re-emission costs every cell of a busy hour.
-        self.transitions = TransitionCounter(config.windows, config.journey.allowed_lateness_s,
-                                             corrections="cells")
+        # Both native (Rust) when installed, else Python: journey.engine
+        self.journeys, self.transitions = new_journey_stage(config, corrections="cells")
         self.funnels = FunnelTracker(config.funnels)
         outcomes = config.outcomes
         self.paths = PathAccumulator(outcomes.conversion, outcomes.churn, outcomes.null_horizon_s)
@@ -309,7 +308,7 @@ class JourneyChain:
         """Adopt a customer detached by another partition's chain and merge it into the winner."""
         loser = merge.loser
         journey = package["journey"]
-        if journey is not None and loser not in self.journeys.customers:
+        if journey is not None and loser not in self.journeys:
             self.journeys.attach(loser, journey)  # type: ignore[arg-type]
         if package["path"] is not None:
             self.paths.open.setdefault(loser, package["path"])  # type: ignore[arg-type]
@@ -330,7 +329,7 @@ class JourneyChain:
         """
         pending: list[ResolvedEvent] = package["pending"]  # type: ignore[assignment]
         journeys = self.journeys
-        mine = journeys.customers.get(winner)
+        mine = journeys.state_of(winner)
         waiting = {e[-1].event.event_id for e in self._pending if e[-1].customer_id == winner}
         kept = [ev for ev in pending if ev.event.event_id not in waiting
                 and (mine is None or not journeys._seen(mine, event_digest(ev.event.event_id)))]

@@ -95,6 +95,10 @@ class JourneyConfig(_Frozen):
     last_touchpoints_kept: Annotated[int, Field(ge=1, le=100)] = 10
     # Bounded memory for duplicate detection: event ids remembered per customer.
     dedup_ids_per_customer: Annotated[int, Field(ge=1, le=10_000)] = 64
+    # Who runs the journeys stage (JourneyProcessor and the transition counter's step loop):
+    # the Rust core when it is installed (`auto`), always Python, or always native (an error
+    # when not installed). Same outputs.
+    engine: Literal["auto", "python", "native"] = "auto"
 
 
 class IdentityConfig(_Frozen):

@@ -526,6 +526,15 @@ class JourneyProcessor:
         self.customers[customer_id] = state
         self._index(customer_id, _EMPTY, state.cur)
 
+    def __contains__(self, customer_id: str) -> bool:
+        """Whether `customer_id` has state here (the native processor answers without a copy;
+        use this, not `customers`, outside the processor)."""
+        return customer_id in self.customers
+
+    def state_of(self, customer_id: str) -> CustomerState | None:
+        """One customer's state, or None (from the native processor: a copy)."""
+        return self.customers.get(customer_id)
+
     def reindex(self) -> None:
         """Rebuild the deadline index from `customers` (after restoring them from a store)."""
         self._due = {}

@@ -57,7 +57,7 @@ def drop_forgotten(part: Any, forgotten: set[str]) -> list[str]:
     returns those it held."""
     held = sorted(
         cid for cid in forgotten
-        if cid in part.model_states or cid in part.chain.journeys.customers
+        if cid in part.model_states or cid in part.chain.journeys
         or cid in part.last_scores
     )
     for cid in held:

@@ -51,6 +51,7 @@ def run_replay(
     serve_redis: bool | None = None,
 ) -> None:
     from processors.identity_native import engine_of
+    from processors.journeys_native import engine_of as journey_engine_of
     from sinks.clickhouse import connect, migrate
     from streams.files import check_files, total_bytes
     from streams.replay import Replayer
@@ -76,10 +77,12 @@ def run_replay(
         )
         where = f"embedded chDB at {target.url}" if store.embedded else target.url
         engine = engine_of(replayer.chain.resolver)
-        log.info("identity engine: %s (identity.engine = %s)", engine,
-                 settings.identity.engine)
+        journey_engine = journey_engine_of(replayer.chain.journeys)
+        log.info("identity engine: %s (identity.engine = %s); journey engine: %s "
+                 "(journey.engine = %s)", engine, settings.identity.engine, journey_engine,
+                 settings.journey.engine)
         console.print(f"replaying {len(paths)} file(s) into {where} (database {store.database}); "
-                      f"identity engine: {engine}")
+                      f"identity engine: {engine}; journey engine: {journey_engine}")
         with Progress(
             TextColumn("[bold]replay"),
             BarColumn(),

@@ -1,0 +1,223 @@
+""":class:`~processors.journeys.JourneyProcessor` with its per-customer state and its walk in Rust,
+and the engine choice for the journeys stage (issue 4).
+
+:class:`NativeJourneyProcessor` has ``JourneyProcessor``'s contract (``apply``, ``expire``,
+``merge``, ``detach``/``attach``, ``snapshot``, ``in``, ``state_of``; the same
+:class:`~processors.journeys.Step` records, duplicates and late events, in the same order). The
+dedup rings, cursors, kept histories and counters of every customer live in the Rust core
+(``native/journeys/src/lib.rs``, the package ``journeymap_journeys``, built by maturin:
+``scripts/build-native.sh``); touchpoints, channels and segments are interned there. What stays
+Python: the events read at the boundary, the output records, and the index of open journeys by
+deadline hour (``_due``, a dict of sets, as in Python: ``expire`` walks those sets, and their
+order is the order of the expiry steps).
+
+``customers`` is a *copy* of the whole state as :class:`~processors.journeys.CustomerState`
+objects (for fingerprints and sizes); changing it does not change the core, and it costs every
+customer: outside the processor use ``cid in journeys`` and ``journeys.state_of(cid)``, and
+``detach``/``attach`` to move a customer.
+
+:func:`new_journey_stage` picks the engine of the journeys processor and of the transition
+counter together (``journey.engine``: ``auto``, ``python``, ``native``). A native processor
+pickles as plain data (its customers' states) and unpickles as a native one, or as the Python
+processor over the same states where the module is not installed; the counter likewise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from types import SimpleNamespace
+from typing import Any, Literal
+
+from processors.config import ProcessingConfig
+from processors.errors import ConfigError
+from processors.events import ResolvedEvent
+from processors.journeys import (
+    _EMPTY,
+    DIGEST_BYTES,
+    CustomerSnapshot,
+    CustomerState,
+    JourneyOutput,
+    JourneyProcessor,
+    LateEvent,
+    Step,
+)
+from processors.transitions import TransitionCounter
+from processors.transitions_native import NativeTransitionCounter
+
+try:
+    from journeymap_journeys import NativeJourneyCore  # type: ignore[import-not-found]
+except ImportError as exc:  # the package is optional: the Python processor does the same
+    NativeJourneyCore = None
+    NATIVE_IMPORT_ERROR: str | None = str(exc)
+else:
+    NATIVE_IMPORT_ERROR = None
+
+NATIVE_AVAILABLE = NativeJourneyCore is not None
+
+
+def _not_built() -> ConfigError:
+    return ConfigError(
+        "journey.engine = 'native' but the native journeys core (Python module "
+        f"journeymap_journeys) cannot be imported ({NATIVE_IMPORT_ERROR}): build it with "
+        "scripts/build-native.sh (needs Rust's cargo; scripts/install-deps.sh does it), "
+        "or set journey.engine to 'auto' or 'python' (env JOURNEYMAP_JOURNEY__ENGINE)"
+    )
+
+
+def _state(raw: tuple[object, ...]) -> CustomerState:
+    s = CustomerState.__new__(CustomerState)
+    s.__setstate__(raw)
+    return s
+
+
+class NativeJourneyProcessor:
+    """:class:`JourneyProcessor` over a Rust core (see the module doc)."""
+
+    def __init__(self, config: ProcessingConfig) -> None:
+        if NativeJourneyCore is None:
+            raise _not_built()
+        self.config = config
+        journey = config.journey
+        self.kept = journey.last_touchpoints_kept
+        self.lateness_ms = journey.allowed_lateness_s * 1000
+        self.horizon_ms = config.outcomes.null_horizon_s * 1000
+        self.dedup_bytes = journey.dedup_ids_per_customer * DIGEST_BYTES
+        self._due: dict[int, set[str]] = {}
+        self.core = NativeJourneyCore(
+            Step,
+            journey.session_gap_s * 1000,
+            self.lateness_ms,
+            self.kept,
+            journey.dedup_ids_per_customer,
+            self.horizon_ms,
+            sorted(config.outcomes.conversion),
+            sorted(config.outcomes.churn),
+            self._due,
+        )
+
+    @property
+    def watermark_ms(self) -> int:
+        return self.core.watermark_ms  # type: ignore[no-any-return]
+
+    @watermark_ms.setter
+    def watermark_ms(self, value: int) -> None:
+        self.core.watermark_ms = value
+
+    @property
+    def frontier_ms(self) -> int:
+        """Events before this event time are late: the watermark minus the allowed lateness."""
+        return self.watermark_ms - self.lateness_ms
+
+    @property
+    def customers(self) -> dict[str, CustomerState]:
+        """A copy of every customer's state (changing it does not change the core)."""
+        return {cid: _state(raw) for cid, raw in self.core.export()}
+
+    def apply(self, events: Iterable[ResolvedEvent], watermark_ms: int | None = None
+              ) -> JourneyOutput:
+        """:meth:`JourneyProcessor.apply`."""
+        steps, duplicates, late, changed = self.core.apply(events, watermark_ms)
+        return JourneyOutput(steps, [LateEvent(*x) for x in late], duplicates, changed)
+
+    def expire(self, now_ms: int) -> JourneyOutput:
+        """:meth:`JourneyProcessor.expire`."""
+        steps, changed = self.core.expire(now_ms)
+        return JourneyOutput(steps=steps, changed=changed)
+
+    def merge(self, loser: str, winner: str) -> JourneyOutput:
+        """:meth:`JourneyProcessor.merge`."""
+        steps, changed = self.core.merge(loser, winner)
+        return JourneyOutput(steps=steps, changed=changed)
+
+    def detach(self, customer_id: str) -> CustomerState | None:
+        """:meth:`JourneyProcessor.detach`."""
+        raw = self.core.pop_state(customer_id)
+        if raw is None:
+            return None
+        s = _state(raw)
+        self._index(customer_id, s.cur, _EMPTY)
+        return s
+
+    def attach(self, customer_id: str, state: CustomerState) -> None:
+        """:meth:`JourneyProcessor.attach`."""
+        self.core.put_state(customer_id, state.__getstate__())
+        self._index(customer_id, _EMPTY, state.cur)
+
+    def __contains__(self, customer_id: str) -> bool:
+        """:meth:`JourneyProcessor.__contains__` (no copy)."""
+        return customer_id in self.core  # type: ignore[no-any-return]
+
+    def state_of(self, customer_id: str) -> CustomerState | None:
+        """:meth:`JourneyProcessor.state_of`: a copy of one customer's state."""
+        raw = self.core.get_state(customer_id)
+        return None if raw is None else _state(raw)
+
+    def reindex(self) -> None:
+        """:meth:`JourneyProcessor.reindex` (the same dict, which the core holds)."""
+        self._due.clear()
+        for cid, s in self.customers.items():
+            self._index(cid, _EMPTY, s.cur)
+
+    def snapshot(self, customer_id: str) -> CustomerSnapshot | None:
+        """:meth:`JourneyProcessor.snapshot`."""
+        raw = self.core.get_state(customer_id)
+        if raw is None:
+            return None
+        view = SimpleNamespace(customers={customer_id: _state(raw)}, kept=self.kept)
+        return JourneyProcessor.snapshot(view, customer_id)  # type: ignore[arg-type]
+
+    # The Python processor's helpers that touch only `_due`, `horizon_ms` or a CustomerState.
+    _index = JourneyProcessor._index
+    _seen = JourneyProcessor._seen
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_restore, (self.config, self.watermark_ms, self._due, self.core.export()))
+
+
+def _restore(config: ProcessingConfig, watermark_ms: int, due: dict[int, set[str]],
+             customers: list[tuple[str, tuple[object, ...]]]
+             ) -> NativeJourneyProcessor | JourneyProcessor:
+    """Unpickle a native processor: native again, or Python over the same states without the
+    module (a checkpoint written where it was installed, read where it is not)."""
+    if NativeJourneyCore is None:
+        py = JourneyProcessor(config)
+        py.watermark_ms = watermark_ms
+        py.customers = {cid: _state(raw) for cid, raw in customers}
+        py._due = due
+        return py
+    p = NativeJourneyProcessor(config)
+    p.watermark_ms = watermark_ms
+    p._due.update(due)
+    for cid, raw in customers:
+        p.core.put_state(cid, raw)
+    return p
+
+
+def new_journey_stage(
+    config: ProcessingConfig, corrections: Literal["pane", "cells", "delta"] = "pane"
+) -> tuple[JourneyProcessor | NativeJourneyProcessor, TransitionCounter]:
+    """The journeys processor and the transition counter for `config.journey.engine`: both
+    native when the module is installed (`auto`) or asked for (`native`: a
+    :class:`ConfigError` if it is not installed), else both Python. Same outputs either way."""
+    engine = config.journey.engine
+    if engine == "native" and not NATIVE_AVAILABLE:
+        raise _not_built()
+    lateness_s = config.journey.allowed_lateness_s
+    if engine == "python" or not NATIVE_AVAILABLE:
+        return (JourneyProcessor(config),
+                TransitionCounter(config.windows, lateness_s, corrections))
+    return (NativeJourneyProcessor(config),
+            NativeTransitionCounter(config.windows, lateness_s, corrections))
+
+
+def engine_of(journeys: object) -> str:
+    """'native' or 'python': which engine a journeys processor runs (for logs)."""
+    return "native" if isinstance(journeys, NativeJourneyProcessor) else "python"
+
+
+__all__ = [
+    "NATIVE_AVAILABLE",
+    "NativeJourneyProcessor",
+    "engine_of",
+    "new_journey_stage",
+]

@@ -1,0 +1,225 @@
+"""The native (Rust) journeys stage gives exactly the Python one's outputs and state; choosing the
+engine (``journey.engine``); checkpoints across engines.
+
+Random scenarios come from ``bench/bench_journeys_native.py``'s generator (a few customers,
+small windows: events out of order within and beyond the lateness, resent duplicates, producer
+session ids, revenue, outcomes, merges, expiries, customers detached and attached again, the
+processor pickled and restored), one per seed drawn by hypothesis.
+
+Tests that need the extension module (``journeymap_journeys``, ``scripts/build-native.sh``) skip
+without it on a developer's machine and FAIL in CI (``CI=true``): CI must test it.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from processors import journeys_native, transitions_native
+from processors.chain import JourneyChain
+from processors.config import (
+    JourneyConfig,
+    OutcomesConfig,
+    ProcessingConfig,
+    WindowsConfig,
+)
+from processors.errors import ConfigError
+from processors.journeys import JourneyOutput, JourneyProcessor
+from processors.journeys_native import NativeJourneyProcessor, engine_of, new_journey_stage
+from processors.transitions import TransitionCounter
+from processors.transitions_native import NativeTransitionCounter
+
+_BENCH = Path(__file__).resolve().parents[2] / "bench"
+sys.path.insert(0, str(_BENCH))
+try:
+    import bench_journeys_native as bjn
+finally:
+    sys.path.remove(str(_BENCH))
+
+
+@pytest.fixture(scope="module")
+def native() -> None:
+    """The tests that compare the engines need the module: fail in CI, skip elsewhere."""
+    if journeys_native.NATIVE_AVAILABLE:
+        return
+    why = (f"the native journeys core is not installed ({journeys_native.NATIVE_IMPORT_ERROR});"
+           " build it with scripts/build-native.sh")
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must test the native journeys core: {why}")
+    pytest.skip(why)
+
+
+def config_of(engine: str = "auto", kept: int = 4, dedup: int = 8, lateness_s: int = 900,
+              gap_s: int = 1800) -> ProcessingConfig:
+    return ProcessingConfig(
+        outcomes=OutcomesConfig(conversion=["purchase"], churn=["cancel"], null_horizon_s=86_400),
+        journey=JourneyConfig(session_gap_s=gap_s, allowed_lateness_s=lateness_s,
+                              last_touchpoints_kept=kept, dedup_ids_per_customer=dedup,
+                              engine=engine),  # type: ignore[arg-type]
+        windows=WindowsConfig(sizes_s=[3600, 7200, 4 * 3600], step_s=3600),
+    )
+
+
+configs = st.builds(
+    config_of,
+    kept=st.integers(1, 6),
+    dedup=st.integers(1, 12),
+    lateness_s=st.sampled_from([0, 900, 3600]),
+    gap_s=st.sampled_from([60, 1800]),
+)
+
+
+def run(processor: Any, calls: list[Any]) -> tuple[str, str]:
+    """Every output and the final state (bench_journeys_native's fingerprint), and the
+    snapshots of every customer the scenarios use."""
+    outs: list[JourneyOutput] = []
+    processor = bjn.replay(processor, calls, outs)
+    snaps = [processor.snapshot(f"c{i}") for i in range(8)]
+    return bjn.fingerprint(processor, outs), repr(snaps)
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), config=configs)
+def test_native_journeys_give_the_python_outputs_and_state(
+    native: None, seed: int, config: ProcessingConfig
+) -> None:
+    calls = bjn.random_calls(random.Random(seed))
+    assert run(NativeJourneyProcessor(config), calls) == run(JourneyProcessor(config), calls)
+
+
+def test_the_random_scenarios_reach_what_they_are_meant_to(native: None) -> None:
+    """The generator makes late events, duplicates, retractions and merges (else the
+    comparison above would prove little)."""
+    config = config_of()
+    n_late = n_dup = n_retracted = n_merged = 0
+    for seed in range(40):
+        outs: list[JourneyOutput] = []
+        bjn.replay(NativeJourneyProcessor(config), bjn.random_calls(random.Random(seed)), outs)
+        n_late += sum(len(o.late) for o in outs)
+        n_dup += sum(len(o.duplicates) for o in outs)
+        n_retracted += sum(st.sign < 0 for o in outs for st in o.steps)
+        n_merged += sum(bool(o.changed) and not o.late and not o.duplicates for o in outs)
+    assert min(n_late, n_dup, n_retracted, n_merged) > 0
+
+
+def test_membership_and_state_of_read_the_core(native: None) -> None:
+    config = config_of()
+    calls = bjn.random_calls(random.Random(7))
+    nat = bjn.replay(NativeJourneyProcessor(config), calls, None)
+    py = bjn.replay(JourneyProcessor(config), calls, None)
+    for cid in [f"c{i}" for i in range(9)]:
+        assert (cid in nat) == (cid in py) == (cid in py.customers)
+        want = py.state_of(cid)
+        got = nat.state_of(cid)
+        assert (got is None) == (want is None)
+        if want is not None:
+            assert got.__getstate__() == want.__getstate__()  # type: ignore[union-attr]
+
+
+def counter_run(counter: TransitionCounter, steps_by_call: list[tuple[list[Any], int]]
+                ) -> tuple[list[Any], dict[str, Any]]:
+    """Feed the steps of each call and advance to its watermark; the rows and the state."""
+    rows: list[Any] = []
+    for i, (steps, watermark_ms) in enumerate(steps_by_call):
+        counter.update(steps)
+        rows.append(counter.advance(watermark_ms))
+        if i % 7 == 3:  # a checkpoint: pickled and restored, it goes on the same
+            counter = pickle.loads(pickle.dumps(counter))
+    state = {k: v for k, v in counter.__dict__.items() if k != "_native"}
+    return rows, state
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), config=configs,
+       corrections=st.sampled_from(["pane", "cells", "delta"]))
+def test_the_native_step_counter_counts_as_python(
+    native: None, seed: int, config: ProcessingConfig, corrections: Any
+) -> None:
+    journeys = JourneyProcessor(config)
+    steps_by_call = []
+    for call in bjn.random_calls(random.Random(seed)):
+        outs: list[JourneyOutput] = []
+        journeys = bjn.replay(journeys, [call], outs)
+        steps_by_call.extend((out.steps, journeys.watermark_ms) for out in outs)
+    lateness_s = config.journey.allowed_lateness_s
+    want = counter_run(TransitionCounter(config.windows, lateness_s, corrections), steps_by_call)
+    got = counter_run(NativeTransitionCounter(config.windows, lateness_s, corrections),
+                      steps_by_call)
+    assert got == want
+
+
+def test_the_engine_is_chosen_by_the_setting(native: None) -> None:
+    j, t = new_journey_stage(config_of("auto"), "cells")
+    assert type(j) is NativeJourneyProcessor and type(t) is NativeTransitionCounter
+    assert engine_of(j) == "native" and t.corrections == "cells"
+    j, t = new_journey_stage(config_of("python"))
+    assert type(j) is JourneyProcessor and type(t) is TransitionCounter
+    assert engine_of(j) == "python"
+    chain = JourneyChain(config_of("native"))
+    assert engine_of(chain.journeys) == "native"
+    assert type(chain.transitions) is NativeTransitionCounter
+
+
+def test_without_the_module_auto_is_python_and_native_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(journeys_native, "NATIVE_AVAILABLE", False)
+    monkeypatch.setattr(journeys_native, "NativeJourneyCore", None)
+    monkeypatch.setattr(journeys_native, "NATIVE_IMPORT_ERROR", "No module named 'x'")
+    j, t = new_journey_stage(config_of("auto"))
+    assert type(j) is JourneyProcessor and type(t) is TransitionCounter
+    with pytest.raises(ConfigError, match=r"journey\.engine = 'native'.*build-native\.sh"):
+        new_journey_stage(config_of("native"))
+    with pytest.raises(ConfigError, match="JOURNEYMAP_JOURNEY__ENGINE"):
+        JourneyChain(config_of("native"))
+
+
+def test_a_pickled_native_stage_restores_as_python_without_the_module(
+    native: None, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A checkpoint written where the module is installed, read where it is not: the Python
+    processor and counter over the same state, going on with the same outputs."""
+    config = config_of()
+    calls = bjn.random_calls(random.Random(3))
+    half = len(calls) // 2
+    nat = bjn.replay(NativeJourneyProcessor(config), calls[:half], None)
+    py = bjn.replay(JourneyProcessor(config), calls[:half], None)
+    counter = NativeTransitionCounter(config.windows, 900, "cells")
+    blob = pickle.dumps((nat, counter))
+    monkeypatch.setattr(journeys_native, "NativeJourneyCore", None)
+    monkeypatch.setattr(transitions_native, "NativeStepCounter", None)
+    back, back_counter = pickle.loads(blob)
+    assert type(back) is JourneyProcessor and type(back_counter) is TransitionCounter
+    assert back_counter.__dict__ == {k: v for k, v in counter.__dict__.items()
+                                     if k != "_native"}
+    assert bjn.fingerprint(back, []) == bjn.fingerprint(py, [])
+    assert run(back, calls[half:]) == run(py, calls[half:])
+
+
+def test_a_chain_checkpoint_moves_between_engines(native: None) -> None:
+    """A chain pickled with the native stage restores native; an old checkpoint with the Python
+    processor still loads (as Python) and gives the same outputs from there."""
+    config = config_of()
+    calls = bjn.random_calls(random.Random(11))
+    applies = [c for c in calls if c[0] == "apply"]
+    half = len(applies) // 2
+    chains = [JourneyChain(config), JourneyChain(config_of("python"))]
+    for chain in chains:
+        for call in applies[:half]:
+            chain.process_resolved(list(call[1]))
+    nat, py = (pickle.loads(pickle.dumps(c)) for c in chains)
+    assert engine_of(nat.journeys) == "native" and engine_of(py.journeys) == "python"
+    assert type(nat.transitions) is NativeTransitionCounter
+    for call in applies[half:]:
+        a, b = nat.process_resolved(list(call[1])), py.process_resolved(list(call[1]))
+        assert a.steps == b.steps and a.cells == b.cells
+    assert nat.finish().cells == py.finish().cells
+    assert bjn.fingerprint(nat.journeys, []) == bjn.fingerprint(py.journeys, [])
