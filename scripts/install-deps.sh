@@ -3,9 +3,10 @@
 #   - Debian packages, only when missing: redis-server, a Java 17+ runtime, maven, chromium
 #   - this project with its dev extra: pip install -e '.[dev]'
 #   - the Kafka broker jars from Maven Central, into ~/.cache/journeymap/kafka-<version>/libs
-#   - the native identity core (native/identity, Rust): scripts/build-native.sh, skipped when the
-#     installed module was built from the same sources; a failed build fails this script (CI
-#     tests the native core). Rust: rustup's in ~/.cargo/bin, else Debian's cargo and rustc.
+#   - the native cores (native/identity, native/journeys; Rust): scripts/build-native.sh, each
+#     skipped when the installed module was built from the same sources; a failed build fails
+#     this script (CI tests the native cores). Rust: rustup's in ~/.cargo/bin, else Debian's
+#     cargo and rustc.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +21,7 @@ command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
 # Browser tests (tests/browser) drive Debian's Chromium through Playwright: no browser download.
 command -v chromium >/dev/null || missing+=(chromium)
-# Debian 12's rustc is 1.63: PyO3 0.22's minimum, and what native/identity's Cargo.lock targets.
+# Debian 12's rustc is 1.63: PyO3 0.22's minimum, and what the native crates' Cargo.lock files target.
 command -v cargo >/dev/null || missing+=(cargo rustc)
 if ((${#missing[@]})); then
     sudo=""
@@ -36,7 +37,7 @@ fi
 echo "install-deps: pip install -e '.[dev]'"
 python -m pip install -q --disable-pip-version-check -e '.[dev]'
 
-echo "install-deps: the native identity core"
+echo "install-deps: the native cores (identity, journeys)"
 scripts/build-native.sh
 
 echo "install-deps: Kafka jars"
