@@ -57,6 +57,7 @@ from processors.identity import (
     merge_waves,
     merges_to_send,
 )
+from processors.journeys_native import engine_of as journey_engine_of
 from processors.validation import Accepted, DeadLetter, Source, decode, decode_batch, sources_of
 from sinks import clickhouse as ch
 from sinks.alerts import encode_alert
@@ -729,11 +730,13 @@ async def _load_partition(runtime: Runtime, p: int) -> PartitionState:
     loaded = await asyncio.to_thread(runtime.checkpoints.load, topic, p)
     if loaded is None:
         part = runtime.new_partition()
-        log.info("partition %d: no checkpoint, starting from the beginning of %s", p, topic)
+        log.info("partition %d: no checkpoint, starting from the beginning of %s "
+                 "(journey engine: %s)", p, topic, journey_engine_of(part.chain.journeys))
     else:
         part, offset = loaded
         part.offset = offset
-        log.info("partition %d: restored checkpoint at offset %d", p, offset)
+        log.info("partition %d: restored checkpoint at offset %d (journey engine: %s)",
+                 p, offset, journey_engine_of(part.chain.journeys))
     part.chain.segment_of = lambda cid, part=part: runtime.segment_of(part, cid)
     runtime.partitions[p] = part
     runtime.last_checkpoint[p] = time.monotonic()
