@@ -55,7 +55,7 @@ from processors.journeys import (
     Step,
     event_digest,
 )
-from processors.journeys_native import new_journey_stage
+from processors.journeys_native import adopt_engine, new_journey_stage
 from processors.transitions import CellRow
 from processors.validation import Accepted, DeadLetter, Source, decode_batch
 
@@ -196,6 +196,10 @@ class JourneyChain:
             state["_pending"] = [(e[0], e[2], e[3]) for e in pending]  # type: ignore[attr-defined]
             heapq.heapify(state["_pending"])  # type: ignore[arg-type]
         self.__dict__.update(state)
+        # A checkpoint of the Python journeys stage goes on natively where journey.engine asks
+        # for it and the module is installed (the same state, so the same outputs).
+        self.journeys, self.transitions = adopt_engine(self.config, self.journeys,
+                                                       self.transitions)
 
     # -- one batch ----------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ customer: outside the processor use ``cid in journeys`` and ``journeys.state_of(
 counter together (``journey.engine``: ``auto``, ``python``, ``native``). A native processor
 pickles as plain data (its customers' states) and unpickles as a native one, or as the Python
 processor over the same states where the module is not installed; the counter likewise.
+:func:`adopt_engine` moves a stage restored from a Python checkpoint to the native engine.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from processors.journeys import (
 )
 from processors.transitions import TransitionCounter
 from processors.transitions_native import NativeTransitionCounter
+from processors.transitions_native import _restore as _restore_counter
 
 try:
     from journeymap_journeys import NativeJourneyCore  # type: ignore[import-not-found]
@@ -193,6 +195,29 @@ def _restore(config: ProcessingConfig, watermark_ms: int, due: dict[int, set[str
     return p
 
 
+def adopt_engine(
+    config: ProcessingConfig, journeys: JourneyProcessor | NativeJourneyProcessor,
+    transitions: TransitionCounter,
+) -> tuple[JourneyProcessor | NativeJourneyProcessor, TransitionCounter]:
+    """The stage restored from a checkpoint, moved to the native engine where `config` asks for
+    it (`auto` or `native`) and the module is installed: a checkpoint written by the Python
+    processor goes on natively, with the same state (the same customers, watermark and deadline
+    index, the very sets), so the same outputs. Anything else is returned as it is."""
+    engine = getattr(config.journey, "engine", "auto")  # configs pickled before the setting
+    if engine == "python" or not NATIVE_AVAILABLE:
+        return journeys, transitions
+    if type(journeys) is JourneyProcessor:
+        native = NativeJourneyProcessor(config)
+        native.watermark_ms = journeys.watermark_ms
+        native._due.update(journeys._due)
+        for cid, s in journeys.customers.items():
+            native.core.put_state(cid, s.__getstate__())
+        journeys = native
+    if type(transitions) is TransitionCounter:
+        transitions = _restore_counter(dict(transitions.__dict__))
+    return journeys, transitions
+
+
 def new_journey_stage(
     config: ProcessingConfig, corrections: Literal["pane", "cells", "delta"] = "pane"
 ) -> tuple[JourneyProcessor | NativeJourneyProcessor, TransitionCounter]:
@@ -218,6 +243,7 @@ def engine_of(journeys: object) -> str:
 __all__ = [
     "NATIVE_AVAILABLE",
     "NativeJourneyProcessor",
+    "adopt_engine",
     "engine_of",
     "new_journey_stage",
 ]

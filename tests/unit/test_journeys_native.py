@@ -204,22 +204,29 @@ def test_a_pickled_native_stage_restores_as_python_without_the_module(
     assert run(back, calls[half:]) == run(py, calls[half:])
 
 
-def test_a_chain_checkpoint_moves_between_engines(native: None) -> None:
-    """A chain pickled with the native stage restores native; an old checkpoint with the Python
-    processor still loads (as Python) and gives the same outputs from there."""
-    config = config_of()
-    calls = bjn.random_calls(random.Random(11))
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_a_chain_checkpoint_moves_between_engines(native: None, seed: int) -> None:
+    """A chain pickled with the native stage restores native; a checkpoint of the Python stage
+    (written before the native one existed: its config asks for `auto`) goes on natively;
+    one whose config says `python` stays Python; all give the same outputs from there."""
+    calls = bjn.random_calls(random.Random(seed))
     applies = [c for c in calls if c[0] == "apply"]
     half = len(applies) // 2
-    chains = [JourneyChain(config), JourneyChain(config_of("python"))]
+    old = JourneyChain(config_of("python"))
+    chains = [JourneyChain(config_of()), old, JourneyChain(config_of("python"))]
     for chain in chains:
         for call in applies[:half]:
             chain.process_resolved(list(call[1]))
-    nat, py = (pickle.loads(pickle.dumps(c)) for c in chains)
-    assert engine_of(nat.journeys) == "native" and engine_of(py.journeys) == "python"
-    assert type(nat.transitions) is NativeTransitionCounter
+    old.config = config_of("auto")
+    restored = [pickle.loads(pickle.dumps(c)) for c in chains]
+    assert [engine_of(c.journeys) for c in restored] == ["native", "native", "python"]
+    assert [type(c.transitions) for c in restored] == [
+        NativeTransitionCounter, NativeTransitionCounter, TransitionCounter]
     for call in applies[half:]:
-        a, b = nat.process_resolved(list(call[1])), py.process_resolved(list(call[1]))
-        assert a.steps == b.steps and a.cells == b.cells
-    assert nat.finish().cells == py.finish().cells
-    assert bjn.fingerprint(nat.journeys, []) == bjn.fingerprint(py.journeys, [])
+        outs = [c.process_resolved(list(call[1])) for c in restored]
+        assert outs[0].steps == outs[1].steps == outs[2].steps
+        assert outs[0].cells == outs[1].cells == outs[2].cells
+    ends = [c.finish().cells for c in restored]
+    assert ends[0] == ends[1] == ends[2]
+    prints = {bjn.fingerprint(c.journeys, []) for c in restored}
+    assert len(prints) == 1
