@@ -2,7 +2,7 @@
 
     python bench/bench_journeys_native.py [--customers 4000] [--batch 20000] [--rounds 3]
                                           [--fingerprint] [--only python|native] [--chain]
-                                          [--random N]
+                                          [--random N] [--checkpoint]
 
 Simulated lines go through the Python chain once (`JourneyChain.process`, not timed) with its
 `JourneyProcessor` wrapped to record every call it gets (`merge`, `apply`, `expire`, in order,
@@ -28,6 +28,9 @@ within and beyond the lateness, resent duplicates, producer session ids, revenue
 merges, expiries, customers detached and attached again, the processor pickled and restored)
 on both processors and stops at the first whose outputs, state or snapshots
 differ.
+
+``--checkpoint`` runs the chain with each engine (`--rounds` times) and times pickling and
+unpickling its journeys stage, as a worker's checkpoint pickles it.
 
 ``--chain`` runs the whole chain instead with the native journeys stage (processor and
 transition counter) swapped in whatever `journey.engine` says, and prints
@@ -249,6 +252,32 @@ def run_chain(lines: list[bytes], size: int) -> None:
     print(f"fingerprint: outputs {digest.hexdigest()[:16]}, state {state_fingerprint(chain)}")
 
 
+def checkpoint_times(lines: list[bytes], size: int, rounds: int) -> None:
+    """`--checkpoint`: the chain run with each engine, then its journeys stage pickled and
+    unpickled as a worker's checkpoint pickles it (CPU time; sizes)."""
+    config = python_config()
+    for _ in range(rounds):
+        for engine in ("native", "python"):
+            chain = JourneyChain(config.model_copy(update={"journey": config.journey.model_copy(
+                update={"engine": engine})}))
+            for messages in batches(lines, size):
+                chain.process(messages)
+            gc.collect()
+            stage = (chain.journeys, chain.transitions)
+            t0 = time.process_time()
+            blob = pickle.dumps(stage, pickle.HIGHEST_PROTOCOL)
+            t1 = time.process_time()
+            pickle.loads(blob)
+            t2 = time.process_time()
+            whole = len(pickle.dumps(chain, pickle.HIGHEST_PROTOCOL))
+            t3 = time.process_time()
+            print(f"{engine:6s} stage dumps {t1 - t0:.3f} s, loads {t2 - t1:.3f} s, "
+                  f"{len(blob) / 1e6:.1f} MB; the whole chain dumps {t3 - t2:.3f} s, "
+                  f"{whole / 1e6:.1f} MB")
+            del chain, stage, blob
+            gc.collect()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=4000)
@@ -258,6 +287,8 @@ def main() -> None:
     parser.add_argument("--fingerprint", action="store_true")
     parser.add_argument("--only", choices=["python", "native"], default=None)
     parser.add_argument("--chain", action="store_true")
+    parser.add_argument("--checkpoint", action="store_true",
+                        help="Time pickling the chain's journeys stage with each engine.")
     parser.add_argument("--random", type=int, default=0, metavar="N",
                         help="Only compare both processors on N random scenarios.")
     args = parser.parse_args()
@@ -268,6 +299,9 @@ def main() -> None:
     lines = simulate(SimConfig(customers=args.customers, seed=args.seed)).lines
     if args.chain:
         run_chain(lines, args.batch)
+        return
+    if args.checkpoint:
+        checkpoint_times(lines, args.batch, args.rounds)
         return
     calls = record(lines, args.batch)
     n_events = sum(len(c[1]) for c in calls if c[0] == "apply")
