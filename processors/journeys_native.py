@@ -35,6 +35,7 @@ from processors.events import ResolvedEvent
 from processors.journeys import (
     _EMPTY,
     DIGEST_BYTES,
+    Cursor,
     CustomerSnapshot,
     CustomerState,
     JourneyOutput,
@@ -169,8 +170,11 @@ class NativeJourneyProcessor:
         return JourneyProcessor.snapshot(view, customer_id)  # type: ignore[arg-type]
 
     # The Python processor's helpers that touch only `_due`, `horizon_ms` or a CustomerState.
-    _index = JourneyProcessor._index
-    _seen = JourneyProcessor._seen
+    def _index(self, cid: str, old: Cursor, new: Cursor) -> None:
+        JourneyProcessor._index(self, cid, old, new)  # type: ignore[arg-type]
+
+    def _seen(self, s: CustomerState, digest: bytes) -> bool:
+        return JourneyProcessor._seen(self, s, digest)  # type: ignore[arg-type]
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_restore, (self.config, self.watermark_ms, self._due, self.core.export()))
