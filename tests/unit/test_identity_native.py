@@ -6,7 +6,6 @@ skip without it on a developer's machine and FAIL in CI (``CI=true``): CI must t
 
 from __future__ import annotations
 
-import os
 import pickle
 import sys
 from datetime import datetime
@@ -30,6 +29,7 @@ from processors.identity import (
 )
 from processors.identity_native import NativeIdentityResolver, engine_of, new_resolver
 from tests.factories import T0_MS, event
+from tests.native_cores import require_native
 from tests.property.test_event_time_props import _ANY_TZ, _RECENT, _aware, reference
 from tests.property.test_identity_props import KINDS, batches
 
@@ -39,13 +39,8 @@ SALT = "native-test"
 @pytest.fixture(scope="module")
 def native() -> None:
     """The tests that compare the engines need the module: fail in CI, skip elsewhere."""
-    if identity_native.NATIVE_AVAILABLE:
-        return
-    why = (f"the native identity core is not installed ({identity_native.NATIVE_IMPORT_ERROR});"
-           " build it with `pip install ./native/identity`")
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI must test the native identity core: {why}")
-    pytest.skip(why)
+    require_native(identity_native.NATIVE_AVAILABLE, identity_native.NATIVE_IMPORT_ERROR,
+                   "identity", "`pip install ./native/identity`")
 
 
 # Values that exercise the paths that differ between the engines' preparation: the same

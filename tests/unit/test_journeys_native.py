@@ -12,7 +12,6 @@ without it on a developer's machine and FAIL in CI (``CI=true``): CI must test i
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import sys
@@ -36,6 +35,7 @@ from processors.journeys import JourneyOutput, JourneyProcessor
 from processors.journeys_native import NativeJourneyProcessor, engine_of, new_journey_stage
 from processors.transitions import TransitionCounter
 from processors.transitions_native import NativeTransitionCounter
+from tests.native_cores import require_native
 
 _BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(_BENCH))
@@ -48,13 +48,8 @@ finally:
 @pytest.fixture(scope="module")
 def native() -> None:
     """The tests that compare the engines need the module: fail in CI, skip elsewhere."""
-    if journeys_native.NATIVE_AVAILABLE:
-        return
-    why = (f"the native journeys core is not installed ({journeys_native.NATIVE_IMPORT_ERROR});"
-           " build it with scripts/build-native.sh")
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI must test the native journeys core: {why}")
-    pytest.skip(why)
+    require_native(journeys_native.NATIVE_AVAILABLE, journeys_native.NATIVE_IMPORT_ERROR,
+                   "journeys", "scripts/build-native.sh")
 
 
 def config_of(engine: str = "auto", kept: int = 4, dedup: int = 8, lateness_s: int = 900,
