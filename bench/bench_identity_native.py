@@ -150,7 +150,16 @@ def main() -> None:
     parser.add_argument("--fingerprint", action="store_true")
     parser.add_argument("--native-only", action="store_true",
                         help="with --fingerprint: the native resolver's hashes only")
+    parser.add_argument("--resolvers", default=",".join(name for name, _ in RESOLVERS),
+                        help="the resolvers to time, comma-separated (default: all; python is "
+                             "the baseline and always runs)")
     args = parser.parse_args()
+    wanted = {"python", *args.resolvers.split(",")}
+    unknown = wanted - {name for name, _ in RESOLVERS}
+    if unknown:
+        parser.error(f"unknown resolvers {sorted(unknown)}; choose from "
+                     f"{[name for name, _ in RESOLVERS]}")
+    resolvers = [(name, make) for name, make in RESOLVERS if name in wanted]
     if args.fingerprint:
         fingerprints(args.native_only)
         return
@@ -163,7 +172,7 @@ def main() -> None:
     figures: dict[tuple[str, bool], list[float]] = {}
     for r in range(args.rounds):
         for second in (False, True):
-            for name, make in RESOLVERS:
+            for name, make in resolvers:
                 events = fresh()
                 gc.collect()
                 gc.freeze()
@@ -173,7 +182,7 @@ def main() -> None:
                       f"{eps:>10,.0f} events/s")
     for second in (False, True) if args.rounds else ():
         py = figures[("python", second)]
-        for name, _ in RESOLVERS:
+        for name, _ in resolvers:
             ratios = [n / p for n, p in zip(figures[(name, second)], py, strict=True)]
             print(f"{'second' if second else 'first '} pass, {name:14s} median "
                   f"{statistics.median(figures[(name, second)]):>9,.0f} events/s, / python per "

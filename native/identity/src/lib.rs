@@ -14,9 +14,80 @@ use pyo3::types::{
     PyTuple, PyTzInfoAccess, PyType,
 };
 use sha2::{Digest, Sha256};
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hasher};
 
 const NONE: u32 = u32::MAX;
+
+/// FxHash (rustc's multiply-rotate hash) from a per-process random seed: several times faster
+/// than the default SipHash on the short keys here (salted hashes, customer names, raw identity
+/// combinations); the seed keeps producers from choosing colliding values ahead of time.
+#[derive(Clone, Copy)]
+struct FxBuild(u64);
+
+impl Default for FxBuild {
+    fn default() -> Self {
+        FxBuild(RandomState::new().build_hasher().finish())
+    }
+}
+
+impl BuildHasher for FxBuild {
+    type Hasher = Fx;
+    fn build_hasher(&self) -> Fx {
+        Fx(self.0)
+    }
+}
+
+struct Fx(u64);
+
+impl Fx {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl Hasher for Fx {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(i as u64)
+    }
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.add(i as u64)
+    }
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.add(i)
+    }
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64)
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FxMap<K, V> = HashMap<K, V, FxBuild>;
+type FxSet<K> = HashSet<K, FxBuild>;
 const NEVER: i64 = 1 << 62;
 
 fn rank(code: u8) -> u8 {
@@ -82,24 +153,26 @@ struct Decision {
 #[pyclass(module = "journeymap_native")]
 pub struct NativeIdentityCore {
     salt: Vec<u8>,
-    ignored: HashSet<String>, // Python's `v.strip().lower()` of each ignored placeholder
+    ignored: FxSet<String>, // Python's `v.strip().lower()` of each ignored placeholder
+    ignored_max: usize,       // the longest of them (longer values are never ignored)
     unique: [bool; 128],
     max_linked: i64,
     keys: Vec<String>,
-    key_ix: HashMap<String, u32>,
+    key_ix: FxMap<String, u32>,
     ncid: Vec<u32>,
     nfirst: Vec<i64>,
     nlinked: Vec<i64>,
     nstamp: Vec<u64>, // the batch that last listed the node in `link_keys`
     cnames: Vec<String>,
-    cix: HashMap<String, u32>,
+    cix: FxMap<String, u32>,
     cpy: Vec<Option<Py<PyString>>>,
     roots: Vec<Option<Root>>,
     members: Vec<Vec<u32>>,
     combos: Vec<Combo>,
     batch: u64,
-    // raw combinations (kind order) -> (combination, values ignored), by an FNV-1a hash
-    raw_ix: HashMap<u64, Vec<(Vec<(String, String)>, usize, usize)>>,
+    // raw combinations (`raw_combo`'s bytes) -> (combination, values ignored)
+    raw_ix: FxMap<Box<[u8]>, (usize, usize)>,
+    raw_buf: Vec<u8>, // `prepare`'s scratch: one event's raw combination
 }
 
 impl NativeIdentityCore {
@@ -204,6 +277,41 @@ impl NativeIdentityCore {
                 self.roots[dst as usize] = Some(into);
             }
         }
+    }
+
+    /// Register a combination from its (kind code, ASCII value) pairs in kind order: each
+    /// value normalized and hashed as `IdentityResolver.key_of` does, ignored placeholders left
+    /// out. Returns (index, values ignored).
+    fn combo_of_pairs(&mut self, pairs: &[(u8, &str)]) -> (usize, usize) {
+        let mut nodes = Vec::with_capacity(pairs.len());
+        let mut n_ignored = 0;
+        for &(code, value) in pairs {
+            let norm = python_strip(value);
+            if norm.len() <= self.ignored_max && self.ignored.contains(&norm.to_ascii_lowercase()) {
+                n_ignored += 1;
+                continue;
+            }
+            let mut h = Sha256::new();
+            h.update(&self.salt);
+            h.update(kind_of(code).as_bytes());
+            h.update(b":");
+            if code == b'e' {
+                h.update(norm.to_ascii_lowercase().as_bytes());
+            } else {
+                h.update(norm.as_bytes());
+            }
+            let digest = h.finalize();
+            let mut key = [0u8; 65];
+            key[0] = code;
+            for (i, b) in digest.iter().enumerate() {
+                key[1 + 2 * i] = HEX[(b >> 4) as usize];
+                key[2 + 2 * i] = HEX[(b & 15) as usize];
+            }
+            // (ASCII: a kind code and hex digits)
+            nodes.push(self.intern_key(std::str::from_utf8(&key).unwrap()));
+        }
+        self.combos.push(Combo { keys: nodes, settled: None, stamp: 0, limit: NEVER });
+        (self.combos.len() - 1, n_ignored)
     }
 
     fn saturated(&self, node: u32) -> bool {
@@ -432,6 +540,58 @@ fn set_uniq(uniq: &mut Vec<(u8, u32)>, code: u8, node: u32) {
     }
 }
 
+/// `ids`' (kind code, value) pairs into `out`: how many, or None when a key or value is not a
+/// str, a kind is unknown, a value is not ASCII, or there are more than `out` holds (Python
+/// decides those).
+fn identity_pairs<'a>(ids: &'a Bound<'_, PyDict>, out: &mut [(u8, &'a str); 5]) -> Option<usize> {
+    let mut n = 0;
+    let mut pos: ffi::Py_ssize_t = 0;
+    let mut k: *mut ffi::PyObject = std::ptr::null_mut();
+    let mut v: *mut ffi::PyObject = std::ptr::null_mut();
+    // Borrowed references, the dict's own: valid while `ids` lives and nothing changes it
+    // (nothing runs Python code in between).
+    while unsafe { ffi::PyDict_Next(ids.as_ptr(), &mut pos, &mut k, &mut v) } != 0 {
+        if n == out.len() {
+            return None;
+        }
+        let (kind, value) = match unsafe { (str_of(k), str_of(v)) } {
+            (Some(kind), Some(value)) => (kind, value),
+            _ => return None,
+        };
+        match code_of(kind) {
+            Some(code) if value.is_ascii() => out[n] = (code, value),
+            _ => return None,
+        }
+        n += 1;
+    }
+    Some(n)
+}
+
+/// A str object's UTF-8 (cached in the object by CPython), or None for another type or a str
+/// that has no UTF-8 form (lone surrogates).
+unsafe fn str_of<'a>(o: *mut ffi::PyObject) -> Option<&'a str> {
+    if ffi::PyUnicode_Check(o) == 0 {
+        return None;
+    }
+    let mut size: ffi::Py_ssize_t = 0;
+    let p = ffi::PyUnicode_AsUTF8AndSize(o, &mut size);
+    if p.is_null() {
+        ffi::PyErr_Clear();
+        return None;
+    }
+    Some(std::str::from_utf8_unchecked(std::slice::from_raw_parts(p as *const u8, size as usize)))
+}
+
+/// A combination's key in `raw_ix`: each pair's kind code, value length and value.
+fn raw_combo(buf: &mut Vec<u8>, pairs: &[(u8, &str)]) {
+    buf.clear();
+    for &(code, value) in pairs {
+        buf.push(code);
+        buf.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        buf.extend_from_slice(value.as_bytes());
+    }
+}
+
 #[pymethods]
 impl NativeIdentityCore {
     #[new]
@@ -442,23 +602,25 @@ impl NativeIdentityCore {
         }
         NativeIdentityCore {
             salt: salt.as_bytes().to_vec(),
+            ignored_max: ignored.iter().map(|v| v.len()).max().unwrap_or(0),
             ignored: ignored.into_iter().collect(),
             unique,
             max_linked,
             keys: Vec::new(),
-            key_ix: HashMap::new(),
+            key_ix: FxMap::default(),
             ncid: Vec::new(),
             nfirst: Vec::new(),
             nlinked: Vec::new(),
             nstamp: Vec::new(),
             cnames: Vec::new(),
-            cix: HashMap::new(),
+            cix: FxMap::default(),
             cpy: Vec::new(),
             roots: Vec::new(),
             members: Vec::new(),
             combos: Vec::new(),
             batch: 0,
-            raw_ix: HashMap::new(),
+            raw_ix: FxMap::default(),
+            raw_buf: Vec::new(),
         }
     }
 
@@ -476,32 +638,12 @@ impl NativeIdentityCore {
         if pairs.iter().any(|(_, v)| !v.is_ascii()) {
             return None;
         }
-        let mut keys: Vec<String> = Vec::with_capacity(pairs.len());
-        let mut n_ignored = 0;
+        let mut coded: Vec<(u8, &str)> = Vec::with_capacity(pairs.len());
         for (kind, value) in &pairs {
-            let mut norm = python_strip(value).to_owned();
-            if kind == "email" {
-                norm.make_ascii_lowercase();
-            }
-            if self.ignored.contains(&norm.to_ascii_lowercase()) {
-                n_ignored += 1;
-                continue;
-            }
-            let mut h = Sha256::new();
-            h.update(&self.salt);
-            h.update(kind.as_bytes());
-            h.update(b":");
-            h.update(norm.as_bytes());
-            let digest = h.finalize();
-            let mut key = String::with_capacity(65);
-            key.push(code_of(kind)? as char);
-            for b in digest {
-                key.push(HEX[(b >> 4) as usize] as char);
-                key.push(HEX[(b & 15) as usize] as char);
-            }
-            keys.push(key);
+            coded.push((code_of(kind)?, value.as_str()));
         }
-        let index = self.add_combo(keys.clone());
+        let (index, n_ignored) = self.combo_of_pairs(&coded);
+        let keys = self.combos[index].keys.iter().map(|&k| self.keys[k as usize].clone()).collect();
         Some((index, keys, n_ignored))
     }
 
@@ -509,70 +651,36 @@ impl NativeIdentityCore {
     /// kind unknown) and the values ignored over the events with an index; the combination is
     /// looked up by its (kind, value) pairs in kind order, registered and hashed when new.
     fn prepare(&mut self, accepted: &Bound<'_, PyAny>) -> PyResult<(Vec<i64>, usize)> {
-        let py = accepted.py();
+        let name = intern!(accepted.py(), "identities");
         let mut out: Vec<i64> = Vec::new();
         let mut n_ignored = 0usize;
-        let mut vals: Vec<Bound<'_, PyAny>> = Vec::with_capacity(5);
+        let mut raw = std::mem::take(&mut self.raw_buf);
         for ev in accepted.iter()? {
-            let ids_any = ev?.getattr(intern!(py, "identities"))?;
+            let ids_any = ev?.getattr(name)?;
             let ids = ids_any.downcast::<PyDict>()?;
-            vals.clear();
-            let mut pairs: Vec<(u8, &str, &str)> = Vec::with_capacity(5);
-            let mut ok = true;
-            for (k, v) in ids.iter() {
-                vals.push(k);
-                vals.push(v);
-            }
-            for kv in vals.chunks(2) {
-                // (a match, not let-else: that needs Rust 1.65, Debian 12 has 1.63)
-                let (k, v) = match (kv[0].downcast::<PyString>(), kv[1].downcast::<PyString>()) {
-                    (Ok(k), Ok(v)) => (k, v),
-                    _ => {
-                        ok = false;
-                        break;
-                    }
-                };
-                let (k, v) = (k.to_str()?, v.to_str()?);
-                match code_of(k) {
-                    Some(c) if v.is_ascii() => pairs.push((kind_order(c), k, v)),
-                    _ => {
-                        ok = false;
-                        break;
-                    }
-                }
-            }
-            if !ok {
-                out.push(-1);
-                continue;
-            }
-            pairs.sort_unstable_by_key(|p| p.0);
-            let mut h: u64 = 0xcbf29ce484222325;
-            for (_, k, v) in &pairs {
-                for b in k.bytes().chain(std::iter::once(0)).chain(v.bytes()).chain(std::iter::once(1)) {
-                    h = (h ^ b as u64).wrapping_mul(0x100000001b3);
-                }
-            }
-            let found = self.raw_ix.get(&h).and_then(|list| {
-                list.iter()
-                    .find(|(raw, _, _)| {
-                        raw.len() == pairs.len()
-                            && raw.iter().zip(&pairs).all(|(a, b)| a.0 == b.1 && a.1 == b.2)
-                    })
-                    .map(|e| (e.1, e.2))
-            });
-            let (index, ignored) = match found {
-                Some(hit) => hit,
+            let mut pairs: [(u8, &str); 5] = [(0, ""); 5];
+            let n = match identity_pairs(ids, &mut pairs) {
+                Some(n) => n,
                 None => {
-                    let raw: Vec<(String, String)> =
-                        pairs.iter().map(|p| (p.1.to_owned(), p.2.to_owned())).collect();
-                    let (index, _, ignored) = self.add_combo_raw(raw.clone()).unwrap();
-                    self.raw_ix.entry(h).or_default().push((raw, index, ignored));
-                    (index, ignored)
+                    out.push(-1);
+                    continue;
+                }
+            };
+            let pairs = &mut pairs[..n];
+            pairs.sort_unstable_by_key(|p| kind_order(p.0));
+            raw_combo(&mut raw, pairs);
+            let (index, ignored) = match self.raw_ix.get(raw.as_slice()) {
+                Some(&hit) => hit,
+                None => {
+                    let hit = self.combo_of_pairs(pairs);
+                    self.raw_ix.insert(raw.as_slice().into(), hit);
+                    hit
                 }
             };
             n_ignored += ignored;
             out.push(index as i64);
         }
+        self.raw_buf = raw;
         Ok((out, n_ignored))
     }
 
