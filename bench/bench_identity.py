@@ -5,11 +5,15 @@
     python bench/bench_identity.py --sim 20000 --no-redis   # simulator events instead
     python bench/bench_identity.py --fingerprint  # only: a hash of every output, to compare trees
     python bench/bench_identity.py --fingerprint-redis   # the same on the Redis store: equal
+    python bench/bench_identity.py --fingerprint-redis --engine python   # (or native): equal
 
 Prints events/s of the in-memory resolver (one core, CPU time) next to a bare union-find over
 the same raw identifiers (its baseline), of the resolver on the Redis store (one worker: one
 atomic read and one atomic commit per batch), and of a plain pipelined HGET loop over the same
-node keys in the same run (the baseline: the least any Redis-backed lookup must do).
+node keys in the same run (the baseline: the least any Redis-backed lookup must do). The
+Redis resolver is timed with each engine (identity.engine python, and native when the module
+is installed; `--redis-engines` sets the order) on fresh events; `--engine` picks the one of
+`--fingerprint-redis` and `--workers` (default JOURNEYMAP_IDENTITY__ENGINE, else auto).
 The Redis URL defaults to JOURNEYMAP_REDIS__URL, then redis://127.0.0.1:6379/0.
 
 `--sim N` resolves the decoded events of a simulation of N customers (``simulator.model``, seed
@@ -471,6 +475,10 @@ def main() -> None:
              "both engines when the native core is installed",
     )
     parser.add_argument(
+        "--redis-engines", default="python,native",
+        help="the engines the Redis timing runs, in this order (native only when installed)",
+    )
+    parser.add_argument(
         "--no-freeze", action="store_true",
         help="time each batch under CPython's default collector instead of the replay's and the "
              "worker's (paused during a batch, what it left alive frozen after it)",
@@ -510,7 +518,7 @@ def main() -> None:
     if args.no_redis:
         return
     # Each engine on fresh events (a cold start: `ts_ms` not yet cached), then the baseline.
-    engines = ["python", "native"] if NATIVE_AVAILABLE else ["python"]
+    engines = [e for e in args.redis_engines.split(",") if e != "native" or NATIVE_AVAILABLE]
     rates: dict[str, float] = {}
     customers: dict[str, int] = {}
     hget = 0.0

@@ -1,9 +1,11 @@
-"""The in-memory identity resolver with its graph and decisions in Rust, and the engine choice.
+"""The identity resolver with its graph and decisions in Rust, and the engine choice.
 
 :class:`NativeIdentityResolver` has :class:`~processors.identity.IdentityResolver`'s contract
 (``resolve_batch(events) -> ResolveResult``, the same outputs to the last field, merges numbered
-by ``seq`` as :class:`~processors.identity.InMemoryIdentityStore` numbers them) for the in-memory
-store only; the Redis store stays Python. The graph (union-find with a flat customer per node,
+by ``seq`` as :class:`~processors.identity.InMemoryIdentityStore` numbers them) on the in-memory
+graph, and on a store that can hold its worker cache in the core (the Redis store: the core in
+overlay mode holds the cached part of the graph and builds the commit; docs/identity.md, "Redis
+store", "Deciding in Rust"). The graph (union-find with a flat customer per node,
 first-seen times, roots, members, link counts), every decision (the settled marks, the fast
 paths, ``_apply_event``, ``_join_fresh``, ``_fold``), hashing of ASCII identifiers, each
 event's combination lookup, event times and the ``ResolvedEvent``s are the Rust port in

@@ -1,7 +1,7 @@
 """The identity graph in Redis, shared by every streaming worker.
 
-The resolver (:mod:`processors.identity`) makes every decision; this store only loads and
-commits, each in one Lua script per batch:
+The resolver (:mod:`processors.identity`, or the native core: see `attach_core`) makes every
+decision; this store only loads and commits, each in one Lua script per batch:
 
 - ``identity_read.lua`` reads the batch's nodes and their customers atomically;
 - ``identity_commit.lua`` writes the batch's changes only if none of the customers it used has

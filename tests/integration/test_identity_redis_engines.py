@@ -121,16 +121,20 @@ class _Meddling:
 
 
 def run_scenario(engine: str, prefix: str, config: IdentityConfig, events: list[TouchpointEvent],
-                 size: int, seed: int, cache_max_keys: int) -> tuple[list[Any], Any, int]:
+                 size: int, seed: int, cache_max_keys: int, key_cap: int
+                 ) -> tuple[list[Any], Any, int]:
     """Two workers (stores on one prefix) and a third writer resolve `events` in batches of
     `size` on a schedule drawn from `seed`; returns every call's outputs, what Redis holds, and
-    how many commits failed."""
+    how many commits failed. `key_cap`: the native cores' bound on interned keys."""
     rng = random.Random(seed)
     stores = [RedisIdentityStore(REDIS_URL, prefix=prefix, cache_max_keys=cache_max_keys)
               for _ in range(2)]
     workers: list[IdentityResolver] = [resolver_on(config, SALT, s, engine) for s in stores]
     third = resolver_on(config, SALT, RedisIdentityStore(REDIS_URL, prefix=prefix), engine)
     assert all(identity_native.engine_of(w) == engine for w in [*workers, third])
+    for w in [*workers, third]:
+        if isinstance(w, identity_native.NativeIdentityResolver):
+            w.key_cap = key_cap
     batches = [events[i:i + size] for i in range(0, len(events), size)]
     outputs: list[Any] = []
     # Worker 1 commits in the middle of some of worker 0's batches (its commit then fails):
@@ -156,22 +160,23 @@ def run_scenario(engine: str, prefix: str, config: IdentityConfig, events: list[
     return outputs, _in_redis(prefix), sum(s.n_conflicting_commits for s in stores)
 
 
-@pytest.mark.parametrize(("config", "seed", "size", "cache_max_keys"), [
-    ("default", 1, 40, 250_000),
-    ("default", 2, 7, 250_000),
-    ("cap2", 3, 25, 250_000),
-    ("cap2", 4, 60, 300),  # a cache that fills up and starts over
-    ("merging", 5, 30, 250_000),
-    ("merging", 6, 30, 0),  # no cache: every batch reads everything
+@pytest.mark.parametrize(("config", "seed", "size", "cache_max_keys", "key_cap"), [
+    ("default", 1, 40, 250_000, 2_000_000),
+    ("default", 2, 7, 250_000, 2_000_000),
+    ("cap2", 3, 25, 250_000, 2_000_000),
+    ("cap2", 4, 60, 300, 2_000_000),  # a cache that fills up and starts over
+    ("merging", 5, 30, 250_000, 2_000_000),
+    ("merging", 6, 30, 0, 2_000_000),  # no cache: every batch reads everything
+    ("default", 7, 30, 250_000, 150),  # the cores forget their keys and combinations
 ])
 def test_the_native_engine_on_redis_gives_the_python_engines_outputs(
-    prefixes: Callable[[], str], config: str, seed: int, size: int, cache_max_keys: int
+    prefixes: Callable[[], str], config: str, seed: int, size: int, cache_max_keys: int,
+    key_cap: int,
 ) -> None:
     events = tangled(600, seed)
-    want, want_redis, want_failed = run_scenario(
-        "python", prefixes(), CONFIGS[config], events, size, seed, cache_max_keys)
-    got, got_redis, got_failed = run_scenario(
-        "native", prefixes(), CONFIGS[config], events, size, seed, cache_max_keys)
+    args = (CONFIGS[config], events, size, seed, cache_max_keys, key_cap)
+    want, want_redis, want_failed = run_scenario("python", prefixes(), *args)
+    got, got_redis, got_failed = run_scenario("native", prefixes(), *args)
     assert want_failed > 0  # the scenario did make commits fail and batches retry
     assert sum(o[1][5][-1][1] for o in want if o[0] != "meddle") > 0  # (n_retries)
     assert (got_failed, len(got)) == (want_failed, len(want))
