@@ -1043,10 +1043,11 @@ impl NativeIdentityCore {
     /// now) and any cached customer named after one of its keys.
     fn overlay_checks(&self, noted: bool) -> String {
         let mut used = if noted { self.used.clone() } else { self.customers_of_batch() };
+        let mut seen: HashSet<u32> = used.iter().copied().collect();
         for &k in &self.bnodes {
             let name = format!("c_{}", &self.keys[k as usize][1..17]);
             if let Some(&c) = self.cix.get(&name) {
-                if self.crec[c as usize].is_some() && !used.contains(&c) {
+                if self.crec[c as usize].is_some() && seen.insert(c) {
                     used.push(c);
                 }
             }
@@ -1137,6 +1138,7 @@ impl NativeIdentityCore {
         // nodes whose (first_seen, n_linked) differ from Redis's, and their customers
         let mut node_sets = String::new();
         let mut dirty: Vec<u32> = Vec::new();
+        let mut is_dirty: HashSet<u32> = HashSet::new();
         for &k in &self.written {
             let (f, n) = (self.nfirst[k as usize], self.nlinked[k as usize]);
             if self.nstored[k as usize] == Some((f, n)) {
@@ -1146,13 +1148,14 @@ impl NativeIdentityCore {
             push_item(&mut node_sets, &self.keys[k as usize]);
             push_item(&mut node_sets, &format!("{}|{}|{}", self.cnames[c as usize], f, n));
             pending.states.push((k, f, n));
-            if !dirty.contains(&c) {
+            if is_dirty.insert(c) {
                 dirty.push(c);
             }
         }
         let mut candidates = dirty.clone();
+        let mut is_candidate = is_dirty.clone();
         for &(_, dst) in &self.moves {
-            if !candidates.contains(&dst) {
+            if is_candidate.insert(dst) {
                 candidates.push(dst);
             }
         }
@@ -1172,17 +1175,18 @@ impl NativeIdentityCore {
                 }
                 None => false,
             };
-            if dirty.contains(&c) || !same {
+            if is_dirty.contains(&c) || !same {
                 push_item(&mut root_sets, &self.cnames[c as usize]);
                 push_item(&mut root_sets, &self.record_json(root, token));
                 pending.written.push(c);
             }
         }
         let mut gone_s = String::new();
+        let mut is_gone: HashSet<u32> = HashSet::new();
         for &(src, _) in &self.moves {
             if self.crec[src as usize].is_some()
                 && self.roots[src as usize].is_none()
-                && !pending.gone.contains(&src)
+                && is_gone.insert(src)
             {
                 pending.gone.push(src);
                 push_item(&mut gone_s, &self.cnames[src as usize]);
