@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -89,11 +90,14 @@ def _outputs(r: ResolveResult) -> tuple[Any, ...]:
 
 
 def _in_redis(prefix: str) -> tuple[Any, ...]:
-    """What Redis holds under `prefix`: nodes, records without their token, member sets, the
-    merge outbox without commit times and owners."""
+    """What Redis holds under `prefix`: nodes, records to the byte without their token (the
+    stored format), member sets, the merge outbox without commit times and owners."""
     client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     nodes = client.hgetall(f"{prefix}:n")
-    records = {c: orjson.loads(v)[:4] for c, v in client.hgetall(f"{prefix}:r").items()}
+    records = {}
+    for c, v in client.hgetall(f"{prefix}:r").items():
+        assert re.fullmatch(r'[0-9a-f]{32}"\]', v[-34:]), v  # ends with the commit's token
+        records[c] = v[:-34]
     members = {c: sorted(client.smembers(f"{prefix}:m:{c}")) for c in records}
     outbox = {}
     for field, value in client.hgetall(f"{prefix}:mo").items():
