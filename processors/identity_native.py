@@ -55,6 +55,9 @@ else:
     NATIVE_IMPORT_ERROR = None
 
 NATIVE_AVAILABLE = NativeIdentityCore is not None
+# Built from sources with the overlay mode (a store's worker cache in the core): an older build
+# decides in memory only.
+NATIVE_OVERLAY = NATIVE_AVAILABLE and hasattr(NativeIdentityCore, "overlay_open")
 _NATIVE: attrgetter[int] = attrgetter("native")
 # A graph as plain data: ([(key, customer, first_seen, linked)],
 # [(customer, earliest_ts, earliest_key, [(code, key)], size, [member keys])]).
@@ -269,10 +272,16 @@ def new_resolver(config: IdentityConfig, salt: str,
     cache; `auto` takes the Python resolver for a store that cannot hold it, `native` raises
     :class:`ConfigError`)."""
     engine = config.engine
-    native_store = store is None or hasattr(store, "attach_core")
+    native_store = store is None or (hasattr(store, "attach_core") and NATIVE_OVERLAY)
     if engine == "python" or (engine == "auto" and not (NATIVE_AVAILABLE and native_store)):
         return IdentityResolver(config, salt, store if store is not None else
                                 InMemoryIdentityStore())
+    if store is not None and NATIVE_AVAILABLE and not NATIVE_OVERLAY:
+        raise ConfigError(
+            "identity.engine = 'native' on a store needs the native identity core built from "
+            "these sources (the installed journeymap_native has no overlay mode): run "
+            "scripts/build-native.sh, or set identity.engine to 'auto' or 'python'"
+        )
     return NativeIdentityResolver(config, salt, store=store)
 
 
@@ -283,6 +292,7 @@ def engine_of(resolver: IdentityResolver) -> str:
 
 __all__ = [
     "NATIVE_AVAILABLE",
+    "NATIVE_OVERLAY",
     "NativeIdentityResolver",
     "NativeInMemoryStore",
     "engine_of",

@@ -244,6 +244,17 @@ def test_native_engine_on_a_store_that_cannot_hold_the_core_says_so(native: None
         new_resolver(IdentityConfig(engine="native"), SALT, InMemoryIdentityStore())
 
 
+def test_an_older_build_without_the_overlay_mode_leaves_the_redis_store_to_python(
+    native: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(identity_native, "NATIVE_OVERLAY", False)
+    store = RedisIdentityStore("redis://127.0.0.1:1/0")  # (connects on first use only)
+    assert type(new_resolver(IdentityConfig(), SALT, store)) is IdentityResolver
+    assert engine_of(new_resolver(IdentityConfig(), SALT)) == "native"  # in memory: still
+    with pytest.raises(ConfigError, match=r"build-native\.sh"):
+        new_resolver(IdentityConfig(engine="native"), SALT, store)
+
+
 def test_native_and_auto_engines_decide_natively_on_the_redis_store(native: None) -> None:
     for engine in ("native", "auto"):
         store = RedisIdentityStore("redis://127.0.0.1:1/0")  # (connects on first use only)
