@@ -5,11 +5,15 @@
     python bench/bench_identity.py --sim 20000 --no-redis   # simulator events instead
     python bench/bench_identity.py --fingerprint  # only: a hash of every output, to compare trees
     python bench/bench_identity.py --fingerprint-redis   # the same on the Redis store: equal
+    python bench/bench_identity.py --fingerprint-redis --engine python   # (or native): equal
 
 Prints events/s of the in-memory resolver (one core, CPU time) next to a bare union-find over
 the same raw identifiers (its baseline), of the resolver on the Redis store (one worker: one
 atomic read and one atomic commit per batch), and of a plain pipelined HGET loop over the same
-node keys in the same run (the baseline: the least any Redis-backed lookup must do).
+node keys in the same run (the baseline: the least any Redis-backed lookup must do). The
+Redis resolver is timed with each engine (identity.engine python, and native when the module
+is installed; `--redis-engines` sets the order) on fresh events; `--engine` picks the one of
+`--fingerprint-redis` and `--workers` (default JOURNEYMAP_IDENTITY__ENGINE, else auto).
 The Redis URL defaults to JOURNEYMAP_REDIS__URL, then redis://127.0.0.1:6379/0.
 
 `--sim N` resolves the decoded events of a simulation of N customers (``simulator.model``, seed
@@ -43,11 +47,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from processors.config import IdentityConfig
 from processors.events import TouchpointEvent
-from processors.identity import IdentityResolver
+from processors.identity import IdentityResolver, IdentityStore
+from processors.identity_native import NATIVE_AVAILABLE, engine_of, new_resolver
 from streams.heap import REPLAY_FULL_EVERY_S, HeapFreezer
 
 # How each timed batch runs (see the module doc); `--no-freeze` sets it to None.
 HEAP: HeapFreezer | None = HeapFreezer(REPLAY_FULL_EVERY_S)
+# The engine of the resolver on the Redis store (`--engine`; identity.engine's values).
+ENGINE = os.environ.get("JOURNEYMAP_IDENTITY__ENGINE", "auto")
+
+
+def redis_resolver(config: IdentityConfig, store: IdentityStore,
+                   engine: str | None = None) -> IdentityResolver:
+    """The resolver on a Redis store for `engine` (default `ENGINE`), as the worker makes it."""
+    return new_resolver(config.model_copy(update={"engine": engine or ENGINE}), "bench-salt",
+                        store)
 
 
 def batch_gc() -> contextlib.AbstractContextManager[None]:
@@ -170,7 +184,8 @@ def _outputs_hash(events: list[TouchpointEvent], config: IdentityConfig, size: i
 
         store = RedisIdentityStore(redis_url, prefix=f"bench:fp:{os.getpid()}")
         store.clear()
-    resolver = IdentityResolver(config, "bench-salt", store)
+    resolver = (IdentityResolver(config, "bench-salt") if store is None
+                else redis_resolver(config, store))
     for _ in range(passes):
         for part in batches(evs, size):
             r = resolver.resolve_batch(part)
@@ -232,6 +247,11 @@ def fingerprint(redis_url: str | None = None) -> None:
         ("tangled30k cap2 no-unique b500", tangled, cap2_free, 500, False, 1),
         ("tangled30k unique-all b1 shuffled", tangled[:10_000], unique_all, 1, True, 1),
     ]
+    if redis_url is not None:
+        from sinks.identity_redis import RedisIdentityStore
+
+        probe = redis_resolver(default, RedisIdentityStore(redis_url, prefix="bench:fp:probe"))
+        print(f"on the Redis store, engine {engine_of(probe)}")
     total = hashlib.sha256()
     for name, evs, config, size, shuffle, passes in cases:
         digest = _outputs_hash(evs, config, size, shuffle, passes, redis_url)
@@ -286,7 +306,10 @@ def bench_plain_union_find(events: list[TouchpointEvent], size: int) -> float:
     return len(events) / (time.process_time() - started)
 
 
-def bench_redis(events: list[TouchpointEvent], size: int, url: str) -> tuple[float, float, int]:
+def bench_redis(events: list[TouchpointEvent], size: int, url: str, engine: str,
+                hget: bool = True) -> tuple[float, float, int]:
+    """Events/s of the resolver (`engine`) on the Redis store, of the HGET baseline (0.0 unless
+    `hget`), and the customers it made."""
     import redis
 
     from sinks.identity_redis import RedisIdentityStore
@@ -294,7 +317,7 @@ def bench_redis(events: list[TouchpointEvent], size: int, url: str) -> tuple[flo
     prefix = f"bench:id:{os.getpid()}"
     store = RedisIdentityStore(url, prefix=prefix)
     store.clear()
-    resolver = IdentityResolver(IdentityConfig(), "bench-salt", store)
+    resolver = redis_resolver(IdentityConfig(), store, engine)
     parts = batches(events, size)
     try:
         server_cpu = _server_cpu_s(store.client)
@@ -311,13 +334,16 @@ def bench_redis(events: list[TouchpointEvent], size: int, url: str) -> tuple[flo
         evalsha = _evalsha_calls(store.client) - evalsha
         sent, received = (b - a for a, b in zip(net, _net_bytes(store.client), strict=True))
         print(
-            f"Redis resolver, where it goes: client CPU {cpu / len(events) * 1e6:.1f} us/event, "
+            f"Redis resolver ({engine_of(resolver)}), where it goes: client CPU "
+            f"{cpu / len(events) * 1e6:.1f} us/event, "
             f"redis-server CPU {server_cpu / len(events) * 1e6:.1f} us/event (all its clients), "
             f"{evalsha / len(parts):.2f} scripts (round trips) per batch, "
             f"{sent / len(parts) / 1000:.1f} KB sent to and {received / len(parts) / 1000:.1f} KB "
             f"received from Redis per batch (all its clients), "
             f"{store.n_conflicting_commits} conflicting commits"
         )
+        if not hget:
+            return resolved_rate, 0.0, len(store.partition())
 
         # Baseline: the same node keys, one pipelined HGET per identifier, per batch.
         keyed = [
@@ -345,13 +371,14 @@ def bench_redis(events: list[TouchpointEvent], size: int, url: str) -> tuple[flo
 
 
 def _one_of_several(
-    n: int, size: int, url: str, prefix: str, part: int, n_workers: int, start: Any, out: Any
+    n: int, size: int, url: str, prefix: str, part: int, n_workers: int, start: Any, out: Any,
+    engine: str,
 ) -> None:
     from sinks.identity_redis import RedisIdentityStore
 
     events = make_events(n)[part::n_workers]
     store = RedisIdentityStore(url, prefix=prefix)
-    resolver = IdentityResolver(IdentityConfig(), "bench-salt", store)
+    resolver = redis_resolver(IdentityConfig(), store, engine)
     start.wait()
     started = time.perf_counter()
     for batch in batches(events, size):
@@ -373,7 +400,8 @@ def bench_several(n: int, size: int, url: str, n_workers: int) -> None:
     ctx = mp.get_context("spawn")
     start, out = ctx.Barrier(n_workers), ctx.Queue()
     procs = [
-        ctx.Process(target=_one_of_several, args=(n, size, url, prefix, i, n_workers, start, out))
+        ctx.Process(target=_one_of_several,
+                    args=(n, size, url, prefix, i, n_workers, start, out, ENGINE))
         for i in range(n_workers)
     ]
     try:
@@ -388,7 +416,8 @@ def bench_several(n: int, size: int, url: str, n_workers: int) -> None:
         RedisIdentityStore(url, prefix=prefix).clear()
     total = sum(r[0] for r in reports) / max(r[1] for r in reports)
     print(
-        f"{n_workers} workers, shared customers: {total:>10,.0f} events/s in total, "
+        f"{n_workers} workers ({ENGINE} engine), shared customers: {total:>10,.0f} events/s in "
+        "total, "
         f"{sum(r[2] for r in reports)} conflicting commits in {n // size} batches, "
         f"{sum(r[3] for r in reports)} reads, {sum(r[4] for r in reports)} cache drops"
     )
@@ -419,6 +448,7 @@ def _evalsha_calls(client: object) -> int:
 
 
 def main() -> None:
+    global ENGINE, HEAP
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=1_000)
@@ -439,13 +469,23 @@ def main() -> None:
         help="also run this many worker processes on interleaved slices of the events at once",
     )
     parser.add_argument(
+        "--engine", choices=("auto", "python", "native"), default=ENGINE,
+        help="identity.engine of the resolver on the Redis store for --fingerprint-redis and "
+             "--workers (default: JOURNEYMAP_IDENTITY__ENGINE, else auto); the Redis timing runs "
+             "both engines when the native core is installed",
+    )
+    parser.add_argument(
+        "--redis-engines", default="python,native",
+        help="the engines the Redis timing runs, in this order (native only when installed)",
+    )
+    parser.add_argument(
         "--no-freeze", action="store_true",
         help="time each batch under CPython's default collector instead of the replay's and the "
              "worker's (paused during a batch, what it left alive frozen after it)",
     )
     args = parser.parse_args()
+    ENGINE = args.engine
     if args.no_freeze:
-        global HEAP
         HEAP = None
     if args.workers:
         bench_several(args.events, args.batch, args.redis_url, args.workers)
@@ -477,14 +517,26 @@ def main() -> None:
           "every identifier known)")
     if args.no_redis:
         return
-    fresh = fresh_events()
-    gc.collect()
-    gc.freeze()
-    red, hget, n_customers = bench_redis(fresh, args.batch, args.redis_url)
-    print(f"Redis resolver (1 worker): {red:>10,.0f} events/s   (target >= 50,000)")
+    # Each engine on fresh events (a cold start: `ts_ms` not yet cached), then the baseline.
+    engines = [e for e in args.redis_engines.split(",") if e != "native" or NATIVE_AVAILABLE]
+    rates: dict[str, float] = {}
+    customers: dict[str, int] = {}
+    hget = 0.0
+    for i, engine in enumerate(engines):
+        fresh = fresh_events()
+        gc.collect()
+        gc.freeze()
+        last = i == len(engines) - 1
+        rates[engine], rate, customers[engine] = bench_redis(fresh, args.batch, args.redis_url,
+                                                             engine, hget=last)
+        hget = rate if last else hget
+    for engine, red in rates.items():
+        print(f"Redis resolver, {engine + ':':7s}   {red:>10,.0f} events/s   (1 worker; target "
+              ">= 50,000)")
     print(f"pipelined HGET baseline:   {hget:>10,.0f} events/s   (same keys, same run)")
-    print(f"ratio resolver / HGET:     {red / hget:>10.2f}      (target >= 0.4)")
-    print(f"customers: {n_customers}")
+    for engine, red in rates.items():
+        print(f"ratio {engine} / HGET:       {red / hget:>10.2f}      (target >= 0.4)")
+    print(f"customers: {customers}" + ("" if len(set(customers.values())) == 1 else "  DIFFER"))
 
 
 if __name__ == "__main__":

@@ -117,6 +117,20 @@ def number_merges(merges: list[MergeRecord], last_seq: int) -> int:
     return last_seq + len(merges)
 
 
+def commit_attempt(store: IdentityStore, graph: object, attempt: int) -> bool:
+    """Commit attempt number `attempt` of a batch decided on `graph` to `store`: True when it
+    committed, False when the batch must be decided again on fresh state (ServiceError after
+    MAX_COMMIT_ATTEMPTS failed attempts in a row)."""
+    if store.commit(graph):  # type: ignore[arg-type]
+        return True
+    if attempt >= MAX_COMMIT_ATTEMPTS:  # pragma: no cover - pathological contention
+        raise ServiceError(
+            f"identity store changed under this batch {attempt} times in a row; "
+            "is another writer looping on the same customers?"
+        )
+    return False
+
+
 def customer_id_for(key: str) -> str:
     """The canonical id of a component whose earliest identifier is node `key`."""
     return "c_" + key[1:17]
@@ -404,13 +418,8 @@ class IdentityResolver:
                 )
             )
             graph.link_records = links
-            if self.store.commit(graph):
+            if commit_attempt(self.store, graph, attempt):
                 break
-            if attempt >= MAX_COMMIT_ATTEMPTS:  # pragma: no cover - pathological contention
-                raise ServiceError(
-                    f"identity store changed under this batch {attempt} times in a row; "
-                    "is another writer looping on the same customers?"
-                )
 
         result = ResolveResult(
             merges=decision.merges,

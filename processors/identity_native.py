@@ -1,9 +1,11 @@
-"""The in-memory identity resolver with its graph and decisions in Rust, and the engine choice.
+"""The identity resolver with its graph and decisions in Rust, and the engine choice.
 
 :class:`NativeIdentityResolver` has :class:`~processors.identity.IdentityResolver`'s contract
 (``resolve_batch(events) -> ResolveResult``, the same outputs to the last field, merges numbered
-by ``seq`` as :class:`~processors.identity.InMemoryIdentityStore` numbers them) for the in-memory
-store only; the Redis store stays Python. The graph (union-find with a flat customer per node,
+by ``seq`` as :class:`~processors.identity.InMemoryIdentityStore` numbers them) on the in-memory
+graph, and on a store that can hold its worker cache in the core (the Redis store: the core in
+overlay mode holds the cached part of the graph and builds the commit; docs/identity.md, "Redis
+store", "Deciding in Rust"). The graph (union-find with a flat customer per node,
 first-seen times, roots, members, link counts), every decision (the settled marks, the fast
 paths, ``_apply_event``, ``_join_fresh``, ``_fold``), hashing of ASCII identifiers, each
 event's combination lookup, event times and the ``ResolvedEvent``s are the Rust port in
@@ -39,6 +41,7 @@ from processors.identity import (
     ResolveResult,
     Root,
     _Combo,
+    commit_attempt,
     number_merges,
 )
 
@@ -52,6 +55,9 @@ else:
     NATIVE_IMPORT_ERROR = None
 
 NATIVE_AVAILABLE = NativeIdentityCore is not None
+# Built from sources with the overlay mode (a store's worker cache in the core): an older build
+# decides in memory only.
+NATIVE_OVERLAY = NATIVE_AVAILABLE and hasattr(NativeIdentityCore, "overlay_open")
 _NATIVE: attrgetter[int] = attrgetter("native")
 # A graph as plain data: ([(key, customer, first_seen, linked)],
 # [(customer, earliest_ts, earliest_key, [(code, key)], size, [member keys])]).
@@ -117,11 +123,16 @@ class NativeInMemoryStore:
 
 
 class NativeIdentityResolver(IdentityResolver):
-    """:class:`IdentityResolver` on the in-memory store, deciding in Rust (see the module doc).
+    """:class:`IdentityResolver` deciding in Rust (see the module doc): on the in-memory store,
+    or on `store`, a store that can hold its worker cache in the core (the Redis store: its
+    ``attach_core``; the core then holds only the cached part of the graph, see
+    docs/identity.md, "Redis store").
 
     `combo_cap` bounds the identity combinations the core remembers (the same bound as the
     Python resolver's, 1,000,000): when a batch starts with that many, they are all forgotten
-    and made again as they come (a cache: the outputs do not change).
+    and made again as they come (a cache: the outputs do not change). On a store, `key_cap`
+    bounds the node keys the core has interned (cached or not) the same way: the store's cache
+    is dropped with them.
     """
 
     def __init__(
@@ -130,13 +141,16 @@ class NativeIdentityResolver(IdentityResolver):
         salt: str,
         native_hashing: bool = True,
         native_prepare: bool = True,
+        store: IdentityStore | None = None,
     ) -> None:
         if NativeIdentityCore is None:
             raise _not_built()
         super().__init__(config, salt)
         self.core = NativeIdentityCore(
-            "".join(sorted(self._unique)), self._max_linked, salt, sorted(self._ignored)
+            "".join(sorted(self._unique)), self._max_linked, salt, sorted(self._ignored),
+            overlay=store is not None,
         )
+        self.key_cap = 2 * _HASH_CACHE_MAX
         # New identifiers hashed in Rust (ASCII values; others go through `key_of`)
         self.native_hashing = native_hashing
         # Each event's combination looked up in Rust from its identities (else `_prepare`)
@@ -145,9 +159,22 @@ class NativeIdentityResolver(IdentityResolver):
         # Event times computed in Rust (the same values as `events.event_times_ms`, cached in
         # each event alike); else by `event_times_ms`
         self.native_times = True
-        self.store = NativeInMemoryStore(self.core)  # type: ignore[assignment]
+        self.overlay = store is not None
+        if store is None:
+            self.store = NativeInMemoryStore(self.core)  # type: ignore[assignment]
+        else:
+            attach = getattr(store, "attach_core", None)
+            if attach is None:
+                raise ConfigError(
+                    f"identity.engine = 'native' cannot decide on {type(store).__name__} (it "
+                    "cannot hold the native core's cache): use identity.engine 'auto' or 'python'"
+                )
+            attach(self.core)
+            self.store = store
 
     def __reduce__(self) -> tuple[Any, ...]:
+        if self.overlay:
+            raise TypeError("a resolver on a shared store does not pickle (its graph is there)")
         store: NativeInMemoryStore = self.store  # type: ignore[assignment]
         return (_restore, (self.config, self.salt, self.core.export(), store.merge_seq,
                            dict(self.totals)))
@@ -167,8 +194,12 @@ class NativeIdentityResolver(IdentityResolver):
         return hit
 
     def resolve_batch(self, accepted: Sequence[TouchpointEvent]) -> ResolveResult:
-        if self.core.n_combos() >= self.combo_cap:  # both sides: Python's hold core indices
-            self.core.clear_combos()
+        if self.core.n_combos() >= self.combo_cap or (
+                self.overlay and self.core.n_keys() >= self.key_cap):
+            if self.overlay:  # (between batches: the store's cache is not open)
+                self.store.drop_cache()  # type: ignore[attr-defined]
+                self.core.forget_keys()
+            self.core.clear_combos()  # both sides: Python's hold core indices
             self._combos.clear()
         if self.native_prepare:
             indices, n_ignored = self.core.prepare(accepted)
@@ -182,20 +213,35 @@ class NativeIdentityResolver(IdentityResolver):
         else:
             entries, ts_list, _wanted, n_ignored = self._prepare(accepted)
             indices = list(map(_NATIVE, entries))
-        # the resolved events come made (ResolvedEvent's slots set from Rust, dead left out)
-        resolved, merges, conflicts, links, dead = self.core.decide(accepted, indices, ts_list,
-                                                                    ResolvedEvent)
-        merge_records = list(starmap(MergeRecord, merges))
-        store: NativeInMemoryStore = self.store  # type: ignore[assignment]
-        store.merge_seq = number_merges(merge_records, store.merge_seq)
+        if self.overlay:  # (a no-op unless another resolver took the store meanwhile)
+            self.store.attach_core(self.core)  # type: ignore[attr-defined]
+        attempt = 0
+        while True:
+            attempt += 1
+            overlay = self.store.begin(indices) if self.overlay else None
+            # the resolved events come made (ResolvedEvent's slots set from Rust, dead left out)
+            resolved, merges, conflicts, links, dead = self.core.decide(accepted, indices,
+                                                                        ts_list, ResolvedEvent)
+            merge_records = list(starmap(MergeRecord, merges))
+            link_records = list(map(IdentityLink._make, links))
+            if overlay is None:
+                store: NativeInMemoryStore = self.store  # type: ignore[assignment]
+                store.merge_seq = number_merges(merge_records, store.merge_seq)
+                break
+            # the store commits what the core noted, and numbers the merges in place
+            overlay.merge_records, overlay.link_records = merge_records, link_records
+            if commit_attempt(self.store, overlay, attempt):
+                break
         result = ResolveResult(
             merges=merge_records,
             conflicts=list(map(Conflict._make, conflicts)),
             dead=[(accepted[i], _NO_IDENTIFIER) for i in dead],
             n_ignored_identifiers=n_ignored,
+            n_attempts=attempt,
+            commit_id=None if overlay is None else overlay.commit_id,
         )
         result.resolved = resolved
-        result.links = list(map(IdentityLink._make, links))
+        result.links = link_records
         for name, value in result.counters().items():
             self.totals[name] = self.totals.get(name, 0) + value
         return result
@@ -220,20 +266,23 @@ def _restore(config: IdentityConfig, salt: str, state: GraphState, merge_seq: in
 
 def new_resolver(config: IdentityConfig, salt: str,
                  store: IdentityStore | None = None) -> IdentityResolver:
-    """The resolver for `config.engine`: the native one for an in-memory graph (`store` None)
-    when it is installed (`auto`) or asked for (`native`: a :class:`ConfigError` if it is not
-    installed), else the Python one. A given store (Redis) always gets the Python resolver;
-    `native` with a store is a :class:`ConfigError`."""
+    """The resolver for `config.engine`: the native one when it is installed (`auto`) or asked
+    for (`native`: a :class:`ConfigError` if it is not installed), else the Python one; on the
+    in-memory graph (`store` None) or on `store` (the Redis store: the core holds its worker
+    cache; `auto` takes the Python resolver for a store that cannot hold it, `native` raises
+    :class:`ConfigError`)."""
     engine = config.engine
-    if engine == "python" or (engine == "auto" and (store is not None or not NATIVE_AVAILABLE)):
+    native_store = store is None or (hasattr(store, "attach_core") and NATIVE_OVERLAY)
+    if engine == "python" or (engine == "auto" and not (NATIVE_AVAILABLE and native_store)):
         return IdentityResolver(config, salt, store if store is not None else
                                 InMemoryIdentityStore())
-    if store is not None:
+    if store is not None and NATIVE_AVAILABLE and not NATIVE_OVERLAY:
         raise ConfigError(
-            "identity.engine = 'native' holds the graph in memory only; a resolver over "
-            f"{type(store).__name__} needs identity.engine 'auto' or 'python'"
+            "identity.engine = 'native' on a store needs the native identity core built from "
+            "these sources (the installed journeymap_native has no overlay mode): run "
+            "scripts/build-native.sh, or set identity.engine to 'auto' or 'python'"
         )
-    return NativeIdentityResolver(config, salt)
+    return NativeIdentityResolver(config, salt, store=store)
 
 
 def engine_of(resolver: IdentityResolver) -> str:
@@ -243,6 +292,7 @@ def engine_of(resolver: IdentityResolver) -> str:
 
 __all__ = [
     "NATIVE_AVAILABLE",
+    "NATIVE_OVERLAY",
     "NativeIdentityResolver",
     "NativeInMemoryStore",
     "engine_of",

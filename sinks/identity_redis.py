@@ -1,7 +1,7 @@
 """The identity graph in Redis, shared by every streaming worker.
 
-The resolver (:mod:`processors.identity`) makes every decision; this store only loads and
-commits, each in one Lua script per batch:
+The resolver (:mod:`processors.identity`, or the native core: see `attach_core`) makes every
+decision; this store only loads and commits, each in one Lua script per batch:
 
 - ``identity_read.lua`` reads the batch's nodes and their customers atomically;
 - ``identity_commit.lua`` writes the batch's changes only if none of the customers it used has
@@ -100,6 +100,10 @@ class RetryPolicy:
 
 
 _Content = tuple[int, str, dict[str, str], int]  # a record without its token
+# What a read brings: (customer, earliest_ts, earliest_key, uniq, size, token) of a customer not
+# cached, and (key, customer, first_seen, n_linked) of a node.
+_LoadedRoot = tuple[str, int, str, dict[str, str], int, str]
+_LoadedNode = tuple[str, str, int, int]
 
 
 class _Written(dict[str, int]):
@@ -139,13 +143,203 @@ class _CachedGraph(IdentityGraph):
         super().__init__()
         self.first = _Written()
         self.linked = _Written()
-        self.stored: dict[str, tuple[int, int]] = {}  # node key -> (first_seen, n_linked)
+        # node key -> (first_seen, n_linked or None), as Redis holds it
+        self.stored: dict[str, tuple[int, int | None]] = {}
         self.records: dict[str, tuple[str, _Content]] = {}  # customer -> (token, content)
         self.batch: list[str] = []  # the current batch's node keys
         # The cached customers of the batch's cached keys at begin (checked by token, with the
         # cached customers named after one of its keys: see RedisIdentityStore._used).
         self.used: dict[str, None] = {}
         self.open = False  # begun, not committed: it may hold decisions Redis never accepted
+        self._pending: tuple[list[tuple[str, tuple[int, int | None]]], list[str], list[str]] = (
+            [], [], [])  # what the last `sections` built from (see `committed`)
+
+    # The operations RedisIdentityStore does on its cache (_NativeCache has the same).
+
+    def n_cached(self) -> int:
+        return len(self.cid)
+
+    def open_batch(self, keys: Collection[str]) -> None:
+        """A batch of node keys `keys` begins: the change log starts empty."""
+        self.open = True
+        self.moves.clear()
+        self.new_keys.clear()
+        self.merge_records = []
+        self.link_records = []
+        self.commit_id = None
+        self.batch = list(keys)
+
+    def keys(self) -> list[str]:
+        """The batch's node keys."""
+        return self.batch
+
+    def batch_empty(self) -> bool:
+        return not self.batch
+
+    def split(self) -> tuple[list[str], list[str]]:
+        """The batch's node keys the cache does not hold, and those it holds."""
+        cid = self.cid
+        return [k for k in self.batch if k not in cid], [k for k in self.batch if k in cid]
+
+    def _customers(self) -> dict[str, None]:
+        """The cached customers of the batch's cached keys (as of now)."""
+        cid = self.cid
+        return dict.fromkeys(cid[k] for k in self.batch if k in cid)
+
+    def note_used(self) -> None:
+        """Before deciding: note the customers the commit's checks name (`checks`), and start
+        noting the decision's writes (not what the read loaded)."""
+        self.used = self._customers()
+        self.first.written.clear()
+        self.linked.written.clear()
+
+    def checks(self, noted: bool) -> str:
+        """The token checks of the cached customers a batch may read or write: those of its
+        cached keys (as noted before deciding when `noted`, else as of now), and any named
+        after one of its keys (a rename or a new customer takes that name)."""
+        used = dict(self.used) if noted else self._customers()
+        records = self.records
+        for name in set(map(customer_id_for, self.batch)).intersection(records):
+            used[name] = None
+        return "\n".join(f"{cid}\n{records[cid][0]}" for cid in used)
+
+    def tokens(self, cids: list[str]) -> list[str | None]:
+        """The token of each customer's cached record (None: not cached)."""
+        records = self.records
+        return [None if (r := records.get(c)) is None else r[0] for c in cids]
+
+    def load(self, roots: list[_LoadedRoot], nodes: list[_LoadedNode]) -> None:
+        """Put a read's records of customers not cached, then its nodes, into the cache."""
+        records = self.records
+        for cid, ts, key, uniq, size, token in roots:
+            self.roots[cid] = Root(ts, key, dict(uniq), size)
+            records[cid] = (token, (ts, key, uniq, size))
+            self.members[cid] = []
+        for key, cid, f, n in nodes:
+            self.cid[key] = cid
+            self.first[key] = f
+            if n:
+                self.linked[key] = n
+            self.stored[key] = (f, n or None)  # as the commit compares: (first, linked.get(key))
+            self.members[cid].append(key)
+
+    def sections(self, token: str) -> tuple[str, str, str, str, str, str]:
+        """The commit's sections for the decision (new keys, moves, node sets, member adds,
+        root sets, root deletes; records stamped `token`), each '\n'-joined as
+        identity_commit.lua takes them."""
+        cids, first, linked, stored = self.cid, self.first, self.linked, self.stored
+        node_sets: list[str] = []
+        dirty: dict[str, None] = {}  # customers holding a node that changed (in order)
+        # (first_seen, n_linked or None) against what Redis holds, of every key the decision
+        # wrote (only a write changes a node's state; the batch's keys alone are written)
+        states = [
+            (key, state)
+            for key in first.written | linked.written
+            if (state := (first[key], linked.get(key))) != stored.get(key)
+        ]
+        for key, (f, n) in states:
+            cid = cids[key]
+            node_sets += (key, encode_node(cid, f, n or 0))
+            dirty[cid] = None
+        # A record is rewritten when a node of its customer changed (so any change to a node
+        # changes the token of its customer's record) or its content did. Content changes only
+        # by a node that changes (a new key added or attached, an earlier first-seen time: in
+        # `dirty`) or by a move into the customer (its final holder is a move's target), so
+        # only those customers are compared.
+        roots, records = self.roots, self.records
+        candidates = dirty.copy()
+        for _, dst in self.moves:
+            candidates[dst] = None
+        root_sets: list[str] = []
+        written: list[str] = []
+        for cid in candidates:
+            root = roots.get(cid)
+            if root is None:
+                continue  # moved on again later in the batch
+            was = records.get(cid)
+            if cid in dirty or was is None or was[1] != _content(root):
+                root_sets += (cid, encode_root(root, token))
+                written.append(cid)
+        # Records gone: the cached customers moved away (roots only go by a move).
+        gone = [cid for cid in dict.fromkeys(src for src, _ in self.moves)
+                if cid in records and cid not in roots]
+        adds: list[str] = []
+        for key in sorted(self.new_keys, key=cids.__getitem__):  # grouped: one SADD per customer
+            adds += (cids[key], key)
+        self._pending = (states, written, gone)
+        return ("\n".join(self.new_keys),  # taken as new: must still be absent
+                "\n".join(f"{src}\n{dst}" for src, dst in self.moves),
+                "\n".join(node_sets), "\n".join(adds), "\n".join(root_sets), "\n".join(gone))
+
+    def committed(self, token: str) -> None:
+        """The commit `sections` built applied cleanly: what the cache says Redis holds follows."""
+        states, written, gone = self._pending
+        stored, roots, records = self.stored, self.roots, self.records
+        for key, state in states:
+            stored[key] = state
+        for cid in written:
+            root = roots[cid]
+            records[cid] = (token, (root.earliest_ts, root.earliest_key, dict(root.uniq),
+                                    root.size))
+        for cid in gone:
+            del records[cid]
+
+
+class _NativeCache:
+    """The worker's cache held by a native identity core in overlay mode (``journeymap_native``,
+    attached by :meth:`RedisIdentityStore.attach_core`): the same state and operations as
+    :class:`_CachedGraph`, in Rust. The core decides on it; the batch's keys are those of the
+    core's combinations given to `open_batch`. Dropped with the cache (`overlay_reset`)."""
+
+    def __init__(self, core: Any) -> None:
+        self.core = core
+        self.open = False
+        self.merge_records: list[MergeRecord] = []  # set by the resolver before commit
+        self.link_records: list[IdentityLink] = []
+        self.commit_id: str | None = None
+
+    def n_cached(self) -> int:
+        return self.core.overlay_len()  # type: ignore[no-any-return]
+
+    def open_batch(self, combos: Collection[int]) -> None:
+        self.open = True
+        self.merge_records = []
+        self.link_records = []
+        self.commit_id = None
+        self.core.overlay_open(combos)
+
+    def keys(self) -> list[str]:
+        return self.core.overlay_batch()[0]  # type: ignore[no-any-return]
+
+    def batch_empty(self) -> bool:
+        return self.core.overlay_batch_empty()  # type: ignore[no-any-return]
+
+    def split(self) -> tuple[list[str], list[str]]:
+        _, missing, cached = self.core.overlay_batch()
+        return missing, cached
+
+    def note_used(self) -> None:
+        self.core.overlay_note_used()
+
+    def checks(self, noted: bool) -> str:
+        return self.core.overlay_checks(noted)  # type: ignore[no-any-return]
+
+    def tokens(self, cids: list[str]) -> list[str | None]:
+        return self.core.overlay_tokens(cids)  # type: ignore[no-any-return]
+
+    def load(self, roots: list[_LoadedRoot], nodes: list[_LoadedNode]) -> None:
+        self.core.overlay_load(
+            [(cid, ts, key, list(uniq.items()), size, token)
+             for cid, ts, key, uniq, size, token in roots], nodes)
+
+    def sections(self, token: str) -> tuple[str, str, str, str, str, str]:
+        return self.core.overlay_sections(token)  # type: ignore[no-any-return]
+
+    def committed(self, token: str) -> None:
+        self.core.overlay_committed(token)
+
+
+_Cache = _CachedGraph | _NativeCache
 
 
 class _StaleCache(Exception):
@@ -230,7 +424,8 @@ class RedisIdentityStore:
         self.cache_max_keys = cache_max_keys  # 0: no cache (every batch reads everything)
         self.n_reads = 0
         self.n_cache_drops = 0
-        self._cache = _CachedGraph()
+        self._core: Any = None  # a native identity core holding the cache (attach_core)
+        self._cache: _Cache = _CachedGraph()
         self._trusted = False  # skip the read: the last one found nothing anyone else wrote
         # The token of this worker's last commit while its whole cache was current; while Redis
         # still names it the last commit (P:last), nothing else has written the graph.
@@ -284,85 +479,77 @@ class RedisIdentityStore:
 
     # -- IdentityStore -------------------------------------------------------------------------
 
-    def begin(self, keys: Collection[str]) -> IdentityGraph:
+    def begin(self, keys: Collection[Any]) -> Any:
         """The graph holding `keys` and their customers: this worker's cache, completed by one
         atomic read of the keys it does not hold (which first checks the tokens of the cached
         customers the batch may use), or by no read at all while the reads find nothing new.
+        With a native core attached (:meth:`attach_core`), `keys` are the indices of the batch's
+        identity combinations in the core, and the cache returned is the core's overlay.
         """
         g = self._cache
-        if g.open or len(g.cid) > self.cache_max_keys:
+        if g.open or g.n_cached() > self.cache_max_keys:
             g = self._drop()  # an uncommitted decision, or full (or no cache): start over
-        batch = self._open(g, keys)
-        self._fresh = not g.cid
+        g.open_batch(keys)
+        self._fresh = not g.n_cached()
         # Trusted: no read, and the commit checks what the batch takes as new (`new_keys`).
-        missing = [] if self._trusted else [key for key in batch if key not in g.cid]
-        if missing:
+        if not self._trusted:
             # The cached keys go too: if the cache turns out stale, the same read brings the
             # whole batch back (one round trip, not a failed read and a full one).
-            others = [k for k in batch if k in g.cid]
-            try:
-                n_found = self._load(g, missing, self._used(g, batch), others)
-            except _StaleCache as stale:
-                g = self._drop()
-                self._open(g, batch)
-                self._fresh = True
-                if stale.reply is None:
-                    n_found = self._load(g, batch, {})
-                else:
-                    n_found = self._parse(g, missing + others, stale.reply)
-            # Reads stop (the commit alone checks) once one finds none of its keys.
-            self._trusted = n_found == 0 and self.cache_max_keys > 0
-        g.used = self._customers_of(g, batch)
-        g.first.written.clear()  # (what the read loaded): from here on, the decision's writes
-        g.linked.written.clear()
+            missing, others = g.split()
+            if missing:
+                try:
+                    n_found = self._load(g, missing, g.checks(noted=False), others)
+                except _StaleCache as stale:
+                    g = self._drop()
+                    g.open_batch(keys)
+                    self._fresh = True
+                    if stale.reply is None:
+                        n_found = self._load(g, g.keys(), "")
+                    else:
+                        n_found = self._parse(g, missing + others, stale.reply)
+                # Reads stop (the commit alone checks) once one finds none of its keys.
+                self._trusted = n_found == 0 and self.cache_max_keys > 0
+        g.note_used()  # (what the read loaded): from here on, the decision's writes
         return g
 
-    def _open(self, g: _CachedGraph, keys: Collection[str]) -> list[str]:
-        g.open = True
-        g.moves.clear()
-        g.new_keys.clear()
-        g.merge_records = []
-        g.link_records = []
-        g.commit_id = None
-        g.batch = list(keys)
-        return g.batch
+    def attach_core(self, core: Any) -> None:
+        """Hold the worker's cache in native identity core `core` (a ``NativeIdentityCore``
+        made with ``overlay=True``), which decides on it: from now on `begin` takes the core's
+        combination indices and returns the core's overlay (:class:`_NativeCache`), and
+        `commit` writes what the core's decision changed. Attaching another core (or `None`:
+        the Python cache again) drops the cache; attaching the same one changes nothing."""
+        if core is self._core:
+            return
+        if self._core is not None:
+            self._core.overlay_reset()  # (it may be attached again: it must not hold a cache)
+        if core is not None:
+            core.overlay_reset()
+        self._core = core
+        self._drop()
 
-    def _drop(self) -> _CachedGraph:
+    def drop_cache(self) -> None:
+        """Forget the worker's cache (between batches): the next batch reads afresh."""
+        self._drop()
+
+    def _drop(self) -> _Cache:
         """Forget the cache (and stop trusting it): the next read is a full one."""
-        if self._cache.cid:
+        if self._cache.n_cached():
             self.n_cache_drops += 1
-        self._cache = _CachedGraph()
+        if self._core is None:
+            self._cache = _CachedGraph()
+        else:
+            self._core.overlay_reset()
+            self._cache = _NativeCache(self._core)
         self._trusted = False
         self._chain = None
         return self._cache
 
-    @staticmethod
-    def _customers_of(g: _CachedGraph, batch: list[str]) -> dict[str, None]:
-        """The cached customers of the batch's cached keys (as of now: call it before deciding)."""
-        used = dict.fromkeys(map(g.cid.get, batch))
-        used.pop(None, None)  # (keys not cached)
-        return used
-
-    @classmethod
-    def _used(cls, g: _CachedGraph, batch: list[str],
-              customers: dict[str, None] | None = None) -> dict[str, None]:
-        """The cached customers a batch may read or write: those of its cached keys
-        (`customers`, taken before deciding), and any named after one of its keys (a rename or a
-        new customer takes that name). Only needed when tokens are checked: the read, and a
-        commit without the chain."""
-        used = cls._customers_of(g, batch) if customers is None else dict(customers)
-        for name in set(map(customer_id_for, batch)).intersection(g.records):
-            used[name] = None
-        return used
-
-    def _load(self, g: _CachedGraph, wanted: list[str], used: dict[str, None],
+    def _load(self, g: _Cache, wanted: list[str], checks: str,
               others: Collection[str] = ()) -> int:
         """Read the nodes `wanted` and their customers into `g` in one atomic read that first
-        checks the tokens of the cached customers `used`; returns how many of `wanted` exist.
+        checks the tokens `checks` of cached customers; returns how many of `wanted` exist.
         Raises _StaleCache when a cached customer's record changed (with the reply for
         `wanted` + `others` read as if nothing were cached, when `others` were sent)."""
-        records = g.records
-        checks = "\n".join(f"{cid}\n{records[cid][0]}" for cid in used)
         self.n_reads += 1
         reply = self._call(
             "read the identity graph",
@@ -374,43 +561,34 @@ class RedisIdentityStore:
             raise _StaleCache(reply)
         return self._parse(g, wanted, reply)
 
-    def _parse(self, g: _CachedGraph, wanted: list[str], reply: list[Any]) -> int:
-        """Put a read's nodes `wanted` and their customers into `g`; how many of `wanted` exist."""
-        records = g.records
+    def _parse(self, g: _Cache, wanted: list[str], reply: list[Any]) -> int:
+        """Put a read's nodes `wanted` and their customers into `g`; how many of `wanted` exist.
+        Raises _StaleCache when a customer's record carries another token than the cached one."""
         nodes_s, cids_s, roots_s, _stale = reply
         cids = cids_s.split("\n") if cids_s else []
-        roots = roots_s.split("\n") if cids_s else []
-        for cid, raw in zip(cids, roots, strict=True):
+        raws = roots_s.split("\n") if cids_s else []
+        roots: list[_LoadedRoot] = []
+        for cid, raw, cached in zip(cids, raws, g.tokens(cids), strict=True):
             if not raw:
                 raise ServiceUnavailable(
                     f"identity graph under {self.prefix!r} is inconsistent: node points at "
                     f"customer {cid} which has no record; was the prefix partially deleted?"
                 )
-            cached = records.get(cid)
             if cached is not None:
-                if _token_of(raw) != cached[0]:
+                if _token_of(raw) != cached:
                     raise _StaleCache()  # (the reply lacks the cached keys: read again)
                 continue  # unchanged since cached: record, nodes and members
             ts, key, uniq, size, token = orjson.loads(raw)
-            g.roots[cid] = Root(ts, key, dict(uniq), size)
-            records[cid] = (token, (ts, key, uniq, size))
-            g.members[cid] = []
-        n_found = 0
+            roots.append((cid, ts, key, uniq, size, token))
+        nodes: list[_LoadedNode] = []
         for key, raw in zip(wanted, nodes_s.split("\n"), strict=True):
-            if not raw:
-                continue
-            n_found += 1
-            cid, first, linked = raw.split("|")
-            g.cid[key] = cid
-            g.first[key] = f = int(first)
-            n = int(linked)
-            if n:
-                g.linked[key] = n
-            g.stored[key] = (f, n or None)  # as the commit compares: (first, linked.get(key))
-            g.members[cid].append(key)
-        return n_found
+            if raw:
+                cid, first, linked = raw.split("|")
+                nodes.append((key, cid, int(first), int(linked)))
+        g.load(roots, nodes)
+        return len(nodes)
 
-    def commit(self, graph: IdentityGraph) -> bool:
+    def commit(self, graph: Any) -> bool:
         """Write the batch atomically; False if another writer changed what it used.
 
         The check is on customer records only (plus the absence of new identifiers): every
@@ -418,55 +596,13 @@ class RedisIdentityStore:
         an unchanged token means unchanged members. Anything but a clean first-time success
         drops the cache.
         """
-        g = graph
-        assert isinstance(g, _CachedGraph) and g is self._cache and g.open, (
-            "commit the graph this store's last begin() returned"
-        )
-        batch = g.batch
-        if not batch:
+        g: _Cache = graph
+        assert g is self._cache and g.open, "commit the graph this store's last begin() returned"
+        if g.batch_empty():
             g.open = False
             return True
         token = uuid.uuid4().hex
-        cids, first, linked, stored = g.cid, g.first, g.linked, g.stored
-        node_sets: list[str] = []
-        dirty: dict[str, None] = {}  # customers holding a node that changed (in order)
-        # (first_seen, n_linked or None) against what Redis holds, of every key the decision
-        # wrote (only a write changes a node's state; the batch's keys alone are written)
-        states = [
-            (key, state)
-            for key in first.written | linked.written
-            if (state := (first[key], linked.get(key))) != stored.get(key)
-        ]
-        for key, (f, n) in states:
-            cid = cids[key]
-            node_sets += (key, encode_node(cid, f, n or 0))
-            dirty[cid] = None
-        # A record is rewritten when a node of its customer changed (so any change to a node
-        # changes the token of its customer's record) or its content did. Content changes only
-        # by a node that changes (a new key added or attached, an earlier first-seen time: in
-        # `dirty`) or by a move into the customer (its final holder is a move's target), so
-        # only those customers are compared.
-        roots, records = g.roots, g.records
-        candidates = dirty.copy()
-        for _, dst in g.moves:
-            candidates[dst] = None
-        root_sets: list[str] = []
-        written: list[str] = []
-        for cid in candidates:
-            root = roots.get(cid)
-            if root is None:
-                continue  # moved on again later in the batch
-            was = records.get(cid)
-            if cid in dirty or was is None or was[1] != _content(root):
-                root_sets += (cid, encode_root(root, token))
-                written.append(cid)
-        # Records gone: the cached customers moved away (roots only go by a move).
-        gone = [cid for cid in dict.fromkeys(src for src, _ in g.moves)
-                if cid in records and cid not in roots]
-
-        adds: list[str] = []
-        for key in sorted(g.new_keys, key=cids.__getitem__):  # grouped: one SADD per customer
-            adds += (cids[key], key)
+        new_keys, moves, node_sets, adds, root_sets, gone = g.sections(token)
         now_ms = int(time.time() * 1000)
         outbox: list[str] = []
         for mr in g.merge_records:
@@ -478,13 +614,13 @@ class RedisIdentityStore:
             self.prefix,
             token,
             self.token_ttl_s,
-            "\n".join(g.new_keys),  # taken as new: must still be absent
+            new_keys,  # taken as new: must still be absent
             "",  # the root checks, left out while the chain holds
-            "\n".join(f"{src}\n{dst}" for src, dst in g.moves),
-            "\n".join(node_sets),
-            "\n".join(adds),
-            "\n".join(root_sets),
-            "\n".join(gone),
+            moves,
+            node_sets,
+            adds,
+            root_sets,
+            gone,
             "\n".join(outbox),
             orjson.dumps({"committed_ms": now_ms, "owner": self.owner,
                           "links": [list(link) for link in g.link_records]}).decode()
@@ -496,8 +632,7 @@ class RedisIdentityStore:
         try:
             while True:
                 if self._chain is None:
-                    used = self._used(g, batch, g.used)
-                    args[4] = "\n".join(f"{cid}\n{records[cid][0]}" for cid in used)
+                    args[4] = g.checks(noted=True)
                     args[13] = ""
                 else:
                     args[13] = "1"  # checks left out: answer 3 if the chain broke
@@ -523,14 +658,7 @@ class RedisIdentityStore:
             # nothing in the cache is taken on trust any more.
             self._drop()
             return True
-        for key, state in states:
-            stored[key] = state
-        for cid in written:
-            root = roots[cid]
-            records[cid] = (token, (root.earliest_ts, root.earliest_key, dict(root.uniq),
-                                    root.size))
-        for cid in gone:
-            del records[cid]
+        g.committed(token)
         # Status 4: the chain held, the whole cache was current before this commit and is
         # after it. Status 1 after the checks: so it is if the cache is this batch's read only
         # (every customer in it was checked); otherwise parts of it may be stale.

@@ -51,12 +51,13 @@ from processors.chain import ChainOutput, JourneyChain
 from processors.errors import CheckpointError, ServiceUnavailable
 from processors.events import ResolvedEvent, TouchpointEvent
 from processors.identity import (
-    IdentityResolver,
     MergeRecord,
     ResolveResult,
     merge_waves,
     merges_to_send,
 )
+from processors.identity_native import engine_of as identity_engine_of
+from processors.identity_native import new_resolver
 from processors.journeys_native import engine_of as journey_engine_of
 from processors.validation import Accepted, DeadLetter, Source, decode, decode_batch, sources_of
 from sinks import clickhouse as ch
@@ -177,13 +178,15 @@ class Runtime:
         self.settings = settings
         self.config = settings.processing()
         self.metrics = Metrics()
-        self.resolver = IdentityResolver(
+        # identity.engine: the native core decides on the Redis store when it is installed
+        self.resolver = new_resolver(
             self.config.identity,
             self.config.identity_salt,
             RedisIdentityStore(settings.redis.url, prefix=f"jm:id:{settings.kafka.consumer_group}",
                                owner=f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
                                cache_max_keys=settings.redis.identity_cache_keys),
         )
+        log.info("identity engine: %s", identity_engine_of(self.resolver))
         self.checkpoints = CheckpointStore(
             settings.redis.url, settings.kafka.consumer_group,
             retry_total_s=settings.clickhouse.retry_total_s,

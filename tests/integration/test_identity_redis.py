@@ -29,8 +29,11 @@ from processors.events import TouchpointEvent
 from processors.identity import KIND_CODE, IdentityResolver, InMemoryIdentityStore
 from sinks.identity_redis import RedisIdentityStore, RetryPolicy
 from streams.settings import load_settings
+from tests.native_cores import identity_engine, resolver_on
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+# Every test runs once per identity engine deciding on the Redis store (python, native).
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180),
+              pytest.mark.usefixtures(identity_engine.__name__)]
 
 REDIS_URL = os.environ.get("JOURNEYMAP_REDIS__URL", "redis://127.0.0.1:6379/0")
 SALT = "integration-salt"
@@ -76,11 +79,12 @@ def prefix() -> Iterator[str]:
 
 
 def _worker(
-    prefix: str, n: int, seed: int, part: int, batch: int, out: mp.Queue, start: object
+    prefix: str, n: int, seed: int, part: int, batch: int, out: mp.Queue, start: object,
+    engine: str,
 ) -> None:
     events = stream(n, seed)[part::2]
     store = RedisIdentityStore(REDIS_URL, prefix=prefix)
-    resolver = IdentityResolver(CONFIG, SALT, store)
+    resolver = resolver_on(CONFIG, SALT, store, engine)
     start.wait()  # type: ignore[attr-defined]  # both workers resolve at the same time
     merges, resolved, retries = [], [], 0
     for i in range(0, len(events), batch):
@@ -91,7 +95,9 @@ def _worker(
     out.put((part, merges, resolved, retries))
 
 
-def test_two_worker_processes_end_with_exactly_the_in_memory_answer(prefix: str) -> None:
+def test_two_worker_processes_end_with_exactly_the_in_memory_answer(
+    prefix: str, identity_engine: str
+) -> None:
     n, seed = 6_000, 11
     memory = IdentityResolver(CONFIG, SALT)
     result = memory.resolve_batch(stream(n, seed))
@@ -102,7 +108,8 @@ def test_two_worker_processes_end_with_exactly_the_in_memory_answer(prefix: str)
     queue: mp.Queue = ctx.Queue()
     start = ctx.Barrier(2)
     workers = [
-        ctx.Process(target=_worker, args=(prefix, n, seed, part, 20, queue, start))
+        ctx.Process(target=_worker,
+                    args=(prefix, n, seed, part, 20, queue, start, identity_engine))
         for part in (0, 1)
     ]
     for w in workers:
@@ -120,7 +127,7 @@ def test_two_worker_processes_end_with_exactly_the_in_memory_answer(prefix: str)
     # shared graph changes nothing and resolves every event to its in-memory customer.
     seen = [event_id for _, _, resolved, _ in reports for b in resolved for event_id, _ in b]
     assert sorted(seen) == sorted(expected)
-    final = IdentityResolver(CONFIG, SALT, store)
+    final = resolver_on(CONFIG, SALT, store)
     again = final.resolve_batch(stream(n, seed))
     assert {e.event.event_id: e.customer_id for e in again.resolved} == expected
     assert again.merges == [] and again.links == []
@@ -179,7 +186,7 @@ def test_redis_down_for_a_while_waits_retries_and_loses_nothing(
             prefix="outage",
             retry=RetryPolicy(initial_s=0.05, max_backoff_s=0.4, max_wait_s=60),
         )
-        resolver = IdentityResolver(CONFIG, SALT, store)
+        resolver = resolver_on(CONFIG, SALT, store)
         resolver.resolve_batch(first)
 
         proc.terminate()
@@ -220,7 +227,7 @@ def test_retry_gives_up_after_max_wait_with_a_clear_error() -> None:
         prefix="nowhere",
         retry=RetryPolicy(initial_s=0.05, max_backoff_s=0.1, max_wait_s=0.5),
     )
-    resolver = IdentityResolver(CONFIG, SALT, store)
+    resolver = resolver_on(CONFIG, SALT, store)
     with pytest.raises(ServiceUnavailable, match="nothing was committed"):
         resolver.resolve_batch(stream(16, 1))
 
@@ -308,7 +315,7 @@ def test_two_workers_after_redis_forgot_give_the_in_memory_answer(
         url = f"redis://127.0.0.1:{port}/0"
     try:
         stores = [RedisIdentityStore(url, prefix=prefix) for _ in range(2)]
-        workers = [IdentityResolver(MERGING, SALT, s) for s in stores]
+        workers = [resolver_on(MERGING, SALT, s) for s in stores]
         raw = redis.Redis.from_url(url)
         outputs: list[list[object]] = [[], [], []]
         rng = random.Random(5)
@@ -406,7 +413,7 @@ def test_a_warm_cache_reads_once_and_gives_the_in_memory_answer(prefix: str) -> 
     events = merging_stream(3_000, 23)
     batches = [events[i : i + 100] for i in range(0, len(events), 100)]
     store = RedisIdentityStore(REDIS_URL, prefix=prefix)
-    resolver = IdentityResolver(MERGING, SALT, store)
+    resolver = resolver_on(MERGING, SALT, store)
     memory = IdentityResolver(MERGING, SALT)
     for batch in batches:
         _same_outputs(resolver.resolve_batch(batch), memory.resolve_batch(batch))
@@ -423,7 +430,7 @@ def test_a_merge_that_changes_no_node_state_still_rewrites_the_winner_record(pre
     later than both (no first-seen time moves): no node's state changes, but the winner's record
     (size, unique kinds) does, and must be written (the commit compares every move's target)."""
     store = RedisIdentityStore(REDIS_URL, prefix=prefix)
-    resolver = IdentityResolver(CONFIG, SALT, store)
+    resolver = resolver_on(CONFIG, SALT, store)
     memory = IdentityResolver(CONFIG, SALT)
     batches = [
         [_event("a", 0, user_id="u1"), _event("b", 10, crm_id="k1")],
@@ -442,7 +449,7 @@ def test_with_the_cache_off_every_batch_reads_and_the_answer_is_the_same(prefix:
     settings = load_settings(redis={"url": REDIS_URL, "identity_cache_keys": 0})
     store = RedisIdentityStore(REDIS_URL, prefix=prefix,
                                cache_max_keys=settings.redis.identity_cache_keys)
-    resolver = IdentityResolver(MERGING, SALT, store)
+    resolver = resolver_on(MERGING, SALT, store)
     memory = IdentityResolver(MERGING, SALT)
     for batch in batches:
         _same_outputs(resolver.resolve_batch(batch), memory.resolve_batch(batch))
@@ -486,7 +493,7 @@ def test_another_worker_merges_and_renames_cached_customers_between_two_batches(
             ("two", ["ba", "early", "f"]), ("two", ["fe"]), ("one", ["g2"]), ("one", ["e0"]),
             ("one", ["b2"]), ("one", ["k2"]), ("one", ["a", "b2", "k2", "e0"])]
     stores = {name: RedisIdentityStore(REDIS_URL, prefix=prefix) for name in ("one", "two")}
-    workers = {name: IdentityResolver(MERGING, SALT, s) for name, s in stores.items()}
+    workers = {name: resolver_on(MERGING, SALT, s) for name, s in stores.items()}
     memory = IdentityResolver(MERGING, SALT)
     for name, ids in plan:
         batch = [ev[i] for i in ids]
@@ -499,8 +506,8 @@ def test_another_worker_merges_and_renames_cached_customers_between_two_batches(
 
 def test_the_cache_is_not_used_after_a_failed_commit(prefix: str) -> None:
     store = RedisIdentityStore(REDIS_URL, prefix=prefix)
-    other = IdentityResolver(MERGING, SALT, RedisIdentityStore(REDIS_URL, prefix=prefix))
-    resolver = IdentityResolver(MERGING, SALT, store)
+    other = resolver_on(MERGING, SALT, RedisIdentityStore(REDIS_URL, prefix=prefix))
+    resolver = resolver_on(MERGING, SALT, store)
     memory = IdentityResolver(MERGING, SALT)
     first = [_event("a", 10, anonymous_id="cookie-a", device_id="dev")]
     _same_outputs(resolver.resolve_batch(first), memory.resolve_batch(first))
@@ -523,7 +530,7 @@ def test_the_cache_is_not_used_after_a_commit_that_gave_up(prefix: str) -> None:
     store = RedisIdentityStore(
         REDIS_URL, prefix=prefix, retry=RetryPolicy(initial_s=0.01, max_wait_s=0.05)
     )
-    resolver = IdentityResolver(MERGING, SALT, store)
+    resolver = resolver_on(MERGING, SALT, store)
     resolver.resolve_batch([_event("a", 10, anonymous_id="cookie-a")])
     link = [_event("ab", 20, anonymous_id="cookie-a", device_id="dev")]
     commit = store._commit
@@ -552,7 +559,7 @@ def test_the_cache_is_not_used_after_a_retried_commit(prefix: str) -> None:
     """A commit applied whose reply was lost is sent again with the same token (answer 2:
     applied before). Redis may have restarted in between: the cache is dropped all the same."""
     store = RedisIdentityStore(REDIS_URL, prefix=prefix, retry=RetryPolicy(initial_s=0.01))
-    resolver = IdentityResolver(MERGING, SALT, store)
+    resolver = resolver_on(MERGING, SALT, store)
     memory = IdentityResolver(MERGING, SALT)
     first = [_event("a", 10, anonymous_id="cookie-a", device_id="dev")]
     _same_outputs(resolver.resolve_batch(first), memory.resolve_batch(first))
@@ -586,7 +593,7 @@ def test_a_warm_cache_cannot_bring_back_what_redis_lost(loss: str, tmp_path: Pat
     url = f"redis://127.0.0.1:{port}/0"
     try:
         store = RedisIdentityStore(url, prefix="warm", retry=RetryPolicy(initial_s=0.05))
-        resolver = IdentityResolver(MERGING, SALT, store)
+        resolver = resolver_on(MERGING, SALT, store)
         # Warm: two customers merged through a device; c_A is cached with all its members.
         before = [_event("a", 10, anonymous_id="cookie-a", device_id="dev"),
                   _event("b", 20, anonymous_id="cookie-b", device_id="dev"),

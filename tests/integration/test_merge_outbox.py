@@ -12,11 +12,14 @@ import orjson
 import pytest
 
 from processors.config import IdentityConfig
-from processors.identity import IdentityResolver, MergeRecord
+from processors.identity import MergeRecord
 from sinks.identity_redis import RedisIdentityStore
 from tests.factories import MIN_MS, T0_MS, event
+from tests.native_cores import identity_engine, resolver_on
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+# Every test runs once per identity engine deciding on the Redis store (python, native).
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60),
+              pytest.mark.usefixtures(identity_engine.__name__)]
 
 REDIS_URL = os.environ.get("JOURNEYMAP_REDIS__URL", "redis://127.0.0.1:6379/0")
 
@@ -41,7 +44,7 @@ def _two_customers_then_the_link() -> tuple[list, list]:
 
 
 def test_a_merge_stays_in_the_outbox_until_acknowledged(store: RedisIdentityStore) -> None:
-    resolver = IdentityResolver(IdentityConfig(), "salt", store)
+    resolver = resolver_on(IdentityConfig(), "salt", store)
     first, link = _two_customers_then_the_link()
     resolver.resolve_batch(first)
     assert store.pending_merges() == []
@@ -49,7 +52,7 @@ def test_a_merge_stays_in_the_outbox_until_acknowledged(store: RedisIdentityStor
     assert len(merges) == 1
     # The worker "crashes" here: committed, never produced. The batch is redelivered, and the
     # resolver (idempotent) does not report the merge again ...
-    again = IdentityResolver(IdentityConfig(), "salt", store).resolve_batch(link)
+    again = resolver_on(IdentityConfig(), "salt", store).resolve_batch(link)
     assert again.merges == []
     # ... but the outbox still has it, exactly as the resolver made it.
     assert store.pending_merges() == merges
@@ -60,7 +63,7 @@ def test_a_merge_stays_in_the_outbox_until_acknowledged(store: RedisIdentityStor
 
 
 def test_a_batch_without_merges_leaves_the_outbox_alone(store: RedisIdentityStore) -> None:
-    resolver = IdentityResolver(IdentityConfig(), "salt", store)
+    resolver = resolver_on(IdentityConfig(), "salt", store)
     first, _ = _two_customers_then_the_link()
     assert resolver.resolve_batch(first).merges == []
     assert store.client.exists(f"{store.prefix}:mo") == 0
@@ -83,7 +86,7 @@ def test_a_live_owners_merges_are_not_recovered_by_others(store: RedisIdentitySt
     # orphaned and recovered. A merge committed without an owner is always recoverable.
     a = RedisIdentityStore(store.client, store.prefix, owner="host:1:a", alive_ttl_s=1)
     first, link = _two_customers_then_the_link()
-    resolver = IdentityResolver(IdentityConfig(), "salt", a)
+    resolver = resolver_on(IdentityConfig(), "salt", a)
     resolver.resolve_batch(first)
     a.heartbeat()
     merges = resolver.resolve_batch(link).merges
@@ -108,9 +111,9 @@ def test_the_outbox_numbers_merges_in_commit_order_across_workers(store: RedisId
     a = RedisIdentityStore(store.client, store.prefix, owner="host:1:a")
     b = RedisIdentityStore(store.client, store.prefix, owner="host:2:b")
     first, link = _two_customers_then_the_link()
-    IdentityResolver(IdentityConfig(), "salt", a).resolve_batch(first)
-    by_a = IdentityResolver(IdentityConfig(), "salt", a).resolve_batch(link).merges
-    by_b = IdentityResolver(IdentityConfig(), "salt", b).resolve_batch([
+    resolver_on(IdentityConfig(), "salt", a).resolve_batch(first)
+    by_a = resolver_on(IdentityConfig(), "salt", a).resolve_batch(link).merges
+    by_b = resolver_on(IdentityConfig(), "salt", b).resolve_batch([
         event(at_ms=T0_MS + 4 * MIN_MS, event_id="c", anonymous_id="cookie-c"),
         event(at_ms=T0_MS + 5 * MIN_MS, event_id="cb", anonymous_id="cookie-c",
               device_id="dev-1"),
@@ -138,9 +141,9 @@ def test_a_batchs_links_stay_in_the_outbox_until_their_rows_are_written(
     # links. The links outbox still has them, for a recovery sweep (once the owner is gone).
     a = RedisIdentityStore(store.client, store.prefix, owner="host:1:a", alive_ttl_s=1)
     first, _ = _two_customers_then_the_link()
-    result = IdentityResolver(IdentityConfig(), "salt", a).resolve_batch(first)
+    result = resolver_on(IdentityConfig(), "salt", a).resolve_batch(first)
     assert len(result.links) == 2 and result.commit_id is not None
-    again = IdentityResolver(IdentityConfig(), "salt", a).resolve_batch(first)
+    again = resolver_on(IdentityConfig(), "salt", a).resolve_batch(first)
     assert again.links == [] and again.commit_id is None
     assert store.pending_links() == [(result.commit_id, result.links)]
     a.heartbeat()
@@ -156,7 +159,7 @@ def test_a_commit_sent_again_after_a_lost_reply_keeps_its_merge_numbers(
 ) -> None:
     import redis
 
-    resolver = IdentityResolver(IdentityConfig(), "salt", store)
+    resolver = resolver_on(IdentityConfig(), "salt", store)
     first, link = _two_customers_then_the_link()
     resolver.resolve_batch(first)
     store.client.set(f"{store.prefix}:mseq", 41)  # merges committed before, by anyone

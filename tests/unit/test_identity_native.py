@@ -28,6 +28,7 @@ from processors.identity import (
     ResolveResult,
 )
 from processors.identity_native import NativeIdentityResolver, engine_of, new_resolver
+from sinks.identity_redis import RedisIdentityStore
 from tests.factories import T0_MS, event
 from tests.native_cores import require_native
 from tests.property.test_event_time_props import _ANY_TZ, _RECENT, _aware, reference
@@ -227,14 +228,41 @@ def test_auto_is_native_when_installed_python_otherwise(monkeypatch: pytest.Monk
     assert engine_of(new_resolver(IdentityConfig(), SALT)) == "python"
 
 
-def test_python_engine_and_any_given_store_get_the_python_resolver() -> None:
+def test_python_engine_and_a_store_that_cannot_hold_the_core_get_the_python_resolver() -> None:
     r = new_resolver(IdentityConfig(engine="python"), SALT)
     assert type(r) is IdentityResolver and isinstance(r.store, InMemoryIdentityStore)
-    store = InMemoryIdentityStore()
+    store = InMemoryIdentityStore()  # given: it has no attach_core
     r = new_resolver(IdentityConfig(), SALT, store)
     assert type(r) is IdentityResolver and r.store is store
-    with pytest.raises(ConfigError, match="in memory only"):
+    redis_store = RedisIdentityStore("redis://127.0.0.1:1/0")  # (connects on first use only)
+    r = new_resolver(IdentityConfig(engine="python"), SALT, redis_store)
+    assert type(r) is IdentityResolver and r.store is redis_store
+
+
+def test_native_engine_on_a_store_that_cannot_hold_the_core_says_so(native: None) -> None:
+    with pytest.raises(ConfigError, match="cannot decide on InMemoryIdentityStore"):
+        new_resolver(IdentityConfig(engine="native"), SALT, InMemoryIdentityStore())
+
+
+def test_an_older_build_without_the_overlay_mode_leaves_the_redis_store_to_python(
+    native: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(identity_native, "NATIVE_OVERLAY", False)
+    store = RedisIdentityStore("redis://127.0.0.1:1/0")  # (connects on first use only)
+    assert type(new_resolver(IdentityConfig(), SALT, store)) is IdentityResolver
+    assert engine_of(new_resolver(IdentityConfig(), SALT)) == "native"  # in memory: still
+    with pytest.raises(ConfigError, match=r"build-native\.sh"):
         new_resolver(IdentityConfig(engine="native"), SALT, store)
+
+
+def test_native_and_auto_engines_decide_natively_on_the_redis_store(native: None) -> None:
+    for engine in ("native", "auto"):
+        store = RedisIdentityStore("redis://127.0.0.1:1/0")  # (connects on first use only)
+        r = new_resolver(IdentityConfig(engine=engine), SALT, store)
+        assert type(r) is NativeIdentityResolver and r.store is store
+        assert store._core is r.core  # the store's worker cache is the core's overlay
+        with pytest.raises(TypeError, match="does not pickle"):
+            pickle.dumps(r)
 
 
 def test_native_engine_without_the_module_says_how_to_build_it(

@@ -141,6 +141,24 @@ struct Clash {
     hashes: Vec<u32>,
 }
 
+/// A customer's record as Redis holds it (overlay mode): the token of the commit that wrote it
+/// and its content (`sinks/identity_redis.py`'s `records`).
+struct Rec {
+    token: String,
+    ts: i64,
+    key: u32,
+    uniq: Vec<(u8, u32)>,
+    size: i64,
+}
+
+/// What a commit's sections were built from, for `overlay_committed` once it applied.
+#[derive(Default)]
+struct Pending {
+    states: Vec<(u32, i64, i64)>, // node, first_seen, n_linked: as Redis now holds them
+    written: Vec<u32>,            // customers whose record the commit rewrote
+    gone: Vec<u32>,               // customers whose record the commit deleted
+}
+
 #[derive(Default)]
 struct Decision {
     merges: Vec<Merge>,
@@ -173,6 +191,21 @@ pub struct NativeIdentityCore {
     // raw combinations (`raw_combo`'s bytes) -> (combination, values ignored)
     raw_ix: FxMap<Box<[u8]>, (usize, usize)>,
     raw_buf: Vec<u8>, // `prepare`'s scratch: one event's raw combination
+    // Overlay mode (the Redis store's worker cache, `overlay_*`): the graph is the part the
+    // store has cached; a node not cached has no customer (as `_CachedGraph`'s `cid`).
+    overlay: bool,
+    n_nodes: usize,                    // nodes with a customer
+    nstored: Vec<Option<(i64, i64)>>,  // (first_seen, n_linked) as Redis holds it, if it does
+    nwrote: Vec<u64>,                  // the batch (`ostamp`) that last noted the node written
+    nopen: Vec<u64>,                   // the batch (`ostamp`) that last listed it in `bnodes`
+    crec: Vec<Option<Rec>>,            // per customer: its record as Redis holds it
+    ostamp: u64,
+    bnodes: Vec<u32>,                  // the open batch's node keys
+    used: Vec<u32>,                    // the cached customers of its cached keys, at begin
+    written: Vec<u32>,                 // the nodes the decision wrote (first-seen or link count)
+    moves: Vec<(u32, u32)>,            // customer folded into customer, in order
+    new_keys: Vec<u32>,                // nodes the decision took as new
+    pending: Pending,
 }
 
 impl NativeIdentityCore {
@@ -200,22 +233,52 @@ impl NativeIdentityCore {
         self.nfirst.push(0);
         self.nlinked.push(0);
         self.nstamp.push(0);
+        self.nstored.push(None);
+        self.nwrote.push(0);
+        self.nopen.push(0);
         n
+    }
+
+    /// A new customer slot named `name`.
+    fn new_slot(&mut self, name: &str) -> u32 {
+        let c = self.cnames.len() as u32;
+        self.cix.insert(name.to_owned(), c);
+        self.cnames.push(name.to_owned());
+        self.cpy.push(None);
+        self.roots.push(None);
+        self.members.push(Vec::new());
+        self.crec.push(None);
+        c
+    }
+
+    fn slot_of(&mut self, name: &str) -> u32 {
+        match self.cix.get(name) {
+            Some(&c) => c,
+            None => self.new_slot(name),
+        }
+    }
+
+    /// Overlay mode: note that the decision wrote `node`'s first-seen time or link count.
+    fn wrote(&mut self, node: u32) {
+        if self.overlay && self.nwrote[node as usize] != self.ostamp {
+            self.nwrote[node as usize] = self.ostamp;
+            self.written.push(node);
+        }
+    }
+
+    /// Overlay mode: a node taken as new by the decision.
+    fn took_new(&mut self, node: u32) {
+        self.n_nodes += 1;
+        if self.overlay {
+            self.new_keys.push(node);
+            self.wrote(node);
+        }
     }
 
     /// The customer slot of `customer_id_for(key)`.
     fn customer_for(&mut self, node: u32) -> u32 {
         let name = format!("c_{}", &self.keys[node as usize][1..17]);
-        if let Some(&c) = self.cix.get(&name) {
-            return c;
-        }
-        let c = self.cnames.len() as u32;
-        self.cix.insert(name.clone(), c);
-        self.cnames.push(name);
-        self.cpy.push(None);
-        self.roots.push(None);
-        self.members.push(Vec::new());
-        c
+        self.slot_of(&name)
     }
 
     fn cid_py(&mut self, py: Python<'_>, c: u32) -> Py<PyString> {
@@ -240,6 +303,7 @@ impl NativeIdentityCore {
         let uniq = if self.is_unique(node) { vec![(self.code(node), node)] } else { vec![] };
         self.roots[c as usize] = Some(Root { ts, key: node, uniq, size: 1 });
         self.members[c as usize] = vec![node];
+        self.took_new(node);
         c
     }
 
@@ -254,9 +318,13 @@ impl NativeIdentityCore {
             set_uniq(&mut root.uniq, code, node);
         }
         root.size += 1;
+        self.took_new(node);
     }
 
     fn move_customer(&mut self, src: u32, dst: u32) {
+        if self.overlay {
+            self.moves.push((src, dst));
+        }
         let moved = std::mem::take(&mut self.members[src as usize]);
         for &k in &moved {
             self.ncid[k as usize] = dst;
@@ -314,6 +382,46 @@ impl NativeIdentityCore {
         (self.combos.len() - 1, n_ignored)
     }
 
+    /// The customers of the open batch's cached keys, each once, in order.
+    fn customers_of_batch(&self) -> Vec<u32> {
+        let mut out: Vec<u32> = Vec::new();
+        let mut seen: HashSet<u32> = HashSet::new();
+        for &k in &self.bnodes {
+            let c = self.ncid[k as usize];
+            if c != NONE && seen.insert(c) {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    /// A customer record as `encode_root` writes it (orjson, keys sorted):
+    /// `[earliest_ts,"earliest_key",{"code":"key",...},size,"token"]`.
+    fn record_json(&self, root: &Root, token: &str) -> String {
+        let mut out = String::with_capacity(200);
+        out.push('[');
+        out.push_str(&root.ts.to_string());
+        out.push(',');
+        json_str(&mut out, &self.keys[root.key as usize]);
+        out.push_str(",{");
+        let mut uniq = root.uniq.clone();
+        uniq.sort_unstable_by_key(|e| e.0);
+        for (i, &(code, k)) in uniq.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            json_str(&mut out, &(code as char).to_string());
+            out.push(':');
+            json_str(&mut out, &self.keys[k as usize]);
+        }
+        out.push_str("},");
+        out.push_str(&root.size.to_string());
+        out.push(',');
+        json_str(&mut out, token);
+        out.push(']');
+        out
+    }
+
     fn saturated(&self, node: u32) -> bool {
         !self.is_unique(node) && 1 + self.nlinked[node as usize] >= self.max_linked
     }
@@ -333,6 +441,7 @@ impl NativeIdentityCore {
             }
             if ts < self.nfirst[key as usize] {
                 self.nfirst[key as usize] = ts;
+                self.wrote(key);
                 self.link(d, key);
                 let (rts, rkey) = {
                     let r = self.root(c);
@@ -482,6 +591,7 @@ impl NativeIdentityCore {
                 for k in g_ok.into_iter().chain(c_ok) {
                     if !self.is_unique(k) {
                         self.nlinked[k as usize] += 1;
+                        self.wrote(k);
                     }
                 }
             }
@@ -592,10 +702,40 @@ fn raw_combo(buf: &mut Vec<u8>, pairs: &[(u8, &str)]) {
     }
 }
 
+/// Append `item` to a '\n'-joined section.
+fn push_item(out: &mut String, item: &str) {
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    out.push_str(item);
+}
+
+/// `s` as a JSON string the way orjson writes it (UTF-8 kept, control characters escaped).
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for ch in s.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
 #[pymethods]
 impl NativeIdentityCore {
+    /// `overlay`: the core holds the Redis store's worker cache (see `overlay_open`), not the
+    /// whole graph.
     #[new]
-    fn new(unique_codes: &str, max_linked: i64, salt: &str, ignored: Vec<String>) -> Self {
+    #[pyo3(signature = (unique_codes, max_linked, salt, ignored, overlay=false))]
+    fn new(unique_codes: &str, max_linked: i64, salt: &str, ignored: Vec<String>, overlay: bool) -> Self {
         let mut unique = [false; 128];
         for b in unique_codes.bytes() {
             unique[b as usize] = true;
@@ -621,6 +761,19 @@ impl NativeIdentityCore {
             batch: 0,
             raw_ix: FxMap::default(),
             raw_buf: Vec::new(),
+            overlay,
+            n_nodes: 0,
+            nstored: Vec::new(),
+            nwrote: Vec::new(),
+            nopen: Vec::new(),
+            crec: Vec::new(),
+            ostamp: 0,
+            bnodes: Vec::new(),
+            used: Vec::new(),
+            written: Vec::new(),
+            moves: Vec::new(),
+            new_keys: Vec::new(),
+            pending: Pending::default(),
         }
     }
 
@@ -865,6 +1018,327 @@ impl NativeIdentityCore {
         ))
     }
 
+    // -- overlay mode: the Redis store's worker cache (sinks/identity_redis.py, `_NativeCache`) --
+
+    /// Forget the whole graph and every settled mark (the store dropped its cache); interned
+    /// keys and combinations stay valid.
+    fn overlay_reset(&mut self) {
+        for c in self.ncid.iter_mut() {
+            *c = NONE;
+        }
+        for s in self.nstored.iter_mut() {
+            *s = None;
+        }
+        // (a node that is new again starts as a new one: no first-seen time, no links)
+        for f in self.nfirst.iter_mut() {
+            *f = 0;
+        }
+        for n in self.nlinked.iter_mut() {
+            *n = 0;
+        }
+        for r in self.roots.iter_mut() {
+            *r = None;
+        }
+        for m in self.members.iter_mut() {
+            m.clear();
+        }
+        for r in self.crec.iter_mut() {
+            *r = None;
+        }
+        for c in self.combos.iter_mut() {
+            c.settled = None;
+            c.stamp = 0;
+        }
+        self.n_nodes = 0;
+        self.written.clear();
+        self.moves.clear();
+        self.new_keys.clear();
+        self.used.clear();
+        self.pending = Pending::default();
+    }
+
+    /// How many node keys are interned (cached or not): the resolver bounds them.
+    fn n_keys(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Forget every interned key, customer name and combination; the graph must be empty
+    /// (`overlay_reset` first). Combination indices handed out before are invalid after this.
+    fn forget_keys(&mut self) -> PyResult<()> {
+        if self.n_nodes != 0 {
+            return Err(pyo3::exceptions::PyValueError::new_err("forget_keys needs an empty graph"));
+        }
+        self.clear_combos();
+        self.keys.clear();
+        self.key_ix.clear();
+        self.ncid.clear();
+        self.nfirst.clear();
+        self.nlinked.clear();
+        self.nstamp.clear();
+        self.nstored.clear();
+        self.nwrote.clear();
+        self.nopen.clear();
+        self.cnames.clear();
+        self.cix.clear();
+        self.cpy.clear();
+        self.roots.clear();
+        self.members.clear();
+        self.crec.clear();
+        self.bnodes.clear();
+        Ok(())
+    }
+
+    /// Open a batch whose events have combinations `combos`: its node keys are theirs (each
+    /// once, in order, as the Python resolver gathers them); the change log starts empty.
+    fn overlay_open(&mut self, combos: Vec<usize>) -> PyResult<()> {
+        if !self.overlay {
+            return Err(pyo3::exceptions::PyValueError::new_err("not an overlay core"));
+        }
+        self.ostamp += 1;
+        let stamp = self.ostamp;
+        self.bnodes.clear();
+        let mut seen: HashSet<usize> = HashSet::with_capacity(combos.len());
+        for ci in combos {
+            if ci >= self.combos.len() {
+                return Err(pyo3::exceptions::PyIndexError::new_err("no such combination"));
+            }
+            if !seen.insert(ci) {
+                continue;
+            }
+            for &k in &self.combos[ci].keys {
+                if self.nopen[k as usize] != stamp {
+                    self.nopen[k as usize] = stamp;
+                    self.bnodes.push(k);
+                }
+            }
+        }
+        self.written.clear();
+        self.moves.clear();
+        self.new_keys.clear();
+        self.used.clear();
+        Ok(())
+    }
+
+    /// How many nodes the graph holds (the store's cache size).
+    fn overlay_len(&self) -> usize {
+        self.n_nodes
+    }
+
+    /// The open batch's node keys: (all, those not cached, those cached).
+    fn overlay_batch(&self) -> (Vec<&str>, Vec<&str>, Vec<&str>) {
+        let all = self.bnodes.iter().map(|&k| self.keys[k as usize].as_str()).collect();
+        let (mut missing, mut cached) = (Vec::new(), Vec::new());
+        for &k in &self.bnodes {
+            let key = self.keys[k as usize].as_str();
+            if self.ncid[k as usize] == NONE {
+                missing.push(key);
+            } else {
+                cached.push(key);
+            }
+        }
+        (all, missing, cached)
+    }
+
+    /// Note the cached customers of the batch's cached keys (before deciding: the commit's
+    /// checks name them).
+    fn overlay_note_used(&mut self) {
+        self.used = self.customers_of_batch();
+        self.written.clear();
+    }
+
+    /// The token checks ("customer\ntoken\n..."): the cached customers the batch may read or
+    /// write, those of its cached keys (as noted by `overlay_note_used` when `noted`, else as of
+    /// now) and any cached customer named after one of its keys.
+    fn overlay_checks(&self, noted: bool) -> String {
+        let mut used = if noted { self.used.clone() } else { self.customers_of_batch() };
+        let mut seen: HashSet<u32> = used.iter().copied().collect();
+        for &k in &self.bnodes {
+            let name = format!("c_{}", &self.keys[k as usize][1..17]);
+            if let Some(&c) = self.cix.get(&name) {
+                if self.crec[c as usize].is_some() && seen.insert(c) {
+                    used.push(c);
+                }
+            }
+        }
+        let mut out = String::with_capacity(used.len() * 52);
+        for (i, &c) in used.iter().enumerate() {
+            if i > 0 {
+                out.push('\n');
+            }
+            out.push_str(&self.cnames[c as usize]);
+            out.push('\n');
+            out.push_str(&self.crec[c as usize].as_ref().unwrap().token);
+        }
+        out
+    }
+
+    /// The token of each customer's cached record (None: not cached).
+    fn overlay_tokens(&self, cids: Vec<String>) -> Vec<Option<&str>> {
+        cids.iter()
+            .map(|c| {
+                let &s = self.cix.get(c.as_str())?;
+                self.crec[s as usize].as_ref().map(|r| r.token.as_str())
+            })
+            .collect()
+    }
+
+    /// Put what a Redis read returned into the graph (`_CachedGraph._load` does the same):
+    /// records of customers not cached, [(customer, earliest_ts, earliest_key, [(code, key)],
+    /// size, token)], then nodes [(key, customer, first_seen, n_linked)], each appended to its
+    /// customer's (cached) members.
+    #[allow(clippy::type_complexity)]
+    fn overlay_load(
+        &mut self,
+        roots: Vec<(String, i64, String, Vec<(String, String)>, i64, String)>,
+        nodes: Vec<(String, String, i64, i64)>,
+    ) -> PyResult<()> {
+        let bad = |what: &str| pyo3::exceptions::PyValueError::new_err(format!("overlay_load: {what}"));
+        for (cid, ts, key, uniq, size, token) in roots {
+            let c = self.slot_of(&cid);
+            if key.len() < 17 || !key.is_ascii() {
+                return Err(bad("a node key is not a kind code and a hash"));
+            }
+            let key = self.intern_key(&key);
+            let mut u: Vec<(u8, u32)> = Vec::with_capacity(uniq.len());
+            for (code, k) in &uniq {
+                if k.len() < 17 || !k.is_ascii() {
+                    return Err(bad("a node key is not a kind code and a hash"));
+                }
+                let code = *code.as_bytes().first().ok_or_else(|| bad("an empty kind code"))?;
+                let k = self.intern_key(k);
+                set_uniq(&mut u, code, k);
+            }
+            self.roots[c as usize] = Some(Root { ts, key, uniq: u.clone(), size });
+            self.crec[c as usize] = Some(Rec { token, ts, key, uniq: u, size });
+            self.members[c as usize].clear();
+        }
+        for (key, cid, first, linked) in nodes {
+            if key.len() < 17 || !key.is_ascii() {
+                return Err(bad("a node key is not a kind code and a hash"));
+            }
+            let n = self.intern_key(&key);
+            let c = self.slot_of(&cid);
+            if self.roots[c as usize].is_none() {
+                return Err(bad("a node's customer has no record"));
+            }
+            if self.ncid[n as usize] == NONE {
+                self.n_nodes += 1;
+            }
+            self.ncid[n as usize] = c;
+            self.nfirst[n as usize] = first;
+            self.nlinked[n as usize] = linked;
+            self.nstored[n as usize] = Some((first, linked));
+            self.members[c as usize].push(n);
+        }
+        Ok(())
+    }
+
+    /// Whether the open batch has no node key.
+    fn overlay_batch_empty(&self) -> bool {
+        self.bnodes.is_empty()
+    }
+
+    /// The commit's sections for the decision made since `overlay_open`, records stamped
+    /// `token`: (new keys, moves, node sets, member adds, root sets, root deletes), each
+    /// '\n'-joined as `identity_commit.lua` takes them (what `_CachedGraph.sections` builds).
+    fn overlay_sections(&mut self, token: &str) -> (String, String, String, String, String, String) {
+        let mut pending = Pending::default();
+        // nodes whose (first_seen, n_linked) differ from Redis's, and their customers
+        let mut node_sets = String::new();
+        let mut dirty: Vec<u32> = Vec::new();
+        let mut is_dirty: HashSet<u32> = HashSet::new();
+        for &k in &self.written {
+            let (f, n) = (self.nfirst[k as usize], self.nlinked[k as usize]);
+            if self.nstored[k as usize] == Some((f, n)) {
+                continue;
+            }
+            let c = self.ncid[k as usize];
+            push_item(&mut node_sets, &self.keys[k as usize]);
+            push_item(&mut node_sets, &format!("{}|{}|{}", self.cnames[c as usize], f, n));
+            pending.states.push((k, f, n));
+            if is_dirty.insert(c) {
+                dirty.push(c);
+            }
+        }
+        let mut candidates = dirty.clone();
+        let mut is_candidate = is_dirty.clone();
+        for &(_, dst) in &self.moves {
+            if is_candidate.insert(dst) {
+                candidates.push(dst);
+            }
+        }
+        let mut root_sets = String::new();
+        for &c in &candidates {
+            let root = match self.roots[c as usize].as_ref() {
+                Some(r) => r,
+                None => continue, // moved on again later in the batch
+            };
+            let same = match self.crec[c as usize].as_ref() {
+                Some(was) => {
+                    was.ts == root.ts
+                        && was.key == root.key
+                        && was.size == root.size
+                        && was.uniq.len() == root.uniq.len()
+                        && was.uniq.iter().all(|e| root.uniq.contains(e))
+                }
+                None => false,
+            };
+            if is_dirty.contains(&c) || !same {
+                push_item(&mut root_sets, &self.cnames[c as usize]);
+                push_item(&mut root_sets, &self.record_json(root, token));
+                pending.written.push(c);
+            }
+        }
+        let mut gone_s = String::new();
+        let mut is_gone: HashSet<u32> = HashSet::new();
+        for &(src, _) in &self.moves {
+            if self.crec[src as usize].is_some()
+                && self.roots[src as usize].is_none()
+                && is_gone.insert(src)
+            {
+                pending.gone.push(src);
+                push_item(&mut gone_s, &self.cnames[src as usize]);
+            }
+        }
+        let mut new_s = String::new();
+        for &k in &self.new_keys {
+            push_item(&mut new_s, &self.keys[k as usize]);
+        }
+        let mut adds_s = String::new();
+        let mut adds = self.new_keys.clone();
+        adds.sort_by(|&a, &b| {
+            self.cnames[self.ncid[a as usize] as usize].cmp(&self.cnames[self.ncid[b as usize] as usize])
+        });
+        for &k in &adds {
+            push_item(&mut adds_s, &self.cnames[self.ncid[k as usize] as usize]);
+            push_item(&mut adds_s, &self.keys[k as usize]);
+        }
+        let mut moves_s = String::new();
+        for &(src, dst) in &self.moves {
+            push_item(&mut moves_s, &self.cnames[src as usize]);
+            push_item(&mut moves_s, &self.cnames[dst as usize]);
+        }
+        self.pending = pending;
+        (new_s, moves_s, node_sets, adds_s, root_sets, gone_s)
+    }
+
+    /// The commit built by `overlay_sections` applied cleanly: the graph's record of what Redis
+    /// holds follows it (node states, the records it rewrote with `token`, those it deleted).
+    fn overlay_committed(&mut self, token: &str) {
+        let pending = std::mem::take(&mut self.pending);
+        for (k, f, n) in pending.states {
+            self.nstored[k as usize] = Some((f, n));
+        }
+        for c in pending.written {
+            let r = self.roots[c as usize].as_ref().unwrap();
+            let rec = Rec { token: token.to_owned(), ts: r.ts, key: r.key, uniq: r.uniq.clone(), size: r.size };
+            self.crec[c as usize] = Some(rec);
+        }
+        for c in pending.gone {
+            self.crec[c as usize] = None;
+        }
+    }
+
     fn customer_of(&self, key: &str) -> Option<String> {
         let &n = self.key_ix.get(key)?;
         let c = self.ncid[n as usize];
@@ -933,30 +1407,21 @@ impl NativeIdentityCore {
             return Err(pyo3::exceptions::PyValueError::new_err("load needs an empty core"));
         }
         let bad = |what: &str| pyo3::exceptions::PyValueError::new_err(format!("load: {what}"));
-        let slot = |core: &mut Self, name: &str| -> u32 {
-            if let Some(&c) = core.cix.get(name) {
-                return c;
-            }
-            let c = core.cnames.len() as u32;
-            core.cix.insert(name.to_owned(), c);
-            core.cnames.push(name.to_owned());
-            core.cpy.push(None);
-            core.roots.push(None);
-            core.members.push(Vec::new());
-            c
-        };
         for (key, cid, first, linked) in &nodes {
             if key.len() < 17 || !key.is_ascii() {
                 return Err(bad("a node key is not a kind code and a hash"));
             }
             let n = self.intern_key(key);
-            let c = slot(self, cid);
+            if self.ncid[n as usize] == NONE {
+                self.n_nodes += 1;
+            }
+            let c = self.slot_of(cid);
             self.ncid[n as usize] = c;
             self.nfirst[n as usize] = *first;
             self.nlinked[n as usize] = *linked;
         }
         for (cid, ts, key, uniq, size, members) in roots {
-            let c = slot(self, &cid);
+            let c = self.slot_of(&cid);
             let node = |core: &Self, k: &str| core.key_ix.get(k).copied().ok_or_else(|| bad("a root names an unknown node"));
             let key = node(self, &key)?;
             let mut u: Vec<(u8, u32)> = Vec::with_capacity(uniq.len());
@@ -971,7 +1436,7 @@ impl NativeIdentityCore {
     }
 
     fn __len__(&self) -> usize {
-        self.ncid.iter().filter(|&&c| c != NONE).count()
+        self.n_nodes
     }
 }
 
