@@ -7,7 +7,8 @@
     python bench/bench_identity.py --fingerprint-redis   # the same on the Redis store: equal
     python bench/bench_identity.py --fingerprint-redis --engine python   # (or native): equal
 
-Prints events/s of the in-memory resolver (one core, CPU time) next to a bare union-find over
+Prints events/s of the in-memory resolver (one core, CPU time; each engine: python, and native
+when the module is installed) next to a bare union-find over
 the same raw identifiers (its baseline), of the resolver on the Redis store (one worker: one
 atomic read and one atomic commit per batch), and of a plain pipelined HGET loop over the same
 node keys in the same run (the baseline: the least any Redis-backed lookup must do). The
@@ -264,10 +265,12 @@ def batches(events: list[TouchpointEvent], size: int) -> list[list[TouchpointEve
     return [events[i : i + size] for i in range(0, len(events), size)]
 
 
-def bench_memory(events: list[TouchpointEvent], size: int, passes: int = 1) -> float:
+def bench_memory(events: list[TouchpointEvent], size: int, passes: int = 1,
+                 engine: str = "python") -> float:
     """Events/s (CPU time) of the last of `passes` passes over `events` (earlier ones untimed,
-    each over a copy of the events with `ts_ms` not yet read, as a new stream's would be)."""
-    resolver = IdentityResolver(IdentityConfig(), "bench-salt")
+    each over a copy of the events with `ts_ms` not yet read, as a new stream's would be), by
+    the in-memory resolver of identity.engine `engine`."""
+    resolver = new_resolver(IdentityConfig(engine=engine), "bench-salt")  # type: ignore[arg-type]
     for _ in range(passes - 1):
         for batch in batches([e.model_copy() for e in events], size):
             resolver.resolve_batch(batch)
@@ -507,14 +510,21 @@ def main() -> None:
     print(f"{len(events)} events ({source}), batches of {args.batch}; identity combination seen "
           f"before: {seen:.1%} of events "
           f"({in_batch:.1%} earlier in the same batch)")
-    mem = bench_memory(events, args.batch)
+    # Each engine on fresh events (a cold start), the Python one first (the events above).
+    mem_engines = ["python", "native"] if NATIVE_AVAILABLE else ["python"]
+    mem = {e: bench_memory(events if e == "python" else fresh_events(), args.batch, engine=e)
+           for e in mem_engines}
     plain = bench_plain_union_find(fresh_events(), args.batch)
-    print(f"in-memory resolver:        {mem:>10,.0f} events/s   (target >= 300,000)")
+    for engine, rate in mem.items():
+        print(f"in-memory resolver, {engine + ':':7s} {rate:>10,.0f} events/s   (first pass; "
+              "target >= 300,000)")
     print(f"bare union-find baseline:  {plain:>10,.0f} events/s   (same events, same run)")
-    print(f"ratio resolver / baseline: {mem / plain:>10.2f}")
-    again = bench_memory(fresh_events(), args.batch, passes=2)
-    print(f"in-memory, second pass:    {again:>10,.0f} events/s   (the same events again: "
-          "every identifier known)")
+    for engine, rate in mem.items():
+        print(f"ratio {engine} / baseline:  {rate / plain:>10.2f}")
+    for engine in mem_engines:
+        again = bench_memory(fresh_events(), args.batch, passes=2, engine=engine)
+        print(f"in-memory, {engine}, second pass: {again:>10,.0f} events/s   (the same events "
+              "again: every identifier known)")
     if args.no_redis:
         return
     # Each engine on fresh events (a cold start: `ts_ms` not yet cached), then the baseline.
