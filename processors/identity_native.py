@@ -44,16 +44,12 @@ from processors.identity import (
     commit_attempt,
     number_merges,
 )
+from processors.native import import_core, not_built
 
-try:
-    from journeymap_native import NativeIdentityCore  # type: ignore[import-not-found]
-    from journeymap_native import event_times_ms as native_event_times_ms
-except ImportError as exc:  # the package is optional: the Python resolver does the same
-    NativeIdentityCore = native_event_times_ms = None
-    NATIVE_IMPORT_ERROR: str | None = str(exc)
-else:
-    NATIVE_IMPORT_ERROR = None
-
+# (optional: the Python resolver does the same)
+_module, NATIVE_IMPORT_ERROR = import_core("journeymap_native")
+NativeIdentityCore: Any = getattr(_module, "NativeIdentityCore", None)
+native_event_times_ms: Any = getattr(_module, "event_times_ms", None)
 NATIVE_AVAILABLE = NativeIdentityCore is not None
 # Built from sources with the overlay mode (a store's worker cache in the core): an older build
 # decides in memory only.
@@ -66,12 +62,8 @@ GraphState = tuple[list[tuple[str, str, int, int]],
 
 
 def _not_built() -> ConfigError:
-    return ConfigError(
-        "identity.engine = 'native' but the native identity core (Python module "
-        f"journeymap_native) cannot be imported ({NATIVE_IMPORT_ERROR}): build it with "
-        "`pip install ./native/identity` (needs Rust's cargo; scripts/install-deps.sh does it), "
-        "or set identity.engine to 'auto' or 'python' (env JOURNEYMAP_IDENTITY__ENGINE)"
-    )
+    return not_built("identity", "identity", "journeymap_native", NATIVE_IMPORT_ERROR,
+                     "`pip install ./native/identity`")
 
 
 class _NativeCombo(_Combo):

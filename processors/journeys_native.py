@@ -43,28 +43,21 @@ from processors.journeys import (
     LateEvent,
     Step,
 )
+from processors.native import import_core, not_built
 from processors.transitions import TransitionCounter
 from processors.transitions_native import NativeTransitionCounter
 from processors.transitions_native import _restore as _restore_counter
 
-try:
-    from journeymap_journeys import NativeJourneyCore  # type: ignore[import-not-found]
-except ImportError as exc:  # the package is optional: the Python processor does the same
-    NativeJourneyCore = None
-    NATIVE_IMPORT_ERROR: str | None = str(exc)
-else:
-    NATIVE_IMPORT_ERROR = None
+# (optional: the Python processor does the same)
+_module, NATIVE_IMPORT_ERROR = import_core("journeymap_journeys")
+NativeJourneyCore: Any = getattr(_module, "NativeJourneyCore", None)
 
 NATIVE_AVAILABLE = NativeJourneyCore is not None
 
 
 def _not_built() -> ConfigError:
-    return ConfigError(
-        "journey.engine = 'native' but the native journeys core (Python module "
-        f"journeymap_journeys) cannot be imported ({NATIVE_IMPORT_ERROR}): build it with "
-        "scripts/build-native.sh (needs Rust's cargo; scripts/install-deps.sh does it), "
-        "or set journey.engine to 'auto' or 'python' (env JOURNEYMAP_JOURNEY__ENGINE)"
-    )
+    return not_built("journey", "journeys", "journeymap_journeys", NATIVE_IMPORT_ERROR,
+                     "scripts/build-native.sh")
 
 
 def _state(raw: tuple[object, ...]) -> CustomerState:

@@ -15,17 +15,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from processors.errors import ConfigError
 from processors.journeys import Step
+from processors.native import import_core, not_built
 from processors.transitions import _BUCKET_LOWS_MS, TransitionCounter, TransitionCounts
 
-try:
-    from journeymap_journeys import NativeStepCounter  # type: ignore[import-not-found]
-except ImportError as exc:  # optional: the Python counter does the same
-    NativeStepCounter = None
-    _IMPORT_ERROR: str | None = str(exc)
-else:
-    _IMPORT_ERROR = None
+# (optional: the Python counter does the same)
+_module, _IMPORT_ERROR = import_core("journeymap_journeys")
+NativeStepCounter: Any = getattr(_module, "NativeStepCounter", None)
 
 
 class NativeTransitionCounter(TransitionCounter):
@@ -33,8 +29,8 @@ class NativeTransitionCounter(TransitionCounter):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if NativeStepCounter is None:
-            raise ConfigError(f"the native journeys core (journeymap_journeys) cannot be "
-                              f"imported ({_IMPORT_ERROR}): build it with scripts/build-native.sh")
+            raise not_built("journey", "journeys", "journeymap_journeys", _IMPORT_ERROR,
+                            "scripts/build-native.sh")
         super().__init__(*args, **kwargs)
         self._native = NativeStepCounter(self.step_ms, list(_BUCKET_LOWS_MS), TransitionCounts)
 

@@ -1,0 +1,33 @@
+"""The optional native (Rust) cores: importing one, and the error when one is asked for but
+cannot be imported.
+
+Each core (``native/identity`` -> ``journeymap_native``, ``native/journeys`` ->
+``journeymap_journeys``) has a Python twin with the same outputs, so a missing module is not an
+error until a setting asks for the native engine by name (`<section>.engine = 'native'`).
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from types import ModuleType
+
+from processors.errors import ConfigError
+
+
+def import_core(module: str) -> tuple[ModuleType | None, str | None]:
+    """The core's module, or None and why it cannot be imported."""
+    try:
+        return import_module(module), None
+    except ImportError as exc:
+        return None, str(exc)
+
+
+def not_built(section: str, core: str, module: str, error: str | None, build: str) -> ConfigError:
+    """`<section>.engine = 'native'` without the module: what failed and how to build it
+    (`build`: the command) or choose another engine."""
+    return ConfigError(
+        f"{section}.engine = 'native' but the native {core} core (Python module {module}) "
+        f"cannot be imported ({error}): build it with {build} (needs Rust's cargo; "
+        f"scripts/install-deps.sh does it), or set {section}.engine to 'auto' or 'python' "
+        f"(env JOURNEYMAP_{section.upper()}__ENGINE)"
+    )
