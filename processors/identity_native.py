@@ -68,6 +68,7 @@ def _not_built() -> ConfigError:
 
 class _NativeCombo(_Combo):
     __slots__ = ("native",)
+    native: int  # the combination's index in the core
 
 
 def graph_from_state(state: GraphState) -> IdentityGraph:
