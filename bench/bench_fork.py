@@ -106,7 +106,7 @@ def journeys_once(kind: str, prefix: list[Any], timed: list[list[Any]],
     with heap.batch():
         replay(processor, prefix, None)
     heap.freeze(young=True)  # as the worker before a checkpoint's fork (streams.app)
-    info = {"rss_mb": rss_mb()}
+    info: dict[str, float] = {"rss_mb": rss_mb()}
     pid = 0
     if fork:
         started = time.perf_counter()
