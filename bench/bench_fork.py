@@ -65,10 +65,12 @@ def record_batches(customers: int, seed: int, size: int) -> list[list[Any]]:
     from bench_journeys_native import Recorder, batches, python_config
 
     from processors.chain import JourneyChain
+    from processors.journeys import JourneyProcessor
     from simulator.model import SimConfig, simulate
 
     lines = simulate(SimConfig(customers=customers, seed=seed)).lines
     chain = JourneyChain(python_config())
+    assert isinstance(chain.journeys, JourneyProcessor)  # python_config: the Python engine
     recorder = Recorder(chain.journeys)
     chain.journeys = recorder  # type: ignore[assignment]
     per_batch = []
@@ -132,8 +134,11 @@ def journeys_main(customers: int, size: int, seed: int, rounds: int,
     prefix = [call for calls in per_batch[:-3] for call in calls]
     timed = per_batch[-3:-1]  # the last batch may be short
     n_events = [sum(len(c[1]) for c in calls if c[0] == "apply") for calls in timed]
+    n_touched = [len({ev.customer_id for c in calls if c[0] == "apply" for ev in c[1]})
+                 for calls in timed]
     print(f"built over {len(prefix):,} calls; timed batches B1, B2: "
-          f"{n_events[0]:,} and {n_events[1]:,} events")
+          f"{n_events[0]:,} and {n_events[1]:,} events of {n_touched[0]:,} and "
+          f"{n_touched[1]:,} customers")
     gc.collect()
     gc.freeze()  # the recorded input is not the stage's: keep the collector off it
     for r in range(rounds):
