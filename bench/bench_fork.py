@@ -23,11 +23,11 @@ heap grown as a worker's grows), freezes the heap as the worker does before a ch
 expire): B1 and B2, each on a fresh copy of its recorded input made just before (a worker decodes
 its batch after the fork), the heap frozen after each as `HeapFreezer.batch` does. Without a fork
 (the baseline: the best of three builds for each batch), and with one child forked right before
-B1 that only sleeps: B1 is the batch right after the fork, B2 the one after that, each doing the
-same work as its baseline. CPU time of this process (a copied page is kernel time of the process
-that writes it) and its minor page faults during the batch (``ru_minflt``: with a child alive,
-each first write to a shared page is one fault and one 4 KB copy; without, faults are only new
-memory). `--rounds` times, alternating the engines.
+B1 that only sleeps (ended and waited for by its pid after B2): B1 is the batch right after the
+fork, B2 the one after that, each doing the same work as its baseline. CPU time of this process
+(a copied page is kernel time of the process that writes it) and its minor page faults during
+the batch (``ru_minflt``: with a child alive, each first write to a shared page is one fault and
+one 4 KB copy; without, faults are only new memory). `--rounds` times, alternating the engines.
 """
 
 from __future__ import annotations
