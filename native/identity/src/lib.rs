@@ -251,6 +251,25 @@ impl NativeIdentityCore {
         c
     }
 
+    /// Intern a node key read from outside (a checkpoint, a Redis read): None unless it is a
+    /// kind code and a hash.
+    fn stored_key(&mut self, key: &str) -> Option<u32> {
+        if key.len() < 17 || !key.is_ascii() {
+            return None;
+        }
+        Some(self.intern_key(key))
+    }
+
+    /// Put node `n` in customer slot `c` with its first-seen time and link count (loading).
+    fn place_node(&mut self, n: u32, c: u32, first: i64, linked: i64) {
+        if self.ncid[n as usize] == NONE {
+            self.n_nodes += 1;
+        }
+        self.ncid[n as usize] = c;
+        self.nfirst[n as usize] = first;
+        self.nlinked[n as usize] = linked;
+    }
+
     fn slot_of(&mut self, name: &str) -> u32 {
         match self.cix.get(name) {
             Some(&c) => c,
@@ -1195,17 +1214,11 @@ impl NativeIdentityCore {
         let bad = |what: &str| pyo3::exceptions::PyValueError::new_err(format!("overlay_load: {what}"));
         for (cid, ts, key, uniq, size, token) in roots {
             let c = self.slot_of(&cid);
-            if key.len() < 17 || !key.is_ascii() {
-                return Err(bad("a node key is not a kind code and a hash"));
-            }
-            let key = self.intern_key(&key);
+            let key = self.stored_key(&key).ok_or_else(|| bad("a node key is not a kind code and a hash"))?;
             let mut u: Vec<(u8, u32)> = Vec::with_capacity(uniq.len());
             for (code, k) in &uniq {
-                if k.len() < 17 || !k.is_ascii() {
-                    return Err(bad("a node key is not a kind code and a hash"));
-                }
+                let k = self.stored_key(k).ok_or_else(|| bad("a node key is not a kind code and a hash"))?;
                 let code = *code.as_bytes().first().ok_or_else(|| bad("an empty kind code"))?;
-                let k = self.intern_key(k);
                 set_uniq(&mut u, code, k);
             }
             self.roots[c as usize] = Some(Root { ts, key, uniq: u.clone(), size });
@@ -1213,20 +1226,12 @@ impl NativeIdentityCore {
             self.members[c as usize].clear();
         }
         for (key, cid, first, linked) in nodes {
-            if key.len() < 17 || !key.is_ascii() {
-                return Err(bad("a node key is not a kind code and a hash"));
-            }
-            let n = self.intern_key(&key);
+            let n = self.stored_key(&key).ok_or_else(|| bad("a node key is not a kind code and a hash"))?;
             let c = self.slot_of(&cid);
             if self.roots[c as usize].is_none() {
                 return Err(bad("a node's customer has no record"));
             }
-            if self.ncid[n as usize] == NONE {
-                self.n_nodes += 1;
-            }
-            self.ncid[n as usize] = c;
-            self.nfirst[n as usize] = first;
-            self.nlinked[n as usize] = linked;
+            self.place_node(n, c, first, linked);
             self.nstored[n as usize] = Some((first, linked));
             self.members[c as usize].push(n);
         }
@@ -1408,17 +1413,9 @@ impl NativeIdentityCore {
         }
         let bad = |what: &str| pyo3::exceptions::PyValueError::new_err(format!("load: {what}"));
         for (key, cid, first, linked) in &nodes {
-            if key.len() < 17 || !key.is_ascii() {
-                return Err(bad("a node key is not a kind code and a hash"));
-            }
-            let n = self.intern_key(key);
-            if self.ncid[n as usize] == NONE {
-                self.n_nodes += 1;
-            }
+            let n = self.stored_key(key).ok_or_else(|| bad("a node key is not a kind code and a hash"))?;
             let c = self.slot_of(cid);
-            self.ncid[n as usize] = c;
-            self.nfirst[n as usize] = *first;
-            self.nlinked[n as usize] = *linked;
+            self.place_node(n, c, *first, *linked);
         }
         for (cid, ts, key, uniq, size, members) in roots {
             let c = self.slot_of(&cid);
