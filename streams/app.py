@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -59,7 +60,7 @@ from processors.identity import (
 from processors.identity_native import engine_of as identity_engine_of
 from processors.identity_native import new_resolver
 from processors.journeys_native import engine_of as journey_engine_of
-from processors.validation import Accepted, DeadLetter, Source, decode, decode_batch, sources_of
+from processors.validation import Accepted, DeadLetter, Source, decode_batch, sources_of
 from sinks import clickhouse as ch
 from sinks.alerts import encode_alert
 from sinks.checkpoints import CheckpointStore
@@ -537,6 +538,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                          "customer_score_history": score_history_rows(scores)})
             for key, value, headers in forwards + transfers:
                 sends.append(resolved_topic.send(key=key, value=value, headers=headers))
+            produced.extend((t.dlq, b"journey", d.to_json()) for d in out.dead)
             produced.extend((t.late, late.event.customer_id.encode(),
                              orjson.dumps(ch.late_event_row(late, now_ms))) for late in out.late)
             produced.extend((t.alerts, alert.alert_id.encode(), encode_alert(alert))
@@ -1048,7 +1050,7 @@ def _journey_batch(runtime: Runtime, part: PartitionState, events: Sequence[Any]
     m = runtime.metrics
     chain = part.chain
     out = ChainOutput()
-    run: list[ResolvedEvent] = []
+    run = _Run()
     forwards: list[Message] = []
     transfers: list[Message] = []
     for ev in events:
@@ -1065,13 +1067,10 @@ def _journey_batch(runtime: Runtime, part: PartitionState, events: Sequence[Any]
                     forwards.append((winner.encode(), msg.value, {}))
                     continue
                 key = winner  # the winner is ours: as if the forward had arrived next
-            result = decode(msg.value or b"", Source(msg.topic, msg.partition, msg.offset))
-            if isinstance(result, Accepted):
-                run.append(ResolvedEvent(key, result.event))
+            run.add(key, msg)
             continue
         if run:  # the events before a control message come first
-            chain.process_resolved(run, (), out)
-            run = []
+            chain.process_resolved(run.take(out, m), (), out)
         mr = MergeRecord(**orjson.loads(msg.value)) if kind != b"transfer" else None
         if kind == b"expect" and mr is not None:
             if _mkey(mr) not in part.adopted and _mkey(mr) not in part.passed:
@@ -1084,12 +1083,51 @@ def _journey_batch(runtime: Runtime, part: PartitionState, events: Sequence[Any]
         elif kind == b"transfer":
             _route(part, _adopt(part, *pickle.loads(msg.value), out), out, transfers, here)
         _hold(part)
-    chain.process_resolved(run, (), out)
+    chain.process_resolved(run.take(out, m), (), out)
     scores = _score(runtime, part, out)
     m.applied.inc(len(out.applied))
     m.duplicates.inc(len(out.duplicates))
     m.late.inc(len(out.late))
     return out, forwards, transfers, scores
+
+
+class _Run:
+    """A journey batch's events between two control messages, decoded together.
+
+    One :func:`decode_batch` call per run instead of one validation per message. The ingest
+    agent validated every event already, so a message that fails here was not written by it
+    (another producer on the customer-keyed topic, or a schema change between versions): it
+    becomes a dead letter (stage ``journey``, written to the `dead_letters` table with the
+    batch), never dropped in silence.
+    """
+
+    __slots__ = ("keys", "messages")
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.messages: list[tuple[bytes, Source]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.keys)
+
+    def add(self, key: str, msg: Any) -> None:
+        self.keys.append(key)
+        self.messages.append((msg.value or b"", Source(msg.topic, msg.partition, msg.offset)))
+
+    def take(self, out: ChainOutput, metrics: Any) -> list[ResolvedEvent]:
+        """The run's events with their customers, in order; the run is empty after."""
+        accepted, dead = decode_batch(self.messages)
+        if dead:
+            key_of = dict(zip([src for _, src in self.messages], self.keys, strict=True))
+            events = [ResolvedEvent(key_of[a.source], a.event) for a in accepted]
+            out.dead.extend(dataclasses.replace(letter, stage="journey") for letter in dead)
+            metrics.dead.labels("journey").inc(len(dead))
+            log.warning("%d message(s) on the customer-keyed topic are not valid events; "
+                        "dead-lettered (stage journey), first: %s", len(dead), dead[0].reason)
+        else:
+            events = list(map(ResolvedEvent, self.keys, [a.event for a in accepted]))
+        self.keys, self.messages = [], []
+        return events
 
 
 def _route(part: PartitionState, transfer: Message | None, out: ChainOutput,
