@@ -242,6 +242,34 @@ def test_native_merge_and_cell_rows_are_the_python_ones(
     assert all(type(r) is CellRow for r in rows)
 
 
+pickled_strs = st.sampled_from(["", "*", "all", "é", "\ud800", "x" * 255, "y" * 256])
+pickled_ints = st.one_of(st.integers(-2**70, 2**70),
+                         st.sampled_from([0, 255, 256, 65535, 65536, 2**31 - 1, 2**31, -2**31,
+                                          -2**31 - 1, 2**63 - 1, -2**63, -2**63 - 1, -256,
+                                          -255, -2**15, -2**15 - 1, -2**39, -2**39 - 1]))
+pickled_keys = st.tuples(pickled_strs, pickled_strs, pickled_strs, st.integers(0, 3),
+                         pickled_strs, st.integers(0, 49))
+
+
+@settings(max_examples=300, deadline=None)
+@given(items=st.lists(st.tuples(pickled_keys, st.tuples(pickled_ints, pickled_ints)),
+                      max_size=40),
+       copies=st.sampled_from([0, 1, 2, 999, 1000, 1500, 3000]), fresh=st.booleans())
+def test_native_archive_pickles_are_the_pickle_modules_bytes(
+    native: None, items: list[Any], copies: int, fresh: bool
+) -> None:
+    """`_freeze`'s bytes: the same as `pickle.dumps(cells, HIGHEST_PROTOCOL)`, with strings
+    shared between keys or not (the memo is by identity), dicts of 1, 999, 1000 (an empty last
+    batch) and more items, and pickles past 64 KiB (several frames: pickle writes those)."""
+    cells = dict(items)
+    for i in range(copies):  # many cells sharing the same str objects, or equal copies
+        seg = "s" + str(i % 7) if fresh else "all"
+        cells[(seg, "web", "", "a", str(i), i % 50)] = (i, -i * 1000)
+    got = transitions_native._PANES.dumps(cells)
+    assert got == pickle.dumps(cells, protocol=pickle.HIGHEST_PROTOCOL)
+    assert list(pickle.loads(got).items()) == list(cells.items())
+
+
 def test_native_merge_refuses_counts_beyond_64_bits(native: None) -> None:
     """Python's ints would grow; the native merge raises rather than wrap (2**63 ms of gaps in
     one cell is 292 million years)."""

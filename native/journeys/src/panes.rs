@@ -14,7 +14,9 @@ use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PySet, PyTuple, PyType};
+use pyo3::types::{PyBytes, PyDict, PyList, PySet, PyTuple, PyType};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::os::raw::c_int;
 
 extern "C" {
@@ -145,6 +147,36 @@ fn each_cell(
     Ok(())
 }
 
+/// `cells[key] = (n, gap_sum)` where `key` holds the tuple `old`. When the dict holds the only
+/// reference to `old`, no one can see it change: its two items are replaced instead (as CPython's
+/// own `dict.items()` iterator reuses its result tuple), which spares a tuple's deallocation and
+/// allocation per cell; the dict's contents are the same either way.
+unsafe fn set_value(
+    py: Python<'_>,
+    cells: *mut ffi::PyObject,
+    key: *mut ffi::PyObject,
+    hash: ffi::Py_hash_t,
+    old: *mut ffi::PyObject,
+    n: i64,
+    gap_sum: i64,
+) -> PyResult<()> {
+    if ffi::Py_REFCNT(old) != 1 || ffi::PyTuple_CheckExact(old) == 0 {
+        return set_known(py, cells, key, value_of(py, n, gap_sum)?, hash);
+    }
+    let a = owned(py, ffi::PyLong_FromLongLong(n))?;
+    let b = ffi::PyLong_FromLongLong(gap_sum);
+    if b.is_null() {
+        ffi::Py_DECREF(a);
+        return Err(PyErr::fetch(py));
+    }
+    let (old_a, old_b) = (ffi::PyTuple_GET_ITEM(old, 0), ffi::PyTuple_GET_ITEM(old, 1));
+    ffi::PyTuple_SET_ITEM(old, 0, a);
+    ffi::PyTuple_SET_ITEM(old, 1, b);
+    ffi::Py_DECREF(old_a);
+    ffi::Py_DECREF(old_b);
+    Ok(())
+}
+
 /// `_add_cell(cells, key, n, gap_sum)`: add to one cell, dropping it when it comes to (0, 0).
 unsafe fn add_cell(
     py: Python<'_>,
@@ -168,7 +200,7 @@ unsafe fn add_cell(
     let n = sum(int_of(py, a)?, n)?;
     let gap_sum = sum(int_of(py, b)?, gap_sum)?;
     if n != 0 || gap_sum != 0 {
-        set_known(py, cells, key, value_of(py, n, gap_sum)?, hash)
+        set_value(py, cells, key, hash, v, n, gap_sum)
     } else {
         check(py, _PyDict_DelItem_KnownHash(cells, key, hash))
     }
@@ -211,7 +243,7 @@ fn merge_cells(
         let n = sum(int_of(py, a)?, int_of(py, n)?)?;
         let gap_sum = sum(int_of(py, b)?, int_of(py, gap_sum)?)?;
         if n != 0 || gap_sum != 0 {
-            set_known(py, d, key, value_of(py, n, gap_sum)?, hash)
+            set_value(py, d, key, hash, v, n, gap_sum)
         } else {
             check(py, _PyDict_DelItem_KnownHash(d, key, hash))
         }
@@ -271,6 +303,189 @@ fn opt_int(o: &Bound<'_, PyAny>) -> PyResult<Option<i64>> {
         Ok(None)
     } else {
         Ok(Some(o.extract()?))
+    }
+}
+
+/// `pickle.dumps(cells, protocol)` (protocol 4 or 5) of a cell dict, byte for byte what CPython's
+/// `_pickle` writes, for what cell dicts hold: exact dicts, tuples, str and int objects. The
+/// memo is by object identity, as `_pickle`'s (a str or tuple seen before is a `BINGET`), the
+/// dict is written in batches of 1000 items (with `_pickle`'s empty last batch when the size is
+/// a multiple of 1000) and the whole pickle is one frame. `None` for anything else (another
+/// type, a str over 255 bytes or with lone surrogates, an int beyond 64 bits, a pickle of 64 KiB
+/// or more, which `_pickle` cuts into several frames): the caller then calls `pickle.dumps`.
+fn pickle_cells(cells: &Bound<'_, PyDict>, protocol: i64) -> Option<Vec<u8>> {
+    if !(4..=5).contains(&protocol) || unsafe { ffi::PyDict_CheckExact(cells.as_ptr()) } == 0 {
+        return None;
+    }
+    let mut w = Pickler {
+        out: Vec::with_capacity(64 + 40 * cells.len()),
+        memo: HashMap::with_capacity_and_hasher(3 * cells.len() + 8, Default::default()),
+    };
+    w.out.extend_from_slice(&[0x80, protocol as u8]); // PROTO
+    w.out.extend_from_slice(&[0x95, 0, 0, 0, 0, 0, 0, 0, 0]); // FRAME, its length set at the end
+    w.out.push(b'}'); // EMPTY_DICT
+    w.memoize(cells.as_ptr());
+    let n = cells.len();
+    let mut pos: ffi::Py_ssize_t = 0;
+    let mut key: *mut ffi::PyObject = std::ptr::null_mut();
+    let mut value: *mut ffi::PyObject = std::ptr::null_mut();
+    let mut next = |key: &mut *mut ffi::PyObject, value: &mut *mut ffi::PyObject| unsafe {
+        ffi::PyDict_Next(cells.as_ptr(), &mut pos, key, value) != 0
+    };
+    if n == 1 {
+        next(&mut key, &mut value);
+        w.save(key)?;
+        w.save(value)?;
+        w.out.push(b's'); // SETITEM
+    } else if n > 1 {
+        loop {
+            w.out.push(b'('); // MARK
+            let mut i = 0;
+            while next(&mut key, &mut value) {
+                w.save(key)?;
+                w.save(value)?;
+                i += 1;
+                if i == 1000 {
+                    break;
+                }
+            }
+            w.out.push(b'u'); // SETITEMS
+            if i != 1000 {
+                break;
+            }
+        }
+    }
+    w.out.push(b'.'); // STOP
+    let frame_len = w.out.len() - 11;
+    if frame_len >= 65536 {
+        return None;
+    }
+    if frame_len < 4 {
+        w.out.drain(2..11);
+    } else {
+        w.out[3..11].copy_from_slice(&(frame_len as u64).to_le_bytes());
+    }
+    Some(w.out)
+}
+
+/// Hashes an object's address (the memo's key) in one multiplication.
+#[derive(Default)]
+struct AddrHash(u64);
+
+impl Hasher for AddrHash {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.0 = (i as u64 >> 4).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+struct Pickler {
+    out: Vec<u8>,
+    memo: HashMap<usize, u32, BuildHasherDefault<AddrHash>>,
+}
+
+impl Pickler {
+    fn memoize(&mut self, obj: *mut ffi::PyObject) {
+        let i = self.memo.len() as u32;
+        self.memo.insert(obj as usize, i);
+        self.out.push(0x94); // MEMOIZE
+    }
+
+    fn save(&mut self, obj: *mut ffi::PyObject) -> Option<()> {
+        unsafe {
+            let tp = ffi::Py_TYPE(obj);
+            if tp == std::ptr::addr_of_mut!(ffi::PyLong_Type) {
+                let mut overflow: c_int = 0;
+                let v = ffi::PyLong_AsLongLongAndOverflow(obj, &mut overflow);
+                if overflow != 0 || (v == -1 && !ffi::PyErr_Occurred().is_null()) {
+                    ffi::PyErr_Clear();
+                    return None;
+                }
+                self.int(v);
+                return Some(());
+            }
+            if let Some(&i) = self.memo.get(&(obj as usize)) {
+                if i < 256 {
+                    self.out.extend_from_slice(&[b'h', i as u8]); // BINGET
+                } else {
+                    self.out.push(b'j'); // LONG_BINGET
+                    self.out.extend_from_slice(&i.to_le_bytes());
+                }
+                return Some(());
+            }
+            if tp == std::ptr::addr_of_mut!(ffi::PyUnicode_Type) {
+                let mut size: ffi::Py_ssize_t = 0;
+                let data = ffi::PyUnicode_AsUTF8AndSize(obj, &mut size);
+                if data.is_null() {
+                    ffi::PyErr_Clear();
+                    return None;
+                }
+                if size > 0xff {
+                    return None;
+                }
+                self.out.extend_from_slice(&[0x8c, size as u8]); // SHORT_BINUNICODE
+                self.out.extend_from_slice(std::slice::from_raw_parts(
+                    data as *const u8,
+                    size as usize,
+                ));
+                self.memoize(obj);
+                return Some(());
+            }
+            if tp == std::ptr::addr_of_mut!(ffi::PyTuple_Type) {
+                let n = ffi::PyTuple_GET_SIZE(obj);
+                if n == 0 {
+                    return None;
+                }
+                if n > 3 {
+                    self.out.push(b'('); // MARK
+                }
+                for i in 0..n {
+                    self.save(ffi::PyTuple_GET_ITEM(obj, i))?;
+                }
+                // TUPLE1, TUPLE2, TUPLE3 or TUPLE
+                self.out.push(match n {
+                    1 => 0x85,
+                    2 => 0x86,
+                    3 => 0x87,
+                    _ => b't',
+                });
+                self.memoize(obj);
+                return Some(());
+            }
+            None
+        }
+    }
+
+    /// `save_long`: BININT1, BININT2 or BININT within 32 bits, else LONG1 (two's complement,
+    /// little-endian, the fewest bytes).
+    fn int(&mut self, v: i64) {
+        if (-0x8000_0000..=0x7fff_ffff).contains(&v) {
+            let b = (v as i32 as u32).to_le_bytes();
+            if b[3] != 0 || b[2] != 0 {
+                self.out.push(b'J');
+                self.out.extend_from_slice(&b);
+            } else if b[1] != 0 {
+                self.out.extend_from_slice(&[b'M', b[0], b[1]]);
+            } else {
+                self.out.extend_from_slice(&[b'K', b[0]]);
+            }
+            return;
+        }
+        let nbits = 64 - v.unsigned_abs().leading_zeros() as usize;
+        let mut nbytes = (nbits >> 3) + 1;
+        let bytes = (v as i128).to_le_bytes();
+        if v < 0 && nbytes > 1 && bytes[nbytes - 1] == 0xff && bytes[nbytes - 2] & 0x80 != 0 {
+            nbytes -= 1;
+        }
+        self.out.extend_from_slice(&[0x8a, nbytes as u8]); // LONG1
+        self.out.extend_from_slice(&bytes[..nbytes]);
     }
 }
 
@@ -376,8 +591,19 @@ impl NativePanes {
             }
             return Ok(());
         }
-        let frozen = self.dumps.bind(py).call1((cells, self.protocol))?;
-        c.archive.set_item(p, frozen)
+        c.archive.set_item(p, self.pickled(py, &cells)?)
+    }
+
+    /// `pickle.dumps(cells, protocol)`: written here, or by `pickle` where `pickle_cells` cannot.
+    fn pickled<'py>(
+        &self,
+        py: Python<'py>,
+        cells: &Bound<'py, PyDict>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        match pickle_cells(cells, self.protocol) {
+            Some(bytes) => Ok(PyBytes::new_bound(py, &bytes).into_any()),
+            None => self.dumps.bind(py).call1((cells, self.protocol)),
+        }
     }
 
     /// `d.pop(p, None)`.
@@ -549,6 +775,15 @@ impl NativePanes {
         sign: i64,
     ) -> PyResult<()> {
         merge_cells(py, dst, src, sign)
+    }
+
+    /// `pickle.dumps(cells, protocol)` as `_freeze` writes it (see `pickle_cells`).
+    fn dumps<'py>(
+        &self,
+        py: Python<'py>,
+        cells: &Bound<'py, PyDict>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.pickled(py, cells)
     }
 
     /// `TransitionCounts.cell_rows` of a cell dict.
