@@ -6,9 +6,10 @@ into its pane's cells from ``NativeStepCounter`` (``native/journeys/src/lib.rs``
 ``journeymap_journeys``), and whose ``advance``, corrections of final panes (``_correct``) and
 window syncing (``_sync``) run in ``NativePanes`` (``native/journeys/src/panes.rs``): the same
 Python panes and dicts, changed by the same operations in the same order, so every output and
-the state are the same (``advance(on_window=...)`` stays the Python method). It pickles as the
-Python counter's state and unpickles as a native counter, or as the Python one where the module
-is not installed. :func:`processors.journeys_native.new_journey_stage` picks it.
+the state are the same (``advance(on_window=...)`` stays the Python method, as do the three
+with a module built before ``NativePanes``). It pickles as the Python counter's state and
+unpickles as a native counter, or as the Python one where the module is not installed.
+:func:`processors.journeys_native.new_journey_stage` picks it.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from processors.transitions import (
 _module, _IMPORT_ERROR = import_core("journeymap_journeys")
 NativeStepCounter: Any = getattr(_module, "NativeStepCounter", None)
 NativePanes: Any = getattr(_module, "NativePanes", None)
-# Stateless (the types it makes and the pickle functions it calls): one for every counter.
+# Stateless (the types it makes and the pickle functions it calls): one for every counter. None
+# with a module built before it: the Python methods then (same outputs).
 _PANES: Any = None if NativePanes is None else NativePanes(
     TransitionCounts, CellRow, CellUpdate, CellDelta, pickle.dumps, pickle.loads,
     pickle.HIGHEST_PROTOCOL)
@@ -43,7 +45,7 @@ class NativeTransitionCounter(TransitionCounter):
     """:class:`TransitionCounter` counting steps in Rust (see the module doc)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        if NativeStepCounter is None or _PANES is None:
+        if NativeStepCounter is None:
             raise not_built("journey", "journeys", "journeymap_journeys", _IMPORT_ERROR,
                             "scripts/build-native.sh")
         super().__init__(*args, **kwargs)
@@ -53,21 +55,31 @@ class NativeTransitionCounter(TransitionCounter):
         """:meth:`TransitionCounter.update`."""
         late = self._native.update(steps, self.hot, self.frontier_pane)
         if late:
-            _PANES.correct(self, late)
+            if _PANES is None:
+                for p, cells in late.items():
+                    super()._correct(p, cells)
+            else:
+                _PANES.correct(self, late)
 
     def advance(self, watermark_ms: int, on_window: WindowCallback | None = None
                 ) -> list[CellRow]:
         """:meth:`TransitionCounter.advance`."""
-        if on_window is not None:
+        if on_window is not None or _PANES is None:
             return super().advance(watermark_ms, on_window)
         rows: list[CellRow] = _PANES.advance(self, watermark_ms)
         return rows
 
     def _sync(self, size: int) -> None:
-        _PANES.sync(self, size)
+        if _PANES is None:
+            super()._sync(size)
+        else:
+            _PANES.sync(self, size)
 
     def _correct(self, p: int, cells: dict[Any, tuple[int, int]]) -> None:
-        _PANES.correct(self, {p: cells})
+        if _PANES is None:
+            super()._correct(p, cells)
+        else:
+            _PANES.correct(self, {p: cells})
 
     def __reduce__(self) -> tuple[Any, ...]:
         state = dict(self.__dict__)
@@ -77,7 +89,7 @@ class NativeTransitionCounter(TransitionCounter):
 
 def _restore(state: dict[str, Any]) -> TransitionCounter:
     """Unpickle a native counter: native again, or Python without the module."""
-    if NativeStepCounter is None or _PANES is None:
+    if NativeStepCounter is None:
         counter = TransitionCounter.__new__(TransitionCounter)
         counter.__dict__.update(state)
         return counter

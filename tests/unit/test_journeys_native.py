@@ -183,6 +183,20 @@ def test_native_panes_give_the_python_windows_and_corrections(
     assert got == want
 
 
+@pytest.mark.parametrize("corrections", ["pane", "cells", "delta"])
+def test_a_module_without_native_panes_counts_with_the_python_methods(
+    native: None, monkeypatch: pytest.MonkeyPatch, corrections: Any
+) -> None:
+    """A module built before NativePanes: the native step loop, the Python `advance`,
+    `_correct` and `_sync`, the same rows and state."""
+    config = config_of()
+    steps_by_call = counter_steps(21, config)
+    want = counter_run(TransitionCounter(config.windows, 900, corrections), steps_by_call, 3)
+    monkeypatch.setattr(transitions_native, "_PANES", None)
+    counter = NativeTransitionCounter(config.windows, 900, corrections)
+    assert counter_run(counter, steps_by_call, 3) == want
+
+
 def test_the_counter_scenarios_reach_late_and_archived_panes(native: None) -> None:
     """The scenarios correct final panes, archived ones too (thawed, re-emitted, frozen again),
     and cancel cells to nothing (else the comparisons above would prove little)."""
