@@ -33,7 +33,7 @@ from processors.config import (
 from processors.errors import ConfigError
 from processors.journeys import JourneyOutput, JourneyProcessor
 from processors.journeys_native import NativeJourneyProcessor, engine_of, new_journey_stage
-from processors.transitions import TransitionCounter
+from processors.transitions import CellRow, CellUpdate, TransitionCounter, TransitionCounts
 from processors.transitions_native import NativeTransitionCounter
 from tests.native_cores import require_native
 
@@ -119,17 +119,36 @@ def test_membership_and_state_of_read_the_core(native: None) -> None:
             assert got.__getstate__() == want.__getstate__()  # type: ignore[union-attr]
 
 
-def counter_run(counter: TransitionCounter, steps_by_call: list[tuple[list[Any], int]]
-                ) -> tuple[list[Any], dict[str, Any]]:
-    """Feed the steps of each call and advance to its watermark; the rows and the state."""
+def counter_run(counter: TransitionCounter, steps_by_call: list[tuple[list[Any], int]],
+                read_windows: int = 0) -> tuple[list[Any], dict[str, Any]]:
+    """Feed the steps of each call and advance to its watermark; the rows (their types too: a
+    correction is a `CellUpdate` or `CellDelta`) and the state (the archive's pickled bytes
+    included). Every `read_windows`-th call reads the windows (bringing them up to date, so
+    that later corrections change them too) and the matrices."""
     rows: list[Any] = []
     for i, (steps, watermark_ms) in enumerate(steps_by_call):
         counter.update(steps)
-        rows.append(counter.advance(watermark_ms))
+        out = counter.advance(watermark_ms)
+        rows.append([(type(r).__name__, *r) for r in out])
+        if read_windows and i % read_windows == 1:
+            rows.append(counter.snapshot())
+            rows.append([counter.matrix(size, order=o) for size in [None, *counter.sizes]
+                         for o in (1, 2)])
         if i % 7 == 3:  # a checkpoint: pickled and restored, it goes on the same
             counter = pickle.loads(pickle.dumps(counter))
     state = {k: v for k, v in counter.__dict__.items() if k != "_native"}
     return rows, state
+
+
+def counter_steps(seed: int, config: ProcessingConfig) -> list[tuple[list[Any], int]]:
+    """The steps and watermark of each call of a random scenario (the Python journeys)."""
+    journeys = JourneyProcessor(config)
+    steps_by_call = []
+    for call in bjn.random_calls(random.Random(seed)):
+        outs: list[JourneyOutput] = []
+        journeys = bjn.replay(journeys, [call], outs)
+        steps_by_call.extend((out.steps, journeys.watermark_ms) for out in outs)
+    return steps_by_call
 
 
 @settings(max_examples=100, deadline=None)
@@ -138,17 +157,140 @@ def counter_run(counter: TransitionCounter, steps_by_call: list[tuple[list[Any],
 def test_the_native_step_counter_counts_as_python(
     native: None, seed: int, config: ProcessingConfig, corrections: Any
 ) -> None:
-    journeys = JourneyProcessor(config)
-    steps_by_call = []
-    for call in bjn.random_calls(random.Random(seed)):
-        outs: list[JourneyOutput] = []
-        journeys = bjn.replay(journeys, [call], outs)
-        steps_by_call.extend((out.steps, journeys.watermark_ms) for out in outs)
+    steps_by_call = counter_steps(seed, config)
     lateness_s = config.journey.allowed_lateness_s
     want = counter_run(TransitionCounter(config.windows, lateness_s, corrections), steps_by_call)
     got = counter_run(NativeTransitionCounter(config.windows, lateness_s, corrections),
                       steps_by_call)
     assert got == want
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), config=configs,
+       corrections=st.sampled_from(["pane", "cells", "delta"]), read_windows=st.integers(2, 5))
+def test_native_panes_give_the_python_windows_and_corrections(
+    native: None, seed: int, config: ProcessingConfig, corrections: Any, read_windows: int
+) -> None:
+    """`advance`, `_correct` and `_sync` in Rust (NativePanes): the same rows, windows,
+    matrices and state (archive bytes included) as Python, with the windows read mid-stream
+    so that corrections of final panes also change them."""
+    steps_by_call = counter_steps(seed, config)
+    lateness_s = config.journey.allowed_lateness_s
+    want = counter_run(TransitionCounter(config.windows, lateness_s, corrections), steps_by_call,
+                       read_windows)
+    got = counter_run(NativeTransitionCounter(config.windows, lateness_s, corrections),
+                      steps_by_call, read_windows)
+    assert got == want
+
+
+@pytest.mark.parametrize("corrections", ["pane", "cells", "delta"])
+def test_a_module_without_native_panes_counts_with_the_python_methods(
+    native: None, monkeypatch: pytest.MonkeyPatch, corrections: Any
+) -> None:
+    """A module built before NativePanes: the native step loop, the Python `advance`,
+    `_correct` and `_sync`, the same rows and state."""
+    config = config_of()
+    steps_by_call = counter_steps(21, config)
+    want = counter_run(TransitionCounter(config.windows, 900, corrections), steps_by_call, 3)
+    monkeypatch.setattr(transitions_native, "_PANES", None)
+    counter = NativeTransitionCounter(config.windows, 900, corrections)
+    assert counter_run(counter, steps_by_call, 3) == want
+
+
+def test_the_counter_scenarios_reach_late_and_archived_panes(native: None) -> None:
+    """The scenarios correct final panes, archived ones too (thawed, re-emitted, frozen again),
+    and cancel cells to nothing (else the comparisons above would prove little)."""
+    config = config_of(lateness_s=0)
+    n_corrected = n_thawed = n_gone = 0
+    for seed in range(30):
+        counter = NativeTransitionCounter(config.windows, 0, "cells")
+        for steps, watermark_ms in counter_steps(seed, config):
+            counter.update(steps)
+            n_thawed += len(counter._thawed)
+            rows = counter.advance(watermark_ms)
+            n_corrected += sum(type(r) is CellUpdate for r in rows)
+            n_gone += sum(type(r) is CellUpdate and r.n == 0 for r in rows)
+    assert min(n_corrected, n_thawed, n_gone) > 0
+
+
+def test_a_window_callback_gets_the_python_windows(native: None) -> None:
+    """`advance(on_window=...)` (the Python method, the native panes underneath)."""
+    config = config_of()
+    steps_by_call = counter_steps(5, config)
+
+    def seen(counter: TransitionCounter) -> list[Any]:
+        out: list[Any] = []
+        for steps, watermark_ms in steps_by_call:
+            counter.update(steps)
+            out.append(counter.advance(watermark_ms, on_window=lambda start, size, counts:
+                                       out.append((start, size, dict(counts.cells)))))
+        return out
+
+    want = seen(TransitionCounter(config.windows, 900, "pane"))
+    assert seen(NativeTransitionCounter(config.windows, 900, "pane")) == want
+    assert len(want) > len(steps_by_call)
+
+
+cell_keys = st.tuples(st.sampled_from(["*", "all", "loyal"]), st.sampled_from(["*", "web"]),
+                      st.sampled_from(["", "a", "b"]), st.sampled_from(["a", "b", "c"]),
+                      st.sampled_from(["b", "c", "é"]), st.integers(0, 49))
+cell_values = st.tuples(st.integers(-3, 3), st.sampled_from([0, -1, 1, 255, 256, 65535, 65536,
+                                                             2**31 - 1, 2**31, -2**31,
+                                                             -2**31 - 1, 2**40, -2**62]))
+cell_dicts = st.dictionaries(cell_keys, cell_values, max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(dst=cell_dicts, src=cell_dicts, sign=st.sampled_from([1, -1]))
+def test_native_merge_and_cell_rows_are_the_python_ones(
+    native: None, dst: dict[Any, Any], src: dict[Any, Any], sign: int
+) -> None:
+    panes = transitions_native._PANES
+    want = TransitionCounts(dict(dst))
+    want.merge(TransitionCounts(src), sign)
+    got = dict(dst)
+    panes.merge(got, src, sign)
+    assert list(got.items()) == list(want.cells.items())  # the same cells in the same order
+    rows = panes.cell_rows(got, 3_600_000, 3600)
+    assert rows == want.cell_rows(3_600_000, 3600)
+    assert all(type(r) is CellRow for r in rows)
+
+
+pickled_strs = st.sampled_from(["", "*", "all", "é", "\ud800", "x" * 255, "y" * 256])
+pickled_ints = st.one_of(st.integers(-2**70, 2**70),
+                         st.sampled_from([0, 255, 256, 65535, 65536, 2**31 - 1, 2**31, -2**31,
+                                          -2**31 - 1, 2**63 - 1, -2**63, -2**63 - 1, -256,
+                                          -255, -2**15, -2**15 - 1, -2**39, -2**39 - 1]))
+pickled_keys = st.tuples(pickled_strs, pickled_strs, pickled_strs, st.integers(0, 3),
+                         pickled_strs, st.integers(0, 49))
+
+
+@settings(max_examples=300, deadline=None)
+@given(items=st.lists(st.tuples(pickled_keys, st.tuples(pickled_ints, pickled_ints)),
+                      max_size=40),
+       copies=st.sampled_from([0, 1, 2, 999, 1000, 1500, 3000]), fresh=st.booleans())
+def test_native_archive_pickles_are_the_pickle_modules_bytes(
+    native: None, items: list[Any], copies: int, fresh: bool
+) -> None:
+    """`_freeze`'s bytes: the same as `pickle.dumps(cells, HIGHEST_PROTOCOL)`, with strings
+    shared between keys or not (the memo is by identity), dicts of 1, 999, 1000 (an empty last
+    batch) and more items, and pickles past 64 KiB (several frames: pickle writes those)."""
+    cells = dict(items)
+    for i in range(copies):  # many cells sharing the same str objects, or equal copies
+        seg = "s" + str(i % 7) if fresh else "all"
+        cells[(seg, "web", "", "a", str(i), i % 50)] = (i, -i * 1000)
+    got = transitions_native._PANES.dumps(cells)
+    assert got == pickle.dumps(cells, protocol=pickle.HIGHEST_PROTOCOL)
+    assert list(pickle.loads(got).items()) == list(cells.items())
+
+
+def test_native_merge_refuses_counts_beyond_64_bits(native: None) -> None:
+    """Python's ints would grow; the native merge raises rather than wrap (2**63 ms of gaps in
+    one cell is 292 million years)."""
+    key = ("*", "*", "", "a", "b", 1)
+    cells = {key: (1, 2**62)}
+    with pytest.raises(OverflowError):
+        transitions_native._PANES.merge(cells, {key: (1, 2**62)}, 1)
 
 
 def test_the_engine_is_chosen_by_the_setting(native: None) -> None:
