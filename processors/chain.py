@@ -38,7 +38,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from processors.attribution import Attribution, PathAccumulator, attribute
+from processors.attribution import Attribution, attribute
+from processors.attribution_native import adopt_paths, new_path_accumulator
 from processors.config import ProcessingConfig
 from processors.events import ResolvedEvent
 from processors.funnels import FunnelTracker, FunnelTransition
@@ -177,8 +178,9 @@ class JourneyChain:
         # Both native (Rust) when installed, else Python: journey.engine
         self.journeys, self.transitions = new_journey_stage(config, corrections="cells")
         self.funnels = FunnelTracker(config.funnels)
-        outcomes = config.outcomes
-        self.paths = PathAccumulator(outcomes.conversion, outcomes.churn, outcomes.null_horizon_s)
+        # Its per-event loop native (Rust) over the same state when installed, else Python:
+        # journey.engine
+        self.paths = new_path_accumulator(config)
         self.segment_of = segment_of
         # The funnel reorder heap: (ts_ms, arrival seq, event); ties in time are put in
         # event-id digest order when released (`_release`), so arrival order does not matter.
@@ -200,6 +202,7 @@ class JourneyChain:
         # for it and the module is installed (the same state, so the same outputs).
         self.journeys, self.transitions = adopt_engine(self.config, self.journeys,
                                                        self.transitions)
+        self.paths = adopt_paths(self.config, self.paths)
 
     # -- one batch ----------------------------------------------------------------------------
 

@@ -27,6 +27,8 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::ptr::NonNull;
 
+mod paths;
+
 const EMPTY: u32 = 0; // ""
 const START: u32 = 1;
 const CONVERSION: u32 = 2;
@@ -1430,6 +1432,7 @@ impl NativeStepCounter {
 fn journeymap_journeys(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeJourneyCore>()?;
     m.add_class::<NativeStepCounter>()?;
+    m.add_class::<paths::NativePathAdder>()?;
     // The hash of the sources it was built from (scripts/build-native.sh sets it; "" otherwise)
     m.add("SOURCE_HASH", option_env!("JOURNEYMAP_NATIVE_SOURCE_HASH").unwrap_or(""))?;
     Ok(())

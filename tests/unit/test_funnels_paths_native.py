@@ -1,0 +1,205 @@
+"""The native (Rust) loop of the attribution paths (``PathAccumulator.add``) gives exactly the
+Python one's state and paths, across merges of customers, detach and attach, and pickling;
+choosing the engine (``journey.engine``); checkpoints across engines (issue 4).
+
+Random scenarios drawn by hypothesis run the same operations on a Python and a native object and
+compare every output and the whole state (its repr: dict order too) after each operation.
+
+Tests that need the extension module's classes (``journeymap_journeys``, built by
+``scripts/build-native.sh``) skip without them on a developer's machine (a module built before
+the classes existed has none) and FAIL in CI (``CI=true``): CI must test them.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from processors import attribution_native
+from processors.attribution import PathAccumulator
+from processors.attribution_native import (
+    NativePathAccumulator,
+    adopt_paths,
+    new_path_accumulator,
+)
+from processors.chain import JourneyChain
+from processors.config import (
+    FunnelConfig,
+    JourneyConfig,
+    OutcomesConfig,
+    ProcessingConfig,
+)
+from processors.errors import ConfigError
+from processors.events import ResolvedEvent
+from tests.factories import DAY_MS, MIN_MS, T0_MS, resolved
+from tests.native_cores import require_native
+
+
+@pytest.fixture(scope="module")
+def native() -> None:
+    """The tests that compare the engines need the class: fail in CI, skip elsewhere."""
+    require_native(attribution_native.NativePathAdder is not None,
+                   attribution_native._IMPORT_ERROR, "journeys path loop (NativePathAdder)",
+                   "scripts/build-native.sh")
+
+
+TOUCHPOINTS = ["landing_page", "signup", "trial_start", "purchase", "pricing_help", "cancel",
+               "blog"]
+CUSTOMERS = ["c0", "c1", "c2", "c3"]
+
+
+def funnel(name: str, order: str, window_min: int, stages: list[list[str]]) -> FunnelConfig:
+    return FunnelConfig.model_validate({
+        "name": name, "order": order, "conversion_window_s": window_min * 60,
+        "stages": [{"name": f"{name}{i}", "touchpoints": tps} for i, tps in enumerate(stages)]})
+
+
+# Two funnels sharing touchpoints (a route with two entries), one strict, one relaxed.
+FUNNELS = [
+    funnel("signup", "strict", 10, [["landing_page"], ["signup"], ["trial_start"], ["purchase"]]),
+    funnel("buy", "relaxed", 30, [["landing_page", "blog"], ["pricing_help"], ["purchase"]]),
+]
+
+
+def config_of(engine: str = "auto") -> ProcessingConfig:
+    return ProcessingConfig(
+        outcomes=OutcomesConfig(conversion=["purchase"], churn=["cancel"], null_horizon_s=3600),
+        journey=JourneyConfig(engine=engine),  # type: ignore[arg-type]
+        funnels=FUNNELS,
+    )
+
+
+@st.composite
+def events(draw: st.DrawFn, t0: int) -> list[ResolvedEvent]:
+    """A batch: mostly forward in time per customer, sometimes back (late for the funnels),
+    gaps from none to days (windows, the null horizon, cohort weeks)."""
+    out = []
+    t = t0
+    for _ in range(draw(st.integers(0, 12))):
+        t += draw(st.sampled_from([0, 0, 1, 2, 5, 9, 10, 11, 61, 1440, -3])) * MIN_MS
+        revenue = draw(st.sampled_from([None, 0.0, 12.5, 3.0]))
+        out.append(resolved(draw(st.sampled_from(CUSTOMERS)), draw(st.sampled_from(TOUCHPOINTS)),
+                            t, segment=draw(st.sampled_from(["a", "b"])),
+                            channel=draw(st.sampled_from(["web", "app", "email"])),
+                            revenue=revenue))
+    return out
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> list[tuple[Any, ...]]:
+    ops: list[tuple[Any, ...]] = []
+    t = T0_MS + draw(st.integers(0, 6)) * DAY_MS
+    for _ in range(draw(st.integers(1, 10))):
+        kind = draw(st.sampled_from(["update", "update", "update", "advance", "merge", "pickle",
+                                     "move"]))
+        if kind == "update":
+            batch = draw(events(t))
+            ops.append(("update", batch))
+            if batch:
+                t = max(t, max(e.ts_ms for e in batch))
+        elif kind == "advance":
+            t += draw(st.sampled_from([0, 5, 10, 31, 120])) * MIN_MS
+            ops.append(("advance", t - draw(st.sampled_from([0, 15])) * MIN_MS))
+        elif kind == "merge":
+            loser, winner = draw(st.lists(st.sampled_from(CUSTOMERS), min_size=2, max_size=2))
+            ops.append(("merge", loser, winner))
+        elif kind == "move":
+            ops.append(("move", draw(st.sampled_from(CUSTOMERS))))
+        else:
+            ops.append(("pickle",))
+    ops.append(("advance", t + 10 * DAY_MS))
+    return ops
+
+
+def path_state(paths: PathAccumulator, now_ms: int) -> str:
+    return repr((paths.open, dict(paths.done["touchpoint"]), dict(paths.done["channel"]),
+                 paths.paths("touchpoint", now_ms), paths.paths("channel", now_ms)))
+
+
+def drive_paths(paths: PathAccumulator, ops: list[tuple[Any, ...]]) -> list[str]:
+    seen = []
+    now = T0_MS
+    for op in ops:
+        if op[0] == "update":
+            paths.add(op[1])
+            now = max([now, *(e.ts_ms for e in op[1])])
+        elif op[0] == "advance":
+            now = max(now, op[1])
+        elif op[0] == "merge":
+            paths.rename(op[1], op[2])
+        elif op[0] == "move":  # as the chain's detach and attach
+            moved = paths.open.pop(op[1], None)
+            if moved is not None:
+                paths.open.setdefault(op[1], pickle.loads(pickle.dumps(moved)))
+        else:
+            paths = pickle.loads(pickle.dumps(paths))
+        seen.append(type(paths).__name__ + path_state(paths, now))
+    return seen
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenarios())
+def test_native_paths_equal_python(native: None, ops: list[tuple[Any, ...]]) -> None:
+    o = config_of().outcomes
+    args = (o.conversion, o.churn, o.null_horizon_s)
+    python = drive_paths(PathAccumulator(*args), ops)
+    native_seen = drive_paths(NativePathAccumulator(*args), ops)
+    assert [s.removeprefix("Native") for s in native_seen] == python
+
+
+def test_the_engine_follows_journey_engine(native: None) -> None:
+    assert type(new_path_accumulator(config_of("python"))) is PathAccumulator
+    for engine in ("auto", "native"):
+        assert type(new_path_accumulator(config_of(engine))) is NativePathAccumulator
+    chain = JourneyChain(config_of())
+    assert type(chain.paths) is NativePathAccumulator
+
+
+def test_native_asked_for_without_the_classes_is_a_config_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(attribution_native, "NativePathAdder", None)
+    with pytest.raises(ConfigError, match="build-native"):
+        new_path_accumulator(config_of("native"))
+    assert type(new_path_accumulator(config_of("auto"))) is PathAccumulator
+
+
+def busy(paths: PathAccumulator) -> None:
+    paths.add([resolved("c0", "landing_page", T0_MS), resolved("c0", "signup", T0_MS + MIN_MS),
+               resolved("c1", "blog", T0_MS + 2 * MIN_MS, revenue=3.0),
+               resolved("c1", "purchase", T0_MS + 3 * MIN_MS, revenue=3.0)])
+
+
+def test_checkpoints_cross_engines(native: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A native checkpoint reads as native, or as Python without the module (same state); a
+    Python checkpoint goes on natively where the module is installed."""
+    o = config_of().outcomes
+    paths = NativePathAccumulator(o.conversion, o.churn, o.null_horizon_s)
+    busy(paths)
+    blob = pickle.dumps(paths)
+    again = pickle.loads(blob)
+    assert type(again) is NativePathAccumulator
+    assert path_state(again, T0_MS) == path_state(paths, T0_MS)
+
+    monkeypatch.setattr(attribution_native, "NativePathAdder", None)
+    py_paths = pickle.loads(blob)
+    assert type(py_paths) is PathAccumulator
+    assert path_state(py_paths, T0_MS) == path_state(paths, T0_MS)
+    py_blob = pickle.dumps(py_paths)
+    monkeypatch.undo()
+
+    adopted_paths = adopt_paths(config_of(), pickle.loads(py_blob))
+    assert type(adopted_paths) is NativePathAccumulator
+    assert path_state(adopted_paths, T0_MS) == path_state(paths, T0_MS)
+    assert type(adopt_paths(config_of("python"), py_paths)) is PathAccumulator
+
+
+def test_a_python_chain_checkpoint_goes_on_natively(native: None) -> None:
+    chain = JourneyChain(config_of("python"))
+    assert type(chain.paths) is PathAccumulator
+    chain.config = config_of("auto")
+    restored = pickle.loads(pickle.dumps(chain))
+    assert type(restored.paths) is NativePathAccumulator
