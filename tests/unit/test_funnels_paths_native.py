@@ -1,6 +1,7 @@
-"""The native (Rust) loop of the attribution paths (``PathAccumulator.add``) gives exactly the
-Python one's state and paths, across merges of customers, detach and attach, and pickling;
-choosing the engine (``journey.engine``); checkpoints across engines (issue 4).
+"""The native (Rust) loops of the funnel tracker (``update``, ``advance``) and of the attribution
+paths (``PathAccumulator.add``) give exactly the Python ones' outputs and state, across merges of
+customers, detach and attach, and pickling; choosing the engine (``journey.engine``);
+checkpoints across engines (issue 4).
 
 Random scenarios drawn by hypothesis run the same operations on a Python and a native object and
 compare every output and the whole state (its repr: dict order too) after each operation.
@@ -19,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors import attribution_native
+from processors import attribution_native, funnels_native
 from processors.attribution import PathAccumulator
 from processors.attribution_native import (
     NativePathAccumulator,
@@ -35,16 +36,27 @@ from processors.config import (
 )
 from processors.errors import ConfigError
 from processors.events import ResolvedEvent
+from processors.funnels import FunnelTracker
+from processors.funnels_native import (
+    NativeFunnelTracker,
+    adopt_funnels,
+    new_funnel_tracker,
+)
 from tests.factories import DAY_MS, MIN_MS, T0_MS, resolved
 from tests.native_cores import require_native
 
 
 @pytest.fixture(scope="module")
 def native() -> None:
-    """The tests that compare the engines need the class: fail in CI, skip elsewhere."""
-    require_native(attribution_native.NativePathAdder is not None,
-                   attribution_native._IMPORT_ERROR, "journeys path loop (NativePathAdder)",
-                   "scripts/build-native.sh")
+    """The tests that compare the engines need the classes: fail in CI, skip elsewhere."""
+    for name, cls, error in (
+        ("funnel loops (NativeFunnelStep)", funnels_native.NativeFunnelStep,
+         funnels_native._IMPORT_ERROR),
+        ("path loop (NativePathAdder)", attribution_native.NativePathAdder,
+         attribution_native._IMPORT_ERROR),
+    ):
+        require_native(cls is not None, error,
+                       f"journeys {name}", "scripts/build-native.sh")
 
 
 TOUCHPOINTS = ["landing_page", "signup", "trial_start", "purchase", "pricing_help", "cancel",
@@ -115,6 +127,40 @@ def scenarios(draw: st.DrawFn) -> list[tuple[Any, ...]]:
     return ops
 
 
+def funnel_state(tracker: FunnelTracker) -> str:
+    return repr((tracker.state, sorted(tracker._weeks.items())))
+
+
+def drive_funnels(tracker: FunnelTracker, ops: list[tuple[Any, ...]]) -> list[str]:
+    """Every output and the state after each operation."""
+    seen = []
+    for op in ops:
+        if op[0] == "update":
+            result = tracker.update(op[1])
+            out: object = (result.transitions, [id(e) for e in result.late])
+        elif op[0] == "advance":
+            out = tracker.advance(op[1])
+        elif op[0] == "merge":
+            out = tracker.merge_customer(op[1], op[2])
+        elif op[0] == "move":  # to another partition and back (the chain's transfers)
+            runs = tracker.detach(op[1])
+            tracker.attach(op[1], pickle.loads(pickle.dumps(runs)))
+            out = sorted(runs)
+        else:
+            tracker = pickle.loads(pickle.dumps(tracker))
+            out = type(tracker).__name__.removeprefix("Native")
+        seen.append(repr(out) + funnel_state(tracker))
+    seen.append(repr(tracker.snapshot()) + repr(tracker.snapshot(())))
+    return seen
+
+
+@settings(max_examples=300, deadline=None)
+@given(scenarios())
+def test_native_funnels_equal_python(native: None, ops: list[tuple[Any, ...]]) -> None:
+    python = drive_funnels(FunnelTracker(FUNNELS), ops)
+    assert drive_funnels(NativeFunnelTracker(FUNNELS), ops) == python
+
+
 def path_state(paths: PathAccumulator, now_ms: int) -> str:
     return repr((paths.open, dict(paths.done["touchpoint"]), dict(paths.done["channel"]),
                  paths.paths("touchpoint", now_ms), paths.paths("channel", now_ms)))
@@ -152,54 +198,72 @@ def test_native_paths_equal_python(native: None, ops: list[tuple[Any, ...]]) -> 
 
 
 def test_the_engine_follows_journey_engine(native: None) -> None:
+    assert type(new_funnel_tracker(config_of("python"))) is FunnelTracker
     assert type(new_path_accumulator(config_of("python"))) is PathAccumulator
     for engine in ("auto", "native"):
+        assert type(new_funnel_tracker(config_of(engine))) is NativeFunnelTracker
         assert type(new_path_accumulator(config_of(engine))) is NativePathAccumulator
     chain = JourneyChain(config_of())
+    assert type(chain.funnels) is NativeFunnelTracker
     assert type(chain.paths) is NativePathAccumulator
 
 
 def test_native_asked_for_without_the_classes_is_a_config_error(
         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(funnels_native, "NativeFunnelStep", None)
     monkeypatch.setattr(attribution_native, "NativePathAdder", None)
     with pytest.raises(ConfigError, match="build-native"):
+        new_funnel_tracker(config_of("native"))
+    with pytest.raises(ConfigError, match="build-native"):
         new_path_accumulator(config_of("native"))
+    assert type(new_funnel_tracker(config_of("auto"))) is FunnelTracker
     assert type(new_path_accumulator(config_of("auto"))) is PathAccumulator
 
 
-def busy(paths: PathAccumulator) -> None:
-    paths.add([resolved("c0", "landing_page", T0_MS), resolved("c0", "signup", T0_MS + MIN_MS),
-               resolved("c1", "blog", T0_MS + 2 * MIN_MS, revenue=3.0),
-               resolved("c1", "purchase", T0_MS + 3 * MIN_MS, revenue=3.0)])
+def busy(tracker: FunnelTracker, paths: PathAccumulator) -> None:
+    batch = [resolved("c0", "landing_page", T0_MS), resolved("c0", "signup", T0_MS + MIN_MS),
+             resolved("c1", "blog", T0_MS + 2 * MIN_MS, revenue=3.0),
+             resolved("c1", "purchase", T0_MS + 3 * MIN_MS, revenue=3.0)]
+    tracker.update(batch)
+    paths.add(batch)
 
 
 def test_checkpoints_cross_engines(native: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """A native checkpoint reads as native, or as Python without the module (same state); a
     Python checkpoint goes on natively where the module is installed."""
     o = config_of().outcomes
+    tracker = NativeFunnelTracker(FUNNELS)
     paths = NativePathAccumulator(o.conversion, o.churn, o.null_horizon_s)
-    busy(paths)
-    blob = pickle.dumps(paths)
+    busy(tracker, paths)
+    blob = pickle.dumps((tracker, paths))
     again = pickle.loads(blob)
-    assert type(again) is NativePathAccumulator
-    assert path_state(again, T0_MS) == path_state(paths, T0_MS)
+    assert [type(x) for x in again] == [NativeFunnelTracker, NativePathAccumulator]
+    assert funnel_state(again[0]) == funnel_state(tracker)
+    assert path_state(again[1], T0_MS) == path_state(paths, T0_MS)
 
+    monkeypatch.setattr(funnels_native, "NativeFunnelStep", None)
     monkeypatch.setattr(attribution_native, "NativePathAdder", None)
-    py_paths = pickle.loads(blob)
-    assert type(py_paths) is PathAccumulator
+    py_tracker, py_paths = pickle.loads(blob)
+    assert [type(py_tracker), type(py_paths)] == [FunnelTracker, PathAccumulator]
+    assert funnel_state(py_tracker) == funnel_state(tracker)
     assert path_state(py_paths, T0_MS) == path_state(paths, T0_MS)
-    py_blob = pickle.dumps(py_paths)
+    py_blob = pickle.dumps((py_tracker, py_paths))
     monkeypatch.undo()
 
-    adopted_paths = adopt_paths(config_of(), pickle.loads(py_blob))
+    config = config_of()
+    adopted = adopt_funnels(config, pickle.loads(py_blob)[0])
+    assert type(adopted) is NativeFunnelTracker and funnel_state(adopted) == funnel_state(tracker)
+    later = [resolved("c0", "trial_start", T0_MS + 4 * MIN_MS)]
+    assert adopted.update(later).transitions == tracker.update(later).transitions
+    adopted_paths = adopt_paths(config, pickle.loads(py_blob)[1])
     assert type(adopted_paths) is NativePathAccumulator
-    assert path_state(adopted_paths, T0_MS) == path_state(paths, T0_MS)
     assert type(adopt_paths(config_of("python"), py_paths)) is PathAccumulator
 
 
 def test_a_python_chain_checkpoint_goes_on_natively(native: None) -> None:
     chain = JourneyChain(config_of("python"))
-    assert type(chain.paths) is PathAccumulator
+    assert type(chain.funnels) is FunnelTracker and type(chain.paths) is PathAccumulator
     chain.config = config_of("auto")
     restored = pickle.loads(pickle.dumps(chain))
+    assert type(restored.funnels) is NativeFunnelTracker
     assert type(restored.paths) is NativePathAccumulator

@@ -1,0 +1,429 @@
+//! `FunnelTracker.update` and `FunnelTracker.advance` (`processors/funnels.py`), the funnels'
+//! per-event and per-deadline loops, over the same Python state (issue 4).
+//!
+//! The open runs (`FunnelRun`s in `state.runs`), the cells (`StageCounts` with their
+//! `Durations`), the deadline heaps and the cohort-week cache stay the tracker's Python objects,
+//! changed here by the same operations in the same order as the Python methods: runs made by
+//! the same constructor, the same heap pushes and pops (`heapq`'s own functions), the same list
+//! slots counted, `Durations` filled as its `add` fills it. So the state, its pickles and the
+//! Python methods that read it (merges, detach and attach, snapshots) are unchanged, and the
+//! `FunnelTransition` records are the Python ones, field for field, in the same order.
+
+use pyo3::exceptions::PyValueError;
+use pyo3::ffi;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+
+use crate::paths::{EventSlots, CUSTOMER_ID, EVENT, SEGMENT, TS_MS};
+use crate::{dict_or_attr, instance_dict};
+
+const STAGE_BITS: u32 = 6;
+const OUTSIDE: i64 = -1;
+const DAY_MS: i64 = 86_400_000;
+
+/// A funnel as the constructor takes it: `(name, stage names, window_ms, strict)`.
+type FunnelSpec = (Py<PyString>, Vec<Py<PyString>>, i64, bool);
+
+/// One compiled funnel (`_Compiled`): its name, stage names, last stage, window and order.
+struct Funnel {
+    name: Py<PyString>,
+    names: Vec<Py<PyString>>,
+    n_stages: i64,
+    last: i64,
+    window_ms: i64,
+    strict: bool,
+}
+
+/// The tracker's loops: one per tracker, built from its compiled funnels and routes.
+#[pyclass(module = "journeymap_journeys")]
+pub struct NativeFunnelStep {
+    funnels: Vec<Funnel>,
+    route_of: Py<PyDict>,          // touchpoint -> index into `routes`
+    routes: Vec<Vec<(usize, i64)>>, // (funnel index, stage), in the tracker's route order
+    transition_type: Py<PyAny>,    // FunnelTransition
+    run_type: Py<PyAny>,           // FunnelRun
+    counts_empty: Py<PyAny>,       // StageCounts.empty
+    array_type: Py<PyAny>,         // array.array
+    heappush: Py<PyAny>,
+    heappop: Py<PyAny>,
+    cohort_week: Py<PyAny>,
+    exact_max: usize,
+    empty: Py<PyString>,
+    slots: EventSlots,
+}
+
+/// A record of `ty` (a tuple subclass), built as `tuple.__new__(ty, items)` builds it.
+fn record<'py>(py: Python<'py>, ty: &Py<PyAny>, items: Vec<PyObject>) -> PyResult<Bound<'py, PyAny>> {
+    unsafe {
+        let tp = ty.as_ptr() as *mut ffi::PyTypeObject;
+        let alloc = (*tp).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc);
+        let obj = alloc(tp, items.len() as ffi::Py_ssize_t);
+        if obj.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        for (i, p) in items.into_iter().enumerate() {
+            ffi::PyTuple_SET_ITEM(obj, i as ffi::Py_ssize_t, p.into_ptr());
+        }
+        Ok(Bound::from_owned_ptr(py, obj))
+    }
+}
+
+/// `lst[i] += by` on a list of ints.
+fn bump(lst: &Bound<'_, PyAny>, i: i64, by: i64) -> PyResult<()> {
+    let lst = lst.downcast::<PyList>()?;
+    let i = i as usize;
+    let n: i64 = lst.get_item(i)?.extract()?;
+    lst.set_item(i, n + by)
+}
+
+struct Names<'py> {
+    stage: &'py Bound<'py, PyString>,
+    stage_entered_ms: &'py Bound<'py, PyString>,
+    run_start_ms: &'py Bound<'py, PyString>,
+    cell: &'py Bound<'py, PyString>,
+    events: &'py Bound<'py, PyString>,
+    n_entered: &'py Bound<'py, PyString>,
+    n_advanced: &'py Bound<'py, PyString>,
+    n_dropped: &'py Bound<'py, PyString>,
+    advance_ms: &'py Bound<'py, PyString>,
+}
+
+impl<'py> Names<'py> {
+    fn new(py: Python<'py>) -> Names<'py> {
+        Names {
+            stage: intern!(py, "stage"),
+            stage_entered_ms: intern!(py, "stage_entered_ms"),
+            run_start_ms: intern!(py, "run_start_ms"),
+            cell: intern!(py, "cell"),
+            events: intern!(py, "events"),
+            n_entered: intern!(py, "n_entered"),
+            n_advanced: intern!(py, "n_advanced"),
+            n_dropped: intern!(py, "n_dropped"),
+            advance_ms: intern!(py, "advance_ms"),
+        }
+    }
+}
+
+impl NativeFunnelStep {
+    /// The `FunnelTransition` of a move of `cid` in funnel `fi` from stage `frm` to `to`
+    /// (`OUTSIDE` is the name ""); converted when it advances to the last stage (an entry to
+    /// stage 0 is not, even in a funnel of one stage).
+    #[allow(clippy::too_many_arguments)]
+    fn transition<'py>(
+        &self,
+        py: Python<'py>,
+        fi: usize,
+        cid: &Bound<'py, PyAny>,
+        frm: i64,
+        to: i64,
+        ts: PyObject,
+        spent: Option<i64>,
+        segment: Bound<'py, PyAny>,
+        week: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let f = &self.funnels[fi];
+        let name = |i: i64| {
+            if i == OUTSIDE {
+                self.empty.clone_ref(py).into_any()
+            } else {
+                f.names[i as usize].clone_ref(py).into_any()
+            }
+        };
+        let items = vec![
+            cid.clone().unbind(),
+            f.name.clone_ref(py).into_any(),
+            frm.into_py(py),
+            to.into_py(py),
+            name(frm),
+            name(to),
+            ts,
+            spent.into_py(py),
+            segment.unbind(),
+            week.unbind(),
+            (frm != OUTSIDE && to == f.last).into_py(py),
+        ];
+        record(py, &self.transition_type, items)
+    }
+
+    /// `Durations.add(value_ms)`.
+    fn durations_add(&self, py: Python<'_>, d: &Bound<'_, PyAny>, value_ms: i64) -> PyResult<()> {
+        let n_n = intern!(py, "n");
+        let n: i64 = d.getattr(n_n)?.extract()?;
+        d.setattr(n_n, n + 1)?;
+        let exact = d.getattr(intern!(py, "exact"))?;
+        if exact.is_none() {
+            d.call_method1(intern!(py, "_bucket"), (value_ms, 1))?;
+            return Ok(());
+        }
+        let exact = exact.downcast_into::<PyList>()?;
+        exact.append(value_ms)?;
+        if exact.len() > self.exact_max {
+            d.call_method0(intern!(py, "_fold"))?;
+        }
+        Ok(())
+    }
+
+    /// `FunnelTracker._drop`: the run leaves at its deadline, from the stage it is in.
+    #[allow(clippy::too_many_arguments)]
+    fn drop_run<'py>(
+        &self,
+        py: Python<'py>,
+        k: &Names<'py>,
+        fi: usize,
+        cid: &Bound<'py, PyAny>,
+        run: &Bound<'py, PyAny>,
+        runs: &Bound<'py, PyDict>,
+        cells: &Bound<'py, PyDict>,
+        out: &Bound<'py, PyList>,
+    ) -> PyResult<()> {
+        let f = &self.funnels[fi];
+        let start: i64 = run.getattr(k.run_start_ms)?.extract()?;
+        let deadline = start + f.window_ms;
+        let key = run.getattr(k.cell)?.downcast_into::<PyTuple>()?;
+        let stage: i64 = run.getattr(k.stage)?.extract()?;
+        let entered: i64 = run.getattr(k.stage_entered_ms)?.extract()?;
+        let cell = cells.as_any().get_item(&key)?;
+        bump(&cell.getattr(k.n_dropped)?, stage, 1)?;
+        runs.del_item(cid)?;
+        let ts = deadline.into_py(py);
+        let (seg, week) = (key.get_item(1)?, key.get_item(2)?);
+        out.append(self.transition(py, fi, cid, stage, OUTSIDE, ts, Some(deadline - entered), seg, week)?)
+    }
+}
+
+#[pymethods]
+impl NativeFunnelStep {
+    /// `funnels`: per compiled funnel `(name, stage names, window_ms, strict)`; `routes`:
+    /// touchpoint -> [(funnel index, stage)] (the tracker's `_routes`, in its order).
+    #[new]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        funnels: Vec<FunnelSpec>,
+        routes: &Bound<'_, PyDict>,
+        transition_type: Py<PyAny>,
+        run_type: Py<PyAny>,
+        counts_empty: Py<PyAny>,
+        array_type: Py<PyAny>,
+        heappush: Py<PyAny>,
+        heappop: Py<PyAny>,
+        cohort_week: Py<PyAny>,
+        exact_max: usize,
+    ) -> PyResult<Self> {
+        let mut fs = Vec::with_capacity(funnels.len());
+        for (name, names, window_ms, strict) in funnels {
+            if names.is_empty() || names.len() > (1 << STAGE_BITS) {
+                return Err(PyValueError::new_err("a funnel has 1 to 64 stages"));
+            }
+            let n = names.len() as i64;
+            fs.push(Funnel { name, names, n_stages: n, last: n - 1, window_ms, strict });
+        }
+        let route_of = PyDict::new_bound(py);
+        let mut rs = Vec::new();
+        for (tp, route) in routes.iter() {
+            let route: Vec<(usize, i64)> = route.extract()?;
+            for &(fi, s) in &route {
+                if fi >= fs.len() || s < 0 || s >= fs[fi].n_stages {
+                    return Err(PyValueError::new_err("a route names a funnel or stage not given"));
+                }
+            }
+            route_of.set_item(tp, rs.len())?;
+            rs.push(route);
+        }
+        Ok(NativeFunnelStep {
+            funnels: fs,
+            route_of: route_of.unbind(),
+            routes: rs,
+            transition_type,
+            run_type,
+            counts_empty,
+            array_type,
+            heappush,
+            heappop,
+            cohort_week,
+            exact_max,
+            empty: PyString::new_bound(py, "").unbind(),
+            slots: EventSlots::new(),
+        })
+    }
+
+    /// `FunnelTracker.update`'s loop: `runs` and `deadlines` are the state's dict and heap of
+    /// each funnel (in the funnels' order), `cells` the state's cells, `weeks` the tracker's
+    /// day -> cohort week cache; transitions and late events are appended to `out` and `late`.
+    #[allow(clippy::too_many_arguments)]
+    fn update<'py>(
+        &mut self,
+        py: Python<'py>,
+        events: &Bound<'py, PyAny>,
+        runs: Vec<Bound<'py, PyDict>>,
+        deadlines: Vec<Bound<'py, PyList>>,
+        cells: &Bound<'py, PyDict>,
+        weeks: &Bound<'py, PyDict>,
+        watermark_ms: i64,
+        out: &Bound<'py, PyList>,
+        late: &Bound<'py, PyList>,
+    ) -> PyResult<()> {
+        if runs.len() != self.funnels.len() || deadlines.len() != self.funnels.len() {
+            return Err(PyValueError::new_err("one runs dict and one deadline heap per funnel"));
+        }
+        let k = Names::new(py);
+        let n_touchpoint = intern!(py, "touchpoint");
+        let n_append = intern!(py, "append");
+        let route_of = self.route_of.bind(py);
+        for ev in events.iter()? {
+            let ev = ev?;
+            self.slots.learn(&ev);
+            let te = self.slots.get(&ev, EVENT)?;
+            let tp = dict_or_attr(&te, instance_dict(&te), n_touchpoint)?;
+            let ri: usize = match route_of.get_item(&tp)? {
+                Some(i) => i.extract()?,
+                None => continue,
+            };
+            let ts_obj = self.slots.get(&ev, TS_MS)?;
+            let ts: i64 = ts_obj.extract()?;
+            if ts < watermark_ms {
+                late.append(&ev)?;
+                continue;
+            }
+            let cid = self.slots.get(&ev, CUSTOMER_ID)?;
+            for &(fi, s) in &self.routes[ri] {
+                let f = &self.funnels[fi];
+                let fruns = &runs[fi];
+                let mut run = fruns.get_item(&cid)?;
+                let mut entered = 0i64;
+                if let Some(r) = &run {
+                    entered = r.getattr(k.stage_entered_ms)?.extract()?;
+                    if ts < entered {
+                        let n = late.len();
+                        if n == 0 || !late.get_item(n - 1)?.is(&ev) {
+                            late.append(&ev)?;
+                        }
+                        continue;
+                    }
+                    let start: i64 = r.getattr(k.run_start_ms)?.extract()?;
+                    if ts > start + f.window_ms {
+                        self.drop_run(py, &k, fi, &cid, r, fruns, cells, out)?;
+                        run = None;
+                    }
+                }
+                let run = match run {
+                    Some(r) => r,
+                    None => {
+                        if s == 0 {
+                            self.start(py, &k, fi, &cid, &ev, ts, fruns, &deadlines[fi], cells,
+                                       weeks, out)?;
+                        }
+                        continue;
+                    }
+                };
+                run.getattr(k.events)?.call_method1(n_append, (ts << STAGE_BITS | s,))?;
+                let c: i64 = run.getattr(k.stage)?.extract()?;
+                if s <= c || (f.strict && s != c + 1) {
+                    continue;
+                }
+                let spent = ts - entered;
+                let key = run.getattr(k.cell)?.downcast_into::<PyTuple>()?;
+                let cell = cells.as_any().get_item(&key)?;
+                bump(&cell.getattr(k.n_advanced)?, c, 1)?;
+                let durations = cell.getattr(k.advance_ms)?.get_item(c)?;
+                self.durations_add(py, &durations, spent)?;
+                bump(&cell.getattr(k.n_entered)?, s, 1)?;
+                let ts = ts_obj.clone().unbind();
+                let (seg, week) = (key.get_item(1)?, key.get_item(2)?);
+                out.append(self.transition(py, fi, &cid, c, s, ts, Some(spent), seg, week)?)?;
+                if s == f.last {
+                    fruns.del_item(&cid)?;
+                } else {
+                    run.setattr(k.stage, s)?;
+                    run.setattr(k.stage_entered_ms, &ts_obj)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `FunnelTracker.advance`'s loop, the watermark already checked and set by the caller:
+    /// drop every run whose deadline is before `watermark_ms`, funnel by funnel.
+    fn advance<'py>(
+        &self,
+        py: Python<'py>,
+        watermark_ms: i64,
+        runs: Vec<Bound<'py, PyDict>>,
+        deadlines: Vec<Bound<'py, PyList>>,
+        cells: &Bound<'py, PyDict>,
+        out: &Bound<'py, PyList>,
+    ) -> PyResult<()> {
+        if runs.len() != self.funnels.len() || deadlines.len() != self.funnels.len() {
+            return Err(PyValueError::new_err("one runs dict and one deadline heap per funnel"));
+        }
+        let k = Names::new(py);
+        let heappop = self.heappop.bind(py);
+        for fi in 0..self.funnels.len() {
+            let heap = &deadlines[fi];
+            let fruns = &runs[fi];
+            while !heap.is_empty() {
+                let top: i64 = heap.get_item(0)?.downcast_into::<PyTuple>()?.get_item(0)?.extract()?;
+                if top >= watermark_ms {
+                    break;
+                }
+                let entry = heappop.call1((heap,))?.downcast_into::<PyTuple>()?;
+                let cid = entry.get_item(1)?;
+                let start: i64 = entry.get_item(2)?.extract()?;
+                if let Some(run) = fruns.get_item(&cid)? {
+                    let run_start: i64 = run.getattr(k.run_start_ms)?.extract()?;
+                    if run_start == start {
+                        self.drop_run(py, &k, fi, &cid, &run, fruns, cells, out)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl NativeFunnelStep {
+    /// `FunnelTracker._start`: a run of funnel `fi` starts at stage 0.
+    #[allow(clippy::too_many_arguments)]
+    fn start<'py>(
+        &self,
+        py: Python<'py>,
+        k: &Names<'py>,
+        fi: usize,
+        cid: &Bound<'py, PyAny>,
+        ev: &Bound<'py, PyAny>,
+        ts: i64,
+        runs: &Bound<'py, PyDict>,
+        heap: &Bound<'py, PyList>,
+        cells: &Bound<'py, PyDict>,
+        weeks: &Bound<'py, PyDict>,
+        out: &Bound<'py, PyList>,
+    ) -> PyResult<()> {
+        let f = &self.funnels[fi];
+        let day = ts.div_euclid(DAY_MS);
+        let week = match weeks.get_item(day)? {
+            Some(w) => w,
+            None => {
+                let w = self.cohort_week.bind(py).call1((ts,))?;
+                weeks.set_item(day, &w)?;
+                w
+            }
+        };
+        let segment = self.slots.get(ev, SEGMENT)?;
+        let key = PyTuple::new_bound(py, [f.name.bind(py).as_any(), &segment, &week]);
+        let cell = match cells.get_item(&key)? {
+            Some(c) => c,
+            None => {
+                let c = self.counts_empty.bind(py).call1((f.n_stages,))?;
+                cells.set_item(&key, &c)?;
+                c
+            }
+        };
+        bump(&cell.getattr(k.n_entered)?, 0, 1)?;
+        let codes = self.array_type.bind(py).call1(("q", (ts << STAGE_BITS,)))?;
+        let run = self.run_type.bind(py).call1((0, ts, ts, &key, codes))?;
+        runs.set_item(cid, run)?;
+        self.heappush.bind(py).call1((heap, (ts + f.window_ms, cid, ts)))?;
+        out.append(self.transition(py, fi, cid, OUTSIDE, 0, ts.into_py(py), None, segment, week)?)
+    }
+}
