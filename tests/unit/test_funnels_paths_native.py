@@ -14,6 +14,7 @@ the classes existed has none) and FAIL in CI (``CI=true``): CI must test them.
 from __future__ import annotations
 
 import pickle
+import random
 from typing import Any
 
 import pytest
@@ -52,7 +53,7 @@ def native() -> None:
     for name, cls, error in (
         ("funnel loops (NativeFunnelStep)", funnels_native.NativeFunnelStep,
          funnels_native._IMPORT_ERROR),
-        ("path loop (NativePathAdder)", attribution_native.NativePathAdder,
+        ("path loop (NativePaths)", attribution_native.NativePaths,
          attribution_native._IMPORT_ERROR),
     ):
         require_native(cls is not None, error,
@@ -197,6 +198,39 @@ def test_native_paths_equal_python(native: None, ops: list[tuple[Any, ...]]) -> 
     assert [s.removeprefix("Native") for s in native_seen] == python
 
 
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32))
+def test_native_open_journeys_keep_the_dicts_order(native: None, seed: int) -> None:
+    """Hundreds of customers opened, closed, moved away and back, renamed: the native open
+    journeys keep the Python dict's order (the order ``paths`` adds idle journeys in) through
+    the removals that make the core compact its table."""
+    rng = random.Random(seed)
+    o = config_of().outcomes
+    args = (o.conversion, o.churn, o.null_horizon_s)
+    python, native_paths = PathAccumulator(*args), NativePathAccumulator(*args)
+    t = T0_MS
+    for _ in range(40):
+        batch = []
+        for _ in range(rng.randrange(0, 60)):
+            t += rng.choice([0, MIN_MS, 70 * MIN_MS])
+            batch.append(resolved(f"c{rng.randrange(300)}", rng.choice(TOUCHPOINTS), t,
+                                  channel=rng.choice(["web", "app"]), revenue=1.5))
+        for paths in (python, native_paths):
+            paths.add(batch)
+        for _ in range(rng.randrange(0, 40)):
+            cid, other = f"c{rng.randrange(300)}", f"c{rng.randrange(300)}"
+            step = rng.random()
+            for paths in (python, native_paths):
+                if step < 0.6:
+                    paths.open.pop(cid, None)
+                elif step < 0.8:
+                    paths.rename(cid, other)
+                else:
+                    paths.open.setdefault(cid, (t, ["blog"], ["web"]))
+        assert path_state(native_paths, t) == path_state(python, t)
+        assert list(native_paths.open) == list(python.open)
+
+
 def test_the_engine_follows_journey_engine(native: None) -> None:
     assert type(new_funnel_tracker(config_of("python"))) is FunnelTracker
     assert type(new_path_accumulator(config_of("python"))) is PathAccumulator
@@ -211,7 +245,7 @@ def test_the_engine_follows_journey_engine(native: None) -> None:
 def test_native_asked_for_without_the_classes_is_a_config_error(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(funnels_native, "NativeFunnelStep", None)
-    monkeypatch.setattr(attribution_native, "NativePathAdder", None)
+    monkeypatch.setattr(attribution_native, "NativePaths", None)
     with pytest.raises(ConfigError, match="build-native"):
         new_funnel_tracker(config_of("native"))
     with pytest.raises(ConfigError, match="build-native"):
@@ -242,7 +276,7 @@ def test_checkpoints_cross_engines(native: None, monkeypatch: pytest.MonkeyPatch
     assert path_state(again[1], T0_MS) == path_state(paths, T0_MS)
 
     monkeypatch.setattr(funnels_native, "NativeFunnelStep", None)
-    monkeypatch.setattr(attribution_native, "NativePathAdder", None)
+    monkeypatch.setattr(attribution_native, "NativePaths", None)
     py_tracker, py_paths = pickle.loads(blob)
     assert [type(py_tracker), type(py_paths)] == [FunnelTracker, PathAccumulator]
     assert funnel_state(py_tracker) == funnel_state(tracker)

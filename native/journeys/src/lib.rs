@@ -1433,7 +1433,7 @@ impl NativeStepCounter {
 fn journeymap_journeys(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeJourneyCore>()?;
     m.add_class::<NativeStepCounter>()?;
-    m.add_class::<paths::NativePathAdder>()?;
+    m.add_class::<paths::NativePaths>()?;
     m.add_class::<funnels::NativeFunnelStep>()?;
     // The hash of the sources it was built from (scripts/build-native.sh sets it; "" otherwise)
     m.add("SOURCE_HASH", option_env!("JOURNEYMAP_NATIVE_SOURCE_HASH").unwrap_or(""))?;
