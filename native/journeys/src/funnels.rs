@@ -16,11 +16,94 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
 use crate::paths::{EventSlots, CUSTOMER_ID, EVENT, SEGMENT, TS_MS};
-use crate::{dict_or_attr, instance_dict};
+use crate::{dict_or_attr, instance_dict, slot_offset};
 
 const STAGE_BITS: u32 = 6;
 const OUTSIDE: i64 = -1;
 const DAY_MS: i64 = 86_400_000;
+
+// `FunnelRun`'s fields, in the order of its constructor.
+const STAGE: usize = 0;
+const STAGE_ENTERED_MS: usize = 1;
+const RUN_START_MS: usize = 2;
+const CELL: usize = 3;
+const EVENTS: usize = 4;
+const RUN_FIELDS: [&str; 5] = ["stage", "stage_entered_ms", "run_start_ms", "cell", "events"];
+
+/// `FunnelRun`s made, read and changed at their slots' offsets (as the dataclass's `__init__`
+/// and attribute access would), by attribute for any other type.
+struct Runs {
+    ty: Py<PyAny>,
+    off: Option<[isize; 5]>,
+}
+
+// SAFETY: the offsets are plain numbers; the type is kept alive by `ty`.
+unsafe impl Send for Runs {}
+
+impl Runs {
+    fn new(ty: &Bound<'_, PyAny>) -> Runs {
+        let py = ty.py();
+        let offs = RUN_FIELDS.map(|n| slot_offset(ty, &PyString::new_bound(py, n)));
+        let off = if offs.iter().all(|o| o.is_some()) { Some(offs.map(|o| o.unwrap())) } else { None };
+        Runs { ty: ty.clone().unbind(), off }
+    }
+
+    fn slot(&self, run: &Bound<'_, PyAny>, i: usize) -> Option<*mut *mut ffi::PyObject> {
+        let off = self.off?;
+        if unsafe { ffi::Py_TYPE(run.as_ptr()) } as *mut ffi::PyObject != self.ty.as_ptr() {
+            return None;
+        }
+        Some(unsafe { (run.as_ptr() as *mut u8).offset(off[i]) as *mut *mut ffi::PyObject })
+    }
+
+    /// `run.<field i>`.
+    fn get<'py>(&self, run: &Bound<'py, PyAny>, i: usize) -> PyResult<Bound<'py, PyAny>> {
+        if let Some(p) = self.slot(run, i) {
+            let v = unsafe { *p };
+            if !v.is_null() {
+                return Ok(unsafe { Bound::from_borrowed_ptr(run.py(), v) });
+            }
+        }
+        run.getattr(RUN_FIELDS[i])
+    }
+
+    fn get_i64(&self, run: &Bound<'_, PyAny>, i: usize) -> PyResult<i64> {
+        self.get(run, i)?.extract()
+    }
+
+    /// `run.<field i> = value`.
+    fn set(&self, run: &Bound<'_, PyAny>, i: usize, value: Bound<'_, PyAny>) -> PyResult<()> {
+        if let Some(p) = self.slot(run, i) {
+            unsafe {
+                let old = *p;
+                *p = value.into_ptr();
+                ffi::Py_XDECREF(old);
+            }
+            return Ok(());
+        }
+        run.setattr(RUN_FIELDS[i], value)
+    }
+
+    /// `FunnelRun(*fields)`.
+    fn make<'py>(&self, py: Python<'py>, fields: [Bound<'py, PyAny>; 5]) -> PyResult<Bound<'py, PyAny>> {
+        let off = match self.off {
+            Some(off) => off,
+            None => return self.ty.bind(py).call1(PyTuple::new_bound(py, fields)),
+        };
+        unsafe {
+            let tp = self.ty.as_ptr() as *mut ffi::PyTypeObject;
+            let alloc = (*tp).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc);
+            let obj = alloc(tp, 0);
+            if obj.is_null() {
+                return Err(PyErr::fetch(py));
+            }
+            for (i, v) in fields.into_iter().enumerate() {
+                *((obj as *mut u8).offset(off[i]) as *mut *mut ffi::PyObject) = v.into_ptr();
+            }
+            Ok(Bound::from_owned_ptr(py, obj))
+        }
+    }
+}
 
 /// A funnel as the constructor takes it: `(name, stage names, window_ms, strict)`.
 type FunnelSpec = (Py<PyString>, Vec<Py<PyString>>, i64, bool);
@@ -42,7 +125,7 @@ pub struct NativeFunnelStep {
     route_of: Py<PyDict>,          // touchpoint -> index into `routes`
     routes: Vec<Vec<(usize, i64)>>, // (funnel index, stage), in the tracker's route order
     transition_type: Py<PyAny>,    // FunnelTransition
-    run_type: Py<PyAny>,           // FunnelRun
+    runs: Runs,                    // FunnelRun
     counts_empty: Py<PyAny>,       // StageCounts.empty
     array_type: Py<PyAny>,         // array.array
     heappush: Py<PyAny>,
@@ -78,11 +161,6 @@ fn bump(lst: &Bound<'_, PyAny>, i: i64, by: i64) -> PyResult<()> {
 }
 
 struct Names<'py> {
-    stage: &'py Bound<'py, PyString>,
-    stage_entered_ms: &'py Bound<'py, PyString>,
-    run_start_ms: &'py Bound<'py, PyString>,
-    cell: &'py Bound<'py, PyString>,
-    events: &'py Bound<'py, PyString>,
     n_entered: &'py Bound<'py, PyString>,
     n_advanced: &'py Bound<'py, PyString>,
     n_dropped: &'py Bound<'py, PyString>,
@@ -92,11 +170,6 @@ struct Names<'py> {
 impl<'py> Names<'py> {
     fn new(py: Python<'py>) -> Names<'py> {
         Names {
-            stage: intern!(py, "stage"),
-            stage_entered_ms: intern!(py, "stage_entered_ms"),
-            run_start_ms: intern!(py, "run_start_ms"),
-            cell: intern!(py, "cell"),
-            events: intern!(py, "events"),
             n_entered: intern!(py, "n_entered"),
             n_advanced: intern!(py, "n_advanced"),
             n_dropped: intern!(py, "n_dropped"),
@@ -178,11 +251,11 @@ impl NativeFunnelStep {
         out: &Bound<'py, PyList>,
     ) -> PyResult<()> {
         let f = &self.funnels[fi];
-        let start: i64 = run.getattr(k.run_start_ms)?.extract()?;
+        let start = self.runs.get_i64(run, RUN_START_MS)?;
         let deadline = start + f.window_ms;
-        let key = run.getattr(k.cell)?.downcast_into::<PyTuple>()?;
-        let stage: i64 = run.getattr(k.stage)?.extract()?;
-        let entered: i64 = run.getattr(k.stage_entered_ms)?.extract()?;
+        let key = self.runs.get(run, CELL)?.downcast_into::<PyTuple>()?;
+        let stage = self.runs.get_i64(run, STAGE)?;
+        let entered = self.runs.get_i64(run, STAGE_ENTERED_MS)?;
         let cell = cells.as_any().get_item(&key)?;
         bump(&cell.getattr(k.n_dropped)?, stage, 1)?;
         runs.del_item(cid)?;
@@ -236,7 +309,7 @@ impl NativeFunnelStep {
             route_of: route_of.unbind(),
             routes: rs,
             transition_type,
-            run_type,
+            runs: Runs::new(run_type.bind(py)),
             counts_empty,
             array_type,
             heappush,
@@ -271,15 +344,19 @@ impl NativeFunnelStep {
         let n_touchpoint = intern!(py, "touchpoint");
         let n_append = intern!(py, "append");
         let route_of = self.route_of.bind(py);
+        // First the events some funnel cares about (a short loop whose reads of the events,
+        // cold by the time they are released, overlap), then their moves.
+        let mut routed = Vec::new();
         for ev in events.iter()? {
             let ev = ev?;
             self.slots.learn(&ev);
             let te = self.slots.get(&ev, EVENT)?;
             let tp = dict_or_attr(&te, instance_dict(&te), n_touchpoint)?;
-            let ri: usize = match route_of.get_item(&tp)? {
-                Some(i) => i.extract()?,
-                None => continue,
-            };
+            if let Some(i) = route_of.get_item(&tp)? {
+                routed.push((ev, i.extract::<usize>()?));
+            }
+        }
+        for (ev, ri) in routed {
             let ts_obj = self.slots.get(&ev, TS_MS)?;
             let ts: i64 = ts_obj.extract()?;
             if ts < watermark_ms {
@@ -293,7 +370,7 @@ impl NativeFunnelStep {
                 let mut run = fruns.get_item(&cid)?;
                 let mut entered = 0i64;
                 if let Some(r) = &run {
-                    entered = r.getattr(k.stage_entered_ms)?.extract()?;
+                    entered = self.runs.get_i64(r, STAGE_ENTERED_MS)?;
                     if ts < entered {
                         let n = late.len();
                         if n == 0 || !late.get_item(n - 1)?.is(&ev) {
@@ -301,7 +378,7 @@ impl NativeFunnelStep {
                         }
                         continue;
                     }
-                    let start: i64 = r.getattr(k.run_start_ms)?.extract()?;
+                    let start = self.runs.get_i64(r, RUN_START_MS)?;
                     if ts > start + f.window_ms {
                         self.drop_run(py, &k, fi, &cid, r, fruns, cells, out)?;
                         run = None;
@@ -317,13 +394,13 @@ impl NativeFunnelStep {
                         continue;
                     }
                 };
-                run.getattr(k.events)?.call_method1(n_append, (ts << STAGE_BITS | s,))?;
-                let c: i64 = run.getattr(k.stage)?.extract()?;
+                self.runs.get(&run, EVENTS)?.call_method1(n_append, (ts << STAGE_BITS | s,))?;
+                let c = self.runs.get_i64(&run, STAGE)?;
                 if s <= c || (f.strict && s != c + 1) {
                     continue;
                 }
                 let spent = ts - entered;
-                let key = run.getattr(k.cell)?.downcast_into::<PyTuple>()?;
+                let key = self.runs.get(&run, CELL)?.downcast_into::<PyTuple>()?;
                 let cell = cells.as_any().get_item(&key)?;
                 bump(&cell.getattr(k.n_advanced)?, c, 1)?;
                 let durations = cell.getattr(k.advance_ms)?.get_item(c)?;
@@ -335,8 +412,8 @@ impl NativeFunnelStep {
                 if s == f.last {
                     fruns.del_item(&cid)?;
                 } else {
-                    run.setattr(k.stage, s)?;
-                    run.setattr(k.stage_entered_ms, &ts_obj)?;
+                    self.runs.set(&run, STAGE, s.into_py(py).into_bound(py))?;
+                    self.runs.set(&run, STAGE_ENTERED_MS, ts_obj.clone())?;
                 }
             }
         }
@@ -371,7 +448,7 @@ impl NativeFunnelStep {
                 let cid = entry.get_item(1)?;
                 let start: i64 = entry.get_item(2)?.extract()?;
                 if let Some(run) = fruns.get_item(&cid)? {
-                    let run_start: i64 = run.getattr(k.run_start_ms)?.extract()?;
+                    let run_start = self.runs.get_i64(&run, RUN_START_MS)?;
                     if run_start == start {
                         self.drop_run(py, &k, fi, &cid, &run, fruns, cells, out)?;
                     }
@@ -421,7 +498,8 @@ impl NativeFunnelStep {
         };
         bump(&cell.getattr(k.n_entered)?, 0, 1)?;
         let codes = self.array_type.bind(py).call1(("q", (ts << STAGE_BITS,)))?;
-        let run = self.run_type.bind(py).call1((0, ts, ts, &key, codes))?;
+        let ts_obj = ts.into_py(py).into_bound(py);
+        let run = self.runs.make(py, [0i64.into_py(py).into_bound(py), ts_obj.clone(), ts_obj, key.clone().into_any(), codes])?;
         runs.set_item(cid, run)?;
         self.heappush.bind(py).call1((heap, (ts + f.window_ms, cid, ts)))?;
         out.append(self.transition(py, fi, cid, OUTSIDE, 0, ts.into_py(py), None, segment, week)?)
