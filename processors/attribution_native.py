@@ -16,10 +16,11 @@ picks the engine (``journey.engine``, with the rest of the journeys stage).
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Iterator, MutableMapping
-from typing import Any
+from typing import Any, Literal
 
-from processors.attribution import PathAccumulator
+from processors.attribution import Path, PathAccumulator
 from processors.config import ProcessingConfig
 from processors.errors import ConfigError
 from processors.events import ResolvedEvent
@@ -106,6 +107,15 @@ class NativePathAccumulator(PathAccumulator):
     def add(self, events: Iterable[ResolvedEvent]) -> None:
         """:meth:`PathAccumulator.add`."""
         self._core.add(events, self.done["touchpoint"], self.done["channel"])
+
+    def paths(self, level: Literal["touchpoint", "channel"], now_ms: int) -> list[Path]:
+        """:meth:`PathAccumulator.paths` (the idle open journeys read in the core, no copies)."""
+        acc: dict[tuple[str, ...], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+        for steps, (c, v, n) in self.done[level].items():
+            acc[steps] = [c, v, n]
+        for steps in self._core.idle(0 if level == "touchpoint" else 1, now_ms):
+            acc[steps][2] += 1
+        return [Path(steps, c, v, n) for steps, (c, v, n) in acc.items() if steps]
 
     def __reduce__(self) -> tuple[Any, ...]:
         state = dict(self.__dict__)

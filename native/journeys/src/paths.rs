@@ -313,6 +313,20 @@ impl NativePaths {
         Ok(out)
     }
 
+    /// The steps (touchpoints for `level` 0, channels for 1) of every non-empty open journey
+    /// idle for the null horizon at `now_ms`, as tuples, in the dict's order (what
+    /// `PathAccumulator.paths` counts as null).
+    fn idle<'py>(&self, py: Python<'py>, level: usize, now_ms: i64) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty_bound(py);
+        for e in self.entries.iter().flatten() {
+            let codes = if level == 0 { &e.tps } else { &e.chs };
+            if !codes.is_empty() && now_ms - e.last_ts >= self.horizon_ms {
+                out.append(PyTuple::new_bound(py, codes.iter().map(|&c| self.strs.py[c as usize].bound(py))))?;
+            }
+        }
+        Ok(out)
+    }
+
     /// `list(open)`, in the dict's order.
     fn keys<'py>(&self, py: Python<'py>) -> Bound<'py, PyList> {
         let keys: Vec<Bound<'py, PyString>> = self.entries.iter().flatten().map(|e| e.cid.bound(py)).collect();
