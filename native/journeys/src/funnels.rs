@@ -37,9 +37,6 @@ struct Runs {
     off: Option<[isize; 5]>,
 }
 
-// SAFETY: the offsets are plain numbers; the type is kept alive by `ty`.
-unsafe impl Send for Runs {}
-
 impl Runs {
     fn new(ty: &Bound<'_, PyAny>) -> Runs {
         let py = ty.py();
