@@ -157,21 +157,41 @@ fn bump(lst: &Bound<'_, PyAny>, i: i64, by: i64) -> PyResult<()> {
     lst.set_item(i, n + by)
 }
 
-struct Names<'py> {
+/// The tracker's state one call works on: each funnel's runs dict and deadline heap (in the
+/// funnels' order), the cells, and the list the transitions go to.
+struct State<'py> {
+    runs: Vec<Bound<'py, PyDict>>,
+    deadlines: Vec<Bound<'py, PyList>>,
+    cells: Bound<'py, PyDict>,
+    out: Bound<'py, PyList>,
     n_entered: &'py Bound<'py, PyString>,
     n_advanced: &'py Bound<'py, PyString>,
     n_dropped: &'py Bound<'py, PyString>,
     advance_ms: &'py Bound<'py, PyString>,
 }
 
-impl<'py> Names<'py> {
-    fn new(py: Python<'py>) -> Names<'py> {
-        Names {
+impl<'py> State<'py> {
+    fn new(
+        py: Python<'py>,
+        n_funnels: usize,
+        runs: Vec<Bound<'py, PyDict>>,
+        deadlines: Vec<Bound<'py, PyList>>,
+        cells: &Bound<'py, PyDict>,
+        out: &Bound<'py, PyList>,
+    ) -> PyResult<State<'py>> {
+        if runs.len() != n_funnels || deadlines.len() != n_funnels {
+            return Err(PyValueError::new_err("one runs dict and one deadline heap per funnel"));
+        }
+        Ok(State {
+            runs,
+            deadlines,
+            cells: cells.clone(),
+            out: out.clone(),
             n_entered: intern!(py, "n_entered"),
             n_advanced: intern!(py, "n_advanced"),
             n_dropped: intern!(py, "n_dropped"),
             advance_ms: intern!(py, "advance_ms"),
-        }
+        })
     }
 }
 
@@ -235,17 +255,13 @@ impl NativeFunnelStep {
     }
 
     /// `FunnelTracker._drop`: the run leaves at its deadline, from the stage it is in.
-    #[allow(clippy::too_many_arguments)]
     fn drop_run<'py>(
         &self,
         py: Python<'py>,
-        k: &Names<'py>,
+        t: &State<'py>,
         fi: usize,
         cid: &Bound<'py, PyAny>,
         run: &Bound<'py, PyAny>,
-        runs: &Bound<'py, PyDict>,
-        cells: &Bound<'py, PyDict>,
-        out: &Bound<'py, PyList>,
     ) -> PyResult<()> {
         let f = &self.funnels[fi];
         let start = self.runs.get_i64(run, RUN_START_MS)?;
@@ -253,12 +269,12 @@ impl NativeFunnelStep {
         let key = self.runs.get(run, CELL)?.downcast_into::<PyTuple>()?;
         let stage = self.runs.get_i64(run, STAGE)?;
         let entered = self.runs.get_i64(run, STAGE_ENTERED_MS)?;
-        let cell = cells.as_any().get_item(&key)?;
-        bump(&cell.getattr(k.n_dropped)?, stage, 1)?;
-        runs.del_item(cid)?;
+        let cell = t.cells.as_any().get_item(&key)?;
+        bump(&cell.getattr(t.n_dropped)?, stage, 1)?;
+        t.runs[fi].del_item(cid)?;
         let ts = deadline.into_py(py);
         let (seg, week) = (key.get_item(1)?, key.get_item(2)?);
-        out.append(self.transition(py, fi, cid, stage, OUTSIDE, ts, Some(deadline - entered), seg, week)?)
+        t.out.append(self.transition(py, fi, cid, stage, OUTSIDE, ts, Some(deadline - entered), seg, week)?)
     }
 }
 
@@ -334,10 +350,7 @@ impl NativeFunnelStep {
         out: &Bound<'py, PyList>,
         late: &Bound<'py, PyList>,
     ) -> PyResult<()> {
-        if runs.len() != self.funnels.len() || deadlines.len() != self.funnels.len() {
-            return Err(PyValueError::new_err("one runs dict and one deadline heap per funnel"));
-        }
-        let k = Names::new(py);
+        let t = State::new(py, self.funnels.len(), runs, deadlines, cells, out)?;
         let n_touchpoint = intern!(py, "touchpoint");
         let n_append = intern!(py, "append");
         let route_of = self.route_of.bind(py);
@@ -363,7 +376,7 @@ impl NativeFunnelStep {
             let cid = self.slots.get(&ev, CUSTOMER_ID)?;
             for &(fi, s) in &self.routes[ri] {
                 let f = &self.funnels[fi];
-                let fruns = &runs[fi];
+                let fruns = &t.runs[fi];
                 let mut run = fruns.get_item(&cid)?;
                 let mut entered = 0i64;
                 if let Some(r) = &run {
@@ -377,7 +390,7 @@ impl NativeFunnelStep {
                     }
                     let start = self.runs.get_i64(r, RUN_START_MS)?;
                     if ts > start + f.window_ms {
-                        self.drop_run(py, &k, fi, &cid, r, fruns, cells, out)?;
+                        self.drop_run(py, &t, fi, &cid, r)?;
                         run = None;
                     }
                 }
@@ -385,8 +398,7 @@ impl NativeFunnelStep {
                     Some(r) => r,
                     None => {
                         if s == 0 {
-                            self.start(py, &k, fi, &cid, &ev, ts, fruns, &deadlines[fi], cells,
-                                       weeks, out)?;
+                            self.start(py, &t, fi, &cid, &ev, ts, weeks)?;
                         }
                         continue;
                     }
@@ -398,14 +410,14 @@ impl NativeFunnelStep {
                 }
                 let spent = ts - entered;
                 let key = self.runs.get(&run, CELL)?.downcast_into::<PyTuple>()?;
-                let cell = cells.as_any().get_item(&key)?;
-                bump(&cell.getattr(k.n_advanced)?, c, 1)?;
-                let durations = cell.getattr(k.advance_ms)?.get_item(c)?;
+                let cell = t.cells.as_any().get_item(&key)?;
+                bump(&cell.getattr(t.n_advanced)?, c, 1)?;
+                let durations = cell.getattr(t.advance_ms)?.get_item(c)?;
                 self.durations_add(py, &durations, spent)?;
-                bump(&cell.getattr(k.n_entered)?, s, 1)?;
+                bump(&cell.getattr(t.n_entered)?, s, 1)?;
                 let ts = ts_obj.clone().unbind();
                 let (seg, week) = (key.get_item(1)?, key.get_item(2)?);
-                out.append(self.transition(py, fi, &cid, c, s, ts, Some(spent), seg, week)?)?;
+                t.out.append(self.transition(py, fi, &cid, c, s, ts, Some(spent), seg, week)?)?;
                 if s == f.last {
                     fruns.del_item(&cid)?;
                 } else {
@@ -428,14 +440,11 @@ impl NativeFunnelStep {
         cells: &Bound<'py, PyDict>,
         out: &Bound<'py, PyList>,
     ) -> PyResult<()> {
-        if runs.len() != self.funnels.len() || deadlines.len() != self.funnels.len() {
-            return Err(PyValueError::new_err("one runs dict and one deadline heap per funnel"));
-        }
-        let k = Names::new(py);
+        let t = State::new(py, self.funnels.len(), runs, deadlines, cells, out)?;
         let heappop = self.heappop.bind(py);
         for fi in 0..self.funnels.len() {
-            let heap = &deadlines[fi];
-            let fruns = &runs[fi];
+            let heap = &t.deadlines[fi];
+            let fruns = &t.runs[fi];
             while !heap.is_empty() {
                 let top: i64 = heap.get_item(0)?.downcast_into::<PyTuple>()?.get_item(0)?.extract()?;
                 if top >= watermark_ms {
@@ -447,7 +456,7 @@ impl NativeFunnelStep {
                 if let Some(run) = fruns.get_item(&cid)? {
                     let run_start = self.runs.get_i64(&run, RUN_START_MS)?;
                     if run_start == start {
-                        self.drop_run(py, &k, fi, &cid, &run, fruns, cells, out)?;
+                        self.drop_run(py, &t, fi, &cid, &run)?;
                     }
                 }
             }
@@ -462,16 +471,12 @@ impl NativeFunnelStep {
     fn start<'py>(
         &self,
         py: Python<'py>,
-        k: &Names<'py>,
+        t: &State<'py>,
         fi: usize,
         cid: &Bound<'py, PyAny>,
         ev: &Bound<'py, PyAny>,
         ts: i64,
-        runs: &Bound<'py, PyDict>,
-        heap: &Bound<'py, PyList>,
-        cells: &Bound<'py, PyDict>,
         weeks: &Bound<'py, PyDict>,
-        out: &Bound<'py, PyList>,
     ) -> PyResult<()> {
         let f = &self.funnels[fi];
         let day = ts.div_euclid(DAY_MS);
@@ -485,20 +490,20 @@ impl NativeFunnelStep {
         };
         let segment = self.slots.get(ev, SEGMENT)?;
         let key = PyTuple::new_bound(py, [f.name.bind(py).as_any(), &segment, &week]);
-        let cell = match cells.get_item(&key)? {
+        let cell = match t.cells.get_item(&key)? {
             Some(c) => c,
             None => {
                 let c = self.counts_empty.bind(py).call1((f.n_stages,))?;
-                cells.set_item(&key, &c)?;
+                t.cells.set_item(&key, &c)?;
                 c
             }
         };
-        bump(&cell.getattr(k.n_entered)?, 0, 1)?;
+        bump(&cell.getattr(t.n_entered)?, 0, 1)?;
         let codes = self.array_type.bind(py).call1(("q", (ts << STAGE_BITS,)))?;
         let ts_obj = ts.into_py(py).into_bound(py);
         let run = self.runs.make(py, [0i64.into_py(py).into_bound(py), ts_obj.clone(), ts_obj, key.clone().into_any(), codes])?;
-        runs.set_item(cid, run)?;
-        self.heappush.bind(py).call1((heap, (ts + f.window_ms, cid, ts)))?;
-        out.append(self.transition(py, fi, cid, OUTSIDE, 0, ts.into_py(py), None, segment, week)?)
+        t.runs[fi].set_item(cid, run)?;
+        self.heappush.bind(py).call1((&t.deadlines[fi], (ts + f.window_ms, cid, ts)))?;
+        t.out.append(self.transition(py, fi, cid, OUTSIDE, 0, ts.into_py(py), None, segment, week)?)
     }
 }
