@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from importlib import import_module
 from types import ModuleType
+from typing import Any
 
 from processors.errors import ConfigError
 
@@ -31,3 +32,19 @@ def not_built(section: str, core: str, module: str, error: str | None, build: st
         f"scripts/install-deps.sh does it), or set {section}.engine to 'auto' or 'python' "
         f"(env JOURNEYMAP_{section.upper()}__ENGINE)"
     )
+
+
+def journeys_class(name: str) -> tuple[Any, str | None]:
+    """A class of the journeys core (``journeymap_journeys``), or None and why: the module is
+    not installed, or it was built before the class existed."""
+    module, error = import_core("journeymap_journeys")
+    cls = getattr(module, name, None)
+    if cls is None and error is None:
+        error = f"the installed journeymap_journeys has no {name} (built before it): rebuild it"
+    return cls, error
+
+
+def journeys_not_built(error: str | None) -> ConfigError:
+    """`journey.engine = 'native'` without (a class of) the journeys core."""
+    return not_built("journey", "journeys", "journeymap_journeys", error,
+                     "scripts/build-native.sh")

@@ -28,6 +28,8 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::ptr::NonNull;
 
 mod panes;
+mod funnels;
+mod paths;
 
 const EMPTY: u32 = 0; // ""
 const START: u32 = 1;
@@ -1433,6 +1435,8 @@ fn journeymap_journeys(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeJourneyCore>()?;
     m.add_class::<NativeStepCounter>()?;
     m.add_class::<panes::NativePanes>()?;
+    m.add_class::<paths::NativePaths>()?;
+    m.add_class::<funnels::NativeFunnelStep>()?;
     // The hash of the sources it was built from (scripts/build-native.sh sets it; "" otherwise)
     m.add("SOURCE_HASH", option_env!("JOURNEYMAP_NATIVE_SOURCE_HASH").unwrap_or(""))?;
     Ok(())
