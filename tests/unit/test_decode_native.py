@@ -26,7 +26,6 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from processors import validation
-from processors.errors import ConfigError
 from processors.events import CHANNELS, IDENTITY_KINDS, TouchpointEvent
 from processors.validation import (
     Accepted,
@@ -114,13 +113,6 @@ def test_auto_is_native_when_built_and_python_stays_selectable() -> None:
     assert decode_engine("auto") == "native"
     assert decode_engine("native") == "native"
     assert decode_engine("python") == "python"
-
-
-def test_native_without_the_module_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(validation, "_NATIVE", None)
-    assert decode_engine("auto") == "python"
-    with pytest.raises(ConfigError, match=r"decode\.engine = 'native'.*JOURNEYMAP_DECODE__ENGINE"):
-        decode_engine("native")
 
 
 def test_events_pickle_and_compare_like_the_python_ones() -> None:
