@@ -189,7 +189,8 @@ _NUMBERS = ["0", "-0", "0.0", "-0.0", "1", "1.5", "1e2", "1E+2", "1e-7", "71.77"
             "NaN", "Infinity", "-Infinity", "0x10", "2.5e-324", "1.7976931348623157e308",
             "0.1e1", "1e", "-"]
 _ESCAPED = ['"\\u0061"', '"a\\nb"', '"a\\"b"', '"\\ud83d\\ude00"', '"\\ud83d"', '"a\\/b"',
-            '"\\u00e9"', '"tab\\tx"', '"\\x"']
+            '"\\u00e9"', '"tab\\tx"', '"\\x"', '"a\\bb\\fc\\rd"',
+            '"\\uFFFF\\u0000\\u001f"', '"\\u00"']
 
 
 def _edges() -> list[bytes]:
@@ -458,4 +459,7 @@ def test_the_fast_path_takes_the_common_shapes() -> None:
     ]
     assert all(map(native_sure, common))
     assert_same_decisions(common)
-    assert not native_sure(common[0].replace(b'"a"', b'"\\u0061"', 1))  # escapes: Python's
+    escaped = common[0].replace(b'"a"', b'"\\u0061\\n\\"\\u00e9"', 1)
+    assert native_sure(escaped)  # escapes in values are decoded natively
+    assert_same_decisions([escaped])
+    assert not native_sure(common[0].replace(b'"event_id"', b'"\\u0065vent_id"'))  # in keys: not

@@ -2,7 +2,8 @@
 //! `TouchpointEvent` instances, or "not sure".
 //!
 //! A hand-written parser for the one event shape (`processors/events.py`): a JSON object with
-//! the model's keys, each at most once, strings without escapes, numbers in plain JSON form,
+//! the model's keys, each at most once, keys and enum-like strings without escapes (values:
+//! escapes decoded, surrogate escapes not sure), numbers in plain JSON form,
 //! `occurred_at` as epoch milliseconds in pydantic-core's own millisecond range or as an
 //! RFC 3339 timestamp (`YYYY-MM-DDTHH:MM:SS[.f{1,6}](Z|±HH:MM)`). Where every rule of the model
 //! holds, it builds the instance as pydantic-core does (`__dict__` with every field in the
@@ -18,6 +19,7 @@ use pyo3::types::{
     PyBool, PyBytes, PyDateTime, PyDict, PyFloat, PyList, PySet, PyString, PyTuple, PyType,
     PyTzInfo,
 };
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 // Field numbers: the model's field order (checked by the Python side, which passes the names).
@@ -143,6 +145,71 @@ impl<'a> Cursor<'a> {
         Err(Unsure)
     }
 
+    /// A string value (event id, identifier, session id, text, property value): as `string`,
+    /// with its escapes decoded (`\"`, `\\`, `\/`, `\b`, `\f`, `\n`, `\r`, `\t`, `\uXXXX`
+    /// outside the surrogates; a surrogate escape is not sure). Keys, channels, touchpoints
+    /// and timestamps are read by `string`: an escape there is not sure.
+    fn string_value(&mut self) -> R<Cow<'a, str>> {
+        let start = self.i;
+        match self.string() {
+            Ok(s) => return Ok(Cow::Borrowed(s)),
+            Err(Unsure) => self.i = start,
+        }
+        self.expect(b'"')?;
+        let b = self.b;
+        let mut out: Vec<u8> = Vec::new();
+        loop {
+            let run = self.i;
+            while self.i < b.len() && b[self.i] != b'"' && b[self.i] != b'\\' && b[self.i] >= 0x20 {
+                self.i += 1;
+            }
+            out.extend_from_slice(&b[run..self.i]);
+            if self.i >= b.len() || b[self.i] < 0x20 {
+                return Err(Unsure);
+            }
+            if b[self.i] == b'"' {
+                self.i += 1;
+                return String::from_utf8(out).map(Cow::Owned).map_err(|_| Unsure);
+            }
+            // a backslash
+            if self.i + 1 >= b.len() {
+                return Err(Unsure);
+            }
+            let simple = match b[self.i + 1] {
+                b'"' => Some(b'"'),
+                b'\\' => Some(b'\\'),
+                b'/' => Some(b'/'),
+                b'b' => Some(0x08),
+                b'f' => Some(0x0c),
+                b'n' => Some(b'\n'),
+                b'r' => Some(b'\r'),
+                b't' => Some(b'\t'),
+                b'u' => None,
+                _ => return Err(Unsure),
+            };
+            if let Some(c) = simple {
+                out.push(c);
+                self.i += 2;
+                continue;
+            }
+            if self.i + 6 > b.len() {
+                return Err(Unsure);
+            }
+            let mut code = 0u32;
+            for &h in &b[self.i + 2..self.i + 6] {
+                let d = (h as char).to_digit(16).ok_or(Unsure)?;
+                code = code * 16 + d;
+            }
+            if (0xD800..=0xDFFF).contains(&code) {
+                return Err(Unsure);
+            }
+            let ch = char::from_u32(code).ok_or(Unsure)?;
+            let mut buf = [0u8; 4];
+            out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+            self.i += 6;
+        }
+    }
+
     /// A number token, and whether it is an integer (no fraction, no exponent).
     fn number(&mut self) -> R<(&'a str, bool)> {
         self.ws();
@@ -199,11 +266,11 @@ impl<'a> Cursor<'a> {
     }
 
     /// `null`, or a string of `min` to `max` code points.
-    fn nullable_str(&mut self, min: usize, max: usize) -> R<Option<&'a str>> {
+    fn nullable_str(&mut self, min: usize, max: usize) -> R<Option<Cow<'a, str>>> {
         if self.literal(b"null") {
             Ok(None)
         } else {
-            Ok(Some(bounded(self.string()?, min, max)?))
+            Ok(Some(bounded(self.string_value()?, min, max)?))
         }
     }
 
@@ -397,19 +464,19 @@ fn epoch_ms(ms: u64) -> Moment {
 #[derive(Default)]
 struct Parsed<'a> {
     seen: u32,
-    event_id: &'a str,
+    event_id: Cow<'a, str>,
     occurred_at: Option<Moment>,
     channel: usize,
     touchpoint: &'a str,
-    identities: Vec<(usize, &'a str)>,
-    session_id: Option<&'a str>,
+    identities: Vec<(usize, Cow<'a, str>)>,
+    session_id: Option<Cow<'a, str>>,
     revenue: Option<f64>,
-    text: Option<&'a str>,
+    text: Option<Cow<'a, str>>,
     properties: Option<Vec<(&'a str, Value<'a>)>>,
 }
 
 enum Value<'a> {
-    Str(&'a str),
+    Str(Cow<'a, str>),
     Int(i64),
     Float(f64),
     Bool(bool),
@@ -427,12 +494,13 @@ fn touchpoint_ok(s: &str) -> bool {
             .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
 }
 
-fn bounded(s: &str, min: usize, max: usize) -> R<&str> {
+fn bounded<S: AsRef<str>>(s: S, min: usize, max: usize) -> R<S> {
+    let n_bytes = s.as_ref().len();
     // byte length bounds the code points: count only when it matters
-    if s.len() >= min && s.len() <= max {
+    if n_bytes >= min && n_bytes <= max {
         return Ok(s);
     }
-    let n = chars(s);
+    let n = chars(s.as_ref());
     if n >= min && n <= max {
         Ok(s)
     } else {
@@ -456,7 +524,7 @@ fn parse<'a>(raw: &'a [u8], lim: &Limits) -> R<Parsed<'a>> {
         }
         p.seen |= 1 << field;
         match field {
-            EVENT_ID => p.event_id = bounded(c.string()?, 1, lim.id_chars)?,
+            EVENT_ID => p.event_id = bounded(c.string_value()?, 1, lim.id_chars)?,
             OCCURRED_AT => {
                 p.occurred_at = Some(if c.peek()? == b'"' {
                     rfc3339(c.string()?)?
@@ -497,7 +565,7 @@ fn parse<'a>(raw: &'a [u8], lim: &Limits) -> R<Parsed<'a>> {
                         return Err(Unsure);
                     }
                     kinds |= 1 << kind;
-                    let v = bounded(c.string()?, 1, lim.identifier_chars)?;
+                    let v = bounded(c.string_value()?, 1, lim.identifier_chars)?;
                     p.identities.push((kind, v));
                     if !c.more()? {
                         break;
@@ -543,7 +611,7 @@ fn parse<'a>(raw: &'a [u8], lim: &Limits) -> R<Parsed<'a>> {
                             }
                             c.expect(b':')?;
                             let v = match c.peek()? {
-                                b'"' => Value::Str(c.string()?),
+                                b'"' => Value::Str(c.string_value()?),
                                 b't' if c.literal(b"true") => Value::Bool(true),
                                 b'f' if c.literal(b"false") => Value::Bool(false),
                                 b'n' if c.literal(b"null") => Value::Null,
@@ -651,7 +719,7 @@ impl Decoder {
             Ok(())
         };
         let none = py.None().into_bound(py);
-        put(EVENT_ID, PyString::new_bound(py, p.event_id).as_any())?;
+        put(EVENT_ID, PyString::new_bound(py, &p.event_id).as_any())?;
         let m = p.occurred_at.unwrap_or_default();
         let tz = self
             .tzinfo_cls
@@ -680,7 +748,7 @@ impl Decoder {
             Bound::from_owned_ptr_or_err(py, new(cls, empty.as_ptr(), std::ptr::null_mut()))?
         };
         for (kind, value) in &p.identities {
-            let v = PyString::new_bound(py, value);
+            let v = PyString::new_bound(py, value.as_ref());
             if unsafe { ffi::PyDict_SetItem(ids.as_ptr(), self.kinds[*kind].as_ptr(), v.as_ptr()) }
                 != 0
             {
@@ -689,20 +757,20 @@ impl Decoder {
         }
         put(IDENTITIES, &ids)?;
         if let Some(s) = p.session_id {
-            put(SESSION_ID, PyString::new_bound(py, s).as_any())?;
+            put(SESSION_ID, PyString::new_bound(py, &s).as_any())?;
         }
         if let Some(v) = p.revenue {
             put(REVENUE, PyFloat::new_bound(py, v).as_any())?;
         }
         if let Some(s) = p.text {
-            put(TEXT, PyString::new_bound(py, s).as_any())?;
+            put(TEXT, PyString::new_bound(py, &s).as_any())?;
         }
         if let Some(props) = p.properties {
             let out = PyDict::new_bound(py);
             for (k, v) in props {
                 let key = interned(py, &mut self.keys, k);
                 let value: Bound<'_, PyAny> = match v {
-                    Value::Str(s) => PyString::new_bound(py, s).into_any(),
+                    Value::Str(s) => PyString::new_bound(py, &s).into_any(),
                     Value::Int(n) => n.into_py(py).into_bound(py),
                     Value::Float(x) => PyFloat::new_bound(py, x).into_any(),
                     Value::Bool(b) => PyBool::new_bound(py, b).to_owned().into_any(),
