@@ -449,11 +449,11 @@ def _decode_native(
     collecting = gc.isenabled()
     gc.disable()  # (as in decode_batch: nothing made here is cyclic garbage)
     try:
-        found, unsure = _NATIVE.decode_many(raws)
-        results: list[Decoded | None] = _accept_all(found, sources)  # type: ignore[assignment]
+        # each event already in its Accepted (as _accept_all makes them), None where unsure
+        results, unsure = _NATIVE.accept_many(raws, sources, Accepted)
         if not unsure:
-            return results, []  # type: ignore[return-value]
-        _decode_some(raws, sources, unsure, results)  # (in place of the events that are None)
+            return results, []
+        _decode_some(raws, sources, unsure, results)  # (in place of the Nones)
     finally:
         if collecting:
             gc.enable()

@@ -14,6 +14,7 @@
 //! `tests/unit/test_decode_native.py` compares them on generated messages.
 
 use pyo3::ffi;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{
     PyBool, PyBytes, PyDateTime, PyDict, PyFloat, PyList, PySet, PyString, PyTuple, PyType,
@@ -677,6 +678,27 @@ struct Decoder {
 
 type Interned = HashMap<String, Py<PyString>>;
 
+/// An instance of `cls` without `__init__` (as `object.__new__(cls)`).
+fn new_instance<'py>(py: Python<'py>, cls: &Bound<'py, PyType>) -> PyResult<Bound<'py, PyAny>> {
+    unsafe {
+        let t = cls.as_ptr() as *mut ffi::PyTypeObject;
+        let alloc = (*t).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc);
+        Bound::from_owned_ptr_or_err(py, alloc(t, 0))
+    }
+}
+
+/// `object.__setattr__(obj, name, value)`: past a frozen class's own `__setattr__`.
+fn set_slot(
+    obj: &Bound<'_, PyAny>,
+    name: &Bound<'_, PyString>,
+    value: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    if unsafe { ffi::PyObject_GenericSetAttr(obj.as_ptr(), name.as_ptr(), value.as_ptr()) } != 0 {
+        return Err(PyErr::fetch(obj.py()));
+    }
+    Ok(())
+}
+
 fn interned<'py>(py: Python<'py>, cache: &mut Interned, s: &str) -> Bound<'py, PyString> {
     if let Some(v) = cache.get(s) {
         return v.bind(py).clone();
@@ -689,6 +711,42 @@ fn interned<'py>(py: Python<'py>, cache: &mut Interned, s: &str) -> Bound<'py, P
 }
 
 impl Decoder {
+    fn many<'py>(
+        &mut self,
+        py: Python<'py>,
+        raws: Bound<'py, PyList>,
+        wrap: Option<(Bound<'py, PyList>, Bound<'py, PyType>)>,
+    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+        let out = PyList::empty_bound(py);
+        let unsure = PyList::empty_bound(py);
+        let (n_event, n_source) = (intern!(py, "event"), intern!(py, "source"));
+        for (i, raw) in raws.iter().enumerate() {
+            let parsed = match raw.downcast::<PyBytes>() {
+                Ok(bytes) => parse(bytes.as_bytes(), &self.limits),
+                Err(_) => Err(Unsure),
+            };
+            let event = match parsed {
+                Ok(p) => self.build(py, p)?,
+                Err(Unsure) => {
+                    out.append(py.None())?;
+                    unsure.append(i)?;
+                    continue;
+                }
+            };
+            match &wrap {
+                None => out.append(event)?,
+                Some((sources, cls)) => {
+                    let source = sources.get_item(i)?;
+                    let one = new_instance(py, cls)?;
+                    set_slot(&one, n_event, &event)?;
+                    set_slot(&one, n_source, &source)?;
+                    out.append(one)?;
+                }
+            }
+        }
+        Ok((out, unsure))
+    }
+
     /// The fields set for the fields seen (a bit per field): a copy of a set made once.
     fn fields_set<'py>(&mut self, py: Python<'py>, seen: u32) -> PyResult<Bound<'py, PySet>> {
         if !self.sets.contains_key(&seen) {
@@ -781,22 +839,12 @@ impl Decoder {
             put(PROPERTIES, out.as_any())?;
         }
         // (explicit nulls and schema_version 1 are the template's values already)
-        unsafe {
-            let cls = self.event_cls.as_ptr() as *mut ffi::PyTypeObject;
-            let alloc = (*cls).tp_alloc.unwrap();
-            let obj = Bound::from_owned_ptr_or_err(py, alloc(cls, 0))?;
-            for (name, value) in [
-                (&self.n_dict, d.as_ptr()),
-                (&self.n_fields_set, set.as_ptr()),
-                (&self.n_extra, ffi::Py_None()),
-                (&self.n_private, ffi::Py_None()),
-            ] {
-                if ffi::PyObject_GenericSetAttr(obj.as_ptr(), name.as_ptr(), value) != 0 {
-                    return Err(PyErr::fetch(py));
-                }
-            }
-            Ok(obj)
-        }
+        let obj = new_instance(py, self.event_cls.bind(py))?;
+        set_slot(&obj, self.n_dict.bind(py), &d)?;
+        set_slot(&obj, self.n_fields_set.bind(py), &set)?;
+        set_slot(&obj, self.n_extra.bind(py), &none)?;
+        set_slot(&obj, self.n_private.bind(py), &none)?;
+        Ok(obj)
     }
 }
 
@@ -878,22 +926,25 @@ impl Decoder {
         py: Python<'py>,
         raws: Bound<'py, PyList>,
     ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
-        let out = PyList::empty_bound(py);
-        let unsure = PyList::empty_bound(py);
-        for (i, raw) in raws.iter().enumerate() {
-            let parsed = match raw.downcast::<PyBytes>() {
-                Ok(bytes) => parse(bytes.as_bytes(), &self.limits),
-                Err(_) => Err(Unsure),
-            };
-            match parsed {
-                Ok(p) => out.append(self.build(py, p)?)?,
-                Err(Unsure) => {
-                    out.append(py.None())?;
-                    unsure.append(i)?;
-                }
-            };
+        self.many(py, raws, None)
+    }
+
+    /// As `decode_many`, each event wrapped with its source: `accepted_cls(event, source)`
+    /// made as a frozen slots dataclass is (its two slots set, no `__init__`), None where the
+    /// model must decide.
+    fn accept_many<'py>(
+        &mut self,
+        py: Python<'py>,
+        raws: Bound<'py, PyList>,
+        sources: Bound<'py, PyList>,
+        accepted_cls: Bound<'py, PyType>,
+    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+        if sources.len() != raws.len() {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "one source per message",
+            ));
         }
-        Ok((out, unsure))
+        self.many(py, raws, Some((sources, accepted_cls)))
     }
 
     /// The event, or None.
