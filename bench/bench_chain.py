@@ -30,7 +30,8 @@ of a batch's expiry steps follows set iteration, so compare runs with the same P
 
 The engines are the settings' (printed on the first line): the native cores when installed.
 ``JOURNEYMAP_JOURNEY__ENGINE=python`` runs the Python journeys processor and transition counter,
-``JOURNEYMAP_IDENTITY__ENGINE=python`` the Python resolver.
+``JOURNEYMAP_IDENTITY__ENGINE=python`` the Python resolver, ``JOURNEYMAP_DECODE__ENGINE=python``
+the Python decode path (no native fast path).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from processors.identity_native import engine_of
 from processors.journeys_native import engine_of as journey_engine_of
 from processors.journeys_native import new_journey_stage
 from processors.transitions import CellRow
-from processors.validation import Source, decode_batch
+from processors.validation import Source, decode_batch, decode_engine
 from simulator.model import SimConfig, simulate
 from streams.commands.replay import tune_gc
 from streams.heap import REPLAY_FULL_EVERY_S, HeapFreezer
@@ -125,7 +126,7 @@ def main() -> None:
             continue
         with gc_paused():  # as chain.process runs them
             t0 = time.process_time()
-            accepted, _ = decode_batch(messages)
+            accepted, _ = decode_batch(messages, chain.decode_engine)
             t1 = time.process_time()
             resolved = chain.resolver.resolve_batch([a.event for a in accepted])
             t2 = time.process_time()
@@ -153,7 +154,8 @@ def main() -> None:
     print(f"lines: {n:,}  resolved customers: {customers:,}  "
           f"corrections: {chain.transitions.corrections}  "
           f"identity engine: {engine_of(chain.resolver)}  "  # JOURNEYMAP_IDENTITY__ENGINE
-          f"journey engine: {journey_engine_of(chain.journeys)}")  # JOURNEYMAP_JOURNEY__ENGINE
+          f"journey engine: {journey_engine_of(chain.journeys)}  "  # JOURNEYMAP_JOURNEY__ENGINE
+          f"decode engine: {decode_engine(chain.decode_engine)}")  # JOURNEYMAP_DECODE__ENGINE
     print(f"baseline orjson.loads:  {n / parse_s:12,.0f} events/s")
     print(f"processor chain:        {n / chain_s:12,.0f} events/s")
     print(f"ratio to orjson.loads:  {parse_s / chain_s:12.3f}   (target >= 0.15)")
@@ -208,7 +210,7 @@ def after_resolve(chain: JourneyChain, lines: list[bytes], batch: int, parse_s: 
     for i in range(0, len(lines), batch):
         messages = [(line, Source("bench", 0, i + j))
                     for j, line in enumerate(lines[i : i + batch])]
-        accepted, _ = decode_batch(messages)
+        accepted, _ = decode_batch(messages, chain.decode_engine)
         result = chain.resolver.resolve_batch([a.event for a in accepted])
         resolved.append((result.resolved, result.merges))
     outs: list[ChainOutput] = []

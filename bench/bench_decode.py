@@ -7,7 +7,8 @@ Times `decode_batch` (what the chain and the worker call, batches of `--batch` m
 their Kafka positions, made before the timing), `decode_lines` (what the replay calls: the
 same batches as file lines, their positions made inside the timing, as every real caller does),
 the ingest agent's call (Kafka messages in, their positions made inside the timing by
-`sources_of`; and, for comparison, by one `Source(...)` per message as before)
+`sources_of`; and, for comparison, by one `Source(...)` per message as before),
+`decode_batch` with the Python engine (`decode.engine = python`: no native fast path),
 and `decode` one message at a time, all against plain `orjson.loads`.
 The passes are interleaved and the best CPU time of each is kept, so a shared machine skews
 them alike. Target (issue 2): >= 200k validated events/s.
@@ -30,9 +31,11 @@ import orjson
 
 from processors.validation import (
     Accepted,
+    DecodeEngine,
     Source,
     decode,
     decode_batch,
+    decode_engine,
     decode_lines,
     sources_of,
 )
@@ -108,10 +111,12 @@ def decode_each(batches: list[list[tuple[bytes, Source]]]) -> int:
     return n
 
 
-def decode_batches(batches: list[list[tuple[bytes, Source]]]) -> int:
+def decode_batches(
+    batches: list[list[tuple[bytes, Source]]], engine: DecodeEngine = "auto"
+) -> int:
     n = 0
     for batch in batches:
-        accepted, dead = decode_batch(batch)
+        accepted, dead = decode_batch(batch, engine)
         assert not dead
         n += len(accepted)
     return n
@@ -156,7 +161,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--batch", type=int, default=1_000)
     parser.add_argument(
-        "--only", choices=["orjson", "batch", "lines", "ingest", "ingest_source", "each"]
+        "--only",
+        choices=["orjson", "batch", "batch_python", "lines", "ingest", "ingest_source", "each"],
     )
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
@@ -175,6 +181,7 @@ def main() -> None:
     passes: dict[str, Callable[[], int]] = {
         "orjson": lambda: parse_only(messages),
         "batch": lambda: decode_batches(batches),
+        "batch_python": lambda: decode_batches(batches, "python"),
         "lines": lambda: decode_files(chunks),
         "ingest": lambda: ingest(kafka_batches),
         "ingest_source": lambda: ingest_per_message(kafka_batches),
@@ -189,12 +196,15 @@ def main() -> None:
     base, rate = rates["orjson"], rates["batch"]
     print(f"events: {len(messages)}  mean size: {sum(map(len, messages)) / len(messages):.0f} B")
     print(f"baseline orjson.loads:          {base:12,.0f} events/s")
-    print(f"decode_batch (batches of {args.batch:>5}): {rate:12,.0f} events/s")
+    print(f"decode_batch (batches of {args.batch:>5}): {rate:12,.0f} events/s "
+          f"(engine {decode_engine('auto')})")
+    print(f"decode_batch, Python engine:    {rates['batch_python']:12,.0f} events/s")
     print(f"decode_lines (replay's chunks): {rates['lines']:12,.0f} events/s")
     print(f"ingest agent (sources_of):      {rates['ingest']:12,.0f} events/s")
     print(f"ingest, a Source() per message: {rates['ingest_source']:12,.0f} events/s")
     print(f"decode, one message at a time:  {rates['each']:12,.0f} events/s")
     print(f"ratio decode_batch / orjson:    {rate / base:12.3f}")
+    print(f"ratio decode_batch / Python engine: {rate / rates['batch_python']:8.3f}")
     print(f"ratio decode_lines / orjson:    {rates['lines'] / base:12.3f}")
     print(f"ratio ingest / orjson:          {rates['ingest'] / base:12.3f}")
     print(f"ratio ingest (Source()) / orjson: {rates['ingest_source'] / base:10.3f}")

@@ -59,7 +59,14 @@ from processors.journeys import (
 )
 from processors.journeys_native import adopt_engine, new_journey_stage
 from processors.transitions import CellRow
-from processors.validation import Accepted, DeadLetter, Source, decode_batch
+from processors.validation import (
+    Accepted,
+    DeadLetter,
+    DecodeEngine,
+    Source,
+    decode_batch,
+    decode_engine,
+)
 
 SegmentOf = Callable[[str], str]
 
@@ -164,6 +171,7 @@ class JourneyChain:
     """The per-batch processor chain. One instance per input (a file, or a Kafka partition)."""
 
     hold: tuple[int, int] | None = None  # class default: checkpoints pickled before it existed
+    decode_engine: DecodeEngine = "auto"  # (likewise)
 
     def __init__(
         self,
@@ -172,6 +180,10 @@ class JourneyChain:
         segment_of: SegmentOf | None = None,
     ) -> None:
         self.config = config
+        # native (Rust) fast path when installed, the rest in Python: decode.engine (checked here:
+        # `native` without the module is a ConfigError)
+        decode_engine(config.decode.engine)
+        self.decode_engine = config.decode.engine
         # native (Rust) for the in-memory graph when installed, else Python: identity.engine
         self.resolver = new_resolver(config.identity, config.identity_salt, identity_store)
         # Corrections carry only the changed cells (the sink's views read the latest row of each
@@ -211,7 +223,7 @@ class JourneyChain:
     @_batch
     def process(self, messages: Sequence[tuple[bytes, Source]]) -> ChainOutput:
         """Run one batch of raw messages through the chain."""
-        accepted, dead = decode_batch(messages)
+        accepted, dead = decode_batch(messages, self.decode_engine)
         return self.process_accepted(accepted, ChainOutput(dead=dead))
 
     @_batch

@@ -101,6 +101,15 @@ class JourneyConfig(_Frozen):
     engine: Literal["auto", "python", "native"] = "auto"
 
 
+class DecodeConfig(_Frozen):
+    """How raw messages become events (processors.validation)."""
+
+    # Who decodes: the native fast path when it is installed (`auto`; messages it is not sure
+    # of go to the Python path), always Python, or always native (an error when not
+    # installed). Same events, same dead letters.
+    engine: Literal["auto", "python", "native"] = "auto"
+
+
 class IdentityConfig(_Frozen):
     """Identity-merge safeguards (see processors.identity)."""
 
@@ -133,6 +142,7 @@ class ProcessingConfig(_Frozen):
     windows: WindowsConfig = WindowsConfig()
     journey: JourneyConfig = JourneyConfig()
     identity: IdentityConfig = IdentityConfig()
+    decode: DecodeConfig = DecodeConfig()
     # Salt for hashing identifiers before they leave the resolver (a plain value here).
     identity_salt: str = ""
 

@@ -2,8 +2,9 @@
 cannot be imported.
 
 Each core (``native/identity`` -> ``journeymap_native``, ``native/journeys`` ->
-``journeymap_journeys``) has a Python twin with the same outputs, so a missing module is not an
-error until a setting asks for the native engine by name (`<section>.engine = 'native'`).
+``journeymap_journeys``, ``native/decode`` -> ``journeymap_decode``) has a Python twin with the
+same outputs, so a missing module is not an error until a setting asks for the native engine by
+name (`<section>.engine = 'native'`).
 """
 
 from __future__ import annotations

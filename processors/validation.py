@@ -14,13 +14,24 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby, repeat
 from operator import attrgetter
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import orjson
 from pydantic import TypeAdapter, ValidationError
-from pydantic_core import CoreSchema, SchemaValidator, core_schema
+from pydantic_core import CoreSchema, SchemaValidator, TzInfo, core_schema
 
-from processors.events import TouchpointEvent, fast_event_schema
+from processors.events import (
+    CHANNELS,
+    IDENTITY_KINDS,
+    MAX_IDENTIFIER_CHARS,
+    MAX_PROPERTIES,
+    MAX_TEXT_CHARS,
+    TOUCHPOINT_PATTERN,
+    Identities,
+    TouchpointEvent,
+    fast_event_schema,
+)
+from processors.native import import_core, not_built
 
 # The model itself: it has the last word on every message, and its errors are the dead letters'.
 _EVENT_ADAPTER: Final = TypeAdapter(TouchpointEvent)
@@ -69,6 +80,55 @@ def _chunk_sizes(n: int) -> list[int]:
     full, rest = divmod(n, _MAX_CHUNK)
     powers = [1 << k for k in reversed(range(rest.bit_length())) if rest >> k & 1]
     return [_MAX_CHUNK] * full + powers
+
+
+# The native fast path (native/decode, the package journeymap_decode; optional): finished events
+# for the messages it is sure of, None for the rest, which the Python path decides (so every
+# rejection and its reason is the model's). It is written for this model: it refuses to start
+# for another one (other fields, channels or identity kinds), and the Python path runs alone.
+_native_module, NATIVE_IMPORT_ERROR = import_core("journeymap_decode")
+DecodeEngine = Literal["auto", "python", "native"]
+
+
+def _native_decoder() -> Any:
+    if _native_module is None:
+        return None
+    defaults = {
+        name: None if f.is_required() else f.default
+        for name, f in TouchpointEvent.model_fields.items()
+    }
+    try:
+        return _native_module.Decoder(
+            TouchpointEvent,
+            Identities,
+            TzInfo,
+            defaults,
+            list(CHANNELS),
+            list(IDENTITY_KINDS),
+            128,  # event_id, session_id
+            MAX_IDENTIFIER_CHARS,
+            MAX_TEXT_CHARS,
+            MAX_PROPERTIES,
+            128,  # property keys
+        )
+    except ValueError:
+        return None
+
+
+# (the touchpoint rule is written into the decoder: another pattern, no native path)
+_NATIVE: Final[Any] = (
+    _native_decoder() if TOUCHPOINT_PATTERN == r"^[a-z][a-z0-9_]{0,63}$" else None
+)
+NATIVE_AVAILABLE: Final = _NATIVE is not None
+
+
+def decode_engine(engine: DecodeEngine) -> Literal["python", "native"]:
+    """The engine `engine` (``decode.engine``) means here: ``auto`` is native when the module is
+    installed; ``native`` without it is a :class:`~processors.errors.ConfigError`."""
+    if engine == "native" and _NATIVE is None:
+        raise not_built("decode", "decode", "journeymap_decode", NATIVE_IMPORT_ERROR
+                        or "it is not built for this event model", "scripts/build-native.sh")
+    return "native" if engine != "python" and _NATIVE is not None else "python"
 
 
 # Below this many messages a failing chunk is decoded message by message.
@@ -208,8 +268,21 @@ def _reason_of(errors: list[dict[str, Any]], n_errors: int) -> str:
     return "; ".join(parts) + more
 
 
-def decode(raw: bytes, source: Source = Source()) -> Decoded:
-    """Validate one message. Never raises for any input bytes."""
+def decode(raw: bytes, source: Source = Source(), engine: DecodeEngine = "auto") -> Decoded:
+    """Validate one message. Never raises for any input bytes. `engine`: see
+    :func:`decode_engine`."""
+    if engine != "python" and decode_engine(engine) == "native":
+        try:
+            event = _NATIVE.decode(raw)
+        except Exception:  # (the decoder busy in another thread): the Python path decides
+            event = None
+        if event is not None:
+            return Accepted(event, source)
+    return _decode_python(raw, source)
+
+
+def _decode_python(raw: bytes, source: Source) -> Decoded:
+    """:func:`decode` with the Python engine (and what the native one is not sure of)."""
     try:
         return Accepted(_FAST_EVENT.validate_json(raw), source)
     except Exception:  # not on the fast path: the model decides, and says why
@@ -288,7 +361,7 @@ def _decode_some(
     """Decode the messages at `positions` into `into`: one Rust call when all are valid.
 
     When some are not, the ones the errors point at are decoded one at a time by
-    :func:`decode` (each dead letter gets its own reason and source) and the rest go through
+    the Python path (each dead letter gets its own reason and source) and the rest go through
     one Rust call again; when the errors point nowhere (broken JSON), the chunk is halved.
     Either way a message is accepted only by a fully checked batch call, which accepts only
     what the model accepts, with equal events, or by `decode`, so the decisions are exactly
@@ -304,13 +377,13 @@ def _decode_some(
             return
         if found and len(found) < len(positions):
             for i in found:
-                into[positions[i]] = decode(raws[positions[i]], sources[positions[i]])
+                into[positions[i]] = _decode_python(raws[positions[i]], sources[positions[i]])
             positions = [p for i, p in enumerate(positions) if i not in found]
             found = None
             continue
         if len(positions) <= _MIN_SPLIT:
             for p in positions:
-                into[p] = decode(raws[p], sources[p])
+                into[p] = _decode_python(raws[p], sources[p])
             return
         half = len(positions) // 2
         _decode_some(raws, sources, positions[:half], into)
@@ -320,17 +393,24 @@ def _decode_some(
 
 def decode_batch(
     messages: Iterable[tuple[bytes, Source]],
+    engine: DecodeEngine = "auto",
 ) -> tuple[list[Accepted], list[DeadLetter]]:
     """Decode a batch; keep the order of accepted events and of dead letters.
 
     Exactly the decisions and reasons of :func:`decode` on each message, in far fewer calls:
-    a batch of valid events is validated in one pass (one Rust call per power-of-two chunk), a
-    batch with invalid events in two (plus one :func:`decode` per invalid event), broken JSON
-    costs a few halvings.
+    with the native engine (:func:`decode_engine`) one call builds the events it is sure of and
+    only the rest go on; a batch of valid events is validated in one pass (one Rust call per
+    power-of-two chunk), a batch with invalid events in two (plus one :func:`decode` per
+    invalid event), broken JSON costs a few halvings.
     """
     pairs = list(messages)
     raws = [raw for raw, _ in pairs]
     sources = [source for _, source in pairs]
+    if engine != "python" and decode_engine(engine) == "native":
+        try:
+            return _decode_native(raws, sources)
+        except Exception:  # (the decoder busy in another thread): the Python path decides
+            pass
     # The cyclic collector is paused while the batch is built: it would otherwise run every
     # 700 new objects and walk the batch's events again each time (measured: a third of the
     # decode time). Nothing made here is cyclic garbage; the next collection after this
@@ -346,6 +426,11 @@ def decode_batch(
     finally:
         if collecting:
             gc.enable()
+    return _split(results)
+
+
+def _split(results: Sequence[Decoded | None]) -> tuple[list[Accepted], list[DeadLetter]]:
+    """The accepted events and the dead letters, each in their order (`results` all set)."""
     accepted: list[Accepted] = []
     dead: list[DeadLetter] = []
     for result in results:
@@ -356,9 +441,28 @@ def decode_batch(
     return accepted, dead
 
 
-def decode_lines(lines: Sequence[bytes], path: str, first_line: int = 1) -> tuple[
-    list[Accepted], list[DeadLetter]
-]:
+def _decode_native(
+    raws: list[bytes], sources: list[Source]
+) -> tuple[list[Accepted], list[DeadLetter]]:
+    """:func:`decode_batch` with the native fast path first: the messages it is not sure of
+    (their positions, `unsure`) are decided by the Python path, as in :func:`_decode_some`."""
+    collecting = gc.isenabled()
+    gc.disable()  # (as in decode_batch: nothing made here is cyclic garbage)
+    try:
+        # each event already in its Accepted (as _accept_all makes them), None where unsure
+        results, unsure = _NATIVE.accept_many(raws, sources, Accepted)
+        if not unsure:
+            return results, []
+        _decode_some(raws, sources, unsure, results)  # (in place of the Nones)
+    finally:
+        if collecting:
+            gc.enable()
+    return _split(results)
+
+
+def decode_lines(
+    lines: Sequence[bytes], path: str, first_line: int = 1, engine: DecodeEngine = "auto"
+) -> tuple[list[Accepted], list[DeadLetter]]:
     """Decode lines of a JSON Lines file; the source is the file and the 1-based line number."""
     offsets = range(first_line, first_line + len(lines))
-    return decode_batch(zip(lines, sources_at(path, 0, offsets), strict=True))
+    return decode_batch(zip(lines, sources_at(path, 0, offsets), strict=True), engine)

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Build and install journeymap's native cores, every crate under native/ (Rust, PyO3, each built
 # by maturin into its own Python package: native/identity -> `journeymap_native`, native/journeys
-# -> `journeymap_journeys`, the module name in its pyproject.toml), each unless the installed one
-# was built from the same sources: the build stamps the sources' hash into the module
-# (<module>.SOURCE_HASH), so a second run costs one import per crate.
+# -> `journeymap_journeys`, native/decode -> `journeymap_decode`, the module name in its
+# pyproject.toml), each unless the installed one was built from the same sources: the build
+# stamps the sources' hash into the module (<module>.SOURCE_HASH), so a second run costs one
+# import per crate.
 #   scripts/build-native.sh            build what is needed; exit non-zero if a build fails
 #   scripts/build-native.sh --check    exit 0 if every installed module is up to date, 1 if not
 # Needs cargo and rustc >= 1.63 (rustup's in ~/.cargo/bin, or Debian's `cargo` and `rustc`:
 # scripts/install-deps.sh installs those when cargo is missing). journeymap works without the
-# modules (identity.engine and journey.engine = auto fall back to Python, same outputs).
+# modules (identity.engine, journey.engine and decode.engine = auto fall back to Python, same
+# outputs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -60,7 +60,15 @@ from processors.identity import (
 from processors.identity_native import engine_of as identity_engine_of
 from processors.identity_native import new_resolver
 from processors.journeys_native import engine_of as journey_engine_of
-from processors.validation import Accepted, DeadLetter, Source, decode_batch, sources_of
+from processors.validation import (
+    Accepted,
+    DeadLetter,
+    DecodeEngine,
+    Source,
+    decode_batch,
+    decode_engine,
+    sources_of,
+)
 from sinks import clickhouse as ch
 from sinks.alerts import encode_alert
 from sinks.checkpoints import CheckpointStore
@@ -188,6 +196,10 @@ class Runtime:
                                cache_max_keys=settings.redis.identity_cache_keys),
         )
         log.info("identity engine: %s", identity_engine_of(self.resolver))
+        # decode.engine: the native fast path decodes what it is sure of (ConfigError if
+        # `native` is asked for and not built)
+        self.decode_engine = self.config.decode.engine
+        log.info("decode engine: %s", decode_engine(self.decode_engine))
         self.checkpoints = CheckpointStore(
             settings.redis.url, settings.kafka.consumer_group,
             retry_total_s=settings.clickhouse.retry_total_s,
@@ -315,7 +327,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                 [ev.message.value or b"" for ev in batch],
                 sources_of([ev.message for ev in batch]),  # positions made per partition run
                 strict=True,
-            ))
+            ), runtime.decode_engine)
             resolved = await asyncio.to_thread(
                 _resolve, runtime, [a.event for a in accepted]
             ) if accepted else None
@@ -1070,7 +1082,7 @@ def _journey_batch(runtime: Runtime, part: PartitionState, events: Sequence[Any]
             run.add(key, msg)
             continue
         if run:  # the events before a control message come first
-            chain.process_resolved(run.take(out, m), (), out)
+            chain.process_resolved(run.take(out, m, chain.decode_engine), (), out)
         mr = MergeRecord(**orjson.loads(msg.value)) if kind != b"transfer" else None
         if kind == b"expect" and mr is not None:
             if _mkey(mr) not in part.adopted and _mkey(mr) not in part.passed:
@@ -1083,7 +1095,7 @@ def _journey_batch(runtime: Runtime, part: PartitionState, events: Sequence[Any]
         elif kind == b"transfer":
             _route(part, _adopt(part, *pickle.loads(msg.value), out), out, transfers, here)
         _hold(part)
-    chain.process_resolved(run.take(out, m), (), out)
+    chain.process_resolved(run.take(out, m, chain.decode_engine), (), out)
     scores = _score(runtime, part, out)
     m.applied.inc(len(out.applied))
     m.duplicates.inc(len(out.duplicates))
@@ -1114,9 +1126,11 @@ class _Run:
         self.keys.append(key)
         self.messages.append((msg.value or b"", Source(msg.topic, msg.partition, msg.offset)))
 
-    def take(self, out: ChainOutput, metrics: Any) -> list[ResolvedEvent]:
-        """The run's events with their customers, in order; the run is empty after."""
-        accepted, dead = decode_batch(self.messages)
+    def take(self, out: ChainOutput, metrics: Any,
+             engine: DecodeEngine = "auto") -> list[ResolvedEvent]:
+        """The run's events with their customers, in order; the run is empty after. `engine`:
+        the chain's decode.engine."""
+        accepted, dead = decode_batch(self.messages, engine)
         if dead:
             key_of = dict(zip([src for _, src in self.messages], self.keys, strict=True))
             events = [ResolvedEvent(key_of[a.source], a.event) for a in accepted]

@@ -33,6 +33,7 @@ from pydantic_settings import (
 )
 
 from processors.config import (
+    DecodeConfig,
     FunnelConfig,
     IdentityConfig,
     JourneyConfig,
@@ -252,6 +253,7 @@ class Settings(BaseSettings):
     windows: WindowsConfig = WindowsConfig()
     journey: JourneyConfig = JourneyConfig()
     identity: IdentityConfig = IdentityConfig()
+    decode: DecodeConfig = DecodeConfig()
     identity_salt: SecretStr = SecretStr("journeymap-dev-salt")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -278,6 +280,7 @@ class Settings(BaseSettings):
             windows=self.windows,
             journey=self.journey,
             identity=self.identity,
+            decode=self.decode,
             identity_salt=self.identity_salt.get_secret_value(),
         )
 

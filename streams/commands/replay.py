@@ -52,6 +52,7 @@ def run_replay(
 ) -> None:
     from processors.identity_native import engine_of
     from processors.journeys_native import engine_of as journey_engine_of
+    from processors.validation import decode_engine
     from sinks.clickhouse import connect, migrate
     from streams.files import check_files, total_bytes
     from streams.replay import Replayer
@@ -79,8 +80,9 @@ def run_replay(
         engine = engine_of(replayer.chain.resolver)
         journey_engine = journey_engine_of(replayer.chain.journeys)
         log.info("identity engine: %s (identity.engine = %s); journey engine: %s "
-                 "(journey.engine = %s)", engine, settings.identity.engine, journey_engine,
-                 settings.journey.engine)
+                 "(journey.engine = %s); decode engine: %s (decode.engine = %s)", engine,
+                 settings.identity.engine, journey_engine, settings.journey.engine,
+                 decode_engine(settings.decode.engine), settings.decode.engine)
         console.print(f"replaying {len(paths)} file(s) into {where} (database {store.database}); "
                       f"identity engine: {engine}; journey engine: {journey_engine}")
         with Progress(

@@ -51,8 +51,9 @@ def test_a_valid_batch_is_validated_in_one_call(monkeypatch: pytest.MonkeyPatch)
         return real(raws)
 
     monkeypatch.setattr(validation, "_validate_many", counting)
-    monkeypatch.setattr(validation, "decode", lambda *a: pytest.fail("slow path used"))
-    accepted, dead = decode_batch(positioned([event(i) for i in range(300)]))
+    monkeypatch.setattr(validation, "_decode_python", lambda *a: pytest.fail("slow path used"))
+    # (the Python engine's batching; the native one: tests/unit/test_decode_native.py)
+    accepted, dead = decode_batch(positioned([event(i) for i in range(300)]), "python")
     assert calls == [300]
     assert len(accepted) == 300 and not dead
 
@@ -124,7 +125,7 @@ def test_invalid_events_cost_two_batch_calls_and_one_decode_each(
 ) -> None:
     calls: list[int] = []
     decoded: list[bytes] = []
-    real_many, real_decode = validation._validate_many, validation.decode
+    real_many, real_decode = validation._validate_many, validation._decode_python
 
     def counting_many(raws: list[bytes]) -> object:
         calls.append(len(raws))
@@ -135,13 +136,13 @@ def test_invalid_events_cost_two_batch_calls_and_one_decode_each(
         return real_decode(raw, source)
 
     monkeypatch.setattr(validation, "_validate_many", counting_many)
-    monkeypatch.setattr(validation, "decode", counting_decode)
+    monkeypatch.setattr(validation, "_decode_python", counting_decode)
     messages = [event(i) for i in range(500)]
     bad = {3: event(3, channel="tv"), 250: event(250, identities={}), 499: event(499, x=1)}
     for i, raw in bad.items():
         messages[i] = raw
     batch = positioned(messages)
-    accepted, dead = decode_batch(batch)
+    accepted, dead = decode_batch(batch, "python")
     assert calls == [500, 497]
     assert sorted(decoded) == sorted(bad.values())
     assert [d.source.offset for d in dead] == [103, 350, 599]

@@ -28,3 +28,18 @@ def test_the_not_built_error_names_the_failure_the_build_and_the_other_engines()
                                           r"No module named 'x'.*scripts/build-native\.sh.*"
                                           r"'auto' or 'python'.*JOURNEYMAP_JOURNEY__ENGINE"):
         raise err
+
+
+def test_decode_engines_without_the_decode_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    from processors import validation
+
+    monkeypatch.setattr(validation, "_NATIVE", None)
+    assert validation.decode_engine("auto") == "python"
+    assert validation.decode_engine("python") == "python"
+    with pytest.raises(ConfigError, match=r"decode\.engine = 'native'.*journeymap_decode.*"
+                                          r"JOURNEYMAP_DECODE__ENGINE"):
+        validation.decode_engine("native")
+    raw = b'{"event_id":"e","occurred_at":1772000000000,"channel":"web","touchpoint":"t",' \
+          b'"identities":{"email":"x"}}'
+    accepted, dead = validation.decode_batch([(raw, validation.Source())])
+    assert len(accepted) == 1 and not dead  # the Python path alone
