@@ -55,7 +55,7 @@ from processors.identity_native import engine_of
 from processors.journeys_native import engine_of as journey_engine_of
 from processors.journeys_native import new_journey_stage
 from processors.transitions import CellRow
-from processors.validation import Source, decode_batch, decode_engine
+from processors.validation import decode_batch, decode_engine, sources_at
 from simulator.model import SimConfig, simulate
 from streams.commands.replay import tune_gc
 from streams.heap import REPLAY_FULL_EVERY_S, HeapFreezer
@@ -115,8 +115,8 @@ def main() -> None:
     emitted = EmittedRows()
     start = time.process_time()
     for i in range(0, n, args.batch):
-        messages = [(line, Source("bench", 0, i + j))
-                    for j, line in enumerate(lines[i : i + args.batch])]
+        part = lines[i : i + args.batch]  # positions made as the replay makes them
+        messages = list(zip(part, sources_at("bench", 0, range(i, i + len(part))), strict=True))
         if not args.stages:
             with heap.batch() if heap is not None else contextlib.nullcontext():
                 out = chain.process(messages)
@@ -208,8 +208,8 @@ def after_resolve(chain: JourneyChain, lines: list[bytes], batch: int, parse_s: 
     """Time the journeys..attribution stage alone, on batches decoded and resolved before."""
     resolved = []
     for i in range(0, len(lines), batch):
-        messages = [(line, Source("bench", 0, i + j))
-                    for j, line in enumerate(lines[i : i + batch])]
+        part = lines[i : i + batch]
+        messages = list(zip(part, sources_at("bench", 0, range(i, i + len(part))), strict=True))
         accepted, _ = decode_batch(messages, chain.decode_engine)
         result = chain.resolver.resolve_batch([a.event for a in accepted])
         resolved.append((result.resolved, result.merges))
