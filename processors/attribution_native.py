@@ -24,7 +24,7 @@ from processors.attribution import Path, PathAccumulator
 from processors.config import ProcessingConfig
 from processors.errors import ConfigError
 from processors.events import ResolvedEvent
-from processors.native import journeys_class, journeys_not_built
+from processors.native import journeys_class, journeys_not_built, with_state
 
 # (optional: the Python accumulator does the same)
 NativePaths, _IMPORT_ERROR = journeys_class("NativePaths")
@@ -128,11 +128,8 @@ def _restore(state: dict[str, Any]) -> PathAccumulator:
     """Unpickle a native accumulator (the Python one's state): native again, or Python without
     the module."""
     if NativePaths is None:
-        paths = PathAccumulator.__new__(PathAccumulator)
-        paths.__dict__.update(state)
-        return paths
-    native = NativePathAccumulator.__new__(NativePathAccumulator)
-    native.__dict__.update(state)
+        return with_state(PathAccumulator, state)
+    native = with_state(NativePathAccumulator, state)
     native._core = NativePaths(native.conversion, native.churn, native.horizon_ms)
     native.open = OpenPaths(native._core)  # type: ignore[assignment]
     native.open.update(state["open"])

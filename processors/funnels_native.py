@@ -32,7 +32,7 @@ from processors.funnels import (
     StageCounts,
     cohort_week,
 )
-from processors.native import journeys_class, journeys_not_built
+from processors.native import journeys_class, journeys_not_built, with_state
 
 # (optional: the Python tracker does the same)
 NativeFunnelStep, _IMPORT_ERROR = journeys_class("NativeFunnelStep")
@@ -93,11 +93,8 @@ def _step_of(tracker: FunnelTracker) -> Any:
 def _restore(state: dict[str, Any]) -> FunnelTracker:
     """Unpickle a native tracker: native again, or Python without the module."""
     if NativeFunnelStep is None:
-        tracker = FunnelTracker.__new__(FunnelTracker)
-        tracker.__dict__.update(state)
-        return tracker
-    native = NativeFunnelTracker.__new__(NativeFunnelTracker)
-    native.__dict__.update(state)
+        return with_state(FunnelTracker, state)
+    native = with_state(NativeFunnelTracker, state)
     native._native = _step_of(native)
     return native
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from importlib import import_module
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 from processors.errors import ConfigError
+
+T = TypeVar("T")
 
 
 def import_core(module: str) -> tuple[ModuleType | None, str | None]:
@@ -49,3 +51,12 @@ def journeys_not_built(error: str | None) -> ConfigError:
     """`journey.engine = 'native'` without (a class of) the journeys core."""
     return not_built("journey", "journeys", "journeymap_journeys", error,
                      "scripts/build-native.sh")
+
+
+def with_state(cls: type[T], state: dict[str, Any]) -> T:
+    """An instance of `cls` holding `state` as its attributes, without `__init__`: what a
+    native twin's unpickling starts from (its own Python class, or the Python twin's where the
+    module is missing)."""
+    obj = cls.__new__(cls)
+    obj.__dict__.update(state)
+    return obj

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from processors.journeys import Step
-from processors.native import import_core, not_built
+from processors.native import import_core, not_built, with_state
 from processors.transitions import (
     _BUCKET_LOWS_MS,
     CellDelta,
@@ -90,11 +90,8 @@ class NativeTransitionCounter(TransitionCounter):
 def _restore(state: dict[str, Any]) -> TransitionCounter:
     """Unpickle a native counter: native again, or Python without the module."""
     if NativeStepCounter is None:
-        counter = TransitionCounter.__new__(TransitionCounter)
-        counter.__dict__.update(state)
-        return counter
-    native = NativeTransitionCounter.__new__(NativeTransitionCounter)
-    native.__dict__.update(state)
+        return with_state(TransitionCounter, state)
+    native = with_state(NativeTransitionCounter, state)
     native._native = NativeStepCounter(native.step_ms, list(_BUCKET_LOWS_MS), TransitionCounts)
     return native
 
