@@ -157,7 +157,6 @@ class WorkerSettings(_Group):
     # How often the snapshot tables (funnel_dropoff, customer_scores; attribution and segments
     # on a worker owning every partition) are written; also at shutdown.
     snapshot_every_s: Annotated[float, Field(gt=0)] = 60.0
-    store: str = "rocksdb://"
 
 
 class ApiToken(_Group):
@@ -295,7 +294,7 @@ def _describe(exc: ValidationError, origin: str) -> str:
         env = ENV_PREFIX + "__".join(str(p) for p in err["loc"] if not isinstance(p, int)).upper()
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            msg = "unknown setting (check the spelling against journeymap.toml.example)"
+            msg = "unknown setting (.env.example lists every setting: check the spelling)"
         got = err.get("input")
         shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
         lines.append(f"  {field}: {msg}{shown}   [file key `{field}` or env {env}]")
