@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import pickle
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -443,6 +443,37 @@ def test_what_the_native_path_accepts_the_model_accepts_alike(raw: bytes) -> Non
     python = decode(raw, engine="python")
     assert isinstance(python, Accepted), (raw, python)
     assert event_state(event) == event_state(python.event), raw
+
+
+_EXACT_US = 2**53  # epoch microseconds a float holds exactly
+
+
+@settings(max_examples=300, deadline=None)
+@given(good_times())
+@example('"0001-01-02T00:00:00Z"')
+@example('"9999-12-30T23:59:59.999999-08:00"')
+@example('"2255-06-05T23:47:34.740991Z"')  # the last microsecond below 2**53
+@example('"2255-06-05T23:47:34.740992Z"')
+@example('"1969-12-31T23:59:59.999999+00:00"')
+@example('"1900-03-01T00:00:00.000001-00:00"')
+def test_ts_ms_comes_cached_where_it_is_exact(at: str) -> None:
+    """The native path puts the event's `ts_ms` in its dict at once, after the fields (where
+    its first read would), wherever the float arithmetic is exact; elsewhere the model computes
+    it on first read. Either way the dict is then the Python engine's, item for item."""
+    raw = with_field("occurred_at", at)
+    event = validation._NATIVE.decode(raw)
+    assert event is not None, raw
+    python = decode(raw, engine="python")
+    assert isinstance(python, Accepted)
+    reference = python.event.occurred_at
+    delta = reference - datetime(1970, 1, 1, tzinfo=UTC)
+    exact = abs(delta // timedelta(microseconds=1)) < _EXACT_US
+    assert ("ts_ms" in event.__dict__) is exact, raw
+    if exact:
+        assert event.__dict__["ts_ms"] == int(reference.timestamp() * 1000)
+    assert event.ts_ms == python.event.ts_ms  # (the reads cache it in both)
+    assert [(k, type(v), v) for k, v in event.__dict__.items()] == \
+        [(k, type(v), v) for k, v in python.event.__dict__.items()]
 
 
 def test_the_fast_path_takes_the_common_shapes() -> None:

@@ -8,7 +8,9 @@
 //! RFC 3339 timestamp (`YYYY-MM-DDTHH:MM:SS[.f{1,6}](Z|±HH:MM)`). Where every rule of the model
 //! holds, it builds the instance as pydantic-core does (`__dict__` with every field in the
 //! model's order, `__pydantic_fields_set__`, `__pydantic_extra__` and `__pydantic_private__`
-//! None, a fresh pydantic-core `TzInfo` per datetime, `Identities` for the identifiers).
+//! None, a fresh pydantic-core `TzInfo` per datetime, `Identities` for the identifiers), with
+//! the model's `ts_ms` already cached after the fields where it is exact (what the first read
+//! of `ts_ms` would put there).
 //! Anything else, valid or not, is "not sure" (None): the caller's Python path decides it,
 //! so rejections and their reasons stay pydantic's. The decisions must be the model's exactly:
 //! `tests/unit/test_decode_native.py` compares them on generated messages.
@@ -351,6 +353,20 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// Days since 1970-01-01 of a (proleptic Gregorian) date (H. Hinnant's days_from_civil).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Epoch microseconds a float holds exactly: below this, `us / 1e6 * 1000` is Python's own
+/// arithmetic for `int(at.timestamp() * 1000)` step for step (processors/events.py).
+const EXACT_US: i64 = 1 << 53;
+
 /// A datetime's fields and its UTC offset in seconds.
 #[derive(Default)]
 struct Moment {
@@ -362,6 +378,24 @@ struct Moment {
     second: i64,
     micro: i64,
     offset_s: i32,
+}
+
+impl Moment {
+    /// The event's `ts_ms` (`TouchpointEvent.ts_ms`: `int(occurred_at.timestamp() * 1000)`),
+    /// where a float holds its epoch microseconds exactly (years ~1685-2255); else None (the
+    /// model computes it on first read, as for any event).
+    fn ts_ms(&self) -> Option<i64> {
+        let days = days_from_civil(self.year, self.month, self.day);
+        let s = days * 86_400 + self.hour * 3600 + self.minute * 60 + self.second
+            - self.offset_s as i64;
+        let us = s * 1_000_000 + self.micro;
+        if us.abs() >= EXACT_US {
+            return None;
+        }
+        // Python: timestamp() is the exact microseconds over 1e6 (correctly rounded, as this
+        // f64 division of two exact values is), times 1000, truncated toward zero by int()
+        Some((us as f64 / 1e6 * 1000.0) as i64)
+    }
 }
 
 fn two(b: &[u8], i: usize) -> R<i64> {
@@ -663,6 +697,9 @@ struct Decoder {
     identities_cls: Py<PyType>,
     tzinfo_cls: Py<PyType>,
     template: Py<PyDict>,
+    // the template with a last `ts_ms` entry: sized for it, so filling it in resizes nothing
+    template_ts: Py<PyDict>,
+    n_ts_ms: Py<PyString>,
     fields: Vec<Py<PyString>>,
     channels: Vec<Py<PyString>>,
     kinds: Vec<Py<PyString>>,
@@ -767,7 +804,17 @@ impl Decoder {
     }
 
     fn build<'py>(&mut self, py: Python<'py>, p: Parsed<'_>) -> PyResult<Bound<'py, PyAny>> {
-        let d = self.template.bind(py).copy()?;
+        // `ts_ms` cached at once where it is exact (the resolver and every processor read it;
+        // computed on first read it grew the dict past its size)
+        let ts_ms = p.occurred_at.as_ref().and_then(Moment::ts_ms);
+        let d = match ts_ms {
+            Some(ms) => {
+                let d = self.template_ts.bind(py).copy()?;
+                d.set_item(self.n_ts_ms.bind(py), ms)?;
+                d
+            }
+            None => self.template.bind(py).copy()?,
+        };
         let set = self.fields_set(py, p.seen)?;
         let f = &self.fields;
         let put = |i: usize, v: &Bound<'_, PyAny>| -> PyResult<()> {
@@ -894,11 +941,16 @@ impl Decoder {
             ));
         }
         let intern = |s: &str| PyString::intern_bound(py, s).unbind();
+        let n_ts_ms = intern("ts_ms");
+        let template_ts = template.copy()?;
+        template_ts.set_item(n_ts_ms.bind(py), py.None())?;
         Ok(Decoder {
             event_cls,
             identities_cls,
             tzinfo_cls,
             template: template.unbind(),
+            template_ts: template_ts.unbind(),
+            n_ts_ms,
             fields,
             channels,
             kinds,
