@@ -8,10 +8,11 @@ overlay mode holds the cached part of the graph and builds the commit; docs/iden
 store", "Deciding in Rust"). The graph (union-find with a flat customer per node,
 first-seen times, roots, members, link counts), every decision (the settled marks, the fast
 paths, ``_apply_event``, ``_join_fresh``, ``_fold``), hashing of ASCII identifiers, each
-event's combination lookup, event times and the ``ResolvedEvent``s are the Rust port in
-``native/identity/src/lib.rs`` (the separate package ``journeymap_native``, built by maturin:
-``pip install ./native/identity``). Python builds the other outputs; identifiers that are not
-ASCII go through ``key_of``.
+event's combination lookup, event times and every output (the ``ResolvedEvent``s and the
+record tuples) are the Rust port in ``native/identity/src/lib.rs`` (the separate package
+``journeymap_native``, built by maturin: ``pip install ./native/identity``): one batch is
+``prepare_batch`` (each event's ``__dict__`` read once) and ``decide_batch``. Identifiers that
+are not ASCII go through ``key_of``.
 
 :func:`new_resolver` picks the engine (``identity.engine``: ``auto``, ``python``, ``native``).
 A native resolver pickles as plain data (its graph) and unpickles as a native one, or as the

@@ -1,9 +1,10 @@
 //! Experiment (issue 3): the in-memory identity resolver's graph and decision loop in Rust.
 //!
 //! A port of `processors/identity.py` (`IdentityGraph`, `IdentityResolver._decide`,
-//! `_apply_event`, `_join_fresh`, `_fold`) over interned node keys, for the in-memory store
-//! only. Python still parses events, hashes identifiers and builds the outputs
-//! (`processors/identity_native.py`); this module decides and keeps the graph. The semantics
+//! `_apply_event`, `_join_fresh`, `_fold`) over interned node keys, in memory or over the
+//! Redis store's worker cache (overlay mode). It reads each batch's events (`prepare_batch`:
+//! identities, hashing, event times), decides and builds every output (`decide_batch`);
+//! Python (`processors/identity_native.py`) hashes only values that are not ASCII. The semantics
 //! must be exactly the Python ones: `bench/bench_identity_native.py --fingerprint` checks it.
 
 use pyo3::ffi;
