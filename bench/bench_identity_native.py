@@ -15,8 +15,8 @@ in the same run, it alternates the resolvers `rounds` times over the same stream
 `--batch`, CPU time, the collector handled as bench_identity does): the first pass (a new
 resolver over fresh events) and a second pass (the same events again, every identifier
 known), and prints events/s and each / Python. Then it splits the native first pass into
-`prepare` (identities, combination lookup, hashing of new identifiers), event times, `decide`
-(decisions and `ResolvedEvent`s) and the rest (the other outputs, in Python).
+`prepare_batch` (identities, combination lookup, hashing of new identifiers, event times),
+`decide_batch` (decisions, `ResolvedEvent`s and the records) and the rest (in Python).
 """
 
 from __future__ import annotations
@@ -100,15 +100,13 @@ def one_pass(make: Callable[..., IdentityResolver], events: list[TouchpointEvent
 
 
 def split(events: list[TouchpointEvent], size: int) -> None:
-    """Where the native resolver's first pass spends its time (CPU, per part): `prepare` (each
-    event's combination: identities read, looked up, new ones hashed), event times, `decide`
-    (the decisions and the `ResolvedEvent`s), and the rest in Python (the other outputs)."""
-    from processors import identity_native as nat
-
-    parts = {"prepare": 0.0, "event times": 0.0, "decide": 0.0}
+    """Where the native resolver's first pass spends its time (CPU, per part): `prepare_batch`
+    (each event read once: identities looked up, new ones hashed; its time computed and
+    cached), `decide_batch` (the decisions, the `ResolvedEvent`s and the records), and the
+    rest in Python."""
+    parts = {"prepare_batch": 0.0, "decide_batch": 0.0}
     resolver = NativeIdentityResolver(IdentityConfig(), "bench-salt")
     core = resolver.core
-    times = nat.native_event_times_ms
 
     def timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def run(*args: Any) -> Any:
@@ -119,22 +117,18 @@ def split(events: list[TouchpointEvent], size: int) -> None:
         return run
 
     class Timed:
-        prepare = staticmethod(timed("prepare", core.prepare))
-        decide = staticmethod(timed("decide", core.decide))
+        prepare_batch = staticmethod(timed("prepare_batch", core.prepare_batch))
+        decide_batch = staticmethod(timed("decide_batch", core.decide_batch))
 
         def __getattr__(self, name: str) -> Any:
             return getattr(core, name)
 
     resolver.core = Timed()
-    nat.native_event_times_ms = timed("event times", times)
-    try:
-        started = time.process_time()
-        for batch in bi.batches(events, size):
-            with bi.batch_gc():
-                resolver.resolve_batch(batch)
-        total = time.process_time() - started
-    finally:
-        nat.native_event_times_ms = times
+    started = time.process_time()
+    for batch in bi.batches(events, size):
+        with bi.batch_gc():
+            resolver.resolve_batch(batch)
+    total = time.process_time() - started
     parts["Python"] = total - sum(parts.values())
     print(f"native first pass, {total:.3f} s CPU: " + ", ".join(
         f"{k} {v:.3f} s ({v / total:.0%}, {v / len(events) * 1e9:.0f} ns/event)"

@@ -235,12 +235,9 @@ class JourneyChain:
         out.links.extend(resolved.links)
         out.conflicts.extend(resolved.conflicts)
         out.n_ignored_identifiers += resolved.n_ignored_identifiers
-        if resolved.dead:
-            source_of = {id(a.event): a for a in accepted}
-            for event, reason in resolved.dead:
-                origin = source_of[id(event)]
-                raw = event.model_dump_json().encode()
-                out.dead.append(DeadLetter(raw, reason, origin.source, stage="resolve"))
+        for (event, reason), i in zip(resolved.dead, resolved.dead_at, strict=True):
+            raw = event.model_dump_json().encode()
+            out.dead.append(DeadLetter(raw, reason, accepted[i].source, stage="resolve"))
         return self.process_resolved(resolved.resolved, resolved.merges, out)
 
     @_batch

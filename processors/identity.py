@@ -268,6 +268,8 @@ class ResolveResult:
     links: list[IdentityLink] = field(default_factory=list)
     conflicts: list[Conflict] = field(default_factory=list)
     dead: list[tuple[TouchpointEvent, str]] = field(default_factory=list)
+    # each dead event's position in the batch given to `resolve_batch`, as `dead` orders them
+    dead_at: list[int] = field(default_factory=list)
     n_ignored_identifiers: int = 0
     n_attempts: int = 1
     commit_id: str | None = None  # the store's name for the commit (to acknowledge its links)
@@ -288,13 +290,14 @@ class ResolveResult:
 class _Decision:
     """The per-batch outputs while deciding (discarded when a commit must be retried)."""
 
-    __slots__ = ("anchors", "conflicts", "dead", "link_keys", "merges", "n_ignored")
+    __slots__ = ("anchors", "conflicts", "dead", "dead_at", "link_keys", "merges", "n_ignored")
 
     def __init__(self) -> None:
         self.anchors: list[str | None] = []
         self.merges: list[MergeRecord] = []
         self.conflicts: list[Conflict] = []
         self.dead: list[tuple[TouchpointEvent, str]] = []
+        self.dead_at: list[int] = []
         self.link_keys: dict[str, None] = {}
         self.n_ignored = 0
 
@@ -425,6 +428,7 @@ class IdentityResolver:
             merges=decision.merges,
             conflicts=decision.conflicts,
             dead=decision.dead,
+            dead_at=decision.dead_at,
             n_ignored_identifiers=n_ignored,
             n_attempts=attempt,
         )
@@ -548,6 +552,7 @@ class IdentityResolver:
             keys = entry.keys
             if not keys:
                 d.dead.append((accepted[i], _NO_IDENTIFIER))
+                d.dead_at.append(i)
                 continue
             # Fast paths: every identifier known, already in one customer, no earlier evidence;
             # or one identifier, new: a new customer (what `_apply_event` does then).

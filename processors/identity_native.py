@@ -8,10 +8,11 @@ overlay mode holds the cached part of the graph and builds the commit; docs/iden
 store", "Deciding in Rust"). The graph (union-find with a flat customer per node,
 first-seen times, roots, members, link counts), every decision (the settled marks, the fast
 paths, ``_apply_event``, ``_join_fresh``, ``_fold``), hashing of ASCII identifiers, each
-event's combination lookup, event times and the ``ResolvedEvent``s are the Rust port in
-``native/identity/src/lib.rs`` (the separate package ``journeymap_native``, built by maturin:
-``pip install ./native/identity``). Python builds the other outputs; identifiers that are not
-ASCII go through ``key_of``.
+event's combination lookup, event times and every output (the ``ResolvedEvent``s and the
+record tuples) are the Rust port in ``native/identity/src/lib.rs`` (the separate package
+``journeymap_native``, built by maturin: ``pip install ./native/identity``): one batch is
+``prepare_batch`` (each event's ``__dict__`` read once) and ``decide_batch``. Identifiers that
+are not ASCII go through ``key_of``.
 
 :func:`new_resolver` picks the engine (``identity.engine``: ``auto``, ``python``, ``native``).
 A native resolver pickles as plain data (its graph) and unpickles as a native one, or as the
@@ -21,7 +22,6 @@ Python resolver over the same graph where the module is not installed.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from itertools import starmap
 from operator import attrgetter
 from typing import Any
 
@@ -42,7 +42,6 @@ from processors.identity import (
     Root,
     _Combo,
     commit_attempt,
-    number_merges,
 )
 from processors.native import import_core, not_built
 
@@ -194,32 +193,37 @@ class NativeIdentityResolver(IdentityResolver):
                 self.core.forget_keys()
             self.core.clear_combos()  # both sides: Python's hold core indices
             self._combos.clear()
+        # the core reads each event once (its identities and time), keeps the batch and
+        # decides it in one more call; Python only makes combinations the core cannot
+        events = accepted if type(accepted) is list else list(accepted)
+        core = self.core
         if self.native_prepare:
-            indices, n_ignored = self.core.prepare(accepted)
-            for i in [i for i, c in enumerate(indices) if c < 0]:  # Python's strip/lower
-                pairs = tuple(dict.items(accepted[i].identities))
-                entry = self._combos.get(pairs) or self._combo_of(pairs, accepted[i])
-                indices[i] = entry.native  # type: ignore[attr-defined]
+            n_ignored, missing = core.prepare_batch(events, self.native_times)
+            for i in missing:  # Python's strip/lower (a value that is not ASCII)
+                pairs = tuple(dict.items(events[i].identities))
+                entry = self._combos.get(pairs) or self._combo_of(pairs, events[i])
+                core.set_combo(i, entry.native)  # type: ignore[attr-defined]
                 n_ignored += entry.n_ignored
-            ts_list = (native_event_times_ms(accepted) if self.native_times else
-                       event_times_ms(accepted))
+            if not self.native_times:
+                core.set_times(event_times_ms(events))
         else:
-            entries, ts_list, _wanted, n_ignored = self._prepare(accepted)
-            indices = list(map(_NATIVE, entries))
+            entries, ts_list, _wanted, n_ignored = self._prepare(events)
+            core.set_combos(list(map(_NATIVE, entries)))
+            core.set_times(ts_list)
         if self.overlay:  # (a no-op unless another resolver took the store meanwhile)
-            self.store.attach_core(self.core)  # type: ignore[attr-defined]
+            self.store.attach_core(core)  # type: ignore[attr-defined]
         attempt = 0
         while True:
             attempt += 1
-            overlay = self.store.begin(indices) if self.overlay else None
-            # the resolved events come made (ResolvedEvent's slots set from Rust, dead left out)
-            resolved, merges, conflicts, links, dead = self.core.decide(accepted, indices,
-                                                                        ts_list, ResolvedEvent)
-            merge_records = list(starmap(MergeRecord, merges))
-            link_records = list(map(IdentityLink._make, links))
+            overlay = self.store.begin(core.batch_combos()) if self.overlay else None
+            # every output made in Rust: the resolved events (dead ones left out) and the
+            # records; merges numbered here in memory (0 on a store, which numbers them)
+            store: NativeInMemoryStore = self.store  # type: ignore[assignment]
+            resolved, merge_records, conflicts, link_records, dead = core.decide_batch(
+                events, ResolvedEvent, MergeRecord, Conflict, IdentityLink,
+                None if overlay is not None else store.merge_seq)
             if overlay is None:
-                store: NativeInMemoryStore = self.store  # type: ignore[assignment]
-                store.merge_seq = number_merges(merge_records, store.merge_seq)
+                store.merge_seq += len(merge_records)
                 break
             # the store commits what the core noted, and numbers the merges in place
             overlay.merge_records, overlay.link_records = merge_records, link_records
@@ -227,8 +231,9 @@ class NativeIdentityResolver(IdentityResolver):
                 break
         result = ResolveResult(
             merges=merge_records,
-            conflicts=list(map(Conflict._make, conflicts)),
-            dead=[(accepted[i], _NO_IDENTIFIER) for i in dead],
+            conflicts=conflicts,
+            dead=[(events[i], _NO_IDENTIFIER) for i in dead],
+            dead_at=dead,
             n_ignored_identifiers=n_ignored,
             n_attempts=attempt,
             commit_id=None if overlay is None else overlay.commit_id,

@@ -28,6 +28,7 @@ from processors.identity import (
     ResolveResult,
 )
 from processors.identity_native import NativeIdentityResolver, engine_of, new_resolver
+from processors.validation import sources_at
 from sinks.identity_redis import RedisIdentityStore
 from tests.factories import T0_MS, event
 from tests.native_cores import require_native
@@ -78,10 +79,11 @@ def outputs(r: ResolveResult) -> tuple[Any, ...]:
     """Everything a batch produced, as plain values (merges with their seq)."""
     return (
         [(type(e), e.customer_id, id(e.event), e.ts_ms, e.segment) for e in r.resolved],
-        [tuple(m) for m in r.merges],
-        [tuple(link) for link in r.links],
-        [tuple(c) for c in r.conflicts],
+        [(type(m), tuple(m)) for m in r.merges],
+        [(type(link), tuple(link)) for link in r.links],
+        [(type(c), tuple(c)) for c in r.conflicts],
         [(ev.event_id, why) for ev, why in r.dead],
+        r.dead_at,
         r.counters(),
         r.n_ignored_identifiers,
         r.commit_id,
@@ -122,7 +124,9 @@ def test_native_gives_the_python_resolvers_outputs_batch_after_batch(
         if n == pickle_at:  # a checkpoint: pickled and restored halfway, it goes on the same
             nat = pickle.loads(pickle.dumps(nat))
             assert isinstance(nat, NativeIdentityResolver)
-        assert outputs(nat.resolve_batch(part)) == outputs(py.resolve_batch(part))
+        got, want = nat.resolve_batch(part), py.resolve_batch(part)
+        assert outputs(got) == outputs(want)
+        assert all(part[i] is ev for (ev, _), i in zip(got.dead, got.dead_at, strict=True))
         assert graph_of(nat) == graph_of(py)
     assert nat.totals == py.totals
     assert nat.core.n_combos() <= cap + len(parts[-1])
@@ -159,6 +163,56 @@ def test_a_pickled_native_resolver_restores_as_python_without_the_module(
     assert type(back) is IdentityResolver and isinstance(back.store, InMemoryIdentityStore)
     assert graph_of(back) == graph_of(py)
     assert outputs(back.resolve_batch(evs[2:])) == outputs(py.resolve_batch(evs[2:]))
+
+
+def test_the_chain_dead_letters_an_event_without_identifiers_with_its_own_source(
+    native: None,
+) -> None:
+    """Events whose identifiers are all placeholders are dead letters of stage ``resolve``,
+    each with the source (topic, partition, offset) of its own message, with either engine."""
+    lines = [event(event_id=f"e{i}", at_ms=T0_MS + (7 - i) * 1000,
+                   anonymous_id="null" if i % 3 == 0 else f"a{i}").model_dump_json().encode()
+             for i in range(8)]
+    for engine in ("native", "python"):
+        chain = JourneyChain(ProcessingConfig(identity=IdentityConfig(engine=engine)))
+        out = chain.process(list(zip(lines, sources_at("t", 2, range(100, 108)), strict=True)))
+        dead = [(TouchpointEvent.model_validate_json(d.raw).event_id, d.source.offset, d.stage)
+                for d in out.dead]
+        assert sorted(dead) == [("e0", 100, "resolve"), ("e3", 103, "resolve"),
+                                ("e6", 106, "resolve")]
+        assert len(out.resolved) == 5
+
+
+def test_the_core_decides_only_a_prepared_batch(native: None) -> None:
+    """`decide_batch` takes the events `prepare_batch` read (each given a combination) and
+    the record types it was written for; `set_combo` only a combination the core has."""
+    from processors.events import ResolvedEvent
+    from processors.identity import Conflict, IdentityLink, MergeRecord
+
+    core = NativeIdentityResolver(IdentityConfig(), SALT).core
+    evs = [event(at_ms=T0_MS, anonymous_id="a"), event(at_ms=T0_MS + 1, anonymous_id="é")]
+    types = (ResolvedEvent, MergeRecord, Conflict, IdentityLink)
+    n_ignored, missing = core.prepare_batch(evs)
+    assert (n_ignored, missing) == (0, [1])  # not ASCII: Python makes its combination
+    with pytest.raises(ValueError, match="set_combo"):
+        core.decide_batch(evs, *types)
+    with pytest.raises(IndexError):
+        core.set_combo(1, core.n_combos())
+    with pytest.raises(IndexError):
+        core.set_combo(2, 0)
+    core.set_combo(1, 0)
+    with pytest.raises(ValueError, match="prepared batch"):
+        core.decide_batch(evs[:1], *types)
+    with pytest.raises(TypeError, match="named tuple"):
+        core.decide_batch(evs, ResolvedEvent, tuple, Conflict, IdentityLink)
+    with pytest.raises(TypeError, match="named tuple"):
+        core.decide_batch(evs, ResolvedEvent, MergeRecord, Conflict, MergeRecord)
+    resolved, merges, conflicts, links, dead = core.decide_batch(evs, *types, 0)
+    assert [(type(e), e.ts_ms, e.event) for e in resolved] == [
+        (ResolvedEvent, T0_MS, evs[0]), (ResolvedEvent, T0_MS + 1, evs[1])]
+    assert resolved[0].customer_id == resolved[1].customer_id  # (event 1 given a's combination)
+    assert [type(link) for link in links] == [IdentityLink]
+    assert (merges, conflicts, dead) == ([], [], [])
 
 
 _BENCH = Path(__file__).resolve().parents[2] / "bench"

@@ -1,9 +1,10 @@
 //! Experiment (issue 3): the in-memory identity resolver's graph and decision loop in Rust.
 //!
 //! A port of `processors/identity.py` (`IdentityGraph`, `IdentityResolver._decide`,
-//! `_apply_event`, `_join_fresh`, `_fold`) over interned node keys, for the in-memory store
-//! only. Python still parses events, hashes identifiers and builds the outputs
-//! (`processors/identity_native.py`); this module decides and keeps the graph. The semantics
+//! `_apply_event`, `_join_fresh`, `_fold`) over interned node keys, in memory or over the
+//! Redis store's worker cache (overlay mode). It reads each batch's events (`prepare_batch`:
+//! identities, hashing, event times), decides and builds every output (`decide_batch`);
+//! Python (`processors/identity_native.py`) hashes only values that are not ASCII. The semantics
 //! must be exactly the Python ones: `bench/bench_identity_native.py --fingerprint` checks it.
 
 use pyo3::ffi;
@@ -190,7 +191,12 @@ pub struct NativeIdentityCore {
     batch: u64,
     // raw combinations (`raw_combo`'s bytes) -> (combination, values ignored)
     raw_ix: FxMap<Box<[u8]>, (usize, usize)>,
-    raw_buf: Vec<u8>, // `prepare`'s scratch: one event's raw combination
+    raw_buf: Vec<u8>, // `prepare_batch`'s scratch: one event's raw combination
+    // The prepared batch (`prepare_batch`, `set_combo`, `set_times`), per event: its
+    // combination, its time and the time's object (the event's cached `ts_ms`)
+    bcombos: Vec<usize>,
+    bts: Vec<i64>,
+    bts_obj: Vec<PyObject>,
     // Overlay mode (the Redis store's worker cache, `overlay_*`): the graph is the part the
     // store has cached; a node not cached has no customer (as `_CachedGraph`'s `cid`).
     overlay: bool,
@@ -447,6 +453,132 @@ impl NativeIdentityCore {
 
     fn root(&self, c: u32) -> &Root {
         self.roots[c as usize].as_ref().unwrap()
+    }
+
+    /// Event `i`'s combination (`combos[i]`, time `ts[i]`) decided for every event of a batch,
+    /// in event-time order (ties by event id) where the settled marks do not anchor it at once:
+    /// (each event's anchor node, NONE when dead; the decision).
+    fn decide_events(
+        &mut self,
+        py: Python<'_>,
+        events: &Bound<'_, PyAny>,
+        combos: &[usize],
+        ts: &[i64],
+    ) -> PyResult<(Vec<u32>, Decision)> {
+        let n = combos.len();
+        self.batch += 1;
+        let batch = self.batch;
+        // settled marks: each distinct combination once per batch
+        for &ci in combos {
+            if self.combos[ci].stamp == batch {
+                continue;
+            }
+            let limit = match self.combos[ci].settled {
+                Some(t) => t,
+                None => {
+                    let keys = &self.combos[ci].keys;
+                    let mut limit = NEVER;
+                    if let Some(&k0) = keys.first() {
+                        let c0 = self.ncid[k0 as usize];
+                        if c0 != NONE && keys.iter().all(|&k| self.ncid[k as usize] == c0) {
+                            limit = keys.iter().map(|&k| self.nfirst[k as usize]).max().unwrap();
+                            self.combos[ci].settled = Some(limit);
+                        }
+                    }
+                    limit
+                }
+            };
+            let c = &mut self.combos[ci];
+            c.stamp = batch;
+            c.limit = limit;
+        }
+        let mut anchors: Vec<u32> = Vec::with_capacity(n);
+        let mut slow: Vec<usize> = Vec::new();
+        for i in 0..n {
+            let c = &self.combos[combos[i]];
+            if ts[i] >= c.limit {
+                anchors.push(c.keys[0]);
+            } else {
+                anchors.push(NONE);
+                slow.push(i);
+            }
+        }
+        let mut d = Decision::default();
+        let ev_id = |i: usize| -> PyResult<String> {
+            events.get_item(i)?.getattr(intern!(py, "event_id"))?.extract::<String>()
+        };
+        if !slow.is_empty() {
+            slow.sort_by_key(|&i| ts[i]);
+            let mut s = 0;
+            while s < slow.len() {
+                let mut e = s + 1;
+                while e < slow.len() && ts[slow[e]] == ts[slow[s]] {
+                    e += 1;
+                }
+                if e - s > 1 {
+                    let mut run: Vec<(String, usize)> = Vec::with_capacity(e - s);
+                    for &i in &slow[s..e] {
+                        run.push((ev_id(i)?, i));
+                    }
+                    run.sort_by(|a, b| a.0.cmp(&b.0)); // stable: then input order
+                    for (j, (_, i)) in run.into_iter().enumerate() {
+                        slow[s + j] = i;
+                    }
+                }
+                s = e;
+            }
+            for &i in &slow {
+                let t = ts[i];
+                let ci = combos[i];
+                let nkeys = self.combos[ci].keys.len();
+                if nkeys == 0 {
+                    d.dead.push(i);
+                    continue;
+                }
+                let k0 = self.combos[ci].keys[0];
+                let c0 = self.ncid[k0 as usize];
+                if c0 == NONE {
+                    if nkeys == 1 {
+                        self.add(k0, t);
+                        self.link(&mut d, k0);
+                        anchors[i] = k0;
+                        continue;
+                    }
+                } else if t >= self.nfirst[k0 as usize] {
+                    let keys = &self.combos[ci].keys;
+                    if keys[1..]
+                        .iter()
+                        .all(|&k| self.ncid[k as usize] == c0 && t >= self.nfirst[k as usize])
+                    {
+                        anchors[i] = k0;
+                        continue;
+                    }
+                }
+                let keys = self.combos[ci].keys.clone();
+                anchors[i] = self.apply_event(&mut d, i, t, &keys);
+            }
+        }
+        Ok((anchors, d))
+    }
+
+    /// The combination of identities `ids` (an `Identities` dict): looked up by its (kind,
+    /// value) pairs in kind order (`raw`: scratch), registered and hashed when new. Returns
+    /// (index, values ignored), or None when a value is not ASCII or not a str, or a kind is
+    /// unknown (Python decides those).
+    fn combo_of_dict(&mut self, ids: &Bound<'_, PyDict>, raw: &mut Vec<u8>) -> Option<(usize, usize)> {
+        let mut pairs: [(u8, &str); 5] = [(0, ""); 5];
+        let n = identity_pairs(ids, &mut pairs)?;
+        let pairs = &mut pairs[..n];
+        pairs.sort_unstable_by_key(|p| kind_order(p.0));
+        raw_combo(raw, pairs);
+        Some(match self.raw_ix.get(raw.as_slice()) {
+            Some(&hit) => hit,
+            None => {
+                let hit = self.combo_of_pairs(pairs);
+                self.raw_ix.insert(raw.as_slice().into(), hit);
+                hit
+            }
+        })
     }
 
     fn apply_event(&mut self, d: &mut Decision, ev: usize, ts: i64, keys: &[u32]) -> u32 {
@@ -780,6 +912,9 @@ impl NativeIdentityCore {
             batch: 0,
             raw_ix: FxMap::default(),
             raw_buf: Vec::new(),
+            bcombos: Vec::new(),
+            bts: Vec::new(),
+            bts_obj: Vec::new(),
             overlay,
             n_nodes: 0,
             nstored: Vec::new(),
@@ -819,221 +954,189 @@ impl NativeIdentityCore {
         Some((index, keys, n_ignored))
     }
 
-    /// Each event's combination index (-1: Python must make it; a value is not ASCII or a
-    /// kind unknown) and the values ignored over the events with an index; the combination is
-    /// looked up by its (kind, value) pairs in kind order, registered and hashed when new.
-    fn prepare(&mut self, accepted: &Bound<'_, PyAny>) -> PyResult<(Vec<i64>, usize)> {
-        let name = intern!(accepted.py(), "identities");
-        let mut out: Vec<i64> = Vec::new();
+    /// Read a batch of events (`TouchpointEvent`s) for `decide_batch`, each event's `__dict__`
+    /// once: its identity combination, looked up by its (kind, value) pairs in kind order
+    /// (registered and hashed when new), and with `times` its `ts_ms` (as `event_times_ms`:
+    /// the cached value, else computed and cached in the event). Returns the values ignored
+    /// over the events with a combination and the positions of those without one (a value is
+    /// not ASCII or not a str): Python makes theirs (`set_combo`).
+    #[pyo3(signature = (events, times=true))]
+    fn prepare_batch(&mut self, events: &Bound<'_, PyList>, times: bool) -> PyResult<(usize, Vec<usize>)> {
+        let py = events.py();
+        let n = events.len();
+        self.bcombos.clear();
+        self.bts.clear();
+        self.bts_obj.clear();
+        self.bcombos.reserve(n);
+        if times {
+            self.bts.reserve(n);
+            self.bts_obj.reserve(n);
+        }
+        let kinds = fixed_tz_kinds(py)?;
+        let ids_name = intern!(py, "identities");
+        let mut last: Option<(Bound<'_, PyAny>, i64)> = None;
+        let mut missing: Vec<usize> = Vec::new();
         let mut n_ignored = 0usize;
         let mut raw = std::mem::take(&mut self.raw_buf);
-        for ev in accepted.iter()? {
-            let ids_any = ev?.getattr(name)?;
-            let ids = ids_any.downcast::<PyDict>()?;
-            let mut pairs: [(u8, &str); 5] = [(0, ""); 5];
-            let n = match identity_pairs(ids, &mut pairs) {
-                Some(n) => n,
-                None => {
-                    out.push(-1);
-                    continue;
-                }
+        for (i, ev) in events.iter().enumerate() {
+            let d = dict_of(&ev);
+            let ids = match d.as_ref().map(|d| d.get_item(ids_name)).transpose()?.flatten() {
+                Some(ids) => ids,
+                None => ev.getattr(ids_name)?,
             };
-            let pairs = &mut pairs[..n];
-            pairs.sort_unstable_by_key(|p| kind_order(p.0));
-            raw_combo(&mut raw, pairs);
-            let (index, ignored) = match self.raw_ix.get(raw.as_slice()) {
-                Some(&hit) => hit,
-                None => {
-                    let hit = self.combo_of_pairs(pairs);
-                    self.raw_ix.insert(raw.as_slice().into(), hit);
-                    hit
-                }
+            let hit = match ids.downcast::<PyDict>() {
+                Ok(ids) => self.combo_of_dict(ids, &mut raw),
+                Err(_) => None,
             };
-            n_ignored += ignored;
-            out.push(index as i64);
+            match hit {
+                Some((index, ignored)) => {
+                    self.bcombos.push(index);
+                    n_ignored += ignored;
+                }
+                None => {
+                    self.bcombos.push(usize::MAX);
+                    missing.push(i);
+                }
+            }
+            if times {
+                let (ms, ts) = event_time(&ev, d.as_ref(), kinds, &mut last)?;
+                self.bts.push(ms);
+                self.bts_obj.push(ts.unbind());
+            }
         }
         self.raw_buf = raw;
-        Ok((out, n_ignored))
+        Ok((n_ignored, missing))
     }
 
-    /// Decide one batch: `combos[i]` and `ts[i]` are event i's combination and time.
-    /// Returns (customer id or None per event, merges, conflicts, links, dead indices).
-    #[allow(clippy::type_complexity)]
-    #[pyo3(signature = (accepted, combos, ts_list, resolved_type=None))]
-    fn decide(
+    /// Event `i` of the prepared batch has combination `index` (one Python made).
+    fn set_combo(&mut self, i: usize, index: usize) -> PyResult<()> {
+        if index >= self.combos.len() {
+            return Err(pyo3::exceptions::PyIndexError::new_err("no such combination"));
+        }
+        match self.bcombos.get_mut(i) {
+            Some(c) => *c = index,
+            None => return Err(pyo3::exceptions::PyIndexError::new_err("no such event in the batch")),
+        }
+        Ok(())
+    }
+
+    /// The batch's combinations, one per event, made by Python (instead of `prepare_batch`).
+    fn set_combos(&mut self, combos: Vec<usize>) {
+        self.bcombos = combos;
+    }
+
+    /// The batch's event times, computed by Python (`prepare_batch` with `times` false).
+    fn set_times(&mut self, ts_list: &Bound<'_, PyList>) -> PyResult<()> {
+        self.bts = ts_list.extract()?;
+        self.bts_obj = ts_list.iter().map(|t| t.unbind()).collect();
+        Ok(())
+    }
+
+    /// The prepared batch's combination per event (what the store's `begin` takes).
+    fn batch_combos(&self) -> Vec<usize> {
+        self.bcombos.clone()
+    }
+
+    /// Decide the prepared batch of `events` (the list given to `prepare_batch`) and commit
+    /// it to the graph. Returns (the `resolved_type`s of the events not dead, in input order;
+    /// the merges as `merge_type`s, numbered from `merge_seq` + 1, or 0 when None; the
+    /// conflicts as `conflict_type`s; the links as `link_type`s; the positions of the dead
+    /// events). The record types are `processors.identity`'s named tuples.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (events, resolved_type, merge_type, conflict_type, link_type, merge_seq=None))]
+    fn decide_batch(
         &mut self,
         py: Python<'_>,
-        accepted: &Bound<'_, PyAny>,
-        combos: Vec<usize>,
-        ts_list: &Bound<'_, PyList>,
-        resolved_type: Option<&Bound<'_, PyType>>,
-    ) -> PyResult<(PyObject, PyObject, PyObject, PyObject, PyObject)> {
-        let ts: Vec<i64> = ts_list.extract()?;
-        let n = combos.len();
-        if ts.len() != n {
-            return Err(pyo3::exceptions::PyValueError::new_err("combos and ts differ in length"));
+        events: &Bound<'_, PyList>,
+        resolved_type: &Bound<'_, PyType>,
+        merge_type: &Bound<'_, PyType>,
+        conflict_type: &Bound<'_, PyType>,
+        link_type: &Bound<'_, PyType>,
+        merge_seq: Option<i64>,
+    ) -> PyResult<(PyObject, PyObject, PyObject, PyObject, Vec<usize>)> {
+        let n = self.bcombos.len();
+        if events.len() != n || self.bts.len() != n || self.bts_obj.len() != n {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "decide_batch: the events are not the prepared batch (prepare_batch, set_times)",
+            ));
         }
-        self.batch += 1;
-        let batch = self.batch;
-        // settled marks: each distinct combination once per batch
-        for &ci in &combos {
-            if self.combos[ci].stamp == batch {
-                continue;
-            }
-            let limit = match self.combos[ci].settled {
-                Some(t) => t,
-                None => {
-                    let keys = &self.combos[ci].keys;
-                    let mut limit = NEVER;
-                    if let Some(&k0) = keys.first() {
-                        let c0 = self.ncid[k0 as usize];
-                        if c0 != NONE && keys.iter().all(|&k| self.ncid[k as usize] == c0) {
-                            limit = keys.iter().map(|&k| self.nfirst[k as usize]).max().unwrap();
-                            self.combos[ci].settled = Some(limit);
-                        }
-                    }
-                    limit
-                }
-            };
-            let c = &mut self.combos[ci];
-            c.stamp = batch;
-            c.limit = limit;
+        if self.bcombos.iter().any(|&c| c >= self.combos.len()) {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "decide_batch: an event has no combination (set_combo)",
+            ));
         }
-        let mut anchors: Vec<u32> = Vec::with_capacity(n);
-        let mut slow: Vec<usize> = Vec::new();
-        for i in 0..n {
-            let c = &self.combos[combos[i]];
-            if ts[i] >= c.limit {
-                anchors.push(c.keys[0]);
-            } else {
-                anchors.push(NONE);
-                slow.push(i);
+        let make = SlotMaker::new(resolved_type, &["customer_id", "event", "segment", "ts_ms"])?;
+        let merge_t =
+            TupleMaker::new(merge_type, &["loser", "winner", "evidence_event_id", "ts_ms", "reason", "seq"])?;
+        let conflict_t = TupleMaker::new(
+            conflict_type,
+            &["reason", "event_id", "ts_ms", "customer_a", "customer_b", "id_hashes"],
+        )?;
+        let link_t = TupleMaker::new(link_type, &["customer_id", "kind", "id_hash", "first_seen_ms"])?;
+        let combos = std::mem::take(&mut self.bcombos);
+        let ts = std::mem::take(&mut self.bts);
+        let decided = self.decide_events(py, events.as_any(), &combos, &ts);
+        self.bcombos = combos;
+        self.bts = ts;
+        let (anchors, d) = decided?;
+        let all = intern!(py, "all");
+        let mut resolved: Vec<PyObject> = Vec::with_capacity(n - d.dead.len());
+        for (i, &a) in anchors.iter().enumerate() {
+            if a != NONE {
+                let cid = self.cid_py(py, self.ncid[a as usize]).into_bound(py).into_any();
+                let ev = events.get_item(i)?;
+                resolved.push(make.make(&[&cid, &ev, all.as_any(), self.bts_obj[i].bind(py)])?.unbind());
             }
         }
-        let mut d = Decision::default();
-        let ev_id = |i: usize| -> PyResult<String> {
-            accepted.get_item(i)?.getattr(intern!(py, "event_id"))?.extract::<String>()
+        let event_id = |i: usize| -> PyResult<PyObject> {
+            Ok(events.get_item(i)?.getattr(intern!(py, "event_id"))?.unbind())
         };
-        if !slow.is_empty() {
-            slow.sort_by_key(|&i| ts[i]);
-            let mut s = 0;
-            while s < slow.len() {
-                let mut e = s + 1;
-                while e < slow.len() && ts[slow[e]] == ts[slow[s]] {
-                    e += 1;
-                }
-                if e - s > 1 {
-                    let mut run: Vec<(String, usize)> = Vec::with_capacity(e - s);
-                    for &i in &slow[s..e] {
-                        run.push((ev_id(i)?, i));
-                    }
-                    run.sort_by(|a, b| a.0.cmp(&b.0)); // stable: then input order
-                    for (j, (_, i)) in run.into_iter().enumerate() {
-                        slow[s + j] = i;
-                    }
-                }
-                s = e;
-            }
-            for &i in &slow {
-                let t = ts[i];
-                let ci = combos[i];
-                let nkeys = self.combos[ci].keys.len();
-                if nkeys == 0 {
-                    d.dead.push(i);
-                    continue;
-                }
-                let k0 = self.combos[ci].keys[0];
-                let c0 = self.ncid[k0 as usize];
-                if c0 == NONE {
-                    if nkeys == 1 {
-                        self.add(k0, t);
-                        self.link(&mut d, k0);
-                        anchors[i] = k0;
-                        continue;
-                    }
-                } else if t >= self.nfirst[k0 as usize] {
-                    let keys = &self.combos[ci].keys;
-                    if keys[1..]
-                        .iter()
-                        .all(|&k| self.ncid[k as usize] == c0 && t >= self.nfirst[k as usize])
-                    {
-                        anchors[i] = k0;
-                        continue;
-                    }
-                }
-                let keys = self.combos[ci].keys.clone();
-                anchors[i] = self.apply_event(&mut d, i, t, &keys);
-            }
-        }
-        // outputs
-        let out_anchors = PyList::empty_bound(py);
-        match resolved_type {
-            None => {
-                for &a in &anchors {
-                    if a == NONE {
-                        out_anchors.append(py.None())?;
-                    } else {
-                        let c = self.ncid[a as usize];
-                        out_anchors.append(self.cid_py(py, c))?;
-                    }
-                }
-            }
-            Some(rtype) => {
-                // the resolved events themselves, dead ones left out
-                let make = SlotMaker::new(rtype, &["customer_id", "event", "segment", "ts_ms"])?;
-                let all = intern!(py, "all");
-                for (i, &a) in anchors.iter().enumerate() {
-                    if a != NONE {
-                        let cid = self.cid_py(py, self.ncid[a as usize]).into_bound(py).into_any();
-                        let ev = accepted.get_item(i)?;
-                        let t = ts_list.get_item(i)?;
-                        out_anchors.append(make.make(&[&cid, &ev, all.as_any(), &t])?)?;
-                    }
-                }
-            }
-        }
         let mut merges: Vec<PyObject> = Vec::with_capacity(d.merges.len());
-        for m in &d.merges {
-            let reason = if m.shared { "shared_identifier" } else { "earlier_evidence" };
-            let t = (
-                self.cid_py(py, m.loser),
-                self.cid_py(py, m.winner),
-                accepted.get_item(m.ev)?.getattr(intern!(py, "event_id"))?,
-                m.ts,
-                reason,
-            );
-            merges.push(t.into_py(py));
+        for (k, m) in d.merges.iter().enumerate() {
+            let reason = if m.shared { intern!(py, "shared_identifier") } else { intern!(py, "earlier_evidence") };
+            let seq = merge_seq.map_or(0, |s| s + 1 + k as i64);
+            merges.push(merge_t.make(vec![
+                self.cid_py(py, m.loser).into_any(),
+                self.cid_py(py, m.winner).into_any(),
+                event_id(m.ev)?,
+                m.ts.into_py(py),
+                reason.clone().into_any().unbind(),
+                seq.into_py(py),
+            ])?);
         }
         let mut conflicts: Vec<PyObject> = Vec::with_capacity(d.conflicts.len());
         for c in &d.conflicts {
             let mut hashes: Vec<&str> = c.hashes.iter().map(|&k| &self.keys[k as usize][1..]).collect();
             hashes.sort();
-            let hashes = PyTuple::new_bound(py, hashes).unbind();
-            let reason = if c.unique { "unique_kind" } else { "max_customers" };
-            let t = (
-                reason,
-                accepted.get_item(c.ev)?.getattr(intern!(py, "event_id"))?,
-                c.ts,
-                self.cid_py(py, c.a),
-                self.cid_py(py, c.b),
+            let hashes = PyTuple::new_bound(py, hashes).into_any().unbind();
+            let reason = if c.unique { intern!(py, "unique_kind") } else { intern!(py, "max_customers") };
+            let (a, b) = (self.cid_py(py, c.a).into_any(), self.cid_py(py, c.b).into_any());
+            conflicts.push(conflict_t.make(vec![
+                reason.clone().into_any().unbind(),
+                event_id(c.ev)?,
+                c.ts.into_py(py),
+                a,
+                b,
                 hashes,
-            );
-            conflicts.push(t.into_py(py));
+            ])?);
         }
         let mut links: Vec<PyObject> = Vec::with_capacity(d.link_keys.len());
         for &k in &d.link_keys {
-            let c = self.ncid[k as usize];
-            let cid = self.cid_py(py, c);
+            let cid = self.cid_py(py, self.ncid[k as usize]).into_any();
             let key = &self.keys[k as usize];
-            let t = (cid, kind_of(key.as_bytes()[0]), &key[1..], self.nfirst[k as usize]);
-            links.push(t.into_py(py));
+            links.push(link_t.make(vec![
+                cid,
+                kind_py(py, key.as_bytes()[0]).clone().into_any().unbind(),
+                PyString::new_bound(py, &key[1..]).into_any().unbind(),
+                self.nfirst[k as usize].into_py(py),
+            ])?);
         }
         Ok((
-            out_anchors.into_any().unbind(),
+            PyList::new_bound(py, resolved).into_any().unbind(),
             PyList::new_bound(py, merges).into_any().unbind(),
             PyList::new_bound(py, conflicts).into_any().unbind(),
             PyList::new_bound(py, links).into_any().unbind(),
-            PyList::new_bound(py, d.dead).into_any().unbind(),
+            d.dead,
         ))
     }
 
@@ -1484,6 +1587,73 @@ impl<'py> SlotMaker<'py> {
     }
 }
 
+/// Makes instances of a named tuple class (`processors.identity`'s records) as its `_make`
+/// would: allocated by the type with its items (what `tuple.__new__(cls, items)` does), without
+/// the Python frame of `_make` or `__new__`.
+struct TupleMaker<'py> {
+    ttype: &'py Bound<'py, PyType>,
+    n: usize,
+}
+
+impl<'py> TupleMaker<'py> {
+    /// Only for a tuple subclass whose `_fields` are exactly `fields` (in order).
+    fn new(ttype: &'py Bound<'py, PyType>, fields: &[&str]) -> PyResult<Self> {
+        let is_tuple = unsafe { ffi::PyType_IsSubtype(ttype.as_type_ptr(), std::ptr::addr_of_mut!(ffi::PyTuple_Type)) != 0 };
+        let declared: Vec<String> = match ttype.getattr("_fields") {
+            Ok(f) if is_tuple => f.extract().unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        if declared != fields {
+            return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                "a record type must be a named tuple with the fields {fields:?}"
+            )));
+        }
+        Ok(TupleMaker { ttype, n: fields.len() })
+    }
+
+    fn make(&self, items: Vec<PyObject>) -> PyResult<PyObject> {
+        let py = self.ttype.py();
+        if items.len() != self.n {
+            return Err(pyo3::exceptions::PyValueError::new_err("a record with the wrong length"));
+        }
+        unsafe {
+            let tp = self.ttype.as_type_ptr();
+            let alloc = (*tp).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc);
+            let obj = alloc(tp, self.n as ffi::Py_ssize_t);
+            if obj.is_null() {
+                return Err(PyErr::fetch(py));
+            }
+            for (i, item) in items.into_iter().enumerate() {
+                ffi::PyTuple_SET_ITEM(obj, i as ffi::Py_ssize_t, item.into_ptr());
+            }
+            Ok(PyObject::from_owned_ptr(py, obj))
+        }
+    }
+}
+
+/// The kind's name (`kind_of`) as an interned str.
+fn kind_py(py: Python<'_>, code: u8) -> &Bound<'_, PyString> {
+    match code {
+        b'a' => intern!(py, "anonymous_id"),
+        b'd' => intern!(py, "device_id"),
+        b'u' => intern!(py, "user_id"),
+        b'e' => intern!(py, "email"),
+        _ => intern!(py, "crm_id"),
+    }
+}
+
+/// An object's instance dict (a pydantic model's fields, in field order), or None.
+fn dict_of<'py>(ob: &Bound<'py, PyAny>) -> Option<Bound<'py, PyDict>> {
+    unsafe {
+        let d = ffi::PyObject_GenericGetDict(ob.as_ptr(), std::ptr::null_mut());
+        if d.is_null() {
+            ffi::PyErr_Clear();
+            return None;
+        }
+        Bound::from_owned_ptr(ob.py(), d).downcast_into::<PyDict>().ok()
+    }
+}
+
 /// Days from 1970-01-01 to a civil date (H. Hinnant's days_from_civil, as processors.events).
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
@@ -1537,40 +1707,55 @@ fn fixed_epoch_ms<'py>(
     Some((us as f64 / 1e6 * 1000.0) as i64)
 }
 
-/// Each event's `ts_ms` (`processors.events.event_times_ms`): the value its `__dict__` caches,
-/// else computed (`fixed_epoch_ms`, or the event's own `ts_ms` attribute for other datetimes)
-/// and cached there, as the attribute caches it. Returns the list of them.
-#[pyfunction]
-fn event_times_ms<'py>(py: Python<'py>, events: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
-    let kinds = FIXED_TZ.get_or_try_init(py, || -> PyResult<_> {
+/// `datetime.timezone` and pydantic-core's `TzInfo` (`FIXED_TZ`).
+fn fixed_tz_kinds(py: Python<'_>) -> PyResult<&(Py<PyType>, Py<PyType>)> {
+    FIXED_TZ.get_or_try_init(py, || -> PyResult<_> {
         let timezone = py.import_bound("datetime")?.getattr("timezone")?.downcast_into::<PyType>()?;
         let tzinfo = py.import_bound("pydantic_core")?.getattr("TzInfo")?.downcast_into::<PyType>()?;
         Ok((timezone.unbind(), tzinfo.unbind()))
-    })?;
-    let (dict_name, at_name, ts_name) =
-        (intern!(py, "__dict__"), intern!(py, "occurred_at"), intern!(py, "ts_ms"));
-    let out = PyList::empty_bound(py);
-    let mut last: Option<(Bound<'py, PyAny>, i64)> = None;
-    for ev in events.iter()? {
-        let ev = ev?;
-        let d = ev.getattr(dict_name)?;
-        let d = d.downcast::<PyDict>()?;
+    })
+}
+
+/// Event `ev`'s `ts_ms` (`d`: its `__dict__`): the value the dict caches, else computed
+/// (`fixed_epoch_ms`, or the event's own `ts_ms` attribute for other datetimes) and cached
+/// there, as the attribute caches it. Returns it and its int object.
+fn event_time<'py>(
+    ev: &Bound<'py, PyAny>,
+    d: Option<&Bound<'py, PyDict>>,
+    kinds: &(Py<PyType>, Py<PyType>),
+    last: &mut Option<(Bound<'py, PyAny>, i64)>,
+) -> PyResult<(i64, Bound<'py, PyAny>)> {
+    let py = ev.py();
+    let (at_name, ts_name) = (intern!(py, "occurred_at"), intern!(py, "ts_ms"));
+    if let Some(d) = d {
         if let Some(ts) = d.get_item(ts_name)? {
-            out.append(ts)?;
-            continue;
+            return Ok((ts.extract()?, ts));
         }
         let at = match d.get_item(at_name)? {
             Some(at) => at,
             None => ev.getattr(at_name)?,
         };
-        match fixed_epoch_ms(&at, kinds, &mut last) {
-            Some(ms) => {
-                let ts = ms.into_py(py).into_bound(py);
-                d.set_item(ts_name, &ts)?;
-                out.append(ts)?;
-            }
-            None => out.append(ev.getattr(ts_name)?)?,
+        if let Some(ms) = fixed_epoch_ms(&at, kinds, last) {
+            let ts = ms.into_py(py).into_bound(py);
+            d.set_item(ts_name, &ts)?;
+            return Ok((ms, ts));
         }
+    }
+    let ts = ev.getattr(ts_name)?;
+    Ok((ts.extract()?, ts))
+}
+
+/// Each event's `ts_ms` (`processors.events.event_times_ms`), cached in each event as the
+/// attribute caches it (`event_time`). Returns the list of them.
+#[pyfunction]
+fn event_times_ms<'py>(py: Python<'py>, events: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+    let kinds = fixed_tz_kinds(py)?;
+    let out = PyList::empty_bound(py);
+    let mut last: Option<(Bound<'py, PyAny>, i64)> = None;
+    for ev in events.iter()? {
+        let ev = ev?;
+        let d = dict_of(&ev);
+        out.append(event_time(&ev, d.as_ref(), kinds, &mut last)?.1)?;
     }
     Ok(out)
 }
