@@ -337,22 +337,24 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
             letters: list[DeadLetter] = []
             if resolved is not None:
                 m.accepted.inc(len(resolved.resolved))
-                source_of = {id(a.event): a.source for a in accepted}
-                for event, reason in resolved.dead:
+                for (event, reason), i in zip(resolved.dead, resolved.dead_at, strict=True):
                     letter = DeadLetter(
-                        event.model_dump_json().encode(), reason, source_of[id(event)],
+                        event.model_dump_json().encode(), reason, accepted[i].source,
                         stage="resolve",
                     )
                     letters.append(letter)
                     sends.append(dlq_topic.send(key=b"resolve", value=letter.to_json()))
                     m.dead.labels("resolve").inc()
-                raw_of = {id(a.event): ev.message.value for a, ev in _pairs(accepted, batch)}
-                ts_of = {id(a.event): ev.message.timestamp for a, ev in _pairs(accepted, batch)}
                 m.merges.inc(len(resolved.merges))
+                # `resolved.resolved` keeps the order of `accepted`, the dead left out
+                dead_at = set(resolved.dead_at)
+                messages = [ev.message for a, ev in _pairs(accepted, batch)]
                 produced.extend(  # the raw timestamp: latency end to end
-                    (t.resolved, rev.customer_id.encode(), raw_of[id(rev.event)], None,
-                     int(ts_of[id(rev.event)] * 1000) if ts_of[id(rev.event)] else None)
-                    for rev in resolved.resolved
+                    (t.resolved, rev.customer_id.encode(), msg.value, None,
+                     int(msg.timestamp * 1000) if msg.timestamp else None)
+                    for rev, msg in zip(resolved.resolved, [
+                        msg for i, msg in enumerate(messages) if i not in dead_at
+                    ], strict=True)
                 )
             now_ms = int(time.time() * 1000)
             out = ChainOutput(dead=dead)
