@@ -900,7 +900,9 @@ impl NativeJourneyCore {
         events: &Bound<'py, PyAny>,
         watermark_ms: Option<i64>,
     ) -> PyResult<(steps::StepBatch, Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PySet>)> {
-        let out = Out { steps: RefCell::new(Vec::new()), changed: PySet::empty_bound(py)? };
+        // about a step per event
+        let n_hint = events.len().unwrap_or(0);
+        let out = Out { steps: RefCell::new(Vec::with_capacity(n_hint)), changed: PySet::empty_bound(py)? };
         let dups = PyList::empty_bound(py);
         let late = PyList::empty_bound(py);
         if let Some(w) = watermark_ms {

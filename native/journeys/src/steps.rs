@@ -8,6 +8,7 @@
 //! Each step is counted into its pane's cells by the same dict operations in the same order as
 //! from `Step` records, so the cells and every output are the same.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use pyo3::exceptions::PyValueError;
@@ -17,6 +18,7 @@ use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
+use crate::panes::add_cell;
 use crate::{NativeJourneyCore, NativeStepCounter, PStr, RStep, EMPTY};
 
 /// The Python strings of a core's codes (its interner's, a prefix of a list that only grows,
@@ -217,7 +219,9 @@ impl StepBatch {
 
 /// The cells of the pane of each step in turn (`hot[p].cells`, made with `counts_type` when
 /// missing, or a late pane's dict in `late` for `_correct`), each step added as
-/// `TransitionCounter.update` adds it: the same dict operations, in the same order.
+/// `TransitionCounter.update` adds it: the same dict operations, in the same order (the key
+/// hashed once, a value tuple only its dict holds updated in place: `panes::add_cell`). A pane
+/// is looked up once per call (nothing else changes `hot` meanwhile).
 pub(crate) struct PaneCells<'py, 'a> {
     py: Python<'py>,
     hot: &'a Bound<'py, PyDict>,
@@ -226,6 +230,7 @@ pub(crate) struct PaneCells<'py, 'a> {
     pub(crate) late: Option<Bound<'py, PyDict>>,
     last_p: Option<i64>,
     cells: Option<Bound<'py, PyDict>>,
+    seen: HashMap<i64, Bound<'py, PyDict>>,
 }
 
 impl<'py, 'a> PaneCells<'py, 'a> {
@@ -235,53 +240,68 @@ impl<'py, 'a> PaneCells<'py, 'a> {
         counts_type: &'a Bound<'py, PyAny>,
         frontier: Option<i64>,
     ) -> Self {
-        PaneCells { py, hot, counts_type, frontier, late: None, last_p: None, cells: None }
+        PaneCells {
+            py,
+            hot,
+            counts_type,
+            frontier,
+            late: None,
+            last_p: None,
+            cells: None,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// The cells of pane `p`, as the Python loop finds or makes them.
+    fn cells_of(&mut self, p: i64) -> PyResult<Bound<'py, PyDict>> {
+        let py = self.py;
+        if matches!(self.frontier, Some(f) if p < f) {
+            let l = self.late.get_or_insert_with(|| PyDict::new_bound(py));
+            return Ok(match l.get_item(p)? {
+                Some(c) => c.downcast_into::<PyDict>()?,
+                None => {
+                    let c = PyDict::new_bound(py);
+                    l.set_item(p, &c)?;
+                    c
+                }
+            });
+        }
+        let pane = match self.hot.get_item(p)? {
+            Some(pane) => pane,
+            None => {
+                let pane = self.counts_type.call0()?;
+                self.hot.set_item(p, &pane)?;
+                pane
+            }
+        };
+        Ok(pane.getattr(intern!(py, "cells"))?.downcast_into::<PyDict>()?)
     }
 
     /// One step of pane `p`: its cell `key` by `sign`, its gap sum by `sign * gap`.
     pub(crate) fn add(&mut self, p: i64, key: Bound<'py, PyTuple>, sign: i64, gap: i64) -> PyResult<()> {
         let py = self.py;
-        if self.last_p != Some(p) {
-            self.last_p = Some(p);
-            self.cells = Some(if matches!(self.frontier, Some(f) if p < f) {
-                let l = self.late.get_or_insert_with(|| PyDict::new_bound(py));
-                match l.get_item(p)? {
-                    Some(c) => c.downcast_into::<PyDict>()?,
-                    None => {
-                        let c = PyDict::new_bound(py);
-                        l.set_item(p, &c)?;
-                        c
-                    }
+        if self.last_p != Some(p) || self.cells.is_none() {
+            let cells = match self.seen.get(&p) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = self.cells_of(p)?;
+                    self.seen.insert(p, c.clone());
+                    c
                 }
-            } else {
-                let pane = match self.hot.get_item(p)? {
-                    Some(pane) => pane,
-                    None => {
-                        let pane = self.counts_type.call0()?;
-                        self.hot.set_item(p, &pane)?;
-                        pane
-                    }
-                };
-                pane.getattr(intern!(py, "cells"))?.downcast_into::<PyDict>()?
-            });
+            };
+            self.last_p = Some(p);
+            self.cells = Some(cells);
         }
         let c = match &self.cells {
             Some(c) => c,
             None => return Err(PyValueError::new_err("no pane")),
         };
-        match c.get_item(&key)? {
-            None => c.set_item(key, (sign, sign * gap))?,
-            Some(v) => {
-                let v = v.downcast::<PyTuple>()?;
-                let n = v.get_item(0)?.extract::<i64>()? + sign;
-                let g = v.get_item(1)?.extract::<i64>()? + sign * gap;
-                if n != 0 || g != 0 {
-                    c.set_item(key, (n, g))?;
-                } else {
-                    c.del_item(key)?;
-                }
+        unsafe {
+            let hash = ffi::PyObject_Hash(key.as_ptr());
+            if hash == -1 {
+                return Err(PyErr::fetch(py));
             }
+            add_cell(py, c.as_ptr(), key.as_ptr(), hash, sign, sign * gap)
         }
-        Ok(())
     }
 }
