@@ -193,6 +193,22 @@ def test_the_native_counter_counts_the_cores_batches_as_python_counts_steps(
     assert [(list(b), w) for b, w in batches] == want_steps
 
 
+def test_one_counter_counts_the_batches_of_several_cores(native: None) -> None:
+    """A counter keeps the cell keys it made, by the core's string objects: batches of two
+    cores (two sets of strings) in turn count as the Python counter counts both lists."""
+    config = config_of(lateness_s=0)
+    py = counter_steps(9, config)
+    first, second = (counter_steps(9, config, NativeJourneyProcessor) for _ in range(2))
+    want = counter_run(TransitionCounter(config.windows, 0, "cells"),
+                       [x for pair in zip(py, py, strict=True) for x in pair])
+    got = counter_run(NativeTransitionCounter(config.windows, 0, "cells"),
+                      [x for pair in zip(first, second, strict=True) for x in pair])
+    assert got[0] == want[0]
+    for state in (got[1], want[1]):
+        state["archive"] = {p: list(pickle.loads(b).items()) for p, b in state["archive"].items()}
+    assert got[1] == want[1]
+
+
 def test_a_step_batch_reads_as_the_list_of_its_steps(native: None) -> None:
     """Length, items, slices, iteration, comparison, repr and pickling: those of the list of
     `Step`s (made once), and `JourneyOutput.steps` is that list."""

@@ -1305,13 +1305,14 @@ pub struct NativeStepCounter {
     step_ms: i64,
     lows: Vec<i64>,
     counts_type: Py<PyAny>,
+    keys: RefCell<steps::KeyCache>, // cell keys of `StepBatch` steps
 }
 
 #[pymethods]
 impl NativeStepCounter {
     #[new]
     fn new(step_ms: i64, lows: Vec<i64>, counts_type: Py<PyAny>) -> Self {
-        NativeStepCounter { step_ms, lows, counts_type }
+        NativeStepCounter { step_ms, lows, counts_type, keys: RefCell::new(steps::KeyCache::default()) }
     }
 
     /// Count `steps` (`Step` records, or a core's `StepBatch`) into `hot` (pane ->

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -19,7 +19,7 @@ use pyo3::pyclass::CompareOp;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
 use crate::panes::add_cell;
-use crate::{NativeJourneyCore, NativeStepCounter, PStr, RStep, EMPTY};
+use crate::{FxMap, NativeJourneyCore, NativeStepCounter, PStr, RStep, EMPTY};
 
 /// The Python strings of a core's codes (its interner's, a prefix of a list that only grows,
 /// so a code means the same string in every table of a core) and the `Step` type.
@@ -160,11 +160,34 @@ impl StepBatch {
         hot: &Bound<'py, PyDict>,
         frontier: Option<i64>,
     ) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let mut keys = counter
+            .keys
+            .try_borrow_mut()
+            .map_err(|_| PyRuntimeError::new_err("the step counter is already counting"))?;
         let mut cells = PaneCells::new(py, hot, counter.counts_type.bind(py), frontier);
+        let s = &self.table.strs;
         for st in &self.steps {
             let bucket = counter.lows.partition_point(|&low| low <= st.gap) as i64 - 1;
-            let key = self.table.cell_key(py, st, bucket)?;
-            cells.add(st.ts.div_euclid(counter.step_ms), key, st.sign, st.gap)?;
+            let id = (
+                [st.seg, st.ch, st.prev2, st.src, st.dst].map(|c| s[c as usize].ptr() as usize),
+                bucket,
+            );
+            let (key, hash) = match keys.map.get(&id) {
+                Some((key, hash)) => (key.bind(py).clone(), *hash),
+                None => {
+                    let key = self.table.cell_key(py, st, bucket)?;
+                    let hash = unsafe { ffi::PyObject_Hash(key.as_ptr()) };
+                    if hash == -1 {
+                        return Err(PyErr::fetch(py));
+                    }
+                    if keys.map.len() >= KEYS_KEPT {
+                        keys.map.clear();
+                    }
+                    keys.map.insert(id, (key.clone().unbind(), hash));
+                    (key, hash)
+                }
+            };
+            cells.add_hashed(st.ts.div_euclid(counter.step_ms), &key, hash, st.sign, st.gap)?;
         }
         Ok(cells.late)
     }
@@ -215,6 +238,17 @@ impl StepBatch {
         let list_type = py.get_type_bound::<PyList>().into_any();
         Ok((list_type, (self.records(py)?,)))
     }
+}
+
+/// At most this many cell keys are kept (a few MB; then they are made again).
+const KEYS_KEPT: usize = 1 << 16;
+
+/// Cell keys already made, with their hashes, by the string objects and gap bucket they hold:
+/// a step's key is then a lookup, not a tuple made and hashed. The addresses are those of the
+/// strings the key tuple holds (so alive, and not reused for another string while it is kept).
+#[derive(Default)]
+pub(crate) struct KeyCache {
+    map: FxMap<([usize; 5], i64), (Py<PyTuple>, ffi::Py_hash_t)>,
 }
 
 /// The cells of the pane of each step in turn (`hot[p].cells`, made with `counts_type` when
@@ -279,6 +313,22 @@ impl<'py, 'a> PaneCells<'py, 'a> {
 
     /// One step of pane `p`: its cell `key` by `sign`, its gap sum by `sign * gap`.
     pub(crate) fn add(&mut self, p: i64, key: Bound<'py, PyTuple>, sign: i64, gap: i64) -> PyResult<()> {
+        let hash = unsafe { ffi::PyObject_Hash(key.as_ptr()) };
+        if hash == -1 {
+            return Err(PyErr::fetch(self.py));
+        }
+        self.add_hashed(p, &key, hash, sign, gap)
+    }
+
+    /// `add` with the key's hash known.
+    pub(crate) fn add_hashed(
+        &mut self,
+        p: i64,
+        key: &Bound<'py, PyTuple>,
+        hash: ffi::Py_hash_t,
+        sign: i64,
+        gap: i64,
+    ) -> PyResult<()> {
         let py = self.py;
         if self.last_p != Some(p) || self.cells.is_none() {
             let cells = match self.seen.get(&p) {
@@ -296,12 +346,6 @@ impl<'py, 'a> PaneCells<'py, 'a> {
             Some(c) => c,
             None => return Err(PyValueError::new_err("no pane")),
         };
-        unsafe {
-            let hash = ffi::PyObject_Hash(key.as_ptr());
-            if hash == -1 {
-                return Err(PyErr::fetch(py));
-            }
-            add_cell(py, c.as_ptr(), key.as_ptr(), hash, sign, sign * gap)
-        }
+        unsafe { add_cell(py, c.as_ptr(), key.as_ptr(), hash, sign, sign * gap) }
     }
 }
