@@ -91,6 +91,13 @@ class NativeJourneyOutput(JourneyOutput):
         _STEPS_SLOT.__set__(self, steps)
         self.batch = steps
 
+    def __eq__(self, other: object) -> bool:
+        """Equal to a :class:`JourneyOutput` (either engine's) with the same fields."""
+        if not isinstance(other, JourneyOutput):
+            return NotImplemented
+        return (self.steps, self.late, self.duplicates, self.changed) == (
+            other.steps, other.late, other.duplicates, other.changed)
+
 
 def _not_built() -> ConfigError:
     return not_built("journey", "journeys", "journeymap_journeys", NATIVE_IMPORT_ERROR,

@@ -218,6 +218,7 @@ def test_a_step_batch_reads_as_the_list_of_its_steps(native: None) -> None:
     py_outs: list[Any] = []
     bjn.replay(NativeJourneyProcessor(config), calls, nat_outs)
     bjn.replay(JourneyProcessor(config), calls, py_outs)
+    assert nat_outs == py_outs and py_outs == nat_outs  # JourneyOutput equality across engines
     out, want = max(zip(nat_outs, py_outs, strict=True), key=lambda o: len(o[1].steps))
     batch = out.batch
     assert len(want.steps) >= 3
@@ -232,6 +233,7 @@ def test_a_step_batch_reads_as_the_list_of_its_steps(native: None) -> None:
     assert type(back) is list and back == want.steps
     assert type(out.steps) is list and out.steps == want.steps
     assert out.steps is out.steps  # made once
+    assert out == want and want == out and out != JourneyOutput()
     again = pickle.loads(pickle.dumps(out))
     assert again.steps == want.steps and again.changed == want.changed
     assert [bool(o.batch) for o in nat_outs] == [bool(o.steps) for o in py_outs]
