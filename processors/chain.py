@@ -36,7 +36,7 @@ import itertools
 import operator
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from processors.attribution import Attribution, attribute
 from processors.attribution_native import adopt_paths, new_path_accumulator
@@ -53,6 +53,7 @@ from processors.identity import (
 from processors.identity_native import new_resolver
 from processors.journeys import (
     CustomerState,
+    JourneyOutput,
     LateEvent,
     Step,
     event_digest,
@@ -138,11 +139,29 @@ class ChainOutput:
     merges: list[MergeRecord] = field(default_factory=list)
     links: list[IdentityLink] = field(default_factory=list)
     conflicts: list[Conflict] = field(default_factory=list)
-    steps: list[Step] = field(default_factory=list)
     cells: list[CellRow] = field(default_factory=list)
     funnel_transitions: list[FunnelTransition] = field(default_factory=list)
     released: list[ResolvedEvent] = field(default_factory=list)  # final, in event-time order
     n_ignored_identifiers: int = 0
+    # The steps as the journeys stage returned them, call by call: lists of `Step`s, or the
+    # native core's batches of Rust records, made into `Step`s only if `steps` is read (the
+    # sinks and models do not read them).
+    step_parts: list[Sequence[Step]] = field(default_factory=list, repr=False)
+
+    @property
+    def steps(self) -> list[Step]:
+        """Every step of the batch, in emission order (one list, made when first read)."""
+        parts = self.step_parts
+        if len(parts) != 1 or type(parts[0]) is not list:
+            parts[:] = [[st for part in parts for st in part]]
+        return parts[0]  # type: ignore[return-value]
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self.steps == other.steps and all(  # type: ignore[attr-defined]
+            getattr(self, f.name) == getattr(other, f.name)
+            for f in fields(self) if f.name != "step_parts")
 
     def counters(self) -> dict[str, int]:
         return {
@@ -432,11 +451,17 @@ class JourneyChain:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _absorb(self, journey_out: object, out: ChainOutput) -> None:
-        out.steps.extend(journey_out.steps)  # type: ignore[attr-defined]
-        out.late.extend(journey_out.late)  # type: ignore[attr-defined]
-        out.duplicates.extend(journey_out.duplicates)  # type: ignore[attr-defined]
-        self.transitions.update(journey_out.steps)  # type: ignore[attr-defined]
+    def _absorb(self, journey_out: JourneyOutput, out: ChainOutput) -> None:
+        # The native core's steps stay Rust records (its `batch`): the native counter counts
+        # them from there, and `Step`s are made only if `out.steps` is read.
+        steps: Sequence[Step] | None = getattr(journey_out, "batch", None)
+        if steps is None:
+            steps = journey_out.steps
+        if steps:
+            out.step_parts.append(steps)
+        out.late.extend(journey_out.late)
+        out.duplicates.extend(journey_out.duplicates)
+        self.transitions.update(steps)
 
     def _winner(self, customer_id: str) -> str:
         seen = []

@@ -7,7 +7,9 @@ and the engine choice for the journeys stage (issue 4).
 dedup rings, cursors, kept histories and counters of every customer live in the Rust core
 (``native/journeys/src/lib.rs``, the package ``journeymap_journeys``, built by maturin:
 ``scripts/build-native.sh``); touchpoints, channels and segments are interned there. What stays
-Python: the events read at the boundary, the output records, and the index of open journeys by
+Python: the events read at the boundary, the output records (the steps only when read: the core
+returns them as a ``StepBatch`` of Rust records, which the native transition counter counts as
+they are, :class:`NativeJourneyOutput`), and the index of open journeys by
 deadline hour (``_due``, a dict of sets, as in Python: ``expire`` walks those sets, and their
 order is the order of the expiry steps).
 
@@ -25,7 +27,7 @@ processor over the same states where the module is not installed; the counter li
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from types import SimpleNamespace
 from typing import Any, Literal
 
@@ -53,6 +55,48 @@ _module, NATIVE_IMPORT_ERROR = import_core("journeymap_journeys")
 NativeJourneyCore: Any = getattr(_module, "NativeJourneyCore", None)
 
 NATIVE_AVAILABLE = NativeJourneyCore is not None
+
+# JourneyOutput's own `steps` slot, under NativeJourneyOutput's property.
+_STEPS_SLOT: Any = JourneyOutput.__dict__["steps"]
+
+
+class NativeJourneyOutput(JourneyOutput):
+    """A :class:`JourneyOutput` whose steps stay in the core's ``StepBatch`` (``batch``: the
+    walk's Rust records) until ``steps`` is read: the chain hands the batch to the native
+    counter and keeps it for :class:`~processors.chain.ChainOutput`, so no ``Step`` is made
+    unless someone reads them. ``steps`` is then a list of the same ``Step`` records (made
+    once; a module built before ``StepBatch`` returns that list itself)."""
+
+    __slots__ = ("batch",)
+
+    def __init__(self, batch: Sequence[Step], late: list[LateEvent] | None = None,
+                 duplicates: list[ResolvedEvent] | None = None,
+                 changed: set[str] | None = None) -> None:
+        self.batch = batch
+        self.late = [] if late is None else late
+        self.duplicates = [] if duplicates is None else duplicates
+        self.changed = set() if changed is None else changed
+
+    @property  # type: ignore[override]
+    def steps(self) -> list[Step]:
+        try:
+            steps: list[Step] = _STEPS_SLOT.__get__(self)
+        except AttributeError:
+            steps = list(self.batch)
+            _STEPS_SLOT.__set__(self, steps)
+        return steps
+
+    @steps.setter
+    def steps(self, steps: list[Step]) -> None:
+        _STEPS_SLOT.__set__(self, steps)
+        self.batch = steps
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to a :class:`JourneyOutput` (either engine's) with the same fields."""
+        if not isinstance(other, JourneyOutput):
+            return NotImplemented
+        return (self.steps, self.late, self.duplicates, self.changed) == (
+            other.steps, other.late, other.duplicates, other.changed)
 
 
 def _not_built() -> ConfigError:
@@ -112,18 +156,18 @@ class NativeJourneyProcessor:
     def apply(self, events: Iterable[ResolvedEvent], watermark_ms: int | None = None
               ) -> JourneyOutput:
         """:meth:`JourneyProcessor.apply`."""
-        steps, duplicates, late, changed = self.core.apply(events, watermark_ms)
-        return JourneyOutput(steps, [LateEvent(*x) for x in late], duplicates, changed)
+        batch, duplicates, late, changed = self.core.apply(events, watermark_ms)
+        return NativeJourneyOutput(batch, [LateEvent(*x) for x in late], duplicates, changed)
 
     def expire(self, now_ms: int) -> JourneyOutput:
         """:meth:`JourneyProcessor.expire`."""
-        steps, changed = self.core.expire(now_ms)
-        return JourneyOutput(steps=steps, changed=changed)
+        batch, changed = self.core.expire(now_ms)
+        return NativeJourneyOutput(batch, changed=changed)
 
     def merge(self, loser: str, winner: str) -> JourneyOutput:
         """:meth:`JourneyProcessor.merge`."""
-        steps, changed = self.core.merge(loser, winner)
-        return JourneyOutput(steps=steps, changed=changed)
+        batch, changed = self.core.merge(loser, winner)
+        return NativeJourneyOutput(batch, changed=changed)
 
     def detach(self, customer_id: str) -> CustomerState | None:
         """:meth:`JourneyProcessor.detach`."""
@@ -239,6 +283,7 @@ def engine_of(journeys: object) -> str:
 
 __all__ = [
     "NATIVE_AVAILABLE",
+    "NativeJourneyOutput",
     "NativeJourneyProcessor",
     "adopt_engine",
     "engine_of",

@@ -3,12 +3,14 @@ finalization in Rust (issue 4).
 
 :class:`NativeTransitionCounter` is a ``TransitionCounter`` whose ``update`` counts each step
 into its pane's cells from ``NativeStepCounter`` (``native/journeys/src/lib.rs``, package
-``journeymap_journeys``), and whose ``advance``, corrections of final panes (``_correct``) and
-window syncing (``_sync``) run in ``NativePanes`` (``native/journeys/src/panes.rs``): the same
-Python panes and dicts, changed by the same operations in the same order, so every output and
-the state are the same (``advance(on_window=...)`` stays the Python method, as do the three
-with a module built before ``NativePanes``). It pickles as the Python counter's state and
-unpickles as a native counter, or as the Python one where the module is not installed.
+``journeymap_journeys``; the native journeys core's steps straight from its ``StepBatch`` of
+Rust records, without making ``Step`` records: ``steps.rs``), and whose ``advance``,
+corrections of final panes (``_correct``) and window syncing (``_sync``) run in
+``NativePanes`` (``native/journeys/src/panes.rs``): the same Python panes and dicts, changed by
+the same operations in the same order, so every output and the state are the same
+(``advance(on_window=...)`` stays the Python method, as do the three with a module built before
+``NativePanes``). It pickles as the Python counter's state and unpickles as a native counter, or
+as the Python one where the module is not installed.
 :func:`processors.journeys_native.new_journey_stage` picks it.
 """
 

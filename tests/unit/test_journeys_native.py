@@ -31,6 +31,7 @@ from processors.config import (
     WindowsConfig,
 )
 from processors.errors import ConfigError
+from processors.identity import MergeRecord
 from processors.journeys import JourneyOutput, JourneyProcessor
 from processors.journeys_native import NativeJourneyProcessor, engine_of, new_journey_stage
 from processors.transitions import CellRow, CellUpdate, TransitionCounter, TransitionCounts
@@ -140,14 +141,17 @@ def counter_run(counter: TransitionCounter, steps_by_call: list[tuple[list[Any],
     return rows, state
 
 
-def counter_steps(seed: int, config: ProcessingConfig) -> list[tuple[list[Any], int]]:
-    """The steps and watermark of each call of a random scenario (the Python journeys)."""
-    journeys = JourneyProcessor(config)
+def counter_steps(seed: int, config: ProcessingConfig, engine: Any = JourneyProcessor
+                  ) -> list[tuple[Any, int]]:
+    """The steps and watermark of each call of a random scenario (the Python journeys; with
+    the native ones, each call's `StepBatch`, not read)."""
+    journeys = engine(config)
     steps_by_call = []
     for call in bjn.random_calls(random.Random(seed)):
-        outs: list[JourneyOutput] = []
+        outs: list[Any] = []
         journeys = bjn.replay(journeys, [call], outs)
-        steps_by_call.extend((out.steps, journeys.watermark_ms) for out in outs)
+        steps_by_call.extend((getattr(out, "batch", out.steps), journeys.watermark_ms)
+                             for out in outs)
     return steps_by_call
 
 
@@ -163,6 +167,103 @@ def test_the_native_step_counter_counts_as_python(
     got = counter_run(NativeTransitionCounter(config.windows, lateness_s, corrections),
                       steps_by_call)
     assert got == want
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), config=configs,
+       corrections=st.sampled_from(["pane", "cells", "delta"]))
+def test_the_native_counter_counts_the_cores_batches_as_python_counts_steps(
+    native: None, seed: int, config: ProcessingConfig, corrections: Any
+) -> None:
+    """Steps handed from the core to the counter as Rust records: the same rows and state as
+    the Python counter over the Python processor's `Step`s (the counter pickled mid-stream),
+    and the batches, read afterwards, are those `Step`s."""
+    want_steps = counter_steps(seed, config)
+    batches = counter_steps(seed, config, NativeJourneyProcessor)
+    assert all(type(b).__name__ == "StepBatch" for b, _ in batches)
+    lateness_s = config.journey.allowed_lateness_s
+    want = counter_run(TransitionCounter(config.windows, lateness_s, corrections), want_steps)
+    got = counter_run(NativeTransitionCounter(config.windows, lateness_s, corrections), batches)
+    assert got[0] == want[0]  # every row
+    # The state; the archive's pickles unpickled: the core's strings are other objects than
+    # the Python processor's, so pickle's memo (which follows identity) differs.
+    for state in (got[1], want[1]):
+        state["archive"] = {p: list(pickle.loads(b).items()) for p, b in state["archive"].items()}
+    assert got[1] == want[1]
+    assert [(list(b), w) for b, w in batches] == want_steps
+
+
+def test_one_counter_counts_the_batches_of_several_cores(native: None) -> None:
+    """A counter keeps the cell keys it made, by the core's string objects: batches of two
+    cores (two sets of strings) in turn count as the Python counter counts both lists."""
+    config = config_of(lateness_s=0)
+    py = counter_steps(9, config)
+    first, second = (counter_steps(9, config, NativeJourneyProcessor) for _ in range(2))
+    want = counter_run(TransitionCounter(config.windows, 0, "cells"),
+                       [x for pair in zip(py, py, strict=True) for x in pair])
+    got = counter_run(NativeTransitionCounter(config.windows, 0, "cells"),
+                      [x for pair in zip(first, second, strict=True) for x in pair])
+    assert got[0] == want[0]
+    for state in (got[1], want[1]):
+        state["archive"] = {p: list(pickle.loads(b).items()) for p, b in state["archive"].items()}
+    assert got[1] == want[1]
+
+
+def test_a_step_batch_reads_as_the_list_of_its_steps(native: None) -> None:
+    """Length, items, slices, iteration, comparison, repr and pickling: those of the list of
+    `Step`s (made once), and `JourneyOutput.steps` is that list."""
+    config = config_of()
+    calls = bjn.random_calls(random.Random(4))
+    nat_outs: list[Any] = []
+    py_outs: list[Any] = []
+    bjn.replay(NativeJourneyProcessor(config), calls, nat_outs)
+    bjn.replay(JourneyProcessor(config), calls, py_outs)
+    assert nat_outs == py_outs and py_outs == nat_outs  # JourneyOutput equality across engines
+    out, want = max(zip(nat_outs, py_outs, strict=True), key=lambda o: len(o[1].steps))
+    batch = out.batch
+    assert len(want.steps) >= 3
+    assert len(batch) == len(want.steps) and bool(batch)
+    assert batch[0] == want.steps[0] and batch[-1] == want.steps[-1]
+    assert batch[1:3] == want.steps[1:3]
+    assert [st for st in batch] == want.steps == batch and batch == want.steps
+    assert batch != want.steps[:-1] and batch != [] and batch >= want.steps
+    assert [batch == [], batch == want.steps[:-1], batch == batch] == [False, False, True]
+    assert repr(batch) == repr(want.steps)
+    back = pickle.loads(pickle.dumps(batch))
+    assert type(back) is list and back == want.steps
+    assert type(out.steps) is list and out.steps == want.steps
+    assert out.steps is out.steps  # made once
+    assert out == want and want == out and out != JourneyOutput()
+    again = pickle.loads(pickle.dumps(out))
+    assert again.steps == want.steps and again.changed == want.changed
+    assert [bool(o.batch) for o in nat_outs] == [bool(o.steps) for o in py_outs]
+    with pytest.raises(IndexError):
+        batch[len(want.steps)]
+
+
+@pytest.mark.parametrize("seed", [21, 22])
+def test_chain_outputs_are_the_same_with_steps_left_in_the_core(native: None, seed: int) -> None:
+    """The chain with the native stage keeps each call's steps as the core's batches; its
+    outputs (steps read at the end, cells, the rest) equal the Python stage's, batch by batch,
+    with both chains pickled and restored mid-stream, and pickled outputs too."""
+    # (merges of a customer into itself, which the resolver never makes, would loop the
+    # chain's renames)
+    calls = [c for c in bjn.random_calls(random.Random(seed))
+             if c[0] == "apply" or (c[0] == "merge" and c[1] != c[2])]
+    chains = [JourneyChain(config_of()), JourneyChain(config_of("python"))]
+    n_batches = 0
+    for i, call in enumerate(calls):
+        if i == len(calls) // 2:
+            chains = [pickle.loads(pickle.dumps(c)) for c in chains]
+        events, merges = (list(call[1]), []) if call[0] == "apply" else (
+            [], [MergeRecord(call[1], call[2], f"e{i}", 0, "shared_identifier")])
+        nat, py = (c.process_resolved(list(events), merges) for c in chains)
+        n_batches += any(type(p).__name__ == "StepBatch" for p in nat.step_parts)
+        assert nat == py
+        assert nat.steps == py.steps and nat.cells == py.cells
+        assert pickle.loads(pickle.dumps(nat)) == py
+    assert n_batches > 0
+    assert chains[0].finish() == chains[1].finish()
 
 
 @settings(max_examples=100, deadline=None)

@@ -4,8 +4,9 @@
 //! Per customer: the dedup ring as 8-byte digests, the base and current cursors, the kept
 //! history and the counters, in Rust structs; touchpoints, channels, segments and Markov states
 //! are interned codes. Python objects stay only at the boundary: events are read from the
-//! `ResolvedEvent`s given, and the outputs are the same `Step` records (built here), duplicate
-//! events and `(event, watermark, frontier)` for late ones. Event ids, session ids and customer
+//! `ResolvedEvent`s given, and the outputs are the steps (a `StepBatch` of Rust records, which
+//! the transition counter counts as they are and which reads as the same `Step` records:
+//! `steps.rs`), duplicate events and `(event, watermark, frontier)` for late ones. Event ids, session ids and customer
 //! ids are kept as references to Python strings, because every step carries them out again.
 //!
 //! The index of open journeys by deadline bucket stays a Python dict of Python sets, changed by
@@ -26,10 +27,13 @@ use pyo3::types::{PyByteArray, PyDict, PyList, PySet, PyString, PyTuple};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::ptr::NonNull;
+use std::cell::RefCell;
+use std::sync::Arc;
 
 mod panes;
 mod funnels;
 mod paths;
+mod steps;
 
 const EMPTY: u32 = 0; // ""
 const START: u32 = 1;
@@ -289,9 +293,9 @@ impl Interner {
     }
 }
 
-/// The output of one call: steps (Python `Step` records), duplicates, late events, changed.
+/// The output of one call: steps (a `StepBatch` when it returns), changed.
 struct Out<'py> {
-    steps: Bound<'py, PyList>,
+    steps: RefCell<Vec<RStep>>,
     changed: Bound<'py, PySet>,
 }
 
@@ -311,13 +315,13 @@ pub struct NativeJourneyCore {
     churn: Vec<String>,
     support: u32,
     empty_cursor: Cursor,
-    empty_str: PStr,
     cix: FxMap<Box<str>, u32>,
     slots: Vec<Option<Box<Customer>>>,
     free: Vec<u32>,
     due: Py<PyDict>,
     ev_layout: Option<EvLayout>,
     ev_type: Option<Py<PyAny>>,
+    table: Option<Arc<steps::StepTable>>, // the strings of the last StepBatch
 }
 
 impl NativeJourneyCore {
@@ -599,61 +603,12 @@ impl NativeJourneyCore {
     }
 
     /// `_emit`: count the steps into the customer and send them out.
-    fn emit(&self, py: Python<'_>, s: &mut Customer, steps: &[RStep], out: &Out<'_>) -> PyResult<()> {
+    fn emit(&self, _py: Python<'_>, s: &mut Customer, steps: &[RStep], out: &Out<'_>) -> PyResult<()> {
         for st in steps {
             self.count(s, st, st.sign);
-            out.steps.append(self.step_obj(py, st)?)?;
+            out.steps.borrow_mut().push(st.clone());
         }
         Ok(())
-    }
-
-    /// A `Step` record, built as `tuple.__new__(Step, fields)` builds it.
-    fn step_obj<'py>(&self, py: Python<'py>, st: &RStep) -> PyResult<Bound<'py, PyAny>> {
-        unsafe {
-            let items: [*mut ffi::PyObject; 15] = [
-                st.cid.new_ref(),
-                self.strs.py[st.seg as usize].new_ref(),
-                self.strs.py[st.ch as usize].new_ref(),
-                self.strs.py[st.tp as usize].new_ref(),
-                self.strs.py[st.src as usize].new_ref(),
-                self.strs.py[st.dst as usize].new_ref(),
-                self.strs.py[st.prev2 as usize].new_ref(),
-                ffi::PyLong_FromLongLong(st.gap),
-                ffi::PyLong_FromLongLong(st.ts),
-                st.session.new_ref(),
-                ffi::PyBool_FromLong(st.is_new as _),
-                if st.tp != EMPTY && st.rev == 0.0 {
-                    ffi::PyLong_FromLong(0)
-                } else {
-                    ffi::PyFloat_FromDouble(st.rev)
-                },
-                ffi::PyLong_FromLongLong(st.jno),
-                ffi::PyLong_FromLongLong(st.sign),
-                match &st.eid {
-                    Some(e) => e.new_ref(),
-                    None => self.empty_str.new_ref(),
-                },
-            ];
-            let tp = self.step_type.as_ptr() as *mut ffi::PyTypeObject;
-            let alloc = (*tp).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc);
-            let obj = alloc(tp, 15);
-            if obj.is_null() {
-                for p in items {
-                    ffi::Py_XDECREF(p);
-                }
-                return Err(PyErr::fetch(py));
-            }
-            for (i, p) in items.into_iter().enumerate() {
-                ffi::PyTuple_SET_ITEM(obj, i as ffi::Py_ssize_t, p);
-            }
-            // Strings and numbers only: no cycle can go through it, and the collector would
-            // untrack it at its first pass anyway (as it does any such tuple); untracked now,
-            // it is never walked.
-            if ffi::PyObject_IS_GC(obj) != 0 {
-                ffi::PyObject_GC_UnTrack(obj as *mut std::ffi::c_void);
-            }
-            Ok(Bound::from_owned_ptr(py, obj))
-        }
     }
 
     /// `_insert`: an out-of-order entry in place, and the corrections of the steps after it.
@@ -901,7 +856,7 @@ impl NativeJourneyCore {
             is_open: false,
             src: START,
             prev2: EMPTY,
-            session: empty_str.clone(),
+            session: empty_str,
             sess_start: -1,
             jno: 0,
             ch: EMPTY,
@@ -921,13 +876,13 @@ impl NativeJourneyCore {
             churn,
             support: 0,
             empty_cursor,
-            empty_str,
             cix: FxMap::default(),
             slots: Vec::new(),
             free: Vec::new(),
             due,
             ev_layout: None,
             ev_type: None,
+            table: None,
         };
         for c in 0..4 {
             core.note_new_code(py, c);
@@ -944,8 +899,10 @@ impl NativeJourneyCore {
         py: Python<'py>,
         events: &Bound<'py, PyAny>,
         watermark_ms: Option<i64>,
-    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PySet>)> {
-        let out = Out { steps: PyList::empty_bound(py), changed: PySet::empty_bound(py)? };
+    ) -> PyResult<(steps::StepBatch, Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PySet>)> {
+        // about a step per event
+        let n_hint = events.len().unwrap_or(0);
+        let out = Out { steps: RefCell::new(Vec::with_capacity(n_hint)), changed: PySet::empty_bound(py)? };
         let dups = PyList::empty_bound(py);
         let late = PyList::empty_bound(py);
         if let Some(w) = watermark_ms {
@@ -1047,8 +1004,8 @@ impl NativeJourneyCore {
                 let new_cur = self.walk(py, &cid, &s.cur, &e, Some(&mut steps));
                 for st in &steps {
                     self.count(&mut s, st, 1);
-                    out.steps.append(self.step_obj(py, st)?)?;
                 }
+                out.steps.borrow_mut().append(&mut steps);
                 s.cur = new_cur;
                 s.hist.push_back(e);
                 if s.first_ts < 0 {
@@ -1067,12 +1024,12 @@ impl NativeJourneyCore {
             self.slots[slot as usize] = Some(s);
         }
         self.watermark_ms = wm;
-        Ok((out.steps, dups, late, out.changed))
+        Ok((self.batch(py, out.steps.into_inner()), dups, late, out.changed))
     }
 
     /// `JourneyProcessor.expire`: returns (steps, changed).
-    fn expire<'py>(&mut self, py: Python<'py>, now_ms: i64) -> PyResult<(Bound<'py, PyList>, Bound<'py, PySet>)> {
-        let out = Out { steps: PyList::empty_bound(py), changed: PySet::empty_bound(py)? };
+    fn expire<'py>(&mut self, py: Python<'py>, now_ms: i64) -> PyResult<(steps::StepBatch, Bound<'py, PySet>)> {
+        let out = Out { steps: RefCell::new(Vec::new()), changed: PySet::empty_bound(py)? };
         if now_ms > self.watermark_ms {
             self.watermark_ms = now_ms;
         }
@@ -1122,7 +1079,7 @@ impl NativeJourneyCore {
                 out.changed.add(&cid)?;
             }
         }
-        Ok((out.steps, out.changed))
+        Ok((self.batch(py, out.steps.into_inner()), out.changed))
     }
 
     /// `JourneyProcessor.merge`: returns (steps, changed).
@@ -1131,11 +1088,11 @@ impl NativeJourneyCore {
         py: Python<'py>,
         loser: &Bound<'py, PyString>,
         winner: &Bound<'py, PyString>,
-    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PySet>)> {
-        let out = Out { steps: PyList::empty_bound(py), changed: PySet::empty_bound(py)? };
+    ) -> PyResult<(steps::StepBatch, Bound<'py, PySet>)> {
+        let out = Out { steps: RefCell::new(Vec::new()), changed: PySet::empty_bound(py)? };
         let (lt, wt) = (loser.to_str()?, winner.to_str()?);
         if lt == wt || self.slot_of(lt).is_none() {
-            return Ok((out.steps, out.changed));
+            return Ok((self.batch(py, out.steps.into_inner()), out.changed));
         }
         let ls = self.remove_customer(lt).unwrap();
         let wslot = match self.slot_of(wt) {
@@ -1222,7 +1179,7 @@ impl NativeJourneyCore {
         ws.seen_pos = 0;
         self.slots[wslot as usize] = Some(ws);
         r?;
-        Ok((out.steps, out.changed))
+        Ok((self.batch(py, out.steps.into_inner()), out.changed))
     }
 
     /// Every customer as `(customer_id, CustomerState.__getstate__() layout)`.
@@ -1348,17 +1305,18 @@ pub struct NativeStepCounter {
     step_ms: i64,
     lows: Vec<i64>,
     counts_type: Py<PyAny>,
+    keys: RefCell<steps::KeyCache>, // cell keys of `StepBatch` steps
 }
 
 #[pymethods]
 impl NativeStepCounter {
     #[new]
     fn new(step_ms: i64, lows: Vec<i64>, counts_type: Py<PyAny>) -> Self {
-        NativeStepCounter { step_ms, lows, counts_type }
+        NativeStepCounter { step_ms, lows, counts_type, keys: RefCell::new(steps::KeyCache::default()) }
     }
 
-    /// Count `steps` into `hot` (pane -> TransitionCounts); the late panes' cells (pane ->
-    /// dict) or None.
+    /// Count `steps` (`Step` records, or a core's `StepBatch`) into `hot` (pane ->
+    /// TransitionCounts); the late panes' cells (pane -> dict) or None.
     #[pyo3(signature = (steps, hot, frontier))]
     fn update<'py>(
         &self,
@@ -1367,10 +1325,10 @@ impl NativeStepCounter {
         hot: &Bound<'py, PyDict>,
         frontier: Option<i64>,
     ) -> PyResult<Option<Bound<'py, PyDict>>> {
-        let n_cells = intern!(py, "cells");
-        let mut late: Option<Bound<'py, PyDict>> = None;
-        let mut last_p: Option<i64> = None;
-        let mut cells: Option<Bound<'py, PyDict>> = None;
+        if let Ok(batch) = steps.downcast::<steps::StepBatch>() {
+            return batch.borrow().count_into(py, self, hot, frontier);
+        }
+        let mut cells = steps::PaneCells::new(py, hot, self.counts_type.bind(py), frontier);
         for st in steps.iter()? {
             let st = st?;
             let st = st.downcast::<PyTuple>()?;
@@ -1387,46 +1345,9 @@ impl NativeStepCounter {
                 py,
                 [item(1), item(2), item(6), item(4), item(5), bucket.into_py(py).into_bound(py)],
             );
-            if last_p != Some(p) {
-                last_p = Some(p);
-                if matches!(frontier, Some(f) if p < f) {
-                    let l = late.get_or_insert_with(|| PyDict::new_bound(py));
-                    cells = Some(match l.get_item(p)? {
-                        Some(c) => c.downcast_into::<PyDict>()?,
-                        None => {
-                            let c = PyDict::new_bound(py);
-                            l.set_item(p, &c)?;
-                            c
-                        }
-                    });
-                } else {
-                    let pane = match hot.get_item(p)? {
-                        Some(pane) => pane,
-                        None => {
-                            let pane = self.counts_type.bind(py).call0()?;
-                            hot.set_item(p, &pane)?;
-                            pane
-                        }
-                    };
-                    cells = Some(pane.getattr(n_cells)?.downcast_into::<PyDict>()?);
-                }
-            }
-            let c = cells.as_ref().unwrap();
-            match c.get_item(&key)? {
-                None => c.set_item(key, (sign, sign * gap))?,
-                Some(v) => {
-                    let v = v.downcast::<PyTuple>()?;
-                    let n = v.get_item(0)?.extract::<i64>()? + sign;
-                    let g = v.get_item(1)?.extract::<i64>()? + sign * gap;
-                    if n != 0 || g != 0 {
-                        c.set_item(key, (n, g))?;
-                    } else {
-                        c.del_item(key)?;
-                    }
-                }
-            }
+            cells.add(p, key, sign, gap)?;
         }
-        Ok(late)
+        Ok(cells.late)
     }
 }
 
@@ -1434,6 +1355,7 @@ impl NativeStepCounter {
 fn journeymap_journeys(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeJourneyCore>()?;
     m.add_class::<NativeStepCounter>()?;
+    m.add_class::<steps::StepBatch>()?;
     m.add_class::<panes::NativePanes>()?;
     m.add_class::<paths::NativePaths>()?;
     m.add_class::<funnels::NativeFunnelStep>()?;

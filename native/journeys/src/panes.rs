@@ -178,7 +178,7 @@ unsafe fn set_value(
 }
 
 /// `_add_cell(cells, key, n, gap_sum)`: add to one cell, dropping it when it comes to (0, 0).
-unsafe fn add_cell(
+pub(crate) unsafe fn add_cell(
     py: Python<'_>,
     cells: *mut ffi::PyObject,
     key: *mut ffi::PyObject,
