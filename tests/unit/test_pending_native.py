@@ -231,3 +231,18 @@ def test_old_checkpoints_with_digests_in_the_heap_load(native: None) -> None:
     restored.__setstate__(pickle.loads(pickle.dumps(old)))
     assert type(restored._pending) is pending_native.NativePending
     assert rest(restored) == expected
+
+
+def test_python_funnels_and_paths_set_on_a_native_chain_read_the_events(native: None) -> None:
+    """A Python tracker or accumulator put on a chain after it was made (as a test or a tool
+    may) is fed the released events, as the Python release feeds them."""
+    expected = rest(busy_chain("python"))
+    chain = JourneyChain(config_of("auto"))
+    python = JourneyChain(config_of("python"))
+    chain.funnels, chain.paths = python.funnels, python.paths
+    chain.process_resolved([make(("c0", "landing_page", 0, "a0", "web", None, "a")),
+                            make(("c1", "blog", 1, "b0", "app", None, "b")),
+                            make(("c0", "signup", 2, "a1", "web", None, "a"))])
+    chain.process_resolved([], [MergeRecord("c1", "c0", "m", T0_MS, "shared_identifier")])
+    assert type(chain._pending) is pending_native.NativePending
+    assert rest(chain) == expected
