@@ -295,7 +295,7 @@ class JourneyChain:
         if isinstance(self._pending, list):
             self._pending.extend([(ev.ts_ms, seq + i, ev) for i, ev in enumerate(applied, 1)])
         else:
-            self._pending.extend(applied, seq)  # the records taken while the events are warm
+            self._pending.extend(applied, seq)  # (compact records: _release reads them)
         self._seq = seq + len(applied)
         frontier_ms, watermark_ms = self.hold or (
             self.journeys.frontier_ms, self.journeys.watermark_ms
