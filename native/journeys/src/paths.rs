@@ -55,6 +55,17 @@ impl EventSlots {
     pub(crate) fn get<'py>(&self, ev: &Bound<'py, PyAny>, i: usize) -> PyResult<Bound<'py, PyAny>> {
         slot_or_attr(ev, &self.layout, i, slot_names(ev.py())[i])
     }
+
+    /// Slot `i` of `ev` as a borrowed pointer, read at its offset without touching the value
+    /// (null when the layout does not apply or the slot is empty): for prefetching.
+    pub(crate) fn peek(&self, ev: &Bound<'_, PyAny>, i: usize) -> *mut pyo3::ffi::PyObject {
+        match &self.layout {
+            Some(l) if unsafe { pyo3::ffi::Py_TYPE(ev.as_ptr()) } == l.ty => unsafe {
+                *((ev.as_ptr() as *mut u8).offset(l.off[i]) as *mut *mut pyo3::ffi::PyObject)
+            },
+            _ => std::ptr::null_mut(),
+        }
+    }
 }
 
 fn slot_names(py: Python<'_>) -> [&Bound<'_, PyString>; 4] {
