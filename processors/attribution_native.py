@@ -105,7 +105,9 @@ class NativePathAccumulator(PathAccumulator):
         self.open = OpenPaths(self._core)  # type: ignore[assignment]
 
     def add(self, events: Iterable[ResolvedEvent]) -> None:
-        """:meth:`PathAccumulator.add`."""
+        """:meth:`PathAccumulator.add`. `events` may also be the ``NativeReleased`` records of
+        the chain's native reorder buffer (:mod:`processors.pending_native`), read instead of
+        the events."""
         self._core.add(events, self.done["touchpoint"], self.done["channel"])
 
     def paths(self, level: Literal["touchpoint", "channel"], now_ms: int) -> list[Path]:

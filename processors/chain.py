@@ -37,13 +37,18 @@ import operator
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 from processors.attribution import Attribution, attribute
-from processors.attribution_native import adopt_paths, new_path_accumulator
+from processors.attribution_native import (
+    NativePathAccumulator,
+    adopt_paths,
+    new_path_accumulator,
+)
 from processors.config import ProcessingConfig
 from processors.events import ResolvedEvent
 from processors.funnels import FunnelTransition
-from processors.funnels_native import adopt_funnels, new_funnel_tracker
+from processors.funnels_native import NativeFunnelTracker, adopt_funnels, new_funnel_tracker
 from processors.identity import (
     Conflict,
     IdentityLink,
@@ -59,6 +64,7 @@ from processors.journeys import (
     event_digest,
 )
 from processors.journeys_native import adopt_engine, new_journey_stage
+from processors.pending_native import adopt_pending, new_pending
 from processors.transitions import CellRow
 from processors.validation import (
     Accepted,
@@ -216,7 +222,10 @@ class JourneyChain:
         self.segment_of = segment_of
         # The funnel reorder heap: (ts_ms, arrival seq, event); ties in time are put in
         # event-id digest order when released (`_release`), so arrival order does not matter.
-        self._pending: list[tuple[int, int, ResolvedEvent]] = []
+        # A list, or where the funnels and paths are native the same entries as compact native
+        # records (processors/pending_native.py; `_waiting` and `_set_waiting` read and set it).
+        self._pending: list[tuple[int, int, ResolvedEvent]] | Any = new_pending(self.funnels,
+                                                                                self.paths)
         self._seq = 0
         self._renamed: dict[str, str] = {}  # merged-away customer -> its winner
         # (frontier_ms, watermark_ms) the chain must not release or finalize past, while a
@@ -236,6 +245,7 @@ class JourneyChain:
                                                        self.transitions)
         self.funnels = adopt_funnels(self.config, self.funnels)
         self.paths = adopt_paths(self.config, self.paths)
+        self._pending = adopt_pending(self._pending, self.funnels, self.paths)
 
     # -- one batch ----------------------------------------------------------------------------
 
@@ -298,7 +308,10 @@ class JourneyChain:
         out.applied.extend(applied)
         seq = self._seq
         # Appended in arrival order; `_release` sorts the list (any heap order is kept valid).
-        self._pending.extend([(ev.ts_ms, seq + i, ev) for i, ev in enumerate(applied, 1)])
+        if isinstance(self._pending, list):
+            self._pending.extend([(ev.ts_ms, seq + i, ev) for i, ev in enumerate(applied, 1)])
+        else:
+            self._pending.extend(applied, seq)  # (compact records: _release reads them)
         self._seq = seq + len(applied)
         frontier_ms, watermark_ms = self.hold or (
             self.journeys.frontier_ms, self.journeys.watermark_ms
@@ -321,14 +334,14 @@ class JourneyChain:
         # ids of waiting events are looked up: every id ever merged away here would make each
         # merge cost as much as all the merges before it (quadratic over a long stream).
         ours = {loser}
-        ours.update(cid for cid in {entry[-1].customer_id for entry in self._pending}
+        ours.update(cid for cid in {entry[-1].customer_id for entry in self._waiting()}
                     if cid in self._renamed and self._winner(cid) == loser)
         self._unrename(winner)
         self._renamed[loser] = winner
-        mine = [entry for entry in self._pending if entry[-1].customer_id in ours]
+        waiting = self._waiting()
+        mine = [entry for entry in waiting if entry[-1].customer_id in ours]
         if mine:
-            self._pending = [e for e in self._pending if e[-1].customer_id not in ours]
-            heapq.heapify(self._pending)
+            self._set_waiting([e for e in waiting if e[-1].customer_id not in ours])
         return {
             "loser": loser,
             "journey": self.journeys.detach(loser),
@@ -352,7 +365,10 @@ class JourneyChain:
         self.funnels.attach(loser, package.get("funnels") or {})  # type: ignore[arg-type]
         for ev in self._unseen_pending(package, merge.winner):
             self._seq += 1
-            heapq.heappush(self._pending, (ev.ts_ms, self._seq, ev))
+            if isinstance(self._pending, list):
+                heapq.heappush(self._pending, (ev.ts_ms, self._seq, ev))
+            else:
+                self._pending.push(ev.ts_ms, self._seq, ev)
         return self.process_resolved([], [merge], out)
 
     def _unseen_pending(self, package: dict[str, object], winner: str) -> list[ResolvedEvent]:
@@ -367,7 +383,8 @@ class JourneyChain:
         pending: list[ResolvedEvent] = package["pending"]  # type: ignore[assignment]
         journeys = self.journeys
         mine = journeys.state_of(winner)
-        waiting = {e[-1].event.event_id for e in self._pending if e[-1].customer_id == winner}
+        entries = self._waiting()
+        waiting = {e[-1].event.event_id for e in entries if e[-1].customer_id == winner}
         kept = [ev for ev in pending if ev.event.event_id not in waiting
                 and (mine is None or not journeys._seen(mine, event_digest(ev.event.event_id)))]
         theirs: CustomerState | None = package["journey"]  # type: ignore[assignment]
@@ -376,9 +393,8 @@ class JourneyChain:
             gone = {i for i in waiting if i not in brought
                     and journeys._seen(theirs, event_digest(i))}
             if gone:
-                self._pending = [e for e in self._pending if not (
-                    e[-1].customer_id == winner and e[-1].event.event_id in gone)]
-                heapq.heapify(self._pending)
+                self._set_waiting([e for e in entries if not (
+                    e[-1].customer_id == winner and e[-1].event.event_id in gone)])
         return kept
 
     def forget_customer(self, customer_id: str) -> None:
@@ -387,9 +403,9 @@ class JourneyChain:
         already aggregated (transitions, funnel cells) hold no identifier and stay."""
         self.journeys.detach(customer_id)
         self.paths.open.pop(customer_id, None)
-        if any(entry[-1].customer_id == customer_id for entry in self._pending):
-            self._pending = [e for e in self._pending if e[-1].customer_id != customer_id]
-            heapq.heapify(self._pending)
+        waiting = self._waiting()
+        if any(entry[-1].customer_id == customer_id for entry in waiting):
+            self._set_waiting([e for e in waiting if e[-1].customer_id != customer_id])
         for runs in self.funnels.state.runs.values():
             runs.pop(customer_id, None)
 
@@ -417,13 +433,14 @@ class JourneyChain:
         if customer_id not in self._renamed:
             return
         owner = self._winner(customer_id)
-        if any(entry[-1].customer_id == customer_id for entry in self._pending):
+        waiting = self._waiting()
+        if any(entry[-1].customer_id == customer_id for entry in waiting):
             # (ts, seq) keys are unchanged, so the heap order holds
-            self._pending = [
+            self._set_waiting([
                 (ts, seq, ResolvedEvent(owner, ev.event, ev.segment))
                 if ev.customer_id == customer_id else (ts, seq, ev)
-                for ts, seq, ev in self._pending
-            ]
+                for ts, seq, ev in waiting
+            ], heapify=False)
         renamed = self._renamed
         for cid, to in list(renamed.items()):
             if to == customer_id:
@@ -472,6 +489,21 @@ class JourneyChain:
             self._renamed[c] = customer_id
         return customer_id
 
+    def _waiting(self) -> list[tuple[int, int, ResolvedEvent]]:
+        """The entries of `_pending` (the list itself, or a native buffer's as a new list)."""
+        pending = self._pending
+        return pending if isinstance(pending, list) else pending.entries()  # type: ignore[no-any-return]
+
+    def _set_waiting(self, entries: list[tuple[int, int, ResolvedEvent]],
+                     heapify: bool = True) -> None:
+        """`_pending` holds `entries` (made a heap first unless told they are one)."""
+        if heapify:
+            heapq.heapify(entries)
+        if isinstance(self._pending, list):
+            self._pending = entries
+        else:
+            self._pending.replace(entries)
+
     def _release(self, frontier_ms: int | None, out: ChainOutput) -> None:
         """Feed the funnels every buffered event before `frontier_ms` (all when None).
 
@@ -480,6 +512,9 @@ class JourneyChain:
         and what stays is sorted, which is also a valid heap for the other methods.
         """
         pending = self._pending
+        if not isinstance(pending, list):
+            self._release_native(pending, frontier_ms, out)
+            return
         pending.sort()
         if frontier_ms is None:
             k = len(pending)
@@ -507,6 +542,22 @@ class JourneyChain:
             out.funnel_transitions.extend(result.transitions)
             if frontier_ms is not None:
                 out.funnel_transitions.extend(self.funnels.advance(frontier_ms))
+
+    def _release_native(self, pending: Any, frontier_ms: int | None, out: ChainOutput) -> None:
+        """:meth:`_release` from a native buffer: sorted, cut, ordered and renamed there, the
+        funnels and paths fed its compact records, the events only handed to ``out``."""
+        taken = pending.release(frontier_ms, self._renamed, self._winner)
+        if taken is None:
+            return
+        ready, records = taken
+        out.released.extend(ready)
+        paths, funnels = self.paths, self.funnels
+        # (a Python tracker or accumulator set on the chain after it was made reads the events)
+        paths.add(records if isinstance(paths, NativePathAccumulator) else ready)
+        result = funnels.update(records if isinstance(funnels, NativeFunnelTracker) else ready)
+        out.funnel_transitions.extend(result.transitions)
+        if frontier_ms is not None:
+            out.funnel_transitions.extend(funnels.advance(frontier_ms))
 
     def current_watermark_ms(self) -> int:
         return self.journeys.watermark_ms

@@ -52,7 +52,9 @@ class NativeFunnelTracker(FunnelTracker):
         self._native = _step_of(self)
 
     def update(self, events: Iterable[ResolvedEvent]) -> FunnelResult:
-        """:meth:`FunnelTracker.update`."""
+        """:meth:`FunnelTracker.update`. `events` may also be the ``NativeReleased`` records of
+        the chain's native reorder buffer (:mod:`processors.pending_native`), read instead of
+        the events."""
         out = FunnelResult()
         state = self.state
         names = [f.name for f in self._funnels]

@@ -15,6 +15,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
+use crate::pending::NativeReleased;
 use crate::paths::{EventSlots, CUSTOMER_ID, EVENT, SEGMENT, TS_MS};
 use crate::{dict_or_attr, instance_dict, slot_offset};
 
@@ -337,6 +338,8 @@ impl NativeFunnelStep {
     /// `FunnelTracker.update`'s loop: `runs` and `deadlines` are the state's dict and heap of
     /// each funnel (in the funnels' order), `cells` the state's cells, `weeks` the tracker's
     /// day -> cohort week cache; transitions and late events are appended to `out` and `late`.
+    /// `events` are `ResolvedEvent`s, or a `NativeReleased` batch of the chain's reorder buffer
+    /// (its records are read instead of the events).
     #[allow(clippy::too_many_arguments)]
     fn update<'py>(
         &mut self,
@@ -351,9 +354,20 @@ impl NativeFunnelStep {
         late: &Bound<'py, PyList>,
     ) -> PyResult<()> {
         let t = State::new(py, self.funnels.len(), runs, deadlines, cells, out)?;
-        let n_touchpoint = intern!(py, "touchpoint");
-        let n_append = intern!(py, "append");
         let route_of = self.route_of.bind(py);
+        if let Ok(batch) = events.downcast::<NativeReleased>() {
+            for r in &batch.borrow().recs {
+                let ri = match route_of.get_item(r.tp.bound(py))? {
+                    Some(i) => i.extract::<usize>()?,
+                    None => continue,
+                };
+                let ts_obj = r.ts.into_py(py).into_bound(py);
+                let (ev, cid, seg) = (r.ev.bound(py), r.cid.bound(py).into_any(), r.seg.bound(py));
+                self.route_event(py, &t, ri, &ev, r.ts, &ts_obj, &cid, Some(seg), weeks, watermark_ms, late)?;
+            }
+            return Ok(());
+        }
+        let n_touchpoint = intern!(py, "touchpoint");
         // First the events some funnel cares about (a short loop whose reads of the events,
         // cold by the time they are released, overlap), then their moves.
         let mut routed = Vec::new();
@@ -369,62 +383,8 @@ impl NativeFunnelStep {
         for (ev, ri) in routed {
             let ts_obj = self.slots.get(&ev, TS_MS)?;
             let ts: i64 = ts_obj.extract()?;
-            if ts < watermark_ms {
-                late.append(&ev)?;
-                continue;
-            }
             let cid = self.slots.get(&ev, CUSTOMER_ID)?;
-            for &(fi, s) in &self.routes[ri] {
-                let f = &self.funnels[fi];
-                let fruns = &t.runs[fi];
-                let mut run = fruns.get_item(&cid)?;
-                let mut entered = 0i64;
-                if let Some(r) = &run {
-                    entered = self.runs.get_i64(r, STAGE_ENTERED_MS)?;
-                    if ts < entered {
-                        let n = late.len();
-                        if n == 0 || !late.get_item(n - 1)?.is(&ev) {
-                            late.append(&ev)?;
-                        }
-                        continue;
-                    }
-                    let start = self.runs.get_i64(r, RUN_START_MS)?;
-                    if ts > start + f.window_ms {
-                        self.drop_run(py, &t, fi, &cid, r)?;
-                        run = None;
-                    }
-                }
-                let run = match run {
-                    Some(r) => r,
-                    None => {
-                        if s == 0 {
-                            self.start(py, &t, fi, &cid, &ev, ts, weeks)?;
-                        }
-                        continue;
-                    }
-                };
-                self.runs.get(&run, EVENTS)?.call_method1(n_append, (ts << STAGE_BITS | s,))?;
-                let c = self.runs.get_i64(&run, STAGE)?;
-                if s <= c || (f.strict && s != c + 1) {
-                    continue;
-                }
-                let spent = ts - entered;
-                let key = self.runs.get(&run, CELL)?.downcast_into::<PyTuple>()?;
-                let cell = t.cells.as_any().get_item(&key)?;
-                bump(&cell.getattr(t.n_advanced)?, c, 1)?;
-                let durations = cell.getattr(t.advance_ms)?.get_item(c)?;
-                self.durations_add(py, &durations, spent)?;
-                bump(&cell.getattr(t.n_entered)?, s, 1)?;
-                let ts = ts_obj.clone().unbind();
-                let (seg, week) = (key.get_item(1)?, key.get_item(2)?);
-                t.out.append(self.transition(py, fi, &cid, c, s, ts, Some(spent), seg, week)?)?;
-                if s == f.last {
-                    fruns.del_item(&cid)?;
-                } else {
-                    self.runs.set(&run, STAGE, s.into_py(py).into_bound(py))?;
-                    self.runs.set(&run, STAGE_ENTERED_MS, ts_obj.clone())?;
-                }
-            }
+            self.route_event(py, &t, ri, &ev, ts, &ts_obj, &cid, None, weeks, watermark_ms, late)?;
         }
         Ok(())
     }
@@ -474,7 +434,7 @@ impl NativeFunnelStep {
         t: &State<'py>,
         fi: usize,
         cid: &Bound<'py, PyAny>,
-        ev: &Bound<'py, PyAny>,
+        segment: Bound<'py, PyAny>,
         ts: i64,
         weeks: &Bound<'py, PyDict>,
     ) -> PyResult<()> {
@@ -488,7 +448,6 @@ impl NativeFunnelStep {
                 w
             }
         };
-        let segment = self.slots.get(ev, SEGMENT)?;
         let key = PyTuple::new_bound(py, [f.name.bind(py).as_any(), &segment, &week]);
         let cell = match t.cells.get_item(&key)? {
             Some(c) => c,
@@ -505,5 +464,86 @@ impl NativeFunnelStep {
         t.runs[fi].set_item(cid, run)?;
         self.heappush.bind(py).call1((&t.deadlines[fi], (ts + f.window_ms, cid, ts)))?;
         t.out.append(self.transition(py, fi, cid, OUTSIDE, 0, ts.into_py(py), None, segment, week)?)
+    }
+}
+
+impl NativeFunnelStep {
+    /// One routed event of `update` (route `ri`): `segment` read from `ev` when not given.
+    #[allow(clippy::too_many_arguments)]
+    fn route_event<'py>(
+        &self,
+        py: Python<'py>,
+        t: &State<'py>,
+        ri: usize,
+        ev: &Bound<'py, PyAny>,
+        ts: i64,
+        ts_obj: &Bound<'py, PyAny>,
+        cid: &Bound<'py, PyAny>,
+        segment: Option<Bound<'py, PyAny>>,
+        weeks: &Bound<'py, PyDict>,
+        watermark_ms: i64,
+        late: &Bound<'py, PyList>,
+    ) -> PyResult<()> {
+        let n_append = intern!(py, "append");
+        if ts < watermark_ms {
+            late.append(ev)?;
+            return Ok(());
+        }
+        for &(fi, s) in &self.routes[ri] {
+            let f = &self.funnels[fi];
+            let fruns = &t.runs[fi];
+            let mut run = fruns.get_item(cid)?;
+            let mut entered = 0i64;
+            if let Some(r) = &run {
+                entered = self.runs.get_i64(r, STAGE_ENTERED_MS)?;
+                if ts < entered {
+                    let n = late.len();
+                    if n == 0 || !late.get_item(n - 1)?.is(ev) {
+                        late.append(ev)?;
+                    }
+                    continue;
+                }
+                let start = self.runs.get_i64(r, RUN_START_MS)?;
+                if ts > start + f.window_ms {
+                    self.drop_run(py, t, fi, cid, r)?;
+                    run = None;
+                }
+            }
+            let run = match run {
+                Some(r) => r,
+                None => {
+                    if s == 0 {
+                        let seg = match &segment {
+                            Some(s) => s.clone(),
+                            None => self.slots.get(ev, SEGMENT)?,
+                        };
+                        self.start(py, t, fi, cid, seg, ts, weeks)?;
+                    }
+                    continue;
+                }
+            };
+            self.runs.get(&run, EVENTS)?.call_method1(n_append, (ts << STAGE_BITS | s,))?;
+            let c = self.runs.get_i64(&run, STAGE)?;
+            if s <= c || (f.strict && s != c + 1) {
+                continue;
+            }
+            let spent = ts - entered;
+            let key = self.runs.get(&run, CELL)?.downcast_into::<PyTuple>()?;
+            let cell = t.cells.as_any().get_item(&key)?;
+            bump(&cell.getattr(t.n_advanced)?, c, 1)?;
+            let durations = cell.getattr(t.advance_ms)?.get_item(c)?;
+            self.durations_add(py, &durations, spent)?;
+            bump(&cell.getattr(t.n_entered)?, s, 1)?;
+            let ts = ts_obj.clone().unbind();
+            let (seg, week) = (key.get_item(1)?, key.get_item(2)?);
+            t.out.append(self.transition(py, fi, cid, c, s, ts, Some(spent), seg, week)?)?;
+            if s == f.last {
+                fruns.del_item(cid)?;
+            } else {
+                self.runs.set(&run, STAGE, s.into_py(py).into_bound(py))?;
+                self.runs.set(&run, STAGE_ENTERED_MS, ts_obj.clone())?;
+            }
+        }
+        Ok(())
     }
 }

@@ -34,6 +34,7 @@ mod panes;
 mod funnels;
 mod paths;
 mod steps;
+mod pending;
 
 const EMPTY: u32 = 0; // ""
 const START: u32 = 1;
@@ -1359,6 +1360,8 @@ fn journeymap_journeys(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<panes::NativePanes>()?;
     m.add_class::<paths::NativePaths>()?;
     m.add_class::<funnels::NativeFunnelStep>()?;
+    m.add_class::<pending::NativePending>()?;
+    m.add_class::<pending::NativeReleased>()?;
     // The hash of the sources it was built from (scripts/build-native.sh sets it; "" otherwise)
     m.add("SOURCE_HASH", option_env!("JOURNEYMAP_NATIVE_SOURCE_HASH").unwrap_or(""))?;
     Ok(())

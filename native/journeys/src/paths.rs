@@ -15,6 +15,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyFloat, PyFrozenSet, PyList, PyString, PyTuple};
 
+use crate::pending::NativeReleased;
 use crate::{dict_or_attr, instance_dict, slot_offset, slot_or_attr, EvLayout, FxMap, Interner, PStr};
 
 pub(crate) const CUSTOMER_ID: usize = 0;
@@ -53,6 +54,17 @@ impl EventSlots {
     /// Slot `i` (`CUSTOMER_ID`, `EVENT`, `SEGMENT`, `TS_MS`) of `ev`.
     pub(crate) fn get<'py>(&self, ev: &Bound<'py, PyAny>, i: usize) -> PyResult<Bound<'py, PyAny>> {
         slot_or_attr(ev, &self.layout, i, slot_names(ev.py())[i])
+    }
+
+    /// Slot `i` of `ev` as a borrowed pointer, read at its offset without touching the value
+    /// (null when the layout does not apply or the slot is empty): for prefetching.
+    pub(crate) fn peek(&self, ev: &Bound<'_, PyAny>, i: usize) -> *mut pyo3::ffi::PyObject {
+        match &self.layout {
+            Some(l) if unsafe { pyo3::ffi::Py_TYPE(ev.as_ptr()) } == l.ty => unsafe {
+                *((ev.as_ptr() as *mut u8).offset(l.off[i]) as *mut *mut pyo3::ffi::PyObject)
+            },
+            _ => std::ptr::null_mut(),
+        }
     }
 }
 
@@ -204,7 +216,9 @@ impl NativePaths {
     }
 
     /// `PathAccumulator.add`: `events` in event-time order per customer; finished paths are
-    /// counted in `done_tp` and `done_ch` (`done["touchpoint"]`, `done["channel"]`).
+    /// counted in `done_tp` and `done_ch` (`done["touchpoint"]`, `done["channel"]`). `events`
+    /// are `ResolvedEvent`s, or a `NativeReleased` batch of the chain's reorder buffer (its
+    /// records are read instead: only a conversion's revenue is read from its event).
     fn add(
         &mut self,
         py: Python<'_>,
@@ -213,11 +227,17 @@ impl NativePaths {
         done_ch: &Bound<'_, PyDict>,
     ) -> PyResult<()> {
         let n_touchpoint = intern!(py, "touchpoint");
-        let n_channel = intern!(py, "channel");
-        let n_revenue = intern!(py, "revenue");
         let done = [done_tp, done_ch];
         let zero = PyFloat::new_bound(py, 0.0).into_any();
-        let horizon_ms = self.horizon_ms;
+        if let Ok(batch) = events.downcast::<NativeReleased>() {
+            for r in &batch.borrow().recs {
+                let ev = r.ev.bound(py);
+                self.slots.learn(&ev);
+                let src = Src::Record(&ev, r.ch.bound(py));
+                self.add_one(py, done, &zero, &r.cid.bound(py), r.ts, &r.tp.bound(py), src)?;
+            }
+            return Ok(());
+        }
         // First what each event says (a short loop whose reads of the events, cold by the time
         // they are released, overlap), then the journeys.
         let mut read = Vec::new();
@@ -232,49 +252,7 @@ impl NativePaths {
             read.push((cid, ts, te, tp));
         }
         for (cid, ts, te, tp) in read {
-            let tp = self.code(py, &tp)?;
-            let (mut tps, mut chs) = (Vec::new(), Vec::new());
-            let found = self.index.get(cid.to_str()?).copied();
-            if let Some(i) = found {
-                let e = self.entries[i].as_mut().unwrap();
-                let last_ts = e.last_ts;
-                let (old_tps, old_chs) = (std::mem::take(&mut e.tps), std::mem::take(&mut e.chs));
-                if ts - last_ts >= horizon_ms {
-                    self.close(py, done, &old_tps, &old_chs, 2, None)?;
-                } else {
-                    tps = old_tps;
-                    chs = old_chs;
-                }
-            }
-            match self.kind[tp as usize] {
-                CONVERSION => {
-                    let rev = dict_or_attr(&te, instance_dict(&te), n_revenue)?;
-                    let value = if rev.is_truthy()? { rev } else { zero.clone() };
-                    self.close(py, done, &tps, &chs, 0, Some(&value))?;
-                    tps.clear();
-                    chs.clear();
-                }
-                CHURN => {
-                    self.close(py, done, &tps, &chs, 2, None)?;
-                    tps.clear();
-                    chs.clear();
-                }
-                _ => {
-                    tps.push(tp);
-                    let ch = dict_or_attr(&te, instance_dict(&te), n_channel)?;
-                    let ch = self.code(py, ch.downcast()?)?;
-                    chs.push(ch);
-                }
-            }
-            match found {
-                Some(i) => {
-                    let e = self.entries[i].as_mut().unwrap();
-                    e.last_ts = ts;
-                    e.tps = tps;
-                    e.chs = chs;
-                }
-                None => self.put(&cid, ts, tps, chs)?,
-            }
+            self.add_one(py, done, &zero, &cid, ts, &tp, Src::Event(&te))?;
         }
         Ok(())
     }
@@ -339,5 +317,83 @@ impl NativePaths {
 
     fn __contains__(&self, cid: &str) -> bool {
         self.index.contains_key(cid)
+    }
+}
+
+/// Where `add_one` reads what it is not given: the event's TouchpointEvent (`add`), or the
+/// ResolvedEvent and the channel of a released record (`add` of a `NativeReleased`).
+enum Src<'a, 'py> {
+    Event(&'a Bound<'py, PyAny>),
+    Record(&'a Bound<'py, PyAny>, Bound<'py, PyString>),
+}
+
+impl NativePaths {
+    /// One event of `add`: what is not given is read from `src` (a conversion's revenue, and
+    /// the channel of an event).
+    #[allow(clippy::too_many_arguments)]
+    fn add_one<'py>(
+        &mut self,
+        py: Python<'py>,
+        done: [&Bound<'_, PyDict>; 2],
+        zero: &Bound<'_, PyAny>,
+        cid: &Bound<'_, PyString>,
+        ts: i64,
+        tp: &Bound<'_, PyString>,
+        src: Src<'_, 'py>,
+    ) -> PyResult<()> {
+        let horizon_ms = self.horizon_ms;
+        let tp = self.code(py, tp)?;
+        let (mut tps, mut chs) = (Vec::new(), Vec::new());
+        let found = self.index.get(cid.to_str()?).copied();
+        if let Some(i) = found {
+            let e = self.entries[i].as_mut().unwrap();
+            let last_ts = e.last_ts;
+            let (old_tps, old_chs) = (std::mem::take(&mut e.tps), std::mem::take(&mut e.chs));
+            if ts - last_ts >= horizon_ms {
+                self.close(py, done, &old_tps, &old_chs, 2, None)?;
+            } else {
+                tps = old_tps;
+                chs = old_chs;
+            }
+        }
+        match self.kind[tp as usize] {
+            CONVERSION => {
+                let te = match &src {
+                    Src::Event(te) => (*te).clone(),
+                    Src::Record(ev, _) => self.slots.get(ev, EVENT)?,
+                };
+                let rev = dict_or_attr(&te, instance_dict(&te), intern!(py, "revenue"))?;
+                let value = if rev.is_truthy()? { rev } else { zero.clone() };
+                self.close(py, done, &tps, &chs, 0, Some(&value))?;
+                tps.clear();
+                chs.clear();
+            }
+            CHURN => {
+                self.close(py, done, &tps, &chs, 2, None)?;
+                tps.clear();
+                chs.clear();
+            }
+            _ => {
+                tps.push(tp);
+                let ch = match src {
+                    Src::Record(_, ch) => self.code(py, &ch)?,
+                    Src::Event(te) => {
+                        let ch = dict_or_attr(te, instance_dict(te), intern!(py, "channel"))?;
+                        self.code(py, ch.downcast()?)?
+                    }
+                };
+                chs.push(ch);
+            }
+        }
+        match found {
+            Some(i) => {
+                let e = self.entries[i].as_mut().unwrap();
+                e.last_ts = ts;
+                e.tps = tps;
+                e.chs = chs;
+            }
+            None => self.put(cid, ts, tps, chs)?,
+        }
+        Ok(())
     }
 }
