@@ -28,7 +28,7 @@ import heapq
 import math
 from array import array
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any, Final, NamedTuple
@@ -215,11 +215,13 @@ class FunnelRun:
 class FunnelState:
     """Everything a :class:`FunnelTracker` keeps: plain data that pickles.
 
-    `runs` holds open runs only (converted and dropped runs are forgotten), `deadlines` is a heap
-    per funnel of ``(run_start + window, customer, run_start)`` (stale entries are skipped).
+    `runs` holds open runs only (converted and dropped runs are forgotten), per funnel a dict
+    of customer -> run (the native tracker's is a mapping over native memory that pickles as
+    that dict), `deadlines` is a heap per funnel of ``(run_start + window, customer,
+    run_start)`` (stale entries are skipped).
     """
 
-    runs: dict[str, dict[str, FunnelRun]] = field(default_factory=dict)
+    runs: dict[str, MutableMapping[str, FunnelRun]] = field(default_factory=dict)
     cells: dict[CellKey, StageCounts] = field(default_factory=dict)
     deadlines: dict[str, list[tuple[int, str, int]]] = field(default_factory=dict)
     watermark_ms: int = -(2**62)

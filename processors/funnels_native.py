@@ -1,22 +1,26 @@
-""":class:`~processors.funnels.FunnelTracker` with its per-event loop (`update`) and its deadline
-loop (`advance`) in Rust (issue 4).
+""":class:`~processors.funnels.FunnelTracker` with its open runs in native memory, its per-event
+loop (`update`) and its deadline loop (`advance`) in Rust (issue 4).
 
-:class:`NativeFunnelTracker` is a ``FunnelTracker`` whose ``update`` and ``advance`` run in
-``NativeFunnelStep`` (``native/journeys/src/funnels.rs``, package ``journeymap_journeys``) over
-the same Python state: the runs, cells, deadline heaps and cohort-week cache are the tracker's own
-objects, changed by the same operations in the same order, so the transitions, the state and its
-pickles are the Python tracker's. Everything else (merges of customers, detach and attach,
-snapshots) is the Python tracker's code on that state. It pickles as the Python tracker's state
-and unpickles as a native one, or as the Python one where the module is not installed.
-:func:`new_funnel_tracker` picks the engine (``journey.engine``, with the rest of the journeys
-stage).
+:class:`NativeFunnelTracker` is a ``FunnelTracker`` whose open runs live in one ``NativeRuns`` per
+funnel (``native/journeys/src/funnels.rs``, package ``journeymap_journeys``): per customer the
+stage, its entry time, the run start, the cell key and the run's events, in the insertion order
+of the Python dict they stand for. ``update`` and ``advance`` run in ``NativeFunnelStep`` over
+them and over the tracker's other Python state (cells, deadline heaps, cohort-week cache),
+changed by the same operations in the same order, so the transitions and the state are the
+Python tracker's. ``state.runs[funnel]`` is a :class:`FunnelRuns` mapping over the core with
+the Python tracker's values (``FunnelRun`` objects, *copies* made on each read: change a run by
+setting it again), so the Python tracker's merges of customers, detach and attach, snapshots and
+the chain's ``forget_customer`` work on it unchanged. It pickles as the Python tracker's state
+(``state.runs`` plain dicts of ``FunnelRun``) and unpickles as a native one, or as the Python one
+where the module is not installed. :func:`new_funnel_tracker` picks the engine
+(``journey.engine``, with the rest of the journeys stage).
 """
 
 from __future__ import annotations
 
 import heapq
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, MutableMapping, Sequence
 from typing import Any
 
 from processors.config import FunnelConfig, ProcessingConfig
@@ -36,10 +40,74 @@ from processors.native import journeys_class, journeys_not_built, with_state
 
 # (optional: the Python tracker does the same)
 NativeFunnelStep, _IMPORT_ERROR = journeys_class("NativeFunnelStep")
+NativeRuns, _RUNS_ERROR = journeys_class("NativeRuns")
+if NativeRuns is None:  # a module built before the runs moved to native memory
+    NativeFunnelStep, _IMPORT_ERROR = None, _IMPORT_ERROR or _RUNS_ERROR
+
+_MISSING: Any = object()
 
 
 def _not_built() -> ConfigError:
     return journeys_not_built(_IMPORT_ERROR)
+
+
+class FunnelRuns(MutableMapping[str, FunnelRun]):
+    """The open runs of one funnel of a :class:`NativeFunnelTracker` as the dict the Python
+    tracker keeps (same keys, order and values); values are copies made on each read."""
+
+    __slots__ = ("_core",)
+
+    def __init__(self, core: Any) -> None:
+        self._core = core
+
+    def __getitem__(self, customer_id: str) -> FunnelRun:
+        run = self._core.get(customer_id)
+        if run is None:
+            raise KeyError(customer_id)
+        return run  # type: ignore[no-any-return]
+
+    def get(self, customer_id: str, default: Any = None) -> Any:
+        run = self._core.get(customer_id) if isinstance(customer_id, str) else None
+        return default if run is None else run
+
+    def __setitem__(self, customer_id: str, run: FunnelRun) -> None:
+        self._core.set(customer_id, run)
+
+    def __delitem__(self, customer_id: str) -> None:
+        if self._core.pop(customer_id) is None:
+            raise KeyError(customer_id)
+
+    def pop(self, customer_id: str, default: Any = _MISSING) -> Any:
+        run = self._core.pop(customer_id) if isinstance(customer_id, str) else None
+        if run is None:
+            if default is _MISSING:
+                raise KeyError(customer_id)
+            return default
+        return run
+
+    def __contains__(self, customer_id: object) -> bool:
+        return isinstance(customer_id, str) and customer_id in self._core
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._core.keys())
+
+    def __len__(self) -> int:
+        return len(self._core)
+
+    def items(self) -> list[tuple[str, FunnelRun]]:  # type: ignore[override]
+        return self._core.items()  # type: ignore[no-any-return]
+
+    def values(self) -> list[FunnelRun]:  # type: ignore[override]
+        return [run for _, run in self._core.items()]
+
+    def copy(self) -> dict[str, FunnelRun]:
+        return dict(self._core.items())
+
+    def __repr__(self) -> str:
+        return repr(self.copy())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (self._core.items(),))
 
 
 class NativeFunnelTracker(FunnelTracker):
@@ -49,6 +117,7 @@ class NativeFunnelTracker(FunnelTracker):
         if NativeFunnelStep is None:
             raise _not_built()
         super().__init__(funnels, state)
+        _native_runs(self)
         self._native = _step_of(self)
 
     def update(self, events: Iterable[ResolvedEvent]) -> FunnelResult:
@@ -58,7 +127,7 @@ class NativeFunnelTracker(FunnelTracker):
         out = FunnelResult()
         state = self.state
         names = [f.name for f in self._funnels]
-        self._native.update(events, [state.runs[n] for n in names],
+        self._native.update(events, _cores(state, names),
                             [state.deadlines[n] for n in names], state.cells, self._weeks,
                             state.watermark_ms, out.transitions, out.late)
         return out
@@ -71,7 +140,7 @@ class NativeFunnelTracker(FunnelTracker):
             return out
         state.watermark_ms = watermark_ms
         names = [f.name for f in self._funnels]
-        self._native.advance(watermark_ms, [state.runs[n] for n in names],
+        self._native.advance(watermark_ms, _cores(state, names),
                              [state.deadlines[n] for n in names], state.cells, out)
         return out
 
@@ -81,6 +150,34 @@ class NativeFunnelTracker(FunnelTracker):
         return (_restore, (state,))
 
 
+def _native_runs(tracker: FunnelTracker) -> None:
+    """Move the tracker's open runs (plain dicts) into native memory, in their order."""
+    runs = tracker.state.runs
+    for f in tracker._funnels:
+        runs[f.name] = _runs_of(runs[f.name])
+
+
+def _runs_of(runs: Any) -> FunnelRuns:
+    """`runs` (a funnel's open runs) as a :class:`FunnelRuns`: itself if it is one."""
+    if isinstance(runs, FunnelRuns):
+        return runs
+    view = FunnelRuns(NativeRuns(FunnelRun, array))
+    view.update(runs)
+    return view
+
+
+def _cores(state: FunnelState, names: list[str]) -> list[Any]:
+    """The native runs of the funnels `names` (a plain dict set into the state since moved)."""
+    runs = state.runs
+    out = []
+    for n in names:
+        view = runs[n]
+        if not isinstance(view, FunnelRuns):
+            view = runs[n] = _runs_of(view)
+        out.append(view._core)
+    return out
+
+
 def _step_of(tracker: FunnelTracker) -> Any:
     """The native loops for `tracker`'s compiled funnels and routes."""
     index = {id(f): i for i, f in enumerate(tracker._funnels)}
@@ -88,8 +185,8 @@ def _step_of(tracker: FunnelTracker) -> Any:
               for tp, route in tracker._routes.items()}
     return NativeFunnelStep(
         [(f.name, list(f.names), f.window_ms, f.strict) for f in tracker._funnels],
-        routes, FunnelTransition, FunnelRun, StageCounts.empty, array, heapq.heappush,
-        heapq.heappop, cohort_week, EXACT_DURATIONS_MAX)
+        routes, FunnelTransition, StageCounts.empty, heapq.heappush, heapq.heappop, cohort_week,
+        EXACT_DURATIONS_MAX)
 
 
 def _restore(state: dict[str, Any]) -> FunnelTracker:
@@ -97,6 +194,7 @@ def _restore(state: dict[str, Any]) -> FunnelTracker:
     if NativeFunnelStep is None:
         return with_state(FunnelTracker, state)
     native = with_state(NativeFunnelTracker, state)
+    _native_runs(native)
     native._native = _step_of(native)
     return native
 
@@ -123,4 +221,4 @@ def adopt_funnels(config: ProcessingConfig, funnels: FunnelTracker) -> FunnelTra
     return _restore(dict(funnels.__dict__))
 
 
-__all__ = ["NativeFunnelTracker", "adopt_funnels", "new_funnel_tracker"]
+__all__ = ["FunnelRuns", "NativeFunnelTracker", "adopt_funnels", "new_funnel_tracker"]

@@ -1,7 +1,7 @@
-"""The native (Rust) loops of the funnel tracker (``update``, ``advance``) and of the attribution
-paths (``PathAccumulator.add``) give exactly the Python ones' outputs and state, across merges of
-customers, detach and attach, and pickling; choosing the engine (``journey.engine``);
-checkpoints across engines (issue 4).
+"""The native (Rust) loops of the funnel tracker (``update``, ``advance``, over its open runs in
+native memory) and of the attribution paths (``PathAccumulator.add``) give exactly the Python
+ones' outputs and state, across merges of customers, detach and attach, forgetting a customer
+and pickling; choosing the engine (``journey.engine``); checkpoints across engines (issue 4).
 
 Random scenarios drawn by hypothesis run the same operations on a Python and a native object and
 compare every output and the whole state (its repr: dict order too) after each operation.
@@ -108,7 +108,7 @@ def scenarios(draw: st.DrawFn) -> list[tuple[Any, ...]]:
     t = T0_MS + draw(st.integers(0, 6)) * DAY_MS
     for _ in range(draw(st.integers(1, 10))):
         kind = draw(st.sampled_from(["update", "update", "update", "advance", "merge", "pickle",
-                                     "move"]))
+                                     "move", "forget"]))
         if kind == "update":
             batch = draw(events(t))
             ops.append(("update", batch))
@@ -120,8 +120,8 @@ def scenarios(draw: st.DrawFn) -> list[tuple[Any, ...]]:
         elif kind == "merge":
             loser, winner = draw(st.lists(st.sampled_from(CUSTOMERS), min_size=2, max_size=2))
             ops.append(("merge", loser, winner))
-        elif kind == "move":
-            ops.append(("move", draw(st.sampled_from(CUSTOMERS))))
+        elif kind in ("move", "forget"):
+            ops.append((kind, draw(st.sampled_from(CUSTOMERS))))
         else:
             ops.append(("pickle",))
     ops.append(("advance", t + 10 * DAY_MS))
@@ -147,6 +147,8 @@ def drive_funnels(tracker: FunnelTracker, ops: list[tuple[Any, ...]]) -> list[st
             runs = tracker.detach(op[1])
             tracker.attach(op[1], pickle.loads(pickle.dumps(runs)))
             out = sorted(runs)
+        elif op[0] == "forget":  # as the chain's forget_customer
+            out = [runs.pop(op[1], None) for runs in tracker.state.runs.values()]
         else:
             tracker = pickle.loads(pickle.dumps(tracker))
             out = type(tracker).__name__.removeprefix("Native")
@@ -182,6 +184,8 @@ def drive_paths(paths: PathAccumulator, ops: list[tuple[Any, ...]]) -> list[str]
             moved = paths.open.pop(op[1], None)
             if moved is not None:
                 paths.open.setdefault(op[1], pickle.loads(pickle.dumps(moved)))
+        elif op[0] == "forget":
+            paths.open.pop(op[1], None)
         else:
             paths = pickle.loads(pickle.dumps(paths))
         seen.append(type(paths).__name__ + path_state(paths, now))
@@ -229,6 +233,74 @@ def test_native_open_journeys_keep_the_dicts_order(native: None, seed: int) -> N
                     paths.open.setdefault(cid, (t, ["blog"], ["web"]))
         assert path_state(native_paths, t) == path_state(python, t)
         assert list(native_paths.open) == list(python.open)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32))
+def test_native_runs_keep_the_dicts_order(native: None, seed: int) -> None:
+    """Hundreds of customers' runs started, advanced, converted, dropped, merged, moved away and
+    back, forgotten, set from outside: the native runs keep the Python dicts' order and values
+    through the removals that make the core compact its table, pickle as those plain dicts, and
+    a plain dict set into the state is taken over by the next update."""
+    rng = random.Random(seed)
+    python, native_tracker = FunnelTracker(FUNNELS), NativeFunnelTracker(FUNNELS)
+    t = T0_MS
+    for round_ in range(30):
+        batch = []
+        for _ in range(rng.randrange(0, 80)):
+            t += rng.choice([0, MIN_MS, 2 * MIN_MS, 40 * MIN_MS])
+            batch.append(resolved(f"c{rng.randrange(300)}", rng.choice(TOUCHPOINTS), t,
+                                  segment=rng.choice(["a", "b"])))
+        moves = [tracker.update(batch).transitions for tracker in (python, native_tracker)]
+        assert moves[1] == moves[0]
+        if rng.random() < 0.3:
+            watermark = t - rng.choice([0, 20]) * MIN_MS
+            drops = [tracker.advance(watermark) for tracker in (python, native_tracker)]
+            assert drops[1] == drops[0]
+        for _ in range(rng.randrange(0, 30)):
+            cid, other = f"c{rng.randrange(300)}", f"c{rng.randrange(300)}"
+            step = rng.random()
+            outs = []
+            for tracker in (python, native_tracker):
+                if step < 0.4:
+                    outs.append(tracker.merge_customer(cid, other))
+                elif step < 0.6:
+                    outs.append([r.pop(cid, None) for r in tracker.state.runs.values()])
+                else:
+                    runs = tracker.detach(cid)
+                    tracker.attach(cid, pickle.loads(pickle.dumps(runs)))
+                    outs.append(sorted(runs))
+            assert outs[1] == outs[0]
+        if round_ == 10:  # a plain dict put in the state (as a caller may): adopted
+            native_tracker.state.runs["buy"] = dict(native_tracker.state.runs["buy"])
+        assert funnel_state(native_tracker) == funnel_state(python)
+        for name in ("signup", "buy"):
+            assert list(native_tracker.state.runs[name]) == list(python.state.runs[name])
+        plain = pickle.loads(pickle.dumps(native_tracker.state))
+        assert all(type(runs) is dict for runs in plain.runs.values())
+        assert repr(plain) == repr(python.state) and plain == python.state
+
+
+def test_native_runs_read_as_copies_and_write_back(native: None) -> None:
+    """``state.runs[funnel]`` reads new ``FunnelRun``s; setting one writes it (as the Python
+    dict would hold it), deleting one removes it."""
+    tracker = NativeFunnelTracker(FUNNELS)
+    busy(tracker, NativePathAccumulator(["purchase"], ["cancel"], 3600))
+    runs = tracker.state.runs["signup"]
+    run = runs["c0"]
+    assert (run.stage, run.run_start_ms, list(run.events)) == (
+        1, T0_MS, [T0_MS << 6, (T0_MS + MIN_MS) << 6 | 1])
+    run.stage = 0  # a copy: the tracker's run is unchanged
+    assert runs["c0"].stage == 1 and runs.get("c0") == runs["c0"] and runs.get("nobody") is None
+    run.events.append((T0_MS + 2 * MIN_MS) << 6)
+    runs["c0"] = run
+    assert runs["c0"] == run and "c0" in runs and len(runs) == 1
+    del runs["c0"]
+    assert "c0" not in runs and runs == {} and runs.pop("c0", None) is None
+    with pytest.raises(KeyError):
+        runs["c0"]
+    with pytest.raises(KeyError):
+        del runs["c0"]
 
 
 def test_the_engine_follows_journey_engine(native: None) -> None:

@@ -1,23 +1,29 @@
 //! `FunnelTracker.update` and `FunnelTracker.advance` (`processors/funnels.py`), the funnels'
-//! per-event and per-deadline loops, over the same Python state (issue 4).
+//! per-event and per-deadline loops, with the open runs in native memory (issue 4).
 //!
-//! The open runs (`FunnelRun`s in `state.runs`), the cells (`StageCounts` with their
-//! `Durations`), the deadline heaps and the cohort-week cache stay the tracker's Python objects,
-//! changed here by the same operations in the same order as the Python methods: runs made by
-//! the same constructor, the same heap pushes and pops (`heapq`'s own functions), the same list
-//! slots counted, `Durations` filled as its `add` fills it. So the state, its pickles and the
-//! Python methods that read it (merges, detach and attach, snapshots) are unchanged, and the
-//! `FunnelTransition` records are the Python ones, field for field, in the same order.
+//! The open runs of each funnel live in a `NativeRuns`: per customer the stage, the time it was
+//! entered, the run start, the cell key (the Python tuple `(funnel, segment, cohort week)`, the
+//! very object the cells dict holds) and the run's event codes, in a map that keeps the
+//! insertion order of the Python dict `state.runs[funnel]` it stands for (a customer set again
+//! keeps its place; one removed and set again goes last). The wrapper
+//! (`processors/funnels_native.py`) shows it as a mapping of `FunnelRun`s built on each read and
+//! pickles it as that dict. The cells (`StageCounts` with their `Durations`), the deadline heaps
+//! and the cohort-week cache stay the tracker's Python objects, changed here by the same
+//! operations in the same order as the Python methods: the same heap pushes and pops (`heapq`'s
+//! own functions), the same list slots counted, `Durations` filled as its `add` fills it. So the
+//! state, its pickles and the Python methods that read it (merges, detach and attach,
+//! snapshots) are unchanged, and the `FunnelTransition` records are the Python ones, field for
+//! field, in the same order.
 
 use pyo3::exceptions::PyValueError;
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use crate::pending::NativeReleased;
 use crate::paths::{EventSlots, CUSTOMER_ID, EVENT, SEGMENT, TS_MS};
-use crate::{dict_or_attr, instance_dict, slot_offset};
+use crate::{dict_or_attr, instance_dict, slot_offset, FxMap, PStr};
 
 const STAGE_BITS: u32 = 6;
 const OUTSIDE: i64 = -1;
@@ -31,55 +37,32 @@ const CELL: usize = 3;
 const EVENTS: usize = 4;
 const RUN_FIELDS: [&str; 5] = ["stage", "stage_entered_ms", "run_start_ms", "cell", "events"];
 
-/// `FunnelRun`s made, read and changed at their slots' offsets (as the dataclass's `__init__`
-/// and attribute access would), by attribute for any other type.
-struct Runs {
+/// `FunnelRun`s made and read at their slots' offsets (as the dataclass's `__init__` and
+/// attribute access would), by attribute for any other type.
+struct RunType {
     ty: Py<PyAny>,
     off: Option<[isize; 5]>,
 }
 
-impl Runs {
-    fn new(ty: &Bound<'_, PyAny>) -> Runs {
+impl RunType {
+    fn new(ty: &Bound<'_, PyAny>) -> RunType {
         let py = ty.py();
         let offs = RUN_FIELDS.map(|n| slot_offset(ty, &PyString::new_bound(py, n)));
         let off = if offs.iter().all(|o| o.is_some()) { Some(offs.map(|o| o.unwrap())) } else { None };
-        Runs { ty: ty.clone().unbind(), off }
-    }
-
-    fn slot(&self, run: &Bound<'_, PyAny>, i: usize) -> Option<*mut *mut ffi::PyObject> {
-        let off = self.off?;
-        if unsafe { ffi::Py_TYPE(run.as_ptr()) } as *mut ffi::PyObject != self.ty.as_ptr() {
-            return None;
-        }
-        Some(unsafe { (run.as_ptr() as *mut u8).offset(off[i]) as *mut *mut ffi::PyObject })
+        RunType { ty: ty.clone().unbind(), off }
     }
 
     /// `run.<field i>`.
     fn get<'py>(&self, run: &Bound<'py, PyAny>, i: usize) -> PyResult<Bound<'py, PyAny>> {
-        if let Some(p) = self.slot(run, i) {
-            let v = unsafe { *p };
-            if !v.is_null() {
-                return Ok(unsafe { Bound::from_borrowed_ptr(run.py(), v) });
+        if let Some(off) = self.off {
+            if unsafe { ffi::Py_TYPE(run.as_ptr()) } as *mut ffi::PyObject == self.ty.as_ptr() {
+                let v = unsafe { *((run.as_ptr() as *mut u8).offset(off[i]) as *mut *mut ffi::PyObject) };
+                if !v.is_null() {
+                    return Ok(unsafe { Bound::from_borrowed_ptr(run.py(), v) });
+                }
             }
         }
         run.getattr(RUN_FIELDS[i])
-    }
-
-    fn get_i64(&self, run: &Bound<'_, PyAny>, i: usize) -> PyResult<i64> {
-        self.get(run, i)?.extract()
-    }
-
-    /// `run.<field i> = value`.
-    fn set(&self, run: &Bound<'_, PyAny>, i: usize, value: Bound<'_, PyAny>) -> PyResult<()> {
-        if let Some(p) = self.slot(run, i) {
-            unsafe {
-                let old = *p;
-                *p = value.into_ptr();
-                ffi::Py_XDECREF(old);
-            }
-            return Ok(());
-        }
-        run.setattr(RUN_FIELDS[i], value)
     }
 
     /// `FunnelRun(*fields)`.
@@ -103,6 +86,158 @@ impl Runs {
     }
 }
 
+/// One customer's open run of one funnel: a `FunnelRun`'s fields.
+struct Run {
+    cid: PStr,
+    stage: i64,
+    entered: i64,
+    start: i64,
+    cell: Py<PyTuple>, // the cells dict's key (funnel, segment, cohort week)
+    events: Vec<i64>,  // ts_ms << 6 | stage, every funnel event since the run started
+}
+
+/// The open runs of one funnel (`state.runs[funnel]`), see the module doc.
+#[pyclass(module = "journeymap_journeys")]
+pub struct NativeRuns {
+    run_type: RunType,   // FunnelRun
+    array_type: Py<PyAny>, // array.array
+    index: FxMap<Box<str>, usize>,
+    entries: Vec<Option<Run>>, // in insertion order; None: removed
+    n_open: usize,
+}
+
+impl NativeRuns {
+    fn find(&self, cid: &str) -> Option<usize> {
+        self.index.get(cid).copied()
+    }
+
+    fn run(&self, i: usize) -> &Run {
+        self.entries[i].as_ref().unwrap()
+    }
+
+    fn run_mut(&mut self, i: usize) -> &mut Run {
+        self.entries[i].as_mut().unwrap()
+    }
+
+    /// Set `cid`'s run: in its place when open, else last.
+    fn put(&mut self, cid: &Bound<'_, PyString>, run: Run) -> PyResult<()> {
+        let text = cid.to_str()?;
+        match self.index.get(text) {
+            Some(&i) => self.entries[i] = Some(run),
+            None => {
+                self.index.insert(text.into(), self.entries.len());
+                self.entries.push(Some(run));
+                self.n_open += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, cid: &str) -> Option<Run> {
+        let i = self.index.remove(cid)?;
+        let e = self.entries[i].take();
+        self.n_open -= 1;
+        if self.entries.len() > 64 && self.entries.len() > 2 * self.n_open {
+            // drop the holes, keeping the order
+            let kept: Vec<Option<Run>> = self.entries.drain(..).filter(|e| e.is_some()).collect();
+            self.entries = kept;
+            for (j, e) in self.entries.iter().enumerate() {
+                if let Some(e) = e {
+                    *self.index.get_mut(e.cid.text()).unwrap() = j;
+                }
+            }
+        }
+        e
+    }
+
+    /// The run as the `FunnelRun` the Python tracker would hold (a new one).
+    fn funnel_run<'py>(&self, py: Python<'py>, r: &Run) -> PyResult<Bound<'py, PyAny>> {
+        let bytes: &[u8] = unsafe {
+            std::slice::from_raw_parts(r.events.as_ptr() as *const u8, r.events.len() * std::mem::size_of::<i64>())
+        };
+        // array("q", bytes) reads them as `frombytes` does: machine order, as a Vec<i64> holds them
+        let events = self.array_type.bind(py).call1(("q", PyBytes::new_bound(py, bytes)))?;
+        self.run_type.make(
+            py,
+            [
+                r.stage.into_py(py).into_bound(py),
+                r.entered.into_py(py).into_bound(py),
+                r.start.into_py(py).into_bound(py),
+                r.cell.clone_ref(py).into_bound(py).into_any(),
+                events,
+            ],
+        )
+    }
+}
+
+#[pymethods]
+impl NativeRuns {
+    /// `run_type`: `FunnelRun`; `array_type`: `array.array` (a run's events as read).
+    #[new]
+    fn new(py: Python<'_>, run_type: Py<PyAny>, array_type: Py<PyAny>) -> Self {
+        NativeRuns {
+            run_type: RunType::new(run_type.bind(py)),
+            array_type,
+            index: FxMap::default(),
+            entries: Vec::new(),
+            n_open: 0,
+        }
+    }
+
+    /// `runs[cid]` as a new `FunnelRun`, or None.
+    fn get<'py>(&self, py: Python<'py>, cid: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+        match self.find(cid) {
+            Some(i) => Ok(Some(self.funnel_run(py, self.run(i))?)),
+            None => Ok(None),
+        }
+    }
+
+    /// `runs[cid] = run` (a `FunnelRun`, or anything with its fields; its events are copied).
+    fn set(&mut self, cid: &Bound<'_, PyString>, run: &Bound<'_, PyAny>) -> PyResult<()> {
+        let t = &self.run_type;
+        let new = Run {
+            cid: PStr::of(cid),
+            stage: t.get(run, STAGE)?.extract()?,
+            entered: t.get(run, STAGE_ENTERED_MS)?.extract()?,
+            start: t.get(run, RUN_START_MS)?.extract()?,
+            cell: t.get(run, CELL)?.downcast_into::<PyTuple>()?.unbind(),
+            events: t.get(run, EVENTS)?.extract()?,
+        };
+        self.put(cid, new)
+    }
+
+    /// `runs.pop(cid)`: the run as a `FunnelRun`, or None when `cid` has none open.
+    fn pop<'py>(&mut self, py: Python<'py>, cid: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+        match self.remove(cid) {
+            Some(r) => Ok(Some(self.funnel_run(py, &r)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// `list(runs.items())`, in the dict's order.
+    fn items<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty_bound(py);
+        for r in self.entries.iter().flatten() {
+            out.append((r.cid.bound(py), self.funnel_run(py, r)?))?;
+        }
+        Ok(out)
+    }
+
+    /// `list(runs)`, in the dict's order.
+    fn keys<'py>(&self, py: Python<'py>) -> Bound<'py, PyList> {
+        let keys: Vec<Bound<'py, PyString>> = self.entries.iter().flatten().map(|r| r.cid.bound(py)).collect();
+        PyList::new_bound(py, keys)
+    }
+
+    fn __len__(&self) -> usize {
+        self.n_open
+    }
+
+    fn __contains__(&self, cid: &str) -> bool {
+        self.index.contains_key(cid)
+    }
+}
+
 /// A funnel as the constructor takes it: `(name, stage names, window_ms, strict)`.
 type FunnelSpec = (Py<PyString>, Vec<Py<PyString>>, i64, bool);
 
@@ -123,9 +258,7 @@ pub struct NativeFunnelStep {
     route_of: Py<PyDict>,          // touchpoint -> index into `routes`
     routes: Vec<Vec<(usize, i64)>>, // (funnel index, stage), in the tracker's route order
     transition_type: Py<PyAny>,    // FunnelTransition
-    runs: Runs,                    // FunnelRun
     counts_empty: Py<PyAny>,       // StageCounts.empty
-    array_type: Py<PyAny>,         // array.array
     heappush: Py<PyAny>,
     heappop: Py<PyAny>,
     cohort_week: Py<PyAny>,
@@ -158,10 +291,10 @@ fn bump(lst: &Bound<'_, PyAny>, i: i64, by: i64) -> PyResult<()> {
     lst.set_item(i, n + by)
 }
 
-/// The tracker's state one call works on: each funnel's runs dict and deadline heap (in the
+/// The tracker's state one call works on: each funnel's open runs and deadline heap (in the
 /// funnels' order), the cells, and the list the transitions go to.
 struct State<'py> {
-    runs: Vec<Bound<'py, PyDict>>,
+    runs: Vec<PyRefMut<'py, NativeRuns>>,
     deadlines: Vec<Bound<'py, PyList>>,
     cells: Bound<'py, PyDict>,
     out: Bound<'py, PyList>,
@@ -175,16 +308,20 @@ impl<'py> State<'py> {
     fn new(
         py: Python<'py>,
         n_funnels: usize,
-        runs: Vec<Bound<'py, PyDict>>,
+        runs: Vec<Bound<'py, NativeRuns>>,
         deadlines: Vec<Bound<'py, PyList>>,
         cells: &Bound<'py, PyDict>,
         out: &Bound<'py, PyList>,
     ) -> PyResult<State<'py>> {
         if runs.len() != n_funnels || deadlines.len() != n_funnels {
-            return Err(PyValueError::new_err("one runs dict and one deadline heap per funnel"));
+            return Err(PyValueError::new_err("one runs map and one deadline heap per funnel"));
+        }
+        let mut borrowed = Vec::with_capacity(runs.len());
+        for r in runs {
+            borrowed.push(r.try_borrow_mut()?);
         }
         Ok(State {
-            runs,
+            runs: borrowed,
             deadlines,
             cells: cells.clone(),
             out: out.clone(),
@@ -255,24 +392,24 @@ impl NativeFunnelStep {
         Ok(())
     }
 
-    /// `FunnelTracker._drop`: the run leaves at its deadline, from the stage it is in.
+    /// `FunnelTracker._drop`: `cid`'s run (`text`, at entry `i`) leaves at its deadline, from
+    /// the stage it is in.
     fn drop_run<'py>(
         &self,
         py: Python<'py>,
-        t: &State<'py>,
+        t: &mut State<'py>,
         fi: usize,
         cid: &Bound<'py, PyAny>,
-        run: &Bound<'py, PyAny>,
+        text: &str,
+        i: usize,
     ) -> PyResult<()> {
         let f = &self.funnels[fi];
-        let start = self.runs.get_i64(run, RUN_START_MS)?;
-        let deadline = start + f.window_ms;
-        let key = self.runs.get(run, CELL)?.downcast_into::<PyTuple>()?;
-        let stage = self.runs.get_i64(run, STAGE)?;
-        let entered = self.runs.get_i64(run, STAGE_ENTERED_MS)?;
+        let r = t.runs[fi].run(i);
+        let (stage, entered, deadline) = (r.stage, r.entered, r.start + f.window_ms);
+        let key = r.cell.clone_ref(py).into_bound(py);
         let cell = t.cells.as_any().get_item(&key)?;
         bump(&cell.getattr(t.n_dropped)?, stage, 1)?;
-        t.runs[fi].del_item(cid)?;
+        t.runs[fi].remove(text);
         let ts = deadline.into_py(py);
         let (seg, week) = (key.get_item(1)?, key.get_item(2)?);
         t.out.append(self.transition(py, fi, cid, stage, OUTSIDE, ts, Some(deadline - entered), seg, week)?)
@@ -290,9 +427,7 @@ impl NativeFunnelStep {
         funnels: Vec<FunnelSpec>,
         routes: &Bound<'_, PyDict>,
         transition_type: Py<PyAny>,
-        run_type: Py<PyAny>,
         counts_empty: Py<PyAny>,
-        array_type: Py<PyAny>,
         heappush: Py<PyAny>,
         heappop: Py<PyAny>,
         cohort_week: Py<PyAny>,
@@ -323,9 +458,7 @@ impl NativeFunnelStep {
             route_of: route_of.unbind(),
             routes: rs,
             transition_type,
-            runs: Runs::new(run_type.bind(py)),
             counts_empty,
-            array_type,
             heappush,
             heappop,
             cohort_week,
@@ -335,17 +468,17 @@ impl NativeFunnelStep {
         })
     }
 
-    /// `FunnelTracker.update`'s loop: `runs` and `deadlines` are the state's dict and heap of
-    /// each funnel (in the funnels' order), `cells` the state's cells, `weeks` the tracker's
-    /// day -> cohort week cache; transitions and late events are appended to `out` and `late`.
-    /// `events` are `ResolvedEvent`s, or a `NativeReleased` batch of the chain's reorder buffer
-    /// (its records are read instead of the events).
+    /// `FunnelTracker.update`'s loop: `runs` and `deadlines` are the open runs (`NativeRuns`)
+    /// and deadline heap of each funnel (in the funnels' order), `cells` the state's cells,
+    /// `weeks` the tracker's day -> cohort week cache; transitions and late events are appended
+    /// to `out` and `late`. `events` are `ResolvedEvent`s, or a `NativeReleased` batch of the
+    /// chain's reorder buffer (its records are read instead of the events).
     #[allow(clippy::too_many_arguments)]
     fn update<'py>(
         &mut self,
         py: Python<'py>,
         events: &Bound<'py, PyAny>,
-        runs: Vec<Bound<'py, PyDict>>,
+        runs: Vec<Bound<'py, NativeRuns>>,
         deadlines: Vec<Bound<'py, PyList>>,
         cells: &Bound<'py, PyDict>,
         weeks: &Bound<'py, PyDict>,
@@ -353,7 +486,7 @@ impl NativeFunnelStep {
         out: &Bound<'py, PyList>,
         late: &Bound<'py, PyList>,
     ) -> PyResult<()> {
-        let t = State::new(py, self.funnels.len(), runs, deadlines, cells, out)?;
+        let mut t = State::new(py, self.funnels.len(), runs, deadlines, cells, out)?;
         let route_of = self.route_of.bind(py);
         if let Ok(batch) = events.downcast::<NativeReleased>() {
             for r in &batch.borrow().recs {
@@ -362,8 +495,8 @@ impl NativeFunnelStep {
                     None => continue,
                 };
                 let ts_obj = r.ts.into_py(py).into_bound(py);
-                let (ev, cid, seg) = (r.ev.bound(py), r.cid.bound(py).into_any(), r.seg.bound(py));
-                self.route_event(py, &t, ri, &ev, r.ts, &ts_obj, &cid, Some(seg), weeks, watermark_ms, late)?;
+                let (ev, cid, seg) = (r.ev.bound(py), r.cid.bound(py), r.seg.bound(py));
+                self.route_event(py, &mut t, ri, &ev, r.ts, &ts_obj, &cid, Some(seg), weeks, watermark_ms, late)?;
             }
             return Ok(());
         }
@@ -383,8 +516,8 @@ impl NativeFunnelStep {
         for (ev, ri) in routed {
             let ts_obj = self.slots.get(&ev, TS_MS)?;
             let ts: i64 = ts_obj.extract()?;
-            let cid = self.slots.get(&ev, CUSTOMER_ID)?;
-            self.route_event(py, &t, ri, &ev, ts, &ts_obj, &cid, None, weeks, watermark_ms, late)?;
+            let cid = self.slots.get(&ev, CUSTOMER_ID)?.downcast_into::<PyString>()?;
+            self.route_event(py, &mut t, ri, &ev, ts, &ts_obj, &cid, None, weeks, watermark_ms, late)?;
         }
         Ok(())
     }
@@ -395,28 +528,30 @@ impl NativeFunnelStep {
         &self,
         py: Python<'py>,
         watermark_ms: i64,
-        runs: Vec<Bound<'py, PyDict>>,
+        runs: Vec<Bound<'py, NativeRuns>>,
         deadlines: Vec<Bound<'py, PyList>>,
         cells: &Bound<'py, PyDict>,
         out: &Bound<'py, PyList>,
     ) -> PyResult<()> {
-        let t = State::new(py, self.funnels.len(), runs, deadlines, cells, out)?;
+        let mut t = State::new(py, self.funnels.len(), runs, deadlines, cells, out)?;
         let heappop = self.heappop.bind(py);
         for fi in 0..self.funnels.len() {
-            let heap = &t.deadlines[fi];
-            let fruns = &t.runs[fi];
+            let heap = t.deadlines[fi].clone();
             while !heap.is_empty() {
                 let top: i64 = heap.get_item(0)?.downcast_into::<PyTuple>()?.get_item(0)?.extract()?;
                 if top >= watermark_ms {
                     break;
                 }
-                let entry = heappop.call1((heap,))?.downcast_into::<PyTuple>()?;
+                let entry = heappop.call1((&heap,))?.downcast_into::<PyTuple>()?;
                 let cid = entry.get_item(1)?;
                 let start: i64 = entry.get_item(2)?.extract()?;
-                if let Some(run) = fruns.get_item(&cid)? {
-                    let run_start = self.runs.get_i64(&run, RUN_START_MS)?;
-                    if run_start == start {
-                        self.drop_run(py, &t, fi, &cid, &run)?;
+                let text = match cid.downcast::<PyString>() {
+                    Ok(s) => s.to_str()?,
+                    Err(_) => continue, // no run is kept under anything but a string
+                };
+                if let Some(i) = t.runs[fi].find(text) {
+                    if t.runs[fi].run(i).start == start {
+                        self.drop_run(py, &mut t, fi, &cid, text, i)?;
                     }
                 }
             }
@@ -431,9 +566,9 @@ impl NativeFunnelStep {
     fn start<'py>(
         &self,
         py: Python<'py>,
-        t: &State<'py>,
+        t: &mut State<'py>,
         fi: usize,
-        cid: &Bound<'py, PyAny>,
+        cid: &Bound<'py, PyString>,
         segment: Bound<'py, PyAny>,
         ts: i64,
         weeks: &Bound<'py, PyDict>,
@@ -458,59 +593,60 @@ impl NativeFunnelStep {
             }
         };
         bump(&cell.getattr(t.n_entered)?, 0, 1)?;
-        let codes = self.array_type.bind(py).call1(("q", (ts << STAGE_BITS,)))?;
-        let ts_obj = ts.into_py(py).into_bound(py);
-        let run = self.runs.make(py, [0i64.into_py(py).into_bound(py), ts_obj.clone(), ts_obj, key.clone().into_any(), codes])?;
-        t.runs[fi].set_item(cid, run)?;
+        let run = Run {
+            cid: PStr::of(cid),
+            stage: 0,
+            entered: ts,
+            start: ts,
+            cell: key.unbind(),
+            events: vec![ts << STAGE_BITS],
+        };
+        t.runs[fi].put(cid, run)?;
         self.heappush.bind(py).call1((&t.deadlines[fi], (ts + f.window_ms, cid, ts)))?;
-        t.out.append(self.transition(py, fi, cid, OUTSIDE, 0, ts.into_py(py), None, segment, week)?)
+        t.out.append(self.transition(py, fi, cid.as_any(), OUTSIDE, 0, ts.into_py(py), None, segment, week)?)
     }
-}
 
-impl NativeFunnelStep {
     /// One routed event of `update` (route `ri`): `segment` read from `ev` when not given.
     #[allow(clippy::too_many_arguments)]
     fn route_event<'py>(
         &self,
         py: Python<'py>,
-        t: &State<'py>,
+        t: &mut State<'py>,
         ri: usize,
         ev: &Bound<'py, PyAny>,
         ts: i64,
         ts_obj: &Bound<'py, PyAny>,
-        cid: &Bound<'py, PyAny>,
+        cid: &Bound<'py, PyString>,
         segment: Option<Bound<'py, PyAny>>,
         weeks: &Bound<'py, PyDict>,
         watermark_ms: i64,
         late: &Bound<'py, PyList>,
     ) -> PyResult<()> {
-        let n_append = intern!(py, "append");
         if ts < watermark_ms {
             late.append(ev)?;
             return Ok(());
         }
+        let text = cid.to_str()?;
+        let cid_any = cid.as_any();
         for &(fi, s) in &self.routes[ri] {
             let f = &self.funnels[fi];
-            let fruns = &t.runs[fi];
-            let mut run = fruns.get_item(cid)?;
-            let mut entered = 0i64;
-            if let Some(r) = &run {
-                entered = self.runs.get_i64(r, STAGE_ENTERED_MS)?;
-                if ts < entered {
+            let mut found = t.runs[fi].find(text);
+            if let Some(i) = found {
+                let r = t.runs[fi].run(i);
+                if ts < r.entered {
                     let n = late.len();
                     if n == 0 || !late.get_item(n - 1)?.is(ev) {
                         late.append(ev)?;
                     }
                     continue;
                 }
-                let start = self.runs.get_i64(r, RUN_START_MS)?;
-                if ts > start + f.window_ms {
-                    self.drop_run(py, t, fi, cid, r)?;
-                    run = None;
+                if ts > r.start + f.window_ms {
+                    self.drop_run(py, t, fi, cid_any, text, i)?;
+                    found = None;
                 }
             }
-            let run = match run {
-                Some(r) => r,
+            let i = match found {
+                Some(i) => i,
                 None => {
                     if s == 0 {
                         let seg = match &segment {
@@ -522,26 +658,27 @@ impl NativeFunnelStep {
                     continue;
                 }
             };
-            self.runs.get(&run, EVENTS)?.call_method1(n_append, (ts << STAGE_BITS | s,))?;
-            let c = self.runs.get_i64(&run, STAGE)?;
+            let r = t.runs[fi].run_mut(i);
+            r.events.push(ts << STAGE_BITS | s);
+            let c = r.stage;
             if s <= c || (f.strict && s != c + 1) {
                 continue;
             }
-            let spent = ts - entered;
-            let key = self.runs.get(&run, CELL)?.downcast_into::<PyTuple>()?;
+            let spent = ts - r.entered;
+            let key = r.cell.clone_ref(py).into_bound(py);
             let cell = t.cells.as_any().get_item(&key)?;
             bump(&cell.getattr(t.n_advanced)?, c, 1)?;
             let durations = cell.getattr(t.advance_ms)?.get_item(c)?;
             self.durations_add(py, &durations, spent)?;
             bump(&cell.getattr(t.n_entered)?, s, 1)?;
-            let ts = ts_obj.clone().unbind();
             let (seg, week) = (key.get_item(1)?, key.get_item(2)?);
-            t.out.append(self.transition(py, fi, cid, c, s, ts, Some(spent), seg, week)?)?;
+            t.out.append(self.transition(py, fi, cid_any, c, s, ts_obj.clone().unbind(), Some(spent), seg, week)?)?;
             if s == f.last {
-                fruns.del_item(cid)?;
+                t.runs[fi].remove(text);
             } else {
-                self.runs.set(&run, STAGE, s.into_py(py).into_bound(py))?;
-                self.runs.set(&run, STAGE_ENTERED_MS, ts_obj.clone())?;
+                let r = t.runs[fi].run_mut(i);
+                r.stage = s;
+                r.entered = ts;
             }
         }
         Ok(())

@@ -1360,6 +1360,7 @@ fn journeymap_journeys(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<panes::NativePanes>()?;
     m.add_class::<paths::NativePaths>()?;
     m.add_class::<funnels::NativeFunnelStep>()?;
+    m.add_class::<funnels::NativeRuns>()?;
     m.add_class::<pending::NativePending>()?;
     m.add_class::<pending::NativeReleased>()?;
     // The hash of the sources it was built from (scripts/build-native.sh sets it; "" otherwise)
