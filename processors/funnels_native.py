@@ -18,7 +18,6 @@ where the module is not installed. :func:`new_funnel_tracker` picks the engine
 
 from __future__ import annotations
 
-import heapq
 from array import array
 from collections.abc import Iterable, Iterator, MutableMapping, Sequence
 from typing import Any
@@ -144,6 +143,15 @@ class NativeFunnelTracker(FunnelTracker):
                              [state.deadlines[n] for n in names], state.cells, out)
         return out
 
+    def merge_customer(self, loser: str, winner: str) -> list[FunnelTransition]:
+        """:meth:`FunnelTracker.merge_customer`: nothing to do, and no run read, when `loser`
+        has no open run (most merges)."""
+        runs = self.state.runs
+        for f in self._funnels:
+            if loser in runs[f.name]:
+                return super().merge_customer(loser, winner)
+        return []
+
     def __reduce__(self) -> tuple[Any, ...]:
         state = dict(self.__dict__)
         del state["_native"]
@@ -185,8 +193,7 @@ def _step_of(tracker: FunnelTracker) -> Any:
               for tp, route in tracker._routes.items()}
     return NativeFunnelStep(
         [(f.name, list(f.names), f.window_ms, f.strict) for f in tracker._funnels],
-        routes, FunnelTransition, StageCounts.empty, heapq.heappush, heapq.heappop, cohort_week,
-        EXACT_DURATIONS_MAX)
+        routes, FunnelTransition, StageCounts.empty, cohort_week, EXACT_DURATIONS_MAX)
 
 
 def _restore(state: dict[str, Any]) -> FunnelTracker:

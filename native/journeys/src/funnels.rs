@@ -10,7 +10,7 @@
 //! pickles it as that dict. The cells (`StageCounts` with their `Durations`), the deadline heaps
 //! and the cohort-week cache stay the tracker's Python objects, changed here by the same
 //! operations in the same order as the Python methods: the same heap pushes and pops (`heapq`'s
-//! own functions), the same list slots counted, `Durations` filled as its `add` fills it. So the
+//! algorithm, `heap.rs`), the same list slots counted, `Durations` filled as its `add` fills it. So the
 //! state, its pickles and the Python methods that read it (merges, detach and attach,
 //! snapshots) are unchanged, and the `FunnelTransition` records are the Python ones, field for
 //! field, in the same order.
@@ -21,6 +21,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
+use crate::heap::{heappop, heappush};
 use crate::pending::NativeReleased;
 use crate::paths::{EventSlots, CUSTOMER_ID, EVENT, SEGMENT, TS_MS};
 use crate::{dict_or_attr, instance_dict, slot_offset, FxMap, PStr};
@@ -259,8 +260,6 @@ pub struct NativeFunnelStep {
     routes: Vec<Vec<(usize, i64)>>, // (funnel index, stage), in the tracker's route order
     transition_type: Py<PyAny>,    // FunnelTransition
     counts_empty: Py<PyAny>,       // StageCounts.empty
-    heappush: Py<PyAny>,
-    heappop: Py<PyAny>,
     cohort_week: Py<PyAny>,
     exact_max: usize,
     empty: Py<PyString>,
@@ -428,8 +427,6 @@ impl NativeFunnelStep {
         routes: &Bound<'_, PyDict>,
         transition_type: Py<PyAny>,
         counts_empty: Py<PyAny>,
-        heappush: Py<PyAny>,
-        heappop: Py<PyAny>,
         cohort_week: Py<PyAny>,
         exact_max: usize,
     ) -> PyResult<Self> {
@@ -459,8 +456,6 @@ impl NativeFunnelStep {
             routes: rs,
             transition_type,
             counts_empty,
-            heappush,
-            heappop,
             cohort_week,
             exact_max,
             empty: PyString::new_bound(py, "").unbind(),
@@ -534,7 +529,6 @@ impl NativeFunnelStep {
         out: &Bound<'py, PyList>,
     ) -> PyResult<()> {
         let mut t = State::new(py, self.funnels.len(), runs, deadlines, cells, out)?;
-        let heappop = self.heappop.bind(py);
         for fi in 0..self.funnels.len() {
             let heap = t.deadlines[fi].clone();
             while !heap.is_empty() {
@@ -542,7 +536,7 @@ impl NativeFunnelStep {
                 if top >= watermark_ms {
                     break;
                 }
-                let entry = heappop.call1((&heap,))?.downcast_into::<PyTuple>()?;
+                let entry = heappop(&heap)?.downcast_into::<PyTuple>()?;
                 let cid = entry.get_item(1)?;
                 let start: i64 = entry.get_item(2)?.extract()?;
                 let text = match cid.downcast::<PyString>() {
@@ -599,10 +593,15 @@ impl NativeFunnelStep {
             entered: ts,
             start: ts,
             cell: key.unbind(),
-            events: vec![ts << STAGE_BITS],
+            events: {
+                let mut v = Vec::with_capacity(4);
+                v.push(ts << STAGE_BITS);
+                v
+            },
         };
         t.runs[fi].put(cid, run)?;
-        self.heappush.bind(py).call1((&t.deadlines[fi], (ts + f.window_ms, cid, ts)))?;
+        let deadline = PyTuple::new_bound(py, [(ts + f.window_ms).into_py(py), cid.clone().into_any().unbind(), ts.into_py(py)]);
+        heappush(&t.deadlines[fi], &deadline)?;
         t.out.append(self.transition(py, fi, cid.as_any(), OUTSIDE, 0, ts.into_py(py), None, segment, week)?)
     }
 

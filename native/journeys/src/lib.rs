@@ -32,6 +32,7 @@ use std::sync::Arc;
 
 mod panes;
 mod funnels;
+mod heap;
 mod paths;
 mod steps;
 mod pending;
