@@ -11,25 +11,22 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyListMethods};
 
-/// The (int, str, int) of a 3-tuple whose ints fit in an i64, or None.
-unsafe fn entry(o: *mut ffi::PyObject) -> Option<(i64, *mut ffi::PyObject, i64)> {
-    if ffi::PyTuple_CheckExact(o) == 0 || ffi::PyTuple_GET_SIZE(o) != 3 {
-        return None;
-    }
-    let (a, s, b) = (ffi::PyTuple_GET_ITEM(o, 0), ffi::PyTuple_GET_ITEM(o, 1), ffi::PyTuple_GET_ITEM(o, 2));
-    if ffi::PyLong_CheckExact(a) == 0 || ffi::PyUnicode_CheckExact(s) == 0 || ffi::PyLong_CheckExact(b) == 0 {
+/// An exact int that fits in an i64, or None.
+unsafe fn long(o: *mut ffi::PyObject) -> Option<i64> {
+    if ffi::PyLong_CheckExact(o) == 0 {
         return None;
     }
     let mut overflow = 0;
-    let x = ffi::PyLong_AsLongLongAndOverflow(a, &mut overflow);
+    let v = ffi::PyLong_AsLongLongAndOverflow(o, &mut overflow);
     if overflow != 0 {
         return None;
     }
-    let y = ffi::PyLong_AsLongLongAndOverflow(b, &mut overflow);
-    if overflow != 0 {
-        return None;
-    }
-    Some((x, s, y))
+    Some(v)
+}
+
+/// Whether `o` is a tuple of 3 items.
+unsafe fn triple(o: *mut ffi::PyObject) -> bool {
+    ffi::PyTuple_CheckExact(o) != 0 && ffi::PyTuple_GET_SIZE(o) == 3
 }
 
 /// The UTF-8 bytes of a str (None if it has none, e.g. a lone surrogate).
@@ -43,23 +40,34 @@ unsafe fn utf8<'a>(s: *mut ffi::PyObject) -> Option<&'a [u8]> {
     Some(std::slice::from_raw_parts(p as *const u8, n as usize))
 }
 
+/// `a < b` for two `(int, str, int)` tuples, read as far as they are equal (None: other items).
+unsafe fn entry_lt(a: *mut ffi::PyObject, b: *mut ffi::PyObject) -> Option<bool> {
+    if !triple(a) || !triple(b) {
+        return None;
+    }
+    let (x, y) = (long(ffi::PyTuple_GET_ITEM(a, 0))?, long(ffi::PyTuple_GET_ITEM(b, 0))?);
+    if x != y {
+        return Some(x < y);
+    }
+    let (s, t) = (ffi::PyTuple_GET_ITEM(a, 1), ffi::PyTuple_GET_ITEM(b, 1));
+    if ffi::PyUnicode_CheckExact(s) == 0 || ffi::PyUnicode_CheckExact(t) == 0 {
+        return None;
+    }
+    if s != t {
+        let (s, t) = (utf8(s)?, utf8(t)?);
+        if s != t {
+            return Some(s < t);
+        }
+    }
+    let (x, y) = (long(ffi::PyTuple_GET_ITEM(a, 2))?, long(ffi::PyTuple_GET_ITEM(b, 2))?);
+    Some(x < y)
+}
+
 /// `a < b`, as Python answers it.
 fn lt(py: Python<'_>, a: *mut ffi::PyObject, b: *mut ffi::PyObject) -> PyResult<bool> {
     unsafe {
-        if let (Some((a0, a1, a2)), Some((b0, b1, b2))) = (entry(a), entry(b)) {
-            if a0 != b0 {
-                return Ok(a0 < b0);
-            }
-            if a1 != b1 {
-                if let (Some(s), Some(t)) = (utf8(a1), utf8(b1)) {
-                    if s != t {
-                        return Ok(s < t);
-                    }
-                    return Ok(a2 < b2);
-                }
-            } else {
-                return Ok(a2 < b2);
-            }
+        if let Some(less) = entry_lt(a, b) {
+            return Ok(less);
         }
         // anything else: Python's own comparison (the items held while it runs)
         ffi::Py_INCREF(a);
