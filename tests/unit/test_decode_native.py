@@ -1,8 +1,9 @@
 """The native decode fast path (``native/decode``, ``journeymap_decode``) changes no decision.
 
 With ``decode.engine = native`` the Rust decoder builds the events it is sure of and leaves the
-rest to the Python path. So for any batch of messages, valid or not, ``decode_batch`` must give
-exactly the Python engine's outputs: the same accepted events (type, ``__dict__`` values and
+rest to the Python path. So for any batch of messages, valid or not, ``decode_batch`` (and
+``decode_events``, its outcome in columns, what the chain decodes with) must give exactly the
+Python engine's outputs: the same accepted events (type, ``__dict__`` values and
 their types, the identities' and properties' order, the fields set, extra and private, the
 tzinfo's kind and offset, ``ts_ms``) with the same sources, and the same dead letters (bytes,
 reason, errors, source). Messages: the simulator's lines, events drawn field by field around
@@ -34,6 +35,7 @@ from processors.validation import (
     decode,
     decode_batch,
     decode_engine,
+    decode_events,
     decode_lines,
 )
 from simulator.model import SimConfig, simulate
@@ -93,6 +95,12 @@ def assert_same_decisions(raws: list[bytes]) -> None:
     assert list(map(outcome, lines_dead)) == list(map(outcome, py_dead))
     for raw, source in pairs[:8]:
         assert outcome(decode(raw, source, "native")) == outcome(decode(raw, source, "python"))
+    for engine in ("native", "python"):
+        events, at, dead = decode_events(pairs, engine)
+        assert len(events) == len(at) and list(at) == sorted(set(at))
+        columns = [Accepted(e, pairs[i][1]) for e, i in zip(events, at, strict=True)]
+        assert list(map(outcome, columns)) == list(map(outcome, want_acc))
+        assert list(map(outcome, dead)) == list(map(outcome, want_dead))
 
 
 def native_sure(raw: bytes) -> bool:
@@ -494,3 +502,53 @@ def test_the_fast_path_takes_the_common_shapes() -> None:
     assert native_sure(escaped)  # escapes in values are decoded natively
     assert_same_decisions([escaped])
     assert not native_sure(common[0].replace(b'"event_id"', b'"\\u0065vent_id"'))  # in keys: not
+
+
+# -- decode_events: the chain's columns ---------------------------------------------------------
+
+
+def test_decode_events_takes_any_sequence_of_pairs_and_unpacks_as_decode_batch() -> None:
+    raws = [*_SIMULATED[:5], b'{"event_id": 1}']
+    pairs = tuple((raw, Source("t", 0, i)) for i, raw in enumerate(raws))
+    events, at, dead = decode_events(pairs, "native")
+    assert list(at) == [0, 1, 2, 3, 4] and [d.source.offset for d in dead] == [5]
+    assert [e.event_id for e in events] == [a.event.event_id for a in decode_batch(pairs)[0]]
+    assert decode_events((), "native") == ([], range(0), [])
+    # the native decoder is not sure of what is not a pair of bytes and a source ...
+    found, unsure = validation._NATIVE.decode_pairs(
+        [(raws[0], None), raws[0], (raws[0],), ("text", None), (raws[0], None, 1), [raws[0], 0]]
+    )
+    assert unsure == [1, 2, 3, 4, 5] and type(found[0]) is TouchpointEvent
+    # ... and a batch with one raises what decode_batch raises
+    for bad in ([(raws[0], Source(), 1)], [raws[0]]):
+        for engine in ("native", "python"):
+            with pytest.raises(ValueError):
+                decode_batch(bad, engine)
+            with pytest.raises(ValueError):
+                decode_events(bad, engine)
+
+
+def test_native_events_share_their_tzinfo_and_fields_set_and_stay_apart() -> None:
+    """Events with one UTC offset share one `TzInfo`, and events with the same fields one
+    fields set (pydantic-core makes a fresh one each): equal to the Python engine's in every
+    way, and a copy with an update gets a set of its own."""
+    raws = [
+        b'{"event_id":"a","occurred_at":"2026-01-01T00:00:00Z","channel":"web",'
+        b'"touchpoint":"x","identities":{"user_id":"u"}}',
+        b'{"event_id":"b","occurred_at":1767225600000,"channel":"web",'
+        b'"touchpoint":"x","identities":{"user_id":"u"}}',
+        b'{"event_id":"c","occurred_at":"2026-01-01T02:00:00+02:00","channel":"web",'
+        b'"touchpoint":"x","identities":{"user_id":"u"},"text":"hi"}',
+    ]
+    a, b, c = (validation._NATIVE.decode(raw) for raw in raws)
+    assert a.occurred_at.tzinfo is b.occurred_at.tzinfo
+    assert c.occurred_at.utcoffset() == timedelta(hours=2)
+    assert a.__pydantic_fields_set__ is b.__pydantic_fields_set__
+    assert c.__pydantic_fields_set__ == a.__pydantic_fields_set__ | {"text"}
+    copied = a.model_copy(update={"text": "later"})
+    assert "text" in copied.model_fields_set and "text" not in b.model_fields_set
+    for raw, event in zip(raws, (a, b, c), strict=True):
+        python = decode(raw, engine="python")
+        assert isinstance(python, Accepted)
+        assert event_state(event) == event_state(python.event)
+        assert event.occurred_at == python.event.occurred_at

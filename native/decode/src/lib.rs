@@ -711,6 +711,9 @@ struct Decoder {
     touchpoints: Interned,
     keys: Interned,
     sets: HashMap<u32, Py<PySet>>,
+    // one `TzInfo` per UTC offset (seconds), made on first use and shared by every datetime
+    // with that offset: it is immutable, and equal to a fresh one in every way but identity
+    tzs: HashMap<i32, Py<PyTzInfo>>,
 }
 
 type Interned = HashMap<String, Py<PyString>>;
@@ -748,59 +751,86 @@ fn interned<'py>(py: Python<'py>, cache: &mut Interned, s: &str) -> Bound<'py, P
 }
 
 impl Decoder {
+    /// One entry per item of `items` (a message's bytes, or with `pairs` a tuple whose first
+    /// item is): the event, or None where the model must decide; and the positions of those
+    /// Nones. `wrap`: each event in an instance of the class, with its source (see
+    /// `accept_many`). The list is made at its full length at once (no growing).
     fn many<'py>(
         &mut self,
         py: Python<'py>,
-        raws: Bound<'py, PyList>,
+        items: Bound<'py, PyList>,
+        pairs: bool,
         wrap: Option<(Bound<'py, PyList>, Bound<'py, PyType>)>,
     ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
-        let out = PyList::empty_bound(py);
-        let unsure = PyList::empty_bound(py);
+        let mut out: Vec<PyObject> = Vec::with_capacity(items.len());
+        let mut unsure: Vec<usize> = Vec::new();
         let (n_event, n_source) = (intern!(py, "event"), intern!(py, "source"));
-        for (i, raw) in raws.iter().enumerate() {
-            let parsed = match raw.downcast::<PyBytes>() {
-                Ok(bytes) => parse(bytes.as_bytes(), &self.limits),
-                Err(_) => Err(Unsure),
+        for (i, item) in items.iter().enumerate() {
+            // (a pair is a tuple of two: anything else is not sure, as anything but bytes)
+            let raw = if !pairs {
+                Some(item)
+            } else {
+                match item.downcast::<PyTuple>() {
+                    Ok(t) if t.len() == 2 => Some(t.get_item(0)?),
+                    _ => None,
+                }
+            };
+            let parsed = match raw.as_ref().map(|r| r.downcast::<PyBytes>()) {
+                Some(Ok(bytes)) => parse(bytes.as_bytes(), &self.limits),
+                _ => Err(Unsure),
             };
             let event = match parsed {
                 Ok(p) => self.build(py, p)?,
                 Err(Unsure) => {
-                    out.append(py.None())?;
-                    unsure.append(i)?;
+                    out.push(py.None());
+                    unsure.push(i);
                     continue;
                 }
             };
             match &wrap {
-                None => out.append(event)?,
+                None => out.push(event.unbind()),
                 Some((sources, cls)) => {
                     let source = sources.get_item(i)?;
                     let one = new_instance(py, cls)?;
                     set_slot(&one, n_event, &event)?;
                     set_slot(&one, n_source, &source)?;
-                    out.append(one)?;
+                    out.push(one.unbind());
                 }
             }
         }
-        Ok((out, unsure))
+        Ok((PyList::new_bound(py, out), PyList::new_bound(py, unsure)))
     }
 
-    /// The fields set for the fields seen (a bit per field): a copy of a set made once.
+    /// The fields set for the fields seen (a bit per field): one set per combination, made
+    /// once and shared by every event with those fields (pydantic never changes a model's
+    /// fields set in place: `model_copy` copies it first, and the model is frozen).
     fn fields_set<'py>(&mut self, py: Python<'py>, seen: u32) -> PyResult<Bound<'py, PySet>> {
-        if !self.sets.contains_key(&seen) {
-            let names: Vec<&Py<PyString>> = (0..N_FIELDS)
-                .filter(|i| seen & (1 << i) != 0)
-                .map(|i| &self.fields[i])
-                .collect();
-            let set = PySet::new_bound(py, &names)?;
-            self.sets.insert(seen, set.unbind());
+        if let Some(set) = self.sets.get(&seen) {
+            return Ok(set.bind(py).clone());
         }
-        let template = &self.sets[&seen];
-        unsafe {
-            Ok(
-                Bound::from_owned_ptr_or_err(py, ffi::PySet_New(template.as_ptr()))?
-                    .downcast_into_unchecked(),
-            )
+        let names: Vec<&Py<PyString>> = (0..N_FIELDS)
+            .filter(|i| seen & (1 << i) != 0)
+            .map(|i| &self.fields[i])
+            .collect();
+        let set = PySet::new_bound(py, &names)?;
+        self.sets.insert(seen, set.clone().unbind());
+        Ok(set)
+    }
+
+    /// The `TzInfo` of a UTC offset (seconds): one per offset, up to MAX_INTERNED of them.
+    fn tz<'py>(&mut self, py: Python<'py>, offset_s: i32) -> PyResult<Bound<'py, PyTzInfo>> {
+        if let Some(tz) = self.tzs.get(&offset_s) {
+            return Ok(tz.bind(py).clone());
         }
+        let tz = self
+            .tzinfo_cls
+            .bind(py)
+            .call1((offset_s,))?
+            .downcast_into::<PyTzInfo>()?;
+        if self.tzs.len() < MAX_INTERNED {
+            self.tzs.insert(offset_s, tz.clone().unbind());
+        }
+        Ok(tz)
     }
 
     fn build<'py>(&mut self, py: Python<'py>, p: Parsed<'_>) -> PyResult<Bound<'py, PyAny>> {
@@ -816,6 +846,8 @@ impl Decoder {
             None => self.template.bind(py).copy()?,
         };
         let set = self.fields_set(py, p.seen)?;
+        let m = p.occurred_at.unwrap_or_default();
+        let tz = self.tz(py, m.offset_s)?;
         let f = &self.fields;
         let put = |i: usize, v: &Bound<'_, PyAny>| -> PyResult<()> {
             if unsafe { ffi::PyDict_SetItem(d.as_ptr(), f[i].as_ptr(), v.as_ptr()) } != 0 {
@@ -825,12 +857,6 @@ impl Decoder {
         };
         let none = py.None().into_bound(py);
         put(EVENT_ID, PyString::new_bound(py, &p.event_id).as_any())?;
-        let m = p.occurred_at.unwrap_or_default();
-        let tz = self
-            .tzinfo_cls
-            .bind(py)
-            .call1((m.offset_s,))?
-            .downcast_into::<PyTzInfo>()?;
         let at = PyDateTime::new_bound(
             py,
             m.year as i32,
@@ -968,6 +994,7 @@ impl Decoder {
             touchpoints: Interned::default(),
             keys: Interned::default(),
             sets: HashMap::default(),
+            tzs: HashMap::default(),
         })
     }
 
@@ -978,7 +1005,18 @@ impl Decoder {
         py: Python<'py>,
         raws: Bound<'py, PyList>,
     ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
-        self.many(py, raws, None)
+        self.many(py, raws, false, None)
+    }
+
+    /// As `decode_many`, for messages given as `(raw, source)` tuples (`raw` the first item of
+    /// each; anything else is not sure, as is anything but bytes): the events of a batch of pairs without a list of
+    /// their bytes made first.
+    fn decode_pairs<'py>(
+        &mut self,
+        py: Python<'py>,
+        messages: Bound<'py, PyList>,
+    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+        self.many(py, messages, true, None)
     }
 
     /// As `decode_many`, each event wrapped with its source: `accepted_cls(event, source)`
@@ -996,7 +1034,7 @@ impl Decoder {
                 "one source per message",
             ));
         }
-        self.many(py, raws, Some((sources, accepted_cls)))
+        self.many(py, raws, false, Some((sources, accepted_cls)))
     }
 
     /// The event, or None.
