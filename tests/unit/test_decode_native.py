@@ -552,3 +552,38 @@ def test_native_events_share_their_tzinfo_and_fields_set_and_stay_apart() -> Non
         assert isinstance(python, Accepted)
         assert event_state(event) == event_state(python.event)
         assert event.occurred_at == python.event.occurred_at
+
+
+def test_strings_are_read_alike_whatever_their_length_and_where_a_special_byte_sits() -> None:
+    """The native reader scans strings 8 bytes at a time up to the first quote, backslash,
+    control or non-ASCII byte, and makes ASCII strings of two or more characters directly: a
+    special byte at every place of the first words of a value or a key, strings of every short
+    length, and keys that begin like a field's, all decided and built as the model does."""
+    raws: list[bytes] = []
+    specials = ['\\"', "\\\\", "\\n", "\\u00e9", "\\u0000", "\x01", "\x1f", " ", "\x7f", "é", "😀"]
+    for at in range(18):
+        for special in specials:
+            text = "x" * at + special + "y" * (17 - at)
+            raws.append(with_field("event_id", f'"{text}"'))
+            raws.append(with_field("identities", f'{{"user_id":"{text}"}}'))
+            raws.append(with_field("text", f'"{text}"'))
+            raws.append(with_field("touchpoint", f'"{text}"'))
+    for n in range(0, 20):
+        raws.append(with_field("event_id", j("e" * n)))
+        raws.append(with_field("session_id", j("s" * n)))
+        raws.append(with_field("properties", j({"k" * n: "v" * n})))
+        raws.append(with_field("identities", j({"email": "é" * n})))
+    body = with_field("session_id", j("s-1")).decode()
+    for key in ('"event_i"', '"event_idx"', '"event_id\\u0000"', '"Event_id"', '"session_id" '):
+        raws.append(body.replace('"event_id"', key, 1).encode())
+    last = body.replace('"event_id":"e-1",', "", 1)[:-1]
+    raws.append((last + ',"event_id":"e-1"}').encode())  # out of order
+    raws.append((body[:-1] + ',"event_id":"e-2"}').encode())  # twice
+    raws.append(body.encode()[:-1] + b"\x20\x20}")
+    assert_same_decisions(raws)
+    sure = [raw for raw in raws if native_sure(raw)]
+    assert len(sure) > len(raws) // 3  # (the fast path reads most of them itself)
+    for raw in sure:
+        python = decode(raw, engine="python")
+        assert isinstance(python, Accepted), raw
+        assert event_state(validation._NATIVE.decode(raw)) == event_state(python.event), raw
