@@ -46,7 +46,7 @@ from processors.attribution_native import (
     new_path_accumulator,
 )
 from processors.config import ProcessingConfig
-from processors.events import ResolvedEvent
+from processors.events import ResolvedEvent, TouchpointEvent
 from processors.funnels import FunnelTransition
 from processors.funnels_native import NativeFunnelTracker, adopt_funnels, new_funnel_tracker
 from processors.identity import (
@@ -71,8 +71,8 @@ from processors.validation import (
     DeadLetter,
     DecodeEngine,
     Source,
-    decode_batch,
     decode_engine,
+    decode_events,
 )
 
 SegmentOf = Callable[[str], str]
@@ -252,21 +252,28 @@ class JourneyChain:
     @_batch
     def process(self, messages: Sequence[tuple[bytes, Source]]) -> ChainOutput:
         """Run one batch of raw messages through the chain."""
-        accepted, dead = decode_batch(messages, self.decode_engine)
-        return self.process_accepted(accepted, ChainOutput(dead=dead))
+        events, at, dead = decode_events(messages, self.decode_engine)
+        return self._resolve(events, lambda i: messages[at[i]][1], ChainOutput(dead=dead))
 
-    @_batch
     def process_accepted(self, accepted: Sequence[Accepted], out: ChainOutput) -> ChainOutput:
         """The chain after validation: resolve identities, then :meth:`process_resolved`."""
-        if not accepted:
+        return self._resolve([a.event for a in accepted], lambda i: accepted[i].source, out)
+
+    @_batch
+    def _resolve(
+        self, events: list[TouchpointEvent], source_of: Callable[[int], Source], out: ChainOutput
+    ) -> ChainOutput:
+        """:meth:`process_accepted` of `events`; `source_of(i)` is the source of ``events[i]``
+        (asked only for the ones the resolver dead-letters)."""
+        if not events:
             return out
-        resolved = self.resolver.resolve_batch([a.event for a in accepted])
+        resolved = self.resolver.resolve_batch(events)
         out.links.extend(resolved.links)
         out.conflicts.extend(resolved.conflicts)
         out.n_ignored_identifiers += resolved.n_ignored_identifiers
         for (event, reason), i in zip(resolved.dead, resolved.dead_at, strict=True):
             raw = event.model_dump_json().encode()
-            out.dead.append(DeadLetter(raw, reason, accepted[i].source, stage="resolve"))
+            out.dead.append(DeadLetter(raw, reason, source_of(i), stage="resolve"))
         return self.process_resolved(resolved.resolved, resolved.merges, out)
 
     @_batch

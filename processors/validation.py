@@ -10,7 +10,8 @@ import base64
 import gc
 import secrets
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import groupby, repeat
 from operator import attrgetter
@@ -401,32 +402,95 @@ def decode_batch(
     with the native engine (:func:`decode_engine`) one call builds the events it is sure of and
     only the rest go on; a batch of valid events is validated in one pass (one Rust call per
     power-of-two chunk), a batch with invalid events in two (plus one :func:`decode` per
-    invalid event), broken JSON costs a few halvings.
+    invalid event), broken JSON costs a few halvings. :func:`decode_events` is the same
+    outcome without an :class:`Accepted` per event.
     """
-    pairs = list(messages)
-    raws = [raw for raw, _ in pairs]
-    sources = [source for _, source in pairs]
+    raws, sources = _unzipped(messages)
     if engine != "python" and decode_engine(engine) == "native":
         try:
             return _decode_native(raws, sources)
         except Exception:  # (the decoder busy in another thread): the Python path decides
             pass
-    # The cyclic collector is paused while the batch is built: it would otherwise run every
-    # 700 new objects and walk the batch's events again each time (measured: a third of the
-    # decode time). Nothing made here is cyclic garbage; the next collection after this
-    # call sees the whole batch once.
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
+    with _collector_paused():
         found = _validate_many(raws) if len(raws) > 1 else set()
         if isinstance(found, list):  # the usual batch: all valid, no bookkeeping
             return _accept_all(found, sources), []
-        results: list[Decoded | None] = [None] * len(pairs)
-        _decode_some(raws, sources, list(range(len(pairs))), results, found)
+        results: list[Decoded | None] = [None] * len(raws)
+        _decode_some(raws, sources, list(range(len(raws))), results, found)
+    return _split(results)
+
+
+def decode_events(
+    messages: Sequence[tuple[bytes, Source]],
+    engine: DecodeEngine = "auto",
+) -> tuple[list[TouchpointEvent], Sequence[int], list[DeadLetter]]:
+    """:func:`decode_batch`'s outcome in columns: the accepted events, the position in
+    `messages` of each (``range(len(messages))`` when all are accepted) and the dead letters.
+
+    The same events, decisions and dead letters, without an :class:`Accepted` per event (and
+    with the native engine without a list of the messages' bytes): a caller that needs an
+    event's source looks it up, ``messages[at[i]][1]``, for the few events it needs it for.
+    """
+    n = len(messages)
+    if engine != "python" and decode_engine(engine) == "native":
+        try:
+            with _collector_paused():
+                found, unsure = _NATIVE.decode_pairs(
+                    messages if isinstance(messages, list) else list(messages)
+                )
+                if not unsure:
+                    return found, range(n), []
+                raws, sources = _unzipped(messages)
+                _decode_some(raws, sources, unsure, found)  # (in place of the Nones)
+            return _columns(found)
+        except Exception:  # (the decoder busy in another thread): the Python path decides
+            pass
+    raws, sources = _unzipped(messages)
+    with _collector_paused():
+        valid = _validate_many(raws) if n > 1 else set()
+        if isinstance(valid, list):
+            return valid, range(n), []
+        results: list[Decoded | None] = [None] * n
+        _decode_some(raws, sources, list(range(n)), results, valid)
+    return _columns(results)
+
+
+def _unzipped(messages: Iterable[tuple[bytes, Source]]) -> tuple[list[bytes], list[Source]]:
+    """The messages' bytes and their sources (each message a pair, or this raises)."""
+    pairs = list(messages)
+    return [raw for raw, _ in pairs], [source for _, source in pairs]
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic collector paused while a batch is built: it would otherwise run every 700
+    new objects and walk the batch's events again each time (measured: a third of the decode
+    time). Nothing made here is cyclic garbage; the next collection after this sees the whole
+    batch once."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
     finally:
         if collecting:
             gc.enable()
-    return _split(results)
+
+
+def _columns(
+    results: Sequence[TouchpointEvent | Decoded | None],
+) -> tuple[list[TouchpointEvent], list[int], list[DeadLetter]]:
+    """:func:`decode_events`'s columns of `results` (all set; an entry is an event, as the
+    native decoder leaves them, or an :class:`Accepted` or :class:`DeadLetter`)."""
+    events: list[TouchpointEvent] = []
+    at: list[int] = []
+    dead: list[DeadLetter] = []
+    for i, result in enumerate(results):
+        if isinstance(result, DeadLetter):
+            dead.append(result)
+        else:
+            events.append(result.event if isinstance(result, Accepted) else result)  # type: ignore[union-attr,arg-type]
+            at.append(i)
+    return events, at, dead
 
 
 def _split(results: Sequence[Decoded | None]) -> tuple[list[Accepted], list[DeadLetter]]:
@@ -446,17 +510,12 @@ def _decode_native(
 ) -> tuple[list[Accepted], list[DeadLetter]]:
     """:func:`decode_batch` with the native fast path first: the messages it is not sure of
     (their positions, `unsure`) are decided by the Python path, as in :func:`_decode_some`."""
-    collecting = gc.isenabled()
-    gc.disable()  # (as in decode_batch: nothing made here is cyclic garbage)
-    try:
+    with _collector_paused():  # (as in decode_batch)
         # each event already in its Accepted (as _accept_all makes them), None where unsure
         results, unsure = _NATIVE.accept_many(raws, sources, Accepted)
         if not unsure:
             return results, []
         _decode_some(raws, sources, unsure, results)  # (in place of the Nones)
-    finally:
-        if collecting:
-            gc.enable()
     return _split(results)
 
 

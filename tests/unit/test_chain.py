@@ -7,7 +7,13 @@ import random
 import orjson
 
 from processors.chain import JourneyChain
-from processors.config import FunnelConfig, FunnelStage, JourneyConfig, ProcessingConfig
+from processors.config import (
+    DecodeConfig,
+    FunnelConfig,
+    FunnelStage,
+    JourneyConfig,
+    ProcessingConfig,
+)
 from processors.validation import Source
 from tests.factories import MIN_MS, T0_MS
 
@@ -161,3 +167,33 @@ def test_a_pickled_chain_continues_exactly_like_the_original() -> None:
     restored = pickle.loads(pickle.dumps(restored))
     assert outputs(restored, messages[half:]) == outputs(straight, messages[half:])
     assert restored.attribution() == straight.attribution()
+
+
+def test_process_and_process_accepted_give_the_same_outputs_and_sources() -> None:
+    """`process` hands the resolver the decoded events without an `Accepted` each; its dead
+    letters (bad input, and events without a usable identifier, each with the source of its own
+    message past the bad ones) and outputs are those of `process_accepted` on `decode_batch`."""
+    from processors.chain import ChainOutput
+    from processors.validation import decode_batch
+
+    messages = [
+        message(0, "landing_page", T0_MS, anonymous_id="null"),
+        (b"{oops", Source("t", 0, 1)),
+        message(2, "landing_page", T0_MS + MIN_MS),
+        (b'{"event_id": 3}', Source("t", 0, 3)),
+        message(4, "signup", T0_MS + 2 * MIN_MS, anonymous_id="null"),
+        message(5, "purchase", T0_MS + 3 * MIN_MS),
+    ]
+    for engine in ("native", "python"):
+        config = CONFIG.model_copy(update={"decode": DecodeConfig(engine=engine)})
+        by_process = JourneyChain(config).process(messages)
+        chain = JourneyChain(config)
+        accepted, dead = decode_batch(messages, engine)
+        by_accepted = chain.process_accepted(accepted, ChainOutput(dead=dead))
+        letters = [(d.stage, d.source.offset, d.reason, d.raw) for d in by_process.dead]
+        assert letters == [(d.stage, d.source.offset, d.reason, d.raw) for d in by_accepted.dead]
+        assert [(stage, offset) for stage, offset, _, _ in letters] == [
+            ("validate", 1), ("validate", 3), ("resolve", 0), ("resolve", 4)
+        ]
+        assert [e.event for e in by_process.resolved] == [e.event for e in by_accepted.resolved]
+        assert len(by_process.resolved) == 2

@@ -1,8 +1,9 @@
 """The native decode fast path (``native/decode``, ``journeymap_decode``) changes no decision.
 
 With ``decode.engine = native`` the Rust decoder builds the events it is sure of and leaves the
-rest to the Python path. So for any batch of messages, valid or not, ``decode_batch`` must give
-exactly the Python engine's outputs: the same accepted events (type, ``__dict__`` values and
+rest to the Python path. So for any batch of messages, valid or not, ``decode_batch`` (and
+``decode_events``, its outcome in columns, what the chain decodes with) must give exactly the
+Python engine's outputs: the same accepted events (type, ``__dict__`` values and
 their types, the identities' and properties' order, the fields set, extra and private, the
 tzinfo's kind and offset, ``ts_ms``) with the same sources, and the same dead letters (bytes,
 reason, errors, source). Messages: the simulator's lines, events drawn field by field around
@@ -34,6 +35,7 @@ from processors.validation import (
     decode,
     decode_batch,
     decode_engine,
+    decode_events,
     decode_lines,
 )
 from simulator.model import SimConfig, simulate
@@ -93,6 +95,12 @@ def assert_same_decisions(raws: list[bytes]) -> None:
     assert list(map(outcome, lines_dead)) == list(map(outcome, py_dead))
     for raw, source in pairs[:8]:
         assert outcome(decode(raw, source, "native")) == outcome(decode(raw, source, "python"))
+    for engine in ("native", "python"):
+        events, at, dead = decode_events(pairs, engine)
+        assert len(events) == len(at) and list(at) == sorted(set(at))
+        columns = [Accepted(e, pairs[i][1]) for e, i in zip(events, at, strict=True)]
+        assert list(map(outcome, columns)) == list(map(outcome, want_acc))
+        assert list(map(outcome, dead)) == list(map(outcome, want_dead))
 
 
 def native_sure(raw: bytes) -> bool:
@@ -494,3 +502,88 @@ def test_the_fast_path_takes_the_common_shapes() -> None:
     assert native_sure(escaped)  # escapes in values are decoded natively
     assert_same_decisions([escaped])
     assert not native_sure(common[0].replace(b'"event_id"', b'"\\u0065vent_id"'))  # in keys: not
+
+
+# -- decode_events: the chain's columns ---------------------------------------------------------
+
+
+def test_decode_events_takes_any_sequence_of_pairs_and_unpacks_as_decode_batch() -> None:
+    raws = [*_SIMULATED[:5], b'{"event_id": 1}']
+    pairs = tuple((raw, Source("t", 0, i)) for i, raw in enumerate(raws))
+    events, at, dead = decode_events(pairs, "native")
+    assert list(at) == [0, 1, 2, 3, 4] and [d.source.offset for d in dead] == [5]
+    assert [e.event_id for e in events] == [a.event.event_id for a in decode_batch(pairs)[0]]
+    assert decode_events((), "native") == ([], range(0), [])
+    # the native decoder is not sure of what is not a pair of bytes and a source ...
+    found, unsure = validation._NATIVE.decode_pairs(
+        [(raws[0], None), raws[0], (raws[0],), ("text", None), (raws[0], None, 1), [raws[0], 0]]
+    )
+    assert unsure == [1, 2, 3, 4, 5] and type(found[0]) is TouchpointEvent
+    # ... and a batch with one raises what decode_batch raises
+    for bad in ([(raws[0], Source(), 1)], [raws[0]]):
+        for engine in ("native", "python"):
+            with pytest.raises(ValueError):
+                decode_batch(bad, engine)
+            with pytest.raises(ValueError):
+                decode_events(bad, engine)
+
+
+def test_native_events_share_their_tzinfo_and_fields_set_and_stay_apart() -> None:
+    """Events with one UTC offset share one `TzInfo`, and events with the same fields one
+    fields set (pydantic-core makes a fresh one each): equal to the Python engine's in every
+    way, and a copy with an update gets a set of its own."""
+    raws = [
+        b'{"event_id":"a","occurred_at":"2026-01-01T00:00:00Z","channel":"web",'
+        b'"touchpoint":"x","identities":{"user_id":"u"}}',
+        b'{"event_id":"b","occurred_at":1767225600000,"channel":"web",'
+        b'"touchpoint":"x","identities":{"user_id":"u"}}',
+        b'{"event_id":"c","occurred_at":"2026-01-01T02:00:00+02:00","channel":"web",'
+        b'"touchpoint":"x","identities":{"user_id":"u"},"text":"hi"}',
+    ]
+    a, b, c = (validation._NATIVE.decode(raw) for raw in raws)
+    assert a.occurred_at.tzinfo is b.occurred_at.tzinfo
+    assert c.occurred_at.utcoffset() == timedelta(hours=2)
+    assert a.__pydantic_fields_set__ is b.__pydantic_fields_set__
+    assert c.__pydantic_fields_set__ == a.__pydantic_fields_set__ | {"text"}
+    copied = a.model_copy(update={"text": "later"})
+    assert "text" in copied.model_fields_set and "text" not in b.model_fields_set
+    for raw, event in zip(raws, (a, b, c), strict=True):
+        python = decode(raw, engine="python")
+        assert isinstance(python, Accepted)
+        assert event_state(event) == event_state(python.event)
+        assert event.occurred_at == python.event.occurred_at
+
+
+def test_strings_are_read_alike_whatever_their_length_and_where_a_special_byte_sits() -> None:
+    """The native reader scans strings 8 bytes at a time up to the first quote, backslash,
+    control or non-ASCII byte, and makes ASCII strings of two or more characters directly: a
+    special byte at every place of the first words of a value or a key, strings of every short
+    length, and keys that begin like a field's, all decided and built as the model does."""
+    raws: list[bytes] = []
+    specials = ['\\"', "\\\\", "\\n", "\\u00e9", "\\u0000", "\x01", "\x1f", " ", "\x7f", "é", "😀"]
+    for at in range(18):
+        for special in specials:
+            text = "x" * at + special + "y" * (17 - at)
+            raws.append(with_field("event_id", f'"{text}"'))
+            raws.append(with_field("identities", f'{{"user_id":"{text}"}}'))
+            raws.append(with_field("text", f'"{text}"'))
+            raws.append(with_field("touchpoint", f'"{text}"'))
+    for n in range(0, 20):
+        raws.append(with_field("event_id", j("e" * n)))
+        raws.append(with_field("session_id", j("s" * n)))
+        raws.append(with_field("properties", j({"k" * n: "v" * n})))
+        raws.append(with_field("identities", j({"email": "é" * n})))
+    body = with_field("session_id", j("s-1")).decode()
+    for key in ('"event_i"', '"event_idx"', '"event_id\\u0000"', '"Event_id"', '"session_id" '):
+        raws.append(body.replace('"event_id"', key, 1).encode())
+    last = body.replace('"event_id":"e-1",', "", 1)[:-1]
+    raws.append((last + ',"event_id":"e-1"}').encode())  # out of order
+    raws.append((body[:-1] + ',"event_id":"e-2"}').encode())  # twice
+    raws.append(body.encode()[:-1] + b"\x20\x20}")
+    assert_same_decisions(raws)
+    sure = [raw for raw in raws if native_sure(raw)]
+    assert len(sure) > len(raws) // 3  # (the fast path reads most of them itself)
+    for raw in sure:
+        python = decode(raw, engine="python")
+        assert isinstance(python, Accepted), raw
+        assert event_state(validation._NATIVE.decode(raw)) == event_state(python.event), raw

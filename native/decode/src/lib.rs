@@ -125,12 +125,23 @@ impl<'a> Cursor<'a> {
         self.expect(b'"')?;
         let start = self.i;
         let b = self.b;
+        // plain ASCII, 8 bytes at a time, up to the first byte that is not (see `special`)
+        let mut i = start;
+        while i + 8 <= b.len() {
+            let word = u64::from_le_bytes(<[u8; 8]>::try_from(&b[i..i + 8]).unwrap());
+            let found = special(word);
+            if found != 0 {
+                i += (found.trailing_zeros() / 8) as usize;
+                break;
+            }
+            i += 8;
+        }
         let mut ascii = true;
-        while self.i < b.len() {
-            let c = b[self.i];
+        while i < b.len() {
+            let c = b[i];
             if c == b'"' {
-                let raw = &b[start..self.i];
-                self.i += 1;
+                let raw = &b[start..i];
+                self.i = i + 1;
                 if ascii {
                     // (checked: every byte < 0x80)
                     return Ok(unsafe { std::str::from_utf8_unchecked(raw) });
@@ -143,9 +154,25 @@ impl<'a> Cursor<'a> {
             if c >= 0x80 {
                 ascii = false;
             }
-            self.i += 1;
+            i += 1;
         }
         Err(Unsure)
+    }
+
+    /// Whether the next token is the key of field `field` (then read), as `string` reads it.
+    #[inline]
+    fn key(&mut self, field: usize) -> bool {
+        self.ws();
+        let name = match FIELD_NAMES.get(field) {
+            Some(name) => *name,
+            None => return false,
+        };
+        let (b, i, end) = (self.b, self.i, self.i + 1 + name.len());
+        if end < b.len() && b[i] == b'"' && &b[i + 1..end] == name && b[end] == b'"' {
+            self.i = end + 1;
+            return true;
+        }
+        false
     }
 
     /// A string value (event id, identifier, session id, text, property value): as `string`,
@@ -286,6 +313,21 @@ impl<'a> Cursor<'a> {
         }
         false
     }
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The bytes of `word` (8 bytes of a string, the first the lowest) that end a plain ASCII run
+/// in a JSON string: a quote, a backslash, a control character or a byte of 0x80 and above, as
+/// the high bit of each. Only the lowest one is exact (a borrow may mark bytes above it), and
+/// it is all `Cursor::string` reads.
+#[inline]
+fn special(word: u64) -> u64 {
+    let quote = word ^ (ONES * b'"' as u64);
+    let backslash = word ^ (ONES * b'\\' as u64);
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x;
+    (zero(quote) | zero(backslash) | (word.wrapping_sub(ONES * 0x20) & !word) | word) & HIGHS
 }
 
 /// The end of the run of ASCII digits from `i`.
@@ -503,7 +545,9 @@ struct Parsed<'a> {
     occurred_at: Option<Moment>,
     channel: usize,
     touchpoint: &'a str,
-    identities: Vec<(usize, Cow<'a, str>)>,
+    // (kind, identifier), the first `n_identities` (each kind at most once)
+    identities: [(usize, Cow<'a, str>); 5],
+    n_identities: usize,
     session_id: Option<Cow<'a, str>>,
     revenue: Option<f64>,
     text: Option<Cow<'a, str>>,
@@ -546,14 +590,22 @@ fn bounded<S: AsRef<str>>(s: S, min: usize, max: usize) -> R<S> {
 fn parse<'a>(raw: &'a [u8], lim: &Limits) -> R<Parsed<'a>> {
     let mut c = Cursor { b: raw, i: 0 };
     let mut p = Parsed::default();
+    let mut next = 0;
     c.expect(b'{')?;
     if c.peek()? == b'}' {
         return Err(Unsure);
     }
     loop {
-        let key = c.string()?.as_bytes();
+        // (the keys usually come in the model's order: the one after the last is tried first,
+        // in place)
+        let field = if c.key(next) {
+            next
+        } else {
+            let key = c.string()?.as_bytes();
+            FIELD_NAMES.iter().position(|&f| f == key).ok_or(Unsure)?
+        };
         c.expect(b':')?;
-        let field = FIELD_NAMES.iter().position(|&f| f == key).ok_or(Unsure)?;
+        next = field + 1;
         if p.seen & (1 << field) != 0 {
             return Err(Unsure); // duplicate key
         }
@@ -601,7 +653,8 @@ fn parse<'a>(raw: &'a [u8], lim: &Limits) -> R<Parsed<'a>> {
                     }
                     kinds |= 1 << kind;
                     let v = bounded(c.string_value()?, 1, lim.identifier_chars)?;
-                    p.identities.push((kind, v));
+                    p.identities[p.n_identities] = (kind, v);
+                    p.n_identities += 1;
                     if !c.more()? {
                         break;
                     }
@@ -707,10 +760,18 @@ struct Decoder {
     n_fields_set: Py<PyString>,
     n_extra: Py<PyString>,
     n_private: Py<PyString>,
+    // where the model's three object slots (fields set, extra, private) sit in an instance,
+    // when they are plain `__slots__` members (else they are set by name)
+    slots: Option<[isize; 3]>,
     limits: Limits,
     touchpoints: Interned,
     keys: Interned,
-    sets: HashMap<u32, Py<PySet>>,
+    // the fields sets, by the bits of the fields seen (1 << N_FIELDS places)
+    sets: Vec<Option<Py<PySet>>>,
+    // one `TzInfo` per UTC offset (seconds), made on first use and shared by every datetime
+    // with that offset: it is immutable, and equal to a fresh one in every way but identity
+    tzs: HashMap<i32, Py<PyTzInfo>>,
+    utc: Option<Py<PyTzInfo>>,
 }
 
 type Interned = HashMap<String, Py<PyString>>;
@@ -721,6 +782,42 @@ fn new_instance<'py>(py: Python<'py>, cls: &Bound<'py, PyType>) -> PyResult<Boun
         let t = cls.as_ptr() as *mut ffi::PyTypeObject;
         let alloc = (*t).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc);
         Bound::from_owned_ptr_or_err(py, alloc(t, 0))
+    }
+}
+
+/// Where the writable object slot (a `__slots__` member) `name` of `cls` sits in its
+/// instances, in bytes from the start; None for anything else.
+fn slot_offset(cls: &Bound<'_, PyType>, name: &Bound<'_, PyString>) -> Option<isize> {
+    let descr = cls.getattr(name).ok()?;
+    unsafe {
+        if ffi::Py_TYPE(descr.as_ptr()) != std::ptr::addr_of_mut!(ffi::PyMemberDescr_Type) {
+            return None;
+        }
+        // (pyo3-ffi 0.22 types `d_member` as a PyGetSetDef: it is CPython's PyMemberDef)
+        let def = (*(descr.as_ptr() as *mut ffi::PyMemberDescrObject)).d_member
+            as *const ffi::PyMemberDef;
+        let size = (*(cls.as_ptr() as *mut ffi::PyTypeObject)).tp_basicsize;
+        let offset = (*def).offset;
+        let word = std::mem::size_of::<*mut ffi::PyObject>() as isize;
+        if (*def).type_code != ffi::Py_T_OBJECT_EX
+            || (*def).flags & ffi::Py_READONLY != 0
+            || offset < word
+            || offset + word > size
+        {
+            return None;
+        }
+        Some(offset)
+    }
+}
+
+/// Set the object slot at `offset` (from `slot_offset`) of `obj` to `value`, as
+/// `object.__setattr__` does for a `__slots__` member, without looking the member up.
+fn put_slot(obj: &Bound<'_, PyAny>, offset: isize, value: &Bound<'_, PyAny>) {
+    unsafe {
+        let at = (obj.as_ptr() as *mut u8).offset(offset) as *mut *mut ffi::PyObject;
+        ffi::Py_INCREF(value.as_ptr());
+        let old = std::ptr::replace(at, value.as_ptr());
+        ffi::Py_XDECREF(old);
     }
 }
 
@@ -736,6 +833,24 @@ fn set_slot(
     Ok(())
 }
 
+/// A `str` of `s`: when it is ASCII and two characters or more, made as
+/// `PyUnicode_FromStringAndSize` makes it (a compact ASCII string, the same object but for
+/// its address) without decoding the bytes as UTF-8 first; otherwise by that call.
+fn py_str<'py>(py: Python<'py>, s: &str) -> PyResult<Bound<'py, PyString>> {
+    if s.len() < 2 || !s.is_ascii() {
+        // (the empty and one-character strings are the interpreter's shared ones)
+        return Ok(PyString::new_bound(py, s));
+    }
+    unsafe {
+        let obj = ffi::PyUnicode_New(s.len() as ffi::Py_ssize_t, 127);
+        if obj.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        std::ptr::copy_nonoverlapping(s.as_ptr(), ffi::PyUnicode_DATA(obj) as *mut u8, s.len());
+        Ok(Bound::from_owned_ptr(py, obj).downcast_into_unchecked())
+    }
+}
+
 fn interned<'py>(py: Python<'py>, cache: &mut Interned, s: &str) -> Bound<'py, PyString> {
     if let Some(v) = cache.get(s) {
         return v.bind(py).clone();
@@ -748,59 +863,92 @@ fn interned<'py>(py: Python<'py>, cache: &mut Interned, s: &str) -> Bound<'py, P
 }
 
 impl Decoder {
+    /// One entry per item of `items` (a message's bytes, or with `pairs` a tuple whose first
+    /// item is): the event, or None where the model must decide; and the positions of those
+    /// Nones. `wrap`: each event in an instance of the class, with its source (see
+    /// `accept_many`). The list is made at its full length at once (no growing).
     fn many<'py>(
         &mut self,
         py: Python<'py>,
-        raws: Bound<'py, PyList>,
+        items: Bound<'py, PyList>,
+        pairs: bool,
         wrap: Option<(Bound<'py, PyList>, Bound<'py, PyType>)>,
     ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
-        let out = PyList::empty_bound(py);
-        let unsure = PyList::empty_bound(py);
+        let mut out: Vec<PyObject> = Vec::with_capacity(items.len());
+        let mut unsure: Vec<usize> = Vec::new();
         let (n_event, n_source) = (intern!(py, "event"), intern!(py, "source"));
-        for (i, raw) in raws.iter().enumerate() {
-            let parsed = match raw.downcast::<PyBytes>() {
-                Ok(bytes) => parse(bytes.as_bytes(), &self.limits),
-                Err(_) => Err(Unsure),
+        for (i, item) in items.iter().enumerate() {
+            // (a pair is a tuple of two: anything else is not sure, as anything but bytes)
+            let raw = if !pairs {
+                Some(item)
+            } else {
+                match item.downcast::<PyTuple>() {
+                    Ok(t) if t.len() == 2 => Some(t.get_item(0)?),
+                    _ => None,
+                }
+            };
+            let parsed = match raw.as_ref().map(|r| r.downcast::<PyBytes>()) {
+                Some(Ok(bytes)) => parse(bytes.as_bytes(), &self.limits),
+                _ => Err(Unsure),
             };
             let event = match parsed {
                 Ok(p) => self.build(py, p)?,
                 Err(Unsure) => {
-                    out.append(py.None())?;
-                    unsure.append(i)?;
+                    out.push(py.None());
+                    unsure.push(i);
                     continue;
                 }
             };
             match &wrap {
-                None => out.append(event)?,
+                None => out.push(event.unbind()),
                 Some((sources, cls)) => {
                     let source = sources.get_item(i)?;
                     let one = new_instance(py, cls)?;
                     set_slot(&one, n_event, &event)?;
                     set_slot(&one, n_source, &source)?;
-                    out.append(one)?;
+                    out.push(one.unbind());
                 }
             }
         }
-        Ok((out, unsure))
+        Ok((PyList::new_bound(py, out), PyList::new_bound(py, unsure)))
     }
 
-    /// The fields set for the fields seen (a bit per field): a copy of a set made once.
+    /// The fields set for the fields seen (a bit per field): one set per combination, made
+    /// once and shared by every event with those fields (pydantic never changes a model's
+    /// fields set in place: `model_copy` copies it first, and the model is frozen).
     fn fields_set<'py>(&mut self, py: Python<'py>, seen: u32) -> PyResult<Bound<'py, PySet>> {
-        if !self.sets.contains_key(&seen) {
-            let names: Vec<&Py<PyString>> = (0..N_FIELDS)
-                .filter(|i| seen & (1 << i) != 0)
-                .map(|i| &self.fields[i])
-                .collect();
-            let set = PySet::new_bound(py, &names)?;
-            self.sets.insert(seen, set.unbind());
+        if let Some(set) = &self.sets[seen as usize] {
+            return Ok(set.bind(py).clone());
         }
-        let template = &self.sets[&seen];
-        unsafe {
-            Ok(
-                Bound::from_owned_ptr_or_err(py, ffi::PySet_New(template.as_ptr()))?
-                    .downcast_into_unchecked(),
-            )
+        let names: Vec<&Py<PyString>> = (0..N_FIELDS)
+            .filter(|i| seen & (1 << i) != 0)
+            .map(|i| &self.fields[i])
+            .collect();
+        let set = PySet::new_bound(py, &names)?;
+        self.sets[seen as usize] = Some(set.clone().unbind());
+        Ok(set)
+    }
+
+    /// The `TzInfo` of a UTC offset (seconds): one per offset, up to MAX_INTERNED of them.
+    fn tz<'py>(&mut self, py: Python<'py>, offset_s: i32) -> PyResult<Bound<'py, PyTzInfo>> {
+        if offset_s == 0 {
+            if let Some(tz) = &self.utc {
+                return Ok(tz.bind(py).clone());
+            }
+        } else if let Some(tz) = self.tzs.get(&offset_s) {
+            return Ok(tz.bind(py).clone());
         }
+        let tz = self
+            .tzinfo_cls
+            .bind(py)
+            .call1((offset_s,))?
+            .downcast_into::<PyTzInfo>()?;
+        if offset_s == 0 {
+            self.utc = Some(tz.clone().unbind());
+        } else if self.tzs.len() < MAX_INTERNED {
+            self.tzs.insert(offset_s, tz.clone().unbind());
+        }
+        Ok(tz)
     }
 
     fn build<'py>(&mut self, py: Python<'py>, p: Parsed<'_>) -> PyResult<Bound<'py, PyAny>> {
@@ -816,6 +964,8 @@ impl Decoder {
             None => self.template.bind(py).copy()?,
         };
         let set = self.fields_set(py, p.seen)?;
+        let m = p.occurred_at.unwrap_or_default();
+        let tz = self.tz(py, m.offset_s)?;
         let f = &self.fields;
         let put = |i: usize, v: &Bound<'_, PyAny>| -> PyResult<()> {
             if unsafe { ffi::PyDict_SetItem(d.as_ptr(), f[i].as_ptr(), v.as_ptr()) } != 0 {
@@ -824,13 +974,7 @@ impl Decoder {
             Ok(())
         };
         let none = py.None().into_bound(py);
-        put(EVENT_ID, PyString::new_bound(py, &p.event_id).as_any())?;
-        let m = p.occurred_at.unwrap_or_default();
-        let tz = self
-            .tzinfo_cls
-            .bind(py)
-            .call1((m.offset_s,))?
-            .downcast_into::<PyTzInfo>()?;
+        put(EVENT_ID, py_str(py, &p.event_id)?.as_any())?;
         let at = PyDateTime::new_bound(
             py,
             m.year as i32,
@@ -852,8 +996,8 @@ impl Decoder {
             let new = (*std::ptr::addr_of!(ffi::PyDict_Type)).tp_new.unwrap();
             Bound::from_owned_ptr_or_err(py, new(cls, empty.as_ptr(), std::ptr::null_mut()))?
         };
-        for (kind, value) in &p.identities {
-            let v = PyString::new_bound(py, value.as_ref());
+        for (kind, value) in &p.identities[..p.n_identities] {
+            let v = py_str(py, value.as_ref())?;
             if unsafe { ffi::PyDict_SetItem(ids.as_ptr(), self.kinds[*kind].as_ptr(), v.as_ptr()) }
                 != 0
             {
@@ -862,20 +1006,20 @@ impl Decoder {
         }
         put(IDENTITIES, &ids)?;
         if let Some(s) = p.session_id {
-            put(SESSION_ID, PyString::new_bound(py, &s).as_any())?;
+            put(SESSION_ID, py_str(py, &s)?.as_any())?;
         }
         if let Some(v) = p.revenue {
             put(REVENUE, PyFloat::new_bound(py, v).as_any())?;
         }
         if let Some(s) = p.text {
-            put(TEXT, PyString::new_bound(py, &s).as_any())?;
+            put(TEXT, py_str(py, &s)?.as_any())?;
         }
         if let Some(props) = p.properties {
             let out = PyDict::new_bound(py);
             for (k, v) in props {
                 let key = interned(py, &mut self.keys, k);
                 let value: Bound<'_, PyAny> = match v {
-                    Value::Str(s) => PyString::new_bound(py, &s).into_any(),
+                    Value::Str(s) => py_str(py, &s)?.into_any(),
                     Value::Int(n) => n.into_py(py).into_bound(py),
                     Value::Float(x) => PyFloat::new_bound(py, x).into_any(),
                     Value::Bool(b) => PyBool::new_bound(py, b).to_owned().into_any(),
@@ -888,9 +1032,18 @@ impl Decoder {
         // (explicit nulls and schema_version 1 are the template's values already)
         let obj = new_instance(py, self.event_cls.bind(py))?;
         set_slot(&obj, self.n_dict.bind(py), &d)?;
-        set_slot(&obj, self.n_fields_set.bind(py), &set)?;
-        set_slot(&obj, self.n_extra.bind(py), &none)?;
-        set_slot(&obj, self.n_private.bind(py), &none)?;
+        match self.slots {
+            Some([fields_set, extra, private]) => {
+                put_slot(&obj, fields_set, set.as_any());
+                put_slot(&obj, extra, &none);
+                put_slot(&obj, private, &none);
+            }
+            None => {
+                set_slot(&obj, self.n_fields_set.bind(py), &set)?;
+                set_slot(&obj, self.n_extra.bind(py), &none)?;
+                set_slot(&obj, self.n_private.bind(py), &none)?;
+            }
+        }
         Ok(obj)
     }
 }
@@ -941,6 +1094,20 @@ impl Decoder {
             ));
         }
         let intern = |s: &str| PyString::intern_bound(py, s).unbind();
+        let (n_fields_set, n_extra, n_private) = (
+            intern("__pydantic_fields_set__"),
+            intern("__pydantic_extra__"),
+            intern("__pydantic_private__"),
+        );
+        let cls = event_cls.bind(py);
+        let slots = match (
+            slot_offset(cls, n_fields_set.bind(py)),
+            slot_offset(cls, n_extra.bind(py)),
+            slot_offset(cls, n_private.bind(py)),
+        ) {
+            (Some(a), Some(b), Some(c)) if a != b && b != c && a != c => Some([a, b, c]),
+            _ => None,
+        };
         let n_ts_ms = intern("ts_ms");
         let template_ts = template.copy()?;
         template_ts.set_item(n_ts_ms.bind(py), py.None())?;
@@ -955,9 +1122,10 @@ impl Decoder {
             channels,
             kinds,
             n_dict: intern("__dict__"),
-            n_fields_set: intern("__pydantic_fields_set__"),
-            n_extra: intern("__pydantic_extra__"),
-            n_private: intern("__pydantic_private__"),
+            n_fields_set,
+            n_extra,
+            n_private,
+            slots,
             limits: Limits {
                 id_chars,
                 identifier_chars,
@@ -967,7 +1135,9 @@ impl Decoder {
             },
             touchpoints: Interned::default(),
             keys: Interned::default(),
-            sets: HashMap::default(),
+            sets: (0..1 << N_FIELDS).map(|_| None).collect(),
+            tzs: HashMap::default(),
+            utc: None,
         })
     }
 
@@ -978,7 +1148,18 @@ impl Decoder {
         py: Python<'py>,
         raws: Bound<'py, PyList>,
     ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
-        self.many(py, raws, None)
+        self.many(py, raws, false, None)
+    }
+
+    /// As `decode_many`, for messages given as `(raw, source)` tuples (`raw` the first item of
+    /// each; anything else is not sure, as is anything but bytes): the events of a batch of pairs without a list of
+    /// their bytes made first.
+    fn decode_pairs<'py>(
+        &mut self,
+        py: Python<'py>,
+        messages: Bound<'py, PyList>,
+    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
+        self.many(py, messages, true, None)
     }
 
     /// As `decode_many`, each event wrapped with its source: `accepted_cls(event, source)`
@@ -996,7 +1177,7 @@ impl Decoder {
                 "one source per message",
             ));
         }
-        self.many(py, raws, Some((sources, accepted_cls)))
+        self.many(py, raws, false, Some((sources, accepted_cls)))
     }
 
     /// The event, or None.
