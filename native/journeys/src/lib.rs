@@ -357,7 +357,9 @@ struct Interner {
 impl Interner {
     fn code(&mut self, py: Python<'_>, s: &Bound<'_, PyString>) -> PyResult<u32> {
         let ptr = s.as_ptr() as usize;
-        let slot = (ptr >> 4) & (self.by_ptr.len() - 1);
+        // the address multiplied, high bits taken (strings of one size class share low bits)
+        let mixed = (ptr as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40;
+        let slot = mixed as usize & (self.by_ptr.len() - 1);
         let hit = &self.by_ptr[slot];
         if hit.0 == ptr && hit.2.is_some() {
             return Ok(hit.1);
@@ -988,7 +990,8 @@ impl NativeJourneyCore {
         let mut strs = Interner {
             ix: FxMap::default(),
             py: Vec::new(),
-            by_ptr: (0..64).map(|_| (0usize, 0u32, None)).collect(),
+            // touchpoints, channels and segments: some tens of strings, few colliding here
+            by_ptr: (0..1024).map(|_| (0usize, 0u32, None)).collect(),
         };
         for t in ["", "start", "conversion", "null"] {
             strs.add(py, t);
