@@ -468,3 +468,49 @@ def test_a_chain_checkpoint_moves_between_engines(native: None, seed: int) -> No
     assert ends[0] == ends[1] == ends[2]
     prints = {bjn.fingerprint(c.journeys, []) for c in restored}
     assert len(prints) == 1
+
+
+@pytest.mark.parametrize("alphabet", ["0123456789abcdef", "éß€𝄞 x-"])
+def test_event_digests_are_the_blake2b_ones_at_every_length(native: None, alphabet: str) -> None:
+    """The core's one-block BLAKE2b (ids of up to 128 bytes) and the general one beyond give
+    `event_digest`'s values (hashlib's), which checkpoints hold, on each side of the block."""
+    from journeymap_journeys import NativeJourneyCore
+
+    from processors.journeys import event_digest
+
+    rng = random.Random(7)
+    for n in range(0, 300):
+        for _ in range(3):
+            event_id = "".join(rng.choice(alphabet) for _ in range(n))
+            assert bytes(NativeJourneyCore.event_digest(event_id)) == event_digest(event_id)
+
+
+def test_long_ids_and_early_times_give_the_python_outputs(native: None) -> None:
+    """Event ids on each side of one BLAKE2b block of UTF-8 (dedup and the digest order of ties) and
+    sessions the core names itself (`customer/ts`) at times from 0 to 13 digits."""
+    from processors.events import TouchpointEvent
+    from processors.identity import ResolvedEvent
+
+    rng = random.Random(3)
+    calls: list[Any] = []
+    sent: list[ResolvedEvent] = []
+    for b in range(12):
+        batch = []
+        for _ in range(20):
+            if sent and rng.random() < 0.15:
+                batch.append(rng.choice(sent))  # a duplicate
+                continue
+            at = rng.choice([0, 1, 9, 10, 99, 1_000, 65_536, 10**9, 1_772_323_200_000 + b])
+            # (ids are at most 128 characters: beyond 128 bytes only as UTF-8)
+            n = rng.choice([1, 16, 63, 64, 65, 120, 127, 128])
+            fields = {"event_id": "".join(rng.choice(rng.choice(["ab", "éb"])) for _ in range(n)),
+                      "occurred_at": at, "channel": "web",
+                      "touchpoint": rng.choice(["landing", "pricing", "purchase"]),
+                      "identities": {"anonymous_id": "a"}}
+            ev = ResolvedEvent(rng.choice(["c0", "c1", "c2"]),
+                               TouchpointEvent.model_validate(fields), "all")
+            batch.append(ev)
+            sent.append(ev)
+        calls.append(("apply", batch, None))
+    config = config_of(lateness_s=2_000_000_000)  # nothing late: every time counts
+    assert run(NativeJourneyProcessor(config), calls) == run(JourneyProcessor(config), calls)

@@ -89,6 +89,59 @@ impl Hasher for Fx {
 
 type FxMap<K, V> = HashMap<K, V, FxBuild>;
 type FxSet<K> = HashSet<K, FxBuild>;
+
+/// Byte strings -> positions in a list kept elsewhere (node keys, customer names, raw
+/// combinations), by a 64-bit hash of each string: the table holds no string of its own, so
+/// growing it moves integers instead of reading every string again (the rehash of a string
+/// table was a tenth of `resolve_batch`), and each string is stored once. Exact: a hit is
+/// compared with the stored string, and a string whose hash another one has is kept in
+/// `more`, by its bytes.
+#[derive(Default)]
+struct HashIndex {
+    by_hash: FxMap<u64, u32>,
+    more: FxMap<Box<[u8]>, u32>,
+}
+
+impl HashIndex {
+    fn hash(&self, s: &[u8]) -> u64 {
+        let mut h = self.by_hash.hasher().build_hasher();
+        h.write(s);
+        // murmur3's finalizer: every bit of the table's hash depends on every byte
+        let mut x = h.finish();
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        x ^ (x >> 33)
+    }
+
+    /// The position of `s`, where `at(position)` is the stored string of a position.
+    fn get<'a>(&self, s: &[u8], at: impl Fn(u32) -> &'a [u8]) -> Option<u32> {
+        let &i = self.by_hash.get(&self.hash(s))?;
+        if at(i) == s {
+            return Some(i);
+        }
+        self.more.get(s).copied()
+    }
+
+    /// Index `s` (not indexed yet) at position `i`.
+    fn insert<'a>(&mut self, s: &[u8], i: u32, at: impl Fn(u32) -> &'a [u8]) {
+        let h = self.hash(s);
+        match self.by_hash.get(&h) {
+            Some(&j) if at(j) != s => {
+                self.more.insert(s.into(), i);
+            }
+            _ => {
+                self.by_hash.insert(h, i);
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.by_hash.clear();
+        self.more.clear();
+    }
+}
 const NEVER: i64 = 1 << 62;
 
 fn rank(code: u8) -> u8 {
@@ -177,20 +230,22 @@ pub struct NativeIdentityCore {
     unique: [bool; 128],
     max_linked: i64,
     keys: Vec<String>,
-    key_ix: FxMap<String, u32>,
+    key_ix: HashIndex, // keys -> node
     ncid: Vec<u32>,
     nfirst: Vec<i64>,
     nlinked: Vec<i64>,
     nstamp: Vec<u64>, // the batch that last listed the node in `link_keys`
     cnames: Vec<String>,
-    cix: FxMap<String, u32>,
+    cix: HashIndex, // cnames -> customer slot
     cpy: Vec<Option<Py<PyString>>>,
     roots: Vec<Option<Root>>,
     members: Vec<Vec<u32>>,
     combos: Vec<Combo>,
     batch: u64,
     // raw combinations (`raw_combo`'s bytes) -> (combination, values ignored)
-    raw_ix: FxMap<Box<[u8]>, (usize, usize)>,
+    raw_ix: HashIndex, // raw combination -> its position in `raw_at`
+    raw_bytes: Vec<u8>, // the raw combinations, one after another
+    raw_at: Vec<(usize, usize, usize, usize)>, // (start, end in raw_bytes, combination, values ignored)
     raw_buf: Vec<u8>, // `prepare_batch`'s scratch: one event's raw combination
     // The prepared batch (`prepare_batch`, `set_combo`, `set_times`), per event: its
     // combination, its time and the time's object (the event's cached `ts_ms`)
@@ -229,12 +284,13 @@ impl NativeIdentityCore {
     }
 
     fn intern_key(&mut self, key: &str) -> u32 {
-        if let Some(&n) = self.key_ix.get(key) {
+        if let Some(n) = self.node_of(key) {
             return n;
         }
         let n = self.keys.len() as u32;
         self.keys.push(key.to_owned());
-        self.key_ix.insert(key.to_owned(), n);
+        let keys = &self.keys;
+        self.key_ix.insert(key.as_bytes(), n, |i| keys[i as usize].as_bytes());
         self.ncid.push(NONE);
         self.nfirst.push(0);
         self.nlinked.push(0);
@@ -245,11 +301,24 @@ impl NativeIdentityCore {
         n
     }
 
+    /// The node of an interned key.
+    fn node_of(&self, key: &str) -> Option<u32> {
+        let keys = &self.keys;
+        self.key_ix.get(key.as_bytes(), |i| keys[i as usize].as_bytes())
+    }
+
+    /// The slot of customer `name`, if it has one.
+    fn slot_named(&self, name: &str) -> Option<u32> {
+        let cnames = &self.cnames;
+        self.cix.get(name.as_bytes(), |i| cnames[i as usize].as_bytes())
+    }
+
     /// A new customer slot named `name`.
     fn new_slot(&mut self, name: &str) -> u32 {
         let c = self.cnames.len() as u32;
-        self.cix.insert(name.to_owned(), c);
         self.cnames.push(name.to_owned());
+        let cnames = &self.cnames;
+        self.cix.insert(name.as_bytes(), c, |i| cnames[i as usize].as_bytes());
         self.cpy.push(None);
         self.roots.push(None);
         self.members.push(Vec::new());
@@ -277,8 +346,8 @@ impl NativeIdentityCore {
     }
 
     fn slot_of(&mut self, name: &str) -> u32 {
-        match self.cix.get(name) {
-            Some(&c) => c,
+        match self.slot_named(name) {
+            Some(c) => c,
             None => self.new_slot(name),
         }
     }
@@ -302,8 +371,12 @@ impl NativeIdentityCore {
 
     /// The customer slot of `customer_id_for(key)`.
     fn customer_for(&mut self, node: u32) -> u32 {
-        let name = format!("c_{}", &self.keys[node as usize][1..17]);
-        self.slot_of(&name)
+        // "c_" and the key's first 16 hex digits, on the stack
+        let mut name = [0u8; 18];
+        name[..2].copy_from_slice(b"c_");
+        name[2..].copy_from_slice(&self.keys[node as usize].as_bytes()[1..17]);
+        // (ASCII: the key is a kind code and hex digits)
+        self.slot_of(std::str::from_utf8(&name).unwrap())
     }
 
     fn cid_py(&mut self, py: Python<'_>, c: u32) -> Py<PyString> {
@@ -571,11 +644,27 @@ impl NativeIdentityCore {
         let pairs = &mut pairs[..n];
         pairs.sort_unstable_by_key(|p| kind_order(p.0));
         raw_combo(raw, pairs);
-        Some(match self.raw_ix.get(raw.as_slice()) {
-            Some(&hit) => hit,
+        let (bytes, at) = (&self.raw_bytes, &self.raw_at);
+        let stored = |i: u32| {
+            let r = &at[i as usize];
+            &bytes[r.0..r.1]
+        };
+        Some(match self.raw_ix.get(raw, stored) {
+            Some(i) => {
+                let r = &self.raw_at[i as usize];
+                (r.2, r.3)
+            }
             None => {
                 let hit = self.combo_of_pairs(pairs);
-                self.raw_ix.insert(raw.as_slice().into(), hit);
+                let start = self.raw_bytes.len();
+                self.raw_bytes.extend_from_slice(raw);
+                self.raw_at.push((start, self.raw_bytes.len(), hit.0, hit.1));
+                let i = (self.raw_at.len() - 1) as u32;
+                let (bytes, at) = (&self.raw_bytes, &self.raw_at);
+                self.raw_ix.insert(raw, i, |i| {
+                    let r = &at[i as usize];
+                    &bytes[r.0..r.1]
+                });
                 hit
             }
         })
@@ -898,19 +987,21 @@ impl NativeIdentityCore {
             unique,
             max_linked,
             keys: Vec::new(),
-            key_ix: FxMap::default(),
+            key_ix: HashIndex::default(),
             ncid: Vec::new(),
             nfirst: Vec::new(),
             nlinked: Vec::new(),
             nstamp: Vec::new(),
             cnames: Vec::new(),
-            cix: FxMap::default(),
+            cix: HashIndex::default(),
             cpy: Vec::new(),
             roots: Vec::new(),
             members: Vec::new(),
             combos: Vec::new(),
             batch: 0,
-            raw_ix: FxMap::default(),
+            raw_ix: HashIndex::default(),
+            raw_bytes: Vec::new(),
+            raw_at: Vec::new(),
             raw_buf: Vec::new(),
             bcombos: Vec::new(),
             bts: Vec::new(),
@@ -1276,7 +1367,7 @@ impl NativeIdentityCore {
         let mut seen: HashSet<u32> = used.iter().copied().collect();
         for &k in &self.bnodes {
             let name = format!("c_{}", &self.keys[k as usize][1..17]);
-            if let Some(&c) = self.cix.get(&name) {
+            if let Some(c) = self.slot_named(&name) {
                 if self.crec[c as usize].is_some() && seen.insert(c) {
                     used.push(c);
                 }
@@ -1298,7 +1389,7 @@ impl NativeIdentityCore {
     fn overlay_tokens(&self, cids: Vec<String>) -> Vec<Option<&str>> {
         cids.iter()
             .map(|c| {
-                let &s = self.cix.get(c.as_str())?;
+                let s = self.slot_named(c)?;
                 self.crec[s as usize].as_ref().map(|r| r.token.as_str())
             })
             .collect()
@@ -1448,14 +1539,14 @@ impl NativeIdentityCore {
     }
 
     fn customer_of(&self, key: &str) -> Option<String> {
-        let &n = self.key_ix.get(key)?;
+        let n = self.node_of(key)?;
         let c = self.ncid[n as usize];
         (c != NONE).then(|| self.cnames[c as usize].clone())
     }
 
     fn members_of(&self, customer_id: &str) -> Vec<(String, i64)> {
-        match self.cix.get(customer_id) {
-            Some(&c) if self.roots[c as usize].is_some() => self.members[c as usize]
+        match self.slot_named(customer_id) {
+            Some(c) if self.roots[c as usize].is_some() => self.members[c as usize]
                 .iter()
                 .map(|&k| (self.keys[k as usize].clone(), self.nfirst[k as usize]))
                 .collect(),
@@ -1502,6 +1593,8 @@ impl NativeIdentityCore {
     fn clear_combos(&mut self) {
         self.combos.clear();
         self.raw_ix.clear();
+        self.raw_bytes.clear();
+        self.raw_at.clear();
     }
 
     /// Load a graph in `export`'s form into this core, which must be empty (unpickling).
@@ -1522,7 +1615,7 @@ impl NativeIdentityCore {
         }
         for (cid, ts, key, uniq, size, members) in roots {
             let c = self.slot_of(&cid);
-            let node = |core: &Self, k: &str| core.key_ix.get(k).copied().ok_or_else(|| bad("a root names an unknown node"));
+            let node = |core: &Self, k: &str| core.node_of(k).ok_or_else(|| bad("a root names an unknown node"));
             let key = node(self, &key)?;
             let mut u: Vec<(u8, u32)> = Vec::with_capacity(uniq.len());
             for (code, k) in &uniq {

@@ -131,10 +131,98 @@ impl Drop for PStr {
 }
 
 /// The BLAKE2b digest (8 bytes) of an event id, big-endian: integer order is byte order.
+/// Ids of up to 128 bytes (one block: all of them in practice) take `blake2b8_short`.
 fn digest_of(id: &str) -> u64 {
+    if let Some(d) = blake2b8_short(id.as_bytes()) {
+        return d;
+    }
     let mut h = Blake2b::<U8>::new();
     h.update(id.as_bytes());
     u64::from_be_bytes(h.finalize().into())
+}
+
+const B2_IV: [u64; 8] = [
+    0x6a09_e667_f3bc_c908,
+    0xbb67_ae85_84ca_a73b,
+    0x3c6e_f372_fe94_f82b,
+    0xa54f_f53a_5f1d_36f1,
+    0x510e_527f_ade6_82d1,
+    0x9b05_688c_2b3e_6c1f,
+    0x1f83_d9ab_fb41_bd6b,
+    0x5be0_cd19_137e_2179,
+];
+
+macro_rules! b2_g {
+    ($v:ident, $a:expr, $b:expr, $c:expr, $d:expr, $x:expr, $y:expr) => {
+        $v[$a] = $v[$a].wrapping_add($v[$b]).wrapping_add($x);
+        $v[$d] = ($v[$d] ^ $v[$a]).rotate_right(32);
+        $v[$c] = $v[$c].wrapping_add($v[$d]);
+        $v[$b] = ($v[$b] ^ $v[$c]).rotate_right(24);
+        $v[$a] = $v[$a].wrapping_add($v[$b]).wrapping_add($y);
+        $v[$d] = ($v[$d] ^ $v[$a]).rotate_right(16);
+        $v[$c] = $v[$c].wrapping_add($v[$d]);
+        $v[$b] = ($v[$b] ^ $v[$c]).rotate_right(63);
+    };
+}
+
+macro_rules! b2_round {
+    ($v:ident, $m:ident, $s0:expr, $s1:expr, $s2:expr, $s3:expr, $s4:expr, $s5:expr, $s6:expr,
+     $s7:expr, $s8:expr, $s9:expr, $s10:expr, $s11:expr, $s12:expr, $s13:expr, $s14:expr,
+     $s15:expr) => {
+        b2_g!($v, 0, 4, 8, 12, $m[$s0], $m[$s1]);
+        b2_g!($v, 1, 5, 9, 13, $m[$s2], $m[$s3]);
+        b2_g!($v, 2, 6, 10, 14, $m[$s4], $m[$s5]);
+        b2_g!($v, 3, 7, 11, 15, $m[$s6], $m[$s7]);
+        b2_g!($v, 0, 5, 10, 15, $m[$s8], $m[$s9]);
+        b2_g!($v, 1, 6, 11, 12, $m[$s10], $m[$s11]);
+        b2_g!($v, 2, 7, 8, 13, $m[$s12], $m[$s13]);
+        b2_g!($v, 3, 4, 9, 14, $m[$s14], $m[$s15]);
+    };
+}
+
+/// BLAKE2b with an 8-byte digest and no key (RFC 7693) of a message of at most one block (128
+/// bytes), as `u64::from_be_bytes` of the digest: one compression, the rounds unrolled with
+/// their message schedule as constants. None for a longer message.
+fn blake2b8_short(msg: &[u8]) -> Option<u64> {
+    match msg.len() {
+        0..=16 => Some(b2_one::<2>(msg)),
+        17..=32 => Some(b2_one::<4>(msg)),
+        33..=64 => Some(b2_one::<8>(msg)),
+        65..=128 => Some(b2_one::<16>(msg)),
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn b2_one<const W: usize>(msg: &[u8]) -> u64 {
+    let mut block = [0u8; 128];
+    block[..msg.len()].copy_from_slice(msg);
+    let mut m = [0u64; 16];
+    for k in 0..W {
+        let c = &block[8 * k..8 * k + 8];
+        m[k] = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+    }
+    // parameter block: digest length 8, key length 0, fanout 1, depth 1
+    let h0 = B2_IV[0] ^ 0x0101_0008;
+    let mut v = [
+        h0, B2_IV[1], B2_IV[2], B2_IV[3], B2_IV[4], B2_IV[5], B2_IV[6], B2_IV[7],
+        B2_IV[0], B2_IV[1], B2_IV[2], B2_IV[3],
+        B2_IV[4] ^ msg.len() as u64, B2_IV[5], !B2_IV[6], B2_IV[7],
+    ];
+    b2_round!(v, m, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    b2_round!(v, m, 14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3);
+    b2_round!(v, m, 11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4);
+    b2_round!(v, m, 7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8);
+    b2_round!(v, m, 9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13);
+    b2_round!(v, m, 2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9);
+    b2_round!(v, m, 12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11);
+    b2_round!(v, m, 13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10);
+    b2_round!(v, m, 6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5);
+    b2_round!(v, m, 10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0);
+    b2_round!(v, m, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    b2_round!(v, m, 14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3);
+    // the digest is h[0]'s first 8 bytes, little-endian
+    (h0 ^ v[0] ^ v[8]).swap_bytes()
 }
 
 fn same_str(a: &PStr, b: &PStr) -> bool {
@@ -229,6 +317,7 @@ struct Customer {
     revenue: f64,
     first_ts: i64,
     by_channel: Vec<(u32, i64)>, // in the Python dict's insertion order
+    changed_in: u64, // the last `apply` call that added the customer to its changed set
 }
 
 impl Customer {
@@ -249,6 +338,7 @@ impl Customer {
             revenue: 0.0,
             first_ts: -1,
             by_channel: Vec::new(),
+            changed_in: 0,
         }
     }
 
@@ -268,7 +358,9 @@ struct Interner {
 impl Interner {
     fn code(&mut self, py: Python<'_>, s: &Bound<'_, PyString>) -> PyResult<u32> {
         let ptr = s.as_ptr() as usize;
-        let slot = (ptr >> 4) & (self.by_ptr.len() - 1);
+        // the address multiplied, high bits taken (strings of one size class share low bits)
+        let mixed = (ptr as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40;
+        let slot = mixed as usize & (self.by_ptr.len() - 1);
         let hit = &self.by_ptr[slot];
         if hit.0 == ptr && hit.2.is_some() {
             return Ok(hit.1);
@@ -318,6 +410,10 @@ pub struct NativeJourneyCore {
     support: u32,
     empty_cursor: Cursor,
     cix: FxMap<Box<str>, u32>,
+    // customer id objects by address -> slot: the events of a customer carry the same string
+    // object batch after batch (the resolver's), found without hashing and comparing its text
+    cid_at: FxMap<usize, u32>,
+    applies: u64, // `apply` calls made
     slots: Vec<Option<Box<Customer>>>,
     free: Vec<u32>,
     due: Py<PyDict>,
@@ -359,6 +455,28 @@ impl NativeJourneyCore {
 
     fn slot_of(&self, cid: &str) -> Option<u32> {
         self.cix.get(cid).copied()
+    }
+
+    /// `slot_of` the text of `cid`, first by the object's address: a customer holds its id
+    /// object, so while it lives no other object has that address, and an entry whose slot
+    /// holds another object (or none) is stale.
+    fn slot_of_obj(&mut self, cid: &Bound<'_, PyString>, text: &str) -> Option<u32> {
+        let at = cid.as_ptr() as usize;
+        if let Some(&slot) = self.cid_at.get(&at) {
+            if let Some(c) = &self.slots[slot as usize] {
+                if c.cid.ptr() as usize == at {
+                    return Some(slot);
+                }
+            }
+        }
+        let slot = self.slot_of(text)?;
+        if self.cust(slot).cid.ptr() as usize == at {
+            if self.cid_at.len() >= 2 * self.cix.len() + 1024 {
+                self.cid_at.clear(); // stale entries of customers gone or renamed
+            }
+            self.cid_at.insert(at, slot);
+        }
+        Some(slot)
     }
 
     fn cust(&self, slot: u32) -> &Customer {
@@ -822,8 +940,34 @@ fn instance_dict(obj: &Bound<'_, PyAny>) -> *mut ffi::PyObject {
     }
 }
 
+/// `f"{customer_id}/{ts}"`, the id of a session the events did not name.
 fn new_session(py: Python<'_>, cid: &PStr, ts: i64) -> PStr {
-    PStr::take(PyString::new_bound(py, &format!("{}/{ts}", cid.text())))
+    let cid = cid.text();
+    let mut text = String::with_capacity(cid.len() + 21);
+    text.push_str(cid);
+    text.push('/');
+    push_int(&mut text, ts);
+    PStr::take(PyString::new_bound(py, &text))
+}
+
+/// `n` in decimal (as `format!("{n}")` and Python's `str(n)`), without the formatting machinery.
+fn push_int(out: &mut String, n: i64) {
+    if n < 0 {
+        out.push('-');
+    }
+    let mut v = n.unsigned_abs();
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    // (ASCII digits)
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap());
 }
 
 #[pymethods]
@@ -847,7 +991,8 @@ impl NativeJourneyCore {
         let mut strs = Interner {
             ix: FxMap::default(),
             py: Vec::new(),
-            by_ptr: (0..64).map(|_| (0usize, 0u32, None)).collect(),
+            // touchpoints, channels and segments: some tens of strings, few colliding here
+            by_ptr: (0..1024).map(|_| (0usize, 0u32, None)).collect(),
         };
         for t in ["", "start", "conversion", "null"] {
             strs.add(py, t);
@@ -879,6 +1024,8 @@ impl NativeJourneyCore {
             support: 0,
             empty_cursor,
             cix: FxMap::default(),
+            cid_at: FxMap::default(),
+            applies: 0,
             slots: Vec::new(),
             free: Vec::new(),
             due,
@@ -925,6 +1072,8 @@ impl NativeJourneyCore {
         let n_segment = intern!(py, "segment");
         let n_revenue = intern!(py, "revenue");
         let mut steps: Vec<RStep> = Vec::with_capacity(2);
+        self.applies += 1;
+        let call = self.applies;
         for ev in events.iter()? {
             let ev = ev?;
             if self.ev_type.is_none() {
@@ -945,7 +1094,7 @@ impl NativeJourneyCore {
             let eid = dict_or_attr(&te, td, n_event_id)?.downcast_into::<PyString>()?;
             let dig = digest_of(eid.to_str()?);
             let cid_text = cid_obj.to_str()?;
-            let found = self.slot_of(cid_text);
+            let found = self.slot_of_obj(&cid_obj, cid_text);
             if let Some(slot) = found {
                 if self.cust(slot).has_seen(dig) {
                     dups.append(&ev)?;
@@ -1022,7 +1171,10 @@ impl NativeJourneyCore {
             if s.hist.len() > self.kept && s.hist[0].ts < frontier {
                 self.fold(py, &mut s, frontier);
             }
-            out.changed.add(s.cid.bound(py))?;
+            if s.changed_in != call {
+                s.changed_in = call; // (once a call: adding it again would change nothing)
+                out.changed.add(s.cid.bound(py))?;
+            }
             self.slots[slot as usize] = Some(s);
         }
         self.watermark_ms = wm;
