@@ -36,6 +36,7 @@ from online_models.features import (
     Vectorizer,
     summary_vector,
 )
+from online_models.frozen import maker
 from online_models.lookalike import LookalikeModel
 from online_models.nba import Matrix, absorption_probabilities, next_best_action, odds
 from online_models.propensity import Labelled, PropensityModel, top_many, top_of
@@ -165,6 +166,10 @@ class _Closed:
     top_features: tuple[tuple[str, float], ...]
     lookalike: float | None
     watch_segment: str | None = None  # None: as `segment`
+
+
+_new_scores = maker(Scores)
+_new_closed = maker(_Closed)
 
 
 @dataclass(slots=True)
@@ -358,7 +363,7 @@ class ModelSuite(Snapshotting):
                              labelled, sent)
         if alerts:
             self.alerts.extend(alerts)
-        return Scores(
+        return _new_scores(
             customer_id=cid,
             ts_ms=ts,
             segment=state.segment,
@@ -416,7 +421,7 @@ class ModelSuite(Snapshotting):
         hit = self._first.get((tp, channel))
         if hit is None:
             self._score(state, ts, lookalike=False)
-            self._first[(tp, channel)] = _Closed(
+            self._first[(tp, channel)] = _new_closed(
                 1, state.segment, state.p_convert, state.p_churn, state.top_features, None,
                 state.watch_segment,
             )
@@ -486,7 +491,7 @@ class ModelSuite(Snapshotting):
             st.top_features, st.lookalike = tops[i], looks[i]
             st.watch_segment = watched[i] if short[i] else segments[i]
             st.scored_ms = at_ms
-            self.closed[cid] = _Closed(
+            self.closed[cid] = _new_closed(
                 st.features.n_events, st.segment, st.p_convert, st.p_churn,
                 st.top_features, st.lookalike, st.watch_segment,
             )
