@@ -180,9 +180,13 @@ def em(
     *,
     n_iter: int = 100,
     tol: float = 1e-6,
+    phi_t: csr_matrix | None = None,
 ) -> tuple[Mixture, np.ndarray]:
-    """EM from initial responsibilities: the fitted mixture and the final responsibilities."""
-    phi_t = phi.T.tocsr()
+    """EM from initial responsibilities: the fitted mixture and the final responsibilities.
+
+    `phi_t`: `phi.T.tocsr()` when the caller has it (one per re-evaluation, not per run)."""
+    if phi_t is None:
+        phi_t = phi.T.tocsr()
     k = resp.shape[1]
     last = -np.inf
     mixture = None
@@ -214,18 +218,39 @@ def start_features(phi: csr_matrix, n_dst: int) -> np.ndarray:
     return np.column_stack([shares, 0.2 * step, 0.2 * session, stay])
 
 
+@dataclass(frozen=True, slots=True)
+class _Derived:
+    """What every fit on one reservoir matrix needs, computed once for all of them (pure
+    functions of the matrix: the same values as computing them in each fit)."""
+
+    pooled: _Pooled
+    x: np.ndarray  # start_features
+    phi_t: csr_matrix  # phi.T.tocsr()
+
+
+def derive(phi: csr_matrix, n_dst: int) -> _Derived:
+    return _Derived(_pooled(phi, n_dst), start_features(phi, n_dst), phi.T.tocsr())
+
+
 def fit_mixture(
-    phi: csr_matrix, n_dst: int, k: int, rng: np.random.Generator, *, n_init: int = 2
+    phi: csr_matrix,
+    n_dst: int,
+    k: int,
+    rng: np.random.Generator,
+    *,
+    n_init: int = 2,
+    derived: _Derived | None = None,
 ) -> tuple[Mixture, np.ndarray]:
-    """The best of `n_init` EM runs for `k` segments, each started from a k-means partition."""
-    pooled = _pooled(phi, n_dst)
-    x = start_features(phi, n_dst)
+    """The best of `n_init` EM runs for `k` segments, each started from a k-means partition.
+
+    `derived`: what `derive(phi, n_dst)` gives, when the caller fits several k on one `phi`."""
+    d = derived if derived is not None else derive(phi, n_dst)
     best: tuple[Mixture, np.ndarray] | None = None
     for _ in range(n_init):
-        _, labels, _ = kmeans(x, k, rng, n_init=1, n_iter=20)
+        _, labels, _ = kmeans(d.x, k, rng, n_init=1, n_iter=20)
         resp = np.full((len(labels), k), 0.1 / max(k - 1, 1))
         resp[np.arange(len(labels)), labels] = 0.9
-        fit = em(phi, pooled, resp)
+        fit = em(phi, d.pooled, resp, phi_t=d.phi_t)
         if best is None or fit[0].loglik > best[0].loglik:
             best = fit
     assert best is not None
@@ -558,10 +583,12 @@ class SegmentModel(Snapshotting):
         if self.mixture is None:
             return None
         phi = self._phi()
-        resp, _ = posteriors(self.mixture.joint(phi))
+        old_joint = self.mixture.joint(phi)
+        resp, _ = posteriors(old_joint)
         mixture, resp = em(phi, _pooled(phi, self.n_dst), resp, n_iter=30)
         self.n_refits += 1
-        return self._adopt(phi, mixture, resp, {mixture.k: mixture.bic(phi.shape[0])})
+        return self._adopt(phi, mixture, resp, {mixture.k: mixture.bic(phi.shape[0])},
+                           old_joint)
 
     def reevaluate(self) -> Reclustering | None:
         """Fit k = k_min..k_max on the reservoir, keep the lowest BIC, carry ids over."""
@@ -582,22 +609,24 @@ class SegmentModel(Snapshotting):
             if not k_now
             else range(max(self.k_min, k_now - 1), min(self.k_max, k_now + 1) + 1)
         )
-        fits = {k: fit_mixture(phi, self.n_dst, k, rng, n_init=1 if k_now else 2) for k in ks}
+        derived = derive(phi, self.n_dst)
+        fits = {k: fit_mixture(phi, self.n_dst, k, rng, n_init=1 if k_now else 2,
+                               derived=derived) for k in ks}
+        old_joint = None
         if self.mixture is not None:
             # The current mixture competes as itself (refitted warm), split (each of its two
             # largest segments in two) and merged (its smallest segment dropped): starts much
             # closer to the optimum than a fresh k-means start.
-            pooled = _pooled(phi, self.n_dst)
-            resp, _ = posteriors(self.mixture.joint(phi))
+            old_joint = self.mixture.joint(phi)
+            resp, _ = posteriors(old_joint)
             starts = [(k_now, resp)]
             order = np.argsort(-resp.sum(axis=0), kind="stable")
             if k_now + 1 in fits:
-                x = start_features(phi, self.n_dst)
-                starts += [(k_now + 1, _split(resp, int(j), x, rng)) for j in order[:2]]
+                starts += [(k_now + 1, _split(resp, int(j), derived.x, rng)) for j in order[:2]]
             if k_now - 1 in fits:
                 starts.append((k_now - 1, _merge(resp, int(order[-1]))))
             for k, start in starts:
-                fit = em(phi, pooled, start, n_iter=50)
+                fit = em(phi, derived.pooled, start, n_iter=50, phi_t=derived.phi_t)
                 if fit[0].loglik > fits[k][0].loglik:
                     fits[k] = fit
         bic = {k: f[0].bic(n) for k, f in fits.items()}
@@ -606,18 +635,27 @@ class SegmentModel(Snapshotting):
         if k_now in bic and bic[best_k] > bic[k_now] - self.switch_margin * n:
             best_k = k_now
         mixture, resp = fits[best_k]
-        return self._adopt(phi, mixture, resp, bic)
+        return self._adopt(phi, mixture, resp, bic, old_joint)
 
     def _adopt(
-        self, phi: csr_matrix, mixture: Mixture, resp: np.ndarray, bic: dict[int, float]
+        self,
+        phi: csr_matrix,
+        mixture: Mixture,
+        resp: np.ndarray,
+        bic: dict[int, float],
+        old_joint: np.ndarray | None = None,
     ) -> Reclustering:
+        """Take `mixture` on, carrying ids over. `old_joint`: `self.mixture.joint(phi)` of the
+        mixture being replaced, when the caller computed it already."""
         new_labels = resp.argmax(axis=1)
         k = mixture.k
         new_ids = [""] * k
         kept: list[str] = []
         moved: dict[str, float] = {}
         if self.mixture is not None:
-            old_labels = self.mixture.joint(phi).argmax(axis=1)
+            if old_joint is None:
+                old_joint = self.mixture.joint(phi)
+            old_labels = old_joint.argmax(axis=1)
             overlap = np.zeros((len(self.ids), k))
             np.add.at(overlap, (old_labels, new_labels), 1.0)
             rows, cols = linear_sum_assignment(-overlap)
