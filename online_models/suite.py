@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from array import array
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -124,8 +125,8 @@ class CustomerModelState:
     lookalike: float | None = None
     # the summary's counts as the model vectors need them, moved on per event in O(1)
     # (`Vectorizer.counts`); None until the first event (and in states pickled before them)
-    counts: list[float] | None = None
-    cells: list[int] | None = None
+    counts: array[float] | list[float] | None = None
+    cells: array[int] | list[int] | None = None
     # the segment under the mixture's own weights (differs from `segment` only for short
     # histories, see SegmentModel): what the drift detectors count the customer's events under.
     # The short-history shares move as the population matures; counted under them, segments'
