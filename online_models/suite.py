@@ -259,7 +259,13 @@ class ModelSuite(Snapshotting):
         self.alerts = deque(maxlen=c.max_alerts_kept)
 
     def new_customer(self) -> CustomerModelState:
-        return CustomerModelState(CustomerFeatures(session_gap_ms=self.config.session_gap_s * 1000))
+        """A customer's state before its first event, its counts at zero: `update` moves them
+        on per event from the first (what `Vectorizer.counts` of the summary would give)."""
+        return CustomerModelState(
+            CustomerFeatures(session_gap_ms=self.config.session_gap_s * 1000),
+            counts=array("d", bytes(8 * self.vectorizer.n_counts)),
+            cells=array("i"),
+        )
 
     # -- inputs from other processors ------------------------------------------------------
     def set_transitions(
