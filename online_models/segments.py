@@ -466,6 +466,16 @@ class SegmentModel(Snapshotting):
         prior = self._prior(val) if short else m.log_weights
         return self.ids[int((m.theta[:, idx] @ val + prior).argmax())]
 
+    def assign_both(self, idx: np.ndarray, val: np.ndarray) -> tuple[str, str]:
+        """(`assign_sparse(idx, val)`, `assign_sparse(idx, val, short=False)`) from one
+        product of the statistics with the segments (the same values as two)."""
+        m = self.mixture
+        if m is None:
+            return UNASSIGNED, UNASSIGNED
+        base = m.theta[:, idx] @ val
+        return (self.ids[int((base + self._prior(val)).argmax())],
+                self.ids[int((base + m.log_weights).argmax())])
+
     def assign_many(self, rows: list[tuple[np.ndarray, np.ndarray]]) -> list[str]:
         """`assign_sparse` for many customers at once (one sparse matrix product)."""
         if self.mixture is None:
@@ -481,20 +491,43 @@ class SegmentModel(Snapshotting):
     ) -> list[str]:
         """`assign_many` for rows concatenated (`Vectorizer.batch`): row r is
         `idx[starts[r]:starts[r + 1]]`, `val[...]` (never empty)."""
-        m = self.mixture
-        if m is None:
+        if self.mixture is None:
             return [UNASSIGNED] * len(starts)
-        # sum_j theta[:, idx_j] * val_j per row, without building a sparse matrix
-        joint = np.add.reduceat(m.theta[:, idx] * val, starts, axis=1)
-        weights = getattr(self, "short_log_weights", None) if short else None
+        base = self._flat_products(idx, val, starts)
+        return self._best(base, self._flat_priors(val, starts) if short else None)
+
+    def assign_flat_both(
+        self, idx: np.ndarray, val: np.ndarray, starts: np.ndarray
+    ) -> tuple[list[str], list[str]]:
+        """(`assign_flat(...)`, `assign_flat(..., short=False)`) from one product of the rows
+        with the segments (the same values as two)."""
+        if self.mixture is None:
+            return [UNASSIGNED] * len(starts), [UNASSIGNED] * len(starts)
+        base = self._flat_products(idx, val, starts)
+        return self._best(base, self._flat_priors(val, starts)), self._best(base, None)
+
+    def _flat_products(self, idx: np.ndarray, val: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """(k, rows): sum_j theta[:, idx_j] * val_j per row, without building a sparse matrix."""
+        assert self.mixture is not None
+        return np.add.reduceat(self.mixture.theta[:, idx] * val, starts, axis=1)
+
+    def _flat_priors(self, val: np.ndarray, starts: np.ndarray) -> np.ndarray | None:
+        """(k, rows) log weights per row with the short-history weights (None: none learned,
+        the mixture's for every row)."""
+        assert self.mixture is not None
+        weights = getattr(self, "short_log_weights", None)
         if weights is None:
-            joint += m.log_weights[:, None]
-        else:
-            ends = np.append(starts[1:], len(val))
-            n = n_events_of(val, ends).astype(np.int64)
-            priors = np.where((n < self.short_events)[:, None],
-                              weights[np.clip(n - 1, 0, len(weights) - 1)], m.log_weights)
-            joint += priors.T
+            return None
+        ends = np.append(starts[1:], len(val))
+        n = n_events_of(val, ends).astype(np.int64)
+        priors = np.where((n < self.short_events)[:, None],
+                          weights[np.clip(n - 1, 0, len(weights) - 1)], self.mixture.log_weights)
+        return priors.T
+
+    def _best(self, base: np.ndarray, priors: np.ndarray | None) -> list[str]:
+        """The segment of each column of `base` + its log weights (the mixture's if None)."""
+        assert self.mixture is not None
+        joint = base + (self.mixture.log_weights[:, None] if priors is None else priors)
         return [self.ids[j] for j in joint.argmax(axis=0).tolist()]
 
     def posterior(self, idx: np.ndarray, val: np.ndarray) -> dict[str, float]:

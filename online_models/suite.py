@@ -396,14 +396,14 @@ class ModelSuite(Snapshotting):
         summary = state.features
         vec = self.vectorizer
         idx, val = vec.journey(summary)
-        segment = self.segments.assign_sparse(idx, val)
+        if summary.n_events < self.config.segment_min_events:
+            segment, watched = self.segments.assign_both(idx, val)
+        else:
+            segment = watched = self.segments.assign_sparse(idx, val)
         if segment != state.segment:
             self.segments.move(state.segment, segment)
             state.segment = segment
-        state.watch_segment = (
-            self.segments.assign_sparse(idx, val, short=False)
-            if summary.n_events < self.config.segment_min_events else segment
-        )
+        state.watch_segment = watched
         xp, xb = vec.vectors(summary, behaviour=lookalike)
         p, contrib = self.convert.score_vector(xp, segment)
         state.p_convert = p
@@ -477,10 +477,11 @@ class ModelSuite(Snapshotting):
             [st.counts for st in states],  # type: ignore[misc]
             [st.cells for st in states],  # type: ignore[misc]
         )
-        segments = self.segments.assign_flat(idx, val, starts)
         short = [st.features.n_events < self.config.segment_min_events for st in states]
-        watched = self.segments.assign_flat(idx, val, starts, short=False) if any(short) \
-            else segments
+        if any(short):
+            segments, watched = self.segments.assign_flat_both(idx, val, starts)
+        else:
+            segments = watched = self.segments.assign_flat(idx, val, starts)
         p_convert, contrib, fitted = self.convert.score_many(xps, segments)
         p_churn = self.churn.score_many(xps, segments, explain=False)[0].tolist()
         tops = top_many(vec.propensity_names, contrib, fitted)
