@@ -15,6 +15,7 @@ from online_models.drift import (
     DriftMonitor,
     _binomial_ll,
     _binomial_ll_one,
+    _split_llr,
 )
 from tests.factories import MIN_MS, T0_MS
 
@@ -193,3 +194,17 @@ def test_scalar_binomial_ll_is_the_ufunc_one() -> None:
     for s, n in cases:
         want = float(_binomial_ll(np.float64(s), np.float64(n)))
         assert _binomial_ll_one(s, n) == want
+
+
+def test_split_llr_is_the_binomial_formula_bit_for_bit() -> None:
+    rng = np.random.default_rng(5)
+    for m in (1, 2, 7, 64, 128):
+        for rate in (0.0, 0.004, 0.05, 0.5, 1.0):
+            counts = rng.integers(8, 17, size=m + 9).astype(float)
+            sums = rng.binomial(counts.astype(int), rate).astype(float)
+            cn, cs = np.cumsum(counts), np.cumsum(sums)
+            n1, s1 = cn[:m], cs[:m]
+            want = (_binomial_ll(s1, n1) + _binomial_ll(cs[-1] - s1, cn[-1] - n1)
+                    - float(_binomial_ll(cs[-1], cn[-1])))
+            got = _split_llr(n1, s1, float(cn[-1]), float(cs[-1]))
+            assert got.tobytes() == want.tobytes()
