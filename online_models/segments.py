@@ -341,6 +341,12 @@ def _sample_slot(
     return j
 
 
+def _owned(idx: np.ndarray, val: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A row to keep: views (of a batch of sessions, `ModelSuite._close_many`) are copied, or
+    each kept row would keep its whole batch alive; arrays of their own are kept as they are."""
+    return (idx if idx.base is None else idx.copy(), val if val.base is None else val.copy())
+
+
 def n_events_of(val: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Events of each row whose statistics end at `ends` (`Vectorizer.journey` puts the
     N_STATS last: each event after the first is a step gap or a session gap)."""
@@ -564,12 +570,14 @@ class SegmentModel(Snapshotting):
         if key in getattr(self, "short_index", ()):
             self._drop_short(key)
         slot = self.res_index.get(key)
+        row = None
         if slot is None:
             self.n_customers += 1
+            row = _owned(idx, val)
             slot = _sample_slot(self.res_keys, self.res_index, self.res_rows,
-                                self.reservoir_size, self.n_customers, self.rng, key, (idx, val))
+                                self.reservoir_size, self.n_customers, self.rng, key, row)
         if slot is not None:
-            self.res_rows[slot] = (idx, val)
+            self.res_rows[slot] = row if row is not None else _owned(idx, val)
             self.res_plain[slot] = plain()  # what profiles show, as of this session end
         self.n_updates += 1
         if self.n_updates >= self.next_eval_at:
@@ -587,15 +595,17 @@ class SegmentModel(Snapshotting):
             return
         key = hashed_id(customer_id)
         slot = self.short_index.get(key)
+        row = None
         if slot is None:
             self.n_short += 1
             if self.short_rng is None:
                 self.short_rng = random.Random(self.seed ^ 0x5EED)
+            row = _owned(idx, val)
             slot = _sample_slot(self.short_keys, self.short_index, self.short_rows,
                                 self.short_reservoir_size, self.n_short, self.short_rng, key,
-                                (idx, val))
+                                row)
         if slot is not None:
-            self.short_rows[slot] = (idx, val)
+            self.short_rows[slot] = row if row is not None else _owned(idx, val)
         self.n_short_updates += 1
 
     def _drop_short(self, key: str) -> None:

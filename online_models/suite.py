@@ -486,10 +486,9 @@ class ModelSuite(Snapshotting):
         p_churn = self.churn.score_many(xps, segments, explain=False)[0].tolist()
         tops = top_many(vec.propensity_names, contrib, fitted)
         looks = self.lookalike.score_many(xbs)
-        # copies: the segment reservoir keeps some, and a view would keep the whole batch
+        # views: the segment reservoirs copy the few they keep (`segments._owned`)
         ends = [*starts[1:].tolist(), len(idx)]
-        journeys = [(idx[a:b].copy(), val[a:b].copy())
-                    for a, b in zip(starts.tolist(), ends, strict=True)]
+        journeys = [(idx[a:b], val[a:b]) for a, b in zip(starts.tolist(), ends, strict=True)]
         p_list = p_convert.tolist()
         for i, (cid, st) in enumerate(zip(cids, states, strict=True)):
             if segments[i] != st.segment:

@@ -220,3 +220,20 @@ def test_new_customers_counts_start_at_zero_and_stay_the_summarys() -> None:
         counts, cells = a.vectorizer.counts(st.features)
         assert st.counts == counts and st.cells == cells
         assert list(legacy[cid].counts) == list(counts)
+
+
+def test_reservoirs_keep_rows_of_their_own_not_views_of_a_batch(monkeypatch) -> None:
+    events, _ = population(14, 300)
+    s, states = _suite(close_batch=8), {}
+    closed = []
+    real = ModelSuite._close_many
+
+    def spy(self: ModelSuite, cids: list[str], at_ms: int) -> None:
+        closed.extend(cids)
+        real(self, cids, at_ms)
+
+    monkeypatch.setattr(ModelSuite, "_close_many", spy)
+    _run(s, states, events)
+    assert len(closed) > 50
+    rows = s.segments.res_rows + s.segments.short_rows
+    assert rows and all(i.base is None and v.base is None for i, v in rows)
