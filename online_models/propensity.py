@@ -26,6 +26,7 @@ import numpy as np
 
 from online_models.checkpoint import Snapshotting
 from online_models.features import LOG_FEATURES
+from online_models.frozen import maker
 from online_models.threads import one_blas_thread
 
 
@@ -49,6 +50,9 @@ class Labelled:
     def x(self) -> dict[str, float]:
         """The model inputs by name (for offline comparisons)."""
         return dict(zip(self.names, self.vector.tolist(), strict=False))
+
+
+_new_labelled = maker(Labelled)
 
 
 @dataclass(slots=True)
@@ -319,7 +323,7 @@ class PropensityModel(Snapshotting):
         self.window.append((snap.x, snap.y, snap.segment))
         self.n_labelled += 1
         self.n_positive += int(snap.y)
-        return Labelled(
+        return _new_labelled(
             customer_id, snap.ts_ms, now_ms, snap.segment, snap.p, snap.y, snap.x, self.names,
             getattr(snap, "fit_at", 0),  # snapshots pickled before versions: unknown, 0
         )

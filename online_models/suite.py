@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from array import array
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -36,6 +37,7 @@ from online_models.features import (
     Vectorizer,
     summary_vector,
 )
+from online_models.frozen import maker
 from online_models.lookalike import LookalikeModel
 from online_models.nba import Matrix, absorption_probabilities, next_best_action, odds
 from online_models.propensity import Labelled, PropensityModel, top_many, top_of
@@ -123,8 +125,8 @@ class CustomerModelState:
     lookalike: float | None = None
     # the summary's counts as the model vectors need them, moved on per event in O(1)
     # (`Vectorizer.counts`); None until the first event (and in states pickled before them)
-    counts: list[float] | None = None
-    cells: list[int] | None = None
+    counts: array[float] | list[float] | None = None
+    cells: array[int] | list[int] | None = None
     # the segment under the mixture's own weights (differs from `segment` only for short
     # histories, see SegmentModel): what the drift detectors count the customer's events under.
     # The short-history shares move as the population matures; counted under them, segments'
@@ -165,6 +167,10 @@ class _Closed:
     top_features: tuple[tuple[str, float], ...]
     lookalike: float | None
     watch_segment: str | None = None  # None: as `segment`
+
+
+_new_scores = maker(Scores)
+_new_closed = maker(_Closed)
 
 
 @dataclass(slots=True)
@@ -253,7 +259,13 @@ class ModelSuite(Snapshotting):
         self.alerts = deque(maxlen=c.max_alerts_kept)
 
     def new_customer(self) -> CustomerModelState:
-        return CustomerModelState(CustomerFeatures(session_gap_ms=self.config.session_gap_s * 1000))
+        """A customer's state before its first event, its counts at zero: `update` moves them
+        on per event from the first (what `Vectorizer.counts` of the summary would give)."""
+        return CustomerModelState(
+            CustomerFeatures(session_gap_ms=self.config.session_gap_s * 1000),
+            counts=array("d", bytes(8 * self.vectorizer.n_counts)),
+            cells=array("i"),
+        )
 
     # -- inputs from other processors ------------------------------------------------------
     def set_transitions(
@@ -358,7 +370,7 @@ class ModelSuite(Snapshotting):
                              labelled, sent)
         if alerts:
             self.alerts.extend(alerts)
-        return Scores(
+        return _new_scores(
             customer_id=cid,
             ts_ms=ts,
             segment=state.segment,
@@ -384,14 +396,14 @@ class ModelSuite(Snapshotting):
         summary = state.features
         vec = self.vectorizer
         idx, val = vec.journey(summary)
-        segment = self.segments.assign_sparse(idx, val)
+        if summary.n_events < self.config.segment_min_events:
+            segment, watched = self.segments.assign_both(idx, val)
+        else:
+            segment = watched = self.segments.assign_sparse(idx, val)
         if segment != state.segment:
             self.segments.move(state.segment, segment)
             state.segment = segment
-        state.watch_segment = (
-            self.segments.assign_sparse(idx, val, short=False)
-            if summary.n_events < self.config.segment_min_events else segment
-        )
+        state.watch_segment = watched
         xp, xb = vec.vectors(summary, behaviour=lookalike)
         p, contrib = self.convert.score_vector(xp, segment)
         state.p_convert = p
@@ -416,7 +428,7 @@ class ModelSuite(Snapshotting):
         hit = self._first.get((tp, channel))
         if hit is None:
             self._score(state, ts, lookalike=False)
-            self._first[(tp, channel)] = _Closed(
+            self._first[(tp, channel)] = _new_closed(
                 1, state.segment, state.p_convert, state.p_churn, state.top_features, None,
                 state.watch_segment,
             )
@@ -465,18 +477,18 @@ class ModelSuite(Snapshotting):
             [st.counts for st in states],  # type: ignore[misc]
             [st.cells for st in states],  # type: ignore[misc]
         )
-        segments = self.segments.assign_flat(idx, val, starts)
         short = [st.features.n_events < self.config.segment_min_events for st in states]
-        watched = self.segments.assign_flat(idx, val, starts, short=False) if any(short) \
-            else segments
+        if any(short):
+            segments, watched = self.segments.assign_flat_both(idx, val, starts)
+        else:
+            segments = watched = self.segments.assign_flat(idx, val, starts)
         p_convert, contrib, fitted = self.convert.score_many(xps, segments)
         p_churn = self.churn.score_many(xps, segments, explain=False)[0].tolist()
         tops = top_many(vec.propensity_names, contrib, fitted)
         looks = self.lookalike.score_many(xbs)
-        # copies: the segment reservoir keeps some, and a view would keep the whole batch
+        # views: the segment reservoirs copy the few they keep (`segments._owned`)
         ends = [*starts[1:].tolist(), len(idx)]
-        journeys = [(idx[a:b].copy(), val[a:b].copy())
-                    for a, b in zip(starts.tolist(), ends, strict=True)]
+        journeys = [(idx[a:b], val[a:b]) for a, b in zip(starts.tolist(), ends, strict=True)]
         p_list = p_convert.tolist()
         for i, (cid, st) in enumerate(zip(cids, states, strict=True)):
             if segments[i] != st.segment:
@@ -486,7 +498,7 @@ class ModelSuite(Snapshotting):
             st.top_features, st.lookalike = tops[i], looks[i]
             st.watch_segment = watched[i] if short[i] else segments[i]
             st.scored_ms = at_ms
-            self.closed[cid] = _Closed(
+            self.closed[cid] = _new_closed(
                 st.features.n_events, st.segment, st.p_convert, st.p_churn,
                 st.top_features, st.lookalike, st.watch_segment,
             )

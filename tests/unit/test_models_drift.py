@@ -7,7 +7,16 @@ import math
 import pickle
 import random
 
-from online_models.drift import Alert, BernoulliGLR, DriftMonitor
+import numpy as np
+
+from online_models.drift import (
+    Alert,
+    BernoulliGLR,
+    DriftMonitor,
+    _binomial_ll,
+    _binomial_ll_one,
+    _split_llr,
+)
 from tests.factories import MIN_MS, T0_MS
 
 #  value ~ Bernoulli(0.10) ............ | Bernoulli(0.04) ..........
@@ -112,3 +121,90 @@ def test_glr_llr_is_exact_and_window_keeps_what_follows_the_change() -> None:
         det2.update(float(x))
     assert det2.drift_detected and det2.width == 4
     assert pickle.loads(pickle.dumps(det2)).width == 4
+
+
+
+class _ReferenceGLR(BernoulliGLR):
+    """BernoulliGLR's test as it was: both cumulative sums recomputed on every test."""
+
+    __slots__ = ()
+
+    def _test(self) -> None:
+        m, k = self.n_blocks, self.min_blocks
+        if m < 2 * k:
+            return
+        cn = np.cumsum(self.counts[:m])
+        cs = np.cumsum(self.sums[:m])
+        stride = max(1, (m - 2 * k) // self.max_candidates)
+        n1, s1 = cn[k - 1 : m - k : stride], cs[k - 1 : m - k : stride]
+        total_n, total_s = cn[-1], cs[-1]
+        llr = (_binomial_ll(s1, n1) + _binomial_ll(total_s - s1, total_n - n1)
+               - float(_binomial_ll(total_s, total_n)))
+        best = int(llr.argmax())
+        if llr[best] < self.threshold:
+            return
+        self.drift_detected = True
+        cut = best * stride + k
+        rest = m - cut
+        self.counts[:rest] = self.counts[cut:m]
+        self.sums[:rest] = self.sums[cut:m]
+        self.n_blocks = rest
+        self.n_window = int(self.counts[:rest].sum())
+
+
+def test_glr_kept_cumulative_sums_are_the_recomputed_ones() -> None:
+    """The kept cumulative sums are np.cumsum's bit for bit, and the detector decides as the
+    one recomputing them did, through halvings of the window, cuts, and pickle round trips
+    (also of a detector pickled before the kept sums), on 0/1 and on fractional values."""
+    rng = random.Random(7)
+    rare = [float(rng.random() < (0.03 if i % 40_000 < 20_000 else 0.005))
+            for i in range(120_000)]
+    uniform = [rng.random() for _ in range(40_000)]
+    n_cuts = 0
+    for threshold, values in ((12.0, rare), (1e9, uniform)):
+        ref = _ReferenceGLR(threshold=threshold, max_blocks=256)
+        new = BernoulliGLR(threshold=threshold, max_blocks=256)
+        for i, x in enumerate(values):
+            if i == len(values) // 2:
+                new = pickle.loads(pickle.dumps(new))
+            if i == len(values) // 3:  # as if pickled before the kept sums existed
+                for name in ("cum_counts", "cum_sums", "n_cum"):
+                    delattr(new, name)
+            new.update(x)
+            ref.update(x)
+            n_cuts += new.drift_detected
+            assert new.drift_detected == ref.drift_detected
+            assert (new.n_blocks, new.n_window, new.n_open) == (
+                ref.n_blocks, ref.n_window, ref.n_open)
+            assert new.counts.tobytes() == ref.counts.tobytes()
+            assert new.sums.tobytes() == ref.sums.tobytes()
+            if i % 97 == 0 and getattr(new, "n_cum", 0):
+                c = new.n_cum
+                assert new.cum_counts[:c].tobytes() == np.cumsum(new.counts[:c]).tobytes()
+                assert new.cum_sums[:c].tobytes() == np.cumsum(new.sums[:c]).tobytes()
+    assert n_cuts >= 2
+
+
+def test_scalar_binomial_ll_is_the_ufunc_one() -> None:
+    rng = random.Random(3)
+    cases = [(0.0, 0.0), (0.0, 5.0), (5.0, 5.0), (3.0, 17.0)]
+    cases += [(float(rng.randrange(0, 500)), float(rng.randrange(500, 20_000)))
+              for _ in range(2_000)]
+    cases += [(rng.random() * 50, 50 + rng.random() * 1e4) for _ in range(2_000)]
+    for s, n in cases:
+        want = float(_binomial_ll(np.float64(s), np.float64(n)))
+        assert _binomial_ll_one(s, n) == want
+
+
+def test_split_llr_is_the_binomial_formula_bit_for_bit() -> None:
+    rng = np.random.default_rng(5)
+    for m in (1, 2, 7, 64, 128):
+        for rate in (0.0, 0.004, 0.05, 0.5, 1.0):
+            counts = rng.integers(8, 17, size=m + 9).astype(float)
+            sums = rng.binomial(counts.astype(int), rate).astype(float)
+            cn, cs = np.cumsum(counts), np.cumsum(sums)
+            n1, s1 = cn[:m], cs[:m]
+            want = (_binomial_ll(s1, n1) + _binomial_ll(cs[-1] - s1, cn[-1] - n1)
+                    - float(_binomial_ll(cs[-1], cn[-1])))
+            got = _split_llr(n1, s1, float(cn[-1]), float(cs[-1]))
+            assert got.tobytes() == want.tobytes()

@@ -174,3 +174,50 @@ def test_summary_vector_is_the_model_vector_of_the_features() -> None:
         assert np.array_equal(summary_vector(s, now), model_vector(features(s, now)))
     empty = CustomerFeatures()
     assert np.array_equal(summary_vector(empty, T0_MS), model_vector(features(empty, T0_MS)))
+
+
+def test_packed_counts_and_states_kept_as_lists_give_the_same_vectors() -> None:
+    """`Vectorizer.counts` packs (doubles, 32-bit ints); states kept from before hold lists:
+    `count_event` moves both on alike and `batch` gives the same bits from either."""
+    from array import array
+
+    v = Vectorizer()
+    summaries, packed, listed = [], [], []
+    for steps in _random_journeys(5, 30):
+        s = CustomerFeatures()
+        counts, cells = v.counts(s)
+        assert isinstance(counts, array) and counts.typecode == "d"
+        assert isinstance(cells, array) and cells.typecode == "i"
+        lcounts, lcells = list(counts), list(cells)
+        for minute, tp, channel in steps:
+            n_moves = len(s.transitions)
+            s.update(event(tp, at_ms=T0_MS + minute * MIN_MS, channel=channel))
+            v.count_event(s, counts, cells, tp, channel, n_moves)
+            v.count_event(s, lcounts, lcells, tp, channel, n_moves)
+        assert list(counts) == lcounts and list(cells) == lcells
+        summaries.append(s)
+        packed.append((counts, cells))
+        listed.append((lcounts, lcells))
+    a = v.batch(summaries, [c for c, _ in packed], [c for _, c in packed])
+    b = v.batch(summaries, [c for c, _ in listed], [c for _, c in listed])
+    for x, y in zip(a, b, strict=True):
+        assert x.dtype == y.dtype and x.tobytes() == y.tobytes()
+
+
+def test_move_keys_are_shared_and_adopted_starts_as_the_shared_empty_set() -> None:
+    a, b = CustomerFeatures(), CustomerFeatures()
+    for s in (a, b):
+        for tp in ("landing_page", "pricing_page", "landing_page"):
+            s.update(event(tp, at_ms=T0_MS))
+    assert a.transitions == b.transitions
+    for key in a.transitions:
+        other = next(k for k in b.transitions if k == key)
+        assert other is key  # one tuple for every customer
+    assert a.adopted == set() and isinstance(a.adopted, frozenset)
+    a.update(event("feature_use", at_ms=T0_MS + MIN_MS, properties={"feature": "export"}))
+    assert a.adopted == {"feature_use:export"} and isinstance(a.adopted, set)
+    assert b.adopted == set() and isinstance(b.adopted, frozenset)  # not shared once filled
+    c = pickle.loads(pickle.dumps(a))
+    c.update(event("feature_use", at_ms=T0_MS + 2 * MIN_MS, properties={"feature": "api"}))
+    assert len(c.adopted) == 2 and len(a.adopted) == 1
+    assert features(a, T0_MS)["n_features_adopted"] == 1.0

@@ -167,3 +167,24 @@ def test_profiles_and_posteriors() -> None:
     assert set(post) == set(model.ids) and abs(sum(post.values()) - 1) < 1e-9
     resp, ll = posteriors(np.array([[0.0, math.log(3.0)]]))
     assert np.allclose(resp, [[0.25, 0.75]]) and math.isclose(ll[0], math.log(4.0))
+
+
+def test_posteriors_are_numpys_row_reductions_bit_for_bit() -> None:
+    """`posteriors` reduces a column at a time: the same bits as numpy's row reductions."""
+    from online_models.segments import _row_sums
+
+    def reference(joint: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        top = joint.max(axis=1, keepdims=True)
+        e = np.exp(joint - top)
+        total = e.sum(axis=1, keepdims=True)
+        return e / total, (np.log(total) + top)[:, 0]
+
+    rng = np.random.default_rng(11)
+    for k in range(1, 25):
+        for scale in (0.5, 20.0, 400.0):
+            joint = rng.normal(scale=scale, size=(int(rng.integers(1, 3000)), k)) - 80.0
+            want, got = reference(joint), posteriors(joint)
+            assert want[0].tobytes() == got[0].tobytes()
+            assert want[1].tobytes() == got[1].tobytes()
+            e = rng.random(joint.shape) * scale
+            assert _row_sums(e).tobytes() == e.sum(axis=1).tobytes()

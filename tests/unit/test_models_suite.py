@@ -201,3 +201,39 @@ def test_a_restart_keeps_the_cooldown() -> None:
         assert len(first) == 1
         n_alerts.append(len(_watch(s, again, start=12_000)))
     assert n_alerts == [0, 1]  # suppressed by the 7-day cooldown; alerted under a 1-hour one
+
+
+def test_new_customers_counts_start_at_zero_and_stay_the_summarys() -> None:
+    """`new_customer` starts the packed counts at zero; after any events they are what
+    `Vectorizer.counts` gives from the summary, as for a state whose counts came from it
+    (None, as in states kept from before them), and both give the same scores."""
+    events, _ = population(13, 150)
+    a, b = _suite(), _suite()
+    fresh: dict[str, CustomerModelState] = {}
+    legacy: dict[str, CustomerModelState] = {}
+    for e in events:
+        if e.customer_id not in legacy:
+            legacy[e.customer_id] = CustomerModelState(b.new_customer().features)
+            assert legacy[e.customer_id].counts is None
+    assert _run(a, fresh, events) == _run(b, legacy, events)
+    for cid, st in fresh.items():
+        counts, cells = a.vectorizer.counts(st.features)
+        assert st.counts == counts and st.cells == cells
+        assert list(legacy[cid].counts) == list(counts)
+
+
+def test_reservoirs_keep_rows_of_their_own_not_views_of_a_batch(monkeypatch) -> None:
+    events, _ = population(14, 300)
+    s, states = _suite(close_batch=8), {}
+    closed = []
+    real = ModelSuite._close_many
+
+    def spy(self: ModelSuite, cids: list[str], at_ms: int) -> None:
+        closed.extend(cids)
+        real(self, cids, at_ms)
+
+    monkeypatch.setattr(ModelSuite, "_close_many", spy)
+    _run(s, states, events)
+    assert len(closed) > 50
+    rows = s.segments.res_rows + s.segments.short_rows
+    assert rows and all(i.base is None and v.base is None for i, v in rows)

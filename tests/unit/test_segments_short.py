@@ -191,3 +191,22 @@ def test_suite_events_carry_the_short_prior_and_drift_counts_them_under_the_mixt
     long = [c for c in closed if c.n_events >= suite.config.segment_min_events]
     assert long and all(c.watch_segment == c.segment for c in long)
     assert any(c.watch_segment != c.segment for c in closed if c not in long)
+
+
+def test_both_assignments_from_one_product_are_the_two_assignments(fitted) -> None:
+    model, plain = fitted
+    rng = random.Random(10)
+    people = [journey_summary(rng, kind, n) for kind in ("reader", "buyer", "builder")
+              for n in (1, 2, 3, 4, 6, 12) for _ in range(4)]
+    rows = [VEC.journey(s) for s in people]
+    for m in (model, plain):
+        short = [m.assign_sparse(i, v) for i, v in rows]
+        weights = [m.assign_sparse(i, v, short=False) for i, v in rows]
+        assert [m.assign_both(i, v) for i, v in rows] == list(zip(short, weights, strict=True))
+        idx = np.concatenate([i for i, _ in rows])
+        val = np.concatenate([v for _, v in rows])
+        starts = np.cumsum([0] + [len(i) for i, _ in rows[:-1]])
+        assert m.assign_flat_both(idx, val, starts) == (
+            m.assign_flat(idx, val, starts), m.assign_flat(idx, val, starts, short=False))
+        assert m.assign_flat(idx, val, starts) == short
+    assert any(a != b for a, b in (model.assign_both(i, v) for i, v in rows))
