@@ -17,80 +17,30 @@ picks the engine (``journey.engine``, with the rest of the journeys stage).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from processors.attribution import Path, PathAccumulator
 from processors.config import ProcessingConfig
 from processors.errors import ConfigError
 from processors.events import ResolvedEvent
-from processors.native import journeys_class, journeys_not_built, with_state
+from processors.native import NativeMap, journeys_class, journeys_not_built, with_state
 
 # (optional: the Python accumulator does the same)
 NativePaths, _IMPORT_ERROR = journeys_class("NativePaths")
 
 Journey = tuple[int, list[str], list[str]]
 
-_MISSING: Any = object()
-
 
 def _not_built() -> ConfigError:
     return journeys_not_built(_IMPORT_ERROR)
 
 
-class OpenPaths(MutableMapping[str, Journey]):
+class OpenPaths(NativeMap[Journey]):
     """The open journeys of a :class:`NativePathAccumulator` as the dict the Python accumulator
     keeps (same keys, order and values); values are copies made on each read."""
 
-    __slots__ = ("_core",)
-
-    def __init__(self, core: Any) -> None:
-        self._core = core
-
-    def __getitem__(self, customer_id: str) -> Journey:
-        journey = self._core.get(customer_id)
-        if journey is None:
-            raise KeyError(customer_id)
-        return journey  # type: ignore[no-any-return]
-
-    def __setitem__(self, customer_id: str, journey: Journey) -> None:
-        self._core.set(customer_id, journey)
-
-    def __delitem__(self, customer_id: str) -> None:
-        if self._core.pop(customer_id) is None:
-            raise KeyError(customer_id)
-
-    def pop(self, customer_id: str, default: Any = _MISSING) -> Any:
-        journey = self._core.pop(customer_id)
-        if journey is None:
-            if default is _MISSING:
-                raise KeyError(customer_id)
-            return default
-        return journey
-
-    def __contains__(self, customer_id: object) -> bool:
-        return isinstance(customer_id, str) and customer_id in self._core
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._core.keys())
-
-    def __len__(self) -> int:
-        return len(self._core)
-
-    def items(self) -> list[tuple[str, Journey]]:  # type: ignore[override]
-        return self._core.items()  # type: ignore[no-any-return]
-
-    def values(self) -> list[Journey]:  # type: ignore[override]
-        return [journey for _, journey in self._core.items()]
-
-    def copy(self) -> dict[str, Journey]:
-        return dict(self._core.items())
-
-    def __repr__(self) -> str:
-        return repr(self.copy())
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (dict, (self._core.items(),))
+    __slots__ = ()
 
 
 class NativePathAccumulator(PathAccumulator):

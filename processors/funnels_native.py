@@ -19,7 +19,7 @@ where the module is not installed. :func:`new_funnel_tracker` picks the engine
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterable, Iterator, MutableMapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from processors.config import FunnelConfig, ProcessingConfig
@@ -35,7 +35,7 @@ from processors.funnels import (
     StageCounts,
     cohort_week,
 )
-from processors.native import journeys_class, journeys_not_built, with_state
+from processors.native import NativeMap, journeys_class, journeys_not_built, with_state
 
 # (optional: the Python tracker does the same)
 NativeFunnelStep, _IMPORT_ERROR = journeys_class("NativeFunnelStep")
@@ -43,70 +43,16 @@ NativeRuns, _RUNS_ERROR = journeys_class("NativeRuns")
 if NativeRuns is None:  # a module built before the runs moved to native memory
     NativeFunnelStep, _IMPORT_ERROR = None, _IMPORT_ERROR or _RUNS_ERROR
 
-_MISSING: Any = object()
-
 
 def _not_built() -> ConfigError:
     return journeys_not_built(_IMPORT_ERROR)
 
 
-class FunnelRuns(MutableMapping[str, FunnelRun]):
+class FunnelRuns(NativeMap[FunnelRun]):
     """The open runs of one funnel of a :class:`NativeFunnelTracker` as the dict the Python
     tracker keeps (same keys, order and values); values are copies made on each read."""
 
-    __slots__ = ("_core",)
-
-    def __init__(self, core: Any) -> None:
-        self._core = core
-
-    def __getitem__(self, customer_id: str) -> FunnelRun:
-        run = self._core.get(customer_id)
-        if run is None:
-            raise KeyError(customer_id)
-        return run  # type: ignore[no-any-return]
-
-    def get(self, customer_id: str, default: Any = None) -> Any:
-        run = self._core.get(customer_id) if isinstance(customer_id, str) else None
-        return default if run is None else run
-
-    def __setitem__(self, customer_id: str, run: FunnelRun) -> None:
-        self._core.set(customer_id, run)
-
-    def __delitem__(self, customer_id: str) -> None:
-        if self._core.pop(customer_id) is None:
-            raise KeyError(customer_id)
-
-    def pop(self, customer_id: str, default: Any = _MISSING) -> Any:
-        run = self._core.pop(customer_id) if isinstance(customer_id, str) else None
-        if run is None:
-            if default is _MISSING:
-                raise KeyError(customer_id)
-            return default
-        return run
-
-    def __contains__(self, customer_id: object) -> bool:
-        return isinstance(customer_id, str) and customer_id in self._core
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._core.keys())
-
-    def __len__(self) -> int:
-        return len(self._core)
-
-    def items(self) -> list[tuple[str, FunnelRun]]:  # type: ignore[override]
-        return self._core.items()  # type: ignore[no-any-return]
-
-    def values(self) -> list[FunnelRun]:  # type: ignore[override]
-        return [run for _, run in self._core.items()]
-
-    def copy(self) -> dict[str, FunnelRun]:
-        return dict(self._core.items())
-
-    def __repr__(self) -> str:
-        return repr(self.copy())
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (dict, (self._core.items(),))
+    __slots__ = ()
 
 
 class NativeFunnelTracker(FunnelTracker):

@@ -9,13 +9,17 @@ name (`<section>.engine = 'native'`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator, MutableMapping
 from importlib import import_module
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from processors.errors import ConfigError
 
 T = TypeVar("T")
+V = TypeVar("V")
+
+_MISSING: Any = object()
 
 
 def import_core(module: str) -> tuple[ModuleType | None, str | None]:
@@ -60,3 +64,63 @@ def with_state(cls: type[T], state: dict[str, Any]) -> T:
     obj = cls.__new__(cls)
     obj.__dict__.update(state)
     return obj
+
+
+class NativeMap(MutableMapping[str, V], Generic[V]):
+    """Per-customer state kept in a native core's ordered map, seen as the dict the Python twin
+    keeps (same keys, order and values). Values are copies made on each read: change one by
+    setting it again. Pickles as that plain dict. The core has ``get``, ``set``, ``pop`` (None
+    when absent), ``keys``, ``items``, ``len`` and ``in`` over customer ids."""
+
+    __slots__ = ("_core",)
+
+    def __init__(self, core: Any) -> None:
+        self._core = core
+
+    def __getitem__(self, customer_id: str) -> V:
+        value = self.get(customer_id)
+        if value is None:
+            raise KeyError(customer_id)
+        return value  # type: ignore[no-any-return]
+
+    def get(self, customer_id: str, default: Any = None) -> Any:
+        value = self._core.get(customer_id) if isinstance(customer_id, str) else None
+        return default if value is None else value
+
+    def __setitem__(self, customer_id: str, value: V) -> None:
+        self._core.set(customer_id, value)
+
+    def __delitem__(self, customer_id: str) -> None:
+        self.pop(customer_id)
+
+    def pop(self, customer_id: str, default: Any = _MISSING) -> Any:
+        value = self._core.pop(customer_id) if isinstance(customer_id, str) else None
+        if value is None:
+            if default is _MISSING:
+                raise KeyError(customer_id)
+            return default
+        return value
+
+    def __contains__(self, customer_id: object) -> bool:
+        return isinstance(customer_id, str) and customer_id in self._core
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._core.keys())
+
+    def __len__(self) -> int:
+        return len(self._core)
+
+    def items(self) -> list[tuple[str, V]]:  # type: ignore[override]
+        return self._core.items()  # type: ignore[no-any-return]
+
+    def values(self) -> list[V]:  # type: ignore[override]
+        return [value for _, value in self._core.items()]
+
+    def copy(self) -> dict[str, V]:
+        return dict(self._core.items())
+
+    def __repr__(self) -> str:
+        return repr(self.copy())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (dict, (self._core.items(),))
