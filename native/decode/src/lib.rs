@@ -8,9 +8,11 @@
 //! RFC 3339 timestamp (`YYYY-MM-DDTHH:MM:SS[.f{1,6}](Z|±HH:MM)`). Where every rule of the model
 //! holds, it builds the instance as pydantic-core does (`__dict__` with every field in the
 //! model's order, `__pydantic_fields_set__`, `__pydantic_extra__` and `__pydantic_private__`
-//! None, a fresh pydantic-core `TzInfo` per datetime, `Identities` for the identifiers), with
-//! the model's `ts_ms` already cached after the fields where it is exact (what the first read
-//! of `ts_ms` would put there).
+//! None, a pydantic-core `TzInfo`, `Identities` for the identifiers), with the model's `ts_ms`
+//! already cached after the fields where it is exact (what the first read of `ts_ms` would put
+//! there). Equal immutable values are shared where pydantic-core makes one each: one `TzInfo`
+//! per UTC offset, one fields set per combination of fields (never changed in place: the
+//! model is frozen, `model_copy` copies it), interned touchpoints and property keys.
 //! Anything else, valid or not, is "not sure" (None): the caller's Python path decides it,
 //! so rejections and their reasons stay pydantic's. The decisions must be the model's exactly:
 //! `tests/unit/test_decode_native.py` compares them on generated messages.
