@@ -587,3 +587,18 @@ def test_strings_are_read_alike_whatever_their_length_and_where_a_special_byte_s
         python = decode(raw, engine="python")
         assert isinstance(python, Accepted), raw
         assert event_state(validation._NATIVE.decode(raw)) == event_state(python.event), raw
+
+
+def test_touchpoints_are_interned_up_to_the_limit_and_read_alike_past_it() -> None:
+    """One `str` per touchpoint for the first 4096 distinct ones (a table of recent ones in
+    front of the map; many share a place in it), a fresh one each time past them."""
+    decoder = validation._native_decoder()
+    names = [f"t{i}" for i in range(4200)]
+    raws = [with_field("touchpoint", j(name)) for name in names]
+    first, unsure = decoder.decode_many(raws)
+    again, _ = decoder.decode_many(raws[::-1])
+    assert unsure == []
+    assert [e.touchpoint for e in first] == names
+    assert [e.touchpoint for e in again] == names[::-1]
+    same = [a.touchpoint is b.touchpoint for a, b in zip(first, again[::-1], strict=True)]
+    assert same == [True] * 4096 + [False] * 104

@@ -8,9 +8,11 @@
 //! RFC 3339 timestamp (`YYYY-MM-DDTHH:MM:SS[.f{1,6}](Z|±HH:MM)`). Where every rule of the model
 //! holds, it builds the instance as pydantic-core does (`__dict__` with every field in the
 //! model's order, `__pydantic_fields_set__`, `__pydantic_extra__` and `__pydantic_private__`
-//! None, a fresh pydantic-core `TzInfo` per datetime, `Identities` for the identifiers), with
-//! the model's `ts_ms` already cached after the fields where it is exact (what the first read
-//! of `ts_ms` would put there).
+//! None, a pydantic-core `TzInfo`, `Identities` for the identifiers), with the model's `ts_ms`
+//! already cached after the fields where it is exact (what the first read of `ts_ms` would put
+//! there). Equal immutable values are shared where pydantic-core makes one each: one `TzInfo`
+//! per UTC offset, one fields set per combination of fields (never changed in place: the
+//! model is frozen, `model_copy` copies it), interned touchpoints and property keys.
 //! Anything else, valid or not, is "not sure" (None): the caller's Python path decides it,
 //! so rejections and their reasons stay pydantic's. The decisions must be the model's exactly:
 //! `tests/unit/test_decode_native.py` compares them on generated messages.
@@ -756,7 +758,6 @@ struct Decoder {
     fields: Vec<Py<PyString>>,
     channels: Vec<Py<PyString>>,
     kinds: Vec<Py<PyString>>,
-    n_dict: Py<PyString>,
     n_fields_set: Py<PyString>,
     n_extra: Py<PyString>,
     n_private: Py<PyString>,
@@ -774,7 +775,31 @@ struct Decoder {
     utc: Option<Py<PyTzInfo>>,
 }
 
-type Interned = HashMap<String, Py<PyString>>;
+/// Interned strings: a map (SipHash: the strings come from producers) with a small
+/// direct-mapped table of recent ones in front, placed by a cheap mix of the length and the
+/// first and last 8 bytes. A string that misses there (a new one, or another one in its
+/// place) is looked up in the map, so a crafted run of colliding strings costs map lookups,
+/// nothing more.
+#[derive(Default)]
+struct Interned {
+    map: HashMap<String, Py<PyString>>,
+    recent: Vec<Option<(String, Py<PyString>)>>,
+}
+
+const RECENT: usize = 256;
+
+/// The place of `s` in `Interned::recent`.
+fn recent_place(s: &[u8]) -> usize {
+    let word = |b: &[u8]| {
+        let mut w = [0u8; 8];
+        w[..b.len()].copy_from_slice(b);
+        u64::from_le_bytes(w)
+    };
+    let n = s.len();
+    let (head, tail) = (word(&s[..n.min(8)]), word(&s[n - n.min(8)..]));
+    let mixed = (head ^ tail.rotate_left(29) ^ n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (mixed >> 56) as usize % RECENT
+}
 
 /// An instance of `cls` without `__init__` (as `object.__new__(cls)`).
 fn new_instance<'py>(py: Python<'py>, cls: &Bound<'py, PyType>) -> PyResult<Bound<'py, PyAny>> {
@@ -852,13 +877,27 @@ fn py_str<'py>(py: Python<'py>, s: &str) -> PyResult<Bound<'py, PyString>> {
 }
 
 fn interned<'py>(py: Python<'py>, cache: &mut Interned, s: &str) -> Bound<'py, PyString> {
-    if let Some(v) = cache.get(s) {
-        return v.bind(py).clone();
+    if cache.recent.is_empty() {
+        cache.recent = (0..RECENT).map(|_| None).collect();
     }
-    let v = PyString::new_bound(py, s);
-    if cache.len() < MAX_INTERNED {
-        cache.insert(s.to_owned(), v.clone().unbind());
+    let place = recent_place(s.as_bytes());
+    if let Some((k, v)) = &cache.recent[place] {
+        if k == s {
+            return v.bind(py).clone();
+        }
     }
+    let v = match cache.map.get(s) {
+        Some(v) => v.bind(py).clone(),
+        None => {
+            let v = PyString::new_bound(py, s);
+            if cache.map.len() >= MAX_INTERNED {
+                return v; // (not interned: not kept among the recent ones either)
+            }
+            cache.map.insert(s.to_owned(), v.clone().unbind());
+            v
+        }
+    };
+    cache.recent[place] = Some((s.to_owned(), v.clone().unbind()));
     v
 }
 
@@ -1031,7 +1070,13 @@ impl Decoder {
         }
         // (explicit nulls and schema_version 1 are the template's values already)
         let obj = new_instance(py, self.event_cls.bind(py))?;
-        set_slot(&obj, self.n_dict.bind(py), &d)?;
+        // (`obj.__dict__ = d` as the model's `__dict__` descriptor does it, not looked up)
+        if unsafe {
+            ffi::PyObject_GenericSetDict(obj.as_ptr(), d.as_ptr(), std::ptr::null_mut())
+        } != 0
+        {
+            return Err(PyErr::fetch(py));
+        }
         match self.slots {
             Some([fields_set, extra, private]) => {
                 put_slot(&obj, fields_set, set.as_any());
@@ -1121,7 +1166,6 @@ impl Decoder {
             fields,
             channels,
             kinds,
-            n_dict: intern("__dict__"),
             n_fields_set,
             n_extra,
             n_private,
