@@ -22,9 +22,10 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use crate::heap::{heappop, heappush};
+use crate::ordered::{Keyed, Ordered};
 use crate::pending::NativeReleased;
 use crate::paths::{EventSlots, CUSTOMER_ID, EVENT, SEGMENT, TS_MS};
-use crate::{dict_or_attr, instance_dict, slot_offset, FxMap, PStr};
+use crate::{dict_or_attr, instance_dict, slot_offset, PStr};
 
 const STAGE_BITS: u32 = 6;
 const OUTSIDE: i64 = -1;
@@ -97,58 +98,41 @@ struct Run {
     events: Vec<i64>,  // ts_ms << 6 | stage, every funnel event since the run started
 }
 
+impl Keyed for Run {
+    fn cid(&self) -> &PStr {
+        &self.cid
+    }
+}
+
 /// The open runs of one funnel (`state.runs[funnel]`), see the module doc.
 #[pyclass(module = "journeymap_journeys")]
 pub struct NativeRuns {
     run_type: RunType,   // FunnelRun
     array_type: Py<PyAny>, // array.array
-    index: FxMap<Box<str>, usize>,
-    entries: Vec<Option<Run>>, // in insertion order; None: removed
-    n_open: usize,
+    open: Ordered<Run>,
 }
 
 impl NativeRuns {
     fn find(&self, cid: &str) -> Option<usize> {
-        self.index.get(cid).copied()
+        self.open.find(cid)
     }
 
     fn run(&self, i: usize) -> &Run {
-        self.entries[i].as_ref().unwrap()
+        self.open.at(i)
     }
 
     fn run_mut(&mut self, i: usize) -> &mut Run {
-        self.entries[i].as_mut().unwrap()
+        self.open.at_mut(i)
     }
 
     /// Set `cid`'s run: in its place when open, else last.
     fn put(&mut self, cid: &Bound<'_, PyString>, run: Run) -> PyResult<()> {
-        let text = cid.to_str()?;
-        match self.index.get(text) {
-            Some(&i) => self.entries[i] = Some(run),
-            None => {
-                self.index.insert(text.into(), self.entries.len());
-                self.entries.push(Some(run));
-                self.n_open += 1;
-            }
-        }
+        self.open.put(cid.to_str()?, run);
         Ok(())
     }
 
     fn remove(&mut self, cid: &str) -> Option<Run> {
-        let i = self.index.remove(cid)?;
-        let e = self.entries[i].take();
-        self.n_open -= 1;
-        if self.entries.len() > 64 && self.entries.len() > 2 * self.n_open {
-            // drop the holes, keeping the order
-            let kept: Vec<Option<Run>> = self.entries.drain(..).filter(|e| e.is_some()).collect();
-            self.entries = kept;
-            for (j, e) in self.entries.iter().enumerate() {
-                if let Some(e) = e {
-                    *self.index.get_mut(e.cid.text()).unwrap() = j;
-                }
-            }
-        }
-        e
+        self.open.remove(cid)
     }
 
     /// The run as the `FunnelRun` the Python tracker would hold (a new one).
@@ -179,9 +163,7 @@ impl NativeRuns {
         NativeRuns {
             run_type: RunType::new(run_type.bind(py)),
             array_type,
-            index: FxMap::default(),
-            entries: Vec::new(),
-            n_open: 0,
+            open: Ordered::new(),
         }
     }
 
@@ -218,7 +200,7 @@ impl NativeRuns {
     /// `list(runs.items())`, in the dict's order.
     fn items<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty_bound(py);
-        for r in self.entries.iter().flatten() {
+        for r in self.open.iter() {
             out.append((r.cid.bound(py), self.funnel_run(py, r)?))?;
         }
         Ok(out)
@@ -226,16 +208,16 @@ impl NativeRuns {
 
     /// `list(runs)`, in the dict's order.
     fn keys<'py>(&self, py: Python<'py>) -> Bound<'py, PyList> {
-        let keys: Vec<Bound<'py, PyString>> = self.entries.iter().flatten().map(|r| r.cid.bound(py)).collect();
+        let keys: Vec<Bound<'py, PyString>> = self.open.iter().map(|r| r.cid.bound(py)).collect();
         PyList::new_bound(py, keys)
     }
 
     fn __len__(&self) -> usize {
-        self.n_open
+        self.open.len()
     }
 
     fn __contains__(&self, cid: &str) -> bool {
-        self.index.contains_key(cid)
+        self.open.contains(cid)
     }
 }
 

@@ -33,6 +33,7 @@ use std::sync::Arc;
 mod panes;
 mod funnels;
 mod heap;
+mod ordered;
 mod paths;
 mod steps;
 mod pending;

@@ -15,6 +15,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyFloat, PyFrozenSet, PyList, PyString, PyTuple};
 
+use crate::ordered::{Keyed, Ordered};
 use crate::pending::NativeReleased;
 use crate::{dict_or_attr, instance_dict, slot_offset, slot_or_attr, EvLayout, FxMap, Interner, PStr};
 
@@ -80,6 +81,12 @@ struct Open {
     chs: Vec<u32>,
 }
 
+impl Keyed for Open {
+    fn cid(&self) -> &PStr {
+        &self.cid
+    }
+}
+
 const STEP: u8 = 0;
 const CONVERSION: u8 = 1;
 const CHURN: u8 = 2;
@@ -93,9 +100,7 @@ pub struct NativePaths {
     conversion: Py<PyFrozenSet>,
     churn: Py<PyFrozenSet>,
     horizon_ms: i64,
-    index: FxMap<Box<str>, usize>,
-    entries: Vec<Option<Open>>, // in insertion order; None: removed
-    n_open: usize,
+    open: Ordered<Open>,
 }
 
 impl NativePaths {
@@ -153,37 +158,20 @@ impl NativePaths {
     /// Set `cid`'s journey: in its place when open, else last.
     fn put(&mut self, cid: &Bound<'_, PyString>, last_ts: i64, tps: Vec<u32>, chs: Vec<u32>) -> PyResult<()> {
         let text = cid.to_str()?;
-        match self.index.get(text) {
-            Some(&i) => {
-                let e = self.entries[i].as_mut().unwrap();
+        match self.open.find(text) {
+            Some(i) => {
+                let e = self.open.at_mut(i);
                 e.last_ts = last_ts;
                 e.tps = tps;
                 e.chs = chs;
             }
-            None => {
-                self.index.insert(text.into(), self.entries.len());
-                self.entries.push(Some(Open { cid: PStr::of(cid), last_ts, tps, chs }));
-                self.n_open += 1;
-            }
+            None => self.open.put(text, Open { cid: PStr::of(cid), last_ts, tps, chs }),
         }
         Ok(())
     }
 
     fn remove(&mut self, cid: &str) -> Option<Open> {
-        let i = self.index.remove(cid)?;
-        let e = self.entries[i].take();
-        self.n_open -= 1;
-        if self.entries.len() > 64 && self.entries.len() > 2 * self.n_open {
-            // drop the holes, keeping the order
-            let kept: Vec<Option<Open>> = self.entries.drain(..).filter(|e| e.is_some()).collect();
-            self.entries = kept;
-            for (j, e) in self.entries.iter().enumerate() {
-                if let Some(e) = e {
-                    *self.index.get_mut(e.cid.text()).unwrap() = j;
-                }
-            }
-        }
-        e
+        self.open.remove(cid)
     }
 
     fn journey<'py>(&self, py: Python<'py>, e: &Open) -> Bound<'py, PyTuple> {
@@ -209,9 +197,7 @@ impl NativePaths {
             conversion,
             churn,
             horizon_ms,
-            index: FxMap::default(),
-            entries: Vec::new(),
-            n_open: 0,
+            open: Ordered::new(),
         }
     }
 
@@ -259,8 +245,8 @@ impl NativePaths {
 
     /// `open[cid]` as the Python tuple `(last ts, [touchpoints], [channels])`, or None.
     fn get<'py>(&self, py: Python<'py>, cid: &str) -> Option<Bound<'py, PyTuple>> {
-        let i = *self.index.get(cid)?;
-        self.entries[i].as_ref().map(|e| self.journey(py, e))
+        let i = self.open.find(cid)?;
+        Some(self.journey(py, self.open.at(i)))
     }
 
     /// `open[cid] = journey` (a tuple `(last ts, [touchpoints], [channels])`).
@@ -285,7 +271,7 @@ impl NativePaths {
     /// `list(open.items())`, in the dict's order.
     fn items<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty_bound(py);
-        for e in self.entries.iter().flatten() {
+        for e in self.open.iter() {
             out.append((e.cid.bound(py), self.journey(py, e)))?;
         }
         Ok(out)
@@ -296,7 +282,7 @@ impl NativePaths {
     /// `PathAccumulator.paths` counts as null).
     fn idle<'py>(&self, py: Python<'py>, level: usize, now_ms: i64) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty_bound(py);
-        for e in self.entries.iter().flatten() {
+        for e in self.open.iter() {
             let codes = if level == 0 { &e.tps } else { &e.chs };
             if !codes.is_empty() && now_ms - e.last_ts >= self.horizon_ms {
                 out.append(PyTuple::new_bound(py, codes.iter().map(|&c| self.strs.py[c as usize].bound(py))))?;
@@ -307,16 +293,16 @@ impl NativePaths {
 
     /// `list(open)`, in the dict's order.
     fn keys<'py>(&self, py: Python<'py>) -> Bound<'py, PyList> {
-        let keys: Vec<Bound<'py, PyString>> = self.entries.iter().flatten().map(|e| e.cid.bound(py)).collect();
+        let keys: Vec<Bound<'py, PyString>> = self.open.iter().map(|e| e.cid.bound(py)).collect();
         PyList::new_bound(py, keys)
     }
 
     fn __len__(&self) -> usize {
-        self.n_open
+        self.open.len()
     }
 
     fn __contains__(&self, cid: &str) -> bool {
-        self.index.contains_key(cid)
+        self.open.contains(cid)
     }
 }
 
@@ -344,9 +330,9 @@ impl NativePaths {
         let horizon_ms = self.horizon_ms;
         let tp = self.code(py, tp)?;
         let (mut tps, mut chs) = (Vec::new(), Vec::new());
-        let found = self.index.get(cid.to_str()?).copied();
+        let found = self.open.find(cid.to_str()?);
         if let Some(i) = found {
-            let e = self.entries[i].as_mut().unwrap();
+            let e = self.open.at_mut(i);
             let last_ts = e.last_ts;
             let (old_tps, old_chs) = (std::mem::take(&mut e.tps), std::mem::take(&mut e.chs));
             if ts - last_ts >= horizon_ms {
@@ -387,7 +373,7 @@ impl NativePaths {
         }
         match found {
             Some(i) => {
-                let e = self.entries[i].as_mut().unwrap();
+                let e = self.open.at_mut(i);
                 e.last_ts = ts;
                 e.tps = tps;
                 e.chs = chs;
