@@ -55,7 +55,7 @@ from processors.identity_native import engine_of
 from processors.journeys_native import engine_of as journey_engine_of
 from processors.journeys_native import new_journey_stage
 from processors.transitions import CellRow
-from processors.validation import decode_batch, decode_engine, sources_at
+from processors.validation import decode_engine, decode_events, sources_at
 from simulator.model import SimConfig, simulate
 from streams.commands.replay import tune_gc
 from streams.heap import REPLAY_FULL_EVERY_S, HeapFreezer
@@ -126,9 +126,9 @@ def main() -> None:
             continue
         with gc_paused():  # as chain.process runs them
             t0 = time.process_time()
-            accepted, _ = decode_batch(messages, chain.decode_engine)
+            events, _, _ = decode_events(messages, chain.decode_engine)  # as chain.process
             t1 = time.process_time()
-            resolved = chain.resolver.resolve_batch([a.event for a in accepted])
+            resolved = chain.resolver.resolve_batch(events)
             t2 = time.process_time()
             out = chain.process_resolved(resolved.resolved, resolved.merges, ChainOutput())
             t3 = time.process_time()
@@ -210,8 +210,8 @@ def after_resolve(chain: JourneyChain, lines: list[bytes], batch: int, parse_s: 
     for i in range(0, len(lines), batch):
         part = lines[i : i + batch]
         messages = list(zip(part, sources_at("bench", 0, range(i, i + len(part))), strict=True))
-        accepted, _ = decode_batch(messages, chain.decode_engine)
-        result = chain.resolver.resolve_batch([a.event for a in accepted])
+        events, _, _ = decode_events(messages, chain.decode_engine)
+        result = chain.resolver.resolve_batch(events)
         resolved.append((result.resolved, result.merges))
     outs: list[ChainOutput] = []
 
