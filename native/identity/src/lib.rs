@@ -1639,6 +1639,9 @@ impl NativeIdentityCore {
 struct SlotMaker<'py> {
     rtype: &'py Bound<'py, PyType>,
     descrs: Vec<Bound<'py, PyAny>>,
+    // where each slot sits in an instance, when every one is a plain object member (then set
+    // there as `PyMember_SetOne` sets a T_OBJECT_EX member, without a call per slot)
+    offsets: Option<Vec<isize>>,
 }
 
 impl<'py> SlotMaker<'py> {
@@ -1660,7 +1663,8 @@ impl<'py> SlotMaker<'py> {
             }
             descrs.push(d);
         }
-        Ok(SlotMaker { rtype, descrs })
+        let offsets = descrs.iter().map(member_offset).collect();
+        Ok(SlotMaker { rtype, descrs, offsets })
     }
 
     fn make(&self, values: &[&Bound<'py, PyAny>]) -> PyResult<Bound<'py, PyAny>> {
@@ -1669,6 +1673,15 @@ impl<'py> SlotMaker<'py> {
             let tp = self.rtype.as_type_ptr();
             let alloc = (*tp).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc);
             let obj = Bound::from_owned_ptr_or_err(py, alloc(tp, 0))?;
+            if let Some(offsets) = &self.offsets {
+                for (&off, v) in offsets.iter().zip(values) {
+                    let at = (obj.as_ptr() as *mut u8).offset(off) as *mut *mut ffi::PyObject;
+                    ffi::Py_INCREF(v.as_ptr());
+                    let old = std::mem::replace(&mut *at, v.as_ptr());
+                    ffi::Py_XDECREF(old); // (none: a new instance)
+                }
+                return Ok(obj);
+            }
             for (d, v) in self.descrs.iter().zip(values) {
                 let set = (*ffi::Py_TYPE(d.as_ptr())).tp_descr_set.unwrap();
                 if set(d.as_ptr(), obj.as_ptr(), v.as_ptr()) != 0 {
@@ -1677,6 +1690,21 @@ impl<'py> SlotMaker<'py> {
             }
             Ok(obj)
         }
+    }
+}
+
+/// The offset of a writable T_OBJECT_EX member descriptor's value in an instance, or None for
+/// another kind of descriptor.
+fn member_offset(d: &Bound<'_, PyAny>) -> Option<isize> {
+    if d.get_type().name().ok()?.to_str().ok()? != "member_descriptor" {
+        return None;
+    }
+    unsafe {
+        let member = (*(d.as_ptr() as *mut ffi::PyMemberDescrObject)).d_member as *const ffi::PyMemberDef;
+        if (*member).type_code != 16 || (*member).flags & ffi::Py_READONLY != 0 {
+            return None; // T_OBJECT_EX only
+        }
+        Some((*member).offset as isize)
     }
 }
 
