@@ -100,6 +100,7 @@ type FxSet<K> = HashSet<K, FxBuild>;
 struct HashIndex {
     by_hash: FxMap<u64, u32>,
     more: FxMap<Box<[u8]>, u32>,
+    narrow: u32, // > 0: keep only this many bits of each hash (tests: collisions on purpose)
 }
 
 impl HashIndex {
@@ -112,7 +113,11 @@ impl HashIndex {
         x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
         x ^= x >> 33;
         x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        x ^ (x >> 33)
+        x ^= x >> 33;
+        if self.narrow > 0 {
+            x &= (1u64 << self.narrow.min(63)) - 1;
+        }
+        x
     }
 
     /// The position of `s`, where `at(position)` is the stored string of a position.
@@ -140,6 +145,10 @@ impl HashIndex {
     fn clear(&mut self) {
         self.by_hash.clear();
         self.more.clear();
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_hash.is_empty() && self.more.is_empty()
     }
 }
 const NEVER: i64 = 1 << 62;
@@ -1581,6 +1590,19 @@ impl NativeIdentityCore {
             })
             .collect();
         (nodes, roots)
+    }
+
+    /// Tests only: keep `bits` bits of every string's hash in the core's string indexes, so
+    /// that different strings share hashes and the exact lookup by bytes decides. Only before
+    /// anything is indexed.
+    fn _narrow_hashes(&mut self, bits: u32) -> PyResult<()> {
+        if !(self.key_ix.is_empty() && self.cix.is_empty() && self.raw_ix.is_empty()) {
+            return Err(pyo3::exceptions::PyValueError::new_err("narrow the hashes before anything is indexed"));
+        }
+        for ix in [&mut self.key_ix, &mut self.cix, &mut self.raw_ix].iter_mut() {
+            ix.narrow = bits;
+        }
+        Ok(())
     }
 
     /// How many identity combinations are registered (the resolver bounds them: `clear_combos`).
