@@ -302,16 +302,19 @@ class JourneyChain:
                 ev.segment = segment_of(ev.customer_id)
         out.resolved.extend(events)
         n_dup, n_late = len(out.duplicates), len(out.late)
-        self._absorb(self.journeys.apply(events), out)
+        journey_out = self.journeys.apply(events)
+        self._absorb(journey_out, out)
         if self.hold is None:  # no journey ends before a customer still on its way here
             self._absorb(self.journeys.expire(self.journeys.watermark_ms), out)
 
-        if len(out.duplicates) > n_dup or len(out.late) > n_late:
-            skipped = {id(e) for e in out.duplicates[n_dup:]}
-            skipped.update(id(late.event) for late in out.late[n_late:])
-            applied = [e for e in events if id(e) not in skipped]
-        else:
+        # the events neither duplicate nor late, in order (the native core lists them)
+        applied = getattr(journey_out, "applied", None)
+        if applied is None:
             applied = events
+            if len(out.duplicates) > n_dup or len(out.late) > n_late:
+                skipped = {id(e) for e in out.duplicates[n_dup:]}
+                skipped.update(id(late.event) for late in out.late[n_late:])
+                applied = [e for e in events if id(e) not in skipped]
         out.applied.extend(applied)
         seq = self._seq
         # Appended in arrival order; `_release` sorts the list (any heap order is kept valid).

@@ -67,12 +67,15 @@ class NativeJourneyOutput(JourneyOutput):
     unless someone reads them. ``steps`` is then a list of the same ``Step`` records (made
     once; a module built before ``StepBatch`` returns that list itself)."""
 
-    __slots__ = ("batch",)
+    __slots__ = ("applied", "batch")
 
     def __init__(self, batch: Sequence[Step], late: list[LateEvent] | None = None,
                  duplicates: list[ResolvedEvent] | None = None,
                  changed: set[str] | None = None) -> None:
         self.batch = batch
+        # `apply`'s events that were applied (neither duplicate nor late), in their order, or
+        # None where not known (the chain then finds them)
+        self.applied: Sequence[ResolvedEvent] | None = None
         self.late = [] if late is None else late
         self.duplicates = [] if duplicates is None else duplicates
         self.changed = set() if changed is None else changed
@@ -156,8 +159,13 @@ class NativeJourneyProcessor:
     def apply(self, events: Iterable[ResolvedEvent], watermark_ms: int | None = None
               ) -> JourneyOutput:
         """:meth:`JourneyProcessor.apply`."""
-        batch, duplicates, late, changed = self.core.apply(events, watermark_ms)
-        return NativeJourneyOutput(batch, [LateEvent(*x) for x in late], duplicates, changed)
+        batch, duplicates, late, changed, *rest = self.core.apply(events, watermark_ms)
+        out = NativeJourneyOutput(batch, [LateEvent(*x) for x in late], duplicates, changed)
+        if rest:  # (a module built before it returns four)
+            applied = rest[0]
+            out.applied = applied if applied is not None else (
+                events if isinstance(events, list) else None)
+        return out
 
     def expire(self, now_ms: int) -> JourneyOutput:
         """:meth:`JourneyProcessor.expire`."""

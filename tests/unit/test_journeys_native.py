@@ -241,6 +241,29 @@ def test_a_step_batch_reads_as_the_list_of_its_steps(native: None) -> None:
         batch[len(want.steps)]
 
 
+@pytest.mark.parametrize("seed", [21, 22, 23])
+def test_apply_lists_the_events_it_applied(native: None, seed: int) -> None:
+    """The native core's `applied` (what the chain's `applied` is made of): the call's events
+    that were neither duplicate nor late, the same objects in their order, or the call's own
+    list when it skipped none."""
+    journeys = NativeJourneyProcessor(config_of())
+    n_skipped = n_clean = 0
+    for call in bjn.random_calls(random.Random(seed)):
+        if call[0] != "apply":
+            bjn.replay(journeys, [call], None)
+            continue
+        events = list(call[1])
+        out = journeys.apply(events)
+        skipped = {id(e) for e in out.duplicates} | {id(late.event) for late in out.late}
+        assert [id(e) for e in out.applied] == [id(e) for e in events if id(e) not in skipped]
+        if skipped:
+            n_skipped += 1
+        else:
+            assert out.applied is events
+            n_clean += 1
+    assert n_skipped and n_clean
+
+
 @pytest.mark.parametrize("seed", [21, 22])
 def test_chain_outputs_are_the_same_with_steps_left_in_the_core(native: None, seed: int) -> None:
     """The chain with the native stage keeps each call's steps as the core's batches; its

@@ -1041,18 +1041,27 @@ impl NativeJourneyCore {
         core
     }
 
-    /// `JourneyProcessor.apply`: returns (steps, duplicates, late, changed) where late holds
-    /// `(event, watermark_ms, frontier_ms)`.
+    /// `JourneyProcessor.apply`: returns (steps, duplicates, late, changed, applied) where late
+    /// holds `(event, watermark_ms, frontier_ms)` and applied is None when every event was
+    /// applied, else the list of those that were (neither duplicate nor late), in their order.
     #[pyo3(signature = (events, watermark_ms=None))]
+    #[allow(clippy::type_complexity)]
     fn apply<'py>(
         &mut self,
         py: Python<'py>,
         events: &Bound<'py, PyAny>,
         watermark_ms: Option<i64>,
-    ) -> PyResult<(steps::StepBatch, Bound<'py, PyList>, Bound<'py, PyList>, Bound<'py, PySet>)> {
+    ) -> PyResult<(
+        steps::StepBatch,
+        Bound<'py, PyList>,
+        Bound<'py, PyList>,
+        Bound<'py, PySet>,
+        Option<Bound<'py, PyList>>,
+    )> {
         // about a step per event
         let n_hint = events.len().unwrap_or(0);
         let out = Out { steps: RefCell::new(Vec::with_capacity(n_hint)), changed: PySet::empty_bound(py)? };
+        let mut applied: Vec<Bound<'py, PyAny>> = Vec::with_capacity(n_hint);
         let dups = PyList::empty_bound(py);
         let late = PyList::empty_bound(py);
         if let Some(w) = watermark_ms {
@@ -1107,6 +1116,7 @@ impl NativeJourneyCore {
                 late.append((&ev, wm, frontier))?;
                 continue;
             }
+            applied.push(ev.clone());
             let slot = match found {
                 Some(s) => s,
                 None => self.new_customer(cid_text, PStr::of(&cid_obj)),
@@ -1179,7 +1189,8 @@ impl NativeJourneyCore {
             self.slots[slot as usize] = Some(s);
         }
         self.watermark_ms = wm;
-        Ok((self.batch(py, out.steps.into_inner()), dups, late, out.changed))
+        let applied = if dups.is_empty() && late.is_empty() { None } else { Some(PyList::new_bound(py, applied)) };
+        Ok((self.batch(py, out.steps.into_inner()), dups, late, out.changed, applied))
     }
 
     /// `JourneyProcessor.expire`: returns (steps, changed).
