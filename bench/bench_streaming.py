@@ -466,7 +466,8 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix=f"{name}-"))
     env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT),
+        # this tree first, then the caller's path (e.g. a site directory with other builds)
+        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
         "JOURNEYMAP_CLICKHOUSE__URL": ch_url,
         "JOURNEYMAP_CLICKHOUSE__DATABASE": name,
         "JOURNEYMAP_KAFKA__CONSUMER_GROUP": name,
