@@ -33,7 +33,7 @@ def maker(cls: type[T]) -> Callable[..., T]:
             namespace[f.name] = f.default
         elif f.default_factory is not dataclasses.MISSING:
             namespace[f.name] = dataclasses.field(default_factory=f.default_factory)
-    twin = dataclasses.dataclass(slots=True)(type(f"_{cls.__name__}Twin", (), namespace))
+    twin: Any = dataclasses.dataclass(slots=True)(type(f"_{cls.__name__}Twin", (), namespace))
     if twin.__slots__ != cls.__slots__ or cls.__base__ is not object:  # type: ignore[attr-defined]
         raise TypeError(f"{cls.__name__}: its twin would not share its layout")
 
