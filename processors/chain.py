@@ -30,12 +30,10 @@ from __future__ import annotations
 
 import bisect
 import functools
-import gc
 import heapq
 import itertools
 import operator
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -45,6 +43,7 @@ from processors.attribution_native import (
     adopt_paths,
     new_path_accumulator,
 )
+from processors.collector import gc_paused
 from processors.config import ProcessingConfig
 from processors.events import ResolvedEvent, TouchpointEvent
 from processors.funnels import FunnelTransition
@@ -76,27 +75,6 @@ from processors.validation import (
 )
 
 SegmentOf = Callable[[str], str]
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Hold the cyclic garbage collector off for one batch; it catches up when it is enabled.
-
-    A batch makes hundreds of thousands of small tuples and records, almost none of them in
-    reference cycles, while the state of every customer stays alive. Collections triggered by
-    those allocations walk the whole live state again and again: on simulator data they cost
-    more than the processing itself (2-3x). Nothing here depends on collection, so the chain
-    runs a batch with the collector off and lets it run once after (nested calls leave it to
-    the outermost). Reference counting still frees everything that is not in a cycle at once.
-    """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def _batch(method: Callable) -> Callable:  # type: ignore[type-arg]

@@ -7,11 +7,9 @@ nothing disappears. A dead letter keeps the original bytes, so it can be fixed a
 from __future__ import annotations
 
 import base64
-import gc
 import secrets
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby, repeat
 from operator import attrgetter
@@ -21,6 +19,7 @@ import orjson
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import CoreSchema, SchemaValidator, TzInfo, core_schema
 
+from processors.collector import gc_paused
 from processors.events import (
     CHANNELS,
     IDENTITY_KINDS,
@@ -411,7 +410,7 @@ def decode_batch(
             return _decode_native(raws, sources)
         except Exception:  # (the decoder busy in another thread): the Python path decides
             pass
-    with _collector_paused():
+    with gc_paused():
         found = _validate_many(raws) if len(raws) > 1 else set()
         if isinstance(found, list):  # the usual batch: all valid, no bookkeeping
             return _accept_all(found, sources), []
@@ -434,7 +433,7 @@ def decode_events(
     n = len(messages)
     if engine != "python" and decode_engine(engine) == "native":
         try:
-            with _collector_paused():
+            with gc_paused():
                 found, unsure = _NATIVE.decode_pairs(
                     messages if isinstance(messages, list) else list(messages)
                 )
@@ -446,7 +445,7 @@ def decode_events(
         except Exception:  # (the decoder busy in another thread): the Python path decides
             pass
     raws, sources = _unzipped(messages)
-    with _collector_paused():
+    with gc_paused():
         valid = _validate_many(raws) if n > 1 else set()
         if isinstance(valid, list):
             return valid, range(n), []
@@ -459,21 +458,6 @@ def _unzipped(messages: Iterable[tuple[bytes, Source]]) -> tuple[list[bytes], li
     """The messages' bytes and their sources (each message a pair, or this raises)."""
     pairs = list(messages)
     return [raw for raw, _ in pairs], [source for _, source in pairs]
-
-
-@contextmanager
-def _collector_paused() -> Iterator[None]:
-    """The cyclic collector paused while a batch is built: it would otherwise run every 700
-    new objects and walk the batch's events again each time (measured: a third of the decode
-    time). Nothing made here is cyclic garbage; the next collection after this sees the whole
-    batch once."""
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if collecting:
-            gc.enable()
 
 
 def _columns(
@@ -510,7 +494,7 @@ def _decode_native(
 ) -> tuple[list[Accepted], list[DeadLetter]]:
     """:func:`decode_batch` with the native fast path first: the messages it is not sure of
     (their positions, `unsure`) are decided by the Python path, as in :func:`_decode_some`."""
-    with _collector_paused():  # (as in decode_batch)
+    with gc_paused():  # (as in decode_batch)
         # each event already in its Accepted (as _accept_all makes them), None where unsure
         results, unsure = _NATIVE.accept_many(raws, sources, Accepted)
         if not unsure:
