@@ -280,7 +280,13 @@ class JourneyChain:
                 ev.segment = segment_of(ev.customer_id)
         out.resolved.extend(events)
         n_dup, n_late = len(out.duplicates), len(out.late)
-        journey_out = self.journeys.apply(events)
+        pending, seq = self._pending, self._seq
+        # the native core puts the applied events' records into the native buffer itself
+        fed = not isinstance(pending, list) and getattr(self.journeys, "feeds_pending", False)
+        if fed:
+            journey_out = self.journeys.apply(events, pending=pending, seq=seq)  # type: ignore[call-arg]
+        else:
+            journey_out = self.journeys.apply(events)
         self._absorb(journey_out, out)
         if self.hold is None:  # no journey ends before a customer still on its way here
             self._absorb(self.journeys.expire(self.journeys.watermark_ms), out)
@@ -294,12 +300,11 @@ class JourneyChain:
                 skipped.update(id(late.event) for late in out.late[n_late:])
                 applied = [e for e in events if id(e) not in skipped]
         out.applied.extend(applied)
-        seq = self._seq
         # Appended in arrival order; `_release` sorts the list (any heap order is kept valid).
-        if isinstance(self._pending, list):
-            self._pending.extend([(ev.ts_ms, seq + i, ev) for i, ev in enumerate(applied, 1)])
-        else:
-            self._pending.extend(applied, seq)  # (compact records: _release reads them)
+        if isinstance(pending, list):
+            pending.extend([(ev.ts_ms, seq + i, ev) for i, ev in enumerate(applied, 1)])
+        elif not fed:
+            pending.extend(applied, seq)  # (compact records: _release reads them)
         self._seq = seq + len(applied)
         frontier_ms, watermark_ms = self.hold or (
             self.journeys.frontier_ms, self.journeys.watermark_ms

@@ -116,6 +116,11 @@ def _state(raw: tuple[object, ...]) -> CustomerState:
 class NativeJourneyProcessor:
     """:class:`JourneyProcessor` over a Rust core (see the module doc)."""
 
+    #: whether :meth:`apply` can feed the chain's native reorder buffer (a module built before
+    #: it could not)
+    feeds_pending: bool = "pending" in (
+        getattr(getattr(NativeJourneyCore, "apply", None), "__text_signature__", None) or "")
+
     def __init__(self, config: ProcessingConfig) -> None:
         if NativeJourneyCore is None:
             raise _not_built()
@@ -156,10 +161,16 @@ class NativeJourneyProcessor:
         """A copy of every customer's state (changing it does not change the core)."""
         return {cid: _state(raw) for cid, raw in self.core.export()}
 
-    def apply(self, events: Iterable[ResolvedEvent], watermark_ms: int | None = None
-              ) -> JourneyOutput:
-        """:meth:`JourneyProcessor.apply`."""
-        batch, duplicates, late, changed, *rest = self.core.apply(events, watermark_ms)
+    def apply(self, events: Iterable[ResolvedEvent], watermark_ms: int | None = None,
+              pending: Any = None, seq: int = 0) -> JourneyOutput:
+        """:meth:`JourneyProcessor.apply`. With `pending` (the chain's ``NativePending``) the
+        applied events enter it too, with seqs ``seq + 1``, ``seq + 2``, ... in order, from
+        what the core read of them (as ``pending.extend(out.applied, seq)``)."""
+        if pending is not None:
+            batch, duplicates, late, changed, *rest = self.core.apply(
+                events, watermark_ms, pending, seq)
+        else:
+            batch, duplicates, late, changed, *rest = self.core.apply(events, watermark_ms)
         out = NativeJourneyOutput(batch, [LateEvent(*x) for x in late], duplicates, changed)
         if rest:  # (a module built before it returns four)
             applied = rest[0]

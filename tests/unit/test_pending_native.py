@@ -168,6 +168,22 @@ def test_the_native_chain_keeps_native_records(native: None) -> None:
     assert type(pickle.loads(pickle.dumps(chain))._pending) is pending_native.NativePending
 
 
+@settings(max_examples=120, deadline=None)
+@given(scenarios())
+def test_the_core_feeding_the_buffer_equals_extending_it(
+        native: None, ops: list[tuple[Any, ...]]) -> None:
+    """The native journeys core puts its applied events' records (with their digests) into the
+    buffer as it reads them: the same entries, releases and state as ``_pending.extend``."""
+    from processors.journeys_native import NativeJourneyProcessor
+    assert NativeJourneyProcessor.feeds_pending  # (this tree's module)
+    fed = drive("auto", ops)
+    try:
+        NativeJourneyProcessor.feeds_pending = False
+        assert fed == drive("auto", ops)
+    finally:
+        NativeJourneyProcessor.feeds_pending = True
+
+
 def test_ties_in_time_go_out_in_digest_order_whatever_the_arrival(native: None) -> None:
     """Events of one millisecond reach the funnels in event-id digest order: two arrival orders
     give the same release."""

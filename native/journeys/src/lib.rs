@@ -1044,13 +1044,19 @@ impl NativeJourneyCore {
     /// `JourneyProcessor.apply`: returns (steps, duplicates, late, changed, applied) where late
     /// holds `(event, watermark_ms, frontier_ms)` and applied is None when every event was
     /// applied, else the list of those that were (neither duplicate nor late), in their order.
-    #[pyo3(signature = (events, watermark_ms=None))]
+    ///
+    /// With `pending` (the chain's reorder buffer), the record of each applied event goes there
+    /// too, with seqs `seq + 1`, `seq + 2`, ... in order (`pending.extend(applied, seq)` without
+    /// reading the events again).
+    #[pyo3(signature = (events, watermark_ms=None, pending=None, seq=0))]
     #[allow(clippy::type_complexity)]
     fn apply<'py>(
         &mut self,
         py: Python<'py>,
         events: &Bound<'py, PyAny>,
         watermark_ms: Option<i64>,
+        pending: Option<&Bound<'py, pending::NativePending>>,
+        seq: i64,
     ) -> PyResult<(
         steps::StepBatch,
         Bound<'py, PyList>,
@@ -1082,6 +1088,8 @@ impl NativeJourneyCore {
         let n_segment = intern!(py, "segment");
         let n_revenue = intern!(py, "revenue");
         let mut steps: Vec<RStep> = Vec::with_capacity(2);
+        let mut pending = pending.map(|p| p.borrow_mut());
+        let mut seq = seq;
         self.applies += 1;
         let call = self.applies;
         for ev in events.iter()? {
@@ -1136,6 +1144,12 @@ impl NativeJourneyCore {
             let seg = self.intern(py, slot_or_attr(&ev, &self.ev_layout, 2, n_segment)?.downcast()?)?;
             let rev_obj = dict_or_attr(&te, td, n_revenue)?;
             let rev: f64 = if rev_obj.is_none() { 0.0 } else { rev_obj.extract()? };
+            if let Some(p) = pending.as_mut() {
+                seq += 1;
+                let seg_obj = slot_or_attr(&ev, &self.ev_layout, 2, n_segment)?;
+                let (tp_s, ch_s) = (self.strs.py[tp as usize].bound(py), self.strs.py[ch as usize].bound(py));
+                p.push_read(py, &ev, ts, seq, &cid_obj, &tp_s, &ch_s, &seg_obj, dig)?;
+            }
             let e = Entry { ts, dig, eid: PStr::take(eid), tp, ch, given, seg, rev };
             let dedup = self.dedup;
             let horizon = self.horizon_ms;

@@ -72,7 +72,8 @@ pub(crate) struct Rec {
     pub(crate) tp: PStr, // the buffer's one string for this touchpoint
     pub(crate) ch: PStr, // (likewise, the channel)
     pub(crate) seg: Own,
-    pub(crate) ev: Own, // the ResolvedEvent
+    pub(crate) ev: Own,        // the ResolvedEvent
+    pub(crate) dig: Option<u64>, // its event-id digest, when the journeys core gave it
 }
 
 impl Rec {
@@ -103,8 +104,8 @@ pub struct NativePending {
 }
 
 impl NativePending {
-    fn canonical(&mut self, py: Python<'_>, s: &Bound<'_, PyAny>) -> PyResult<PStr> {
-        let c = self.strs.code(py, s.downcast()?)?;
+    fn canonical(&mut self, py: Python<'_>, s: &Bound<'_, PyString>) -> PyResult<PStr> {
+        let c = self.strs.code(py, s)?;
         Ok(self.strs.py[c as usize].clone())
     }
 
@@ -118,10 +119,40 @@ impl NativePending {
         let cid = self.slots.get(ev, CUSTOMER_ID)?.downcast_into::<PyString>()?;
         let te = self.slots.get(ev, EVENT)?;
         let td = instance_dict(&te);
-        let tp = self.canonical(py, &dict_or_attr(&te, td, intern!(py, "touchpoint"))?)?;
-        let ch = self.canonical(py, &dict_or_attr(&te, td, intern!(py, "channel"))?)?;
+        let tp = self.canonical(py, dict_or_attr(&te, td, intern!(py, "touchpoint"))?.downcast()?)?;
+        let ch = self.canonical(py, dict_or_attr(&te, td, intern!(py, "channel"))?.downcast()?)?;
         let seg = self.slots.get(ev, SEGMENT)?;
-        Ok(Rec { ts, seq, cid: PStr::take(cid), tp, ch, seg: Own::of(&seg), ev: Own::of(ev) })
+        Ok(Rec { ts, seq, cid: PStr::take(cid), tp, ch, seg: Own::of(&seg), ev: Own::of(ev), dig: None })
+    }
+
+    /// Append the record of `ev` from its fields as the journeys core has just read them
+    /// (`NativeJourneyCore.apply` given this buffer): the event is not read again.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn push_read(
+        &mut self,
+        py: Python<'_>,
+        ev: &Bound<'_, PyAny>,
+        ts: i64,
+        seq: i64,
+        cid: &Bound<'_, PyString>,
+        tp: &Bound<'_, PyString>,
+        ch: &Bound<'_, PyString>,
+        seg: &Bound<'_, PyAny>,
+        dig: u64,
+    ) -> PyResult<()> {
+        let tp = self.canonical(py, tp)?;
+        let ch = self.canonical(py, ch)?;
+        self.recs.push(Rec {
+            ts,
+            seq,
+            cid: PStr::of(cid),
+            tp,
+            ch,
+            seg: Own::of(seg),
+            ev: Own::of(ev),
+            dig: Some(dig),
+        });
+        Ok(())
     }
 
     /// Ask for what `record` reads of `chunk`'s events, one level of pointers at a time (the
@@ -279,9 +310,15 @@ impl NativePending {
                 // seqs are unique: the digest of each, then the run sorted by (digest, seq)
                 let mut digest: FxMap<i64, u64> = FxMap::default();
                 for r in &taken[i..j] {
-                    let te = self.slots.get(&r.ev.bound(py), EVENT)?;
-                    let id = te.getattr(intern!(py, "event_id"))?;
-                    digest.insert(r.seq, digest_of(id.downcast::<PyString>()?.to_str()?));
+                    let d = match r.dig {
+                        Some(d) => d,
+                        None => {
+                            let te = self.slots.get(&r.ev.bound(py), EVENT)?;
+                            let id = te.getattr(intern!(py, "event_id"))?;
+                            digest_of(id.downcast::<PyString>()?.to_str()?)
+                        }
+                    };
+                    digest.insert(r.seq, d);
                 }
                 taken[i..j].sort_by_key(|r| (digest[&r.seq], r.seq));
             }
