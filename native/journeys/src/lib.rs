@@ -38,6 +38,11 @@ mod paths;
 mod steps;
 mod pending;
 
+use pending::prefetch;
+
+/// How many events `apply` asks the memory for at once (`NativeJourneyCore::warm`).
+const WARM: usize = 16;
+
 const EMPTY: u32 = 0; // ""
 const START: u32 = 1;
 const CONVERSION: u32 = 2;
@@ -478,6 +483,72 @@ impl NativeJourneyCore {
             self.cid_at.insert(at, slot);
         }
         Some(slot)
+    }
+
+    /// Ask for what `apply` reads of `chunk`'s events ahead of reading it, one level of
+    /// pointers at a time so that the loads of a level overlap: the events' TouchpointEvents and
+    /// their customers' slots, then the customers' records and the events' field dicts, then the
+    /// customers' recent digests and last entry and the dicts' tables. (At a hundred thousand
+    /// customers and more, most of these are out of the cache when their event comes.)
+    fn warm(&self, chunk: &[Bound<'_, PyAny>]) {
+        let l = match &self.ev_layout {
+            Some(l) => l,
+            None => return,
+        };
+        let null = std::ptr::null_mut::<ffi::PyObject>();
+        let mut slot_at = [u32::MAX; WARM];
+        let mut tes = [null; WARM];
+        for (k, ev) in chunk.iter().enumerate() {
+            let p = ev.as_ptr();
+            unsafe {
+                if ffi::Py_TYPE(p) != l.ty {
+                    continue;
+                }
+                let cid = *((p as *mut u8).offset(l.off[0]) as *mut *mut ffi::PyObject);
+                tes[k] = *((p as *mut u8).offset(l.off[1]) as *mut *mut ffi::PyObject);
+                if !tes[k].is_null() {
+                    prefetch(tes[k]);
+                }
+                if let Some(&slot) = self.cid_at.get(&(cid as usize)) {
+                    slot_at[k] = slot;
+                    prefetch(self.slots.as_ptr().add(slot as usize));
+                }
+            }
+        }
+        let mut custs: [*const Customer; WARM] = [std::ptr::null(); WARM];
+        let mut dicts = [null; WARM];
+        for k in 0..chunk.len() {
+            if let Some(Some(c)) = self.slots.get(slot_at[k] as usize) {
+                let p: *const Customer = &**c;
+                for line in 0..(std::mem::size_of::<Customer>() + 63) / 64 {
+                    prefetch(unsafe { (p as *const u8).add(64 * line) });
+                }
+                custs[k] = p;
+            }
+            if !tes[k].is_null() {
+                let dp = unsafe { ffi::_PyObject_GetDictPtr(tes[k]) };
+                if !dp.is_null() && unsafe { !(*dp).is_null() } {
+                    dicts[k] = unsafe { *dp };
+                    prefetch(dicts[k]);
+                }
+            }
+        }
+        for k in 0..chunk.len() {
+            if !custs[k].is_null() {
+                let c = unsafe { &*custs[k] };
+                prefetch(c.seen.as_ptr());
+                if let Some(last) = c.hist.back() {
+                    prefetch(last);
+                }
+            }
+            let d = dicts[k];
+            if !d.is_null() && unsafe { ffi::PyDict_CheckExact(d) } != 0 {
+                let keys = unsafe { (*(d as *mut ffi::PyDictObject)).ma_keys } as *const u8;
+                for line in 0..4 {
+                    prefetch(unsafe { keys.add(64 * line) });
+                }
+            }
+        }
     }
 
     fn cust(&self, slot: u32) -> &Customer {
@@ -1092,8 +1163,12 @@ impl NativeJourneyCore {
         let mut seq = seq;
         self.applies += 1;
         let call = self.applies;
-        for ev in events.iter()? {
-            let ev = ev?;
+        let events: Vec<Bound<'py, PyAny>> = events.iter()?.collect::<PyResult<_>>()?;
+        for (i, ev) in events.iter().enumerate() {
+            if i % WARM == 0 {
+                self.warm(&events[i..events.len().min(i + WARM)]);
+            }
+            let ev = ev.clone();
             if self.ev_type.is_none() {
                 let ty = ev.get_type().into_any();
                 let offs = [n_customer_id, n_event, n_segment, n_ts_ms].map(|n| slot_offset(&ty, n));

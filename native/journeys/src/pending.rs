@@ -52,7 +52,7 @@ impl Drop for Own {
 
 /// Ask for the cache line at `p` ahead of its use. A hint only: nothing on other targets.
 #[inline(always)]
-fn prefetch<T>(p: *const T) {
+pub(crate) fn prefetch<T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
     unsafe {
         std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T0);
