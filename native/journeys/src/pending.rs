@@ -5,9 +5,11 @@
 //! An event's record is taken when it enters the buffer, right after the journeys core applied
 //! it: time, arrival seq, customer id, segment and the touchpoint and channel as one shared Python
 //! string per distinct value. (The events are read there once instead of twice at release, by
-//! the paths and by the funnels. In a batch of 20k events they are partly out of the cache again
-//! by then: `extend` asks for a chunk's lines ahead of reading them, which halves that read's
-//! cost on the full bench_chain run, ~0.45 to ~0.25 µs an event.) The release sorts
+//! the paths and by the funnels.) The native journeys core hands over each applied event's
+//! record itself as it reads the event (`NativeJourneyCore.apply` given the buffer, through
+//! `push_read`), with the event-id digest it has made; `extend` reads events for the other
+//! callers (a Python journeys processor), asking for a chunk's lines ahead of reading them, since
+//! in a batch of 20k events they are partly out of the cache again by then. The release sorts
 //! the records by `(ts_ms, seq)`, takes those before the frontier, puts each run of equal times
 //! in event-id digest order (then seq), renames merged-away customers to their winners (the
 //! chain's `_winner`, called in the same order as the Python release calls it), and hands the
