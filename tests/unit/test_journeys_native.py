@@ -34,7 +34,13 @@ from processors.errors import ConfigError
 from processors.identity import MergeRecord
 from processors.journeys import JourneyOutput, JourneyProcessor, Step
 from processors.journeys_native import NativeJourneyProcessor, engine_of, new_journey_stage
-from processors.transitions import CellUpdate, TransitionCounter, TransitionCounts
+from processors.transitions import (
+    CellDelta,
+    CellRow,
+    CellUpdate,
+    TransitionCounter,
+    TransitionCounts,
+)
 from processors.transitions_native import NativeTransitionCounter, state_of
 from tests.native_cores import require_native
 
@@ -451,6 +457,47 @@ def test_native_archive_pickles_are_the_pickle_modules_bytes(
     got = NativeTransitionCounter(config_of().windows)._core.dumps(cells)
     assert got == pickle.dumps(same, protocol=pickle.HIGHEST_PROTOCOL)
     assert list(pickle.loads(got).items()) == list(cells.items())
+
+
+@settings(max_examples=300, deadline=None)
+@given(items=st.lists(st.tuples(pickled_keys, st.tuples(pickled_ints, pickled_ints)),
+                      max_size=40),
+       copies=st.sampled_from([0, 1, 1000, 3000]), fresh=st.booleans(),
+       protocol=st.integers(2, 5))
+def test_archived_panes_read_as_pickle_reads_them(
+    native: None, items: list[Any], copies: int, fresh: bool, protocol: int
+) -> None:
+    """A thawed pane, read from its pickle natively (protocols 4 and 5, as `_pickle` writes
+    cell dicts, with strings shared or not, in one frame or several) or by `pickle.loads`
+    (anything else): the same cells in the same order."""
+    cells = dict(items)
+    for i in range(copies):
+        seg = "s" + str(i % 7) if fresh else "all"
+        cells[(seg, "web", "", "a", str(i), i % 50)] = (i, -i * 1000)
+    frozen = pickle.dumps(cells, protocol=protocol)
+    got = NativeTransitionCounter(config_of().windows)._core.loads(frozen)
+    assert list(got.items()) == list(pickle.loads(frozen).items())
+    if protocol >= 4:  # read without pickle.loads
+        def refuse(frozen: bytes) -> None:
+            raise AssertionError("not read natively")
+
+        core = transitions_native.NativeCounter(
+            3600, [(3600, 1)], 0, "cells", [0], TransitionCounts,
+            (CellRow, CellUpdate, CellDelta), (pickle.dumps, refuse, pickle.HIGHEST_PROTOCOL))
+        assert list(core.loads(frozen).items()) == list(got.items())
+
+
+def test_an_archived_pane_not_of_cells_is_read_by_pickle(native: None) -> None:
+    core = NativeTransitionCounter(config_of().windows)._core
+    key = ("*", "*", "", "a", "b", 1)
+    assert core.loads(pickle.dumps({key: (1, 2)}) + b"trailing") == {key: (1, 2)}
+    odd_ones = [{key: [1, 2]}, {key[:5]: (1, 2)}, {key: (1, 2**64)},
+                {("*", 1, "", "a", "b", 1): (1, 2)}]
+    for odd in odd_ones:
+        with pytest.raises((TypeError, OverflowError)):
+            core.loads(pickle.dumps(odd))
+    with pytest.raises(EOFError):  # what pickle.loads raises for it
+        core.loads(b"\x80\x05}\x94(")
 
 
 def test_native_merge_refuses_counts_beyond_64_bits(native: None) -> None:

@@ -58,6 +58,13 @@ struct Cells {
 }
 
 impl Cells {
+    fn with_capacity(n: usize) -> Cells {
+        Cells {
+            ix: FxMap::with_capacity_and_hasher(n, Default::default()),
+            entries: Vec::with_capacity(n),
+        }
+    }
+
     fn len(&self) -> usize {
         self.ix.len()
     }
@@ -246,6 +253,7 @@ pub struct NativeCounter {
     by_text: FxMap<Box<[u8]>, u32>,
     // a core's code -> (its string, our code), for the steps of a `StepBatch`
     core_codes: Vec<Option<(PStr, u32)>>,
+    pane_size: usize, // the cells of the last pane made final
     // the state: `TransitionCounter`'s attributes of the same names
     frontier: Option<i64>,
     kept_from: Option<i64>,
@@ -635,10 +643,190 @@ impl NativeCounter {
         match archive.get_item(p)? {
             Some(frozen) => {
                 archive.del_item(p)?;
-                let d = self.loads.bind(py).call1((frozen,))?;
-                self.cells_from(&d)
+                self.unpickle(py, &frozen)
             }
             None => Ok(Cells::default()),
+        }
+    }
+
+    /// The cells of `pickle.loads(frozen)` (an archived pane): read here when it holds only
+    /// what cell dicts pickle to (see `read_cells`), else by `pickle.loads`.
+    fn unpickle(&mut self, py: Python<'_>, frozen: &Bound<'_, PyAny>) -> PyResult<Cells> {
+        if let Ok(b) = frozen.downcast::<PyBytes>() {
+            if let Some(cells) = self.read_cells(py, b.as_bytes())? {
+                return Ok(cells);
+            }
+        }
+        let d = self.loads.bind(py).call1((frozen,))?;
+        self.cells_from(&d)
+    }
+
+    /// The cell dict of a pickle as `_pickle` writes one (protocol 2 to 5: a dict of 6-tuples
+    /// of five str and an int, to 2-tuples of ints; strs and tuples memoized, BINGET of them),
+    /// read into cells without making its Python objects; None for anything else (another
+    /// opcode, type or shape, an int beyond 64 bits, bytes that do not decode), which
+    /// `pickle.loads` then reads or refuses.
+    fn read_cells(&mut self, py: Python<'_>, data: &[u8]) -> PyResult<Option<Cells>> {
+        #[derive(Clone, Copy)]
+        enum It {
+            Mark,
+            Dict,
+            Str(u32),
+            Int(i64),
+            Key(Cell),
+            Val(i64, i64),
+        }
+        let mut stack: Vec<It> = Vec::with_capacity(16);
+        let mut memo: Vec<It> = Vec::new();
+        let mut cells = Cells::default();
+        let mut at = 0usize;
+        let take = |at: &mut usize, n: usize| -> Option<&[u8]> {
+            let b = data.get(*at..at.checked_add(n)?)?;
+            *at += n;
+            Some(b)
+        };
+        let uint = |b: &[u8]| b.iter().rev().fold(0u64, |v, &x| (v << 8) | x as u64);
+        // the items above the topmost mark, which goes
+        fn to_mark(stack: &mut Vec<It>) -> Option<Vec<It>> {
+            let m = stack.iter().rposition(|it| matches!(it, It::Mark))?;
+            let items = stack.split_off(m + 1);
+            stack.pop();
+            Some(items)
+        }
+        fn set(cells: &mut Cells, key: It, value: It) -> Option<()> {
+            match (key, value) {
+                (It::Key(c), It::Val(n, g)) => {
+                    match cells.ix.get(&c) {
+                        // `d[key] = value` again: in its place
+                        Some(&i) => cells.entries[i] = Some((c, n, g)),
+                        None => cells.push(c, n, g),
+                    }
+                    Some(())
+                }
+                _ => None,
+            }
+        }
+        macro_rules! tryo {
+            ($e:expr) => {
+                match $e {
+                    Some(v) => v,
+                    None => return Ok(None),
+                }
+            };
+        }
+        loop {
+            let op = *tryo!(take(&mut at, 1)).first().unwrap();
+            match op {
+                0x80 => {
+                    tryo!(take(&mut at, 1)); // PROTO
+                }
+                0x95 => {
+                    tryo!(take(&mut at, 8)); // FRAME
+                }
+                b'}' => stack.push(It::Dict),
+                0x94 => memo.push(*tryo!(stack.last())), // MEMOIZE
+                b'(' => stack.push(It::Mark),
+                0x8c | b'X' | 0x8d => {
+                    // SHORT_BINUNICODE, BINUNICODE, BINUNICODE8
+                    let width = match op {
+                        0x8c => 1,
+                        b'X' => 4,
+                        _ => 8,
+                    };
+                    let n = uint(tryo!(take(&mut at, width)));
+                    let text = tryo!(take(&mut at, tryo!(usize::try_from(n).ok())));
+                    let code = match self.by_text.get(text) {
+                        Some(&c) => c,
+                        None => {
+                            let s = unsafe {
+                                ffi::PyUnicode_DecodeUTF8(
+                                    text.as_ptr() as *const std::os::raw::c_char,
+                                    text.len() as ffi::Py_ssize_t,
+                                    "surrogatepass\0".as_ptr() as *const std::os::raw::c_char,
+                                )
+                            };
+                            if s.is_null() {
+                                unsafe { ffi::PyErr_Clear() };
+                                return Ok(None);
+                            }
+                            let s = unsafe { Bound::from_owned_ptr(py, s) };
+                            self.code(s.downcast::<PyString>()?)?
+                        }
+                    };
+                    stack.push(It::Str(code));
+                }
+                b'h' | b'j' => {
+                    // BINGET, LONG_BINGET
+                    let i = uint(tryo!(take(&mut at, if op == b'h' { 1 } else { 4 })));
+                    stack.push(*tryo!(memo.get(i as usize)));
+                }
+                b'K' => stack.push(It::Int(uint(tryo!(take(&mut at, 1))) as i64)),
+                b'M' => stack.push(It::Int(uint(tryo!(take(&mut at, 2))) as i64)),
+                b'J' => stack.push(It::Int(uint(tryo!(take(&mut at, 4))) as u32 as i32 as i64)),
+                0x8a => {
+                    // LONG1: little-endian two's complement
+                    let n = *tryo!(take(&mut at, 1)).first().unwrap() as usize;
+                    let b = tryo!(take(&mut at, n));
+                    if n > 8 {
+                        return Ok(None);
+                    }
+                    let mut v = uint(b) as i64;
+                    if n > 0 && n < 8 && b[n - 1] & 0x80 != 0 {
+                        v -= 1i64 << (8 * n);
+                    }
+                    stack.push(It::Int(v));
+                }
+                b't' | 0x86 => {
+                    // TUPLE, TUPLE2
+                    let items = if op == b't' {
+                        tryo!(to_mark(&mut stack))
+                    } else {
+                        let n = stack.len();
+                        if n < 2 {
+                            return Ok(None);
+                        }
+                        stack.split_off(n - 2)
+                    };
+                    let it = match items[..] {
+                        [It::Int(n), It::Int(g)] => It::Val(n, g),
+                        [It::Str(a), It::Str(b), It::Str(c), It::Str(d), It::Str(e), It::Int(k)] => {
+                            It::Key(Cell {
+                                s: [a, b, c, d, e],
+                                b: k,
+                            })
+                        }
+                        _ => return Ok(None),
+                    };
+                    stack.push(it);
+                }
+                b's' => {
+                    // SETITEM
+                    let value = tryo!(stack.pop());
+                    let key = tryo!(stack.pop());
+                    if !matches!(stack.last(), Some(It::Dict)) {
+                        return Ok(None);
+                    }
+                    tryo!(set(&mut cells, key, value));
+                }
+                b'u' => {
+                    // SETITEMS
+                    let items = tryo!(to_mark(&mut stack));
+                    if items.len() % 2 != 0 || !matches!(stack.last(), Some(It::Dict)) {
+                        return Ok(None);
+                    }
+                    for kv in items.chunks(2) {
+                        tryo!(set(&mut cells, kv[0], kv[1]));
+                    }
+                }
+                b'.' => {
+                    // STOP
+                    return Ok(match stack[..] {
+                        [It::Dict] if at == data.len() => Some(cells),
+                        _ => None,
+                    });
+                }
+                _ => return Ok(None),
+            }
         }
     }
 
@@ -712,9 +900,13 @@ impl NativeCounter {
         gap: i64,
     ) -> PyResult<()> {
         let p = ts.div_euclid(self.step_ms);
+        let size = self.pane_size;
         let cells = match frontier {
             Some(f) if p < f => late.get_or_insert_with(p, Cells::default),
-            _ => self.hot.get_or_insert_with(p, Cells::default),
+            // room for as many cells as the last final pane had
+            _ => self
+                .hot
+                .get_or_insert_with(p, || Cells::with_capacity(size)),
         };
         cells.add(c, sign, product(sign, gap)?, true)
     }
@@ -794,6 +986,7 @@ impl NativeCounter {
             texts: Vec::new(),
             by_text: FxMap::default(),
             core_codes: Vec::new(),
+            pane_size: 0,
             frontier: None,
             kept_from: None,
             hot: Panes::default(),
@@ -866,6 +1059,16 @@ impl NativeCounter {
     ) -> PyResult<Bound<'py, PyAny>> {
         let cells = self.cells_from(cells)?;
         self.pickled(py, &cells)
+    }
+
+    /// `pickle.loads(frozen)` of an archived pane, as `_correct` reads it (a new dict).
+    fn loads<'py>(
+        &mut self,
+        py: Python<'py>,
+        frozen: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let cells = self.unpickle(py, frozen)?;
+        self.cells_dict(py, &cells)
     }
 
     /// `TransitionCounter._correct(p, cells)` with the cells of a Python dict.
@@ -967,6 +1170,7 @@ impl NativeCounter {
             }
             if let Some(pane) = self.hot.pop(f) {
                 if !pane.is_empty() {
+                    self.pane_size = pane.len();
                     self.totals.merge(&pane, 1)?;
                     self.rows_of(py, &rows, &row_type, &pane, product(f, self.step_ms)?)?;
                     self.panes.insert(f, pane);
