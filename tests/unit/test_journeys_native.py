@@ -492,7 +492,8 @@ def test_an_archived_pane_not_of_cells_is_read_by_pickle(native: None) -> None:
     key = ("*", "*", "", "a", "b", 1)
     assert core.loads(pickle.dumps({key: (1, 2)}) + b"trailing") == {key: (1, 2)}
     odd_ones = [{key: [1, 2]}, {key[:5]: (1, 2)}, {key: (1, 2**64)},
-                {("*", 1, "", "a", "b", 1): (1, 2)}]
+                {("*", 1, "", "a", "b", 1): (1, 2)},
+                {("*", "*", "", "a", "b", 2**40): (1, 2)}]  # buckets are -1 to 49
     for odd in odd_ones:
         with pytest.raises((TypeError, OverflowError)):
             core.loads(pickle.dumps(odd))

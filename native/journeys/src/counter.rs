@@ -33,12 +33,16 @@ enum Mode {
     Delta,
 }
 
-/// One cell's key: the codes of segment, channel, prev2, src, dst, and the gap bucket.
+/// One cell's key: the codes of segment, channel, prev2, src, dst, and the gap bucket (-1 to
+/// 49 from steps; a state read back with one beyond 32 bits is refused).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct Cell {
     s: [u32; 5],
-    b: i64,
+    b: i32,
 }
+
+/// `s[0]` of a removed cell's place in `Cells::entries` (no string gets this code).
+const GONE: u32 = u32::MAX;
 
 fn sum(a: i64, b: i64) -> PyResult<i64> {
     a.checked_add(b)
@@ -50,21 +54,14 @@ fn product(a: i64, b: i64) -> PyResult<i64> {
         .ok_or_else(|| PyOverflowError::new_err("a cell's count overflows 64 bits"))
 }
 
-/// The cells of one Python dict, in its insertion order.
+/// The cells of one Python dict, in its insertion order (40 bytes a cell, and its index).
 #[derive(Clone, Default)]
 struct Cells {
-    ix: FxMap<Cell, usize>,
-    entries: Vec<Option<(Cell, i64, i64)>>, // None: removed
+    ix: FxMap<Cell, u32>,
+    entries: Vec<(Cell, i64, i64)>, // `s[0] == GONE`: removed
 }
 
 impl Cells {
-    fn with_capacity(n: usize) -> Cells {
-        Cells {
-            ix: FxMap::with_capacity_and_hasher(n, Default::default()),
-            entries: Vec::with_capacity(n),
-        }
-    }
-
     fn len(&self) -> usize {
         self.ix.len()
     }
@@ -75,14 +72,14 @@ impl Cells {
 
     fn get(&self, c: &Cell) -> Option<(i64, i64)> {
         self.ix.get(c).map(|&i| {
-            let e = self.entries[i].as_ref().unwrap();
+            let e = &self.entries[i as usize];
             (e.1, e.2)
         })
     }
 
     /// `(cell, n, gap_sum)` in insertion order.
     fn iter(&self) -> impl Iterator<Item = (Cell, i64, i64)> + '_ {
-        self.entries.iter().flatten().copied()
+        self.entries.iter().filter(|e| e.0.s[0] != GONE).copied()
     }
 
     fn clear(&mut self) {
@@ -90,19 +87,33 @@ impl Cells {
         self.entries.clear();
     }
 
+    /// No room beyond the cells (a pane made final changes little more).
+    fn shrink(&mut self) {
+        self.ix.shrink_to_fit();
+        self.entries.shrink_to_fit();
+    }
+
     fn push(&mut self, c: Cell, n: i64, g: i64) {
-        self.ix.insert(c, self.entries.len());
-        self.entries.push(Some((c, n, g)));
+        self.ix.insert(c, self.entries.len() as u32);
+        self.entries.push((c, n, g));
+    }
+
+    /// `cells[c] = (n, g)` in place when there, else last.
+    fn set(&mut self, c: Cell, n: i64, g: i64) {
+        match self.ix.get(&c) {
+            Some(&i) => self.entries[i as usize] = (c, n, g),
+            None => self.push(c, n, g),
+        }
     }
 
     fn remove_at(&mut self, c: &Cell, i: usize) {
         self.ix.remove(c);
-        self.entries[i] = None;
+        self.entries[i].0.s[0] = GONE;
         if self.entries.len() > 64 && self.entries.len() > 2 * self.ix.len() {
             // drop the holes, keeping the order
-            self.entries.retain(|e| e.is_some());
+            self.entries.retain(|e| e.0.s[0] != GONE);
             for (j, e) in self.entries.iter().enumerate() {
-                *self.ix.get_mut(&e.as_ref().unwrap().0).unwrap() = j;
+                *self.ix.get_mut(&e.0).unwrap() = j as u32;
             }
         }
     }
@@ -117,13 +128,13 @@ impl Cells {
                 }
             }
             Some(&i) => {
-                let e = self.entries[i].as_mut().unwrap();
+                let e = &mut self.entries[i as usize];
                 let (n, g) = (sum(e.1, n)?, sum(e.2, g)?);
                 if n != 0 || g != 0 {
                     e.1 = n;
                     e.2 = g;
                 } else {
-                    self.remove_at(&c, i);
+                    self.remove_at(&c, i as usize);
                 }
             }
         }
@@ -253,7 +264,6 @@ pub struct NativeCounter {
     by_text: FxMap<Box<[u8]>, u32>,
     // a core's code -> (its string, our code), for the steps of a `StepBatch`
     core_codes: Vec<Option<(PStr, u32)>>,
-    pane_size: usize, // the cells of the last pane made final
     // the state: `TransitionCounter`'s attributes of the same names
     frontier: Option<i64>,
     kept_from: Option<i64>,
@@ -313,6 +323,11 @@ impl NativeCounter {
         if let Some(&c) = self.by_text.get(text) {
             return Ok(c);
         }
+        if self.strs.len() >= GONE as usize {
+            return Err(PyOverflowError::new_err(
+                "more than 2**32 - 1 strings in cells",
+            ));
+        }
         let c = self.strs.len() as u32;
         self.by_text.insert(text.into(), c);
         self.texts.push(text.into());
@@ -349,14 +364,14 @@ impl NativeCounter {
         Ok(ours)
     }
 
-    fn bucket(&self, gap: i64) -> i64 {
-        self.lows.partition_point(|&low| low <= gap) as i64 - 1
+    fn bucket(&self, gap: i64) -> i32 {
+        self.lows.partition_point(|&low| low <= gap) as i32 - 1
     }
 
     /// The cell key `(segment, channel, prev2, src, dst, gap bucket)` as a new tuple.
     fn key_obj(&self, py: Python<'_>, c: &Cell) -> PyResult<*mut ffi::PyObject> {
         unsafe {
-            let b = owned(py, ffi::PyLong_FromLongLong(c.b))?;
+            let b = owned(py, ffi::PyLong_FromLong(c.b as _))?;
             let t = ffi::PyTuple_New(6);
             if t.is_null() {
                 ffi::Py_DECREF(b);
@@ -479,7 +494,7 @@ impl NativeCounter {
             let alloc = (*tp).tp_alloc.unwrap_or(ffi::PyType_GenericAlloc);
             let row = owned(py, alloc(tp, 10))?;
             let ints = [
-                ffi::PyLong_FromLongLong(c.b),
+                ffi::PyLong_FromLong(c.b as _),
                 ffi::PyLong_FromLongLong(n),
                 ffi::PyLong_FromLongLong(g),
             ];
@@ -568,7 +583,7 @@ impl NativeCounter {
                     }
                 }
             }
-            pickle_int(out, c.b);
+            pickle_int(out, c.b as i64);
             out.push(b't'); // TUPLE
             out.push(0x94); // MEMOIZE
             pickle_int(out, n);
@@ -696,11 +711,7 @@ impl NativeCounter {
         fn set(cells: &mut Cells, key: It, value: It) -> Option<()> {
             match (key, value) {
                 (It::Key(c), It::Val(n, g)) => {
-                    match cells.ix.get(&c) {
-                        // `d[key] = value` again: in its place
-                        Some(&i) => cells.entries[i] = Some((c, n, g)),
-                        None => cells.push(c, n, g),
-                    }
+                    cells.set(c, n, g); // `d[key] = value`
                     Some(())
                 }
                 _ => None,
@@ -792,7 +803,7 @@ impl NativeCounter {
                         [It::Str(a), It::Str(b), It::Str(c), It::Str(d), It::Str(e), It::Int(k)] => {
                             It::Key(Cell {
                                 s: [a, b, c, d, e],
-                                b: k,
+                                b: tryo!(i32::try_from(k).ok()),
                             })
                         }
                         _ => return Ok(None),
@@ -900,13 +911,9 @@ impl NativeCounter {
         gap: i64,
     ) -> PyResult<()> {
         let p = ts.div_euclid(self.step_ms);
-        let size = self.pane_size;
         let cells = match frontier {
             Some(f) if p < f => late.get_or_insert_with(p, Cells::default),
-            // room for as many cells as the last final pane had
-            _ => self
-                .hot
-                .get_or_insert_with(p, || Cells::with_capacity(size)),
+            _ => self.hot.get_or_insert_with(p, Cells::default),
         };
         cells.add(c, sign, product(sign, gap)?, true)
     }
@@ -986,7 +993,6 @@ impl NativeCounter {
             texts: Vec::new(),
             by_text: FxMap::default(),
             core_codes: Vec::new(),
-            pane_size: 0,
             frontier: None,
             kept_from: None,
             hot: Panes::default(),
@@ -1168,9 +1174,9 @@ impl NativeCounter {
                     continue;
                 }
             }
-            if let Some(pane) = self.hot.pop(f) {
+            if let Some(mut pane) = self.hot.pop(f) {
                 if !pane.is_empty() {
-                    self.pane_size = pane.len();
+                    pane.shrink();
                     self.totals.merge(&pane, 1)?;
                     self.rows_of(py, &rows, &row_type, &pane, product(f, self.step_ms)?)?;
                     self.panes.insert(f, pane);
