@@ -551,7 +551,8 @@ impl NativeCounter {
             return None;
         }
         let mut out = Vec::with_capacity(64 + 40 * cells.len());
-        let mut memo: FxMap<u32, u32> = FxMap::default();
+        // a string's memo index by its code (u32::MAX: not written yet)
+        let mut memo: Vec<u32> = vec![u32::MAX; self.strs.len()];
         let mut n_memo: u32 = 0;
         out.extend_from_slice(&[0x80, self.protocol as u8]); // PROTO
         out.extend_from_slice(&[0x95, 0, 0, 0, 0, 0, 0, 0, 0]); // FRAME, its length set at the end
@@ -561,27 +562,27 @@ impl NativeCounter {
         let mut save = |out: &mut Vec<u8>, c: &Cell, n: i64, g: i64| -> Option<()> {
             out.push(b'('); // MARK
             for &code in c.s.iter() {
-                match memo.get(&code) {
-                    Some(&i) => {
+                match memo[code as usize] {
+                    u32::MAX => {}
+                    i => {
                         if i < 256 {
                             out.extend_from_slice(&[b'h', i as u8]); // BINGET
                         } else {
                             out.push(b'j'); // LONG_BINGET
                             out.extend_from_slice(&i.to_le_bytes());
                         }
-                    }
-                    None => {
-                        let text = &self.texts[code as usize];
-                        if text.len() > 0xff {
-                            return None;
-                        }
-                        out.extend_from_slice(&[0x8c, text.len() as u8]); // SHORT_BINUNICODE
-                        out.extend_from_slice(text);
-                        out.push(0x94); // MEMOIZE
-                        memo.insert(code, n_memo);
-                        n_memo += 1;
+                        continue;
                     }
                 }
+                let text = &self.texts[code as usize];
+                if text.len() > 0xff {
+                    return None;
+                }
+                out.extend_from_slice(&[0x8c, text.len() as u8]); // SHORT_BINUNICODE
+                out.extend_from_slice(text);
+                out.push(0x94); // MEMOIZE
+                memo[code as usize] = n_memo;
+                n_memo += 1;
             }
             pickle_int(out, c.b as i64);
             out.push(b't'); // TUPLE
