@@ -87,14 +87,20 @@ impl Cells {
         self.entries.clear();
     }
 
-    /// No room beyond the cells (a pane made final changes little more).
+    /// Room for an eighth more cells, no more (a pane made final gets a few corrected cells
+    /// now and then: no doubling for them).
     fn shrink(&mut self) {
-        self.ix.shrink_to_fit();
-        self.entries.shrink_to_fit();
+        let room = self.entries.len() + self.entries.len() / 8;
+        self.ix.shrink_to(room);
+        self.entries.shrink_to(room);
     }
 
     fn push(&mut self, c: Cell, n: i64, g: i64) {
-        self.ix.insert(c, self.entries.len() as u32);
+        let len = self.entries.len();
+        if len == self.entries.capacity() && len >= 1024 {
+            self.entries.reserve_exact(len / 8); // large ones grow by an eighth
+        }
+        self.ix.insert(c, len as u32);
         self.entries.push((c, n, g));
     }
 
