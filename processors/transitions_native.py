@@ -1,25 +1,27 @@
-""":class:`~processors.transitions.TransitionCounter` with its per-step loop and its pane
-finalization in Rust (issue 4).
+""":class:`~processors.transitions.TransitionCounter` over native state (issue 4).
 
-:class:`NativeTransitionCounter` is a ``TransitionCounter`` whose ``update`` counts each step
-into its pane's cells from ``NativeStepCounter`` (``native/journeys/src/lib.rs``, package
-``journeymap_journeys``; the native journeys core's steps straight from its ``StepBatch`` of
-Rust records, without making ``Step`` records: ``steps.rs``), and whose ``advance``,
-corrections of final panes (``_correct``) and window syncing (``_sync``) run in
-``NativePanes`` (``native/journeys/src/panes.rs``): the same Python panes and dicts, changed by
-the same operations in the same order, so every output and the state are the same
-(``advance(on_window=...)`` stays the Python method, as do the three with a module built before
-``NativePanes``). It pickles as the Python counter's state and unpickles as a native counter, or
-as the Python one where the module is not installed.
-:func:`processors.journeys_native.new_journey_stage` picks it.
+:class:`NativeTransitionCounter` is a ``TransitionCounter`` whose state lives in a
+``NativeCounter`` (``native/journeys/src/counter.rs``, package ``journeymap_journeys``): every
+pane, window and the totals as native cells (their strings interned, two ``i64`` per cell) in
+the insertion order of the Python dicts they stand for, changed by the same operations in the
+same order, so every output is the same. ``update`` counts a journeys core's ``StepBatch``
+straight from its Rust records (``steps.rs``) or ``Step`` records; ``advance``, the corrections
+of final panes and the window syncing run there too, and Python objects are made only where they
+leave: the cell rows, the archive's pickles (the same bytes as ``pickle.dumps`` of the Python
+pane) and the state's attributes (``hot``, ``panes``, ``totals``, ...), made on each read (a
+copy: set one to change it). ``advance(on_window=...)`` runs the Python method on a Python twin
+of the state (the callback sees live windows there). The counter pickles as the Python
+counter's state and unpickles as a native counter, or as the Python one where the module is not
+installed. :func:`processors.journeys_native.new_journey_stage` picks it.
 """
 
 from __future__ import annotations
 
 import pickle
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
+from processors.config import WindowsConfig
 from processors.journeys import Step
 from processors.native import import_core, not_built, with_state
 from processors.transitions import (
@@ -34,68 +36,98 @@ from processors.transitions import (
 
 # (optional: the Python counter does the same)
 _module, _IMPORT_ERROR = import_core("journeymap_journeys")
-NativeStepCounter: Any = getattr(_module, "NativeStepCounter", None)
-NativePanes: Any = getattr(_module, "NativePanes", None)
-# Stateless (the types it makes and the pickle functions it calls): one for every counter. None
-# with a module built before it: the Python methods then (same outputs).
-_PANES: Any = None if NativePanes is None else NativePanes(
-    TransitionCounts, CellRow, CellUpdate, CellDelta, pickle.dumps, pickle.loads,
-    pickle.HIGHEST_PROTOCOL)
+NativeCounter: Any = getattr(_module, "NativeCounter", None)
+if NativeCounter is None and _module is not None:
+    _IMPORT_ERROR = "the installed journeymap_journeys has no NativeCounter (built before it)"
+
+# The counter's attributes kept in the native state (the others are its configuration).
+STATE: tuple[str, ...] = ("frontier_pane", "hot", "panes", "_windows", "_synced", "_kept_from",
+                          "totals", "dirty", "archive", "_thawed", "deltas", "changed")
+
+
+def _core(step_s: int, sizes: dict[int, int], lateness_ms: int, corrections: str) -> Any:
+    """An empty native state (`sizes`: window size -> panes, as `TransitionCounter.sizes`)."""
+    return NativeCounter(
+        step_s, list(sizes.items()), lateness_ms, corrections, list(_BUCKET_LOWS_MS),
+        TransitionCounts, (CellRow, CellUpdate, CellDelta),
+        (pickle.dumps, pickle.loads, pickle.HIGHEST_PROTOCOL))
 
 
 class NativeTransitionCounter(TransitionCounter):
-    """:class:`TransitionCounter` counting steps in Rust (see the module doc)."""
+    """:class:`TransitionCounter` over native state (see the module doc)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        if NativeStepCounter is None:
+    _core: Any
+
+    def __init__(self, windows: WindowsConfig, allowed_lateness_s: int = 0,
+                 corrections: Literal["pane", "cells", "delta"] = "pane") -> None:
+        if NativeCounter is None:
             raise not_built("journey", "journeys", "journeymap_journeys", _IMPORT_ERROR,
                             "scripts/build-native.sh")
-        super().__init__(*args, **kwargs)
-        self._native = NativeStepCounter(self.step_ms, list(_BUCKET_LOWS_MS), TransitionCounts)
+        # (its ValueError for bad `corrections` is TransitionCounter's)
+        self._core = _core(windows.step_s, {s: s // windows.step_s for s in windows.sizes_s},
+                           allowed_lateness_s * 1000, corrections)
+        # The state's attributes `__init__` sets go to the core (the properties below)
+        super().__init__(windows, allowed_lateness_s, corrections)
 
     def update(self, steps: Iterable[Step]) -> None:
         """:meth:`TransitionCounter.update`."""
-        late = self._native.update(steps, self.hot, self.frontier_pane)
-        if late:
-            if _PANES is None:
-                for p, cells in late.items():
-                    super()._correct(p, cells)
-            else:
-                _PANES.correct(self, late)
+        self._core.update(steps)
 
     def advance(self, watermark_ms: int, on_window: WindowCallback | None = None
                 ) -> list[CellRow]:
         """:meth:`TransitionCounter.advance`."""
-        if on_window is not None or _PANES is None:
-            return super().advance(watermark_ms, on_window)
-        rows: list[CellRow] = _PANES.advance(self, watermark_ms)
+        if on_window is None:
+            rows: list[CellRow] = self._core.advance(watermark_ms)
+            return rows
+        twin = with_state(TransitionCounter, state_of(self))
+        rows = twin.advance(watermark_ms, on_window)
+        for name in STATE:
+            self._core.set(name, twin.__dict__[name])
         return rows
 
     def _sync(self, size: int) -> None:
-        if _PANES is None:
-            super()._sync(size)
-        else:
-            _PANES.sync(self, size)
+        self._core.sync(size)
 
     def _correct(self, p: int, cells: dict[Any, tuple[int, int]]) -> None:
-        if _PANES is None:
-            super()._correct(p, cells)
-        else:
-            _PANES.correct(self, {p: cells})
+        self._core.correct_cells(p, cells)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        state = dict(self.__dict__)
-        del state["_native"]
-        return (_restore, (state,))
+        return (_restore, (state_of(self),))
+
+
+def _state_attribute(name: str) -> property:
+    def get(self: NativeTransitionCounter) -> Any:
+        return self._core.get(name)
+
+    def set_(self: NativeTransitionCounter, value: Any) -> None:
+        self._core.set(name, value)
+
+    return property(get, set_, doc=f"`TransitionCounter.{name}` (made on each read)")
+
+
+for _name in STATE:
+    setattr(NativeTransitionCounter, _name, _state_attribute(_name))
+
+
+def state_of(counter: TransitionCounter) -> dict[str, Any]:
+    """The attributes of the Python counter holding the same state as `counter` (of either
+    class): what both pickle as."""
+    state = {k: v for k, v in counter.__dict__.items() if k != "_core"}
+    if isinstance(counter, NativeTransitionCounter):
+        state.update((name, getattr(counter, name)) for name in STATE)
+    return state
 
 
 def _restore(state: dict[str, Any]) -> TransitionCounter:
     """Unpickle a native counter: native again, or Python without the module."""
-    if NativeStepCounter is None:
+    if NativeCounter is None:
         return with_state(TransitionCounter, state)
-    native = with_state(NativeTransitionCounter, state)
-    native._native = NativeStepCounter(native.step_ms, list(_BUCKET_LOWS_MS), TransitionCounts)
+    native = with_state(NativeTransitionCounter,
+                        {k: v for k, v in state.items() if k not in STATE})
+    native._core = _core(native.step_s, native.sizes, native.lateness_ms, native.corrections)
+    for name in STATE:
+        native._core.set(name, state[name])
     return native
 
 
-__all__ = ["NativeTransitionCounter"]
+__all__ = ["NativeTransitionCounter", "state_of"]

@@ -32,10 +32,16 @@ from processors.config import (
 )
 from processors.errors import ConfigError
 from processors.identity import MergeRecord
-from processors.journeys import JourneyOutput, JourneyProcessor
+from processors.journeys import JourneyOutput, JourneyProcessor, Step
 from processors.journeys_native import NativeJourneyProcessor, engine_of, new_journey_stage
-from processors.transitions import CellRow, CellUpdate, TransitionCounter, TransitionCounts
-from processors.transitions_native import NativeTransitionCounter
+from processors.transitions import (
+    CellDelta,
+    CellRow,
+    CellUpdate,
+    TransitionCounter,
+    TransitionCounts,
+)
+from processors.transitions_native import NativeTransitionCounter, state_of
 from tests.native_cores import require_native
 
 _BENCH = Path(__file__).resolve().parents[2] / "bench"
@@ -137,8 +143,26 @@ def counter_run(counter: TransitionCounter, steps_by_call: list[tuple[list[Any],
                          for o in (1, 2)])
         if i % 7 == 3:  # a checkpoint: pickled and restored, it goes on the same
             counter = pickle.loads(pickle.dumps(counter))
-    state = {k: v for k, v in counter.__dict__.items() if k != "_native"}
-    return rows, state
+    return rows, ordered(state_of(counter))
+
+
+def ordered(state: dict[str, Any]) -> dict[str, Any]:
+    """A counter's state with the order of every dict of cells (equal dicts in another order
+    would emit their rows in another order): the panes, windows and totals as lists of cells,
+    the archive's pickles as the lists of the cells they hold (the bytes are those
+    `pickle.dumps` writes for them)."""
+    def cells(counts: TransitionCounts) -> list[Any]:
+        return list(counts.cells.items())
+
+    out = dict(state)
+    out["totals"] = cells(state["totals"])
+    for name in ("hot", "panes", "_windows", "_thawed"):
+        out[name] = [(p, cells(c)) for p, c in state[name].items()]
+    out["deltas"] = [(p, list(d.items())) for p, d in state["deltas"].items()]
+    out["archive"] = [(p, list(pickle.loads(b).items())) for p, b in state["archive"].items()]
+    for b in state["archive"].values():
+        assert b == pickle.dumps(pickle.loads(b), protocol=pickle.HIGHEST_PROTOCOL)
+    return out
 
 
 def counter_steps(seed: int, config: ProcessingConfig, engine: Any = JourneyProcessor
@@ -185,10 +209,6 @@ def test_the_native_counter_counts_the_cores_batches_as_python_counts_steps(
     want = counter_run(TransitionCounter(config.windows, lateness_s, corrections), want_steps)
     got = counter_run(NativeTransitionCounter(config.windows, lateness_s, corrections), batches)
     assert got[0] == want[0]  # every row
-    # The state; the archive's pickles unpickled: the core's strings are other objects than
-    # the Python processor's, so pickle's memo (which follows identity) differs.
-    for state in (got[1], want[1]):
-        state["archive"] = {p: list(pickle.loads(b).items()) for p, b in state["archive"].items()}
     assert got[1] == want[1]
     assert [(list(b), w) for b, w in batches] == want_steps
 
@@ -203,10 +223,7 @@ def test_one_counter_counts_the_batches_of_several_cores(native: None) -> None:
                        [x for pair in zip(py, py, strict=True) for x in pair])
     got = counter_run(NativeTransitionCounter(config.windows, 0, "cells"),
                       [x for pair in zip(first, second, strict=True) for x in pair])
-    assert got[0] == want[0]
-    for state in (got[1], want[1]):
-        state["archive"] = {p: list(pickle.loads(b).items()) for p, b in state["archive"].items()}
-    assert got[1] == want[1]
+    assert got == want
 
 
 def test_a_step_batch_reads_as_the_list_of_its_steps(native: None) -> None:
@@ -295,9 +312,9 @@ def test_chain_outputs_are_the_same_with_steps_left_in_the_core(native: None, se
 def test_native_panes_give_the_python_windows_and_corrections(
     native: None, seed: int, config: ProcessingConfig, corrections: Any, read_windows: int
 ) -> None:
-    """`advance`, `_correct` and `_sync` in Rust (NativePanes): the same rows, windows,
-    matrices and state (archive bytes included) as Python, with the windows read mid-stream
-    so that corrections of final panes also change them."""
+    """`advance`, `_correct` and `_sync` over the native state: the same rows, windows,
+    matrices and state (in order; the archive's bytes those of pickle) as Python, with the
+    windows read mid-stream so that corrections of final panes also change them."""
     steps_by_call = counter_steps(seed, config)
     lateness_s = config.journey.allowed_lateness_s
     want = counter_run(TransitionCounter(config.windows, lateness_s, corrections), steps_by_call,
@@ -307,18 +324,38 @@ def test_native_panes_give_the_python_windows_and_corrections(
     assert got == want
 
 
-@pytest.mark.parametrize("corrections", ["pane", "cells", "delta"])
-def test_a_module_without_native_panes_counts_with_the_python_methods(
-    native: None, monkeypatch: pytest.MonkeyPatch, corrections: Any
+def test_a_module_built_before_the_native_counter_is_an_error_naming_the_rebuild(
+    native: None, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A module built before NativePanes: the native step loop, the Python `advance`,
-    `_correct` and `_sync`, the same rows and state."""
+    monkeypatch.setattr(transitions_native, "NativeCounter", None)
+    with pytest.raises(ConfigError, match=r"build-native\.sh"):
+        NativeTransitionCounter(config_of().windows, 900, "cells")
+
+
+def test_bad_corrections_are_the_python_counters_error(native: None) -> None:
+    with pytest.raises(ValueError, match="corrections must be 'pane', 'cells' or 'delta'"):
+        NativeTransitionCounter(config_of().windows, 900, "all")  # type: ignore[arg-type]
+
+
+def test_the_state_reads_and_sets_as_the_python_counters(native: None) -> None:
+    """Each attribute of the state is a copy made on read; setting it sets the state."""
     config = config_of()
-    steps_by_call = counter_steps(21, config)
-    want = counter_run(TransitionCounter(config.windows, 900, corrections), steps_by_call, 3)
-    monkeypatch.setattr(transitions_native, "_PANES", None)
-    counter = NativeTransitionCounter(config.windows, 900, corrections)
-    assert counter_run(counter, steps_by_call, 3) == want
+    counter = NativeTransitionCounter(config.windows, 900, "cells")
+    py = TransitionCounter(config.windows, 900, "cells")
+    for steps, watermark_ms in counter_steps(4, config)[:20]:
+        counter.update(steps)
+        counter.advance(watermark_ms)
+        py.update(steps)
+        py.advance(watermark_ms)
+    assert ordered(state_of(counter)) == ordered(state_of(py))
+    counter.totals.cells.clear()  # a copy
+    assert counter.totals == py.totals
+    counter.totals = TransitionCounts()
+    assert not counter.totals and py.totals
+    counter.frontier_pane = None
+    assert counter.frontier_pane is None
+    with pytest.raises(ValueError, match="no counter state named"):
+        counter._core.get("sizes")
 
 
 def test_the_counter_scenarios_reach_late_and_archived_panes(native: None) -> None:
@@ -365,28 +402,38 @@ cell_dicts = st.dictionaries(cell_keys, cell_values, max_size=30)
 
 
 @settings(max_examples=300, deadline=None)
-@given(dst=cell_dicts, src=cell_dicts, sign=st.sampled_from([1, -1]))
-def test_native_merge_and_cell_rows_are_the_python_ones(
-    native: None, dst: dict[Any, Any], src: dict[Any, Any], sign: int
+@given(totals=cell_dicts, late=cell_dicts, archived=st.booleans(),
+       corrections=st.sampled_from(["pane", "cells", "delta"]))
+def test_a_correction_merges_as_python(
+    native: None, totals: dict[Any, Any], late: dict[Any, Any], archived: bool, corrections: Any
 ) -> None:
-    panes = transitions_native._PANES
-    want = TransitionCounts(dict(dst))
-    want.merge(TransitionCounts(src), sign)
-    got = dict(dst)
-    panes.merge(got, src, sign)
-    assert list(got.items()) == list(want.cells.items())  # the same cells in the same order
-    rows = panes.cell_rows(got, 3_600_000, 3600)
-    assert rows == want.cell_rows(3_600_000, 3600)
-    assert all(type(r) is CellRow for r in rows)
+    """`_correct` of a final pane (kept or archived) into the totals, pane, windows and
+    deltas: the same cells in the same order, and the same rows from `advance`."""
+    config = config_of()
+    counters = [cls(config.windows, 900, corrections)
+                for cls in (TransitionCounter, NativeTransitionCounter)]
+    p = 100 if archived else 1000 - 2
+    for counter in counters:
+        counter.totals = TransitionCounts(dict(totals))
+        counter.frontier_pane = counter._kept_from = 1000
+        counter.panes = {p: TransitionCounts(dict(totals))} if not archived else {}
+        counter._synced = dict.fromkeys(counter.sizes, 1000)
+        counter._windows = {size: TransitionCounts(dict(totals)) for size in counter.sizes}
+        counter.archive = ({p: pickle.dumps(totals, protocol=pickle.HIGHEST_PROTOCOL)}
+                           if archived and totals else {})
+        counter._correct(p, dict(late))
+    assert ordered(state_of(counters[1])) == ordered(state_of(counters[0]))
+    rows = [c.advance(1000 * 3_600_000) for c in counters]
+    assert [(type(r), *r) for r in rows[1]] == [(type(r), *r) for r in rows[0]]
 
 
 pickled_strs = st.sampled_from(["", "*", "all", "é", "\ud800", "x" * 255, "y" * 256])
-pickled_ints = st.one_of(st.integers(-2**70, 2**70),
+pickled_ints = st.one_of(st.integers(-2**63, 2**63 - 1),  # native counts are 64-bit
                          st.sampled_from([0, 255, 256, 65535, 65536, 2**31 - 1, 2**31, -2**31,
-                                          -2**31 - 1, 2**63 - 1, -2**63, -2**63 - 1, -256,
-                                          -255, -2**15, -2**15 - 1, -2**39, -2**39 - 1]))
-pickled_keys = st.tuples(pickled_strs, pickled_strs, pickled_strs, st.integers(0, 3),
-                         pickled_strs, st.integers(0, 49))
+                                          -2**31 - 1, 2**63 - 1, -2**63, -256, -255, -2**15,
+                                          -2**15 - 1, -2**39, -2**39 - 1]))
+pickled_keys = st.tuples(pickled_strs, pickled_strs, pickled_strs, pickled_strs, pickled_strs,
+                         st.integers(0, 49))
 
 
 @settings(max_examples=300, deadline=None)
@@ -396,25 +443,72 @@ pickled_keys = st.tuples(pickled_strs, pickled_strs, pickled_strs, st.integers(0
 def test_native_archive_pickles_are_the_pickle_modules_bytes(
     native: None, items: list[Any], copies: int, fresh: bool
 ) -> None:
-    """`_freeze`'s bytes: the same as `pickle.dumps(cells, HIGHEST_PROTOCOL)`, with strings
-    shared between keys or not (the memo is by identity), dicts of 1, 999, 1000 (an empty last
-    batch) and more items, and pickles past 64 KiB (several frames: pickle writes those)."""
+    """`_freeze`'s bytes: those of `pickle.dumps(cells, HIGHEST_PROTOCOL)` where each text is
+    one object (pickle's memo is by identity), for dicts of 1, 999, 1000 (an empty last batch)
+    and more items, strings with lone surrogates or over 255 bytes, and pickles past 64 KiB
+    (several frames: pickle writes those)."""
     cells = dict(items)
     for i in range(copies):  # many cells sharing the same str objects, or equal copies
         seg = "s" + str(i % 7) if fresh else "all"
         cells[(seg, "web", "", "a", str(i), i % 50)] = (i, -i * 1000)
-    got = transitions_native._PANES.dumps(cells)
-    assert got == pickle.dumps(cells, protocol=pickle.HIGHEST_PROTOCOL)
+    one: dict[str, str] = {}  # one object per text, as the native cells keep their strings
+    same = {tuple(one.setdefault(x, x) if isinstance(x, str) else x for x in k): v
+            for k, v in cells.items()}
+    got = NativeTransitionCounter(config_of().windows)._core.dumps(cells)
+    assert got == pickle.dumps(same, protocol=pickle.HIGHEST_PROTOCOL)
     assert list(pickle.loads(got).items()) == list(cells.items())
 
 
-def test_native_merge_refuses_counts_beyond_64_bits(native: None) -> None:
-    """Python's ints would grow; the native merge raises rather than wrap (2**63 ms of gaps in
-    one cell is 292 million years)."""
+@settings(max_examples=300, deadline=None)
+@given(items=st.lists(st.tuples(pickled_keys, st.tuples(pickled_ints, pickled_ints)),
+                      max_size=40),
+       copies=st.sampled_from([0, 1, 1000, 3000]), fresh=st.booleans(),
+       protocol=st.integers(2, 5))
+def test_archived_panes_read_as_pickle_reads_them(
+    native: None, items: list[Any], copies: int, fresh: bool, protocol: int
+) -> None:
+    """A thawed pane, read from its pickle natively (protocols 4 and 5, as `_pickle` writes
+    cell dicts, with strings shared or not, in one frame or several) or by `pickle.loads`
+    (anything else): the same cells in the same order."""
+    cells = dict(items)
+    for i in range(copies):
+        seg = "s" + str(i % 7) if fresh else "all"
+        cells[(seg, "web", "", "a", str(i), i % 50)] = (i, -i * 1000)
+    frozen = pickle.dumps(cells, protocol=protocol)
+    got = NativeTransitionCounter(config_of().windows)._core.loads(frozen)
+    assert list(got.items()) == list(pickle.loads(frozen).items())
+    if protocol >= 4:  # read without pickle.loads
+        def refuse(frozen: bytes) -> None:
+            raise AssertionError("not read natively")
+
+        core = transitions_native.NativeCounter(
+            3600, [(3600, 1)], 0, "cells", [0], TransitionCounts,
+            (CellRow, CellUpdate, CellDelta), (pickle.dumps, refuse, pickle.HIGHEST_PROTOCOL))
+        assert list(core.loads(frozen).items()) == list(got.items())
+
+
+def test_an_archived_pane_not_of_cells_is_read_by_pickle(native: None) -> None:
+    core = NativeTransitionCounter(config_of().windows)._core
     key = ("*", "*", "", "a", "b", 1)
-    cells = {key: (1, 2**62)}
+    assert core.loads(pickle.dumps({key: (1, 2)}) + b"trailing") == {key: (1, 2)}
+    odd_ones = [{key: [1, 2]}, {key[:5]: (1, 2)}, {key: (1, 2**64)},
+                {("*", 1, "", "a", "b", 1): (1, 2)},
+                {("*", "*", "", "a", "b", 2**40): (1, 2)}]  # buckets are -1 to 49
+    for odd in odd_ones:
+        with pytest.raises((TypeError, OverflowError)):
+            core.loads(pickle.dumps(odd))
+    with pytest.raises(EOFError):  # what pickle.loads raises for it
+        core.loads(b"\x80\x05}\x94(")
+
+
+def test_native_merge_refuses_counts_beyond_64_bits(native: None) -> None:
+    """Python's ints would grow; the native counts raise rather than wrap (2**63 ms of gaps in
+    one cell is 292 million years)."""
+    step = Step("c", "*", "*", "a", "a", "b", "", 2**62, 0, "s", False, 0, 1, 1, "e")
+    counter = NativeTransitionCounter(config_of().windows)
+    counter.update([step])
     with pytest.raises(OverflowError):
-        transitions_native._PANES.merge(cells, {key: (1, 2**62)}, 1)
+        counter.update([step])
 
 
 def test_the_engine_is_chosen_by_the_setting(native: None) -> None:
@@ -456,11 +550,10 @@ def test_a_pickled_native_stage_restores_as_python_without_the_module(
     counter = NativeTransitionCounter(config.windows, 900, "cells")
     blob = pickle.dumps((nat, counter))
     monkeypatch.setattr(journeys_native, "NativeJourneyCore", None)
-    monkeypatch.setattr(transitions_native, "NativeStepCounter", None)
+    monkeypatch.setattr(transitions_native, "NativeCounter", None)
     back, back_counter = pickle.loads(blob)
     assert type(back) is JourneyProcessor and type(back_counter) is TransitionCounter
-    assert back_counter.__dict__ == {k: v for k, v in counter.__dict__.items()
-                                     if k != "_native"}
+    assert back_counter.__dict__ == state_of(counter)
     assert bjn.fingerprint(back, []) == bjn.fingerprint(py, [])
     assert run(back, calls[half:]) == run(py, calls[half:])
 

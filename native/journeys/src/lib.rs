@@ -30,7 +30,7 @@ use std::ptr::NonNull;
 use std::cell::RefCell;
 use std::sync::Arc;
 
-mod panes;
+mod counter;
 mod funnels;
 mod heap;
 mod ordered;
@@ -1551,67 +1551,11 @@ impl NativeJourneyCore {
     }
 }
 
-/// `TransitionCounter.update`'s loop (the hot path of the windowed counting) over the same
-/// Python state: each step's cell `(segment, channel, prev2, src, dst, gap bucket)` updated in
-/// its pane's dict (`hot[p].cells`, or a late pane's dict returned to Python for `_correct`),
-/// by the same dict operations in the same order, so the cells keep the same order.
-#[pyclass(module = "journeymap_journeys")]
-pub struct NativeStepCounter {
-    step_ms: i64,
-    lows: Vec<i64>,
-    counts_type: Py<PyAny>,
-    keys: RefCell<steps::KeyCache>, // cell keys of `StepBatch` steps
-}
-
-#[pymethods]
-impl NativeStepCounter {
-    #[new]
-    fn new(step_ms: i64, lows: Vec<i64>, counts_type: Py<PyAny>) -> Self {
-        NativeStepCounter { step_ms, lows, counts_type, keys: RefCell::new(steps::KeyCache::default()) }
-    }
-
-    /// Count `steps` (`Step` records, or a core's `StepBatch`) into `hot` (pane ->
-    /// TransitionCounts); the late panes' cells (pane -> dict) or None.
-    #[pyo3(signature = (steps, hot, frontier))]
-    fn update<'py>(
-        &self,
-        py: Python<'py>,
-        steps: &Bound<'py, PyAny>,
-        hot: &Bound<'py, PyDict>,
-        frontier: Option<i64>,
-    ) -> PyResult<Option<Bound<'py, PyDict>>> {
-        if let Ok(batch) = steps.downcast::<steps::StepBatch>() {
-            return batch.borrow().count_into(py, self, hot, frontier);
-        }
-        let mut cells = steps::PaneCells::new(py, hot, self.counts_type.bind(py), frontier);
-        for st in steps.iter()? {
-            let st = st?;
-            let st = st.downcast::<PyTuple>()?;
-            if st.len() != 15 {
-                return Err(PyValueError::new_err("a Step has 15 fields"));
-            }
-            let item = |i: usize| unsafe { st.get_item_unchecked(i) };
-            let gap: i64 = item(7).extract()?;
-            let ts: i64 = item(8).extract()?;
-            let sign: i64 = item(13).extract()?;
-            let p = ts.div_euclid(self.step_ms);
-            let bucket = self.lows.partition_point(|&low| low <= gap) as i64 - 1;
-            let key = PyTuple::new_bound(
-                py,
-                [item(1), item(2), item(6), item(4), item(5), bucket.into_py(py).into_bound(py)],
-            );
-            cells.add(p, key, sign, gap)?;
-        }
-        Ok(cells.late)
-    }
-}
-
 #[pymodule]
 fn journeymap_journeys(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeJourneyCore>()?;
-    m.add_class::<NativeStepCounter>()?;
     m.add_class::<steps::StepBatch>()?;
-    m.add_class::<panes::NativePanes>()?;
+    m.add_class::<counter::NativeCounter>()?;
     m.add_class::<paths::NativePaths>()?;
     m.add_class::<funnels::NativeFunnelStep>()?;
     m.add_class::<funnels::NativeRuns>()?;
