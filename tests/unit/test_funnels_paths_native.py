@@ -382,6 +382,30 @@ def test_native_paths_equal_python(native: None, ops: list[tuple[Any, ...]]) -> 
     assert [s.removeprefix("Native") for s in native_seen] == python
 
 
+def test_native_rename_equals_python(native: None) -> None:
+    """``rename`` in the core: the loser's journey goes to a winner without one (last) or with
+    an older one (in the winner's place), not over a newer or as recent one; renaming a
+    customer to itself moves its journey last; a loser without a journey changes nothing."""
+    o = config_of().outcomes
+    args = (o.conversion, o.churn, o.null_horizon_s)
+    seen = []
+    for paths in (PathAccumulator(*args), NativePathAccumulator(*args)):
+        paths.add([resolved(c, "blog", T0_MS + m * MIN_MS, channel=ch)
+                   for c, m, ch in [("c0", 0, "web"), ("c1", 1, "app"), ("c2", 2, "web"),
+                                    ("c3", 2, "email"), ("c0", 3, "app"), ("c4", 4, "web")]])
+        steps = []
+        for loser, winner in [("c9", "c0"), ("c0", "c1"), ("c3", "c2"), ("c2", "c4"),
+                              ("c1", "c1"), ("c4", "c8"), (7, "c1")]:
+            paths.rename(loser, winner)  # type: ignore[arg-type]
+            steps.append(list(paths.open.items()))
+        seen.append(steps)
+    assert seen[1] == seen[0]
+    assert [[cid for cid, _ in step] for step in seen[0]] == [
+        ["c0", "c1", "c2", "c3", "c4"], ["c1", "c2", "c3", "c4"], ["c1", "c2", "c4"],
+        ["c1", "c4"], ["c4", "c1"], ["c1", "c8"], ["c1", "c8"]]
+    assert seen[0][-1][0][1][1] == ["blog", "blog"]  # c0's journey, renamed c1
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.integers(0, 2**32))
 def test_native_open_journeys_keep_the_dicts_order(native: None, seed: int) -> None:
