@@ -16,6 +16,7 @@ from __future__ import annotations
 import pickle
 import random
 from collections.abc import Callable
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -185,8 +186,8 @@ def run_both(steps: list[tuple[Any, ...]]) -> list[Any]:
                 out = tracker.merge_customer(*args)
             elif op == "detach":
                 out = held[args[0]] = tracker.detach(args[0])
-            else:
-                out = tracker.attach(args[0], held.pop(args[0]))
+            else:  # any mapping will do (the chain's are dicts)
+                out = tracker.attach(args[0], MappingProxyType(held.pop(args[0])))
             seen[k].append(repr(out) + funnel_state(tracker))
             if k == 0:
                 outs.append(out)

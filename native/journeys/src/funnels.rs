@@ -633,22 +633,23 @@ impl NativeFunnelStep {
         Ok(out)
     }
 
-    /// `FunnelTracker.attach`: adopt runs detached elsewhere (`{funnel: FunnelRun}`), with their
-    /// share of the cells and their deadlines; a funnel not tracked here, or one `cid` already
-    /// has a run in, is skipped.
+    /// `FunnelTracker.attach`: adopt runs detached elsewhere (a mapping funnel -> `FunnelRun`,
+    /// read by its `items()`), with their share of the cells and their deadlines; a funnel not
+    /// tracked here, or one `cid` already has a run in, is skipped.
     #[allow(clippy::too_many_arguments)]
     fn attach<'py>(
         &self,
         py: Python<'py>,
         cid: &Bound<'py, PyString>,
-        detached: &Bound<'py, PyDict>,
+        detached: &Bound<'py, PyAny>,
         tracked: Tracked<'py>,
     ) -> PyResult<()> {
         let (runs, deadlines, cells, weeks, watermark_ms) = tracked;
         let weeks = &weeks;
         let mut t = State::new(py, self.funnels.len(), runs, deadlines, &cells, &PyList::empty_bound(py))?;
         let text = cid.to_str()?;
-        for (name, run) in detached.iter() {
+        for item in detached.call_method0(intern!(py, "items"))?.iter()? {
+            let (name, run): (Bound<'py, PyAny>, Bound<'py, PyAny>) = item?.extract()?;
             let fi = match self.funnel_named(py, &name)? {
                 Some(fi) if !t.runs[fi].open.contains(text) => fi,
                 _ => continue,
