@@ -306,6 +306,33 @@ def random_batch(rng: random.Random, t: int, n_max: int, gaps_min: list[int],
     return batch, t
 
 
+class RecordingList(list[int]):
+    """A list that records the values taken out of it by ``remove``."""
+
+    def __init__(self, values: list[int]) -> None:
+        super().__init__(values)
+        self.removed: list[int] = []
+
+    def remove(self, value: int) -> None:
+        self.removed.append(value)
+        super().remove(value)
+
+
+def test_native_merge_removes_through_a_list_subclass(native: None) -> None:
+    """Times to advance kept in a list subclass (set from outside): its own ``remove`` takes
+    them out, natively as in Python."""
+    removed = []
+    for tracker in (FunnelTracker(FUNNELS), NativeFunnelTracker(FUNNELS)):
+        tracker.update(C0_OPEN)
+        lists = []
+        for cell in tracker.state.cells.values():
+            cell.advance_ms[0].exact = RecordingList(cell.advance_ms[0].exact or [])
+            lists.append(cell.advance_ms[0].exact)
+        tracker.merge_customer("c0", "c1")
+        removed.append([lst.removed for lst in lists])
+    assert removed[1] == removed[0] == [[2 * MIN_MS], []]
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_native_merges_equal_python_with_folded_durations(native: None, seed: int) -> None:
     """With a tiny exact bound, the times to advance fold into buckets early: merges retract

@@ -1013,7 +1013,10 @@ impl NativeFunnelStep {
         d.setattr(n_n, n - 1)?;
         let exact = d.getattr(intern!(py, "exact"))?;
         if !exact.is_none() {
-            return list_remove(py, exact.downcast::<PyList>()?, value_ms);
+            return match exact.downcast_exact::<PyList>() {
+                Ok(lst) => list_remove(py, lst, value_ms),
+                Err(_) => exact.call_method1(intern!(py, "remove"), (value_ms,)).map(|_| ()),
+            };
         }
         if value_ms <= 0 {
             let n_zero = intern!(py, "n_zero");
