@@ -8,10 +8,11 @@ order of the Python dict they stand for. ``add`` runs there; the finished paths 
 the same Python dicts, changed by the same operations in the same order. ``open`` is an
 :class:`OpenPaths` mapping over the core with the Python accumulator's values (tuples
 ``(last ts, [touchpoints], [channels])``, *copies*: change a journey by setting it again), so
-the chain's detach, attach and forget and :meth:`PathAccumulator.rename` and ``paths`` work on it
-unchanged. It pickles as the Python accumulator's state (``open`` a plain dict) and unpickles as a
-native one, or as the Python one where the module is not installed. :func:`new_path_accumulator`
-picks the engine (``journey.engine``, with the rest of the journeys stage).
+the chain's detach, attach and forget work on it unchanged; ``rename`` (a merge) and ``paths``
+run in the core. It pickles as the Python accumulator's state (``open`` a plain dict) and
+unpickles as a native one, or as the Python one where the module is not installed.
+:func:`new_path_accumulator` picks the engine (``journey.engine``, with the rest of the journeys
+stage).
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ class NativePathAccumulator(PathAccumulator):
         the chain's native reorder buffer (:mod:`processors.pending_native`), read instead of
         the events."""
         self._core.add(events, self.done["touchpoint"], self.done["channel"])
+
+    def rename(self, loser: str, winner: str) -> None:
+        """:meth:`PathAccumulator.rename`, in the core (no journey copied out and back)."""
+        self._core.rename(loser, winner)
 
     def paths(self, level: Literal["touchpoint", "channel"], now_ms: int) -> list[Path]:
         """:meth:`PathAccumulator.paths` (the idle open journeys read in the core, no copies)."""

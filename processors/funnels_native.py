@@ -1,5 +1,6 @@
 """:class:`~processors.funnels.FunnelTracker` with its open runs in native memory, its per-event
-loop (`update`) and its deadline loop (`advance`) in Rust (issue 4).
+loop (`update`), its deadline loop (`advance`) and its merges of customers (`merge_customer`,
+`detach`, `attach`) in Rust (issue 4).
 
 :class:`NativeFunnelTracker` is a ``FunnelTracker`` whose open runs live in one ``NativeRuns`` per
 funnel (``native/journeys/src/funnels.rs``, package ``journeymap_journeys``): per customer the
@@ -9,10 +10,11 @@ them and over the tracker's other Python state (cells, deadline heaps, cohort-we
 changed by the same operations in the same order, so the transitions and the state are the
 Python tracker's. ``state.runs[funnel]`` is a :class:`FunnelRuns` mapping over the core with
 the Python tracker's values (``FunnelRun`` objects, *copies* made on each read: change a run by
-setting it again), so the Python tracker's merges of customers, detach and attach, snapshots and
-the chain's ``forget_customer`` work on it unchanged. It pickles as the Python tracker's state
-(``state.runs`` plain dicts of ``FunnelRun``) and unpickles as a native one, or as the Python one
-where the module is not installed. :func:`new_funnel_tracker` picks the engine
+setting it again), so the Python tracker's snapshots and the chain's ``forget_customer`` work on
+it unchanged. Merges of customers, detach and attach replay the runs' events in Rust too (the
+Python tracker's ``_walk`` and ``_count``), over the same state. It pickles as the Python
+tracker's state (``state.runs`` plain dicts of ``FunnelRun``) and unpickles as a native one, or
+as the Python one where the module is not installed. :func:`new_funnel_tracker` picks the engine
 (``journey.engine``, with the rest of the journeys stage).
 """
 
@@ -27,6 +29,7 @@ from processors.errors import ConfigError
 from processors.events import ResolvedEvent
 from processors.funnels import (
     EXACT_DURATIONS_MAX,
+    LOG_GAMMA,
     FunnelResult,
     FunnelRun,
     FunnelState,
@@ -56,7 +59,8 @@ class FunnelRuns(NativeMap[FunnelRun]):
 
 
 class NativeFunnelTracker(FunnelTracker):
-    """:class:`FunnelTracker` with ``update`` and ``advance`` in Rust (see the module doc)."""
+    """:class:`FunnelTracker` with ``update``, ``advance`` and the merges in Rust (see the
+    module doc)."""
 
     def __init__(self, funnels: Sequence[FunnelConfig], state: FunnelState | None = None) -> None:
         if NativeFunnelStep is None:
@@ -90,13 +94,33 @@ class NativeFunnelTracker(FunnelTracker):
         return out
 
     def merge_customer(self, loser: str, winner: str) -> list[FunnelTransition]:
-        """:meth:`FunnelTracker.merge_customer`: nothing to do, and no run read, when `loser`
-        has no open run (most merges)."""
+        """:meth:`FunnelTracker.merge_customer`, its replay over the native runs: nothing to
+        do, and nothing handed to them, when `loser` has no open run (most merges)."""
+        out: list[FunnelTransition] = []
         runs = self.state.runs
         for f in self._funnels:
             if loser in runs[f.name]:
-                return super().merge_customer(loser, winner)
-        return []
+                break
+        else:
+            return out
+        self._native.merge_customer(loser, winner, self._tracked(), out)
+        return out
+
+    def detach(self, customer_id: str) -> dict[str, FunnelRun]:
+        """:meth:`FunnelTracker.detach`."""
+        return self._native.detach(customer_id, self._tracked())  # type: ignore[no-any-return]
+
+    def attach(self, customer_id: str, runs: dict[str, FunnelRun]) -> None:
+        """:meth:`FunnelTracker.attach`."""
+        self._native.attach(customer_id, runs, self._tracked())
+
+    def _tracked(self) -> tuple[Any, ...]:
+        """What the native merges work on: the native runs and the deadline heap of each
+        funnel, the cells, the cohort-week cache and the watermark."""
+        state = self.state
+        names = [f.name for f in self._funnels]
+        return (_cores(state, names), [state.deadlines[n] for n in names], state.cells,
+                self._weeks, state.watermark_ms)
 
     def __reduce__(self) -> tuple[Any, ...]:
         state = dict(self.__dict__)
@@ -139,7 +163,8 @@ def _step_of(tracker: FunnelTracker) -> Any:
               for tp, route in tracker._routes.items()}
     return NativeFunnelStep(
         [(f.name, list(f.names), f.window_ms, f.strict) for f in tracker._funnels],
-        routes, FunnelTransition, StageCounts.empty, cohort_week, EXACT_DURATIONS_MAX)
+        routes, FunnelTransition, StageCounts.empty, cohort_week, EXACT_DURATIONS_MAX,
+        LOG_GAMMA)
 
 
 def _restore(state: dict[str, Any]) -> FunnelTracker:

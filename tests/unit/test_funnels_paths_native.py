@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import pickle
 import random
+from collections.abc import Callable
+from types import MappingProxyType
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors import attribution_native, funnels_native
+from processors import attribution_native, funnels, funnels_native
 from processors.attribution import PathAccumulator
 from processors.attribution_native import (
     NativePathAccumulator,
@@ -164,6 +166,212 @@ def test_native_funnels_equal_python(native: None, ops: list[tuple[Any, ...]]) -
     assert drive_funnels(NativeFunnelTracker(FUNNELS), ops) == python
 
 
+def at(cid: str, touchpoint: str, minute: int, segment: str = "a") -> ResolvedEvent:
+    return resolved(cid, touchpoint, T0_MS + minute * MIN_MS, segment=segment)
+
+
+def run_both(steps: list[tuple[Any, ...]]) -> list[Any]:
+    """`steps` on a Python and a native tracker: every output and the state after each step
+    equal; the Python tracker's outputs returned."""
+    seen: list[list[str]] = [[], []]
+    outs: list[Any] = []
+    for k, tracker in enumerate((FunnelTracker(FUNNELS), NativeFunnelTracker(FUNNELS))):
+        held: dict[str, Any] = {}
+        for op, *args in steps:
+            if op == "update":
+                out: Any = tracker.update(args[0]).transitions
+            elif op == "advance":
+                out = tracker.advance(T0_MS + args[0] * MIN_MS)
+            elif op == "merge":
+                out = tracker.merge_customer(*args)
+            elif op == "detach":
+                out = held[args[0]] = tracker.detach(args[0])
+            else:  # any mapping will do (the chain's are dicts)
+                out = tracker.attach(args[0], MappingProxyType(held.pop(args[0])))
+            seen[k].append(repr(out) + funnel_state(tracker))
+            if k == 0:
+                outs.append(out)
+    assert seen[1] == seen[0]
+    return outs
+
+
+# signup (strict, 10 min): landing_page signup trial_start purchase;
+# buy (relaxed, 30 min): landing_page|blog pricing_help purchase.
+C0_OPEN = [at("c0", "landing_page", 0), at("c0", "signup", 2), at("c0", "purchase", 3)]
+C1_OPEN = [at("c1", "landing_page", 1, "b"), at("c1", "trial_start", 5, "b"),
+           at("c1", "pricing_help", 6, "b")]
+
+
+def moves(out: list[Any]) -> list[tuple[str, str, int, int, int, str]]:
+    return [(t.customer_id, t.funnel, t.from_stage, t.to_stage, (t.ts_ms - T0_MS) // MIN_MS,
+             t.segment) for t in out]
+
+
+def test_native_merge_loser_with_runs_winner_without(native: None) -> None:
+    """The loser's runs become the winner's, same moves: nothing new to report."""
+    outs = run_both([("update", C0_OPEN), ("merge", "c0", "c9")])
+    # c0's relaxed run converted at purchase (3): only its strict run is open
+    assert outs[-1] == []
+
+
+def test_native_merge_retracts_the_first_equal_time(native: None) -> None:
+    """Times to advance 2, 1, 2 min in one cell: retracting c2's (2) takes the first 2 out, as
+    ``list.remove``, and the replay adds it back last."""
+    outs = run_both([
+        ("update", [at("c0", "landing_page", 0), at("c0", "signup", 2),
+                    at("c1", "landing_page", 5), at("c1", "signup", 6),
+                    at("c2", "landing_page", 10), at("c2", "signup", 12)]),
+        ("merge", "c2", "c9")])
+    assert outs[-1] == []
+
+
+def test_native_merge_winner_with_runs_loser_without(native: None) -> None:
+    outs = run_both([("update", C1_OPEN), ("merge", "c9", "c1"), ("merge", "c1", "c1")])
+    assert outs[-2:] == [[], []]
+
+
+def test_native_merge_both_with_runs(native: None) -> None:
+    """Strict: c1's start (1) is inside c0's run (0), c1's trial_start (5), ignored in its
+    own run (at stage 0), advances the run c0 took to signup (2); relaxed: c0's run converted
+    (3), c1's is as it was. The new move is reported under the winner, in c0's segment."""
+    outs = run_both([("update", C0_OPEN + C1_OPEN), ("merge", "c0", "c1")])
+    assert moves(outs[-1]) == [("c1", "signup", 1, 2, 5, "a")]
+    outs = run_both([("update", C0_OPEN + C1_OPEN), ("merge", "c1", "c0")])
+    assert moves(outs[-1]) == [("c0", "signup", 1, 2, 5, "a")]
+
+
+def test_native_merge_drops_inside_the_replay(native: None) -> None:
+    """c0's strict run (0) would have dropped at 10 had c1's events (12) been its own: the
+    replay drops it and starts a new run at c1's landing_page of 12."""
+    outs = run_both([
+        ("update", [at("c0", "landing_page", 0), at("c1", "landing_page", 5, "b"),
+                    at("c1", "landing_page", 12, "b"), at("c1", "signup", 13, "b")]),
+        ("merge", "c1", "c0")])
+    # c1's signup (13) advanced c1's own run: not new
+    assert moves(outs[-1]) == [("c0", "signup", 0, -1, 10, "a"), ("c0", "signup", -1, 0, 12, "b")]
+
+
+def test_native_merge_drops_at_the_watermark(native: None) -> None:
+    """Runs attached after the watermark passed their deadline (moved away meanwhile): the
+    replay advances the merged run (c1's trial_start, 5) and drops it at the watermark, as
+    ``advance`` would."""
+    outs = run_both([
+        ("update", C0_OPEN + C1_OPEN), ("detach", "c0"), ("detach", "c1"), ("advance", 60),
+        ("attach", "c1"), ("attach", "c0"), ("merge", "c0", "c1"), ("advance", 120)])
+    assert moves(outs[-2]) == [("c1", "signup", 1, 2, 5, "a"), ("c1", "signup", 2, -1, 10, "a")]
+    # the merged run was dropped, not left open; c1's relaxed run (attached) drops now
+    assert moves(outs[-1]) == [("c1", "buy", 1, -1, 31, "b")]
+
+
+def test_native_detach_attach(native: None) -> None:
+    """Detach takes the runs with their share of the cells (a cell emptied goes), attach
+    brings them back (with their deadlines); a funnel unknown here, or one the customer has
+    a run in, is skipped."""
+    outs = run_both([
+        ("update", C0_OPEN + C1_OPEN), ("detach", "c1"), ("detach", "c9"), ("attach", "c1"),
+        ("detach", "c0"), ("update", [at("c0", "landing_page", 7)]), ("attach", "c0"),
+        ("advance", 120)])
+    assert sorted(outs[1]) == ["buy", "signup"] and outs[2] == {}
+    # c0's new runs (7) keep their place: its detached strict run is not attached again
+    assert moves(outs[-1]) == [("c1", "signup", 0, -1, 11, "b"), ("c0", "signup", 0, -1, 17, "a"),
+                               ("c1", "buy", 1, -1, 31, "b"), ("c0", "buy", 0, -1, 37, "a")]
+
+
+def test_native_merge_with_a_value_missing_fails_as_python(native: None) -> None:
+    """A time to advance the cells no longer hold (a state changed from outside): both
+    engines raise ``list.remove``'s ValueError."""
+    errors = []
+    for tracker in (FunnelTracker(FUNNELS), NativeFunnelTracker(FUNNELS)):
+        tracker.update(C0_OPEN)
+        for cell in tracker.state.cells.values():
+            cell.advance_ms[0].exact = [7, 7]
+        with pytest.raises(ValueError, match="not in list") as error:
+            tracker.merge_customer("c0", "c1")
+        errors.append(str(error.value))
+    assert errors[1] == errors[0]
+
+
+FUNNEL_TOUCHPOINTS = [tp for tp in TOUCHPOINTS if tp != "cancel"]
+
+
+def random_batch(rng: random.Random, t: int, n_max: int, gaps_min: list[int],
+                 customer: Callable[[], str], touchpoints: list[str]
+                 ) -> tuple[list[ResolvedEvent], int]:
+    """Up to `n_max` events from `t` on, `gaps_min` apart, segments a and b; and the last time."""
+    batch = []
+    for _ in range(rng.randrange(0, n_max)):
+        t += rng.choice(gaps_min) * MIN_MS
+        batch.append(resolved(customer(), rng.choice(touchpoints), t,
+                              segment=rng.choice(["a", "b"])))
+    return batch, t
+
+
+class RecordingList(list[int]):
+    """A list that records the values taken out of it by ``remove``."""
+
+    def __init__(self, values: list[int]) -> None:
+        super().__init__(values)
+        self.removed: list[int] = []
+
+    def remove(self, value: int) -> None:
+        self.removed.append(value)
+        super().remove(value)
+
+
+def test_native_merge_removes_through_a_list_subclass(native: None) -> None:
+    """Times to advance kept in a list subclass (set from outside): its own ``remove`` takes
+    them out, natively as in Python."""
+    removed = []
+    for tracker in (FunnelTracker(FUNNELS), NativeFunnelTracker(FUNNELS)):
+        tracker.update(C0_OPEN)
+        lists = []
+        for cell in tracker.state.cells.values():
+            cell.advance_ms[0].exact = RecordingList(cell.advance_ms[0].exact or [])
+            lists.append(cell.advance_ms[0].exact)
+        tracker.merge_customer("c0", "c1")
+        removed.append([lst.removed for lst in lists])
+    assert removed[1] == removed[0] == [[2 * MIN_MS], []]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_native_merges_equal_python_with_folded_durations(native: None, seed: int) -> None:
+    """With a tiny exact bound, the times to advance fold into buckets early: merges retract
+    values from the buckets (``Durations.remove``'s bucket path) and from lists with repeated
+    values (the first one goes), natively as in Python."""
+    saved = funnels.EXACT_DURATIONS_MAX, funnels_native.EXACT_DURATIONS_MAX
+    funnels.EXACT_DURATIONS_MAX = funnels_native.EXACT_DURATIONS_MAX = 3  # type: ignore[misc]
+    remove = funnels.Durations.remove
+    n_bucket_removes = 0
+
+    def counted(d: funnels.Durations, value_ms: int) -> None:  # the Python engine's removes
+        nonlocal n_bucket_removes
+        n_bucket_removes += d.exact is None
+        remove(d, value_ms)
+
+    funnels.Durations.remove = counted  # type: ignore[method-assign]
+    try:
+        rng = random.Random(seed)
+        python, native_tracker = FunnelTracker(FUNNELS), NativeFunnelTracker(FUNNELS)
+        t = T0_MS
+        for _ in range(25):
+            batch, t = random_batch(rng, t, 60, [0, 1, 1, 2, 5, 40],
+                                    lambda: f"c{rng.randrange(6)}", FUNNEL_TOUCHPOINTS)
+            assert native_tracker.update(batch).transitions == python.update(batch).transitions
+            for _ in range(rng.randrange(0, 8)):
+                cid, other = f"c{rng.randrange(6)}", f"c{rng.randrange(6)}"
+                assert (native_tracker.merge_customer(cid, other)
+                        == python.merge_customer(cid, other))
+            assert funnel_state(native_tracker) == funnel_state(python)
+            if rng.random() < 0.3:
+                mark = t - rng.choice([0, 20]) * MIN_MS
+                assert native_tracker.advance(mark) == python.advance(mark)
+        assert n_bucket_removes > 0
+        assert repr(native_tracker.snapshot()) == repr(python.snapshot())
+    finally:
+        funnels.EXACT_DURATIONS_MAX, funnels_native.EXACT_DURATIONS_MAX = saved  # type: ignore[misc]
+        funnels.Durations.remove = remove  # type: ignore[method-assign]
+
+
 def path_state(paths: PathAccumulator, now_ms: int) -> str:
     return repr((paths.open, dict(paths.done["touchpoint"]), dict(paths.done["channel"]),
                  paths.paths("touchpoint", now_ms), paths.paths("channel", now_ms)))
@@ -200,6 +408,30 @@ def test_native_paths_equal_python(native: None, ops: list[tuple[Any, ...]]) -> 
     python = drive_paths(PathAccumulator(*args), ops)
     native_seen = drive_paths(NativePathAccumulator(*args), ops)
     assert [s.removeprefix("Native") for s in native_seen] == python
+
+
+def test_native_rename_equals_python(native: None) -> None:
+    """``rename`` in the core: the loser's journey goes to a winner without one (last) or with
+    an older one (in the winner's place), not over a newer or as recent one; renaming a
+    customer to itself moves its journey last; a loser without a journey changes nothing."""
+    o = config_of().outcomes
+    args = (o.conversion, o.churn, o.null_horizon_s)
+    seen = []
+    for paths in (PathAccumulator(*args), NativePathAccumulator(*args)):
+        paths.add([resolved(c, "blog", T0_MS + m * MIN_MS, channel=ch)
+                   for c, m, ch in [("c0", 0, "web"), ("c1", 1, "app"), ("c2", 2, "web"),
+                                    ("c3", 2, "email"), ("c0", 3, "app"), ("c4", 4, "web")]])
+        steps = []
+        for loser, winner in [("c9", "c0"), ("c0", "c1"), ("c3", "c2"), ("c2", "c4"),
+                              ("c1", "c1"), ("c4", "c8"), (7, "c1")]:
+            paths.rename(loser, winner)  # type: ignore[arg-type]
+            steps.append(list(paths.open.items()))
+        seen.append(steps)
+    assert seen[1] == seen[0]
+    assert [[cid for cid, _ in step] for step in seen[0]] == [
+        ["c0", "c1", "c2", "c3", "c4"], ["c1", "c2", "c3", "c4"], ["c1", "c2", "c4"],
+        ["c1", "c4"], ["c4", "c1"], ["c1", "c8"], ["c1", "c8"]]
+    assert seen[0][-1][0][1][1] == ["blog", "blog"]  # c0's journey, renamed c1
 
 
 @settings(max_examples=25, deadline=None)
@@ -250,11 +482,8 @@ def test_native_runs_keep_the_dicts_order(native: None, seed: int) -> None:
     python, native_tracker = FunnelTracker(FUNNELS), NativeFunnelTracker(FUNNELS)
     t = T0_MS
     for round_ in range(30):
-        batch = []
-        for _ in range(rng.randrange(0, 80)):
-            t += rng.choice([0, MIN_MS, 2 * MIN_MS, 40 * MIN_MS])
-            batch.append(resolved(f"{rng.choice(PREFIXES)}{rng.randrange(100)}",
-                                  rng.choice(TOUCHPOINTS), t, segment=rng.choice(["a", "b"])))
+        batch, t = random_batch(rng, t, 80, [0, 1, 2, 40],
+                                lambda: f"{rng.choice(PREFIXES)}{rng.randrange(100)}", TOUCHPOINTS)
         moves = [tracker.update(batch).transitions for tracker in (python, native_tracker)]
         assert moves[1] == moves[0]
         if rng.random() < 0.3:

@@ -1,5 +1,6 @@
 //! `FunnelTracker.update` and `FunnelTracker.advance` (`processors/funnels.py`), the funnels'
-//! per-event and per-deadline loops, with the open runs in native memory (issue 4).
+//! per-event and per-deadline loops, and `merge_customer`, `detach` and `attach` (the replay of
+//! a customer's runs, `_walk` and `_count`), with the open runs in native memory (issue 4).
 //!
 //! The open runs of each funnel live in a `NativeRuns`: per customer the stage, the time it was
 //! entered, the run start, the cell key (the Python tuple `(funnel, segment, cohort week)`, the
@@ -10,10 +11,10 @@
 //! pickles it as that dict. The cells (`StageCounts` with their `Durations`), the deadline heaps
 //! and the cohort-week cache stay the tracker's Python objects, changed here by the same
 //! operations in the same order as the Python methods: the same heap pushes and pops (`heapq`'s
-//! algorithm, `heap.rs`), the same list slots counted, `Durations` filled as its `add` fills it. So the
-//! state, its pickles and the Python methods that read it (merges, detach and attach,
-//! snapshots) are unchanged, and the `FunnelTransition` records are the Python ones, field for
-//! field, in the same order.
+//! algorithm, `heap.rs`), the same list slots counted, `Durations` filled and emptied as its
+//! `add` and `remove` do. So the state, its pickles and the Python methods that read it
+//! (snapshots) are unchanged, and the `FunnelTransition` records are the Python ones, field
+//! for field, in the same order.
 
 use pyo3::exceptions::PyValueError;
 use pyo3::ffi;
@@ -244,6 +245,7 @@ pub struct NativeFunnelStep {
     counts_empty: Py<PyAny>,       // StageCounts.empty
     cohort_week: Py<PyAny>,
     exact_max: usize,
+    log_gamma: f64, // `_LOG_GAMMA`: math.log(1.02), as Python computed it
     empty: Py<PyString>,
     slots: EventSlots,
 }
@@ -316,8 +318,9 @@ impl<'py> State<'py> {
 
 impl NativeFunnelStep {
     /// The `FunnelTransition` of a move of `cid` in funnel `fi` from stage `frm` to `to`
-    /// (`OUTSIDE` is the name ""); converted when it advances to the last stage (an entry to
-    /// stage 0 is not, even in a funnel of one stage).
+    /// (`OUTSIDE` is the name ""). `converted` as the caller's Python twin says it: `update`'s
+    /// when an advance reaches the last stage, a merge's when `to` is the last stage (an entry
+    /// to stage 0 of a funnel of one stage too).
     #[allow(clippy::too_many_arguments)]
     fn transition<'py>(
         &self,
@@ -330,6 +333,7 @@ impl NativeFunnelStep {
         spent: Option<i64>,
         segment: Bound<'py, PyAny>,
         week: Bound<'py, PyAny>,
+        converted: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
         let f = &self.funnels[fi];
         let name = |i: i64| {
@@ -350,7 +354,7 @@ impl NativeFunnelStep {
             spent.into_py(py),
             segment.unbind(),
             week.unbind(),
-            (frm != OUTSIDE && to == f.last).into_py(py),
+            converted.into_py(py),
         ];
         record(py, &self.transition_type, items)
     }
@@ -393,14 +397,15 @@ impl NativeFunnelStep {
         t.runs[fi].remove(text);
         let ts = deadline.into_py(py);
         let (seg, week) = (key.get_item(1)?, key.get_item(2)?);
-        t.out.append(self.transition(py, fi, cid, stage, OUTSIDE, ts, Some(deadline - entered), seg, week)?)
+        t.out.append(self.transition(py, fi, cid, stage, OUTSIDE, ts, Some(deadline - entered), seg, week, false)?)
     }
 }
 
 #[pymethods]
 impl NativeFunnelStep {
     /// `funnels`: per compiled funnel `(name, stage names, window_ms, strict)`; `routes`:
-    /// touchpoint -> [(funnel index, stage)] (the tracker's `_routes`, in its order).
+    /// touchpoint -> [(funnel index, stage)] (the tracker's `_routes`, in its order);
+    /// `exact_max` and `log_gamma`: `Durations`' `EXACT_DURATIONS_MAX` and `_LOG_GAMMA`.
     #[new]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -411,6 +416,7 @@ impl NativeFunnelStep {
         counts_empty: Py<PyAny>,
         cohort_week: Py<PyAny>,
         exact_max: usize,
+        log_gamma: f64,
     ) -> PyResult<Self> {
         let mut fs = Vec::with_capacity(funnels.len());
         for (name, names, window_ms, strict) in funnels {
@@ -440,6 +446,7 @@ impl NativeFunnelStep {
             counts_empty,
             cohort_week,
             exact_max,
+            log_gamma,
             empty: PyString::new_bound(py, "").unbind(),
             slots: EventSlots::new(),
         })
@@ -534,9 +541,150 @@ impl NativeFunnelStep {
         }
         Ok(())
     }
+
+    /// `FunnelTracker.merge_customer`: `loser`'s open runs folded into `winner`'s by replaying
+    /// both runs' events per funnel; the moves new to the replay are appended to `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn merge_customer<'py>(
+        &self,
+        py: Python<'py>,
+        loser: &Bound<'py, PyString>,
+        winner: &Bound<'py, PyString>,
+        tracked: Tracked<'py>,
+        out: &Bound<'py, PyList>,
+    ) -> PyResult<()> {
+        let (runs, deadlines, cells, weeks, watermark_ms) = tracked;
+        let weeks = &weeks;
+        let mut t = State::new(py, self.funnels.len(), runs, deadlines, &cells, out)?;
+        let (lose, win) = (loser.to_str()?, winner.to_str()?);
+        if lose == win {
+            return Ok(());
+        }
+        let mut touched: Vec<Py<PyTuple>> = Vec::new();
+        for fi in 0..self.funnels.len() {
+            let lost = match t.runs[fi].remove(lose) {
+                Some(r) => r,
+                None => continue,
+            };
+            let kept = t.runs[fi].remove(win);
+            let old: Vec<Run> = kept.into_iter().chain(std::iter::once(lost)).collect();
+            let mut items = Vec::new();
+            let mut before: Vec<((i64, i64, i64), u32)> = Vec::new();
+            for r in &old {
+                let own = items_of(py, r)?;
+                touched.push(r.cell.clone_ref(py));
+                for m in self.walk(py, &mut t, fi, &own, weeks, watermark_ms, None)? {
+                    self.count(py, &t, fi, &m, -1)?;
+                    let k = (m.frm, m.to, m.ts);
+                    match before.iter_mut().find(|(b, _)| *b == k) {
+                        Some((_, n)) => *n += 1,
+                        None => before.push((k, 1)),
+                    }
+                }
+                items.extend(own);
+            }
+            sort_items(&mut items)?;
+            let last = self.funnels[fi].last;
+            for m in self.walk(py, &mut t, fi, &items, weeks, watermark_ms, Some(winner))? {
+                self.count(py, &t, fi, &m, 1)?;
+                let k = (m.frm, m.to, m.ts);
+                if let Some((_, n)) = before.iter_mut().find(|(b, n)| *b == k && *n > 0) {
+                    *n -= 1;
+                    continue;
+                }
+                let (seg, week) = (m.cell.get_item(1)?, m.cell.get_item(2)?);
+                let moved = self.transition(py, fi, winner.as_any(), m.frm, m.to, m.ts.into_py(py), m.spent, seg, week, m.to == last)?;
+                t.out.append(moved)?;
+            }
+        }
+        for key in touched {
+            self.drop_if_empty(&t, key.bind(py).as_any())?;
+        }
+        Ok(())
+    }
+
+    /// `FunnelTracker.detach`: `cid`'s open runs removed, with their share of the cells, and
+    /// returned as `{funnel: FunnelRun}`.
+    #[allow(clippy::too_many_arguments)]
+    fn detach<'py>(
+        &self,
+        py: Python<'py>,
+        cid: &Bound<'py, PyString>,
+        tracked: Tracked<'py>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let (runs, deadlines, cells, weeks, watermark_ms) = tracked;
+        let weeks = &weeks;
+        let out = PyDict::new_bound(py);
+        let mut t = State::new(py, self.funnels.len(), runs, deadlines, &cells, &PyList::empty_bound(py))?;
+        let text = cid.to_str()?;
+        for fi in 0..self.funnels.len() {
+            let r = match t.runs[fi].remove(text) {
+                Some(r) => r,
+                None => continue,
+            };
+            let run = t.runs[fi].funnel_run(py, &r)?;
+            let items = items_of(py, &r)?;
+            for m in self.walk(py, &mut t, fi, &items, weeks, watermark_ms, None)? {
+                self.count(py, &t, fi, &m, -1)?;
+            }
+            self.drop_if_empty(&t, r.cell.bind(py).as_any())?;
+            out.set_item(self.funnels[fi].name.bind(py), run)?;
+        }
+        Ok(out)
+    }
+
+    /// `FunnelTracker.attach`: adopt runs detached elsewhere (a mapping funnel -> `FunnelRun`,
+    /// read by its `items()`), with their share of the cells and their deadlines; a funnel not
+    /// tracked here, or one `cid` already has a run in, is skipped.
+    #[allow(clippy::too_many_arguments)]
+    fn attach<'py>(
+        &self,
+        py: Python<'py>,
+        cid: &Bound<'py, PyString>,
+        detached: &Bound<'py, PyAny>,
+        tracked: Tracked<'py>,
+    ) -> PyResult<()> {
+        let (runs, deadlines, cells, weeks, watermark_ms) = tracked;
+        let weeks = &weeks;
+        let mut t = State::new(py, self.funnels.len(), runs, deadlines, &cells, &PyList::empty_bound(py))?;
+        let text = cid.to_str()?;
+        for item in detached.call_method0(intern!(py, "items"))?.iter()? {
+            let (name, run): (Bound<'py, PyAny>, Bound<'py, PyAny>) = item?.extract()?;
+            let fi = match self.funnel_named(py, &name)? {
+                Some(fi) if !t.runs[fi].open.contains(text) => fi,
+                _ => continue,
+            };
+            t.runs[fi].set(cid, &run)?;
+            let i = t.runs[fi].find(text).unwrap_or(0);
+            let (items, start) = {
+                let r = t.runs[fi].run(i);
+                (items_of(py, r)?, r.start)
+            };
+            for m in self.walk(py, &mut t, fi, &items, weeks, watermark_ms, None)? {
+                self.count(py, &t, fi, &m, 1)?;
+            }
+            let window = self.funnels[fi].window_ms;
+            let deadline = PyTuple::new_bound(py, [(start + window).into_py(py), cid.clone().into_any().unbind(), start.into_py(py)]);
+            heappush(&t.deadlines[fi], &deadline)?;
+        }
+        Ok(())
+    }
 }
 
 impl NativeFunnelStep {
+    /// `FunnelTracker._week`: the cohort week of `ts`, through the tracker's day -> week cache.
+    fn week<'py>(&self, py: Python<'py>, ts: i64, weeks: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyAny>> {
+        let day = ts.div_euclid(DAY_MS);
+        Ok(match weeks.get_item(day)? {
+            Some(w) => w,
+            None => {
+                let w = self.cohort_week.bind(py).call1((ts,))?;
+                weeks.set_item(day, &w)?;
+                w
+            }
+        })
+    }
+
     /// `FunnelTracker._start`: a run of funnel `fi` starts at stage 0.
     #[allow(clippy::too_many_arguments)]
     fn start<'py>(
@@ -550,15 +698,7 @@ impl NativeFunnelStep {
         weeks: &Bound<'py, PyDict>,
     ) -> PyResult<()> {
         let f = &self.funnels[fi];
-        let day = ts.div_euclid(DAY_MS);
-        let week = match weeks.get_item(day)? {
-            Some(w) => w,
-            None => {
-                let w = self.cohort_week.bind(py).call1((ts,))?;
-                weeks.set_item(day, &w)?;
-                w
-            }
-        };
+        let week = self.week(py, ts, weeks)?;
         let key = PyTuple::new_bound(py, [f.name.bind(py).as_any(), &segment, &week]);
         let cell = match t.cells.get_item(&key)? {
             Some(c) => c,
@@ -584,7 +724,7 @@ impl NativeFunnelStep {
         t.runs[fi].put(cid, run)?;
         let deadline = PyTuple::new_bound(py, [(ts + f.window_ms).into_py(py), cid.clone().into_any().unbind(), ts.into_py(py)]);
         heappush(&t.deadlines[fi], &deadline)?;
-        t.out.append(self.transition(py, fi, cid.as_any(), OUTSIDE, 0, ts.into_py(py), None, segment, week)?)
+        t.out.append(self.transition(py, fi, cid.as_any(), OUTSIDE, 0, ts.into_py(py), None, segment, week, false)?)
     }
 
     /// One routed event of `update` (route `ri`): `segment` read from `ev` when not given.
@@ -653,7 +793,7 @@ impl NativeFunnelStep {
             self.durations_add(py, &durations, spent)?;
             bump(&cell.getattr(t.n_entered)?, s, 1)?;
             let (seg, week) = (key.get_item(1)?, key.get_item(2)?);
-            t.out.append(self.transition(py, fi, cid_any, c, s, ts_obj.clone().unbind(), Some(spent), seg, week)?)?;
+            t.out.append(self.transition(py, fi, cid_any, c, s, ts_obj.clone().unbind(), Some(spent), seg, week, s == f.last)?)?;
             if s == f.last {
                 t.runs[fi].remove(text);
             } else {
@@ -663,5 +803,265 @@ impl NativeFunnelStep {
             }
         }
         Ok(())
+    }
+}
+
+/// The tracker's state a merge works on: each funnel's open runs and deadline heap (in the
+/// funnels' order), the cells, the day -> cohort week cache and the watermark.
+type Tracked<'py> = (Vec<Bound<'py, NativeRuns>>, Vec<Bound<'py, PyList>>, Bound<'py, PyDict>, Bound<'py, PyDict>, i64);
+
+/// One move of a replay (`FunnelTracker._walk`): from and to stage, time, time in the stage
+/// left (None on entry) and the cell key of its run.
+struct Move<'py> {
+    frm: i64,
+    to: i64,
+    ts: i64,
+    spent: Option<i64>,
+    cell: Bound<'py, PyTuple>,
+}
+
+/// A run being replayed: stage, its entry, run start, cell key, index of its first event.
+struct Replay<'py> {
+    stage: i64,
+    entered: i64,
+    start: i64,
+    cell: Bound<'py, PyTuple>,
+    first: usize,
+}
+
+/// A run's events as `_walk` takes them: `(code, segment)`, the segment of the run's cell.
+fn items_of<'py>(py: Python<'py>, r: &Run) -> PyResult<Vec<(i64, Bound<'py, PyAny>)>> {
+    let seg = r.cell.bind(py).get_item(1)?;
+    Ok(r.events.iter().map(|&c| (c, seg.clone())).collect())
+}
+
+/// `lst.remove(value)` for an int `value`: the first item equal to it deleted (a
+/// `ValueError` if none is). Exact ints are compared by value here, anything else by Python's
+/// `==`, as `list.remove` compares; the scan of thousands of times to advance is the cost of a
+/// merge that retracts one.
+fn list_remove(py: Python<'_>, lst: &Bound<'_, PyList>, value: i64) -> PyResult<()> {
+    let target = value.into_py(py);
+    let mut i = 0;
+    let found = loop {
+        // size and items read again each turn: a Python `==` may change the list
+        let n = unsafe { ffi::PyList_GET_SIZE(lst.as_ptr()) };
+        if i >= n {
+            break None;
+        }
+        let o = unsafe { ffi::PyList_GET_ITEM(lst.as_ptr(), i) };
+        if o == target.as_ptr() {
+            break Some(i);
+        }
+        if unsafe { ffi::PyLong_CheckExact(o) } != 0 {
+            let mut overflow = 0;
+            let v = unsafe { ffi::PyLong_AsLongLongAndOverflow(o, &mut overflow) };
+            if overflow == 0 && v == value {
+                break Some(i);
+            }
+        } else {
+            let item = unsafe { Bound::from_borrowed_ptr(py, o) };
+            if item.eq(&target)? {
+                break Some(i);
+            }
+        }
+        i += 1;
+    };
+    match found {
+        Some(i) => lst.del_item(i as usize),
+        None => Err(PyValueError::new_err("list.remove(x): x not in list")),
+    }
+}
+
+/// `sorted(items)` for `(code, segment)` pairs: by code, then segment (Python's `<`, for the
+/// rare events at the same millisecond and stage); stable, as `sorted`.
+fn sort_items(items: &mut [(i64, Bound<'_, PyAny>)]) -> PyResult<()> {
+    let mut err = None;
+    items.sort_by(|a, b| {
+        a.0.cmp(&b.0).then_with(|| {
+            if err.is_some() {
+                return std::cmp::Ordering::Equal;
+            }
+            let less = |x: &Bound<'_, PyAny>, y: &Bound<'_, PyAny>| x.lt(y);
+            match (less(&a.1, &b.1), less(&b.1, &a.1)) {
+                (Ok(true), Ok(_)) => std::cmp::Ordering::Less,
+                (Ok(false), Ok(true)) => std::cmp::Ordering::Greater,
+                (Ok(false), Ok(false)) => std::cmp::Ordering::Equal,
+                (Err(e), _) | (_, Err(e)) => {
+                    err = Some(e);
+                    std::cmp::Ordering::Equal
+                }
+            }
+        })
+    });
+    match err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+impl NativeFunnelStep {
+    /// `FunnelTracker._walk`: the moves of one customer's funnel events (`(code, segment)` in
+    /// event-time order) from no open run, as `update` and `advance` (to `watermark_ms`) make
+    /// them. With `owner`, the run left open at the end becomes `owner`'s: its events, its
+    /// place (last) in the runs and its deadline pushed.
+    #[allow(clippy::too_many_arguments)]
+    fn walk<'py>(
+        &self,
+        py: Python<'py>,
+        t: &mut State<'py>,
+        fi: usize,
+        items: &[(i64, Bound<'py, PyAny>)],
+        weeks: &Bound<'py, PyDict>,
+        watermark_ms: i64,
+        owner: Option<&Bound<'py, PyString>>,
+    ) -> PyResult<Vec<Move<'py>>> {
+        let f = &self.funnels[fi];
+        let window = f.window_ms;
+        let mut moves = Vec::new();
+        let mut run: Option<Replay<'py>> = None;
+        for (i, (code, seg)) in items.iter().enumerate() {
+            let (ts, s) = (code >> STAGE_BITS, code & ((1 << STAGE_BITS) - 1));
+            if let Some(r) = run.take() {
+                if ts > r.start + window {
+                    let deadline = r.start + window;
+                    moves.push(Move { frm: r.stage, to: OUTSIDE, ts: deadline, spent: Some(deadline - r.entered), cell: r.cell });
+                } else {
+                    run = Some(r);
+                }
+            }
+            let r = match run.as_mut() {
+                Some(r) => r,
+                None => {
+                    if s == 0 {
+                        let week = self.week(py, ts, weeks)?;
+                        let cell = PyTuple::new_bound(py, [f.name.bind(py).as_any(), seg, &week]);
+                        moves.push(Move { frm: OUTSIDE, to: 0, ts, spent: None, cell: cell.clone() });
+                        run = Some(Replay { stage: 0, entered: ts, start: ts, cell, first: i });
+                    }
+                    continue;
+                }
+            };
+            let c = r.stage;
+            if s <= c || (f.strict && s != c + 1) {
+                continue;
+            }
+            moves.push(Move { frm: c, to: s, ts, spent: Some(ts - r.entered), cell: r.cell.clone() });
+            if s == f.last {
+                run = None;
+            } else {
+                r.stage = s;
+                r.entered = ts;
+            }
+        }
+        if let Some(r) = run.take() {
+            if r.start + window < watermark_ms {
+                let deadline = r.start + window;
+                moves.push(Move { frm: r.stage, to: OUTSIDE, ts: deadline, spent: Some(deadline - r.entered), cell: r.cell });
+            } else {
+                run = Some(r);
+            }
+        }
+        if let (Some(owner), Some(r)) = (owner, run) {
+            let start = r.start;
+            let kept = Run {
+                cid: PStr::of(owner),
+                stage: r.stage,
+                entered: r.entered,
+                start,
+                cell: r.cell.unbind(),
+                events: items[r.first..].iter().map(|(c, _)| *c).collect(),
+            };
+            t.runs[fi].put(owner, kept)?;
+            let deadline = PyTuple::new_bound(py, [(start + window).into_py(py), owner.clone().into_any().unbind(), start.into_py(py)]);
+            heappush(&t.deadlines[fi], &deadline)?;
+        }
+        Ok(moves)
+    }
+
+    /// `FunnelTracker._count`: add (`sign` 1) or retract (-1) one move's share of the cells.
+    fn count<'py>(&self, py: Python<'py>, t: &State<'py>, fi: usize, m: &Move<'py>, sign: i64) -> PyResult<()> {
+        let cell = match t.cells.get_item(&m.cell)? {
+            Some(c) => c,
+            None => {
+                let c = self.counts_empty.bind(py).call1((self.funnels[fi].n_stages,))?;
+                t.cells.set_item(&m.cell, &c)?;
+                c
+            }
+        };
+        if m.to == OUTSIDE {
+            return bump(&cell.getattr(t.n_dropped)?, m.frm, sign);
+        }
+        bump(&cell.getattr(t.n_entered)?, m.to, sign)?;
+        if m.frm != OUTSIDE {
+            bump(&cell.getattr(t.n_advanced)?, m.frm, sign)?;
+            let durations = cell.getattr(t.advance_ms)?.get_item(m.frm)?;
+            let spent = m.spent.unwrap_or(0); // an advance always has its time in the stage
+            if sign > 0 {
+                self.durations_add(py, &durations, spent)?;
+            } else {
+                self.durations_remove(py, &durations, spent)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `Durations.remove(value_ms)`: the first equal value out of the exact list (`list.remove`),
+    /// or one out of its bucket (the bucket `_bucket` put it in, emptied ones deleted).
+    fn durations_remove(&self, py: Python<'_>, d: &Bound<'_, PyAny>, value_ms: i64) -> PyResult<()> {
+        let n_n = intern!(py, "n");
+        let n: i64 = d.getattr(n_n)?.extract()?;
+        d.setattr(n_n, n - 1)?;
+        let exact = d.getattr(intern!(py, "exact"))?;
+        if !exact.is_none() {
+            return match exact.downcast_exact::<PyList>() {
+                Ok(lst) => list_remove(py, lst, value_ms),
+                Err(_) => exact.call_method1(intern!(py, "remove"), (value_ms,)).map(|_| ()),
+            };
+        }
+        if value_ms <= 0 {
+            let n_zero = intern!(py, "n_zero");
+            let z: i64 = d.getattr(n_zero)?.extract()?;
+            return d.setattr(n_zero, z - 1);
+        }
+        // math.ceil(math.log(value_ms) / _LOG_GAMMA): libm's log of the int as a double, as
+        // Python's math.log takes an int that fits one
+        let k = ((value_ms as f64).ln() / self.log_gamma).ceil() as i64;
+        let buckets = d.getattr(intern!(py, "buckets"))?.downcast_into::<PyDict>()?;
+        let count = match buckets.get_item(k)? {
+            Some(c) => c.extract::<i64>()?,
+            None => return Err(pyo3::exceptions::PyKeyError::new_err(k)),
+        };
+        if count - 1 != 0 {
+            buckets.set_item(k, count - 1)
+        } else {
+            buckets.del_item(k)
+        }
+    }
+
+    /// `FunnelTracker._drop_if_empty`: a cell nobody entered nor dropped out of is removed.
+    fn drop_if_empty(&self, t: &State<'_>, key: &Bound<'_, PyAny>) -> PyResult<()> {
+        let cell = match t.cells.get_item(key)? {
+            Some(c) => c,
+            None => return Ok(()),
+        };
+        for name in [t.n_entered, t.n_dropped] {
+            for v in cell.getattr(name)?.iter()? {
+                if v?.is_truthy()? {
+                    return Ok(());
+                }
+            }
+        }
+        t.cells.del_item(key)
+    }
+
+    /// The name's funnel (`FunnelTracker._by_name`: the last of that name).
+    fn funnel_named(&self, py: Python<'_>, name: &Bound<'_, PyAny>) -> PyResult<Option<usize>> {
+        let mut found = None;
+        for (fi, f) in self.funnels.iter().enumerate() {
+            if f.name.bind(py).as_any().eq(name)? {
+                found = Some(fi);
+            }
+        }
+        Ok(found)
     }
 }

@@ -268,6 +268,30 @@ impl NativePaths {
         Some(self.journey(py, &e))
     }
 
+    /// `PathAccumulator.rename`: `loser`'s open journey (if any) becomes `winner`'s when the
+    /// winner has none or an older one (the later last event wins); set as `open[winner] = lost`
+    /// sets it (in the winner's place, or last). No journey is read out or set back as Python
+    /// objects. A `loser` that is not a str has no journey; a `winner` that is not one is a
+    /// TypeError once the loser's journey is out (as the dict's wrapper raises it then).
+    fn rename(&mut self, loser: &Bound<'_, PyAny>, winner: &Bound<'_, PyAny>) -> PyResult<()> {
+        let lost = match loser.downcast::<PyString>() {
+            Ok(l) => match self.remove(l.to_str()?) {
+                Some(e) => e,
+                None => return Ok(()),
+            },
+            Err(_) => return Ok(()),
+        };
+        let winner = winner.downcast::<PyString>()?;
+        let newer = match self.open.find(winner.to_str()?) {
+            Some(i) => lost.last_ts > self.open.at(i).last_ts,
+            None => true,
+        };
+        if newer {
+            self.put(winner, lost.last_ts, lost.tps, lost.chs)?;
+        }
+        Ok(())
+    }
+
     /// `list(open.items())`, in the dict's order.
     fn items<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty_bound(py);
