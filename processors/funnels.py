@@ -43,8 +43,7 @@ EXACT_DURATIONS_MAX: Final = 4096
 """Times to advance kept exactly per stage and cell; beyond, a log histogram (≤1 % error)."""
 
 _GAMMA: Final = 1.02
-LOG_GAMMA: Final = math.log(_GAMMA)
-"""The log of the buckets' ratio (the native funnel loops take this very float)."""
+_LOG_GAMMA: Final = math.log(_GAMMA)
 _DAY_MS: Final = 86_400_000
 _EPOCH: Final = date(1970, 1, 1)
 _ALL: Final = "*"
@@ -105,7 +104,7 @@ class Durations:
         elif value_ms <= 0:
             self.n_zero -= 1
         else:
-            k = math.ceil(math.log(value_ms) / LOG_GAMMA)
+            k = math.ceil(math.log(value_ms) / _LOG_GAMMA)
             left = self.buckets[k] - 1
             if left:
                 self.buckets[k] = left
@@ -141,7 +140,7 @@ class Durations:
         if value_ms <= 0:
             self.n_zero += count
         else:
-            k = math.ceil(math.log(value_ms) / LOG_GAMMA)
+            k = math.ceil(math.log(value_ms) / _LOG_GAMMA)
             self.buckets[k] = self.buckets.get(k, 0) + count
 
 

@@ -29,7 +29,6 @@ from processors.errors import ConfigError
 from processors.events import ResolvedEvent
 from processors.funnels import (
     EXACT_DURATIONS_MAX,
-    LOG_GAMMA,
     FunnelResult,
     FunnelRun,
     FunnelState,
@@ -163,8 +162,7 @@ def _step_of(tracker: FunnelTracker) -> Any:
               for tp, route in tracker._routes.items()}
     return NativeFunnelStep(
         [(f.name, list(f.names), f.window_ms, f.strict) for f in tracker._funnels],
-        routes, FunnelTransition, StageCounts.empty, cohort_week, EXACT_DURATIONS_MAX,
-        LOG_GAMMA)
+        routes, FunnelTransition, StageCounts.empty, cohort_week, EXACT_DURATIONS_MAX)
 
 
 def _restore(state: dict[str, Any]) -> FunnelTracker:

@@ -245,7 +245,6 @@ pub struct NativeFunnelStep {
     counts_empty: Py<PyAny>,       // StageCounts.empty
     cohort_week: Py<PyAny>,
     exact_max: usize,
-    log_gamma: f64, // `_LOG_GAMMA`: math.log(1.02), as Python computed it
     empty: Py<PyString>,
     slots: EventSlots,
 }
@@ -405,7 +404,7 @@ impl NativeFunnelStep {
 impl NativeFunnelStep {
     /// `funnels`: per compiled funnel `(name, stage names, window_ms, strict)`; `routes`:
     /// touchpoint -> [(funnel index, stage)] (the tracker's `_routes`, in its order);
-    /// `exact_max` and `log_gamma`: `Durations`' `EXACT_DURATIONS_MAX` and `_LOG_GAMMA`.
+    /// `exact_max`: `Durations`' `EXACT_DURATIONS_MAX`.
     #[new]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -416,7 +415,6 @@ impl NativeFunnelStep {
         counts_empty: Py<PyAny>,
         cohort_week: Py<PyAny>,
         exact_max: usize,
-        log_gamma: f64,
     ) -> PyResult<Self> {
         let mut fs = Vec::with_capacity(funnels.len());
         for (name, names, window_ms, strict) in funnels {
@@ -446,7 +444,6 @@ impl NativeFunnelStep {
             counts_empty,
             cohort_week,
             exact_max,
-            log_gamma,
             empty: PyString::new_bound(py, "").unbind(),
             slots: EventSlots::new(),
         })
@@ -1005,37 +1002,18 @@ impl NativeFunnelStep {
         Ok(())
     }
 
-    /// `Durations.remove(value_ms)`: the first equal value out of the exact list (`list.remove`),
-    /// or one out of its bucket (the bucket `_bucket` put it in, emptied ones deleted).
+    /// `Durations.remove(value_ms)`: the first equal value out of the exact list
+    /// (`list.remove`, scanned here: the hot case), else the method itself (a folded sample's
+    /// bucket, or an exact list of another type).
     fn durations_remove(&self, py: Python<'_>, d: &Bound<'_, PyAny>, value_ms: i64) -> PyResult<()> {
-        let n_n = intern!(py, "n");
-        let n: i64 = d.getattr(n_n)?.extract()?;
-        d.setattr(n_n, n - 1)?;
         let exact = d.getattr(intern!(py, "exact"))?;
-        if !exact.is_none() {
-            return match exact.downcast_exact::<PyList>() {
-                Ok(lst) => list_remove(py, lst, value_ms),
-                Err(_) => exact.call_method1(intern!(py, "remove"), (value_ms,)).map(|_| ()),
-            };
+        if let Ok(lst) = exact.downcast_exact::<PyList>() {
+            let n_n = intern!(py, "n");
+            let n: i64 = d.getattr(n_n)?.extract()?;
+            d.setattr(n_n, n - 1)?;
+            return list_remove(py, lst, value_ms);
         }
-        if value_ms <= 0 {
-            let n_zero = intern!(py, "n_zero");
-            let z: i64 = d.getattr(n_zero)?.extract()?;
-            return d.setattr(n_zero, z - 1);
-        }
-        // math.ceil(math.log(value_ms) / _LOG_GAMMA): libm's log of the int as a double, as
-        // Python's math.log takes an int that fits one
-        let k = ((value_ms as f64).ln() / self.log_gamma).ceil() as i64;
-        let buckets = d.getattr(intern!(py, "buckets"))?.downcast_into::<PyDict>()?;
-        let count = match buckets.get_item(k)? {
-            Some(c) => c.extract::<i64>()?,
-            None => return Err(pyo3::exceptions::PyKeyError::new_err(k)),
-        };
-        if count - 1 != 0 {
-            buckets.set_item(k, count - 1)
-        } else {
-            buckets.del_item(k)
-        }
+        d.call_method1(intern!(py, "remove"), (value_ms,)).map(|_| ())
     }
 
     /// `FunnelTracker._drop_if_empty`: a cell nobody entered nor dropped out of is removed.
