@@ -1216,12 +1216,12 @@ impl NativeJourneyCore {
             } else {
                 Some(PStr::take(given.downcast_into::<PyString>()?))
             };
-            let seg = self.intern(py, slot_or_attr(&ev, &self.ev_layout, 2, n_segment)?.downcast()?)?;
+            let seg_obj = slot_or_attr(&ev, &self.ev_layout, 2, n_segment)?;
+            let seg = self.intern(py, seg_obj.downcast()?)?;
             let rev_obj = dict_or_attr(&te, td, n_revenue)?;
             let rev: f64 = if rev_obj.is_none() { 0.0 } else { rev_obj.extract()? };
             if let Some(p) = pending.as_mut() {
                 seq += 1;
-                let seg_obj = slot_or_attr(&ev, &self.ev_layout, 2, n_segment)?;
                 let (tp_s, ch_s) = (self.strs.py[tp as usize].bound(py), self.strs.py[ch as usize].bound(py));
                 p.push_read(py, &ev, ts, seq, &cid_obj, &tp_s, &ch_s, &seg_obj, dig)?;
             }
