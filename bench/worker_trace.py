@@ -30,16 +30,28 @@ import orjson
 
 
 def _ids_of_messages(batch: Any) -> list[str]:
+    """The event ids in a batch of messages: raw events, or envelopes of them."""
+    from streams.envelope import H_EVENTS, EnvelopeError, unpack
+
     ids = []
     for ev in batch:
         value = ev.message.value
-        if value and value[:1] == b"{":
+        headers = dict(ev.message.headers or ())
+        if headers.get("jm-type") == H_EVENTS:
             try:
-                event_id = orjson.loads(value).get("event_id")
-            except orjson.JSONDecodeError:
+                values = [v for _, v in unpack(value)]
+            except EnvelopeError:
                 continue
-            if isinstance(event_id, str):
-                ids.append(event_id)
+        else:
+            values = [value]
+        for value in values:
+            if value and value[:1] == b"{":
+                try:
+                    event_id = orjson.loads(value).get("event_id")
+                except orjson.JSONDecodeError:
+                    continue
+                if isinstance(event_id, str):
+                    ids.append(event_id)
     return ids
 
 

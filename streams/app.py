@@ -31,13 +31,12 @@ import pickle
 import socket
 import time
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import faust
 import orjson
-from aiokafka.partitioner import murmur2
 from faust.types import TP
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -67,6 +66,7 @@ from processors.validation import (
     Source,
     decode_batch,
     decode_engine,
+    decode_events,
     sources_of,
 )
 from sinks import clickhouse as ch
@@ -75,6 +75,9 @@ from sinks.checkpoints import CheckpointStore
 from streams.batching import take_ready
 from streams.corpus import new_model_suite
 from streams.delivery import Outgoing, OutputProducer, ProducerFatalError
+from streams.envelope import H_EVENTS, EnvelopeError, partition_of, unpack
+from streams.envelope import count as envelope_count
+from streams.envelope import group as envelopes
 from streams.heap import WORKER_FULL_EVERY_S, HeapFreezer
 from streams.outputs import (
     Rows,
@@ -349,13 +352,13 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                 # `resolved.resolved` keeps the order of `accepted`, the dead left out
                 dead_at = set(resolved.dead_at)
                 messages = [ev.message for a, ev in _pairs(accepted, batch)]
-                produced.extend(  # the raw timestamp: latency end to end
-                    (t.resolved, rev.customer_id.encode(), msg.value, None,
-                     int(msg.timestamp * 1000) if msg.timestamp else None)
-                    for rev, msg in zip(resolved.resolved, [
-                        msg for i, msg in enumerate(messages) if i not in dead_at
-                    ], strict=True)
-                )
+                produced.extend(_rekeyed(zip(  # the raw timestamp: latency end to end
+                    [rev.customer_id.encode() for rev in resolved.resolved],
+                    [msg.value for i, msg in enumerate(messages) if i not in dead_at],
+                    [int(msg.timestamp * 1000) if msg.timestamp else None
+                     for i, msg in enumerate(messages) if i not in dead_at],
+                    strict=True,
+                )))
             now_ms = int(time.time() * 1000)
             out = ChainOutput(dead=dead)
             if resolved is not None:
@@ -411,10 +414,24 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
         others: list[Outgoing] = []
         for merge in merges:
             body = orjson.dumps(merge._asdict())
-            expects.append((t.resolved, merge.winner.encode(), body, [(H_TYPE, b"expect")], None))
-            others.append((t.merges, merge.loser.encode(), body, None, None))
-            others.append((t.resolved, merge.loser.encode(), body, [(H_TYPE, b"merge")], None))
+            expects.append(
+                (t.resolved, merge.winner.encode(), body, [(H_TYPE, b"expect")], None, None)
+            )
+            others.append((t.merges, merge.loser.encode(), body, None, None, None))
+            others.append(
+                (t.resolved, merge.loser.encode(), body, [(H_TYPE, b"merge")], None, None)
+            )
         return expects, others
+
+    def _rekeyed(events: Iterable[tuple[bytes, bytes, int | None]]) -> list[Outgoing]:
+        """An ingest batch's events (customer key, raw value, raw timestamp) as messages on
+        touchpoints.resolved: one envelope per partition (streams.envelope) once the topic's
+        partition count is known, one keyed message per event before that."""
+        n = app.consumer.topic_partitions(t.resolved)
+        if not n:
+            return [(t.resolved, key, value, None, ts, None) for key, value, ts in events]
+        return [(t.resolved, None, value, [(H_TYPE, H_EVENTS)], ts, p)
+                for p, value, ts in envelopes(events, n)]
 
     def _merge_messages(merges: Sequence[MergeRecord]) -> tuple[list[Any], list[Any]]:
         """_merge_records as Faust sends (the outbox recovery, rare, sends through Faust)."""
@@ -422,7 +439,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
         topics = {t.resolved: resolved_topic, t.merges: merges_topic}
         first, then = (
             [topics[topic].send(key=key, value=value, headers=dict(headers or ()))
-             for topic, key, value, headers, _ in messages]
+             for topic, key, value, headers, _, _ in messages]
             for messages in (expects, others)
         )
         return first, then
@@ -493,7 +510,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
 
     @app.agent(resolved_topic)
     async def journey(stream: faust.StreamT) -> None:
-        async for batch in take_ready(stream, batch_max, within):
+        # worker.batch_max counts events here: an envelope weighs the events it holds
+        async for batch in take_ready(stream, batch_max, within, weight=_events_in):
             runtime = R()
             by_partition: dict[int, list[Any]] = {}
             for ev in batch:
@@ -1027,11 +1045,6 @@ async def seek(consumer: Any, tp: Any, offset: int) -> None:
     consumer._read_offset[tp] = offset if offset else None  # as Consumer.seek: read again
 
 
-def partition_of(key: bytes, n_partitions: int) -> int:
-    """The partition Faust's producer (aiokafka's default partitioner) sends `key` to."""
-    return (murmur2(key) & 0x7FFFFFFF) % n_partitions
-
-
 def _resolve(runtime: Runtime, events: list[TouchpointEvent]) -> ResolveResult:
     """Resolve one ingest batch (in a thread) with the collector paused and what the batch left
     alive frozen after it, as the journey batch runs: the worker's identity cache and the
@@ -1073,15 +1086,31 @@ def _journey_batch(runtime: Runtime, part: PartitionState, events: Sequence[Any]
             continue  # already in the checkpointed state
         part.offset = msg.offset
         kind = dict(msg.headers).get(H_TYPE) if msg.headers else None
-        key = (msg.key or b"").decode()
-        if kind is None:
-            if (winner := chain.winner_of(key)) is not None:
-                # resolved before its merge reached us: the event belongs to the winner now
-                if here is None or not here(winner):
-                    forwards.append((winner.encode(), msg.value, {}))
+        if kind is None or kind == H_EVENTS:
+            source = Source(msg.topic, msg.partition, msg.offset)
+            if kind is None:
+                items = [(msg.key or b"", msg.value or b"")]
+            else:
+                try:
+                    items = unpack(msg.value or b"")
+                except EnvelopeError as exc:
+                    _dead_letter(out, m, msg.value or b"",
+                                 f"not a readable envelope of events: {exc}", source)
                     continue
-                key = winner  # the winner is ours: as if the forward had arrived next
-            run.add(key, msg)
+            for key_bytes, value in items:
+                try:
+                    key = key_bytes.decode()
+                except UnicodeDecodeError:
+                    _dead_letter(out, m, value, f"the customer key {key_bytes!r} is not UTF-8",
+                                 source)
+                    continue
+                if (winner := chain.winner_of(key)) is not None:
+                    # resolved before its merge reached us: the event belongs to the winner now
+                    if here is None or not here(winner):
+                        forwards.append((winner.encode(), value, {}))
+                        continue
+                    key = winner  # the winner is ours: as if the forward had arrived next
+                run.add(key, value, source)
             continue
         if run:  # the events before a control message come first
             chain.process_resolved(run.take(out, m, chain.decode_engine), (), out)
@@ -1108,7 +1137,7 @@ def _journey_batch(runtime: Runtime, part: PartitionState, events: Sequence[Any]
 class _Run:
     """A journey batch's events between two control messages, decoded together.
 
-    One :func:`decode_batch` call per run instead of one validation per message. The ingest
+    One :func:`decode_events` call per run instead of one validation per event. The ingest
     agent validated every event already, so a message that fails here was not written by it
     (another producer on the customer-keyed topic, or a schema change between versions): it
     becomes a dead letter (stage ``journey``, written to the `dead_letters` table with the
@@ -1124,26 +1153,46 @@ class _Run:
     def __bool__(self) -> bool:
         return bool(self.keys)
 
-    def add(self, key: str, msg: Any) -> None:
+    def add(self, key: str, value: bytes, source: Source) -> None:
+        """One event: its customer, its bytes, and its message (an envelope's events share
+        the envelope's)."""
         self.keys.append(key)
-        self.messages.append((msg.value or b"", Source(msg.topic, msg.partition, msg.offset)))
+        self.messages.append((value, source))
 
     def take(self, out: ChainOutput, metrics: Any,
              engine: DecodeEngine = "auto") -> list[ResolvedEvent]:
         """The run's events with their customers, in order; the run is empty after. `engine`:
         the chain's decode.engine."""
-        accepted, dead = decode_batch(self.messages, engine)
+        decoded, at, dead = decode_events(self.messages, engine)
         if dead:
-            key_of = dict(zip([src for _, src in self.messages], self.keys, strict=True))
-            events = [ResolvedEvent(key_of[a.source], a.event) for a in accepted]
+            keys = self.keys
+            events = [ResolvedEvent(keys[i], ev) for i, ev in zip(at, decoded, strict=True)]
             out.dead.extend(dataclasses.replace(letter, stage="journey") for letter in dead)
             metrics.dead.labels("journey").inc(len(dead))
-            log.warning("%d message(s) on the customer-keyed topic are not valid events; "
+            log.warning("%d event(s) on the customer-keyed topic are not valid events; "
                         "dead-lettered (stage journey), first: %s", len(dead), dead[0].reason)
         else:
-            events = list(map(ResolvedEvent, self.keys, [a.event for a in accepted]))
+            events = list(map(ResolvedEvent, self.keys, decoded))
         self.keys, self.messages = [], []
         return events
+
+
+def _events_in(ev: Any) -> int:
+    """How many events a message on touchpoints.resolved holds (controls and events: 1)."""
+    msg = ev.message
+    if msg.headers and dict(msg.headers).get(H_TYPE) == H_EVENTS:
+        return max(envelope_count(msg.value or b""), 1)
+    return 1
+
+
+def _dead_letter(out: ChainOutput, metrics: Metrics, raw: bytes, reason: str,
+                 source: Source) -> None:
+    """A message (or an envelope's event) on the customer-keyed topic that cannot be read: a
+    dead letter (stage ``journey``) with its bytes, never dropped in silence."""
+    out.dead.append(DeadLetter(raw, reason, source, stage="journey"))
+    metrics.dead.labels("journey").inc()
+    log.warning("dead-lettered a message on the customer-keyed topic (stage journey): %s",
+                reason)
 
 
 def _route(part: PartitionState, transfer: Message | None, out: ChainOutput,

@@ -20,30 +20,35 @@ is acked after the agent is done with it (after the ``async for`` body), as in
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from mode.utils.aiter import aiter
 from mode.utils.futures import notify
 
 
-async def take_ready(stream: Any, max_: int, within: float) -> AsyncIterator[list[Any]]:
+async def take_ready(stream: Any, max_: int, within: float,
+                     weight: Callable[[Any], int] | None = None) -> AsyncIterator[list[Any]]:
     """The events of `stream` in batches of at most `max_`, each as soon as it is available.
 
     Built like Faust's ``Stream.take_events`` (a processor fills the buffer while the stream is
     drained passively; the agent's acks are disabled and each event is acked after its batch),
-    except for when a batch is handed over (see the module docstring).
+    except for when a batch is handed over (see the module docstring). With `weight`, `max_`
+    bounds the sum of ``weight(event)`` instead of the number of events (a message holding
+    many events, streams.envelope): a batch is closed once it reaches `max_`, so it holds at
+    most `max_` plus one message's weight less one.
     """
     if max_ < 1 or within <= 0:
         raise ValueError("take_ready needs max_ >= 1 and within > 0")
     events: list[Any] = []
+    size = 0  # the buffer's weight (its length without `weight`)
     ready = asyncio.Event()  # something is buffered
     consumed = asyncio.Event()
     consuming: asyncio.Future[None] | None = None
     enable_acks = stream.enable_acks
 
     async def add_to_buffer(value: Any) -> Any:
-        nonlocal consuming
+        nonlocal consuming, size
         try:
             if consuming is not None:  # the agent is at work on a batch: the next waits
                 try:
@@ -54,8 +59,9 @@ async def take_ready(stream: Any, max_: int, within: float) -> AsyncIterator[lis
             if event is None:
                 raise RuntimeError("take_ready found no current event")
             events.append(event)
+            size += 1 if weight is None else weight(event)
             ready.set()
-            if len(events) >= max_:  # never more than max_ in a batch
+            if size >= max_:  # never more than max_ in a batch
                 consumed.clear()
                 await stream.wait(consumed)
         except asyncio.CancelledError:  # pragma: no cover
@@ -78,7 +84,7 @@ async def take_ready(stream: Any, max_: int, within: float) -> AsyncIterator[lis
             # waiting, so the buffer stops growing within a few turns of the loop.
             until = loop.time() + within
             n = 0
-            while n != len(events) and len(events) < max_ and loop.time() < until:
+            while n != len(events) and size < max_ and loop.time() < until:
                 n = len(events)
                 await asyncio.sleep(0)
             consuming = loop.create_future()
@@ -87,6 +93,7 @@ async def take_ready(stream: Any, max_: int, within: float) -> AsyncIterator[lis
                 yield batch
             finally:
                 events.clear()
+                size = 0
                 ready.clear()
                 for event in batch:
                     await stream.ack(event)

@@ -26,18 +26,20 @@ from confluent_kafka import KafkaError, Message, Producer
 log = logging.getLogger("journeymap.worker")
 
 Headers = list[tuple[str, bytes]] | None
-# topic, key, value, headers, timestamp (ms; None = now)
-Outgoing = tuple[str, bytes | None, bytes, Headers, int | None]
+# topic, key, value, headers, timestamp (ms; None = now), partition (None: the key's)
+Outgoing = tuple[str, bytes | None, bytes, Headers, int | None, int | None]
 
 
 def produce(producer: Producer, message: Outgoing, on_delivery: Any) -> None:
     """Queue one message; while the local queue is full, serve delivery reports to make room."""
-    topic, key, value, headers, timestamp_ms = message
+    topic, key, value, headers, timestamp_ms, partition = message
     extra: dict[str, Any] = {}
     if headers:
         extra["headers"] = headers
     if timestamp_ms:
         extra["timestamp"] = timestamp_ms
+    if partition is not None:
+        extra["partition"] = partition
     while True:
         try:
             producer.produce(topic, value=value, key=key, on_delivery=on_delivery, **extra)
@@ -79,9 +81,11 @@ class OutputProducer:
         self.n_retried = 0
 
     def send(self, topic: str, key: bytes | None, value: bytes, headers: Headers = None,
-             timestamp_ms: int | None = None) -> None:
+             timestamp_ms: int | None = None, partition: int | None = None) -> None:
+        """Queue one message: to `partition` when given, else to its key's (murmur2)."""
         self._unconfirmed += 1
-        produce(self._producer, (topic, key, value, headers, timestamp_ms), self._on_delivery)
+        produce(self._producer, (topic, key, value, headers, timestamp_ms, partition),
+                self._on_delivery)
         self._producer.poll(0)
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
@@ -93,8 +97,10 @@ class OutputProducer:
             self._fatal = err
             return
         _kind, timestamp_ms = msg.timestamp()
+        partition = msg.partition()  # the one asked for, or the key's (the same again)
         self._failed.append((msg.topic() or "", msg.key(), msg.value() or b"",
-                             msg.headers() or None, timestamp_ms or None))
+                             msg.headers() or None, timestamp_ms or None,
+                             partition if partition is not None and partition >= 0 else None))
         log.warning("output to %s not delivered (%s); producing it again", msg.topic(), err)
 
     def deliver(self, retry_every_s: float = 1.0) -> None:

@@ -183,7 +183,7 @@ class EventProducer:
             self._limiter.acquire()
         if key is _AUTO:
             key = key_of(value)
-        produce(self._producer, (self.topic, key, value, None, None),  # type: ignore[arg-type]
+        produce(self._producer, (self.topic, key, value, None, None, None),  # type: ignore[arg-type]
                 self._on_delivery)
         self.stats.n_sent += 1
         self._producer.poll(0)

@@ -146,6 +146,34 @@ def _drained(env: dict[str, str], bootstrap: str, ports: list[int]) -> bool:
         c.close()
 
 
+def _resolved_kinds(env: dict[str, str], bootstrap: str) -> dict[bytes | str, int]:
+    """How many messages of each jm-type (None: a single event) touchpoints.resolved holds, and
+    how many events its envelopes hold in all."""
+    import uuid
+
+    from confluent_kafka import Consumer
+
+    from streams.envelope import count
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"kinds-{uuid.uuid4().hex[:8]}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    kinds: dict[bytes | str, int] = {"events in envelopes": 0}
+    try:
+        c.subscribe([env["JOURNEYMAP_KAFKA__TOPICS__RESOLVED"]])
+        idle = 0
+        while idle < 3:
+            batch = c.consume(num_messages=1000, timeout=2.0)
+            idle = 0 if batch else idle + 1
+            for msg in batch:
+                kind = dict(msg.headers() or ()).get("jm-type")
+                kinds[kind] = kinds.get(kind, 0) + 1
+                if kind == b"events":
+                    kinds["events in envelopes"] += count(msg.value() or b"")
+    finally:
+        c.close()
+    return kinds
+
+
 def free_ports(n: int) -> list[int]:
     """`n` ports free right now (other tests and helpers run workers too)."""
     import socket
@@ -341,6 +369,9 @@ def test_two_workers_on_four_partitions_equal_the_replay(
                 break
             time.sleep(2)
         assert lags, "no consumer lag reported"
+        # the ingest agents sent their events in envelopes, not one message each
+        kinds = _resolved_kinds(env, bootstrap)
+        assert kinds.get(b"events", 0) > 0 and kinds["events in envelopes"] > 2000, kinds
         # The supervisor restarts a worker that died, so the tables can be right after a crash:
         # say so instead (Faust logs a crashed service as "Crashed reason=..."; a seek from the
         # wrong thread once killed workers that way, streams.app.seek).

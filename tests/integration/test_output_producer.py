@@ -11,6 +11,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from streams.delivery import OutputProducer, ProducerFatalError
+from streams.envelope import H_EVENTS, group, unpack
 from tests.integration import test_producer as producer_tests
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -53,6 +54,25 @@ def test_keys_land_on_the_partition_aiokafka_would_choose(bootstrap: str, topic:
     for key, _value, partition in consume(bootstrap, topic, len(keys)):
         assert key is not None
         assert partition == DefaultPartitioner()(key, partitions, partitions), key
+
+
+def test_envelopes_land_on_the_partition_their_keys_would(bootstrap: str, topic: str) -> None:
+    """The ingest agent's envelopes (streams.envelope): sent keyless to an explicit partition,
+    each holds only events whose keys go there, in order, and arrives whole."""
+    producer = OutputProducer(bootstrap)
+    items = [(f"customer-{i % 37}".encode(), f"event-{i}".encode(), None) for i in range(300)]
+    sent = list(group(items, N_PARTITIONS))
+    for p, value, _ in sent:
+        producer.send(topic, None, value, [("jm-type", H_EVENTS)], None, p)
+    producer.deliver()
+    partitions = list(range(N_PARTITIONS))
+    got = consume(bootstrap, topic, len(sent))
+    for key, value, partition in got:
+        assert key is None
+        for event_key, _ in unpack(value):
+            assert partition == DefaultPartitioner()(event_key, partitions, partitions)
+    assert sorted(e for _, value, _ in got for e in unpack(value)) == \
+        sorted((k, v) for k, v, _ in items)
 
 
 def test_headers_and_timestamps_arrive_as_given(bootstrap: str, topic: str) -> None:

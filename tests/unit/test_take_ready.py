@@ -20,14 +20,15 @@ def _app() -> faust.App:
     return faust.App("take-ready-test", broker="kafka://127.0.0.1:1", store="memory://")
 
 
-def _agent(app: faust.App, max_: int, *, gate: asyncio.Event | None = None) -> tuple[Any, Any]:
+def _agent(app: faust.App, max_: int, *, gate: asyncio.Event | None = None,
+           weight: Any = None) -> tuple[Any, Any]:
     topic = app.topic("take-ready", value_type=bytes, value_serializer="raw")
     got: list[list[bytes]] = []
     batches: asyncio.Queue[list[Any]] = asyncio.Queue()
 
     @app.agent(topic)
     async def agent(stream: Any) -> None:
-        async for batch in take_ready(stream, max_, HOUR_S):
+        async for batch in take_ready(stream, max_, HOUR_S, weight=weight):
             got.append([ev.value for ev in batch])
             await batches.put(batch)
             if gate is not None:
@@ -83,3 +84,17 @@ async def test_events_are_acked_after_their_batch_not_before() -> None:
         await a.put(b"c", wait=False)
         await asyncio.wait_for(batches.get(), 10)
         assert all(ev.message.acked for ev in first)
+
+
+async def test_with_a_weight_max_bounds_the_weight_of_a_batch() -> None:
+    # a message b"k" weighs k (as an envelope weighs the events it holds)
+    agent, batches = _agent(_app(), 10, weight=lambda ev: int(ev.value))
+    values = [b"4", b"4", b"4", b"1", b"9", b"1", b"1"]
+    async with agent.test_context() as a:
+        for v in values:
+            await a.put(v, wait=False)
+        n = 0
+        while n < len(values):
+            n += len(await asyncio.wait_for(batches.get(), 10))
+    # closed as soon as it reaches 10: 4+4+4, then 1+9, then 1+1
+    assert agent.got == [[b"4", b"4", b"4"], [b"1", b"9"], [b"1", b"1"]]
