@@ -66,9 +66,9 @@ def install(path: str) -> None:
     decode_batch = app.decode_batch
 
     @functools.wraps(decode_batch)
-    def traced_decode_batch(pairs: Any) -> Any:
+    def traced_decode_batch(pairs: Any, *args: Any, **kwargs: Any) -> Any:
         t = time.time()
-        accepted, dead = decode_batch(pairs)
+        accepted, dead = decode_batch(pairs, *args, **kwargs)
         emit("ingest_taken", [a.event.event_id for a in accepted], t)
         return accepted, dead
 
