@@ -21,6 +21,9 @@ One run, unique topics / consumer groups / ClickHouse database / Redis keys, loo
    writes an event once final; releases can come in bursts), polled every 0.5 s. RSS from
    /proc at a third of the backlog and at its end; RSS for 1M customers is extrapolated
    linearly from the growth between the two, per true customer seen (simulator truth).
+   Also per CPU-second of each one's own process (/proc/<pid>/stat, between the same 10 % and
+   90 % marks): events/s fall when other processes take the cores (on a shared 2-core machine
+   the pass-through alone swung 2x between runs a minute apart), CPU time much less so.
 4. Live: the events after the drift, each stamped `occurred_at = now` when produced, at half the
    lower of the two measured rates (or --rate). After --warm-seconds, one event in
    --sample-every is timed from produce to its `touchpoints` row being visible (ClickHouse
@@ -145,6 +148,16 @@ def stop_pid(proc: subprocess.Popen[bytes], what: str) -> None:
         proc.wait(timeout=10)
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of process `pid` so far, its threads included (a forked
+    checkpoint child's own time is not: it runs beside the worker, as the broker does)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> tuple[float, float]:
     """(VmRSS, VmHWM) in MB."""
     fields = {}
@@ -206,6 +219,16 @@ def sustained(samples: list[tuple[float, float]], n: int) -> tuple[float, float]
     return 0.8 * n / max(t90 - t10, 1e-3), samples[-1][0] - start
 
 
+def per_cpu_second(samples: list[tuple[float, float]], cpus: list[float], n: int) -> float:
+    """Events per CPU-second of the process between 10 % and 90 % of n: `cpus[i]` is its CPU
+    time when `samples[i]` was taken. Unlike events/s it does not fall when other processes
+    take the machine's cores (the broker, ClickHouse, anything else running)."""
+    def cpu_at(fraction: float) -> float:
+        return next(cpu for (_, c), cpu in zip(samples, cpus, strict=True) if c >= fraction * n)
+
+    return 0.8 * n / max(cpu_at(0.9) - cpu_at(0.1), 1e-3)
+
+
 def produce_all(bootstrap: str, topic: str, lines: list[bytes]) -> None:
     with EventProducer(bootstrap, topic, compression="lz4") as producer:
         producer.send_many(lines)
@@ -243,7 +266,8 @@ def cli(env: dict[str, str], *args: str) -> None:
 
 def drain_passthrough(env: dict[str, str], bootstrap: str, src: str, dst: str, group: str,
                       n: int, partitions: int, workdir: Path, deadline: Deadline,
-                      old: bool = False) -> float:
+                      old: bool = False) -> tuple[float, float]:
+    """(events/s, events per CPU-second of the pass-through's process) over the copy."""
     s = load_settings()
     proc = subprocess.Popen(
         [sys.executable, __file__, "--passthrough", bootstrap, src, dst, group,
@@ -255,6 +279,7 @@ def drain_passthrough(env: dict[str, str], bootstrap: str, src: str, dst: str, g
     watcher = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{group}-watch"})
     try:
         samples: list[tuple[float, float]] = []
+        cpus: list[float] = []
         done = 0
         while done < n:
             deadline.check("the pass-through drained its topic")
@@ -262,8 +287,9 @@ def drain_passthrough(env: dict[str, str], bootstrap: str, src: str, dst: str, g
                 raise RuntimeError(f"the pass-through exited; see {workdir / 'passthrough.log'}")
             done = high_watermark(watcher, dst, partitions)
             samples.append((time.monotonic(), done))
+            cpus.append(cpu_s(proc.pid))
             time.sleep(0.1)
-        return sustained(samples, n)[0]
+        return sustained(samples, n)[0], per_cpu_second(samples, cpus, n)
     finally:
         watcher.close()
         stop_pid(proc, "the pass-through")
@@ -288,6 +314,7 @@ def drain_worker(proc: subprocess.Popen[bytes], n: int, workdir: Path, deadline:
     when the chain releases them). RSS at a third of the backlog and at its end, with the true
     customers seen by then (simulator truth)."""
     journey: list[tuple[float, float]] = []
+    cpus: list[float] = []  # the worker's CPU time at each sample of `journey`
     written: list[tuple[float, float]] = []
     mid: tuple[float, int] | None = None
     last_change = time.monotonic()
@@ -305,6 +332,7 @@ def drain_worker(proc: subprocess.Popen[bytes], n: int, workdir: Path, deadline:
                             for k in ("applied", "late", "duplicates"))
             rows = float(client.query("SELECT count() FROM touchpoints").result_rows[0][0])
             journey.append((now, journeyed))
+            cpus.append(cpu_s(proc.pid))
             written.append((now, rows))
             if mid is None and journeyed >= n / 3:
                 mid = (rss_mb(proc.pid)[0], customers_at[min(int(journeyed), n) - 1])
@@ -332,6 +360,7 @@ def drain_worker(proc: subprocess.Popen[bytes], n: int, workdir: Path, deadline:
     rows_rate = last_state[1] / max(rows_seconds, 1e-3)
     half = next(c for t, c in written if t >= start + rows_seconds / 2)
     return {"rate": rate, "seconds": seconds, "rows_rate": rows_rate,
+            "per_cpu": per_cpu_second(journey, cpus, int(last_state[0])),
             "rows_seconds": rows_seconds, "rows": last_state[1], "rows_at_half": half,
             "rss_mid_mb": mid[0], "customers_mid": mid[1],
             "rss_mb": rss, "hwm_mb": hwm, "journeyed": last_state[0],
@@ -519,14 +548,14 @@ def main() -> None:
             password=settings.clickhouse.password.get_secret_value())
 
         print("pass-through Faust agent draining the backlog ...", flush=True)
-        pt_rate = drain_passthrough(env, bootstrap, pt_in, pt_out, f"{name}-pt", len(backlog),
-                                    partitions, workdir, deadline)
+        pt_rate, pt_per_cpu = drain_passthrough(env, bootstrap, pt_in, pt_out, f"{name}-pt",
+                                                len(backlog), partitions, workdir, deadline)
         print(f"  pass-through: {pt_rate:,.0f} events/s", flush=True)
         pt_old_rate = None
         if args.old_passthrough:
             print("pass-through of sessions 1-5 (aiokafka sends, no consumer patch) ...",
                   flush=True)
-            pt_old_rate = drain_passthrough(env, bootstrap, pt_in, pt_old, f"{name}-pt-old",
+            pt_old_rate, _ = drain_passthrough(env, bootstrap, pt_in, pt_old, f"{name}-pt-old",
                                             len(backlog), partitions, workdir, deadline,
                                             old=True)
             print(f"  old pass-through: {pt_old_rate:,.0f} events/s", flush=True)
@@ -582,7 +611,8 @@ def main() -> None:
         alert_lat = [got - a["ts_ms"] / 1000 for a, got in live_alerts]
         score_lat = [got - sc["ts_ms"] / 1000 for sc, got in scores.got
                      if sc["ts_ms"] >= measured_ms]
-        results = dict(pt_rate=pt_rate, pt_old_rate=pt_old_rate, w=w, rate=rate, n_live=n_live,
+        results = dict(pt_rate=pt_rate, pt_per_cpu=pt_per_cpu, pt_old_rate=pt_old_rate, w=w,
+                       rate=rate, n_live=n_live,
                        live_s=live_s, lat=lat, missing=len(rows.pending), alerts=live_alerts,
                        alert_lat=alert_lat, all_alerts=len(alerts.got), polls=rows.polls,
                        poll_s=rows.poll_s, load=(load1, load2), score_lat=score_lat,
@@ -671,6 +701,9 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"baseline pass-through Faust agent: {res['pt_rate']:10,.0f} events/s")
     print(f"journeymap worker, events through the journey agent: {w['rate']:10,.0f} events/s  "
           f"ratio {w['rate'] / res['pt_rate']:.3f}")
+    print(f"per CPU-second of each one's own process (not slowed by other load): pass-through "
+          f"{res['pt_per_cpu']:,.0f}, worker's journey agent {w['per_cpu']:,.0f} events, "
+          f"ratio {w['per_cpu'] / res['pt_per_cpu']:.3f}")
     print(f"journeymap worker, whole pipeline (backlog taken in -> 99 % of its touchpoints "
           f"rows written, {w['rows_seconds']:.0f} s): {w['rows_rate']:10,.0f} events/s  "
           f"ratio {w['rows_rate'] / res['pt_rate']:.3f}   (targets >= 10,000/s and >= 0.5; "
