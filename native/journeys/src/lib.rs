@@ -587,6 +587,8 @@ impl NativeJourneyCore {
                 if let Some(last) = c.hist.back() {
                     prefetch(last);
                 }
+                // (`walk` compares and copies the current session id)
+                prefetch(c.cur.session.ptr());
             }
             let d = dicts[k];
             if !d.is_null() && unsafe { ffi::PyDict_CheckExact(d) } != 0 {
@@ -1369,9 +1371,11 @@ impl NativeJourneyCore {
         Bound<'py, PySet>,
         Option<Bound<'py, PyList>>,
     )> {
-        // about a step per event
+        // about a step per event, and some expiries and corrections (a batch's vector grown by
+        // doubling copied megabytes)
         let n_hint = events.len().unwrap_or(0);
-        let out = Out { steps: RefCell::new(Vec::with_capacity(n_hint)), changed: PySet::empty_bound(py)? };
+        let room = n_hint + n_hint / 4;
+        let out = Out { steps: RefCell::new(Vec::with_capacity(room)), changed: PySet::empty_bound(py)? };
         let mut applied: Vec<Bound<'py, PyAny>> = Vec::with_capacity(n_hint);
         let dups = PyList::empty_bound(py);
         let late = PyList::empty_bound(py);
@@ -1397,7 +1401,11 @@ impl NativeJourneyCore {
         let mut seq = seq;
         self.applies += 1;
         let call = self.applies;
-        let events: Vec<Bound<'py, PyAny>> = events.iter()?.collect::<PyResult<_>>()?;
+        let mut all: Vec<Bound<'py, PyAny>> = Vec::with_capacity(n_hint);
+        for ev in events.iter()? {
+            all.push(ev?);
+        }
+        let events = all;
         let mut pre: Vec<Option<Pre<'py>>> = Vec::with_capacity(WARM);
         // (put back at the end; an error on the way leaves it to be learnt again)
         let mut fields = std::mem::take(&mut self.fields);
