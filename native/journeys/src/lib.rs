@@ -64,10 +64,6 @@ use pending::prefetch;
 /// How many events `apply` asks the memory for at once (`NativeJourneyCore::warm`).
 const WARM: usize = 16;
 
-/// The digests and history entries a new customer has room for before its vectors grow (most
-/// customers have a few events; growing from nothing took two or three reallocations each).
-const ROOM: usize = 8;
-
 const EMPTY: u32 = 0; // ""
 const START: u32 = 1;
 const CONVERSION: u32 = 2;
@@ -358,16 +354,14 @@ struct Customer {
 }
 
 impl Customer {
-    /// With room for `room` digests and history entries (`apply`'s new customers: their first
-    /// events then push without growing the vectors step by step).
-    fn new(cid: PStr, empty: &Cursor, room: (usize, usize)) -> Self {
+    fn new(cid: PStr, empty: &Cursor) -> Self {
         Customer {
             cid,
-            seen: Vec::with_capacity(room.0),
+            seen: Vec::new(),
             seen_pos: 0,
             base: empty.clone(),
             cur: empty.clone(),
-            hist: VecDeque::with_capacity(room.1),
+            hist: VecDeque::new(),
             n_events: 0,
             n_sessions: 0,
             n_support: 0,
@@ -647,8 +641,8 @@ impl NativeJourneyCore {
         self.slots[slot as usize].as_mut().unwrap()
     }
 
-    fn new_customer(&mut self, cid_text: &str, cid: PStr, room: (usize, usize)) -> u32 {
-        let c = Box::new(Customer::new(cid, &self.empty_cursor, room));
+    fn new_customer(&mut self, cid_text: &str, cid: PStr) -> u32 {
+        let c = Box::new(Customer::new(cid, &self.empty_cursor));
         let slot = match self.free.pop() {
             Some(s) => {
                 self.slots[s as usize] = Some(c);
@@ -1458,10 +1452,7 @@ impl NativeJourneyCore {
             applied.push(ev.clone());
             let slot = match found {
                 Some(s) => s,
-                None => {
-                    let room = (self.dedup.min(ROOM), ROOM);
-                    self.new_customer(cid_text, PStr::of(&cid_obj), room)
-                }
+                None => self.new_customer(cid_text, PStr::of(&cid_obj)),
             };
             if ts > wm {
                 wm = ts;
@@ -1614,7 +1605,7 @@ impl NativeJourneyCore {
         let ls = self.remove_customer(lt).unwrap();
         let wslot = match self.slot_of(wt) {
             Some(s) => s,
-            None => self.new_customer(wt, PStr::of(winner), (0, 0)),
+            None => self.new_customer(wt, PStr::of(winner)),
         };
         let mut ws = self.slots[wslot as usize].take().unwrap();
         out.changed.add(loser)?;
@@ -1763,7 +1754,7 @@ impl NativeJourneyCore {
         let cid_text = cid.to_str()?;
         let slot = match self.slot_of(cid_text) {
             Some(s) => s,
-            None => self.new_customer(cid_text, PStr::of(cid), (0, 0)),
+            None => self.new_customer(cid_text, PStr::of(cid)),
         };
         let s = self.cust_mut(slot);
         s.seen = seen;

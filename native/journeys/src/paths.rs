@@ -87,9 +87,6 @@ impl Keyed for Open {
     }
 }
 
-/// The steps a new open journey has room for before its vectors grow.
-const PATH_ROOM: usize = 8;
-
 const STEP: u8 = 0;
 const CONVERSION: u8 = 1;
 const CHURN: u8 = 2;
@@ -370,9 +367,7 @@ impl NativePaths {
                 }
                 (tps, chs)
             }
-            // room for the steps of most journeys (growing from nothing cost two or three
-            // reallocations per journey)
-            None => (Vec::with_capacity(PATH_ROOM), Vec::with_capacity(PATH_ROOM)),
+            None => (Vec::new(), Vec::new()),
         };
         match self.kind[tp as usize] {
             CONVERSION => {
