@@ -1558,7 +1558,8 @@ impl NativeJourneyCore {
             due.del_item(bucket)?;
             for cid in waiting.iter()? {
                 let cid = cid?.downcast_into::<PyString>()?;
-                let slot = match self.slot_of(cid.to_str()?) {
+                // (the ids in the sets are the customers' own objects: found by address)
+                let slot = match self.slot_of_obj(&cid, cid.to_str()?) {
                     Some(s) => s,
                     None => continue,
                 };
