@@ -601,6 +601,52 @@ def test_event_digests_are_the_blake2b_ones_at_every_length(native: None, alphab
             assert bytes(NativeJourneyCore.event_digest(event_id)) == event_digest(event_id)
 
 
+def test_the_digests_of_several_ids_are_the_blake2b_ones(native: None) -> None:
+    """`apply` takes the digests of a chunk of events together (four at once with AVX2): the
+    same values as one at a time, for any number of ids of any length in any mix (ids beyond
+    one block among them)."""
+    from journeymap_journeys import NativeJourneyCore
+
+    from processors.journeys import event_digest
+
+    rng = random.Random(11)
+    for _ in range(2000):
+        ids = ["".join(rng.choice("0123456789abcdef" if rng.random() < 0.7 else "éß€𝄞 x-")
+                       for _ in range(rng.choice([rng.randrange(0, 140), rng.randrange(0, 300)])))
+               for _ in range(rng.randrange(0, 21))]
+        got = [bytes(d) for d in NativeJourneyCore.event_digests(ids)]
+        assert got == [event_digest(event_id) for event_id in ids]
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), config=configs)
+def test_field_dicts_in_any_order_give_the_python_outputs(
+    native: None, seed: int, config: ProcessingConfig
+) -> None:
+    """The core reads an event's fields at the entries where it found them in the events before
+    (`FieldAt`): events whose field dicts hold the fields elsewhere (keys in another order, keys
+    added, a key that is not a string: a dict the core must search as Python does) give the
+    Python outputs."""
+    rng = random.Random(seed)
+    calls = bjn.random_calls(random.Random(seed))
+    for call in calls:
+        if call[0] != "apply":
+            continue
+        for ev in call[1]:
+            fields = dict(ev.event.__dict__)
+            r = rng.random()
+            if r < 0.3:
+                keys = list(fields)
+                rng.shuffle(keys)
+                fields = {k: fields[k] for k in keys}
+            elif r < 0.4:
+                fields = {"extra": 1, **fields}
+            elif r < 0.45:
+                fields[1] = "not a field"  # type: ignore[index]
+            object.__setattr__(ev.event, "__dict__", fields)
+    assert run(NativeJourneyProcessor(config), calls) == run(JourneyProcessor(config), calls)
+
+
 def test_long_ids_and_early_times_give_the_python_outputs(native: None) -> None:
     """Event ids on each side of one BLAKE2b block of UTF-8 (dedup and the digest order of ties) and
     sessions the core names itself (`customer/ts`) at times from 0 to 13 digits."""

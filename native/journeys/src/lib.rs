@@ -30,6 +30,27 @@ use std::ptr::NonNull;
 use std::cell::RefCell;
 use std::sync::Arc;
 
+/// BLAKE2b's twelve rounds: `$round!(args, s0, .., s15)` with each round's message schedule
+/// (rounds 10 and 11 take those of 0 and 1 again). For the scalar digest (`b2_round!`) and the
+/// four-lane one (`b2x4`).
+macro_rules! b2_rounds {
+    ($round:ident!($($a:tt)*)) => {
+        $round!($($a)*, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        $round!($($a)*, 14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3);
+        $round!($($a)*, 11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4);
+        $round!($($a)*, 7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8);
+        $round!($($a)*, 9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13);
+        $round!($($a)*, 2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9);
+        $round!($($a)*, 12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11);
+        $round!($($a)*, 13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10);
+        $round!($($a)*, 6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5);
+        $round!($($a)*, 10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0);
+        $round!($($a)*, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        $round!($($a)*, 14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3);
+    };
+}
+
+mod b2x4;
 mod counter;
 mod funnels;
 mod heap;
@@ -139,12 +160,29 @@ impl Drop for PStr {
 /// The BLAKE2b digest (8 bytes) of an event id, big-endian: integer order is byte order.
 /// Ids of up to 128 bytes (one block: all of them in practice) take `blake2b8_short`.
 fn digest_of(id: &str) -> u64 {
-    if let Some(d) = blake2b8_short(id.as_bytes()) {
+    digest_of_bytes(id.as_bytes())
+}
+
+/// `digest_of` the UTF-8 bytes of an id.
+fn digest_of_bytes(id: &[u8]) -> u64 {
+    if let Some(d) = blake2b8_short(id) {
         return d;
     }
     let mut h = Blake2b::<U8>::new();
-    h.update(id.as_bytes());
+    h.update(id);
     u64::from_be_bytes(h.finalize().into())
+}
+
+/// Whether the CPU runs AVX2 (`b2x4`'s four digests at once).
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 const B2_IV: [u64; 8] = [
@@ -215,18 +253,7 @@ fn b2_one<const W: usize>(msg: &[u8]) -> u64 {
         B2_IV[0], B2_IV[1], B2_IV[2], B2_IV[3],
         B2_IV[4] ^ msg.len() as u64, B2_IV[5], !B2_IV[6], B2_IV[7],
     ];
-    b2_round!(v, m, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    b2_round!(v, m, 14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3);
-    b2_round!(v, m, 11, 8, 12, 0, 5, 2, 15, 13, 10, 14, 3, 6, 7, 1, 9, 4);
-    b2_round!(v, m, 7, 9, 3, 1, 13, 12, 11, 14, 2, 6, 5, 10, 4, 0, 15, 8);
-    b2_round!(v, m, 9, 0, 5, 7, 2, 4, 10, 15, 14, 1, 11, 12, 6, 8, 3, 13);
-    b2_round!(v, m, 2, 12, 6, 10, 0, 11, 8, 3, 4, 13, 7, 5, 15, 14, 1, 9);
-    b2_round!(v, m, 12, 5, 1, 15, 14, 13, 4, 10, 0, 7, 6, 3, 9, 2, 8, 11);
-    b2_round!(v, m, 13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10);
-    b2_round!(v, m, 6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5);
-    b2_round!(v, m, 10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0);
-    b2_round!(v, m, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    b2_round!(v, m, 14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3);
+    b2_rounds!(b2_round!(v, m));
     // the digest is h[0]'s first 8 bytes, little-endian
     (h0 ^ v[0] ^ v[8]).swap_bytes()
 }
@@ -426,6 +453,20 @@ pub struct NativeJourneyCore {
     ev_layout: Option<EvLayout>,
     ev_type: Option<Py<PyAny>>,
     table: Option<Arc<steps::StepTable>>, // the strings of the last StepBatch
+    avx2: bool,
+    // the interpreter's dicts are laid out as `DictKeys` says (`FieldAt`)
+    dict_layout: bool,
+    fields: EvFields,
+}
+
+/// Where `apply` found each field of the events' TouchpointEvents last (`FieldAt`).
+#[derive(Default)]
+struct EvFields {
+    id: FieldAt,
+    tp: FieldAt,
+    ch: FieldAt,
+    sid: FieldAt,
+    rev: FieldAt,
 }
 
 impl NativeJourneyCore {
@@ -540,6 +581,8 @@ impl NativeJourneyCore {
                 if let Some(last) = c.hist.back() {
                     prefetch(last);
                 }
+                // (`walk` compares and copies the current session id)
+                prefetch(c.cur.session.ptr());
             }
             let d = dicts[k];
             if !d.is_null() && unsafe { ffi::PyDict_CheckExact(d) } != 0 {
@@ -547,6 +590,45 @@ impl NativeJourneyCore {
                 for line in 0..4 {
                     prefetch(unsafe { keys.add(64 * line) });
                 }
+            }
+        }
+    }
+
+    /// What `apply` reads first of each event of `chunk` (into `pre`, by position): its
+    /// TouchpointEvent, that one's field dict, its event id and the id's digest, the digests
+    /// taken together (`b2x4::digests`). Only from the type's slot and the instance dict, with
+    /// no getattr (nothing runs that could see the order of the reads); None where that does
+    /// not apply, and `apply` reads the event alone, as it did.
+    fn read_ids<'py>(
+        &self,
+        chunk: &[Bound<'py, PyAny>],
+        n_event_id: &Bound<'py, PyString>,
+        at: &mut FieldAt,
+        pre: &mut Vec<Option<Pre<'py>>>,
+    ) {
+        pre.clear();
+        let l = match &self.ev_layout {
+            Some(l) => l,
+            None => return,
+        };
+        for ev in chunk {
+            pre.push(read_id(ev, l, n_event_id, at, self.dict_layout));
+        }
+        let mut ids: [&[u8]; WARM] = [&[]; WARM];
+        let mut at = [0usize; WARM];
+        let mut n = 0;
+        for (k, p) in pre.iter().enumerate() {
+            if let Some(p) = p {
+                ids[n] = p.id;
+                at[n] = k;
+                n += 1;
+            }
+        }
+        let mut digs = [0u64; WARM];
+        b2x4::digests(&ids[..n], &mut digs[..n], self.avx2);
+        for j in 0..n {
+            if let Some(p) = pre[at[j]].as_mut() {
+                p.dig = digs[j];
             }
         }
     }
@@ -765,7 +847,7 @@ impl NativeJourneyCore {
 
     /// `_net`: additions and retractions that differ (Counter order: added first).
     fn net(&self, _py: Python<'_>, retracted: Vec<RStep>, added: Vec<RStep>) -> Vec<RStep> {
-        let mut keys: Vec<(RStep, i64)> = Vec::new();
+        let mut keys: Vec<(RStep, i64)> = Vec::with_capacity(added.len() + retracted.len());
         for st in added {
             match keys.iter_mut().find(|(k, _)| k.same(&st)) {
                 Some(k) => k.1 += 1,
@@ -778,7 +860,7 @@ impl NativeJourneyCore {
                 None => keys.push((st, -1)),
             }
         }
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(keys.len());
         for (k, n) in &keys {
             for _ in 0..(*n).max(0) {
                 out.push(k.clone());
@@ -961,6 +1043,58 @@ fn slot_offset(ty: &Bound<'_, PyAny>, name: &Bound<'_, PyString>) -> Option<isiz
     }
 }
 
+/// An event's TouchpointEvent, its field dict, its event id (and the id's UTF-8 and digest),
+/// read ahead of the event (`NativeJourneyCore::read_ids`).
+struct Pre<'py> {
+    te: Bound<'py, PyAny>,
+    td: *mut ffi::PyObject,
+    eid: Bound<'py, PyString>,
+    id: &'py [u8],
+    dig: u64,
+}
+
+/// `Pre` of `ev` when its type is the layout's and the id is in the TouchpointEvent's instance
+/// dict, a string with UTF-8; None otherwise (nothing raised, no error left set).
+fn read_id<'py>(
+    ev: &Bound<'py, PyAny>,
+    l: &EvLayout,
+    n_event_id: &Bound<'py, PyString>,
+    at: &mut FieldAt,
+    dict_layout: bool,
+) -> Option<Pre<'py>> {
+    unsafe {
+        if ffi::Py_TYPE(ev.as_ptr()) != l.ty {
+            return None;
+        }
+        let p = *((ev.as_ptr() as *mut u8).offset(l.off[1]) as *mut *mut ffi::PyObject);
+        if p.is_null() {
+            return None;
+        }
+        let te = Bound::from_borrowed_ptr(ev.py(), p);
+        let td = instance_dict(&te);
+        if td.is_null() {
+            return None;
+        }
+        let e = at.get(td, n_event_id, dict_layout);
+        if e.is_null() {
+            if !ffi::PyErr_Occurred().is_null() {
+                ffi::PyErr_Clear();
+            }
+            return None;
+        }
+        let eid = Bound::from_borrowed_ptr(ev.py(), e).downcast_into::<PyString>().ok()?;
+        let mut n: ffi::Py_ssize_t = 0;
+        let u = ffi::PyUnicode_AsUTF8AndSize(eid.as_ptr(), &mut n);
+        if u.is_null() {
+            ffi::PyErr_Clear();
+            return None;
+        }
+        // (the UTF-8 lives as long as the string, which `eid` holds)
+        let id = std::slice::from_raw_parts(u as *const u8, n as usize);
+        Some(Pre { te, td, eid, id, dig: 0 })
+    }
+}
+
 /// `obj.<slot>` read at its offset, or by getattr when the layout does not apply.
 fn slot_or_attr<'py>(
     obj: &Bound<'py, PyAny>,
@@ -990,6 +1124,96 @@ fn dict_or_attr<'py>(
     if !dict.is_null() {
         unsafe {
             let p = ffi::PyDict_GetItemWithError(dict, name.as_ptr());
+            if !p.is_null() {
+                return Ok(Bound::from_borrowed_ptr(obj.py(), p));
+            }
+            if !ffi::PyErr_Occurred().is_null() {
+                return Err(PyErr::fetch(obj.py()));
+            }
+        }
+    }
+    obj.getattr(name)
+}
+
+/// The head of CPython 3.11's and 3.12's `PyDictKeysObject` (`Objects/dict-common.h`), followed
+/// by the hash index (`1 << log2_index_bytes` bytes), then the entries.
+#[repr(C)]
+struct DictKeys {
+    refcnt: ffi::Py_ssize_t,
+    log2_size: u8,
+    log2_index_bytes: u8,
+    kind: u8, // 0 general, 1 str keys, 2 split
+    version: u32,
+    usable: ffi::Py_ssize_t,
+    nentries: ffi::Py_ssize_t,
+}
+
+/// Where one field of the events' field dicts was found last: its entry's position and its key
+/// object (held, so that no other object takes its address). The dicts of one model's
+/// instances hold their keys in one order: the entry at that position, with that very key, is
+/// the field's, found without hashing and probing.
+#[derive(Default)]
+struct FieldAt(Option<(usize, PStr)>);
+
+impl FieldAt {
+    /// `PyDict_GetItemWithError(dict, name)`: a borrowed value, or null (with an error set if
+    /// one occurred). `layout`: the interpreter's dicts are laid out as `DictKeys` says (3.11,
+    /// 3.12); then a combined table of str keys is read at the remembered entry first.
+    ///
+    /// # Safety
+    /// `dict` is a live dict (or subclass); the GIL is held.
+    unsafe fn get(&mut self, dict: *mut ffi::PyObject, name: &Bound<'_, PyString>, layout: bool) -> *mut ffi::PyObject {
+        let d = dict as *mut ffi::PyDictObject;
+        if !layout || !(*d).ma_values.is_null() {
+            return ffi::PyDict_GetItemWithError(dict, name.as_ptr());
+        }
+        let keys = (*d).ma_keys as *const DictKeys;
+        if (*keys).kind != 1 {
+            return ffi::PyDict_GetItemWithError(dict, name.as_ptr());
+        }
+        let n = (*keys).nentries as usize;
+        // (key, value) pairs, after the index
+        let entries = (keys as *const u8)
+            .add(std::mem::size_of::<DictKeys>())
+            .add(1usize << (*keys).log2_index_bytes) as *const [*mut ffi::PyObject; 2];
+        if let Some((ix, key)) = &self.0 {
+            if *ix < n {
+                let e = &*entries.add(*ix);
+                if e[0] == key.ptr() && !e[1].is_null() {
+                    return e[1];
+                }
+            }
+        }
+        let v = ffi::PyDict_GetItemWithError(dict, name.as_ptr());
+        if !v.is_null() {
+            // the live entry that holds it under a key equal to `name`
+            for ix in 0..n {
+                let e = &*entries.add(ix);
+                if e[1] == v
+                    && !e[0].is_null()
+                    && (e[0] == name.as_ptr() || ffi::PyUnicode_Compare(e[0], name.as_ptr()) == 0)
+                {
+                    ffi::Py_INCREF(e[0]);
+                    self.0 = Some((ix, PStr(NonNull::new_unchecked(e[0]))));
+                    break;
+                }
+            }
+        }
+        v
+    }
+}
+
+/// `dict_or_attr` through a `FieldAt`.
+fn field_or_attr<'py>(
+    obj: &Bound<'py, PyAny>,
+    dict: *mut ffi::PyObject,
+    name: &Bound<'py, PyString>,
+    at: &mut FieldAt,
+    layout: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    if !dict.is_null() {
+        unsafe {
+            let p = at.get(dict, name, layout);
             if !p.is_null() {
                 return Ok(Bound::from_borrowed_ptr(obj.py(), p));
             }
@@ -1104,6 +1328,12 @@ impl NativeJourneyCore {
             ev_layout: None,
             ev_type: None,
             table: None,
+            avx2: has_avx2(),
+            dict_layout: {
+                let v = py.version_info();
+                v.major == 3 && (v.minor == 11 || v.minor == 12)
+            },
+            fields: EvFields::default(),
         };
         for c in 0..4 {
             core.note_new_code(py, c);
@@ -1135,9 +1365,11 @@ impl NativeJourneyCore {
         Bound<'py, PySet>,
         Option<Bound<'py, PyList>>,
     )> {
-        // about a step per event
+        // about a step per event, and some expiries and corrections (a batch's vector grown by
+        // doubling copied megabytes)
         let n_hint = events.len().unwrap_or(0);
-        let out = Out { steps: RefCell::new(Vec::with_capacity(n_hint)), changed: PySet::empty_bound(py)? };
+        let room = n_hint + n_hint / 4;
+        let out = Out { steps: RefCell::new(Vec::with_capacity(room)), changed: PySet::empty_bound(py)? };
         let mut applied: Vec<Bound<'py, PyAny>> = Vec::with_capacity(n_hint);
         let dups = PyList::empty_bound(py);
         let late = PyList::empty_bound(py);
@@ -1163,12 +1395,16 @@ impl NativeJourneyCore {
         let mut seq = seq;
         self.applies += 1;
         let call = self.applies;
-        let events: Vec<Bound<'py, PyAny>> = events.iter()?.collect::<PyResult<_>>()?;
+        let mut all: Vec<Bound<'py, PyAny>> = Vec::with_capacity(n_hint);
+        for ev in events.iter()? {
+            all.push(ev?);
+        }
+        let events = all;
+        let mut pre: Vec<Option<Pre<'py>>> = Vec::with_capacity(WARM);
+        // (put back at the end; an error on the way leaves it to be learnt again)
+        let mut fields = std::mem::take(&mut self.fields);
+        let dict_layout = self.dict_layout;
         for (i, ev) in events.iter().enumerate() {
-            if i % WARM == 0 {
-                self.warm(&events[i..events.len().min(i + WARM)]);
-            }
-            let ev = ev.clone();
             if self.ev_type.is_none() {
                 let ty = ev.get_type().into_any();
                 let offs = [n_customer_id, n_event, n_segment, n_ts_ms].map(|n| slot_offset(&ty, n));
@@ -1180,12 +1416,26 @@ impl NativeJourneyCore {
                 }
                 self.ev_type = Some(ty.unbind());
             }
+            if i % WARM == 0 {
+                let chunk = &events[i..events.len().min(i + WARM)];
+                self.warm(chunk);
+                self.read_ids(chunk, n_event_id, &mut fields.id, &mut pre);
+            }
+            let ahead = pre.get_mut(i % WARM).and_then(|p| p.take());
+            let ev = ev.clone();
             let layout = &self.ev_layout;
             let cid_obj = slot_or_attr(&ev, layout, 0, n_customer_id)?.downcast_into::<PyString>()?;
-            let te = slot_or_attr(&ev, layout, 1, n_event)?;
-            let td = instance_dict(&te);
-            let eid = dict_or_attr(&te, td, n_event_id)?.downcast_into::<PyString>()?;
-            let dig = digest_of(eid.to_str()?);
+            let (te, td, eid, dig) = match ahead {
+                Some(p) => (p.te, p.td, p.eid, p.dig),
+                None => {
+                    let te = slot_or_attr(&ev, layout, 1, n_event)?;
+                    let td = instance_dict(&te);
+                    let eid = field_or_attr(&te, td, n_event_id, &mut fields.id, dict_layout)?
+                        .downcast_into::<PyString>()?;
+                    let dig = digest_of(eid.to_str()?);
+                    (te, td, eid, dig)
+                }
+            };
             let cid_text = cid_obj.to_str()?;
             let found = self.slot_of_obj(&cid_obj, cid_text);
             if let Some(slot) = found {
@@ -1208,9 +1458,11 @@ impl NativeJourneyCore {
                 wm = ts;
                 frontier = ts - lateness;
             }
-            let tp = self.intern(py, dict_or_attr(&te, td, n_touchpoint)?.downcast()?)?;
-            let ch = self.intern(py, dict_or_attr(&te, td, n_channel)?.downcast()?)?;
-            let given = dict_or_attr(&te, td, n_session_id)?;
+            let tp_obj = field_or_attr(&te, td, n_touchpoint, &mut fields.tp, dict_layout)?;
+            let tp = self.intern(py, tp_obj.downcast()?)?;
+            let ch_obj = field_or_attr(&te, td, n_channel, &mut fields.ch, dict_layout)?;
+            let ch = self.intern(py, ch_obj.downcast()?)?;
+            let given = field_or_attr(&te, td, n_session_id, &mut fields.sid, dict_layout)?;
             let given = if given.is_none() {
                 None
             } else {
@@ -1218,7 +1470,7 @@ impl NativeJourneyCore {
             };
             let seg_obj = slot_or_attr(&ev, &self.ev_layout, 2, n_segment)?;
             let seg = self.intern(py, seg_obj.downcast()?)?;
-            let rev_obj = dict_or_attr(&te, td, n_revenue)?;
+            let rev_obj = field_or_attr(&te, td, n_revenue, &mut fields.rev, dict_layout)?;
             let rev: f64 = if rev_obj.is_none() { 0.0 } else { rev_obj.extract()? };
             if let Some(p) = pending.as_mut() {
                 seq += 1;
@@ -1278,6 +1530,7 @@ impl NativeJourneyCore {
             self.slots[slot as usize] = Some(s);
         }
         self.watermark_ms = wm;
+        self.fields = fields;
         let applied = if dups.is_empty() && late.is_empty() { None } else { Some(PyList::new_bound(py, applied)) };
         Ok((self.batch(py, out.steps.into_inner()), dups, late, out.changed, applied))
     }
@@ -1305,7 +1558,8 @@ impl NativeJourneyCore {
             due.del_item(bucket)?;
             for cid in waiting.iter()? {
                 let cid = cid?.downcast_into::<PyString>()?;
-                let slot = match self.slot_of(cid.to_str()?) {
+                // (the ids in the sets are the customers' own objects: found by address)
+                let slot = match self.slot_of_obj(&cid, cid.to_str()?) {
                     Some(s) => s,
                     None => continue,
                 };
@@ -1359,7 +1613,10 @@ impl NativeJourneyCore {
         out.changed.add(winner)?;
         let cut = ws.base.last_ts.max(ls.base.last_ts);
         let start = if ws.base.last_ts >= ls.base.last_ts { ws.base.clone() } else { ls.base.clone() };
-        let mut retracted: Vec<RStep> = Vec::new();
+        // (room for every step of both histories, and an expiry each: no growth on the way)
+        let n_hist = ws.hist.len() + ls.hist.len();
+        let mut retracted: Vec<RStep> = Vec::with_capacity(n_hist + 2);
+        let mut old = Vec::with_capacity(n_hist + 1);
         for s in [&ws, &ls] {
             let mut i = 0;
             let mut cur = s.base.clone();
@@ -1367,17 +1624,18 @@ impl NativeJourneyCore {
                 cur = self.walk(py, &s.cid, &cur, &s.hist[i], None);
                 i += 1;
             }
-            let mut old = Vec::new();
+            old.clear();
             let end = self.replay(py, &s.cid, &cur, s.hist.range(i..), Some(&mut old));
             if s.cur.is_open != end.is_open {
                 old.push(self.expiry_step(&s.cid, &end));
             }
-            retracted.extend(old);
+            retracted.append(&mut old);
         }
         // {e.event_id: e for e in ws.history + ls.history if e.ts > cut}, sorted by (ts, digest)
-        let mut kept: Vec<Entry> = Vec::new();
+        let mut kept: Vec<Entry> = Vec::with_capacity(n_hist);
         {
-            let mut at: FxMap<&str, usize> = FxMap::default();
+            let mut at: FxMap<&str, usize> =
+                FxMap::with_capacity_and_hasher(n_hist, Default::default());
             for e in ws.hist.iter().chain(ls.hist.iter()) {
                 if e.ts <= cut {
                     continue;
@@ -1394,7 +1652,7 @@ impl NativeJourneyCore {
         }
         kept.sort_by_key(|e| (e.ts, e.dig));
         let wcid = ws.cid.clone();
-        let mut added = Vec::new();
+        let mut added = Vec::with_capacity(kept.len() + 2);
         let mut new_cur = self.replay(py, &wcid, &start, kept.iter(), Some(&mut added));
         ws.n_events += ls.n_events;
         ws.n_sessions += ls.n_sessions;
@@ -1425,11 +1683,11 @@ impl NativeJourneyCore {
         self.index(py, &wcid, ob, nb)?;
         ws.cur = new_cur;
         ws.hist = kept.into();
-        let mut seen = ws.seen.clone();
-        seen.extend_from_slice(&ls.seen);
-        if seen.len() > self.dedup {
-            seen.drain(..seen.len() - self.dedup);
-        }
+        // the last `dedup` of the winner's digests then the loser's, in that order
+        let n_seen = ws.seen.len() + ls.seen.len();
+        let skip = n_seen.saturating_sub(self.dedup);
+        let mut seen = Vec::with_capacity(n_seen - skip);
+        seen.extend(ws.seen.iter().chain(ls.seen.iter()).skip(skip).copied());
         ws.seen = seen;
         ws.seen_pos = 0;
         self.slots[wslot as usize] = Some(ws);
@@ -1548,6 +1806,16 @@ impl NativeJourneyCore {
     #[staticmethod]
     fn event_digest(event_id: &str) -> [u8; 8] {
         digest_of(event_id).to_be_bytes()
+    }
+
+    /// `event_digest` of each id, as `apply` takes them: several at once (four to a register
+    /// where the CPU has AVX2, `b2x4`).
+    #[staticmethod]
+    fn event_digests(event_ids: Vec<String>) -> Vec<[u8; 8]> {
+        let ids: Vec<&[u8]> = event_ids.iter().map(|e| e.as_bytes()).collect();
+        let mut digs = vec![0u64; ids.len()];
+        b2x4::digests(&ids, &mut digs, has_avx2());
+        digs.into_iter().map(u64::to_be_bytes).collect()
     }
 }
 

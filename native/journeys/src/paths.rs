@@ -353,19 +353,22 @@ impl NativePaths {
     ) -> PyResult<()> {
         let horizon_ms = self.horizon_ms;
         let tp = self.code(py, tp)?;
-        let (mut tps, mut chs) = (Vec::new(), Vec::new());
         let found = self.open.find(cid.to_str()?);
-        if let Some(i) = found {
-            let e = self.open.at_mut(i);
-            let last_ts = e.last_ts;
-            let (old_tps, old_chs) = (std::mem::take(&mut e.tps), std::mem::take(&mut e.chs));
-            if ts - last_ts >= horizon_ms {
-                self.close(py, done, &old_tps, &old_chs, 2, None)?;
-            } else {
-                tps = old_tps;
-                chs = old_chs;
+        let (mut tps, mut chs) = match found {
+            Some(i) => {
+                let e = self.open.at_mut(i);
+                let last_ts = e.last_ts;
+                let (mut tps, mut chs) = (std::mem::take(&mut e.tps), std::mem::take(&mut e.chs));
+                if ts - last_ts >= horizon_ms {
+                    self.close(py, done, &tps, &chs, 2, None)?;
+                    // (a new journey, in the old one's vectors)
+                    tps.clear();
+                    chs.clear();
+                }
+                (tps, chs)
             }
-        }
+            None => (Vec::new(), Vec::new()),
+        };
         match self.kind[tp as usize] {
             CONVERSION => {
                 let te = match &src {
