@@ -351,12 +351,12 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                 m.merges.inc(len(resolved.merges))
                 # `resolved.resolved` keeps the order of `accepted`, the dead left out
                 dead_at = set(resolved.dead_at)
-                messages = [ev.message for a, ev in _pairs(accepted, batch)]
+                kept = [ev.message for i, (_, ev) in enumerate(_pairs(accepted, batch))
+                        if i not in dead_at]
                 produced.extend(_rekeyed(zip(  # the raw timestamp: latency end to end
                     [rev.customer_id.encode() for rev in resolved.resolved],
-                    [msg.value for i, msg in enumerate(messages) if i not in dead_at],
-                    [int(msg.timestamp * 1000) if msg.timestamp else None
-                     for i, msg in enumerate(messages) if i not in dead_at],
+                    [msg.value for msg in kept],
+                    [int(msg.timestamp * 1000) if msg.timestamp else None for msg in kept],
                     strict=True,
                 )))
             now_ms = int(time.time() * 1000)
