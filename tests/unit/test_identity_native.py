@@ -186,6 +186,36 @@ def test_large_batches_with_repeats_in_one_chunk_and_colliding_hashes(
     assert min(py.totals["n_merges"], py.totals["n_conflicts_unique"]) > 0
 
 
+class _Plain:
+    """An event-like object whose attributes CPython 3.11 keeps inline (no dict made)."""
+
+    def __init__(self, ev: TouchpointEvent) -> None:
+        self.identities = dict(ev.identities)
+        self.ts_ms = ev.ts_ms
+
+
+class _Slotted:
+    __slots__ = ("identities", "ts_ms")
+
+    def __init__(self, ev: TouchpointEvent) -> None:
+        self.identities = dict(ev.identities)
+        self.ts_ms = ev.ts_ms
+
+
+@pytest.mark.parametrize("cls", [_Plain, _Slotted])
+def test_prepare_batch_reads_objects_without_an_instance_dict_alike(
+    native: None, cls: type,
+) -> None:
+    """`prepare_batch` asks for each event's instance dict ahead of its reads where it has
+    one: objects without one (attributes inline, or slots) read as the events do."""
+    evs = [event(anonymous_id=f"a{i % 37}", at_ms=T0_MS + i) for i in range(300)]
+    want = NativeIdentityResolver(IdentityConfig(), SALT).core
+    assert want.prepare_batch(evs) == (0, [])
+    core = NativeIdentityResolver(IdentityConfig(), SALT).core
+    assert core.prepare_batch([cls(ev) for ev in evs]) == (0, [])
+    assert core.batch_combos() == want.batch_combos()
+
+
 def test_merges_are_numbered_in_commit_order_like_the_in_memory_store(native: None) -> None:
     r = NativeIdentityResolver(IdentityConfig(), SALT)
     r.resolve_batch([event(at_ms=T0_MS, anonymous_id="a"), event(at_ms=T0_MS + 1, device_id="d")])

@@ -1031,6 +1031,50 @@ unsafe fn str_of<'a>(o: *mut ffi::PyObject) -> Option<&'a str> {
     Some(std::str::from_utf8_unchecked(std::slice::from_raw_parts(p as *const u8, size as usize)))
 }
 
+/// Ask for what `prepare_batch` reads of the events a chunk or more ahead of `at` (of `n`),
+/// each load a chunk ahead of the next one that depends on it: the objects three chunks on,
+/// their instance dicts two chunks on, the dicts' key tables (where `identities` and `ts_ms`
+/// are) one chunk on. Only where the instance dict is where CPython 3.11 keeps it.
+fn warm_events(events: &Bound<'_, PyList>, at: usize, n: usize) {
+    let list = events.as_ptr();
+    let item = |j: usize| unsafe { ffi::PyList_GET_ITEM(list, j as ffi::Py_ssize_t) };
+    // (borrowed items; nothing here runs Python code or changes an object)
+    unsafe {
+        for j in (at + 3 * WARM)..(at + 4 * WARM).min(n) {
+            let p = item(j) as *const u8;
+            prefetch(p);
+            prefetch(p.wrapping_sub(32)); // (a managed dict's pointer sits before the object)
+        }
+        for j in (at + 2 * WARM)..(at + 3 * WARM).min(n) {
+            if let Some(d) = instance_dict(item(j)) {
+                prefetch(d);
+            }
+        }
+        for j in (at + WARM)..(at + 2 * WARM).min(n) {
+            if let Some(d) = instance_dict(item(j)) {
+                let keys = (*(d as *mut ffi::PyDictObject)).ma_keys as *const u8;
+                for line in 0..4 {
+                    prefetch(keys.wrapping_add(64 * line));
+                }
+            }
+        }
+    }
+}
+
+/// The instance dict of `ob` (CPython 3.11) where it has one already (not made here), else
+/// None.
+unsafe fn instance_dict(ob: *mut ffi::PyObject) -> Option<*mut ffi::PyObject> {
+    let t = ffi::Py_TYPE(ob);
+    if (*t).tp_flags & (1 << 4) != 0 {
+        // Py_TPFLAGS_MANAGED_DICT (3.11): the dict pointer three words before the object
+        // (the inline values' pointer four before)
+        let words = ob as *mut *mut ffi::PyObject;
+        let d = *words.offset(-3);
+        return if d.is_null() { None } else { Some(d) };
+    }
+    None
+}
+
 /// The raw combination stored at `start` in `raw_bytes` (after its length).
 #[inline]
 fn raw_at(bytes: &[u8], start: u32) -> &[u8] {
@@ -1197,12 +1241,20 @@ impl NativeIdentityCore {
         // combination), then the lookups: the misses of a chunk overlap instead of following
         // one another (the tables of 170k customers are far bigger than the caches).
         let mut marks: Vec<Option<(usize, usize, u64)>> = Vec::with_capacity(WARM);
+        let warm = {
+            let v = py.version_info();
+            v.major == 3 && v.minor == 11 // (where `instance_dict` knows the layout)
+        };
         let mut at = 0;
         let mut items = events.iter();
         while at < n {
             let end = (at + WARM).min(n);
             raw.clear();
             marks.clear();
+            if warm {
+                // (the list's length now: Python code that an event's `ts_ms` ran may change it)
+                warm_events(events, at, events.len());
+            }
             for _ in at..end {
                 let ev = match items.next() {
                     Some(ev) => ev,
