@@ -788,8 +788,11 @@ impl NativeIdentityCore {
             if let Some(c) = cid_at(j) {
                 prefetch(self.cpy.as_ptr().wrapping_add(c as usize));
             }
-            // (a borrowed item, its object not touched)
-            prefetch(unsafe { ffi::PyList_GET_ITEM(events.as_ptr(), j as ffi::Py_ssize_t) });
+            if j < events.len() {
+                // (a borrowed item, its object not touched; the list's length now: a slot's
+                // setter may have run Python code)
+                prefetch(unsafe { ffi::PyList_GET_ITEM(events.as_ptr(), j as ffi::Py_ssize_t) });
+            }
             if let Some(t) = self.bts_obj.get(j) {
                 prefetch(t.as_ptr());
             }
