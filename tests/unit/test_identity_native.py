@@ -154,6 +154,68 @@ def test_narrowed_hashes_are_only_set_on_an_empty_core(native: None) -> None:
         resolver.core._narrow_hashes(2)
 
 
+@pytest.mark.parametrize("narrow", [0, 1, 6])
+def test_large_batches_with_repeats_in_one_chunk_and_colliding_hashes(
+    native: None, narrow: int,
+) -> None:
+    """`prepare_batch` reads events in chunks (their lookups after the whole chunk is read)
+    and the string indexes grow by their stored hashes: batches of hundreds of events, a new
+    combination repeated within a chunk, values Python hashes (not ASCII) among them, every
+    hash narrowed (each lookup probing past others), the table cleared and grown again, give
+    the Python resolver's outputs and graph."""
+    config = IdentityConfig(unique_kinds=["user_id"], max_customers_per_identifier=3)
+    py = IdentityResolver(config, SALT)
+    nat = narrowed(NativeIdentityResolver(config, SALT), narrow)
+    nat.combo_cap = 150  # (151 combinations a batch: cleared before each one after the first)
+    for b in range(4):
+        part = []
+        for i in range(400):
+            k = (i * 7 + b * 53) % 151  # repeats: within a chunk of 16 and across batches
+            ids = {"anonymous_id": f"v{k}", "device_id": f"w{k // 3}"}
+            if k % 2 == 0:
+                ids["crm_id"] = f"c{k // 7}"  # (chains of customers: merges)
+            if k % 5 == 0:
+                ids["user_id"] = f"u{k % 3}"  # (unique: conflicts)
+            if k % 11 == 0:
+                ids["email"] = f"É{k}@x.io" if k % 2 else f" V{k}@X.io "
+            part.append(event(event_id=f"e{b}-{i}", at_ms=T0_MS + (i * 31 + b) % 50, **ids))
+        got, want = nat.resolve_batch(part), py.resolve_batch(part)
+        assert outputs(got) == outputs(want)
+        assert graph_of(nat) == graph_of(py)
+    assert nat.totals == py.totals
+    assert min(py.totals["n_merges"], py.totals["n_conflicts_unique"]) > 0
+
+
+class _Plain:
+    """An event-like object whose attributes CPython 3.11 keeps inline (no dict made)."""
+
+    def __init__(self, ev: TouchpointEvent) -> None:
+        self.identities = dict(ev.identities)
+        self.ts_ms = ev.ts_ms
+
+
+class _Slotted:
+    __slots__ = ("identities", "ts_ms")
+
+    def __init__(self, ev: TouchpointEvent) -> None:
+        self.identities = dict(ev.identities)
+        self.ts_ms = ev.ts_ms
+
+
+@pytest.mark.parametrize("cls", [_Plain, _Slotted])
+def test_prepare_batch_reads_objects_without_an_instance_dict_alike(
+    native: None, cls: type,
+) -> None:
+    """`prepare_batch` asks for each event's instance dict ahead of its reads where it has
+    one: objects without one (attributes inline, or slots) read as the events do."""
+    evs = [event(anonymous_id=f"a{i % 37}", at_ms=T0_MS + i) for i in range(300)]
+    want = NativeIdentityResolver(IdentityConfig(), SALT).core
+    assert want.prepare_batch(evs) == (0, [])
+    core = NativeIdentityResolver(IdentityConfig(), SALT).core
+    assert core.prepare_batch([cls(ev) for ev in evs]) == (0, [])
+    assert core.batch_combos() == want.batch_combos()
+
+
 def test_merges_are_numbered_in_commit_order_like_the_in_memory_store(native: None) -> None:
     r = NativeIdentityResolver(IdentityConfig(), SALT)
     r.resolve_batch([event(at_ms=T0_MS, anonymous_id="a"), event(at_ms=T0_MS + 1, device_id="d")])

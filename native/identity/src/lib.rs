@@ -16,7 +16,7 @@ use pyo3::types::{
 };
 use sha2::{Digest, Sha256};
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::hash::{BuildHasher, Hasher};
 
 const NONE: u32 = u32::MAX;
@@ -87,25 +87,37 @@ impl Hasher for Fx {
     }
 }
 
-type FxMap<K, V> = HashMap<K, V, FxBuild>;
 type FxSet<K> = HashSet<K, FxBuild>;
 
 /// Byte strings -> positions in a list kept elsewhere (node keys, customer names, raw
 /// combinations), by a 64-bit hash of each string: the table holds no string of its own, so
 /// growing it moves integers instead of reading every string again (the rehash of a string
-/// table was a tenth of `resolve_batch`), and each string is stored once. Exact: a hit is
-/// compared with the stored string, and a string whose hash another one has is kept in
-/// `more`, by its bytes.
+/// table was a tenth of `resolve_batch`), and each string is stored once. Open addressing
+/// (linear probing, at most half full) over 16-byte slots that hold a string's whole hash,
+/// its position and a word for the caller (`aux`: where `raw_ix`'s strings are): a lookup
+/// reads one slot's cache line where a hash map reads its control bytes and then its bucket,
+/// two lines apart (on 170k customers' tables, each a miss). Exact: a slot whose hash is the
+/// string's is compared with the stored string, and probing goes on past one that differs.
 #[derive(Default)]
 struct HashIndex {
-    by_hash: FxMap<u64, u32>,
-    more: FxMap<Box<[u8]>, u32>,
+    slots: Vec<Slot>, // a power of two of them, or none
+    len: usize,
+    seed: FxBuild,
     narrow: u32, // > 0: keep only this many bits of each hash (tests: collisions on purpose)
 }
 
+#[derive(Clone, Copy)]
+struct Slot {
+    hash: u64,
+    at: u32, // the string's position; NONE: an empty slot
+    aux: u32,
+}
+
+const EMPTY_SLOT: Slot = Slot { hash: 0, at: NONE, aux: 0 };
+
 impl HashIndex {
     fn hash(&self, s: &[u8]) -> u64 {
-        let mut h = self.by_hash.hasher().build_hasher();
+        let mut h = self.seed.build_hasher();
         h.write(s);
         // murmur3's finalizer: every bit of the table's hash depends on every byte
         let mut x = h.finish();
@@ -120,38 +132,120 @@ impl HashIndex {
         x
     }
 
-    /// The position of `s`, where `at(position)` is the stored string of a position.
-    fn get<'a>(&self, s: &[u8], at: impl Fn(u32) -> &'a [u8]) -> Option<u32> {
-        let &i = self.by_hash.get(&self.hash(s))?;
-        if at(i) == s {
-            return Some(i);
+    /// The slot of the string `s` whose hash is `h`, where `at(position, aux)` is the stored
+    /// string of a slot.
+    #[inline]
+    fn find<'a>(&self, h: u64, s: &[u8], at: impl Fn(u32, u32) -> &'a [u8]) -> Option<Slot> {
+        if self.slots.is_empty() {
+            return None;
         }
-        self.more.get(s).copied()
+        let mask = self.slots.len() - 1;
+        let mut p = h as usize & mask;
+        loop {
+            let slot = self.slots[p];
+            if slot.at == NONE {
+                return None;
+            }
+            if slot.hash == h && at(slot.at, slot.aux) == s {
+                return Some(slot);
+            }
+            p = (p + 1) & mask;
+        }
     }
 
-    /// Index `s` (not indexed yet) at position `i`.
-    fn insert<'a>(&mut self, s: &[u8], i: u32, at: impl Fn(u32) -> &'a [u8]) {
+    /// The slot where a string of hash `h` starts its probe, if it holds that hash (to ask
+    /// for what it points at ahead of the lookup).
+    #[inline]
+    fn first_slot(&self, h: u64) -> Option<Slot> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let slot = self.slots[h as usize & (self.slots.len() - 1)];
+        if slot.at != NONE && slot.hash == h {
+            Some(slot)
+        } else {
+            None
+        }
+    }
+
+    /// Ask for the cache line of the slot where a string of hash `h` starts its probe.
+    #[inline]
+    fn prefetch(&self, h: u64) {
+        if !self.slots.is_empty() {
+            prefetch(&self.slots[h as usize & (self.slots.len() - 1)]);
+        }
+    }
+
+    /// The position of `s`, where `at(position)` is the stored string of a position.
+    fn get<'a>(&self, s: &[u8], at: impl Fn(u32) -> &'a [u8]) -> Option<u32> {
+        self.find(self.hash(s), s, |i, _| at(i)).map(|slot| slot.at)
+    }
+
+    /// Index `s` (not indexed yet) at position `i` with the word `aux` (`at` as in `find`).
+    fn insert<'a>(&mut self, s: &[u8], i: u32, aux: u32, at: impl Fn(u32, u32) -> &'a [u8]) {
+        if 2 * (self.len + 1) > self.slots.len() {
+            self.grow();
+        }
         let h = self.hash(s);
-        match self.by_hash.get(&h) {
-            Some(&j) if at(j) != s => {
-                self.more.insert(s.into(), i);
+        let mask = self.slots.len() - 1;
+        let mut p = h as usize & mask;
+        loop {
+            let slot = self.slots[p];
+            if slot.at == NONE {
+                self.len += 1;
+                break;
             }
-            _ => {
-                self.by_hash.insert(h, i);
+            if slot.hash == h && at(slot.at, slot.aux) == s {
+                break; // (indexed already: the new position replaces it)
             }
+            p = (p + 1) & mask;
+        }
+        self.slots[p] = Slot { hash: h, at: i, aux };
+    }
+
+    /// Twice the slots (16 at first), each entry placed again by its stored hash.
+    fn grow(&mut self) {
+        let n = (2 * self.slots.len()).max(16);
+        let old = std::mem::replace(&mut self.slots, vec![EMPTY_SLOT; n]);
+        let mask = n - 1;
+        for slot in old.into_iter().filter(|s| s.at != NONE) {
+            let mut p = slot.hash as usize & mask;
+            while self.slots[p].at != NONE {
+                p = (p + 1) & mask;
+            }
+            self.slots[p] = slot;
         }
     }
 
     fn clear(&mut self) {
-        self.by_hash.clear();
-        self.more.clear();
+        if self.len > 0 {
+            for slot in self.slots.iter_mut() {
+                *slot = EMPTY_SLOT;
+            }
+            self.len = 0;
+        }
     }
 
     fn is_empty(&self) -> bool {
-        self.by_hash.is_empty() && self.more.is_empty()
+        self.len == 0
     }
 }
+
+/// Ask for the cache line at `p` ahead of its use. A hint only: nothing on other targets.
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 const NEVER: i64 = 1 << 62;
+
+/// How many events `prepare_batch` and `decide_batch` ask the memory for at once.
+const WARM: usize = 16;
 
 fn rank(code: u8) -> u8 {
     match code {
@@ -182,9 +276,18 @@ struct Root {
 
 struct Combo {
     keys: Vec<u32>,
+    first: u32,     // keys[0] (NONE without keys): what an event anchored at once reads
+    n_ignored: u32, // values ignored (a combination made from raw values)
     settled: Option<i64>, // the keys' latest first-seen time once found settled in one customer
     stamp: u64,           // the batch that computed `limit`
     limit: i64,
+}
+
+impl Combo {
+    fn new(keys: Vec<u32>, n_ignored: usize) -> Self {
+        let first = keys.first().copied().unwrap_or(NONE);
+        Combo { keys, first, n_ignored: n_ignored as u32, settled: None, stamp: 0, limit: NEVER }
+    }
 }
 
 struct Merge {
@@ -251,11 +354,11 @@ pub struct NativeIdentityCore {
     members: Vec<Vec<u32>>,
     combos: Vec<Combo>,
     batch: u64,
-    // raw combinations (`raw_combo`'s bytes) -> (combination, values ignored)
-    raw_ix: HashIndex, // raw combination -> its position in `raw_at`
-    raw_bytes: Vec<u8>, // the raw combinations, one after another
-    raw_at: Vec<(usize, usize, usize, usize)>, // (start, end in raw_bytes, combination, values ignored)
-    raw_buf: Vec<u8>, // `prepare_batch`'s scratch: one event's raw combination
+    // raw combinations (`push_raw`'s bytes) -> their combination (the index's `aux`: where
+    // the bytes start in `raw_bytes`)
+    raw_ix: HashIndex,
+    raw_bytes: Vec<u8>, // the raw combinations, one after another, each after its length (u32)
+    raw_buf: Vec<u8>, // `prepare_batch`'s scratch: a chunk's raw combinations
     // The prepared batch (`prepare_batch`, `set_combo`, `set_times`), per event: its
     // combination, its time and the time's object (the event's cached `ts_ms`)
     bcombos: Vec<usize>,
@@ -299,7 +402,7 @@ impl NativeIdentityCore {
         let n = self.keys.len() as u32;
         self.keys.push(key.to_owned());
         let keys = &self.keys;
-        self.key_ix.insert(key.as_bytes(), n, |i| keys[i as usize].as_bytes());
+        self.key_ix.insert(key.as_bytes(), n, 0, |i, _| keys[i as usize].as_bytes());
         self.ncid.push(NONE);
         self.nfirst.push(0);
         self.nlinked.push(0);
@@ -327,7 +430,7 @@ impl NativeIdentityCore {
         let c = self.cnames.len() as u32;
         self.cnames.push(name.to_owned());
         let cnames = &self.cnames;
-        self.cix.insert(name.as_bytes(), c, |i| cnames[i as usize].as_bytes());
+        self.cix.insert(name.as_bytes(), c, 0, |i, _| cnames[i as usize].as_bytes());
         self.cpy.push(None);
         self.roots.push(None);
         self.members.push(Vec::new());
@@ -485,7 +588,7 @@ impl NativeIdentityCore {
             // (ASCII: a kind code and hex digits)
             nodes.push(self.intern_key(std::str::from_utf8(&key).unwrap()));
         }
-        self.combos.push(Combo { keys: nodes, settled: None, stamp: 0, limit: NEVER });
+        self.combos.push(Combo::new(nodes, n_ignored));
         (self.combos.len() - 1, n_ignored)
     }
 
@@ -579,7 +682,7 @@ impl NativeIdentityCore {
         for i in 0..n {
             let c = &self.combos[combos[i]];
             if ts[i] >= c.limit {
-                anchors.push(c.keys[0]);
+                anchors.push(c.first);
             } else {
                 anchors.push(NONE);
                 slow.push(i);
@@ -643,40 +746,60 @@ impl NativeIdentityCore {
         Ok((anchors, d))
     }
 
-    /// The combination of identities `ids` (an `Identities` dict): looked up by its (kind,
-    /// value) pairs in kind order (`raw`: scratch), registered and hashed when new. Returns
-    /// (index, values ignored), or None when a value is not ASCII or not a str, or a kind is
-    /// unknown (Python decides those).
-    fn combo_of_dict(&mut self, ids: &Bound<'_, PyDict>, raw: &mut Vec<u8>) -> Option<(usize, usize)> {
-        let mut pairs: [(u8, &str); 5] = [(0, ""); 5];
-        let n = identity_pairs(ids, &mut pairs)?;
-        let pairs = &mut pairs[..n];
-        pairs.sort_unstable_by_key(|p| kind_order(p.0));
-        raw_combo(raw, pairs);
-        let (bytes, at) = (&self.raw_bytes, &self.raw_at);
-        let stored = |i: u32| {
-            let r = &at[i as usize];
-            &bytes[r.0..r.1]
+    /// The combination of the raw combination `raw` (`push_raw`'s bytes, `h` its hash in
+    /// `raw_ix`), if it has one: (index, values ignored).
+    #[inline]
+    fn combo_of_raw(&self, h: u64, raw: &[u8]) -> Option<(usize, usize)> {
+        let bytes = &self.raw_bytes;
+        let slot = self.raw_ix.find(h, raw, |_, start| raw_at(bytes, start))?;
+        let ci = slot.at as usize;
+        Some((ci, self.combos[ci].n_ignored as usize))
+    }
+
+    /// Index the raw combination `raw` as combination `ci`'s (its bytes kept in `raw_bytes`;
+    /// not indexed past 4 GiB of them: the combination is then made again when next seen).
+    fn index_raw(&mut self, raw: &[u8], ci: usize) {
+        let start = self.raw_bytes.len();
+        if start + 4 + raw.len() > u32::MAX as usize || ci >= NONE as usize {
+            return;
+        }
+        self.raw_bytes.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+        self.raw_bytes.extend_from_slice(raw);
+        let bytes = &self.raw_bytes;
+        self.raw_ix.insert(raw, ci as u32, start as u32, |_, start| raw_at(bytes, start));
+    }
+
+    /// Ask for what `decide_batch` reads to make the resolved event of the events ahead of
+    /// `i` (each one's customer name is three loads on from its anchor: the node's customer,
+    /// the name's slot, the name object), each load a chunk before the next one needs it.
+    #[inline]
+    fn warm_resolved(&self, events: &Bound<'_, PyList>, anchors: &[u32], i: usize) {
+        let cid_at = |j: usize| match anchors.get(j) {
+            Some(&a) if a != NONE => self.ncid.get(a as usize).copied(),
+            _ => None,
         };
-        Some(match self.raw_ix.get(raw, stored) {
-            Some(i) => {
-                let r = &self.raw_at[i as usize];
-                (r.2, r.3)
+        if let Some(&a) = anchors.get(i + 2 * WARM) {
+            if a != NONE {
+                prefetch(self.ncid.as_ptr().wrapping_add(a as usize));
             }
-            None => {
-                let hit = self.combo_of_pairs(pairs);
-                let start = self.raw_bytes.len();
-                self.raw_bytes.extend_from_slice(raw);
-                self.raw_at.push((start, self.raw_bytes.len(), hit.0, hit.1));
-                let i = (self.raw_at.len() - 1) as u32;
-                let (bytes, at) = (&self.raw_bytes, &self.raw_at);
-                self.raw_ix.insert(raw, i, |i| {
-                    let r = &at[i as usize];
-                    &bytes[r.0..r.1]
-                });
-                hit
+        }
+        let j = i + WARM;
+        if j < anchors.len() {
+            if let Some(c) = cid_at(j) {
+                prefetch(self.cpy.as_ptr().wrapping_add(c as usize));
             }
-        })
+            if j < events.len() {
+                // (a borrowed item, its object not touched; the list's length now: a slot's
+                // setter may have run Python code)
+                prefetch(unsafe { ffi::PyList_GET_ITEM(events.as_ptr(), j as ffi::Py_ssize_t) });
+            }
+            if let Some(t) = self.bts_obj.get(j) {
+                prefetch(t.as_ptr());
+            }
+        }
+        if let Some(Some(name)) = cid_at(i + WARM / 2).and_then(|c| self.cpy.get(c as usize)) {
+            prefetch(name.as_ptr());
+        }
     }
 
     fn apply_event(&mut self, d: &mut Decision, ev: usize, ts: i64, keys: &[u32]) -> u32 {
@@ -941,14 +1064,83 @@ unsafe fn str_of<'a>(o: *mut ffi::PyObject) -> Option<&'a str> {
     Some(std::str::from_utf8_unchecked(std::slice::from_raw_parts(p as *const u8, size as usize)))
 }
 
-/// A combination's key in `raw_ix`: each pair's kind code, value length and value.
-fn raw_combo(buf: &mut Vec<u8>, pairs: &[(u8, &str)]) {
-    buf.clear();
+/// Ask for what `prepare_batch` reads of the events a chunk or more ahead of `at` (of `n`),
+/// each load a chunk ahead of the next one that depends on it: the objects three chunks on,
+/// their instance dicts two chunks on, the dicts' key tables (where `identities` and `ts_ms`
+/// are) one chunk on. Only where the instance dict is where CPython 3.11 keeps it.
+fn warm_events(events: &Bound<'_, PyList>, at: usize, n: usize) {
+    let list = events.as_ptr();
+    let item = |j: usize| unsafe { ffi::PyList_GET_ITEM(list, j as ffi::Py_ssize_t) };
+    // (borrowed items; nothing here runs Python code or changes an object)
+    unsafe {
+        for j in (at + 3 * WARM)..(at + 4 * WARM).min(n) {
+            let p = item(j) as *const u8;
+            prefetch(p);
+            prefetch(p.wrapping_sub(32)); // (a managed dict's pointer sits before the object)
+        }
+        for j in (at + 2 * WARM)..(at + 3 * WARM).min(n) {
+            if let Some(d) = instance_dict(item(j)) {
+                prefetch(d);
+            }
+        }
+        for j in (at + WARM)..(at + 2 * WARM).min(n) {
+            if let Some(d) = instance_dict(item(j)) {
+                let keys = (*(d as *mut ffi::PyDictObject)).ma_keys as *const u8;
+                for line in 0..4 {
+                    prefetch(keys.wrapping_add(64 * line));
+                }
+            }
+        }
+    }
+}
+
+/// The instance dict of `ob` (CPython 3.11) where it has one already (not made here), else
+/// None.
+unsafe fn instance_dict(ob: *mut ffi::PyObject) -> Option<*mut ffi::PyObject> {
+    let t = ffi::Py_TYPE(ob);
+    if (*t).tp_flags & (1 << 4) != 0 {
+        // Py_TPFLAGS_MANAGED_DICT (3.11): the dict pointer three words before the object
+        // (the inline values' pointer four before)
+        let words = ob as *mut *mut ffi::PyObject;
+        let d = *words.offset(-3);
+        return if d.is_null() { None } else { Some(d) };
+    }
+    None
+}
+
+/// The raw combination stored at `start` in `raw_bytes` (after its length).
+#[inline]
+fn raw_at(bytes: &[u8], start: u32) -> &[u8] {
+    let start = start as usize;
+    let mut n = [0u8; 4];
+    n.copy_from_slice(&bytes[start..start + 4]);
+    &bytes[start + 4..start + 4 + u32::from_le_bytes(n) as usize]
+}
+
+/// A combination's key in `raw_ix` (its raw combination), after what `buf` holds: each of
+/// `pairs`' kind code, value length and value.
+fn push_raw(buf: &mut Vec<u8>, pairs: &[(u8, &str)]) {
     for &(code, value) in pairs {
         buf.push(code);
         buf.extend_from_slice(&(value.len() as u32).to_le_bytes());
         buf.extend_from_slice(value.as_bytes());
     }
+}
+
+/// The (kind code, value) pairs of a raw combination (`push_raw`'s bytes of ASCII values)
+/// into `out`: how many.
+fn pairs_of_raw<'a>(raw: &'a [u8], out: &mut [(u8, &'a str); 5]) -> usize {
+    let (mut n, mut i) = (0, 0);
+    while i < raw.len() && n < out.len() {
+        let mut len = [0u8; 4];
+        len.copy_from_slice(&raw[i + 1..i + 5]);
+        let stop = i + 5 + u32::from_le_bytes(len) as usize;
+        // (ASCII: `identity_pairs` took only ASCII values)
+        out[n] = (raw[i], std::str::from_utf8(&raw[i + 5..stop]).unwrap());
+        n += 1;
+        i = stop;
+    }
+    n
 }
 
 /// Append `item` to a '\n'-joined section.
@@ -1010,7 +1202,6 @@ impl NativeIdentityCore {
             batch: 0,
             raw_ix: HashIndex::default(),
             raw_bytes: Vec::new(),
-            raw_at: Vec::new(),
             raw_buf: Vec::new(),
             bcombos: Vec::new(),
             bts: Vec::new(),
@@ -1034,7 +1225,7 @@ impl NativeIdentityCore {
     /// Register an identity combination (its node keys, in kind order); returns its index.
     fn add_combo(&mut self, keys: Vec<String>) -> usize {
         let nodes = keys.iter().map(|k| self.intern_key(k)).collect();
-        self.combos.push(Combo { keys: nodes, settled: None, stamp: 0, limit: NEVER });
+        self.combos.push(Combo::new(nodes, 0));
         self.combos.len() - 1
     }
 
@@ -1078,31 +1269,84 @@ impl NativeIdentityCore {
         let mut missing: Vec<usize> = Vec::new();
         let mut n_ignored = 0usize;
         let mut raw = std::mem::take(&mut self.raw_buf);
-        for (i, ev) in events.iter().enumerate() {
-            let d = dict_of(&ev);
-            let ids = match d.as_ref().map(|d| d.get_item(ids_name)).transpose()?.flatten() {
-                Some(ids) => ids,
-                None => ev.getattr(ids_name)?,
-            };
-            let hit = match ids.downcast::<PyDict>() {
-                Ok(ids) => self.combo_of_dict(ids, &mut raw),
-                Err(_) => None,
-            };
-            match hit {
-                Some((index, ignored)) => {
-                    self.bcombos.push(index);
-                    n_ignored += ignored;
-                }
-                None => {
-                    self.bcombos.push(usize::MAX);
-                    missing.push(i);
+        // In chunks of WARM events: each one's raw combination and its hash first, asking for
+        // its slot in `raw_ix`, then for what the slot points at (the stored bytes and the
+        // combination), then the lookups: the misses of a chunk overlap instead of following
+        // one another (the tables of 170k customers are far bigger than the caches).
+        let mut marks: Vec<Option<(usize, usize, u64)>> = Vec::with_capacity(WARM);
+        let warm = {
+            let v = py.version_info();
+            v.major == 3 && v.minor == 11 // (where `instance_dict` knows the layout)
+        };
+        let mut at = 0;
+        let mut items = events.iter();
+        while at < n {
+            let end = (at + WARM).min(n);
+            raw.clear();
+            marks.clear();
+            if warm {
+                // (the list's length now: Python code that an event's `ts_ms` ran may change it)
+                warm_events(events, at, events.len());
+            }
+            for _ in at..end {
+                let ev = match items.next() {
+                    Some(ev) => ev,
+                    None => break, // (the list shrank: nothing runs Python code that could)
+                };
+                let d = dict_of(&ev);
+                let ids = match d.as_ref().map(|d| d.get_item(ids_name)).transpose()?.flatten() {
+                    Some(ids) => ids,
+                    None => ev.getattr(ids_name)?,
+                };
+                let mut pairs: [(u8, &str); 5] = [(0, ""); 5];
+                let found = match ids.downcast::<PyDict>() {
+                    Ok(ids) => identity_pairs(ids, &mut pairs),
+                    Err(_) => None,
+                };
+                marks.push(found.map(|k| {
+                    let pairs = &mut pairs[..k];
+                    pairs.sort_unstable_by_key(|p| kind_order(p.0));
+                    let start = raw.len();
+                    push_raw(&mut raw, pairs);
+                    let h = self.raw_ix.hash(&raw[start..]);
+                    self.raw_ix.prefetch(h);
+                    (start, raw.len(), h)
+                }));
+                if times {
+                    let (ms, ts) = event_time(&ev, d.as_ref(), kinds, &mut last)?;
+                    self.bts.push(ms);
+                    self.bts_obj.push(ts.unbind());
                 }
             }
-            if times {
-                let (ms, ts) = event_time(&ev, d.as_ref(), kinds, &mut last)?;
-                self.bts.push(ms);
-                self.bts_obj.push(ts.unbind());
+            for &(_, _, h) in marks.iter().flatten() {
+                if let Some(slot) = self.raw_ix.first_slot(h) {
+                    prefetch(self.raw_bytes.as_ptr().wrapping_add(slot.aux as usize));
+                    prefetch(self.combos.as_ptr().wrapping_add(slot.at as usize));
+                }
             }
+            for (k, mark) in marks.iter().enumerate() {
+                let hit = mark.map(|(start, stop, h)| {
+                    let r = &raw[start..stop];
+                    self.combo_of_raw(h, r).unwrap_or_else(|| {
+                        let mut pairs: [(u8, &str); 5] = [(0, ""); 5];
+                        let k = pairs_of_raw(r, &mut pairs);
+                        let hit = self.combo_of_pairs(&pairs[..k]);
+                        self.index_raw(r, hit.0);
+                        hit
+                    })
+                });
+                match hit {
+                    Some((index, ignored)) => {
+                        self.bcombos.push(index);
+                        n_ignored += ignored;
+                    }
+                    None => {
+                        self.bcombos.push(usize::MAX);
+                        missing.push(at + k);
+                    }
+                }
+            }
+            at = end;
         }
         self.raw_buf = raw;
         Ok((n_ignored, missing))
@@ -1182,6 +1426,7 @@ impl NativeIdentityCore {
         let all = intern!(py, "all");
         let mut resolved: Vec<PyObject> = Vec::with_capacity(n - d.dead.len());
         for (i, &a) in anchors.iter().enumerate() {
+            self.warm_resolved(events, &anchors, i);
             if a != NONE {
                 let cid = self.cid_py(py, self.ncid[a as usize]).into_bound(py).into_any();
                 let ev = events.get_item(i)?;
@@ -1616,7 +1861,6 @@ impl NativeIdentityCore {
         self.combos.clear();
         self.raw_ix.clear();
         self.raw_bytes.clear();
-        self.raw_at.clear();
     }
 
     /// Load a graph in `export`'s form into this core, which must be empty (unpickling).
