@@ -255,6 +255,9 @@ class Runtime:
         self.progress: dict[Any, tuple[int, float]] = {}
         self.checkpoint_every_s = settings.worker.checkpoint_every_s
         self.heap = HeapFreezer(WORKER_FULL_EVERY_S)  # _freeze_heap
+        # touchpoints.resolved's partition count at start (streams.topics.check_topics), for
+        # the ingest agent's envelopes until the consumer's own metadata has the topic
+        self.resolved_partitions: int | None = None
 
     def new_partition(self) -> PartitionState:
         return PartitionState(JourneyChain(self.config))
@@ -353,7 +356,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                 dead_at = set(resolved.dead_at)
                 kept = [ev.message for i, (_, ev) in enumerate(_pairs(accepted, batch))
                         if i not in dead_at]
-                produced.extend(_rekeyed(zip(  # the raw timestamp: latency end to end
+                produced.extend(_rekeyed(runtime, zip(  # the raw timestamp: latency end to end
                     [rev.customer_id.encode() for rev in resolved.resolved],
                     [msg.value for msg in kept],
                     [int(msg.timestamp * 1000) if msg.timestamp else None for msg in kept],
@@ -423,11 +426,13 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
             )
         return expects, others
 
-    def _rekeyed(events: Iterable[tuple[bytes, bytes, int | None]]) -> list[Outgoing]:
+    def _rekeyed(runtime: Runtime, events: Iterable[tuple[bytes, bytes, int | None]]
+                 ) -> list[Outgoing]:
         """An ingest batch's events (customer key, raw value, raw timestamp) as messages on
-        touchpoints.resolved: one envelope per partition (streams.envelope) once the topic's
-        partition count is known, one keyed message per event before that."""
-        n = app.consumer.topic_partitions(t.resolved)
+        touchpoints.resolved: one envelope per partition (streams.envelope) over the topic's
+        partition count (the consumer's metadata, else the count found at start), one keyed
+        message per event when neither knows it."""
+        n = app.consumer.topic_partitions(t.resolved) or runtime.resolved_partitions
         if not n:
             return [(t.resolved, key, value, None, ts, None) for key, value, ts in events]
         return [(t.resolved, None, value, [(H_TYPE, H_EVENTS)], ts, p)

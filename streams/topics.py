@@ -91,8 +91,9 @@ def create_topics(kafka: KafkaSettings, timeout_s: float = 30.0) -> list[tuple[T
     return [(s, results[s.name]) for s in specs]
 
 
-def check_topics(kafka: KafkaSettings, timeout_s: float = 15.0) -> None:
-    """Raise ConfigError when a topic is missing or the resolved topic's partitions disagree."""
+def check_topics(kafka: KafkaSettings, timeout_s: float = 15.0) -> dict[str, int]:
+    """Raise ConfigError when a topic is missing or the resolved topic's partitions disagree;
+    else every topic's partition count, as the broker gave it."""
     existing = _existing(admin_client(kafka), timeout_s)
     missing = [s.name for s in topic_specs(kafka) if s.name not in existing]
     if missing:
@@ -105,3 +106,4 @@ def check_topics(kafka: KafkaSettings, timeout_s: float = 15.0) -> None:
             "%s has %d partitions but %s has %d; customers will be spread over fewer workers",
             resolved, existing[resolved], raw, existing[raw],
         )
+    return existing

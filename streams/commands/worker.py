@@ -42,11 +42,13 @@ def worker(ctx: click.Context, web_port: int | None, loglevel: str, workdir: str
     if web_port is not None:
         overrides["worker"] = settings.worker.model_copy(update={"web_port": web_port})
         settings = settings.model_copy(update=overrides)
-    check_topics(settings.kafka)
+    partitions = check_topics(settings.kafka)
     with connect(settings.clickhouse) as store:
         check_schema(store)
     Path(workdir).mkdir(parents=True, exist_ok=True)
-    app = create_app(settings, runtime=Runtime(settings, with_models=with_models))
+    runtime = Runtime(settings, with_models=with_models)
+    runtime.resolved_partitions = partitions[settings.kafka.topics.resolved]
+    app = create_app(settings, runtime=runtime)
     faust_worker = Worker(
         app,
         loglevel=loglevel,
