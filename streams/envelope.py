@@ -99,24 +99,30 @@ def group(items: Iterable[tuple[bytes, bytes, int | None]], n_partitions: int,
     ``(partition, envelope, the earliest timestamp in it)``, the items of each partition in
     their order, an envelope closed when the next item would take it past `max_bytes` (an item
     larger than that on its own gets an envelope of its own)."""
-    open_: dict[int, tuple[list[tuple[bytes, bytes]], list[int], list[int | None]]] = {}
+    open_: dict[int, _Open] = {}
     for key, value, ts in items:
         p = partition_of(key, n_partitions)
-        entry = open_.get(p)
         grow = _ITEM.size + len(key) + len(value)
-        if entry is not None and entry[1][0] + grow > max_bytes:
-            yield _closed(p, entry)
-            entry = None
-        if entry is None:
-            entry = open_[p] = ([], [_COUNT.size], [None])
-        entry[0].append((key, value))
-        entry[1][0] += grow
-        if ts is not None and (entry[2][0] is None or ts < entry[2][0]):
-            entry[2][0] = ts
-    for p, entry in sorted(open_.items()):
-        yield _closed(p, entry)
+        env = open_.get(p)
+        if env is not None and env.size + grow > max_bytes:
+            yield p, pack(env.items), env.earliest
+            env = None
+        if env is None:
+            env = open_[p] = _Open()
+        env.items.append((key, value))
+        env.size += grow
+        if ts is not None and (env.earliest is None or ts < env.earliest):
+            env.earliest = ts
+    for p, env in sorted(open_.items()):
+        yield p, pack(env.items), env.earliest
 
 
-def _closed(p: int, entry: tuple[list[tuple[bytes, bytes]], list[int], list[int | None]]
-            ) -> tuple[int, bytes, int | None]:
-    return p, pack(entry[0]), entry[2][0]
+class _Open:
+    """An envelope being filled by :func:`group`: its items, its size, its earliest time."""
+
+    __slots__ = ("earliest", "items", "size")
+
+    def __init__(self) -> None:
+        self.items: list[tuple[bytes, bytes]] = []
+        self.size = _COUNT.size
+        self.earliest: int | None = None
