@@ -33,7 +33,7 @@ import functools
 import heapq
 import itertools
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -326,15 +326,14 @@ class JourneyChain:
         # too (left here, they would reach these funnels, where `winner` has no run). Only the
         # ids of waiting events are looked up: every id ever merged away here would make each
         # merge cost as much as all the merges before it (quadratic over a long stream).
+        # (The buffer is asked natively, without making its entries: each merge used to
+        # copy every waiting event, a second's worth at 1 s allowed lateness, an hour's at 1 h.)
         ours = {loser}
-        ours.update(cid for cid in {entry[-1].customer_id for entry in self._waiting()}
-                    if cid in self._renamed and self._winner(cid) == loser)
+        ours.update(cid for cid in self._waiting_customers(self._renamed)
+                    if self._winner(cid) == loser)
         self._unrename(winner)
         self._renamed[loser] = winner
-        waiting = self._waiting()
-        mine = [entry for entry in waiting if entry[-1].customer_id in ours]
-        if mine:
-            self._set_waiting([e for e in waiting if e[-1].customer_id not in ours])
+        mine = self._take_waiting(ours)
         return {
             "loser": loser,
             "journey": self.journeys.detach(loser),
@@ -376,8 +375,7 @@ class JourneyChain:
         pending: list[ResolvedEvent] = package["pending"]  # type: ignore[assignment]
         journeys = self.journeys
         mine = journeys.state_of(winner)
-        entries = self._waiting()
-        waiting = {e[-1].event.event_id for e in entries if e[-1].customer_id == winner}
+        waiting = self._waiting_event_ids(winner)
         kept = [ev for ev in pending if ev.event.event_id not in waiting
                 and (mine is None or not journeys._seen(mine, event_digest(ev.event.event_id)))]
         theirs: CustomerState | None = package["journey"]  # type: ignore[assignment]
@@ -386,7 +384,7 @@ class JourneyChain:
             gone = {i for i in waiting if i not in brought
                     and journeys._seen(theirs, event_digest(i))}
             if gone:
-                self._set_waiting([e for e in entries if not (
+                self._set_waiting([e for e in self._waiting() if not (
                     e[-1].customer_id == winner and e[-1].event.event_id in gone)])
         return kept
 
@@ -426,13 +424,12 @@ class JourneyChain:
         if customer_id not in self._renamed:
             return
         owner = self._winner(customer_id)
-        waiting = self._waiting()
-        if any(entry[-1].customer_id == customer_id for entry in waiting):
+        if self._waiting_customers({customer_id}):
             # (ts, seq) keys are unchanged, so the heap order holds
             self._set_waiting([
                 (ts, seq, ResolvedEvent(owner, ev.event, ev.segment))
                 if ev.customer_id == customer_id else (ts, seq, ev)
-                for ts, seq, ev in waiting
+                for ts, seq, ev in self._waiting()
             ], heapify=False)
         renamed = self._renamed
         for cid, to in list(renamed.items()):
@@ -486,6 +483,31 @@ class JourneyChain:
         """The entries of `_pending` (the list itself, or a native buffer's as a new list)."""
         pending = self._pending
         return pending if isinstance(pending, list) else pending.entries()  # type: ignore[no-any-return]
+
+    def _waiting_customers(self, among: Container[str]) -> set[str]:
+        """The customer ids of waiting events that are in `among`."""
+        pending = self._pending
+        if isinstance(pending, list):
+            return {cid for cid in {e[-1].customer_id for e in pending} if cid in among}
+        return pending.customers_in(among)  # type: ignore[no-any-return]
+
+    def _waiting_event_ids(self, customer_id: str) -> set[str]:
+        """The event ids of `customer_id`'s waiting events."""
+        pending = self._pending
+        if isinstance(pending, list):
+            return {e[-1].event.event_id for e in pending if e[-1].customer_id == customer_id}
+        return pending.event_ids_of(customer_id)  # type: ignore[no-any-return]
+
+    def _take_waiting(self, ids: set[str]) -> list[tuple[int, int, ResolvedEvent]]:
+        """Take the waiting entries of the customers `ids` out (in the buffer's order); what
+        stays is made a heap again."""
+        pending = self._pending
+        if not isinstance(pending, list):
+            return pending.take(ids)  # type: ignore[no-any-return]
+        mine = [entry for entry in pending if entry[-1].customer_id in ids]
+        if mine:
+            self._set_waiting([e for e in pending if e[-1].customer_id not in ids])
+        return mine
 
     def _set_waiting(self, entries: list[tuple[int, int, ResolvedEvent]],
                      heapify: bool = True) -> None:

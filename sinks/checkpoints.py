@@ -105,6 +105,11 @@ class CheckpointStore:
         code = 1
         try:
             _die_with_parent(parent)
+            # The child's pickling competes for the cores with its parent, the broker and the
+            # database for the seconds it takes: it yields to them (nice 19), since the parent's
+            # batches carry the events' latency and the child only has to finish eventually.
+            with contextlib.suppress(OSError):
+                os.nice(19)
             work(CheckpointStore(self.url, self.group, prefix=self.prefix,
                                  retry_total_s=self.retry_total_s))
             code = 0

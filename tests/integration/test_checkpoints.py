@@ -60,3 +60,14 @@ def test_the_models_snapshot_round_trips_in_process_and_from_a_child(
     assert taken == []  # the snapshot was taken in the child, not here
     assert store.models_key() not in {store.key("models", 0)}
     assert store.delete_group() >= 1 and store.load_models() is None
+
+
+def test_the_child_yields_the_cores_to_its_parent(redis_test_url: str, redis_client: Any) -> None:
+    """The child pickles at nice 19: the worker's batches, the broker and the database come
+    first while it works (the latency of the events around a checkpoint)."""
+    import os
+
+    store = _store(redis_test_url)
+    pid = store.save_models_in_child(lambda: str(os.nice(0)).encode())
+    assert store.wait_child(pid) is True
+    assert int(store.load_models()) == min(19, os.nice(0) + 19)  # type: ignore[arg-type]

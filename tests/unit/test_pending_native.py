@@ -262,3 +262,31 @@ def test_python_funnels_and_paths_set_on_a_native_chain_read_the_events(native: 
     chain.process_resolved([], [MergeRecord("c1", "c0", "m", T0_MS, "shared_identifier")])
     assert type(chain._pending) is pending_native.NativePending
     assert rest(chain) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.sampled_from(CUSTOMERS)), max_size=60),
+       st.sets(st.sampled_from([*CUSTOMERS, "nobody"])))
+def test_asking_the_buffer_natively_equals_reading_its_entries(
+        native: None, drawn: list[tuple[int, str]], ids: set[str]) -> None:
+    """A merge asks the buffer for its customers, one customer's event ids, and takes a
+    customer's events out, without making every entry (each merge used to copy all the waiting
+    events): the same answers as the entries give, and what stays is the list heapq.heapify
+    makes of the entries left, in the same arrangement."""
+    import heapq
+    entries = [(T0_MS + minute * MIN_MS, seq, make((cid, "landing_page", minute, f"e{seq}",
+                                                    "web", None, "a")))
+               for seq, (minute, cid) in enumerate(drawn)]
+    buffer = pending_native.NativePending()
+    buffer.replace(entries)  # (any order: the drawn one)
+    assert buffer.customers_in(ids) == {e[-1].customer_id for e in entries} & ids
+    for cid in CUSTOMERS:
+        assert buffer.event_ids_of(cid) == {e[-1].event.event_id for e in entries
+                                            if e[-1].customer_id == cid}
+    taken = buffer.take(ids)
+    assert taken == [e for e in entries if e[-1].customer_id in ids]
+    rest = [e for e in entries if e[-1].customer_id not in ids]
+    if taken:
+        heapq.heapify(rest)
+    assert buffer.entries() == rest
+    assert buffer.take(ids) == []

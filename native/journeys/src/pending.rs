@@ -24,7 +24,7 @@
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyDict, PyList, PySet, PyString, PyTuple};
 use std::ptr::NonNull;
 
 use crate::paths::{EventSlots, CUSTOMER_ID, EVENT, SEGMENT, TS_MS};
@@ -191,8 +191,14 @@ impl NativePending {
 
     /// `heapq.heappush`'s sift of the last record towards the root.
     fn sift_last(&mut self) {
-        let mut pos = self.recs.len() - 1;
-        while pos > 0 {
+        let last = self.recs.len() - 1;
+        self.sift_down(0, last);
+    }
+
+    /// `heapq._siftdown(heap, start, pos)`: the record at `pos` towards `start` while smaller
+    /// than its parent. (Moving it by swaps leaves every record where heapq's hole would.)
+    fn sift_down(&mut self, start: usize, mut pos: usize) {
+        while pos > start {
             let parent = (pos - 1) >> 1;
             if self.recs[pos].key() < self.recs[parent].key() {
                 self.recs.swap(pos, parent);
@@ -200,6 +206,27 @@ impl NativePending {
                 continue;
             }
             break;
+        }
+    }
+
+    /// `heapq.heapify`, record for record: the same arrangement as the Python list would get,
+    /// so the buffer keeps standing for the list the Python engine would hold.
+    fn heapify(&mut self) {
+        let end = self.recs.len();
+        for start in (0..end / 2).rev() {
+            // heapq._siftup: down to a leaf along the smaller children, then back up
+            let mut pos = start;
+            let mut child = 2 * pos + 1;
+            while child < end {
+                let right = child + 1;
+                if right < end && self.recs[child].key() >= self.recs[right].key() {
+                    child = right;
+                }
+                self.recs.swap(pos, child);
+                pos = child;
+                child = 2 * pos + 1;
+            }
+            self.sift_down(start, pos);
         }
     }
 }
@@ -272,6 +299,58 @@ impl NativePending {
 
     fn __len__(&self) -> usize {
         self.recs.len()
+    }
+
+    /// The distinct customer ids of the waiting events that are in `among` (anything with
+    /// `__contains__`: the chain's renames, a set), without making the entries.
+    fn customers_in<'py>(&self, py: Python<'py>, among: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PySet>> {
+        let out = PySet::empty_bound(py)?;
+        let mut seen: FxMap<usize, ()> = FxMap::default();
+        for r in &self.recs {
+            if seen.insert(r.cid.ptr() as usize, ()).is_none() && among.contains(r.cid.bound(py))? {
+                out.add(r.cid.bound(py))?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Take out the waiting events of the customers in `ids`: their entries `(ts_ms, seq,
+    /// event)` in the buffer's order. What stays is made a heap again as `heapq.heapify` makes
+    /// the list of the entries left (the chain's detach, as the Python engine does it).
+    fn take<'py>(&mut self, py: Python<'py>, ids: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+        let out = PyList::empty_bound(py);
+        let mut mine = Vec::with_capacity(self.recs.len());
+        for r in &self.recs {
+            mine.push(ids.contains(r.cid.bound(py))?);
+        }
+        if !mine.contains(&true) {
+            return Ok(out);
+        }
+        let recs = std::mem::take(&mut self.recs);
+        let mut rest = Vec::with_capacity(recs.len());
+        for (r, m) in recs.into_iter().zip(mine) {
+            if m {
+                out.append(PyTuple::new_bound(py, [r.ts.into_py(py), r.seq.into_py(py), r.ev.bound(py).unbind()]))?;
+            } else {
+                rest.push(r);
+            }
+        }
+        self.recs = rest;
+        self.heapify();
+        Ok(out)
+    }
+
+    /// The event ids of `customer_id`'s waiting events.
+    fn event_ids_of<'py>(&self, py: Python<'py>, customer_id: &Bound<'py, PyString>) -> PyResult<Bound<'py, PySet>> {
+        let out = PySet::empty_bound(py)?;
+        let want = customer_id.to_str()?;
+        for r in &self.recs {
+            if r.cid.ptr() == customer_id.as_ptr() || r.cid.text() == want {
+                let te = self.slots.get(&r.ev.bound(py), EVENT)?;
+                out.add(te.getattr(intern!(py, "event_id"))?)?;
+            }
+        }
+        Ok(out)
     }
 
     /// Pickled as the list it stands for (the chain adopts it again on unpickling).
