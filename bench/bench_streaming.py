@@ -24,6 +24,8 @@ One run, unique topics / consumer groups / ClickHouse database / Redis keys, loo
    Also per CPU-second of each one's own process (/proc/<pid>/stat, between the same 10 % and
    90 % marks): events/s fall when other processes take the cores (on a shared 2-core machine
    the pass-through alone swung 2x between runs a minute apart), CPU time much less so.
+   The worker's CPU per event of the live phase is printed too (smaller batches, and events
+   held for the allowed lateness, cost more per event than the backlog's).
 4. Live: the events after the drift, each stamped `occurred_at = now` when produced, at half the
    lower of the two measured rates (or --rate). After --warm-seconds, one event in
    --sample-every is timed from produce to its `touchpoints` row being visible (ClickHouse
@@ -575,6 +577,7 @@ def main() -> None:
         scores = TopicWatcher(bootstrap, env["JOURNEYMAP_KAFKA__TOPICS__SCORES"], partitions)
         rows = RowWatcher(client)
         before = read_metrics(deadline)
+        live_cpu0 = cpu_s(worker.pid)
         for thread in (alerts, scores, rows):
             thread.start()
         n_live, live_start, live_s = live(
@@ -588,6 +591,7 @@ def main() -> None:
             thread.stop.set()
             thread.join(10)
         after_m = read_metrics(deadline)
+        live_cpu = cpu_s(worker.pid) - live_cpu0
         late_live = (after_m.get("journeymap_late_total", 0.0)
                      - before.get("journeymap_late_total", 0.0))
         load2 = os.getloadavg()[0]
@@ -617,7 +621,8 @@ def main() -> None:
                        alert_lat=alert_lat, all_alerts=len(alerts.got), polls=rows.polls,
                        poll_s=rows.poll_s, load=(load1, load2), score_lat=score_lat,
                        late_live=late_live, lateness_s=args.lateness_s,
-                       table_alerts=table_alerts)
+                       table_alerts=table_alerts, live_cpu=live_cpu,
+                       live_in=applied_live["events_in"])
         if trace is not None:
             results["breakdown"] = breakdown(trace, rows.produced, rows.seen)
             (workdir / "sampled.json").write_bytes(orjson.dumps(
@@ -723,6 +728,11 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> None:
               f"ClickHouse polled every 0.2 s, a poll took "
               f"{res['poll_s'] / max(res['polls'], 1):.3f} s; allowed lateness "
               f"{res['lateness_s']} s; {res['late_live']:,.0f} live events dropped as late)")
+    if res.get("live_in"):
+        print(f"worker CPU in the live phase (its own process, children not counted): "
+              f"{res['live_cpu']:.1f} s for {res['live_in']:,.0f} events = "
+              f"{res['live_cpu'] / res['live_in'] * 1e6:,.0f} us per event (the backlog: "
+              f"{1e6 / w['per_cpu']:,.0f} us)")
     al = res["alert_lat"]
     if al:
         print(f"produce -> alert on the alerts topic: {len(al)} alerts, p50 "

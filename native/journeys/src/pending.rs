@@ -305,24 +305,29 @@ impl NativePending {
     /// `__contains__`: the chain's renames, a set), without making the entries.
     fn customers_in<'py>(&self, py: Python<'py>, among: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PySet>> {
         let out = PySet::empty_bound(py)?;
-        let mut seen: FxMap<usize, ()> = FxMap::default();
+        if among.len().map_or(false, |n| n == 0) {
+            return Ok(out);
+        }
+        // each distinct id asked once (the events' id strings are mostly distinct objects)
+        let mut seen: FxMap<&str, ()> = FxMap::default();
         for r in &self.recs {
-            if seen.insert(r.cid.ptr() as usize, ()).is_none() && among.contains(r.cid.bound(py))? {
+            if seen.insert(r.cid.text(), ()).is_none() && among.contains(r.cid.bound(py))? {
                 out.add(r.cid.bound(py))?;
             }
         }
         Ok(out)
     }
 
-    /// Take out the waiting events of the customers in `ids`: their entries `(ts_ms, seq,
+    /// Take out the waiting events of the customers in `ids` (strings): their entries `(ts_ms, seq,
     /// event)` in the buffer's order. What stays is made a heap again as `heapq.heapify` makes
     /// the list of the entries left (the chain's detach, as the Python engine does it).
     fn take<'py>(&mut self, py: Python<'py>, ids: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty_bound(py);
-        let mut mine = Vec::with_capacity(self.recs.len());
-        for r in &self.recs {
-            mine.push(ids.contains(r.cid.bound(py))?);
+        let mut wanted: FxMap<String, ()> = FxMap::default();
+        for id in ids.iter()? {
+            wanted.insert(id?.downcast::<PyString>()?.to_str()?.to_owned(), ());
         }
+        let mine: Vec<bool> = self.recs.iter().map(|r| wanted.contains_key(r.cid.text())).collect();
         if !mine.contains(&true) {
             return Ok(out);
         }
