@@ -290,3 +290,31 @@ def test_asking_the_buffer_natively_equals_reading_its_entries(
         heapq.heapify(rest)
     assert buffer.entries() == rest
     assert buffer.take(ids) == []
+
+
+def test_the_buffer_keeps_its_waiting_customers_through_pushes_and_releases(native: None) -> None:
+    """The per-customer count is built by the first question and then kept with every event
+    in (apply, push) and out (release, take): the answers stay those of the entries."""
+    chain = JourneyChain(config_of("auto"))
+    chain.process_resolved([make((CUSTOMERS[i % 3], "landing_page", i, f"a{i}", "web", None,
+                                  "a")) for i in range(12)])
+    buffer = chain._pending
+
+    def agrees() -> None:
+        entries = buffer.entries()
+        assert buffer.customers_in(set(CUSTOMERS)) == {e[-1].customer_id for e in entries}
+        for cid in CUSTOMERS:
+            assert buffer.event_ids_of(cid) == {e[-1].event.event_id for e in entries
+                                                if e[-1].customer_id == cid}
+
+    agrees()  # (builds the count)
+    chain.process_resolved([make((CUSTOMERS[3], "pricing_page", 13, "b1", "web", None, "a"))])
+    agrees()
+    buffer.push(T0_MS, 999, make((CUSTOMERS[4], "signup", 0, "b2", "web", None, "a")))
+    agrees()
+    # far ahead: the frontier passes the first events, which are released and counted out
+    chain.process_resolved([make((CUSTOMERS[0], "signup", 400, "b3", "web", None, "a"))])
+    assert len(buffer) < 15
+    agrees()
+    assert buffer.take({CUSTOMERS[0]}) and buffer.take({CUSTOMERS[0]}) == []
+    agrees()

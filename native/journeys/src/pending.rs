@@ -103,6 +103,10 @@ pub struct NativePending {
     slots: EventSlots,
     strs: Interner,
     recs: Vec<Rec>,
+    // How many events wait per customer id: built by the first merge that asks (a replay never
+    // does), then kept with every record in and out, so that a merge whose customers have no
+    // waiting events costs nothing and the customers asked for are found without a pass.
+    waiting: Option<FxMap<String, u32>>,
 }
 
 impl NativePending {
@@ -144,6 +148,9 @@ impl NativePending {
     ) -> PyResult<()> {
         let tp = self.canonical(py, tp)?;
         let ch = self.canonical(py, ch)?;
+        if self.waiting.is_some() {
+            self.counted_in(cid.to_str()?);
+        }
         self.recs.push(Rec {
             ts,
             seq,
@@ -187,6 +194,45 @@ impl NativePending {
                 }
             }
         }
+    }
+
+    /// Count one more waiting event of `cid` (when the index is kept).
+    fn counted_in(&mut self, cid: &str) {
+        if let Some(ix) = &mut self.waiting {
+            *ix.entry(cid.to_owned()).or_insert(0) += 1;
+        }
+    }
+
+    /// Count one waiting event of `cid` less (when the index is kept).
+    fn counted_out(waiting: &mut Option<FxMap<String, u32>>, cid: &str) {
+        if let Some(ix) = waiting {
+            if let Some(n) = ix.get_mut(cid) {
+                *n -= 1;
+                if *n == 0 {
+                    ix.remove(cid);
+                }
+            }
+        }
+    }
+
+    /// The index of waiting events per customer, built from the records the first time.
+    fn index(&mut self) -> &FxMap<String, u32> {
+        if self.waiting.is_none() {
+            let mut ix: FxMap<String, u32> = FxMap::default();
+            for r in &self.recs {
+                *ix.entry(r.cid.text().to_owned()).or_insert(0) += 1;
+            }
+            self.waiting = Some(ix);
+        }
+        self.waiting.as_ref().unwrap()
+    }
+
+    fn push_rec(&mut self, rec: Rec) {
+        if self.waiting.is_some() {
+            let cid = rec.cid.text().to_owned();
+            self.counted_in(&cid);
+        }
+        self.recs.push(rec);
     }
 
     /// `heapq.heappush`'s sift of the last record towards the root.
@@ -243,6 +289,7 @@ impl NativePending {
                 by_ptr: (0..64).map(|_| (0usize, 0u32, None)).collect(),
             },
             recs: Vec::new(),
+            waiting: None,
         }
     }
 
@@ -256,7 +303,7 @@ impl NativePending {
                 for ev in chunk {
                     next += 1;
                     let rec = self.record(py, ev, None, next)?;
-                    self.recs.push(rec);
+                    self.push_rec(rec);
                 }
             }
             return Ok(());
@@ -264,7 +311,7 @@ impl NativePending {
         for ev in events.iter()? {
             next += 1;
             let rec = self.record(py, &ev?, None, next)?;
-            self.recs.push(rec);
+            self.push_rec(rec);
         }
         Ok(())
     }
@@ -272,7 +319,7 @@ impl NativePending {
     /// `heapq.heappush(_pending, (ts_ms, seq, event))`.
     fn push(&mut self, py: Python<'_>, ts_ms: i64, seq: i64, event: &Bound<'_, PyAny>) -> PyResult<()> {
         let rec = self.record(py, event, Some(ts_ms), seq)?;
-        self.recs.push(rec);
+        self.push_rec(rec);
         self.sift_last();
         Ok(())
     }
@@ -294,6 +341,10 @@ impl NativePending {
             recs.push(self.record(py, &ev, Some(ts), seq)?);
         }
         self.recs = recs;
+        if self.waiting.is_some() {
+            self.waiting = None; // (built again from these records when next asked)
+            self.index();
+        }
         Ok(())
     }
 
@@ -303,16 +354,32 @@ impl NativePending {
 
     /// The distinct customer ids of the waiting events that are in `among` (anything with
     /// `__contains__`: the chain's renames, a set), without making the entries.
-    fn customers_in<'py>(&self, py: Python<'py>, among: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PySet>> {
+    fn customers_in<'py>(&mut self, py: Python<'py>, among: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PySet>> {
         let out = PySet::empty_bound(py)?;
-        if among.len().map_or(false, |n| n == 0) {
+        let asked = among.len().ok();
+        if asked == Some(0) {
             return Ok(out);
         }
-        // each distinct id asked once (the events' id strings are mostly distinct objects)
-        let mut seen: FxMap<&str, ()> = FxMap::default();
-        for r in &self.recs {
-            if seen.insert(r.cid.text(), ()).is_none() && among.contains(r.cid.bound(py))? {
-                out.add(r.cid.bound(py))?;
+        let ix = self.index();
+        match asked {
+            // the smaller side is walked: the ids asked (a merge's few) or the waiting customers
+            Some(n) if n < ix.len() => {
+                for id in among.iter()? {
+                    let id = id?;
+                    if let Ok(text) = id.downcast::<PyString>() {
+                        if ix.contains_key(text.to_str()?) {
+                            out.add(&id)?;
+                        }
+                    }
+                }
+            }
+            _ => {
+                for cid in ix.keys() {
+                    let cid = PyString::new_bound(py, cid);
+                    if among.contains(&cid)? {
+                        out.add(cid)?;
+                    }
+                }
             }
         }
         Ok(out)
@@ -327,6 +394,10 @@ impl NativePending {
         for id in ids.iter()? {
             wanted.insert(id?.downcast::<PyString>()?.to_str()?.to_owned(), ());
         }
+        let ix = self.index();
+        if !wanted.keys().any(|id| ix.contains_key(id.as_str())) {
+            return Ok(out); // none of them has an event waiting: no pass over the records
+        }
         let mine: Vec<bool> = self.recs.iter().map(|r| wanted.contains_key(r.cid.text())).collect();
         if !mine.contains(&true) {
             return Ok(out);
@@ -335,6 +406,7 @@ impl NativePending {
         let mut rest = Vec::with_capacity(recs.len());
         for (r, m) in recs.into_iter().zip(mine) {
             if m {
+                Self::counted_out(&mut self.waiting, r.cid.text());
                 out.append(PyTuple::new_bound(py, [r.ts.into_py(py), r.seq.into_py(py), r.ev.bound(py).unbind()]))?;
             } else {
                 rest.push(r);
@@ -346,9 +418,12 @@ impl NativePending {
     }
 
     /// The event ids of `customer_id`'s waiting events.
-    fn event_ids_of<'py>(&self, py: Python<'py>, customer_id: &Bound<'py, PyString>) -> PyResult<Bound<'py, PySet>> {
+    fn event_ids_of<'py>(&mut self, py: Python<'py>, customer_id: &Bound<'py, PyString>) -> PyResult<Bound<'py, PySet>> {
         let out = PySet::empty_bound(py)?;
         let want = customer_id.to_str()?;
+        if !self.index().contains_key(want) {
+            return Ok(out);
+        }
         for r in &self.recs {
             if r.cid.ptr() == customer_id.as_ptr() || r.cid.text() == want {
                 let te = self.slots.get(&r.ev.bound(py), EVENT)?;
@@ -386,6 +461,11 @@ impl NativePending {
             return Ok(None);
         }
         let mut taken: Vec<Rec> = self.recs.drain(..k).collect();
+        if self.waiting.is_some() {
+            for r in &taken {
+                Self::counted_out(&mut self.waiting, r.cid.text());
+            }
+        }
         let mut i = 0;
         while i < k {
             let mut j = i + 1;
