@@ -622,7 +622,10 @@ def main() -> None:
                        poll_s=rows.poll_s, load=(load1, load2), score_lat=score_lat,
                        late_live=late_live, lateness_s=args.lateness_s,
                        table_alerts=table_alerts, live_cpu=live_cpu,
-                       live_in=applied_live["events_in"])
+                       live_in=applied_live["events_in"],
+                       turns={k: after_m.get(f"journeymap_checkpoint_child_seconds_{k}", 0.0)
+                              - before.get(f"journeymap_checkpoint_child_seconds_{k}", 0.0)
+                              for k in ("count", "sum")})
         if trace is not None:
             results["breakdown"] = breakdown(trace, rows.produced, rows.seen)
             (workdir / "sampled.json").write_bytes(orjson.dumps(
@@ -733,6 +736,10 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> None:
               f"{res['live_cpu']:.1f} s for {res['live_in']:,.0f} events = "
               f"{res['live_cpu'] / res['live_in'] * 1e6:,.0f} us per event (the backlog: "
               f"{1e6 / w['per_cpu']:,.0f} us)")
+    turns = res.get("turns") or {}
+    if turns.get("count"):
+        print(f"checkpoint turns in the live phase: {turns['count']:.0f}, their child process "
+              f"{turns['sum'] / turns['count']:.2f} s on average from fork to stored")
     al = res["alert_lat"]
     if al:
         print(f"produce -> alert on the alerts topic: {len(al)} alerts, p50 "

@@ -13,7 +13,7 @@ event ids concerned:
     delivered        _deliver(runtime.outputs) returned: scores and alerts acknowledged
     journey_done     _observe("journey"): batch finished (checkpoint started if due)
     *_refit, *_end   the online models' periodic refits (start and end), inside a journey batch
-    *_fork, heap_freeze (and *_end)  a checkpoint's or the models' fork, the heap freeze before it
+    checkpoint_fork, heap_freeze (and *_end)  a checkpoint turn's fork, the heap freeze before it
     blocked          the event loop has not run for 0.3 s: the main thread's innermost frames
 
 Lines are written unbuffered (one os.write each): the worker forks checkpoint children.
@@ -135,8 +135,7 @@ def install(path: str) -> None:
     from online_models.segments import SegmentModel
     from sinks.checkpoints import CheckpointStore
 
-    timed(CheckpointStore, "save_in_child", "checkpoint_fork")
-    timed(CheckpointStore, "save_models_in_child", "models_fork")
+    timed(CheckpointStore, "save_turn_in_child", "checkpoint_fork")  # partitions and models
     timed(app.HeapFreezer, "freeze", "heap_freeze")
     timed(PropensityModel, "_refit", "propensity_refit")
     timed(SegmentModel, "refit", "segments_refit")

@@ -43,6 +43,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    Histogram,
     generate_latest,
 )
 
@@ -124,6 +125,13 @@ class Metrics:
             "journeymap_sink_failures", "ClickHouse flushes that failed", registry=r
         )
         self.checkpoints = Counter("journeymap_checkpoints", "partition checkpoints", registry=r)
+        self.checkpoint_child_seconds = Histogram(
+            "journeymap_checkpoint_child_seconds",
+            "wall time of a checkpoint turn's child process, from its fork to every partition "
+            "and the models stored (the worker copies the pages it writes meanwhile)",
+            buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, float("inf")),
+            registry=r,
+        )
         self.transfers_awaited = Gauge(
             "journeymap_transfers_awaited",
             "merged customers announced to this worker's partitions and still on their way "
@@ -601,11 +609,11 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
             await fut
         await app.producer.flush()
         await _deliver(runtime.outputs)
-        for p, part in due:
-            if runtime.partitions.get(p) is part:  # (revoked while the batch was written)
-                await _checkpoint(runtime, p, part, background=True)
-        if now - runtime.models_saved_at >= runtime.checkpoint_every_s:
-            _save_models(runtime, background=True)
+        # one forked child saves the turn's partitions and, when due, the models
+        _checkpoint_turn(
+            runtime,
+            [(p, part) for p, part in due if runtime.partitions.get(p) is part],  # (revoked
+            models=now - runtime.models_saved_at >= runtime.checkpoint_every_s)  # meanwhile)
         runtime.metrics.transfers_awaited.set(
             sum(len(part.awaiting) for part in runtime.partitions.values())
         )
@@ -919,35 +927,65 @@ async def _checkpoint(runtime: Runtime, p: int, part: PartitionState, *,
     and the messages in between are skipped by offset (never ahead of it, which would skip
     messages the state does not contain).
 
-    `background` (the periodic checkpoints): a forked child pickles and stores the state as it
-    is now while the worker goes on, and the commit follows when the child has stored it; a
-    partition whose previous child is still at work skips this turn. Revocation and shutdown
-    save in process, after any child of the partition has finished (its older state must not
-    land last)."""
+    `background` (the periodic checkpoints): :func:`_checkpoint_turn` of this partition alone.
+    Revocation and shutdown save in process, after any child saving the partition has finished
+    (its older state must not land last)."""
+    if background:
+        _checkpoint_turn(runtime, [(p, part)], models=False)
+        return
     running = runtime.bg_checkpoints.get(p)
     if running is not None and not running.done():
-        if background:
-            return
         await running
     topic = runtime.settings.kafka.topics.resolved
     offset = part.offset
     segment_of = part.chain.segment_of
     part.chain.segment_of = None  # a closure over the runtime does not pickle
     try:
-        if background:
-            _freeze_heap(runtime)
-            pid = runtime.checkpoints.save_in_child(topic, p, part, offset)
-        else:
-            size = await asyncio.to_thread(runtime.checkpoints.save, topic, p, part, offset)
+        size = await asyncio.to_thread(runtime.checkpoints.save, topic, p, part, offset)
     finally:
         part.chain.segment_of = segment_of
     runtime.last_checkpoint[p] = time.monotonic()
-    if background:
-        runtime.bg_checkpoints[p] = asyncio.ensure_future(
-            _checkpoint_stored(runtime, p, part, offset, pid))
-        return
     await _commit_checkpoint(runtime, p, offset)
     log.debug("partition %d: checkpoint at offset %d (%d bytes)", p, offset, size)
+
+
+def _checkpoint_turn(runtime: Runtime, due: list[tuple[int, PartitionState]], *,
+                     models: bool) -> None:
+    """The periodic checkpoints: one forked child pickles and stores every partition in `due`
+    as it is now, then the models' snapshot when `models` (CheckpointStore.save_turn_in_child),
+    while the worker goes on; each partition's offset is committed when the child has stored
+    everything. A partition (or the models) whose previous child is still at work skips this
+    turn. One fork per turn: each fork holds the worker while the kernel copies its page tables,
+    and one child per partition plus one for the models took both cores of a small machine from
+    the worker for seconds after every turn (issue 6)."""
+    due = [(p, part) for p, part in due
+           if (running := runtime.bg_checkpoints.get(p)) is None or running.done()]
+    busy = runtime.models_child is not None and not runtime.models_child.done()
+    models = models and runtime.models is not None and not busy
+    if not due and not models:
+        return
+    saves = [(p, part, part.offset) for p, part in due]
+    held = [(part, part.chain.segment_of) for _, part in due]
+    for part, _ in held:
+        part.chain.segment_of = None  # a closure over the runtime does not pickle
+    try:
+        _freeze_heap(runtime)
+        pid = runtime.checkpoints.save_turn_in_child(
+            runtime.settings.kafka.topics.resolved, saves,
+            runtime.models.snapshot if models else None)  # type: ignore[union-attr]
+    finally:
+        for part, segment_of in held:
+            part.chain.segment_of = segment_of
+    now = time.monotonic()
+    for p, _, _ in saves:
+        runtime.last_checkpoint[p] = now
+    if models:
+        runtime.models_saved_at = now
+    task = asyncio.ensure_future(_turn_stored(runtime, saves, models, pid))
+    for p, _, _ in saves:
+        runtime.bg_checkpoints[p] = task
+    if models:
+        runtime.models_child = task
 
 
 def _freeze_heap(runtime: Runtime) -> None:
@@ -999,30 +1037,28 @@ def _save_models(runtime: Runtime, *, background: bool) -> None:
         else:
             log.info("models saved (%d bytes, %d events learned)", size, models.n_events)
         return
-    if runtime.models_child is not None and not runtime.models_child.done():
-        return
-    _freeze_heap(runtime)
-    pid = runtime.checkpoints.save_models_in_child(models.snapshot)
-
-    async def wait() -> None:
-        if not await asyncio.to_thread(runtime.checkpoints.wait_child, pid):
-            log.warning("saving the models failed in child %d; retried at the next turn", pid)
-            runtime.models_saved_at = 0.0
-
-    runtime.models_child = asyncio.ensure_future(wait())
+    _checkpoint_turn(runtime, [], models=True)
 
 
-async def _checkpoint_stored(runtime: Runtime, p: int, part: PartitionState, offset: int,
-                             pid: int) -> None:
-    """Wait for a checkpoint's child process; commit its offset once the state is stored."""
+async def _turn_stored(runtime: Runtime, saves: list[tuple[int, PartitionState, int]],
+                       models: bool, pid: int) -> None:
+    """Wait for a checkpoint turn's child process; commit each partition's offset once the
+    child has stored everything (a failed turn is tried again at the next one)."""
+    started = time.monotonic()
     if not await asyncio.to_thread(runtime.checkpoints.wait_child, pid):
-        log.warning("partition %d: the checkpoint at offset %d was not stored (Redis "
-                    "unreachable?); the next one will try again", p, offset)
-        runtime.last_checkpoint[p] = 0.0
+        log.warning("checkpoint turn of partitions %s%s not stored (Redis unreachable?); the "
+                    "next turn will try again", [p for p, _, _ in saves],
+                    " and the models" if models else "")
+        for p, _, _ in saves:
+            runtime.last_checkpoint[p] = 0.0
+        if models:
+            runtime.models_saved_at = 0.0
         return
-    if runtime.partitions.get(p) is part:  # still ours: the commit may follow the save
-        await _commit_checkpoint(runtime, p, offset)
-    log.debug("partition %d: checkpoint at offset %d stored by a child process", p, offset)
+    runtime.metrics.checkpoint_child_seconds.observe(time.monotonic() - started)
+    for p, part, offset in saves:
+        if runtime.partitions.get(p) is part:  # still ours: the commit may follow the save
+            await _commit_checkpoint(runtime, p, offset)
+        log.debug("partition %d: checkpoint at offset %d stored by a child process", p, offset)
 
 
 async def _commit_checkpoint(runtime: Runtime, p: int, offset: int) -> None:

@@ -26,7 +26,7 @@ def test_a_child_stores_the_state_as_it_was_at_the_fork(
 ) -> None:
     store = _store(redis_test_url)
     state = {"customers": {f"c{i}": list(range(i % 50)) for i in range(20_000)}}
-    pid = store.save_in_child("t", 3, state, 99)
+    pid = store.save_turn_in_child("t", [(3, state, 99)])
     # the worker goes on and changes its state while the child pickles the old one
     state["customers"].clear()
     state["customers"]["later"] = [7]
@@ -42,7 +42,7 @@ def test_a_child_that_cannot_reach_redis_reports_failure() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     store = CheckpointStore(f"redis://127.0.0.1:{port}/0", "g", retry_total_s=0.5)
-    pid = store.save_in_child("t", 0, {"x": 1}, 5)
+    pid = store.save_turn_in_child("t", [(0, {"x": 1}, 5)])
     assert store.wait_child(pid) is False
 
 
@@ -54,7 +54,7 @@ def test_the_models_snapshot_round_trips_in_process_and_from_a_child(
     assert store.save_models(b"JMOM first") == len(b"JMOM first")
     assert store.load_models() == b"JMOM first"
     taken: list[bytes] = []
-    pid = store.save_models_in_child(lambda: taken.append(b"x") or b"JMOM second")
+    pid = store.save_turn_in_child("t", [], lambda: taken.append(b"x") or b"JMOM second")
     assert store.wait_child(pid) is True
     assert store.load_models() == b"JMOM second"
     assert taken == []  # the snapshot was taken in the child, not here
@@ -68,6 +68,6 @@ def test_the_child_yields_the_cores_to_its_parent(redis_test_url: str, redis_cli
     import os
 
     store = _store(redis_test_url)
-    pid = store.save_models_in_child(lambda: str(os.nice(0)).encode())
+    pid = store.save_turn_in_child("t", [], lambda: str(os.nice(0)).encode())
     assert store.wait_child(pid) is True
     assert int(store.load_models()) == min(19, os.nice(0) + 19)  # type: ignore[arg-type]

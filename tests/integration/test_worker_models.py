@@ -13,10 +13,12 @@ from typing import Any
 
 import pytest
 
+import streams.app as app_module
 from online_models.suite import ModelConfig, ModelSuite
+from processors.chain import JourneyChain
 from processors.events import ResolvedEvent, TouchpointEvent
 from sinks.checkpoints import CheckpointStore
-from streams.app import _save_models, initial_models
+from streams.app import Metrics, PartitionState, _checkpoint_turn, _save_models, initial_models
 from streams.corpus import new_model_suite
 from streams.heap import HeapFreezer
 from streams.settings import load_settings
@@ -81,8 +83,7 @@ def test_the_running_worker_saves_its_models_from_a_child(
     states: dict[str, Any] = {}
     for ev in _events(20):
         suite.update(ev, states.setdefault(ev.customer_id, suite.new_customer()))
-    runtime = SimpleNamespace(models=suite, checkpoints=store, models_saved_at=0.0,
-                              models_child=None, heap=HeapFreezer(float("inf")))
+    runtime = _runtime(store, suite)
 
     async def run() -> None:
         _save_models(runtime, background=True)  # type: ignore[arg-type]
@@ -98,3 +99,58 @@ def test_the_running_worker_saves_its_models_from_a_child(
     saved = store.load_models()
     assert saved is not None and ModelSuite.restore(saved).n_events == 20
     store.delete_group()
+
+
+def _runtime(store: CheckpointStore, suite: ModelSuite) -> SimpleNamespace:
+    """What the checkpoint turn reads of a worker's Runtime (no Kafka: nothing to commit)."""
+    return SimpleNamespace(models=suite, checkpoints=store, models_saved_at=0.0,
+                           models_child=None, heap=HeapFreezer(float("inf")),
+                           settings=load_settings(), metrics=Metrics(), bg_checkpoints={},
+                           last_checkpoint={}, partitions={}, app=None)
+
+
+def test_one_child_saves_a_whole_checkpoint_turn(
+    redis_test_url: str, redis_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every partition due and the models' snapshot leave in one forked child (one fork per
+    turn, whatever the number of partitions); a partition whose child is still at work skips
+    the next turn, and the turn's offsets are committed once the child stored everything."""
+    store = CheckpointStore(redis_test_url, unique_name("turn"), retry_total_s=5.0)
+    suite = new_model_suite(ModelConfig())
+    runtime = _runtime(store, suite)
+    parts = {}
+    for p in (0, 3):
+        chain = JourneyChain(load_settings().processing())
+        chain.process_resolved(_events(7 + p))
+        parts[p] = PartitionState(chain=chain, offset=40 + p)
+        runtime.partitions[p] = parts[p]
+    forks: list[int] = []
+    fork = store._in_child
+    monkeypatch.setattr(store, "_in_child", lambda work: forks.append(1) or fork(work))
+    committed: list[tuple[int, int]] = []
+    monkeypatch.setattr(app_module, "_commit_checkpoint",
+                        lambda rt, p, offset: _record(committed, (p, offset)))
+
+    async def run() -> None:
+        _checkpoint_turn(runtime, sorted(parts.items()), models=True)  # type: ignore[arg-type]
+        assert len(forks) == 1 and runtime.bg_checkpoints[0] is runtime.bg_checkpoints[3]
+        _checkpoint_turn(runtime, sorted(parts.items()), models=True)  # type: ignore[arg-type]
+        assert len(forks) == 1  # (the child is still at work: this turn is skipped)
+        await runtime.bg_checkpoints[0]
+
+    try:
+        asyncio.run(run())
+    finally:
+        gc.unfreeze()
+    assert sorted(committed) == [(0, 40), (3, 43)]
+    for p in (0, 3):
+        state, offset = store.load(load_settings().kafka.topics.resolved, p)  # type: ignore[misc]
+        assert offset == 40 + p and state.chain.journeys.state_of("c1") is not None
+    saved = store.load_models()
+    assert saved is not None and ModelSuite.restore(saved).n_events == 0
+    assert runtime.metrics.checkpoint_child_seconds.collect()[0].samples  # (observed)
+    store.delete_group()
+
+
+async def _record(into: list[tuple[int, int]], item: tuple[int, int]) -> None:
+    into.append(item)
