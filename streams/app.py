@@ -1409,6 +1409,13 @@ async def _write(runtime: Runtime, *rows: Rows, only: Collection[str] | None = N
     once the oldest row left behind has waited `clickhouse.flush_interval_s` (issue 6: fewer
     inserts per batch, each insert costing the shared ClickHouse server a round trip).
     """
+    if only is not None and not any(any(r.values()) for r in rows):
+        since = runtime.deferred_since
+        if since is None or time.monotonic() - since < runtime.flush_budget_s:
+            # Nothing of the caller's to write and nothing deferred is due: a batch of merge
+            # messages only (a third of the journey batches of a live stream) does not wait for
+            # the lock while the other agent's insert holds it.
+            return
     async with runtime.sink_lock:
         for table_rows in rows:
             add_rows(runtime.writer, table_rows, runtime.rows)

@@ -64,3 +64,18 @@ async def test_a_write_without_only_writes_everything_at_once() -> None:
     await _write(rt, BATCH)
     assert sorted(rt.client.inserted) == ["funnel_progress", "touchpoints", "transition_cells"]
     assert rt.deferred_since is None
+
+
+async def test_a_batch_with_nothing_to_write_does_not_wait_for_the_writer() -> None:
+    """A journey batch of merge messages only has no rows: it does not queue behind the other
+    agent's insert for the lock, unless deferred rows are due, which it then writes."""
+    rt = _runtime()
+    await _write(rt, BATCH, only=("touchpoints",))
+    async with rt.sink_lock:  # the other agent's insert in progress
+        await asyncio.wait_for(_write(rt, {"touchpoints": [], "alerts": []},
+                                      only=("touchpoints",)), timeout=1.0)
+    assert rt.client.inserted == ["touchpoints"] and rt.writer.pending_rows == 2
+    rt.deferred_since = time.monotonic() - 5.0  # the budget (1 s) has passed
+    await _write(rt, {"touchpoints": []}, only=("touchpoints",))
+    assert sorted(rt.client.inserted[1:]) == ["funnel_progress", "transition_cells"]
+    assert rt.writer.pending_rows == 0
