@@ -153,11 +153,18 @@ def stop_pid(proc: subprocess.Popen[bytes], what: str) -> None:
 def cpu_s(pid: int) -> float:
     """CPU seconds (user + system) of process `pid` so far, its threads included (a forked
     checkpoint child's own time is not: it runs beside the worker, as the broker does)."""
+    user, system = cpu_split(pid)
+    return user + system
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of process `pid` so far (see :func:`cpu_s`)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return float("nan"), float("nan")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def rss_mb(pid: int) -> tuple[float, float]:
@@ -577,7 +584,7 @@ def main() -> None:
         scores = TopicWatcher(bootstrap, env["JOURNEYMAP_KAFKA__TOPICS__SCORES"], partitions)
         rows = RowWatcher(client)
         before = read_metrics(deadline)
-        live_cpu0 = cpu_s(worker.pid)
+        live_cpu0 = cpu_split(worker.pid)
         for thread in (alerts, scores, rows):
             thread.start()
         n_live, live_start, live_s = live(
@@ -591,7 +598,7 @@ def main() -> None:
             thread.stop.set()
             thread.join(10)
         after_m = read_metrics(deadline)
-        live_cpu = cpu_s(worker.pid) - live_cpu0
+        live_cpu = [b - a for a, b in zip(live_cpu0, cpu_split(worker.pid), strict=True)]
         late_live = (after_m.get("journeymap_late_total", 0.0)
                      - before.get("journeymap_late_total", 0.0))
         load2 = os.getloadavg()[0]
@@ -732,10 +739,12 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> None:
               f"{res['poll_s'] / max(res['polls'], 1):.3f} s; allowed lateness "
               f"{res['lateness_s']} s; {res['late_live']:,.0f} live events dropped as late)")
     if res.get("live_in"):
+        user, system = res["live_cpu"]
         print(f"worker CPU in the live phase (its own process, children not counted): "
-              f"{res['live_cpu']:.1f} s for {res['live_in']:,.0f} events = "
-              f"{res['live_cpu'] / res['live_in'] * 1e6:,.0f} us per event (the backlog: "
-              f"{1e6 / w['per_cpu']:,.0f} us)")
+              f"{user + system:.1f} s for {res['live_in']:,.0f} events = "
+              f"{(user + system) / res['live_in'] * 1e6:,.0f} us per event, of it system "
+              f"{system / res['live_in'] * 1e6:,.0f} us (the backlog: "
+              f"{1e6 / w['per_cpu']:,.0f} us in all)")
     turns = res.get("turns") or {}
     if turns.get("count"):
         print(f"checkpoint turns in the live phase: {turns['count']:.0f}, their child process "
