@@ -612,8 +612,9 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
         # one forked child saves the turn's partitions and, when due, the models
         _checkpoint_turn(
             runtime,
-            [(p, part) for p, part in due if runtime.partitions.get(p) is part],  # (revoked
-            models=now - runtime.models_saved_at >= runtime.checkpoint_every_s)  # meanwhile)
+            [(p, part) for p, part in due  # (revoked while the batch was written)
+             if part is not None and runtime.partitions.get(p) is part],
+            models=now - runtime.models_saved_at >= runtime.checkpoint_every_s)
         runtime.metrics.transfers_awaited.set(
             sum(len(part.awaiting) for part in runtime.partitions.values())
         )
@@ -693,7 +694,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
             await _checkpoint(runtime, p, part)
         if runtime.models_child is not None:
             await runtime.models_child
-        _save_models(runtime, background=False)
+        _save_models(runtime)
 
     app.jm_topics = {  # type: ignore[attr-defined]
         "raw": raw_topic, "resolved": resolved_topic, "dlq": dlq_topic, "merges": merges_topic,
@@ -919,20 +920,16 @@ def _report_awaited(runtime: Runtime) -> None:
             seen[(p, key)] = float("inf")  # once
 
 
-async def _checkpoint(runtime: Runtime, p: int, part: PartitionState, *,
-                      background: bool = False) -> None:
+async def _checkpoint(runtime: Runtime, p: int, part: PartitionState) -> None:
     """Save the partition's state with its offset, then commit the next offset to Kafka.
 
     The commit follows the save: a crash in between leaves the commit behind the checkpoint,
     and the messages in between are skipped by offset (never ahead of it, which would skip
     messages the state does not contain).
 
-    `background` (the periodic checkpoints): :func:`_checkpoint_turn` of this partition alone.
-    Revocation and shutdown save in process, after any child saving the partition has finished
-    (its older state must not land last)."""
-    if background:
-        _checkpoint_turn(runtime, [(p, part)], models=False)
-        return
+    In process (revocation and shutdown), after any child saving the partition has finished
+    (its older state must not land last); the periodic checkpoints are :func:`_checkpoint_turn`.
+    """
     running = runtime.bg_checkpoints.get(p)
     if running is not None and not running.done():
         await running
@@ -981,7 +978,7 @@ def _checkpoint_turn(runtime: Runtime, due: list[tuple[int, PartitionState]], *,
         runtime.last_checkpoint[p] = now
     if models:
         runtime.models_saved_at = now
-    task = asyncio.ensure_future(_turn_stored(runtime, saves, models, pid))
+    task = asyncio.ensure_future(_turn_stored(runtime, saves, models, pid, now))
     for p, _, _ in saves:
         runtime.bg_checkpoints[p] = task
     if models:
@@ -1018,33 +1015,28 @@ def initial_models(settings: Settings, checkpoints: CheckpointStore,
     return new_model_suite(config, settings.models.sentiment_corpus)
 
 
-def _save_models(runtime: Runtime, *, background: bool) -> None:
-    """Store the models' snapshot under the group (CheckpointStore.save_models): in a forked
-    child while running (as partition checkpoints; a child still at work skips this turn), in
-    process at shutdown. A restarted worker continues from it (`initial_models`); events between
-    the snapshot and a crash are learned again, which moves the models a little, not the
-    analyst tables."""
+def _save_models(runtime: Runtime) -> None:
+    """Store the models' snapshot under the group (CheckpointStore.save_models) in process, at
+    shutdown; while running, each checkpoint turn's child stores it (:func:`_checkpoint_turn`).
+    A restarted worker continues from it (`initial_models`); events between the snapshot and a
+    crash are learned again, which moves the models a little, not the analyst tables."""
     models = runtime.models
     if models is None:
         return
     runtime.models_saved_at = time.monotonic()
-    if not background:
-        try:
-            size = runtime.checkpoints.save_models(models.snapshot())
-        except ServiceUnavailable as exc:
-            log.warning("the models are not saved (%s): a restart continues from the snapshot "
-                        "before", exc)
-        else:
-            log.info("models saved (%d bytes, %d events learned)", size, models.n_events)
-        return
-    _checkpoint_turn(runtime, [], models=True)
+    try:
+        size = runtime.checkpoints.save_models(models.snapshot())
+    except ServiceUnavailable as exc:
+        log.warning("the models are not saved (%s): a restart continues from the snapshot "
+                    "before", exc)
+    else:
+        log.info("models saved (%d bytes, %d events learned)", size, models.n_events)
 
 
 async def _turn_stored(runtime: Runtime, saves: list[tuple[int, PartitionState, int]],
-                       models: bool, pid: int) -> None:
+                       models: bool, pid: int, forked_at: float) -> None:
     """Wait for a checkpoint turn's child process; commit each partition's offset once the
     child has stored everything (a failed turn is tried again at the next one)."""
-    started = time.monotonic()
     if not await asyncio.to_thread(runtime.checkpoints.wait_child, pid):
         log.warning("checkpoint turn of partitions %s%s not stored (Redis unreachable?); the "
                     "next turn will try again", [p for p, _, _ in saves],
@@ -1054,7 +1046,7 @@ async def _turn_stored(runtime: Runtime, saves: list[tuple[int, PartitionState, 
         if models:
             runtime.models_saved_at = 0.0
         return
-    runtime.metrics.checkpoint_child_seconds.observe(time.monotonic() - started)
+    runtime.metrics.checkpoint_child_seconds.observe(time.monotonic() - forked_at)
     for p, part, offset in saves:
         if runtime.partitions.get(p) is part:  # still ours: the commit may follow the save
             await _commit_checkpoint(runtime, p, offset)

@@ -18,7 +18,7 @@ from online_models.suite import ModelConfig, ModelSuite
 from processors.chain import JourneyChain
 from processors.events import ResolvedEvent, TouchpointEvent
 from sinks.checkpoints import CheckpointStore
-from streams.app import Metrics, PartitionState, _checkpoint_turn, _save_models, initial_models
+from streams.app import Metrics, PartitionState, _checkpoint_turn, initial_models
 from streams.corpus import new_model_suite
 from streams.heap import HeapFreezer
 from streams.settings import load_settings
@@ -86,9 +86,9 @@ def test_the_running_worker_saves_its_models_from_a_child(
     runtime = _runtime(store, suite)
 
     async def run() -> None:
-        _save_models(runtime, background=True)  # type: ignore[arg-type]
+        _checkpoint_turn(runtime, [], models=True)  # type: ignore[arg-type]
         assert runtime.models_child is not None
-        _save_models(runtime, background=True)  # type: ignore[arg-type]  # child busy: skipped
+        _checkpoint_turn(runtime, [], models=True)  # type: ignore[arg-type]  # child busy: skipped
         await runtime.models_child
 
     try:

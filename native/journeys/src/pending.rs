@@ -149,7 +149,7 @@ impl NativePending {
         let tp = self.canonical(py, tp)?;
         let ch = self.canonical(py, ch)?;
         if self.waiting.is_some() {
-            self.counted_in(cid.to_str()?);
+            Self::counted_in(&mut self.waiting, cid.to_str()?);
         }
         self.recs.push(Rec {
             ts,
@@ -197,9 +197,14 @@ impl NativePending {
     }
 
     /// Count one more waiting event of `cid` (when the index is kept).
-    fn counted_in(&mut self, cid: &str) {
-        if let Some(ix) = &mut self.waiting {
-            *ix.entry(cid.to_owned()).or_insert(0) += 1;
+    fn counted_in(waiting: &mut Option<FxMap<String, u32>>, cid: &str) {
+        if let Some(ix) = waiting {
+            match ix.get_mut(cid) {
+                Some(n) => *n += 1,
+                None => {
+                    ix.insert(cid.to_owned(), 1);
+                }
+            }
         }
     }
 
@@ -218,20 +223,17 @@ impl NativePending {
     /// The index of waiting events per customer, built from the records the first time.
     fn index(&mut self) -> &FxMap<String, u32> {
         if self.waiting.is_none() {
-            let mut ix: FxMap<String, u32> = FxMap::default();
+            let mut ix = Some(FxMap::default());
             for r in &self.recs {
-                *ix.entry(r.cid.text().to_owned()).or_insert(0) += 1;
+                Self::counted_in(&mut ix, r.cid.text());
             }
-            self.waiting = Some(ix);
+            self.waiting = ix;
         }
         self.waiting.as_ref().unwrap()
     }
 
     fn push_rec(&mut self, rec: Rec) {
-        if self.waiting.is_some() {
-            let cid = rec.cid.text().to_owned();
-            self.counted_in(&cid);
-        }
+        Self::counted_in(&mut self.waiting, rec.cid.text());
         self.recs.push(rec);
     }
 
