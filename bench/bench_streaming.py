@@ -24,8 +24,8 @@ One run, unique topics / consumer groups / ClickHouse database / Redis keys, loo
    Also per CPU-second of each one's own process (/proc/<pid>/stat, between the same 10 % and
    90 % marks): events/s fall when other processes take the cores (on a shared 2-core machine
    the pass-through alone swung 2x between runs a minute apart), CPU time much less so.
-   The worker's CPU per event of the live phase is printed too (smaller batches, and events
-   held for the allowed lateness, cost more per event than the backlog's).
+   The worker's CPU per event of the live phase is printed too, user and system time (a live
+   event costs more than a backlog event: smaller batches and fetches, the drift's model work).
 4. Live: the events after the drift, each stamped `occurred_at = now` when produced, at half the
    lower of the two measured rates (or --rate). After --warm-seconds, one event in
    --sample-every is timed from produce to its `touchpoints` row being visible (ClickHouse

@@ -82,6 +82,11 @@ impl Rec {
     fn key(&self) -> (i64, i64) {
         (self.ts, self.seq)
     }
+
+    /// The `(ts_ms, seq, event)` entry of the Python list the buffer stands for.
+    fn entry<'py>(&self, py: Python<'py>) -> Bound<'py, PyTuple> {
+        PyTuple::new_bound(py, [self.ts.into_py(py), self.seq.into_py(py), self.ev.bound(py).unbind()])
+    }
 }
 
 /// The records released by one call, in release order, for `NativePaths.add` and `NativeFunnelStep.update`.
@@ -330,7 +335,7 @@ impl NativePending {
     fn entries<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty_bound(py);
         for r in &self.recs {
-            out.append(PyTuple::new_bound(py, [r.ts.into_py(py), r.seq.into_py(py), r.ev.bound(py).unbind()]))?;
+            out.append(r.entry(py))?;
         }
         Ok(out)
     }
@@ -401,15 +406,12 @@ impl NativePending {
             return Ok(out); // none of them has an event waiting: no pass over the records
         }
         let mine: Vec<bool> = self.recs.iter().map(|r| wanted.contains_key(r.cid.text())).collect();
-        if !mine.contains(&true) {
-            return Ok(out);
-        }
         let recs = std::mem::take(&mut self.recs);
         let mut rest = Vec::with_capacity(recs.len());
         for (r, m) in recs.into_iter().zip(mine) {
             if m {
                 Self::counted_out(&mut self.waiting, r.cid.text());
-                out.append(PyTuple::new_bound(py, [r.ts.into_py(py), r.seq.into_py(py), r.ev.bound(py).unbind()]))?;
+                out.append(r.entry(py))?;
             } else {
                 rest.push(r);
             }
