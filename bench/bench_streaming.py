@@ -475,7 +475,7 @@ def main() -> None:
     ap.add_argument("--warm-seconds", type=float, default=8.0)
     ap.add_argument("--live-seconds", type=float, default=30.0)
     ap.add_argument("--sample-every", type=int, default=10)
-    ap.add_argument("--lateness-s", type=int, default=1,
+    ap.add_argument("--lateness-s", type=float, default=1.0,
                     help="journey.allowed_lateness_s of the worker: rows are written once final, "
                          "so this is a floor under produce -> row latency (default 1 s: the "
                          "ingest agent's re-keying reorders events across raw partitions by up "

@@ -451,7 +451,7 @@ class JourneyChain:
         self._release(None, out)
         out.funnel_transitions.extend(self.funnels.advance(watermark))
         # Every pane up to the last event becomes final: push the frontier past it.
-        lateness_ms = self.config.journey.allowed_lateness_s * 1000
+        lateness_ms = self.config.journey.allowed_lateness_ms
         step_ms = self.config.windows.step_s * 1000
         out.cells.extend(self.transitions.advance(watermark + lateness_ms + step_ms))
         return out

@@ -91,7 +91,10 @@ class WindowsConfig(_Frozen):
 
 class JourneyConfig(_Frozen):
     session_gap_s: Annotated[int, Field(gt=0)] = 30 * 60
-    allowed_lateness_s: Annotated[int, Field(ge=0)] = HOUR_S
+    # How far behind its partition's watermark an event may arrive and still be placed where it
+    # belongs, in seconds to the millisecond (0.25 is 250 ms). Rows, scores and alerts wait for
+    # it: the shorter, the sooner they leave, and the more events a skewed producer makes late.
+    allowed_lateness_s: Annotated[float, Field(ge=0, allow_inf_nan=False)] = HOUR_S
     last_touchpoints_kept: Annotated[int, Field(ge=1, le=100)] = 10
     # Bounded memory for duplicate detection: event ids remembered per customer.
     dedup_ids_per_customer: Annotated[int, Field(ge=1, le=10_000)] = 64
@@ -99,6 +102,23 @@ class JourneyConfig(_Frozen):
     # the Rust core when it is installed (`auto`), always Python, or always native (an error
     # when not installed). Same outputs.
     engine: Literal["auto", "python", "native"] = "auto"
+
+    @field_validator("allowed_lateness_s")
+    @classmethod
+    def _whole_ms(cls, seconds: float) -> float:
+        if abs(seconds * 1000 - round(seconds * 1000)) > 1e-6:
+            raise ValueError(f"allowed_lateness_s={seconds} is not a whole number of "
+                             "milliseconds (event times are milliseconds)")
+        return seconds
+
+    @property
+    def allowed_lateness_ms(self) -> int:
+        return lateness_ms(self.allowed_lateness_s)
+
+
+def lateness_ms(seconds: float) -> int:
+    """An allowed lateness in whole milliseconds (the unit of every event time)."""
+    return round(seconds * 1000)
 
 
 class DecodeConfig(_Frozen):

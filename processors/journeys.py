@@ -244,7 +244,7 @@ class JourneyProcessor:
     def __init__(self, config: ProcessingConfig) -> None:
         journey = config.journey
         self.session_gap_ms = journey.session_gap_s * 1000
-        self.lateness_ms = journey.allowed_lateness_s * 1000
+        self.lateness_ms = journey.allowed_lateness_ms
         self.kept = journey.last_touchpoints_kept
         self.dedup_bytes = journey.dedup_ids_per_customer * DIGEST_BYTES
         self.horizon_ms = config.outcomes.null_horizon_s * 1000

@@ -127,7 +127,7 @@ class NativeJourneyProcessor:
         self.config = config
         journey = config.journey
         self.kept = journey.last_touchpoints_kept
-        self.lateness_ms = journey.allowed_lateness_s * 1000
+        self.lateness_ms = journey.allowed_lateness_ms
         self.horizon_ms = config.outcomes.null_horizon_s * 1000
         self.dedup_bytes = journey.dedup_ids_per_customer * DIGEST_BYTES
         self._due: dict[int, set[str]] = {}

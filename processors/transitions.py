@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final, Literal, NamedTuple
 
-from processors.config import WindowsConfig
+from processors.config import WindowsConfig, lateness_ms
 from processors.journeys import Step
 
 ALL: Final = "*"
@@ -367,7 +367,7 @@ class TransitionCounter:
     that is cheaper. Per step the hot path is one dict update of the step's pane cell.
     """
 
-    def __init__(self, windows: WindowsConfig, allowed_lateness_s: int = 0,
+    def __init__(self, windows: WindowsConfig, allowed_lateness_s: float = 0,
                  corrections: Literal["pane", "cells", "delta"] = "pane") -> None:
         if corrections not in ("pane", "cells", "delta"):
             raise ValueError(
@@ -382,7 +382,7 @@ class TransitionCounter:
         self.changed: dict[int, set[CellKey]] = {}  # corrections="cells": keys to re-emit
         self.step_s = windows.step_s
         self.step_ms = windows.step_s * 1000
-        self.lateness_ms = allowed_lateness_s * 1000
+        self.lateness_ms = lateness_ms(allowed_lateness_s)
         self.sizes: dict[int, int] = {size: size // windows.step_s for size in windows.sizes_s}
         self.max_panes = max(self.sizes.values())
         self.frontier_pane: int | None = None  # panes before this one are final

@@ -21,7 +21,7 @@ import pickle
 from collections.abc import Iterable
 from typing import Any, Literal
 
-from processors.config import WindowsConfig
+from processors.config import WindowsConfig, lateness_ms
 from processors.journeys import Step
 from processors.native import import_core, not_built, with_state
 from processors.transitions import (
@@ -58,14 +58,14 @@ class NativeTransitionCounter(TransitionCounter):
 
     _core: Any
 
-    def __init__(self, windows: WindowsConfig, allowed_lateness_s: int = 0,
+    def __init__(self, windows: WindowsConfig, allowed_lateness_s: float = 0,
                  corrections: Literal["pane", "cells", "delta"] = "pane") -> None:
         if NativeCounter is None:
             raise not_built("journey", "journeys", "journeymap_journeys", _IMPORT_ERROR,
                             "scripts/build-native.sh")
         # (its ValueError for bad `corrections` is TransitionCounter's)
         self._core = _core(windows.step_s, {s: s // windows.step_s for s in windows.sizes_s},
-                           allowed_lateness_s * 1000, corrections)
+                           lateness_ms(allowed_lateness_s), corrections)
         # The state's attributes `__init__` sets go to the core (the properties below)
         super().__init__(windows, allowed_lateness_s, corrections)
 

@@ -24,6 +24,7 @@ from typing import Any, Final
 
 import orjson
 
+from processors.config import lateness_ms
 from processors.errors import ConfigError
 from simulator.catalog import (
     ABSORBING,
@@ -87,7 +88,7 @@ class SimConfig:
     duplicate_rate: float = 0.01  # delivered twice
     late_rate: float = 0.01  # delivered 1-10 minutes after its event time
     very_late_rate: float = 0.001  # delivered 75 min - 6 h late: past the allowed lateness
-    allowed_lateness_s: int = 3600
+    allowed_lateness_s: float = 3600
     junk_rate: float = 0.003  # web/app ids replaced by "undefined" / "null"
     email_variant_rate: float = 0.15  # email written with other case or whitespace
     drift_segment: str | None = "self_serve_dev"
@@ -554,7 +555,7 @@ def simulate(cfg: SimConfig, progress: Callable[[int], None] | None = None) -> S
             if ts < watermark:
                 lateness[eid] = watermark - ts
         watermark = max(watermark, ts)
-    allowed_ms = cfg.allowed_lateness_s * 1000
+    allowed_ms = lateness_ms(cfg.allowed_lateness_s)
     delivery = DeliveryTruth(
         duplicates=tuple(duplicates),
         delayed=delayed,

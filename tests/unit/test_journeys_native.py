@@ -42,6 +42,7 @@ from processors.transitions import (
     TransitionCounts,
 )
 from processors.transitions_native import NativeTransitionCounter, state_of
+from tests.factories import T0_MS, resolved
 from tests.native_cores import require_native
 
 _BENCH = Path(__file__).resolve().parents[2] / "bench"
@@ -59,7 +60,7 @@ def native() -> None:
                    "journeys", "scripts/build-native.sh")
 
 
-def config_of(engine: str = "auto", kept: int = 4, dedup: int = 8, lateness_s: int = 900,
+def config_of(engine: str = "auto", kept: int = 4, dedup: int = 8, lateness_s: float = 900,
               gap_s: int = 1800) -> ProcessingConfig:
     return ProcessingConfig(
         outcomes=OutcomesConfig(conversion=["purchase"], churn=["cancel"], null_horizon_s=86_400),
@@ -74,7 +75,7 @@ configs = st.builds(
     config_of,
     kept=st.integers(1, 6),
     dedup=st.integers(1, 12),
-    lateness_s=st.sampled_from([0, 900, 3600]),
+    lateness_s=st.sampled_from([0, 0.25, 900, 3600]),
     gap_s=st.sampled_from([60, 1800]),
 )
 
@@ -509,6 +510,31 @@ def test_native_merge_refuses_counts_beyond_64_bits(native: None) -> None:
     counter.update([step])
     with pytest.raises(OverflowError):
         counter.update([step])
+
+
+@pytest.mark.parametrize("engine", ["python", "native"])
+def test_a_lateness_of_a_fraction_of_a_second_holds_to_the_millisecond(
+    native: None, engine: str
+) -> None:
+    config = config_of(engine, lateness_s=0.25)
+    assert config.journey.allowed_lateness_ms == 250
+    journeys, counter = new_journey_stage(config, "cells")
+    assert counter.lateness_ms == 250
+    #  ms after T0:  0 (a)   1000 (c)   750 (b: 250 behind, in time)   749 (x: 251 behind, late)
+    out = journeys.apply([resolved("c1", tp, T0_MS + ms)
+                          for tp, ms in (("a", 0), ("c", 1000), ("b", 750), ("x", 749))])
+    assert [x.event.event.touchpoint for x in out.late] == ["x"]
+    assert out.late[0].frontier_ms == T0_MS + 750 and out.late[0].watermark_ms == T0_MS + 1000
+    assert journeys.frontier_ms == T0_MS + 750
+    # b was placed where it belongs: a -> c withdrawn, a -> b -> c counted
+    assert [(s.src, s.dst, s.sign) for s in out.steps] == [
+        ("start", "a", 1), ("a", "c", 1), ("a", "b", 1), ("b", "c", 1), ("a", "c", -1)]
+
+
+def test_a_lateness_finer_than_a_millisecond_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"allowed_lateness_s=0\.0005 is not a whole number of "
+                                         "milliseconds"):
+        JourneyConfig(allowed_lateness_s=0.0005)
 
 
 def test_the_engine_is_chosen_by_the_setting(native: None) -> None:

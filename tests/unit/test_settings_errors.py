@@ -47,3 +47,15 @@ def test_every_variable_of_the_env_example_is_a_setting(monkeypatch: pytest.Monk
                 monkeypatch.setenv(name, value)
     assert len(names) > 40
     load_settings()
+
+
+def test_a_lateness_finer_than_a_millisecond_is_refused_at_start(monkeypatch: pytest.MonkeyPatch
+                                                                  ) -> None:
+    monkeypatch.setenv("JOURNEYMAP_JOURNEY__ALLOWED_LATENESS_S", "0.0004")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    message = str(err.value)
+    assert "journey.allowed_lateness_s" in message and "whole number of milliseconds" in message
+    assert "JOURNEYMAP_JOURNEY__ALLOWED_LATENESS_S" in message
+    monkeypatch.setenv("JOURNEYMAP_JOURNEY__ALLOWED_LATENESS_S", "0.25")
+    assert load_settings().journey.allowed_lateness_ms == 250
