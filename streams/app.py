@@ -73,6 +73,7 @@ from processors.validation import (
 from sinks import clickhouse as ch
 from sinks.alerts import encode_alert
 from sinks.checkpoints import CheckpointStore
+from streams import drain
 from streams.batching import take_ready
 from streams.corpus import new_model_suite
 from streams.delivery import Outgoing, OutputProducer, ProducerFatalError
@@ -295,6 +296,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
         broker_commit_every=settings.worker.batch_max,
         autodiscover=False,
     )
+    drain.fetch_sizes(app, k.consumer_fetch_min_bytes, k.consumer_fetch_max_wait_ms)
     raw_topic = app.topic(t.raw, key_type=bytes, value_type=bytes, internal=False)
     # Not acked through Faust: its offsets are committed with each partition checkpoint
     # (_checkpoint), so the committed offset Faust seeks to after a rebalance is always the

@@ -14,6 +14,13 @@ to its first suspension, in the caller's task. A callback that finishes there (t
 case) is done, exactly as if its task had won; one that suspends (flow control, a full buffer)
 continues from where it stopped under the original ``wait_first``, with the same interruption
 by the flow being suspended, the consumer stopping or crashing. Nothing else changes.
+
+:func:`fetch_sizes` sets the two fetch settings Faust does not expose for an app's consumer:
+Kafka's ``fetch.min.bytes`` (Faust leaves aiokafka's 1 byte) and ``fetch.max.wait.ms`` (Faust
+fixes 1500 ms). With one byte, a consumer that keeps up asks the broker again as soon as a
+message is there, so a live stream of a few thousand events a second comes in fetches of a few
+messages, each paid for in full in the consumer thread (issue 6); a larger minimum with a short
+wait gathers each fetch for at most that wait.
 """
 
 from __future__ import annotations
@@ -23,9 +30,12 @@ from collections.abc import Coroutine, Generator
 from typing import Any
 
 from faust.transport.consumer import Consumer
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from mode.services import WaitResults
 
 _ORIGINAL = Consumer.wait_first
+_CREATE_WORKER_CONSUMER = AIOKafkaConsumerThread._create_worker_consumer
+_FETCH = "_journeymap_fetch"  # the app attribute fetch_sizes sets
 
 
 @types.coroutine
@@ -77,6 +87,22 @@ def _close(coros: tuple[Any, ...]) -> None:
             coro.close()
 
 
+def fetch_sizes(app: Any, min_bytes: int, max_wait_ms: int) -> None:
+    """The fetch settings of `app`'s consumer (before it starts; :func:`install` applies them)."""
+    setattr(app, _FETCH, (min_bytes, max_wait_ms))
+
+
+def _create_worker_consumer(self: Any, transport: Any) -> Any:
+    consumer = _CREATE_WORKER_CONSUMER(self, transport)
+    sizes = getattr(self.app, _FETCH, None)
+    if sizes is not None:
+        # aiokafka's AIOKafkaConsumer keeps its arguments until start() builds its Fetcher
+        consumer._fetch_min_bytes, consumer._fetch_max_wait_ms = sizes
+    return consumer
+
+
 def install() -> None:
-    """Patch Faust's consumer class (idempotent; every consumer of the process)."""
+    """Patch Faust's consumer classes (idempotent; every consumer of the process)."""
     Consumer.wait_first = wait_first  # type: ignore[method-assign]
+    AIOKafkaConsumerThread._create_worker_consumer = (  # type: ignore[method-assign]
+        _create_worker_consumer)

@@ -71,6 +71,12 @@ class KafkaSettings(_Group):
     dlq_retention_ms: Annotated[int, Field(ge=-1)] = 30 * 86_400_000
     topics: TopicNames = TopicNames()
     consumer_group: str = "journeymap"
+    # The workers' fetches (Kafka's fetch.min.bytes and fetch.max.wait.ms): the broker answers a
+    # fetch once this many bytes are there or the wait is over. Faust's own (1 byte, 1500 ms)
+    # answer at once with whatever is there, so a live stream comes in fetches of a few messages;
+    # 64 KiB or 25 ms gathers each fetch for at most 25 ms (docs/streaming.md, "Fetch sizes").
+    consumer_fetch_min_bytes: Annotated[int, Field(ge=1, le=64 * 1024 * 1024)] = 65_536
+    consumer_fetch_max_wait_ms: Annotated[int, Field(ge=0, le=60_000)] = 25
 
     @field_validator("bootstrap_servers")
     @classmethod
