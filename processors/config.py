@@ -106,7 +106,7 @@ class JourneyConfig(_Frozen):
     @field_validator("allowed_lateness_s")
     @classmethod
     def _whole_ms(cls, seconds: float) -> float:
-        if abs(seconds * 1000 - round(seconds * 1000)) > 1e-6:
+        if abs(seconds * 1000 - lateness_ms(seconds)) > 1e-6:
             raise ValueError(f"allowed_lateness_s={seconds} is not a whole number of "
                              "milliseconds (event times are milliseconds)")
         return seconds

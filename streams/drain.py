@@ -88,8 +88,13 @@ def _close(coros: tuple[Any, ...]) -> None:
 
 
 def fetch_sizes(app: Any, min_bytes: int, max_wait_ms: int) -> None:
-    """The fetch settings of `app`'s consumer (before it starts; :func:`install` applies them)."""
+    """The fetch settings of `app`'s consumer, set when Faust builds it (call before it starts).
+
+    Patches Faust's aiokafka consumer thread (idempotent); apps without fetch sizes keep
+    Faust's own."""
     setattr(app, _FETCH, (min_bytes, max_wait_ms))
+    AIOKafkaConsumerThread._create_worker_consumer = (  # type: ignore[method-assign]
+        _create_worker_consumer)
 
 
 def _create_worker_consumer(self: Any, transport: Any) -> Any:
@@ -102,7 +107,5 @@ def _create_worker_consumer(self: Any, transport: Any) -> Any:
 
 
 def install() -> None:
-    """Patch Faust's consumer classes (idempotent; every consumer of the process)."""
+    """Patch Faust's consumer class (idempotent; every consumer of the process)."""
     Consumer.wait_first = wait_first  # type: ignore[method-assign]
-    AIOKafkaConsumerThread._create_worker_consumer = (  # type: ignore[method-assign]
-        _create_worker_consumer)
