@@ -760,8 +760,9 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> None:
         print(f"produce -> alert on the alerts topic: {len(al)} alerts, p50 "
               f"{percentile(al, 0.5):.3f} s  p99 {percentile(al, 0.99):.3f} s  max {max(al):.3f} s "
               "(target p99 <= 1 s)")
-        for a, _ in res["alerts"][:5]:
-            print(f"    {a['severity']} {a['segment']} {a['metric']}: {a['message']}")
+        for (a, _), seconds in list(zip(res["alerts"], al, strict=True))[:5]:  # alerts are few
+            print(f"    {seconds:.3f} s  {a['severity']} {a['segment']} {a['metric']}: "
+                  f"{a['message']}")
     else:
         print(f"produce -> alert: no alert raised in the live phase "
               f"({res['all_alerts']} alerts in total)")
