@@ -39,7 +39,6 @@ async def test_the_worker_consumer_fetches_with_the_kafka_settings(
         "consumer_fetch_min_bytes": 65_536, "consumer_fetch_max_wait_ms": 40})
     assert await fetcher_of(create_app(jm_settings.model_copy(update={"kafka": kafka}))
                             ) == (65_536, 40)
-    # an app of the same process built without them (the bench's pass-through with --old)
-    # keeps Faust's own: one byte, 1.5 s
+    # an app of the same process built without them keeps Faust's own: one byte, 1.5 s
     plain = faust.App("plain", broker=f"kafka://{kafka_bootstrap}", autodiscover=False)
     assert await fetcher_of(plain) == (1, 1500)
