@@ -1389,6 +1389,12 @@ def _scores_json(s: Scores) -> bytes:
     })
 
 
+def _deferred_due(runtime: Runtime, now: float) -> bool:
+    """Whether the oldest row left buffered by a write with `only` has waited its budget."""
+    since = runtime.deferred_since
+    return since is not None and now - since >= runtime.flush_budget_s
+
+
 async def _write(runtime: Runtime, *rows: Rows, only: Collection[str] | None = None) -> None:
     """Buffer rows and write them (all that is buffered, or only the tables `only` names).
 
@@ -1403,19 +1409,17 @@ async def _write(runtime: Runtime, *rows: Rows, only: Collection[str] | None = N
     once the oldest row left behind has waited `clickhouse.flush_interval_s` (issue 6: fewer
     inserts per batch, each insert costing the shared ClickHouse server a round trip).
     """
-    if only is not None and not any(any(r.values()) for r in rows):
-        since = runtime.deferred_since
-        if since is None or time.monotonic() - since < runtime.flush_budget_s:
-            # Nothing of the caller's to write and nothing deferred is due: a batch of merge
-            # messages only (a third of the journey batches of a live stream) does not wait for
-            # the lock while the other agent's insert holds it.
-            return
+    if (only is not None and not any(any(r.values()) for r in rows)
+            and not _deferred_due(runtime, time.monotonic())):
+        # Nothing of the caller's to write and nothing deferred is due: a batch of merge
+        # messages only (a third of the journey batches of a live stream) does not wait for
+        # the lock while the other agent's insert holds it.
+        return
     async with runtime.sink_lock:
         for table_rows in rows:
             add_rows(runtime.writer, table_rows, runtime.rows)
         now = time.monotonic()
-        since = runtime.deferred_since
-        if only is not None and (since is None or now - since < runtime.flush_budget_s):
+        if only is not None and not _deferred_due(runtime, now):
             flush = functools.partial(runtime.writer.flush, tables=list(only))
         else:
             flush = runtime.writer.flush
