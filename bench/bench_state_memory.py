@@ -25,7 +25,7 @@ from typing import Any
 
 from online_models.suite import CustomerModelState, ModelSuite, Scores
 from processors.chain import JourneyChain
-from processors.validation import sources_at
+from processors.validation import Lines
 from simulator.model import SimConfig, simulate
 from streams.outputs import score_released
 from streams.replay import model_config
@@ -88,8 +88,7 @@ def main() -> None:
     for i in range(0, len(lines) + 1, args.batch):
         if i < len(lines):
             part = lines[i : i + args.batch]
-            out = chain.process(list(zip(part, sources_at("bench", 0, range(i, i + len(part))),
-                                         strict=True)))
+            out = chain.process(Lines(part, "bench", 0, range(i, i + len(part))))
         else:
             out = chain.finish()
         for merge in out.merges:  # as the replay and a journey partition do

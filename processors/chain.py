@@ -229,7 +229,9 @@ class JourneyChain:
 
     @_batch
     def process(self, messages: Sequence[tuple[bytes, Source]]) -> ChainOutput:
-        """Run one batch of raw messages through the chain."""
+        """Run one batch of raw messages through the chain: ``(raw, source)`` pairs, or the
+        messages of one file or partition as :class:`processors.validation.Lines` (a source is
+        made only for a message the chain dead-letters)."""
         events, at, dead = decode_events(messages, self.decode_engine)
         return self._resolve(events, lambda i: messages[at[i]][1], ChainOutput(dead=dead))
 

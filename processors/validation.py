@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby, repeat
 from operator import attrgetter
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, overload
 
 import orjson
 from pydantic import TypeAdapter, ValidationError
@@ -207,6 +207,70 @@ def sources_at(topic: str, partition: int, offsets: Sequence[int]) -> list[Sourc
     return _filled(
         Source, n, {"topic": repeat(topic, n), "partition": repeat(partition, n), "offset": offsets}
     )
+
+
+class Lines(Sequence[tuple[bytes, Source]]):
+    """Messages from one place (a file, or one topic partition) as the ``(raw, source)`` pairs
+    :func:`decode_events` and the chain take, without a :class:`Source` made per message.
+
+    ``raws[i]`` came from ``offsets[i]`` of `topic` / `partition` (a file's path and 0 for the
+    replay). A pair, and its source, is made only when asked for: the chain asks for the few
+    messages it dead-letters. A `Source` and a pair per line were ~8 % of the replay's chain
+    (bench/RESULTS.md, session 18, issue 4)."""
+
+    __slots__ = ("offsets", "partition", "raws", "topic")
+
+    def __init__(self, raws: Iterable[bytes], topic: str, partition: int,
+                 offsets: Sequence[int]) -> None:
+        raws = raws if isinstance(raws, list) else list(raws)  # (the decoder takes a list)
+        if len(raws) != len(offsets):
+            raise ValueError(f"{len(raws):,} messages but {len(offsets):,} offsets")
+        self.raws = raws
+        self.topic = topic
+        self.partition = partition
+        self.offsets = offsets
+
+    def __len__(self) -> int:
+        return len(self.raws)
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[bytes, Source]: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[tuple[bytes, Source]]: ...
+
+    def __getitem__(self, i: int | slice) -> tuple[bytes, Source] | list[tuple[bytes, Source]]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self.raws)))]
+        return self.raws[i], Source(self.topic, self.partition, self.offsets[i])
+
+    @property
+    def sources(self) -> Sequence[Source]:
+        """The messages' sources, each made when asked for."""
+        return _SourcesOf(self)
+
+
+class _SourcesOf(Sequence[Source]):
+    """:attr:`Lines.sources`: a view, ``sources[i]`` is ``lines[i][1]``."""
+
+    __slots__ = ("lines",)
+
+    def __init__(self, lines: Lines) -> None:
+        self.lines = lines
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    @overload
+    def __getitem__(self, i: int) -> Source: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[Source]: ...
+
+    def __getitem__(self, i: int | slice) -> Source | list[Source]:
+        if isinstance(i, slice):
+            return [pair[1] for pair in self.lines[i]]
+        return self.lines[i][1]
 
 
 _TOPIC_PARTITION: Final = attrgetter("topic", "partition")
@@ -434,9 +498,12 @@ def decode_events(
     if engine != "python" and decode_engine(engine) == "native":
         try:
             with gc_paused():
-                found, unsure = _NATIVE.decode_pairs(
-                    messages if isinstance(messages, list) else list(messages)
-                )
+                if isinstance(messages, Lines):
+                    found, unsure = _NATIVE.decode_many(messages.raws)
+                else:
+                    found, unsure = _NATIVE.decode_pairs(
+                        messages if isinstance(messages, list) else list(messages)
+                    )
                 if not unsure:
                     return found, range(n), []
                 raws, sources = _unzipped(messages)
@@ -454,8 +521,11 @@ def decode_events(
     return _columns(results)
 
 
-def _unzipped(messages: Iterable[tuple[bytes, Source]]) -> tuple[list[bytes], list[Source]]:
+def _unzipped(messages: Iterable[tuple[bytes, Source]]
+              ) -> tuple[list[bytes], Sequence[Source]]:
     """The messages' bytes and their sources (each message a pair, or this raises)."""
+    if isinstance(messages, Lines):
+        return messages.raws, messages.sources
     pairs = list(messages)
     return [raw for raw, _ in pairs], [source for _, source in pairs]
 
