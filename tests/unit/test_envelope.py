@@ -10,6 +10,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from processors.chain import JourneyChain
 from processors.identity import MergeRecord
+from streams import envelope
 from streams.app import Metrics, PartitionState, _events_in, _journey_batch
 from streams.envelope import (
     H_EVENTS,
@@ -58,6 +59,21 @@ def test_partition_of_is_the_keyed_producers_partitioner() -> None:
     for n in (1, 2, 4, 7):
         for key in (b"cus-1", b"cus-2", "kundé".encode(), b""):
             assert partition_of(key, n) == DefaultPartitioner()(key, list(range(n)), None)
+
+
+def test_remembered_partitions_stay_the_partitioners_past_the_bound(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """partition_of remembers each key's partition per partition count, and forgets them all
+    when one count holds KNOWN_KEYS keys: asked again, in any order, the answers do not move."""
+    monkeypatch.setattr(envelope, "KNOWN_KEYS", 50)
+    monkeypatch.setattr(envelope, "_KNOWN", {})
+    keys = [f"cus-{i}".encode() for i in range(130)]
+    for _ in range(2):
+        for n in (3, 8):
+            for key in keys + keys[::-1]:
+                assert partition_of(key, n) == DefaultPartitioner()(key, list(range(n)), None)
+    assert all(len(known) <= 50 for known in envelope._KNOWN.values())
+    assert set(envelope._KNOWN) == {3, 8}
 
 
 def test_group_sends_each_event_to_its_keys_partition_in_order() -> None:
