@@ -552,6 +552,11 @@ class SinkWriter:
         buffered = sum(b.n_rows for b in self._buffers.values())
         return buffered + sum(b.n_rows for q in self._sealed.values() for b in q)
 
+    def holds(self, table: str) -> bool:
+        """Whether rows of `table` are accepted by `add` and not yet confirmed written."""
+        buf = self._buffers.get(table)
+        return bool((buf is not None and buf.n_rows) or self._sealed.get(table))
+
     def _buffer(self, table: str, names: tuple[str, ...]) -> _Buffer:
         buf = self._buffers.get(table)
         if buf is None or buf.n_rows == 0:

@@ -719,11 +719,13 @@ class RedisIdentityStore:
         return [(t, [IdentityLink(*link) for link in d["links"]])
                 for t, d in sorted(entries, key=lambda e: (e[1]["committed_ms"], e[0]))]
 
-    def ack_links(self, commit_id: str | None) -> None:
-        """The identity_links rows of commit `commit_id` are written (idempotent)."""
-        if commit_id is not None:
+    def ack_links(self, *commit_ids: str | None) -> None:
+        """The identity_links rows of the commits `commit_ids` are written (idempotent; None
+        stands for a commit without links)."""
+        fields = [c for c in commit_ids if c is not None]
+        if fields:
             self._call("acknowledge links",
-                       lambda: self.client.hdel(f"{self.prefix}:lo", commit_id))
+                       lambda: self.client.hdel(f"{self.prefix}:lo", *fields))
 
     def _live(self, owners: Collection[str | None]) -> set[str]:
         """The owners among `owners` whose heartbeat has not lapsed."""

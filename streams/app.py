@@ -228,6 +228,9 @@ class Runtime:
         )
         self.flush_budget_s = settings.clickhouse.flush_interval_s
         self.deferred_since: float | None = None  # the oldest row _write left buffered
+        # identity commits whose identity_links rows wait in the writer (the ingest agent's
+        # deferred links): acknowledged in the links outbox by the write that stores them
+        self.links_buffered: list[str] = []
         # the group's latest snapshot, or fresh (then it learns the sentiment corpus once)
         self.models = initial_models(
             settings, self.checkpoints, model_config(self.config, settings.models)
@@ -382,13 +385,20 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
             rows = chain_rows(out, now_ms, 0, {})
             # The rows are written while the batch is produced (latency: the events do not wait
             # for ClickHouse); both are done before the batch is acknowledged and before its
-            # merges and links leave the identity outbox.
+            # merges and links leave the identity outbox. A batch whose only rows are identity
+            # links leaves them buffered with the journey agent's deferred rows instead: the
+            # links outbox keeps them until a write has stored them (`_write` acknowledges them
+            # then), so the batch does not wait for an insert.
             own = [table for table, table_rows in rows.items() if table_rows]
+            defer = (own == ["identity_links"] and resolved is not None and not resolved.merges
+                     and resolved.commit_id is not None)
             await asyncio.gather(
-                _write(runtime, rows, only=own) if own else asyncio.sleep(0),
+                _write(runtime, rows, only=() if defer else own) if own else asyncio.sleep(0),
                 _produce_ingested(runtime, resolved, produced, sends),
             )
-            if resolved is not None and (resolved.merges or resolved.commit_id):
+            if defer:
+                runtime.links_buffered.append(resolved.commit_id)  # type: ignore[union-attr]
+            elif resolved is not None and (resolved.merges or resolved.commit_id):
                 await asyncio.to_thread(_acknowledge, runtime.resolver.store, resolved)
             _observe(runtime, "ingest", batch, {})
 
@@ -671,6 +681,13 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                     log.info("partition %d revoked mid-batch: checkpoint skipped", tp.partition)
                     continue
                 await _checkpoint(runtime, tp.partition, part)
+
+    @app.timer(interval=settings.clickhouse.flush_interval_s)
+    async def write_deferred() -> None:
+        # Rows _write left buffered are written by the next write once they have waited
+        # clickhouse.flush_interval_s; this one writes them when no batch comes (a quiet stream).
+        if "runtime" in rt and _deferred_due(rt["runtime"], time.monotonic()):
+            await _write(rt["runtime"])
 
     @app.timer(interval=settings.worker.snapshot_every_s)
     async def write_snapshots() -> None:
@@ -1389,6 +1406,19 @@ def _scores_json(s: Scores) -> bytes:
     })
 
 
+async def _ack_links(runtime: Runtime, commits: list[str]) -> None:
+    """The identity_links rows of `commits` (the oldest of `runtime.links_buffered`) are
+    written: out of the links outbox. Redis unreachable: they stay listed for the next write
+    (the rows are idempotent; a worker that dies first leaves them to the outbox sweep)."""
+    try:
+        await asyncio.to_thread(runtime.resolver.store.ack_links, *commits)
+    except Exception as exc:
+        log.warning("acknowledging %d identity commits failed (%s); retried after the next "
+                    "write", len(commits), exc)
+        return
+    del runtime.links_buffered[:len(commits)]
+
+
 def _deferred_due(runtime: Runtime, now: float) -> bool:
     """Whether the oldest row left buffered by a write with `only` has waited its budget."""
     since = runtime.deferred_since
@@ -1416,10 +1446,16 @@ async def _write(runtime: Runtime, *rows: Rows, only: Collection[str] | None = N
         # the lock while the other agent's insert holds it.
         return
     async with runtime.sink_lock:
+        # (commits listed before this write added its rows: theirs are buffered already)
+        links = runtime.links_buffered[:]
         for table_rows in rows:
             add_rows(runtime.writer, table_rows, runtime.rows)
         now = time.monotonic()
         if only is not None and not _deferred_due(runtime, now):
+            if not only:  # rows to buffer and nothing to write now (the ingest agent's links)
+                if runtime.writer.pending_rows and runtime.deferred_since is None:
+                    runtime.deferred_since = now
+                return
             flush = functools.partial(runtime.writer.flush, tables=list(only))
         else:
             flush = runtime.writer.flush
@@ -1431,6 +1467,8 @@ async def _write(runtime: Runtime, *rows: Rows, only: Collection[str] | None = N
                     runtime.deferred_since = None
                 elif runtime.deferred_since is None:
                     runtime.deferred_since = now
+                if links and not runtime.writer.holds("identity_links"):
+                    await _ack_links(runtime, links)
                 return
             except ServiceUnavailable as exc:
                 runtime.metrics.sink_failures.inc()

@@ -183,6 +183,26 @@ def test_after_retry_total_s_it_raises_and_keeps_every_row_for_the_next_flush() 
     assert w.pending_rows == 0
 
 
+def test_holds_says_whether_a_tables_rows_are_not_yet_written() -> None:
+    """Buffered, or sealed by a flush that failed: held until an insert confirms them (the
+    worker acknowledges identity links in Redis only once their table holds none)."""
+    client, clock = FakeClient(), FakeClock()
+    w = writer(client, clock, retry_total_s=1.0)
+    assert not w.holds("identity_links")
+    w.add("identity_links", rows(2))
+    w.add("touchpoints", rows(1))
+    assert w.holds("identity_links") and w.holds("touchpoints")
+    w.flush(tables=["touchpoints"])
+    assert w.holds("identity_links") and not w.holds("touchpoints")
+    client.fail_next = 10_000
+    with pytest.raises(ServiceUnavailable):
+        w.flush()
+    assert w.holds("identity_links")  # sealed, not written
+    client.fail_next = 0
+    w.flush()
+    assert not w.holds("identity_links")
+
+
 def test_a_schema_error_is_not_retried_and_keeps_the_rows() -> None:
     client, clock = FakeClient(), FakeClock()
     w = writer(client, clock)
