@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from river import compose, feature_extraction, naive_bayes
 
-from online_models.sentiment import SentimentAggregates, SentimentModel
+from online_models.sentiment import SentimentAggregates, SentimentModel, joint_log_likelihood
 
 DATA = Path(__file__).parent / "data"
 
@@ -105,6 +105,26 @@ def test_is_rivers_pipeline_and_predicts_as_its_predict_proba_one() -> None:
         river = m.pipeline.predict_proba_one(text)
         assert ours.keys() == river.keys()
         assert all(abs(ours[c] - river[c]) < 1e-12 for c in ours)
+
+
+@pytest.mark.parametrize("max_vocab", [20_000, 40])
+def test_joint_log_likelihood_is_rivers_to_the_bit(max_vocab: int) -> None:
+    """The same floats as River's `MultinomialNB.joint_log_likelihood` (not merely close: the
+    scores' fingerprint depends on them), for known, unseen and capped terms, repeated terms,
+    before and while it learns."""
+    m = SentimentModel(max_vocab=max_vocab)
+    nb = m.nb
+    probes = [*_texts(7, 40), ("billing billing zzz never-seen words", "neutral"),
+              ("", "neutral")]
+    for i, (text, label) in enumerate(_texts(8, 200)):
+        m.learn(text, label)
+        if i % 20 == 0:
+            for probe, _ in probes:
+                for x in (m.pipeline.transform_one(probe), m.pipeline["bow"].transform_one(probe)):
+                    ours, river = joint_log_likelihood(nb, x), nb.joint_log_likelihood(x)
+                    assert list(ours) == list(river)
+                    assert all(ours[c] == river[c] for c in river), (probe, ours, river)
+    assert len(nb.feature_counts) > 0
 
 
 def test_same_as_a_bare_river_pipeline_while_under_the_cap() -> None:
