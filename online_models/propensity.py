@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -192,6 +192,60 @@ class PropensityModel(Snapshotting):
     def __post_init__(self) -> None:
         self.window = deque(maxlen=self.fit_window)
         self.next_fit_at = self.first_fit_after
+
+    # -- pickling (checkpoints) ------------------------------------------------------------
+    def __getstate__(self) -> dict[str, object]:
+        """The fields, with the vectors of the window and of the pending snapshots as rows of
+        one matrix (`VectorPack`): pickled one by one, tens of thousands of small arrays (and a
+        `_Pending` each) made the two propensity models most of a checkpoint's models snapshot
+        (bench/bench_checkpoint.py). Restored by :meth:`__setstate__` equal to the bit."""
+        pack = VectorPack()
+        return pack.with_matrix(self.packed_state(pack))
+
+    def __setstate__(self, state: dict[str, object] | tuple[None, dict[str, object]]) -> None:
+        """:meth:`__getstate__`'s state, or the default ``(None, fields)`` of the checkpoints
+        before session 20."""
+        self.unpack_state(*VectorPack.split(state))
+
+    def packed_state(self, pack: VectorPack) -> dict[str, object]:
+        """The fields, the window's and the pending snapshots' vectors replaced by their rows in
+        `pack` (shared with another model packed into it: the suite's two propensity models
+        observe the same vector objects). A field whose vectors do not all fit the pack is kept
+        as it is."""
+        state = slot_values(self, _FIELDS)
+        rows = pack.rows([r[0] for r in self.window])
+        if rows is not None:
+            state["window"] = (_PACKED, self.window.maxlen, rows,
+                               [r[1] for r in self.window], [r[2] for r in self.window])
+        snaps = [snap for snaps in self.pending.values() for snap in snaps]
+        rows = pack.rows([snap.x for snap in snaps])
+        if rows is not None:
+            state["pending"] = (
+                _PACKED, list(self.pending), [len(v) for v in self.pending.values()], rows,
+                [snap.ts_ms for snap in snaps], [snap.segment for snap in snaps],
+                [snap.p for snap in snaps], [snap.y for snap in snaps],
+                [getattr(snap, "fit_at", 0) for snap in snaps],
+            )
+        return state
+
+    def unpack_state(self, state: dict[str, object], vectors: list[np.ndarray]) -> None:
+        """Set the fields of :meth:`packed_state`'s `state`; `vectors` are the pack's rows."""
+        for name, value in state.items():
+            setattr(self, name, value)
+        window = state.get("window")
+        if isinstance(window, tuple) and window[:1] == (_PACKED,):
+            _, maxlen, rows, ys, segs = window
+            self.window = deque(zip([vectors[i] for i in rows], ys, segs, strict=True),
+                                maxlen=maxlen)
+        pending = state.get("pending")
+        if isinstance(pending, tuple) and pending[:1] == (_PACKED,):
+            _, cids, counts, rows, ts, segs, ps, ys, fit_ats = pending
+            snaps = iter([
+                _Pending(t, vectors[i], seg, p, y, fit_at)
+                for t, i, seg, p, y, fit_at in zip(ts, rows, segs, ps, ys, fit_ats, strict=True)
+            ])
+            self.pending = {cid: [next(snaps) for _ in range(k)]
+                            for cid, k in zip(cids, counts, strict=True)}
 
     # -- inputs ----------------------------------------------------------------------------
     def _vector(self, feats: dict[str, float] | np.ndarray) -> np.ndarray:
@@ -376,6 +430,65 @@ class PropensityModel(Snapshotting):
             return float(np.mean(np.logaddexp(0.0, z) - y[test] * z))
 
         return log_loss(own) < (1.0 - self.segment_margin) * log_loss(self.fit)
+
+
+_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(PropensityModel))
+_PACKED = "packed rows v1"  # marks a field that `packed_state` packed
+_VECTORS = "_vectors"  # the pack's matrix in a state of `__getstate__`
+_UNSET = object()
+
+
+class VectorPack:
+    """Float64 vectors of one length, each once (by identity), to be pickled as one matrix."""
+
+    __slots__ = ("_at", "_n", "_rows")
+
+    def __init__(self) -> None:
+        self._at: dict[int, int] = {}
+        self._rows: list[np.ndarray] = []  # (holds them: their ids stay theirs)
+        self._n: int | None = None
+
+    def rows(self, vectors: list[np.ndarray]) -> list[int] | None:
+        """The row of each vector, added as needed; None (and nothing added) when one of them
+        is not a float64 vector of the pack's length."""
+        n = self._n if self._n is not None else (len(vectors[0]) if vectors else 0)
+        if not all(type(v) is np.ndarray and v.dtype == np.float64 and v.shape == (n,)
+                   for v in vectors):
+            return None
+        self._n = n
+        at, kept = self._at, self._rows
+        out = []
+        for v in vectors:
+            i = at.get(id(v))
+            if i is None:
+                i = at[id(v)] = len(kept)
+                kept.append(v)
+            out.append(i)
+        return out
+
+    def with_matrix(self, state: dict[str, object]) -> dict[str, object]:
+        """`state` with the vectors added, one row each in the order of their rows."""
+        rows = self._rows
+        state[_VECTORS] = np.stack(rows) if rows else np.empty((0, self._n or 0))
+        return state
+
+    @staticmethod
+    def split(
+        state: dict[str, object] | tuple[None, dict[str, object]],
+    ) -> tuple[dict[str, object], list[np.ndarray]]:
+        """A state of `with_matrix`, or the default ``(None, fields)`` one of a slotted object
+        pickled before session 20: (the fields, the pack's vectors by row). Each vector is an
+        array of its own (views would keep the whole matrix alive while any one row is held)."""
+        if isinstance(state, tuple):
+            state = state[1]
+        matrix = state.pop(_VECTORS, None)
+        return state, [row.copy() for row in matrix] if isinstance(matrix, np.ndarray) else []
+
+
+def slot_values(obj: object, names: tuple[str, ...]) -> dict[str, object]:
+    """`obj`'s fields by name; a slot never set (as in objects restored from older
+    checkpoints) is left out, and stays unset when restored."""
+    return {name: value for name in names if (value := getattr(obj, name, _UNSET)) is not _UNSET}
 
 
 def top_contributions(contrib: dict[str, float], n: int = 3) -> tuple[tuple[str, float], ...]:

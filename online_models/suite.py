@@ -23,7 +23,7 @@ import heapq
 import math
 from array import array
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Annotated
 
 import numpy as np
@@ -40,7 +40,14 @@ from online_models.features import (
 from online_models.frozen import maker
 from online_models.lookalike import LookalikeModel
 from online_models.nba import Matrix, absorption_probabilities, next_best_action, odds
-from online_models.propensity import Labelled, PropensityModel, top_many, top_of
+from online_models.propensity import (
+    Labelled,
+    PropensityModel,
+    VectorPack,
+    slot_values,
+    top_many,
+    top_of,
+)
 from online_models.segments import UNASSIGNED, SegmentModel, SegmentProfile
 from online_models.sentiment import SentimentAggregates, SentimentModel, SentimentPrediction
 from processors.config import OutcomesConfig
@@ -257,6 +264,28 @@ class ModelSuite(Snapshotting):
             min_rel_change=c.drift_min_rel_change,
         )
         self.alerts = deque(maxlen=c.max_alerts_kept)
+
+    # -- pickling (the models' snapshot) ----------------------------------------------------
+    def __getstate__(self) -> dict[str, object]:
+        """The fields, the two propensity models packed into one `VectorPack`: they observe
+        the same vector objects at a session's end, which the pack keeps once (as pickle's memo
+        kept them shared) and :meth:`__setstate__` shares again."""
+        state = slot_values(self, _SUITE_FIELDS)
+        pack = VectorPack()
+        for name in _PROPENSITY:
+            state[name] = (_PACKED_MODEL, getattr(self, name).packed_state(pack))
+        return pack.with_matrix(state)
+
+    def __setstate__(self, state: dict[str, object] | tuple[None, dict[str, object]]) -> None:
+        """:meth:`__getstate__`'s state, or the default ``(None, fields)`` of the snapshots
+        before session 20."""
+        state, vectors = VectorPack.split(state)
+        for name, value in state.items():
+            if isinstance(value, tuple) and value[:1] == (_PACKED_MODEL,):
+                model = PropensityModel.__new__(PropensityModel)
+                model.unpack_state(value[1], vectors)
+                value = model
+            setattr(self, name, value)
 
     def new_customer(self) -> CustomerModelState:
         """A customer's state before its first event, its counts at zero: `update` moves them
@@ -671,3 +700,8 @@ class ModelSuite(Snapshotting):
     def sentiment_summary(self, dimension: str = "segment") -> dict[str, dict[str, float]]:
         """Sentiment per `"segment"` or per `"stage"` (the touchpoint before the text)."""
         return self.sentiment_by.summary(dimension)
+
+
+_SUITE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ModelSuite))
+_PROPENSITY = ("convert", "churn")
+_PACKED_MODEL = "packed propensity model v1"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import pickle
 import random
 
 import numpy as np
@@ -194,3 +196,78 @@ def test_labels_carry_the_version_of_the_model_that_scored_them() -> None:
     later = m.expire(T0_MS + 400 + HORIZON)
     # "late" was scored before the fit, "next" by the model fitted on 100 labels
     assert [(lab.customer_id, lab.fit_at) for lab in later] == [("late", 0), ("next", 100)]
+
+
+def _packed_model() -> PropensityModel:
+    """A model with a full window, several customers with several pending snapshots (some
+    labelled positive already), and segments."""
+    m = _model(max_per_customer=3, fit_window=50, first_fit_after=20)
+    rng = random.Random(5)
+    for i in range(400):
+        cid = f"c{i % 37}"
+        m.observe(cid, T0_MS + i * DAY_MS // 12, np.array([rng.random(), rng.random() - 0.5]),
+                  f"s{i % 3}", rng.random())
+        if rng.random() < 0.3:
+            m.outcome(cid, T0_MS + i * DAY_MS // 12 + 1)
+        m.expire(T0_MS + i * DAY_MS // 12)
+    assert len(m.window) == 50 and m.n_pending > 40 and m.fit is not None
+    assert max(len(snaps) for snaps in m.pending.values()) > 1
+    return m
+
+
+def _same_model(a: PropensityModel, b: PropensityModel) -> None:
+    """Every field equal, the vectors to the bit, the window's bound and the snapshot types."""
+    assert b.window.maxlen == a.window.maxlen
+    assert len(b.window) == len(a.window)
+    for (xa, ya, sa), (xb, yb, sb) in zip(a.window, b.window, strict=True):
+        assert xa.tobytes() == xb.tobytes() and xb.dtype == xa.dtype and (ya, sa) == (yb, sb)
+    assert list(b.pending) == list(a.pending)
+    for cid, snaps in a.pending.items():
+        assert [(s.ts_ms, s.x.tobytes(), s.segment, s.p, s.y, s.fit_at) for s in snaps] == [
+            (s.ts_ms, s.x.tobytes(), s.segment, s.p, s.y, s.fit_at) for s in b.pending[cid]]
+        assert all(type(s) is type(snaps[0]) for s in b.pending[cid])
+    for name in ("names", "order", "n_pending", "n_labelled", "n_positive", "n_fits", "fit_at",
+                 "next_fit_at", "n_dropped"):
+        assert getattr(b, name) == getattr(a, name), name
+
+
+def test_a_checkpoint_packs_the_vectors_and_restores_them_to_the_bit() -> None:
+    m = _packed_model()
+    state = m.__getstate__()
+    vectors = {id(x) for x, _, _ in m.window} | {
+        id(snap.x) for snaps in m.pending.values() for snap in snaps}
+    assert state["_vectors"].shape == (len(vectors), 2)  # each vector once, as a row
+    assert len(state["window"][2]) == 50 and len(state["pending"][3]) == m.n_pending
+    copy = PropensityModel.restore(m.snapshot())
+    _same_model(m, copy)
+    # each row is an array of its own, not a view that keeps the packed matrix alive
+    assert all(x.base is None for x, _, _ in copy.window)
+    # and both go on alike
+    for i in range(400, 500):
+        for model in (m, copy):
+            t = T0_MS + i * DAY_MS // 12
+            model.observe(f"c{i % 41}", t, np.array([0.1 * (i % 7), 0.2]), "s1", 0.4)
+            model.expire(t)
+    _same_model(m, copy)
+    probe = np.array([0.3, 0.1])
+    assert copy.score_vector(probe, "s1", explain=False) == m.score_vector(probe, "s1",
+                                                                           explain=False)
+
+
+def test_checkpoints_of_the_unpacked_format_still_restore() -> None:
+    """Earlier checkpoints pickled the model's slots as they were: ``(None, {field: value})``."""
+    m = _packed_model()
+    old = pickle.dumps((None, {f.name: getattr(m, f.name) for f in dataclasses.fields(m)}))
+    copy = PropensityModel.__new__(PropensityModel)
+    copy.__setstate__(pickle.loads(old))
+    _same_model(m, copy)
+
+
+def test_vectors_that_do_not_stack_are_pickled_as_they_are() -> None:
+    m = _packed_model()
+    first = next(iter(m.pending.values()))[0]
+    first.x = np.array([1, 2, 3], dtype=np.int64)  # another shape and type than the rest
+    state = m.__getstate__()
+    assert isinstance(state["pending"], dict)  # not packed
+    copy = pickle.loads(pickle.dumps(m))
+    _same_model(m, copy)

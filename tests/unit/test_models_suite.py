@@ -53,6 +53,49 @@ def test_restored_suite_gives_the_same_scores_as_the_uninterrupted_one() -> None
     assert restored.segments.ids and restored.convert.n_labelled > 0
 
 
+def _vectors(s: ModelSuite) -> list[list[tuple[str, int, np.ndarray]]]:
+    """Each propensity model's pending snapshot vectors, with their customer and time."""
+    return [[(cid, snap.ts_ms, snap.x) for cid, snaps in m.pending.items() for snap in snaps]
+            for m in (s.convert, s.churn)]
+
+
+def test_the_snapshot_keeps_each_vector_once_and_shares_it_again() -> None:
+    """The two propensity models observe the same vector at a session's end: the snapshot packs
+    it once (`VectorPack`) and the restored models share it again, equal to the bit."""
+    events, _ = population(11, 300)
+    s, states = _suite(), {}
+    _run(s, states, events)
+    before = _vectors(s)
+    shared = {id(x) for _, _, x in before[0]} & {id(x) for _, _, x in before[1]}
+    assert before[0] and before[1] and shared
+    state = s.__getstate__()
+    unique = {id(x) for m in before for _, _, x in m} | {
+        id(r[0]) for m in (s.convert, s.churn) for r in m.window}
+    assert state["_vectors"].shape[0] == len(unique)
+    restored = ModelSuite.restore(s.snapshot())
+    after = _vectors(restored)
+    for b, a in zip(before, after, strict=True):
+        assert [(c, t, x.tobytes()) for c, t, x in b] == [(c, t, x.tobytes()) for c, t, x in a]
+    index = {(c, t): x for c, t, x in after[0]}
+    again = [x is index[(c, t)] for c, t, x in after[1] if (c, t) in index]
+    # shared where they were shared (same customer and time: the same session's end)
+    was = {(c, t): x for c, t, x in before[0]}
+    assert again == [x is was[(c, t)] for c, t, x in before[1] if (c, t) in was]
+    assert any(again)
+
+
+def test_snapshots_before_the_packed_format_still_restore() -> None:
+    """Snapshots before session 20 pickled the suite's slots as they were."""
+    events, _ = population(11, 300)
+    s, states = _suite(), {}
+    _run(s, states, events[:400])
+    old = pickle.dumps((None, {name: getattr(s, name) for name in s.__slots__}))
+    restored = ModelSuite.__new__(ModelSuite)
+    restored.__setstate__(pickle.loads(old))
+    states_copy = pickle.loads(pickle.dumps(states))
+    assert _run(restored, states_copy, events[400:]) == _run(s, states, events[400:])
+
+
 def test_scores_are_computed_before_the_event_is_learned() -> None:
     events, _ = population(12, 200)
     s, states = _suite(refresh_s=0), {}  # refresh on every event within a session
