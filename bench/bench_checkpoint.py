@@ -11,10 +11,11 @@ lives), so it is worth measuring apart. This runs the first `--share` of the sim
 for `--customers` (the streaming bench's backlog) through the chain and the models, as a
 one-partition worker holds them, freezes the heap as the worker does before its fork, then
 times (CPU of this process, best of `--repeat`) what the child does: `pickle` of the partition,
-its `zlib` level 1 (`CheckpointStore.save`), and the models' snapshot, with the parts that
-matter, per customer.
+its compression (`CheckpointStore.save`: zstd level 1), and the models' snapshot, with the parts
+that matter, per customer.
 
-Baseline in the same run: the models' snapshot pickled in the format before session 20 (the
+Baselines in the same run: the partition compressed with zlib at level 1, as before session 20;
+the models' snapshot pickled in the format before session 20 (the
 suite's and the propensity models' fields as they are, `(None, {field: value})`: each pending
 snapshot and each window row of the conversion and churn models an array of its own), next to
 the snapshot now (those vectors packed into one matrix, each once: `ModelSuite.__getstate__`,
@@ -39,6 +40,7 @@ from online_models.suite import CustomerModelState, ModelSuite, Scores
 from processors.chain import JourneyChain
 from processors.validation import Lines
 from simulator.model import SimConfig, simulate
+from sinks.checkpoints import compress
 from streams.app import PartitionState
 from streams.corpus import new_model_suite
 from streams.outputs import score_released
@@ -119,7 +121,8 @@ def main() -> None:
         return out  # type: ignore[no-any-return]
 
     body = measure("partition: pickle", lambda: pickle.dumps(partition, pickle.HIGHEST_PROTOCOL))
-    measure("partition: zlib level 1", lambda: zlib.compress(body, 1))
+    packed = measure("partition: zstd level 1 (the store's)", lambda: compress(body))
+    zlib_s, zlibbed = best_of(args.repeat, lambda: zlib.compress(body, 1))
     measure("  chain", lambda: pickle.dumps(chain, pickle.HIGHEST_PROTOCOL))
     measure("  model states", lambda: pickle.dumps(states, pickle.HIGHEST_PROTOCOL))
     measure("  last scores", lambda: pickle.dumps(last, pickle.HIGHEST_PROTOCOL))
@@ -130,12 +133,16 @@ def main() -> None:
                 lambda m=model: pickle.dumps(m, pickle.HIGHEST_PROTOCOL))
     old_s, old = best_of(args.repeat, lambda: old_format(models))
     assert ModelSuite.restore(snapshot).convert.n_pending == models.convert.n_pending
-    turn = sum(s for name, s, _ in rows if not name.startswith(" "))
+    turn = sum(s for name, s, _ in rows if not name.startswith(" "))  # (the parts indented)
     for name, s, size in rows:
         print(f"{name:44s} {s * 1e3:8.1f} ms  {s / n * 1e6:7.1f} us per customer  "
               f"{size / 1e6:7.2f} MB")
-    print(f"{'checkpoint turn (partition + zlib + models)':44s} {turn * 1e3:8.1f} ms  "
+    print(f"{'checkpoint turn (partition + zstd + models)':44s} {turn * 1e3:8.1f} ms  "
           f"{turn / n * 1e6:7.1f} us per customer")
+    zstd_s = next(s for name, s, _ in rows if name.startswith("partition: zstd"))
+    print(f"partition compressed: zstd level 1 {zstd_s * 1e3:.1f} ms, {len(packed) / 1e6:.2f} "
+          f"MB; zlib level 1 as before session 20 (baseline, same run): {zlib_s * 1e3:.1f} ms, "
+          f"{len(zlibbed) / 1e6:.2f} MB; ratio {zstd_s / zlib_s:.3f}")
     new_s = next(s for name, s, _ in rows if name == "models: snapshot")
     print(f"models' snapshot: {new_s * 1e3:.1f} ms, {len(snapshot) / 1e6:.2f} MB; in the format "
           f"before session 20 (baseline, same run): {old_s * 1e3:.1f} ms, {len(old) / 1e6:.2f} "

@@ -9,7 +9,10 @@ value, nothing is lost and nothing counts twice. This is the Kafka Streams recip
 offsets, restored together), with Redis as the store because a partition's state can be larger
 than a Kafka message.
 
-The value is ``zlib(pickle(state))`` with a small header: format version and offset.
+The value is ``zstd(pickle(state))`` (level 1) with a small header: format version and offset.
+Format 1, ``zlib(pickle(state))`` (level 1), is still read: checkpoints written before session 20
+load, and the next save writes format 2. zstd at level 1 compresses a partition's pickle about
+3x faster than zlib at level 1 and into a smaller value (`bench/bench_checkpoint.py`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from typing import Any, Final, TypeVar
 
+import cramjam
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -34,7 +38,8 @@ from processors.errors import CheckpointError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
-FORMAT: Final = 1
+FORMAT: Final = 2  # zstd; 1: zlib (read, no longer written)
+_ZLIB: Final = 1
 _HEADER: Final = struct.Struct(">HQ")  # format version, offset + 1 (0: none)
 T = TypeVar("T")
 
@@ -79,7 +84,7 @@ class CheckpointStore:
 
     def save(self, topic: str, partition: int, state: Any, offset: int) -> int:
         """Store `state` as of `offset` (the last message it includes). Returns the size."""
-        body = zlib.compress(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL), 1)
+        body = compress(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
         value = _HEADER.pack(FORMAT, offset + 1) + body
         self._retry("save a checkpoint", lambda: self.client.set(self.key(topic, partition), value))
         return len(value)
@@ -163,10 +168,16 @@ class CheckpointStore:
             return None
         try:
             version, offset_plus = _HEADER.unpack_from(value)
-            if version != FORMAT:
-                raise CheckpointError(f"checkpoint {key} has format {version}, expected {FORMAT}")
-            state = pickle.loads(zlib.decompress(value[_HEADER.size :]))
-        except (struct.error, zlib.error, pickle.UnpicklingError, EOFError) as exc:
+            if version not in (FORMAT, _ZLIB):
+                raise CheckpointError(
+                    f"checkpoint {key} has format {version}, this version reads {_ZLIB} and "
+                    f"{FORMAT}; delete it to rebuild the partition from the start of the topic"
+                )
+            body = memoryview(value)[_HEADER.size :]
+            raw = zlib.decompress(body) if version == _ZLIB else decompress(body)
+            state = pickle.loads(raw)
+        except (struct.error, zlib.error, cramjam.DecompressionError, pickle.UnpicklingError,
+                EOFError) as exc:
             raise CheckpointError(
                 f"checkpoint {key} is unreadable ({exc}); delete it to rebuild the partition "
                 "from the start of the topic"
@@ -180,6 +191,16 @@ class CheckpointStore:
 
     def close(self) -> None:
         self.client.close()
+
+
+def compress(data: bytes) -> bytes:
+    """A checkpoint's body: zstd, level 1 (format 2)."""
+    return bytes(cramjam.zstd.compress(data, level=1))
+
+
+def decompress(body: bytes | memoryview) -> memoryview:
+    """The pickle in a format-2 body (a zero-copy view of cramjam's buffer)."""
+    return memoryview(cramjam.zstd.decompress(body))
 
 
 def _die_with_parent(parent: int) -> None:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import pickle
 import socket
+import struct
+import zlib
 from typing import Any
 
+import pytest
+
+from processors.errors import CheckpointError
 from sinks.checkpoints import CheckpointStore
 from tests.conftest import unique_name
 
@@ -71,3 +77,37 @@ def test_the_child_yields_the_cores_to_its_parent(redis_test_url: str, redis_cli
     pid = store.save_turn_in_child("t", [], lambda: str(os.nice(0)).encode())
     assert store.wait_child(pid) is True
     assert int(store.load_models()) == min(19, os.nice(0) + 19)  # type: ignore[arg-type]
+
+
+def test_a_checkpoint_of_the_zlib_format_still_loads(
+    redis_test_url: str, redis_client: Any
+) -> None:
+    """Format 1 (zlib, before session 20) is read; a save writes format 2 (zstd)."""
+    store = _store(redis_test_url)
+    state = {"customers": {f"c{i}": [i] * 3 for i in range(100)}}
+    old = struct.pack(">HQ", 1, 42 + 1) + zlib.compress(pickle.dumps(state), 1)
+    redis_client.set(store.key("t", 1), old)
+    assert store.load("t", 1) == (state, 42)
+    store.save("t", 1, state, 43)
+    value = redis_client.get(store.key("t", 1))
+    assert struct.unpack_from(">HQ", value) == (2, 44)
+    assert store.load("t", 1) == (state, 43)
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        (struct.pack(">HQ", 2, 5) + b"not zstd at all", "is unreadable"),
+        (struct.pack(">HQ", 1, 5) + b"not zlib either", "is unreadable"),
+        (struct.pack(">HQ", 9, 5) + b"...", "has format 9, this version reads 1 and 2"),
+        (b"\x00", "is unreadable"),
+    ],
+)
+def test_an_unreadable_checkpoint_is_an_error_that_names_it(
+    redis_test_url: str, redis_client: Any, value: bytes, says: str
+) -> None:
+    store = _store(redis_test_url)
+    redis_client.set(store.key("t", 2), value)
+    with pytest.raises(CheckpointError, match=says) as err:
+        store.load("t", 2)
+    assert store.key("t", 2) in str(err.value) and "delete it" in str(err.value)
