@@ -14,29 +14,29 @@ times (CPU of this process, best of `--repeat`) what the child does: `pickle` of
 its compression (`CheckpointStore.save`: zstd level 1), and the models' snapshot, with the parts
 that matter, per customer.
 
-Baselines in the same run: the partition compressed with zlib at level 1, as before session 20;
-the models' snapshot pickled in the format before session 20 (the
-suite's and the propensity models' fields as they are, `(None, {field: value})`: each pending
-snapshot and each window row of the conversion and churn models an array of its own), next to
-the snapshot now (those vectors packed into one matrix, each once: `ModelSuite.__getstate__`,
-`online_models.propensity.VectorPack`).
+Baselines in the same run, each the way before session 20: the partition pickled with the
+per-customer objects' default states (`online_models.slots.tuple_state` now: a tuple each), its
+pickle compressed with zlib at level 1 (zstd now), and the models' snapshot with the suite's and
+the propensity models' fields as they are (each pending snapshot and each window row of the
+conversion and churn models an array of its own; now those vectors are packed into one matrix,
+each once: `ModelSuite.__getstate__`, `online_models.propensity.VectorPack`).
 """
 
 from __future__ import annotations
 
 import argparse
-import copyreg
+import contextlib
 import dataclasses
 import gc
-import io
 import pickle
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from online_models.features import CustomerFeatures
 from online_models.propensity import PropensityModel
-from online_models.suite import CustomerModelState, ModelSuite, Scores
+from online_models.suite import CustomerModelState, ModelSuite, Scores, _Closed
 from processors.chain import JourneyChain
 from processors.validation import Lines
 from simulator.model import SimConfig, simulate
@@ -46,6 +46,9 @@ from streams.corpus import new_model_suite
 from streams.outputs import score_released
 from streams.replay import model_config
 from streams.settings import load_settings
+
+# the classes whose pickled state session 20 changed (the baselines pickle them as before)
+SESSION_20 = (ModelSuite, PropensityModel, CustomerModelState, CustomerFeatures, Scores, _Closed)
 
 
 def best_of(repeat: int, fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -58,21 +61,29 @@ def best_of(repeat: int, fn: Callable[[], Any]) -> tuple[float, Any]:
     return best, out
 
 
-class OldFormat(pickle.Pickler):
-    """Pickles the models' snapshot as before session 20: the suite's and the propensity
-    models' slots as they are, `(None, {field: value})`, each vector an array of its own."""
-
-    def reducer_override(self, obj: Any) -> Any:
-        if type(obj) in (ModelSuite, PropensityModel):
-            slots = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
-            return copyreg.__newobj__, (type(obj),), (None, slots)
-        return NotImplemented
+@contextlib.contextmanager
+def format_before_session_20() -> Iterator[None]:
+    """Within: the classes session 20 gave a pickled state of their own pickle as before (the
+    same code paths: a mutable slotted dataclass by `object.__getstate__`, a frozen one by
+    `dataclasses._dataclass_getstate`, which calls `fields()` each time)."""
+    saved = {cls: (cls.__dict__["__getstate__"], cls.__dict__["__setstate__"])
+             for cls in SESSION_20}
+    try:
+        for cls in SESSION_20:
+            if cls.__dataclass_params__.frozen:  # type: ignore[attr-defined]
+                cls.__getstate__ = dataclasses._dataclass_getstate  # type: ignore[attr-defined]
+                cls.__setstate__ = dataclasses._dataclass_setstate  # type: ignore[attr-defined]
+            else:
+                del cls.__getstate__, cls.__setstate__  # type: ignore[attr-defined]
+        yield
+    finally:
+        for cls, (get, put) in saved.items():
+            cls.__getstate__, cls.__setstate__ = get, put  # type: ignore[attr-defined]
 
 
 def old_format(obj: Any) -> bytes:
-    out = io.BytesIO()
-    OldFormat(out, protocol=5).dump(obj)  # (the protocol of online_models.checkpoint.dumps)
-    return out.getvalue()
+    with format_before_session_20():
+        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def main() -> None:
@@ -121,6 +132,7 @@ def main() -> None:
         return out  # type: ignore[no-any-return]
 
     body = measure("partition: pickle", lambda: pickle.dumps(partition, pickle.HIGHEST_PROTOCOL))
+    old_part_s, old_part = best_of(args.repeat, lambda: old_format(partition))
     packed = measure("partition: zstd level 1 (the store's)", lambda: compress(body))
     zlib_s, zlibbed = best_of(args.repeat, lambda: zlib.compress(body, 1))
     measure("  chain", lambda: pickle.dumps(chain, pickle.HIGHEST_PROTOCOL))
@@ -139,6 +151,10 @@ def main() -> None:
               f"{size / 1e6:7.2f} MB")
     print(f"{'checkpoint turn (partition + zstd + models)':44s} {turn * 1e3:8.1f} ms  "
           f"{turn / n * 1e6:7.1f} us per customer")
+    part_s = rows[0][1]
+    print(f"partition pickled: {part_s * 1e3:.1f} ms, {len(body) / 1e6:.2f} MB; as before "
+          f"session 20 (baseline, same run): {old_part_s * 1e3:.1f} ms, {len(old_part) / 1e6:.2f} "
+          f"MB; ratio {part_s / old_part_s:.3f}")
     zstd_s = next(s for name, s, _ in rows if name.startswith("partition: zstd"))
     print(f"partition compressed: zstd level 1 {zstd_s * 1e3:.1f} ms, {len(packed) / 1e6:.2f} "
           f"MB; zlib level 1 as before session 20 (baseline, same run): {zlib_s * 1e3:.1f} ms, "

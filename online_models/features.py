@@ -17,6 +17,7 @@ from typing import Final
 
 import numpy as np
 
+from online_models.slots import tuple_state
 from processors.events import CHANNELS, TouchpointEvent
 
 HOUR_MS: Final = 3_600_000
@@ -84,6 +85,7 @@ BEHAVIOUR_FEATURES: Final[tuple[str, ...]] = tuple(
 )
 
 
+@tuple_state
 @dataclass(slots=True)
 class CustomerFeatures:
     """A running behaviour summary of one customer, updated one event at a time."""

@@ -50,6 +50,7 @@ from online_models.propensity import (
 )
 from online_models.segments import UNASSIGNED, SegmentModel, SegmentProfile
 from online_models.sentiment import SentimentAggregates, SentimentModel, SentimentPrediction
+from online_models.slots import tuple_state
 from processors.config import OutcomesConfig
 from processors.events import ResolvedEvent
 
@@ -118,6 +119,7 @@ class ModelConfig(BaseModel):
     close_delay_s: Annotated[int, Field(ge=0)] = 3600
 
 
+@tuple_state
 @dataclass(slots=True)
 class CustomerModelState:
     """What the models keep per customer: the feature summary and the current segment."""
@@ -141,6 +143,7 @@ class CustomerModelState:
     watch_segment: str = UNASSIGNED
 
 
+@tuple_state
 @dataclass(frozen=True, slots=True)
 class Scores:
     """A customer's live scores after one event (the `scores` topic and `customer_scores`)."""
@@ -159,6 +162,7 @@ class Scores:
     alerts: tuple[Alert, ...] = ()
 
 
+@tuple_state
 @dataclass(frozen=True, slots=True)
 class _Closed:
     """The scores a session end gave a customer, for the customer's next event.
