@@ -111,3 +111,33 @@ def test_an_unreadable_checkpoint_is_an_error_that_names_it(
     with pytest.raises(CheckpointError, match=says) as err:
         store.load("t", 2)
     assert store.key("t", 2) in str(err.value) and "delete it" in str(err.value)
+
+
+def test_pickling_runs_without_the_collector_and_leaves_it_as_it_was(
+    redis_test_url: str, redis_client: Any
+) -> None:
+    """The collector would walk the objects a checkpoint's pickling piles up (the native cores'
+    exports), again and again: the child never collects, and a save in process pauses it."""
+    import gc
+
+    store = _store(redis_test_url)
+    pid = store.save_turn_in_child("t", [], lambda: str(gc.isenabled()).encode())
+    assert store.wait_child(pid) is True
+    assert store.load_models() == b"False"
+
+    seen: list[bool] = []
+
+    class Probe:
+        def __reduce__(self) -> tuple[Any, ...]:
+            seen.append(gc.isenabled())
+            return (dict, ())
+
+    assert gc.isenabled()
+    store.save("t", 4, Probe(), 1)
+    gc.disable()
+    try:
+        store.save("t", 4, Probe(), 2)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    assert seen == [False, False] and gc.isenabled()
