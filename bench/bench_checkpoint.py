@@ -9,10 +9,11 @@ every `worker.checkpoint_every_s` (`CheckpointStore.save_turn_in_child`). The ch
 taken from the worker's machine (and the worker copies the pages it writes while the child
 lives), so it is worth measuring apart. This runs the first `--share` of the simulator's history
 for `--customers` (the streaming bench's backlog) through the chain and the models, as a
-one-partition worker holds them, freezes the heap as the worker does before its fork, then
-times (CPU of this process, best of `--repeat`) what the child does: `pickle` of the partition,
-its compression (`CheckpointStore.save`: zstd level 1), and the models' snapshot, with the parts
-that matter, per customer.
+one-partition worker holds them (its chain's resolver empty, as a journey partition's is), freezes
+the heap as the worker does before its fork, then times (CPU of this process, best of
+`--repeat`) what the child does: `pickle` of the partition, its compression
+(`CheckpointStore.save`: zstd level 1), and the models' snapshot, with the parts that matter,
+per customer.
 
 The figures are taken with the collector off, as the child pickles since session 20 (it never
 collects: ~40 % of a partition's pickle at 35k customers was the collector walking the objects
@@ -121,6 +122,9 @@ def main() -> None:
                 states[merge.winner] = lost
         score_released(models, states, last, out.released)
     chain.segment_of = None  # as the worker's turn does: a closure does not pickle
+    # A journey partition's chain starts after resolution (`process_resolved`): its resolver
+    # holds nothing (the ingest agent resolves, against Redis). This one resolved in memory.
+    chain.resolver = JourneyChain(config).resolver
     partition = PartitionState(chain=chain, model_states=states, last_scores=last)
     del out, part
     gc.collect()
