@@ -436,6 +436,7 @@ _FIELDS: tuple[str, ...] = tuple(f.name for f in fields(PropensityModel))
 _PACKED = "packed rows v1"  # marks a field that `packed_state` packed
 _VECTORS = "_vectors"  # the pack's matrix in a state of `__getstate__`
 _UNSET = object()
+_F64 = np.dtype(np.float64)
 
 
 class VectorPack:
@@ -450,26 +451,35 @@ class VectorPack:
 
     def rows(self, vectors: list[np.ndarray]) -> list[int] | None:
         """The row of each vector, added as needed; None (and nothing added) when one of them
-        is not a float64 vector of the pack's length."""
+        is not a float64 vector of the pack's length (only the vectors not in the pack yet are
+        looked at: a shared vector once)."""
         n = self._n if self._n is not None else (len(vectors[0]) if vectors else 0)
-        if not all(type(v) is np.ndarray and v.dtype == np.float64 and v.shape == (n,)
-                   for v in vectors):
-            return None
-        self._n = n
         at, kept = self._at, self._rows
+        start = len(kept)
+        shape = (n,)
         out = []
         for v in vectors:
             i = at.get(id(v))
             if i is None:
+                # (numpy's float64 dtype is one object: `is` spares a comparison per vector;
+                # an equal dtype that is another object only makes the field go unpacked)
+                if type(v) is not np.ndarray or v.dtype is not _F64 or v.shape != shape:
+                    for w in kept[start:]:
+                        del at[id(w)]
+                    del kept[start:]
+                    return None
                 i = at[id(v)] = len(kept)
                 kept.append(v)
             out.append(i)
+        self._n = n
         return out
 
     def with_matrix(self, state: dict[str, object]) -> dict[str, object]:
         """`state` with the vectors added, one row each in the order of their rows."""
-        rows = self._rows
-        state[_VECTORS] = np.stack(rows) if rows else np.empty((0, self._n or 0))
+        rows, n = self._rows, self._n or 0
+        # (all float64 of length n: one concatenation, no per-row views as np.stack makes)
+        state[_VECTORS] = (np.concatenate(rows).reshape(len(rows), n) if rows
+                           else np.empty((0, n)))
         return state
 
     @staticmethod

@@ -9,7 +9,12 @@ import random
 
 import numpy as np
 
-from online_models.propensity import PropensityModel, fit_logistic, top_contributions
+from online_models.propensity import (
+    PropensityModel,
+    VectorPack,
+    fit_logistic,
+    top_contributions,
+)
 from tests.factories import DAY_MS, T0_MS
 
 HORIZON = 7 * DAY_MS
@@ -271,3 +276,15 @@ def test_vectors_that_do_not_stack_are_pickled_as_they_are() -> None:
     assert isinstance(state["pending"], dict)  # not packed
     copy = pickle.loads(pickle.dumps(m))
     _same_model(m, copy)
+
+
+def test_a_vector_pack_adds_nothing_from_a_list_with_one_that_does_not_fit() -> None:
+    pack = VectorPack()
+    a, b, c = np.array([1.0, 2.0]), np.array([3.0, 4.0]), np.array([5.0, 6.0])
+    assert pack.rows([a, b, a]) == [0, 1, 0]
+    assert pack.rows([c, b, np.array([1, 2])]) is None  # int64: the list is not packed
+    assert pack.rows([c, np.array([1.0, 2.0, 3.0])]) is None  # another length
+    assert pack.rows([c, a]) == [2, 0]  # c was not kept by the refused lists
+    matrix = pack.with_matrix({})["_vectors"]
+    assert matrix.tolist() == [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]] and matrix.dtype == np.float64
+    assert VectorPack().with_matrix({})["_vectors"].shape == (0, 0)
