@@ -42,9 +42,10 @@ from online_models.features import CustomerFeatures
 from online_models.propensity import PropensityModel
 from online_models.suite import CustomerModelState, ModelSuite, Scores, _Closed
 from processors.chain import JourneyChain
+from processors.collector import gc_paused
 from processors.validation import Lines
 from simulator.model import SimConfig, simulate
-from sinks.checkpoints import collector_paused, compress
+from sinks.checkpoints import compress
 from streams.app import PartitionState
 from streams.corpus import new_model_suite
 from streams.outputs import score_released
@@ -136,7 +137,7 @@ def main() -> None:
     rows: list[tuple[str, float, int]] = []
 
     def measure(name: str, fn: Callable[[], bytes]) -> bytes:
-        with collector_paused():  # as the child pickles now
+        with gc_paused():  # as the child pickles now
             s, out = best_of(args.repeat, fn)
         rows.append((name, s, len(out)))
         return out  # type: ignore[no-any-return]

@@ -27,6 +27,7 @@ import numpy as np
 from online_models.checkpoint import Snapshotting
 from online_models.features import LOG_FEATURES
 from online_models.frozen import maker
+from online_models.slots import slot_values
 from online_models.threads import one_blas_thread
 
 
@@ -435,7 +436,6 @@ class PropensityModel(Snapshotting):
 _FIELDS: tuple[str, ...] = tuple(f.name for f in fields(PropensityModel))
 _PACKED = "packed rows v1"  # marks a field that `packed_state` packed
 _VECTORS = "_vectors"  # the pack's matrix in a state of `__getstate__`
-_UNSET = object()
 _F64 = np.dtype(np.float64)
 
 
@@ -494,11 +494,6 @@ class VectorPack:
         matrix = state.pop(_VECTORS, None)
         return state, [row.copy() for row in matrix] if isinstance(matrix, np.ndarray) else []
 
-
-def slot_values(obj: object, names: tuple[str, ...]) -> dict[str, object]:
-    """`obj`'s fields by name; a slot never set (as in objects restored from older
-    checkpoints) is left out, and stays unset when restored."""
-    return {name: value for name in names if (value := getattr(obj, name, _UNSET)) is not _UNSET}
 
 
 def top_contributions(contrib: dict[str, float], n: int = 3) -> tuple[tuple[str, float], ...]:

@@ -18,6 +18,7 @@ import operator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+_UNSET = object()
 
 
 def tuple_state(cls: type[T]) -> type[T]:
@@ -34,7 +35,7 @@ def tuple_state(cls: type[T]) -> type[T]:
         try:
             return values(self)  # type: ignore[no-any-return]
         except AttributeError:  # a slot never set
-            return {k: getattr(self, k) for k in names if hasattr(self, k)}
+            return slot_values(self, names)
 
     def __setstate__(self: Any, state: Any) -> None:
         if isinstance(state, dict):
@@ -52,3 +53,9 @@ def tuple_state(cls: type[T]) -> type[T]:
     cls.__getstate__ = __getstate__  # type: ignore[attr-defined]
     cls.__setstate__ = __setstate__  # type: ignore[attr-defined]
     return cls
+
+
+def slot_values(obj: object, names: tuple[str, ...]) -> dict[str, object]:
+    """`obj`'s fields by name; a slot never set (as in objects restored from older
+    checkpoints) is left out, and stays unset when restored."""
+    return {name: value for name in names if (value := getattr(obj, name, _UNSET)) is not _UNSET}

@@ -44,13 +44,12 @@ from online_models.propensity import (
     Labelled,
     PropensityModel,
     VectorPack,
-    slot_values,
     top_many,
     top_of,
 )
 from online_models.segments import UNASSIGNED, SegmentModel, SegmentProfile
 from online_models.sentiment import SentimentAggregates, SentimentModel, SentimentPrediction
-from online_models.slots import tuple_state
+from online_models.slots import slot_values, tuple_state
 from processors.config import OutcomesConfig
 from processors.events import ResolvedEvent
 

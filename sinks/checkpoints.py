@@ -27,7 +27,7 @@ import signal
 import struct
 import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final, TypeVar
 
 import cramjam
@@ -35,6 +35,7 @@ import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from processors.collector import gc_paused
 from processors.errors import CheckpointError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ class CheckpointStore:
 
     def save(self, topic: str, partition: int, state: Any, offset: int) -> int:
         """Store `state` as of `offset` (the last message it includes). Returns the size."""
-        with collector_paused():
+        with gc_paused():
             body = compress(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
         value = _HEADER.pack(FORMAT, offset + 1) + body
         self._retry("save a checkpoint", lambda: self.client.set(self.key(topic, partition), value))
@@ -198,18 +199,6 @@ class CheckpointStore:
 
     def close(self) -> None:
         self.client.close()
-
-
-@contextlib.contextmanager
-def collector_paused() -> Iterator[None]:
-    """The cyclic garbage collector off within (as it was after): a checkpoint's pickling."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def compress(data: bytes) -> bytes:
