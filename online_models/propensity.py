@@ -495,7 +495,6 @@ class VectorPack:
         return state, [row.copy() for row in matrix] if isinstance(matrix, np.ndarray) else []
 
 
-
 def top_contributions(contrib: dict[str, float], n: int = 3) -> tuple[tuple[str, float], ...]:
     """The `n` features that move a score most, signed (positive raises the probability)."""
     ranked = sorted(contrib.items(), key=lambda kv: (-abs(kv[1]), kv[0]))[:n]
