@@ -554,6 +554,29 @@ def test_native_events_share_their_tzinfo_and_fields_set_and_stay_apart() -> Non
         assert event.occurred_at == python.event.occurred_at
 
 
+def test_values_put_in_place_leave_the_template_and_other_events_alone() -> None:
+    """The decoder puts each value straight into its copy of the model's template: another
+    event's values, and the defaults of the fields an event does not have, stay as they were."""
+    full = (b'{"event_id":"a","occurred_at":"2026-01-01T00:00:00Z","channel":"web",'
+            b'"touchpoint":"x","identities":{"user_id":"u"},"session_id":"s","revenue":2.5,'
+            b'"text":"hi","properties":{"k":1}}')
+    bare = (b'{"event_id":"b","occurred_at":"2026-01-01T00:00:01Z","channel":"app",'
+            b'"touchpoint":"y","identities":{"device_id":"d"}}')
+    first = validation._NATIVE.decode(full)
+    before = dict(first.__dict__)
+    second = validation._NATIVE.decode(bare)
+    assert first.__dict__ == before
+    assert (second.session_id, second.revenue, second.text, second.properties) == (
+        None, None, None, None)
+    assert second.__dict__ is not first.__dict__
+    for raw, event in ((full, first), (bare, second)):
+        python = decode(raw, engine="python")
+        assert isinstance(python, Accepted)
+        assert [(k, type(v), v) for k, v in event.__dict__.items() if k != "ts_ms"] == \
+            [(k, type(v), v) for k, v in python.event.__dict__.items()]
+        assert event.__dict__["ts_ms"] == python.event.ts_ms  # (cached by the decoder)
+
+
 def test_strings_are_read_alike_whatever_their_length_and_where_a_special_byte_sits() -> None:
     """The native reader scans strings 8 bytes at a time up to the first quote, backslash,
     control or non-ASCII byte, and makes ASCII strings of two or more characters directly: a

@@ -756,6 +756,9 @@ struct Decoder {
     template_ts: Py<PyDict>,
     n_ts_ms: Py<PyString>,
     fields: Vec<Py<PyString>>,
+    // copies of the templates are laid out as `str_entries` reads them, each field at its
+    // position (then `ts_ms`): values are put in place, with no lookup
+    direct: bool,
     channels: Vec<Py<PyString>>,
     kinds: Vec<Py<PyString>>,
     n_fields_set: Py<PyString>,
@@ -799,6 +802,39 @@ fn recent_place(s: &[u8]) -> usize {
     let (head, tail) = (word(&s[..n.min(8)]), word(&s[n - n.min(8)..]));
     let mixed = (head ^ tail.rotate_left(29) ^ n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     (mixed >> 56) as usize % RECENT
+}
+
+/// The header of CPython's dict keys object (3.11, 3.12), the indices then the entries after it
+/// (the journeys crate reads the same header: each crate is built apart).
+#[repr(C)]
+struct DictKeys {
+    refcnt: ffi::Py_ssize_t,
+    log2_size: u8,
+    log2_index_bytes: u8,
+    kind: u8, // 0 general, 1 str keys, 2 split
+    version: u32,
+    usable: ffi::Py_ssize_t,
+    nentries: ffi::Py_ssize_t,
+}
+
+/// The entries (key, value) of `d`'s table and their number, where it is a combined table of
+/// str keys (CPython 3.11, 3.12 layout; the caller checks the version), else None.
+///
+/// # Safety
+/// `d` is a live exact dict; the GIL is held.
+unsafe fn str_entries(d: *mut ffi::PyObject) -> Option<(*mut [*mut ffi::PyObject; 2], usize)> {
+    let d = d as *mut ffi::PyDictObject;
+    if !(*d).ma_values.is_null() {
+        return None;
+    }
+    let keys = (*d).ma_keys as *const DictKeys;
+    if (*keys).kind != 1 {
+        return None;
+    }
+    let entries = (keys as *const u8)
+        .add(std::mem::size_of::<DictKeys>())
+        .add(1usize << (*keys).log2_index_bytes) as *mut [*mut ffi::PyObject; 2];
+    Some((entries, (*keys).nentries as usize))
 }
 
 /// An instance of `cls` without `__init__` (as `object.__new__(cls)`).
@@ -997,7 +1033,15 @@ impl Decoder {
         let d = match ts_ms {
             Some(ms) => {
                 let d = self.template_ts.bind(py).copy()?;
-                d.set_item(self.n_ts_ms.bind(py), ms)?;
+                match unsafe { str_entries(d.as_ptr()) } {
+                    // `ts_ms` is the entry after the fields (checked in `new`)
+                    Some((e, n)) if self.direct && n == N_FIELDS + 1 => unsafe {
+                        let v = ms.into_py(py).into_ptr();
+                        let old = std::mem::replace(&mut (*e.add(N_FIELDS))[1], v);
+                        ffi::Py_XDECREF(old);
+                    },
+                    _ => d.set_item(self.n_ts_ms.bind(py), ms)?,
+                }
                 d
             }
             None => self.template.bind(py).copy()?,
@@ -1006,7 +1050,23 @@ impl Decoder {
         let m = p.occurred_at.unwrap_or_default();
         let tz = self.tz(py, m.offset_s)?;
         let f = &self.fields;
+        // the copy's entries, where the template's table is laid out as `str_entries` reads it
+        // (checked in `new`): field i is entry i, its value replaced in place
+        let entries = if self.direct {
+            unsafe { str_entries(d.as_ptr()) }.filter(|&(_, n)| n >= N_FIELDS)
+        } else {
+            None
+        };
         let put = |i: usize, v: &Bound<'_, PyAny>| -> PyResult<()> {
+            if let Some((e, _)) = entries {
+                unsafe {
+                    let e = &mut *e.add(i);
+                    ffi::Py_INCREF(v.as_ptr());
+                    let old = std::mem::replace(&mut e[1], v.as_ptr());
+                    ffi::Py_XDECREF(old);
+                }
+                return Ok(());
+            }
             if unsafe { ffi::PyDict_SetItem(d.as_ptr(), f[i].as_ptr(), v.as_ptr()) } != 0 {
                 return Err(PyErr::fetch(py));
             }
@@ -1156,6 +1216,29 @@ impl Decoder {
         let n_ts_ms = intern("ts_ms");
         let template_ts = template.copy()?;
         template_ts.set_item(n_ts_ms.bind(py), py.None())?;
+        let direct = {
+            let v = py.version_info();
+            let laid_out = |d: &Bound<'_, PyDict>, names: &[&Py<PyString>]| -> PyResult<bool> {
+                let copy = d.copy()?;
+                Ok(match unsafe { str_entries(copy.as_ptr()) } {
+                    Some((e, n)) => {
+                        n == names.len()
+                            && names
+                                .iter()
+                                .enumerate()
+                                .all(|(i, k)| unsafe { (*e.add(i))[0] } == k.as_ptr())
+                    }
+                    None => false,
+                })
+            };
+            let names: Vec<&Py<PyString>> = fields.iter().collect();
+            let mut names_ts = names.clone();
+            names_ts.push(&n_ts_ms);
+            v.major == 3
+                && (v.minor == 11 || v.minor == 12)
+                && laid_out(&template, &names)?
+                && laid_out(&template_ts, &names_ts)?
+        };
         Ok(Decoder {
             event_cls,
             identities_cls,
@@ -1164,6 +1247,7 @@ impl Decoder {
             template_ts: template_ts.unbind(),
             n_ts_ms,
             fields,
+            direct,
             channels,
             kinds,
             n_fields_set,
