@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BATCH: Final = 1_000  # commands per pipeline round trip
+BATCH: Final = 1_000  # commands (or states of one MSET) per round trip
 
 # One round trip per API request: identifier -> customer -> state and identifiers.
 # ARGV: serving prefix, identity prefix, node key ('' when looking up by customer id), customer id.
@@ -155,22 +155,26 @@ class ServingStore:
     # -- writes ---------------------------------------------------------------------------------
 
     def write(self, states: Iterable[dict[str, Any]]) -> int:
-        """Store each customer's state (pipelined, `BATCH` per round trip). Returns how many."""
+        """Store each customer's state (one MSET of up to `BATCH` states per round trip; a
+        customer twice in one round keeps its later state, as consecutive SETs would). Returns
+        how many states were written."""
         n = 0
 
         def run() -> None:
             nonlocal n
-            pipe = self.client.pipeline(transaction=False)
+            # (one MSET, one reply: a pipeline of SETs cost ~4x the client's CPU per state,
+            # each command packed and each +OK parsed on its own; bench/RESULTS.md session 21)
+            chunk: dict[str, bytes] = {}
             pending = 0
             for state in states:
-                pipe.set(self.state_key(state["customer_id"]), orjson.dumps(state))
+                chunk[self.state_key(state["customer_id"])] = orjson.dumps(state)
                 pending += 1
                 if pending >= BATCH:
-                    pipe.execute()
+                    self.client.mset(chunk)
                     n += pending
-                    pending = 0
-            if pending:
-                pipe.execute()
+                    chunk, pending = {}, 0
+            if chunk:
+                self.client.mset(chunk)
                 n += pending
 
         self._run("write serving state", run)

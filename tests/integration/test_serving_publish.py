@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 
+import orjson
 import redis
 
 from online_models.suite import CustomerModelState, Scores
@@ -74,3 +75,27 @@ async def test_redis_down_does_not_stop_the_worker():
     n = await publish_partitions(store, [(part, [_scores("c_00000000000000a2", T0_MS)])],
                                  retry_total_s=0.5)
     assert n == 0  # warned and skipped: customer_scores in ClickHouse keeps the rows
+
+
+def test_states_are_written_in_rounds_and_a_later_state_wins(redis_test_url: str):
+    """More states than one MSET round takes: each stored as JSON under its key, counted, and
+    a customer written twice in one round keeps the later state."""
+    from sinks import serving
+
+    group = f"w-{uuid.uuid4().hex[:10]}"
+    client = redis.Redis.from_url(redis_test_url)
+    store = ServingStore(client, f"jm:serve:{group}", f"jm:id:{group}")
+    try:
+        n = 2 * serving.BATCH + 5
+        states = [{"customer_id": f"c{i}", "stage": i} for i in range(n)]
+        states.insert(3, {"customer_id": "c7", "stage": -1})  # before c7's own: c7's wins
+        assert store.write(iter(states)) == n + 1
+        stored = client.mget([store.state_key(f"c{i}") for i in range(n)])
+        assert [orjson.loads(v) for v in stored] == \
+            [{"customer_id": f"c{i}", "stage": i} for i in range(n)]
+        assert store.write([]) == 0
+    finally:
+        leftover = list(client.scan_iter(f"jm:*:{group}*"))
+        if leftover:
+            client.delete(*leftover)
+        client.close()
