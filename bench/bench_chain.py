@@ -28,8 +28,9 @@ journeys..attribution stage (`JourneyChain.process_resolved` and `finish`), call
 
 (use the interpreter binary itself, not a pyenv shim). ``--fingerprint`` prints a hash of every
 output of every batch (steps, cell rows, funnel transitions, released, applied, duplicate and late
-events, merges) and of the final state: a change meant to be exact must print the same. The order
-of a batch's expiry steps follows set iteration, so compare runs with the same PYTHONHASHSEED.
+events, merges) and of the final state: a change meant to be exact must print the same. (Expiry
+steps come in customer id order within an hour since session 21: the outputs no longer depend
+on PYTHONHASHSEED.)
 
 The engines are the settings' (printed on the first line): the native cores when installed.
 ``JOURNEYMAP_JOURNEY__ENGINE=python`` runs the Python journeys processor and transition counter,

@@ -496,8 +496,9 @@ class JourneyProcessor:
         frontier = self.frontier_ms
         last_bucket = frontier // DUE_BUCKET_MS
         for bucket in sorted(b for b in self._due if b <= last_bucket):
-            waiting = self._due.pop(bucket)
-            for cid in waiting:
+            # in id order: the expiry steps' order is the same in every process, whatever
+            # PYTHONHASHSEED (a set's order is not)
+            for cid in sorted(self._due.pop(bucket)):
                 s = self.customers.get(cid)
                 if s is None:
                     continue

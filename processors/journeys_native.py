@@ -9,9 +9,9 @@ dedup rings, cursors, kept histories and counters of every customer live in the 
 ``scripts/build-native.sh``); touchpoints, channels and segments are interned there. What stays
 Python: the events read at the boundary, the output records (the steps only when read: the core
 returns them as a ``StepBatch`` of Rust records, which the native transition counter counts as
-they are, :class:`NativeJourneyOutput`), and the index of open journeys by
-deadline hour (``_due``, a dict of sets, as in Python: ``expire`` walks those sets, and their
-order is the order of the expiry steps).
+they are, :class:`NativeJourneyOutput`). The index of open journeys by deadline hour is the
+core's too (``_due`` is a copy of it as the Python processor's dict of sets); ``expire`` walks
+each hour's customers in id order, as the Python processor does.
 
 ``customers`` is a *copy* of the whole state as :class:`~processors.journeys.CustomerState`
 objects (for fingerprints and sizes); changing it does not change the core, and it costs every
@@ -35,9 +35,7 @@ from processors.config import ProcessingConfig
 from processors.errors import ConfigError
 from processors.events import ResolvedEvent
 from processors.journeys import (
-    _EMPTY,
     DIGEST_BYTES,
-    Cursor,
     CustomerSnapshot,
     CustomerState,
     JourneyOutput,
@@ -130,7 +128,6 @@ class NativeJourneyProcessor:
         self.lateness_ms = journey.allowed_lateness_ms
         self.horizon_ms = config.outcomes.null_horizon_s * 1000
         self.dedup_bytes = journey.dedup_ids_per_customer * DIGEST_BYTES
-        self._due: dict[int, set[str]] = {}
         self.core = NativeJourneyCore(
             Step,
             journey.session_gap_s * 1000,
@@ -140,7 +137,6 @@ class NativeJourneyProcessor:
             self.horizon_ms,
             sorted(config.outcomes.conversion),
             sorted(config.outcomes.churn),
-            self._due,
         )
 
     @property
@@ -150,6 +146,11 @@ class NativeJourneyProcessor:
     @watermark_ms.setter
     def watermark_ms(self, value: int) -> None:
         self.core.watermark_ms = value
+
+    @property
+    def _due(self) -> dict[int, set[str]]:
+        """A copy of the deadline index, as the Python processor's ``_due``."""
+        return self.core.due()  # type: ignore[no-any-return]
 
     @property
     def frontier_ms(self) -> int:
@@ -190,17 +191,12 @@ class NativeJourneyProcessor:
 
     def detach(self, customer_id: str) -> CustomerState | None:
         """:meth:`JourneyProcessor.detach`."""
-        raw = self.core.pop_state(customer_id)
-        if raw is None:
-            return None
-        s = _state(raw)
-        self._index(customer_id, s.cur, _EMPTY)
-        return s
+        raw = self.core.pop_state(customer_id)  # (out of the deadline index too)
+        return None if raw is None else _state(raw)
 
     def attach(self, customer_id: str, state: CustomerState) -> None:
         """:meth:`JourneyProcessor.attach`."""
-        self.core.put_state(customer_id, state.__getstate__())
-        self._index(customer_id, _EMPTY, state.cur)
+        self.core.put_state(customer_id, state.__getstate__())  # (and into the deadline index)
 
     def __contains__(self, customer_id: str) -> bool:
         """:meth:`JourneyProcessor.__contains__` (no copy)."""
@@ -212,10 +208,8 @@ class NativeJourneyProcessor:
         return None if raw is None else _state(raw)
 
     def reindex(self) -> None:
-        """:meth:`JourneyProcessor.reindex` (the same dict, which the core holds)."""
-        self._due.clear()
-        for cid, s in self.customers.items():
-            self._index(cid, _EMPTY, s.cur)
+        """:meth:`JourneyProcessor.reindex`."""
+        self.core.reindex()
 
     def snapshot(self, customer_id: str) -> CustomerSnapshot | None:
         """:meth:`JourneyProcessor.snapshot`."""
@@ -225,10 +219,7 @@ class NativeJourneyProcessor:
         view = SimpleNamespace(customers={customer_id: _state(raw)}, kept=self.kept)
         return JourneyProcessor.snapshot(view, customer_id)  # type: ignore[arg-type]
 
-    # The Python processor's helpers that touch only `_due`, `horizon_ms` or a CustomerState.
-    def _index(self, cid: str, old: Cursor, new: Cursor) -> None:
-        JourneyProcessor._index(self, cid, old, new)  # type: ignore[arg-type]
-
+    # The Python processor's helper that touches only a CustomerState.
     def _seen(self, s: CustomerState, digest: bytes) -> bool:
         return JourneyProcessor._seen(self, s, digest)  # type: ignore[arg-type]
 
@@ -249,8 +240,7 @@ def _restore(config: ProcessingConfig, watermark_ms: int, due: dict[int, set[str
         return py
     p = NativeJourneyProcessor(config)
     p.watermark_ms = watermark_ms
-    p._due.update(due)
-    for cid, raw in customers:
+    for cid, raw in customers:  # (each into the deadline index: `due` is what they make)
         p.core.put_state(cid, raw)
     return p
 
@@ -261,16 +251,15 @@ def adopt_engine(
 ) -> tuple[JourneyProcessor | NativeJourneyProcessor, TransitionCounter]:
     """The stage restored from a checkpoint, moved to the native engine where `config` asks for
     it (`auto` or `native`) and the module is installed: a checkpoint written by the Python
-    processor goes on natively, with the same state (the same customers, watermark and deadline
-    index, the very sets), so the same outputs. Anything else is returned as it is."""
+    processor goes on natively, with the same state (the same customers and watermark, so the
+    same deadline index), so the same outputs. Anything else is returned as it is."""
     engine = getattr(config.journey, "engine", "auto")  # configs pickled before the setting
     if engine == "python" or not NATIVE_AVAILABLE:
         return journeys, transitions
     if type(journeys) is JourneyProcessor:
         native = NativeJourneyProcessor(config)
         native.watermark_ms = journeys.watermark_ms
-        native._due.update(journeys._due)
-        for cid, s in journeys.customers.items():
+        for cid, s in journeys.customers.items():  # (each into the deadline index)
             native.core.put_state(cid, s.__getstate__())
         journeys = native
     if type(transitions) is TransitionCounter:

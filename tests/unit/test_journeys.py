@@ -221,3 +221,24 @@ def test_pickled_state_restores_and_continues_the_same() -> None:
     assert q.apply(events[20:]).steps == p.apply(events[20:]).steps
     end = events[-1].ts_ms + 2 * DAY_MS
     assert q.expire(end).steps == p.expire(end).steps
+
+
+def test_journeys_due_in_one_hour_end_in_customer_id_order_in_both_engines() -> None:
+    """Customers whose journeys fall due in the same deadline hour end in id order (not in a
+    set's order, which PYTHONHASHSEED moves), the native processor as the Python one, and a
+    customer detached and attached again is in the deadline index once."""
+    from processors.journeys_native import NATIVE_AVAILABLE, NativeJourneyProcessor
+
+    engines = [JourneyProcessor(CONFIG)]
+    if NATIVE_AVAILABLE:
+        engines.append(NativeJourneyProcessor(CONFIG))  # type: ignore[arg-type]
+    ids = ["c9", "c10", "b", "a2", "a10", "z", "c1"]
+    for p in engines:
+        p.apply([ev("landing", i * 0.5, cid) for i, cid in enumerate(ids)])
+        state = p.detach("b")
+        assert state is not None
+        p.attach("b", state)
+        assert sorted(c for cids in p._due.values() for c in cids) == sorted(ids)
+        out = p.expire(at(60 * 24 + 60))  # a day and an hour later: every journey is due
+        assert [(s.customer_id, s.dst) for s in out.steps] == [(c, NULL) for c in sorted(ids)]
+        assert p._due == {}

@@ -24,7 +24,7 @@ use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyDict, PyList, PySet, PyString, PyTuple};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::ptr::NonNull;
 use std::cell::RefCell;
@@ -449,7 +449,11 @@ pub struct NativeJourneyCore {
     applies: u64, // `apply` calls made
     slots: Vec<Option<Box<Customer>>>,
     free: Vec<u32>,
-    due: Py<PyDict>,
+    // the open journeys by the hour of their deadline (`_due`): bucket -> slots, a slot added
+    // each time a cursor moves into the bucket and never taken out; an entry counts only while
+    // its slot's customer is open and due in that bucket (`due_slots`), so a customer's moves,
+    // removal and a slot taken by another customer cost no search
+    due: BTreeMap<i64, Vec<u32>>,
     ev_layout: Option<EvLayout>,
     ev_type: Option<Py<PyAny>>,
     table: Option<Arc<steps::StepTable>>, // the strings of the last StepBatch
@@ -660,6 +664,7 @@ impl NativeJourneyCore {
     fn remove_customer(&mut self, cid_text: &str) -> Option<Box<Customer>> {
         let slot = self.cix.remove(cid_text)?;
         self.free.push(slot);
+        // (its entries in the deadline index no longer count: `due_slots`)
         self.slots[slot as usize].take()
     }
 
@@ -821,28 +826,32 @@ impl NativeJourneyCore {
         }
     }
 
-    /// `_index`: move a customer between deadline buckets (the Python dict of sets).
-    fn index(&self, py: Python<'_>, cid: &PStr, old: Option<i64>, new: Option<i64>) -> PyResult<()> {
-        if old == new {
-            return Ok(());
-        }
-        let due = self.due.bind(py);
-        if let Some(ob) = old {
-            if let Some(w) = due.get_item(ob)? {
-                let w = w.downcast_into::<PySet>()?;
-                w.discard(&cid.bound(py))?;
-                if w.is_empty() {
-                    due.del_item(ob)?;
-                }
+    /// `_index`: a customer (by slot) moved from deadline bucket `old` to `new` (its entry in
+    /// `old` no longer counts: see `due_slots`).
+    fn index(&mut self, slot: u32, old: Option<i64>, new: Option<i64>) {
+        if old != new {
+            if let Some(nb) = new {
+                self.due.entry(nb).or_default().push(slot);
             }
         }
-        if let Some(nb) = new {
-            match due.get_item(nb)? {
-                Some(w) => w.downcast_into::<PySet>()?.add(&cid.bound(py))?,
-                None => due.set_item(nb, PySet::new_bound(py, [&cid.bound(py)])?)?,
-            }
-        }
-        Ok(())
+    }
+
+    /// The slots of the customers due in `bucket` among `entries` (that bucket's entries):
+    /// open and due there now, each once, in customer id order.
+    fn due_slots(&self, bucket: i64, entries: &[u32]) -> Vec<u32> {
+        let mut out: Vec<u32> = entries
+            .iter()
+            .copied()
+            .filter(|&slot| match self.slots.get(slot as usize) {
+                Some(Some(c)) => self.bucket(&c.cur) == Some(bucket),
+                _ => false,
+            })
+            .collect();
+        out.sort_unstable_by(|&a, &b| {
+            self.cust(a).cid.text().cmp(self.cust(b).cid.text()).then(a.cmp(&b))
+        });
+        out.dedup();
+        out
     }
 
     /// `_net`: additions and retractions that differ (Counter order: added first).
@@ -1268,8 +1277,7 @@ fn push_int(out: &mut String, n: i64) {
 
 #[pymethods]
 impl NativeJourneyCore {
-    /// The core of one partition: `step_type` is `processors.journeys.Step`, `due` the dict
-    /// of deadline buckets (int -> set of customer ids) the wrapper exposes as `_due`.
+    /// The core of one partition: `step_type` is `processors.journeys.Step`.
     #[new]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -1282,7 +1290,6 @@ impl NativeJourneyCore {
         horizon_ms: i64,
         conversion: Vec<String>,
         churn: Vec<String>,
-        due: Py<PyDict>,
     ) -> Self {
         let mut strs = Interner {
             ix: FxMap::default(),
@@ -1324,7 +1331,7 @@ impl NativeJourneyCore {
             applies: 0,
             slots: Vec::new(),
             free: Vec::new(),
-            due,
+            due: BTreeMap::new(),
             ev_layout: None,
             ev_type: None,
             table: None,
@@ -1517,9 +1524,7 @@ impl NativeJourneyCore {
                 let _ = horizon;
             }
             let new_bucket = self.bucket(&s.cur);
-            if old_bucket != new_bucket {
-                self.index(py, &s.cid, old_bucket, new_bucket)?;
-            }
+            self.index(slot, old_bucket, new_bucket);
             if s.hist.len() > self.kept && s.hist[0].ts < frontier {
                 self.fold(py, &mut s, frontier);
             }
@@ -1543,36 +1548,18 @@ impl NativeJourneyCore {
         }
         let frontier = self.watermark_ms - self.lateness_ms;
         let last_bucket = frontier.div_euclid(DUE_BUCKET_MS);
-        let due = self.due.clone_ref(py);
-        let due = due.bind(py);
-        let mut buckets: Vec<i64> = Vec::new();
-        for k in due.keys() {
-            let b: i64 = k.extract()?;
-            if b <= last_bucket {
-                buckets.push(b);
-            }
-        }
-        buckets.sort_unstable();
+        let buckets: Vec<i64> = self.due.range(..=last_bucket).map(|(&b, _)| b).collect();
         for bucket in buckets {
-            let waiting = due.get_item(bucket)?.unwrap();
-            due.del_item(bucket)?;
-            for cid in waiting.iter()? {
-                let cid = cid?.downcast_into::<PyString>()?;
-                // (the ids in the sets are the customers' own objects: found by address)
-                let slot = match self.slot_of_obj(&cid, cid.to_str()?) {
-                    Some(s) => s,
-                    None => continue,
-                };
+            let entries = self.due.remove(&bucket).unwrap_or_default();
+            // in customer id order, as the Python processor walks them (`sorted`)
+            for slot in self.due_slots(bucket, &entries) {
                 let mut s = self.slots[slot as usize].take().unwrap();
                 if !s.cur.is_open {
                     self.slots[slot as usize] = Some(s);
                     continue;
                 }
                 if s.cur.last_ts + self.horizon_ms > frontier {
-                    match due.get_item(bucket)? {
-                        Some(w) => w.downcast_into::<PySet>()?.add(&cid)?,
-                        None => due.set_item(bucket, PySet::new_bound(py, [&cid])?)?,
-                    }
+                    self.due.entry(bucket).or_default().push(slot); // due later this hour
                     self.slots[slot as usize] = Some(s);
                     continue;
                 }
@@ -1583,6 +1570,7 @@ impl NativeJourneyCore {
                 if s.hist.len() > self.kept && s.hist[0].ts < frontier {
                     self.fold(py, &mut s, frontier);
                 }
+                let cid = s.cid.bound(py).clone();
                 self.slots[slot as usize] = Some(s);
                 r?;
                 out.changed.add(&cid)?;
@@ -1677,10 +1665,9 @@ impl NativeJourneyCore {
         let steps = self.net(py, retracted, added);
         let r = self.emit(py, &mut ws, &steps, &out);
         ws.base = start;
-        let lb = self.bucket(&ls.cur);
-        self.index(py, &ls.cid, lb, None)?;
+        // (the loser left the index with its slot, in `remove_customer`)
         let (ob, nb) = (self.bucket(&ws.cur), self.bucket(&new_cur));
-        self.index(py, &wcid, ob, nb)?;
+        self.index(wslot, ob, nb);
         ws.cur = new_cur;
         ws.hist = kept.into();
         // the last `dedup` of the winner's digests then the loser's, in that order
@@ -1712,7 +1699,7 @@ impl NativeJourneyCore {
         }
     }
 
-    /// Remove a customer; its state (as `export`) or None. The deadline index is not touched.
+    /// Remove a customer (from the deadline index too); its state (as `export`) or None.
     fn pop_state<'py>(&mut self, py: Python<'py>, cid: &str) -> PyResult<Option<Bound<'py, PyTuple>>> {
         match self.remove_customer(cid) {
             Some(s) => Ok(Some(self.state_obj(py, &s)?)),
@@ -1720,8 +1707,8 @@ impl NativeJourneyCore {
         }
     }
 
-    /// Set a customer's state from `CustomerState.__getstate__()`'s layout (replacing any).
-    /// The deadline index is not touched.
+    /// Set a customer's state from `CustomerState.__getstate__()`'s layout (replacing any),
+    /// and its place in the deadline index.
     fn put_state(&mut self, py: Python<'_>, cid: &Bound<'_, PyString>, state: &Bound<'_, PyTuple>) -> PyResult<()> {
         if state.len() != 14 {
             return Err(PyValueError::new_err("a CustomerState has 14 fields"));
@@ -1757,6 +1744,9 @@ impl NativeJourneyCore {
             Some(s) => s,
             None => self.new_customer(cid_text, PStr::of(cid)),
         };
+        let old_bucket = self.bucket(&self.cust(slot).cur);
+        let new_bucket = self.bucket(&cur);
+        self.index(slot, old_bucket, new_bucket);
         let s = self.cust_mut(slot);
         s.seen = seen;
         s.seen_pos = seen_pos;
@@ -1780,6 +1770,37 @@ impl NativeJourneyCore {
         match self.slot_of(cid) {
             Some(slot) => self.cust(slot).has_seen(digest_of(event_id)),
             None => false,
+        }
+    }
+
+    /// The deadline index as the Python processor keeps it: bucket -> set of customer ids.
+    fn due<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let out = PyDict::new_bound(py);
+        for (&bucket, entries) in &self.due {
+            let slots = self.due_slots(bucket, entries);
+            if slots.is_empty() {
+                continue;
+            }
+            let ids = PySet::empty_bound(py)?;
+            for slot in slots {
+                ids.add(self.cust(slot).cid.bound(py))?;
+            }
+            out.set_item(bucket, ids)?;
+        }
+        Ok(out)
+    }
+
+    /// Rebuild the deadline index from the customers' cursors.
+    fn reindex(&mut self) {
+        self.due.clear();
+        let open: Vec<(u32, Option<i64>)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.as_ref().map(|c| (i as u32, self.bucket(&c.cur))))
+            .collect();
+        for (slot, b) in open {
+            self.index(slot, None, b);
         }
     }
 
