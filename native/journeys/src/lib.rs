@@ -1552,12 +1552,9 @@ impl NativeJourneyCore {
         for bucket in buckets {
             let entries = self.due.remove(&bucket).unwrap_or_default();
             // in customer id order, as the Python processor walks them (`sorted`)
+            // (open journeys only: `due_slots` keeps the customers due in this hour)
             for slot in self.due_slots(bucket, &entries) {
                 let mut s = self.slots[slot as usize].take().unwrap();
-                if !s.cur.is_open {
-                    self.slots[slot as usize] = Some(s);
-                    continue;
-                }
                 if s.cur.last_ts + self.horizon_ms > frontier {
                     self.due.entry(bucket).or_default().push(slot); // due later this hour
                     self.slots[slot as usize] = Some(s);
