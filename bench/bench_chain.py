@@ -26,6 +26,15 @@ journeys..attribution stage (`JourneyChain.process_resolved` and `finish`), call
         --toggle-collect=functools_reduce python3.11 bench/bench_chain.py --customers 4000 \
         --after-resolve
 
+(use the interpreter binary itself, not a pyenv shim). ``--count`` runs the whole chain's loop
+as the timed run does (each batch through `JourneyChain.process` under the heap freezer, then
+`finish`), in one `functools.reduce` call and without the baseline, so that callgrind counts
+the chain alone: a figure that does not drift with the host as times do (bench/RESULTS.md,
+session 21):
+
+    PYTHONHASHSEED=0 valgrind --tool=callgrind --collect-atstart=no \
+        --toggle-collect=functools_reduce python3.11 bench/bench_chain.py --customers 4000 --count
+
 (use the interpreter binary itself, not a pyenv shim). ``--fingerprint`` prints a hash of every
 output of every batch (steps, cell rows, funnel transitions, released, applied, duplicate and late
 events, merges) and of the final state: a change meant to be exact must print the same. (Expiry
@@ -82,6 +91,10 @@ def main() -> None:
                         help="Decode and resolve every batch first, then time only the "
                              "journeys..attribution stage (one functools.reduce call, for "
                              "callgrind --toggle-collect=functools_reduce).")
+    parser.add_argument("--count", action="store_true",
+                        help="Run the whole chain's loop once inside one functools.reduce call, "
+                             "without the baseline (for callgrind --toggle-collect="
+                             "functools_reduce: instructions instead of times).")
     parser.add_argument("--fingerprint", action="store_true",
                         help="Print a hash of every output and of the final state.")
     parser.add_argument("--no-freeze", action="store_true",
@@ -101,7 +114,7 @@ def main() -> None:
     gc.collect()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
-    parse_s = parse_time(lines)
+    parse_s = 0.0 if args.count else parse_time(lines)
 
     config = load_settings().processing()
     chain = JourneyChain(config)
@@ -111,6 +124,9 @@ def main() -> None:
         tune_gc()
     if args.after_resolve:
         after_resolve(chain, lines, args.batch, parse_s, args.fingerprint)
+        return
+    if args.count:
+        count(chain, lines, args.batch, args.fingerprint)
         return
     heap = None if args.no_freeze else HeapFreezer(REPLAY_FULL_EVERY_S)
     digest = hashlib.sha256() if args.fingerprint else None
@@ -242,6 +258,34 @@ def after_resolve(chain: JourneyChain, lines: list[bytes], batch: int, parse_s: 
         digest = hashlib.sha256()
         for out in outs:
             add_fingerprint(digest, out)
+        print(f"fingerprint: outputs {digest.hexdigest()[:16]}, state {state_fingerprint(chain)}")
+
+
+def count(chain: JourneyChain, lines: list[bytes], batch: int, fingerprint: bool) -> None:
+    """The chain's loop as the timed run makes it (no baseline), inside one functools.reduce
+    call: what callgrind counts with --toggle-collect=functools_reduce."""
+    heap = HeapFreezer(REPLAY_FULL_EVERY_S)
+    digest = hashlib.sha256() if fingerprint else None
+
+    def run(*_: object) -> None:
+        for i in range(0, len(lines), batch):
+            part = lines[i : i + batch]
+            with heap.batch():
+                out = chain.process(Lines(part, "bench", 0, range(i, i + len(part))))
+            if digest is not None:
+                add_fingerprint(digest, out)
+        out = chain.finish()
+        if digest is not None:
+            add_fingerprint(digest, out)
+
+    gc.collect()
+    start = time.process_time()
+    functools.reduce(run, [0, 0])  # calls `run` once: the callgrind toggle
+    chain_s = time.process_time() - start
+    print(f"lines: {len(lines):,}  resolved customers: {len(chain.journeys.customers):,}")
+    print(f"processor chain: {len(lines) / chain_s:12,.0f} events/s (once, no baseline: for "
+          "counting instructions, not for its time)")
+    if digest is not None:
         print(f"fingerprint: outputs {digest.hexdigest()[:16]}, state {state_fingerprint(chain)}")
 
 
