@@ -26,7 +26,7 @@ journeys..attribution stage (`JourneyChain.process_resolved` and `finish`), call
         --toggle-collect=functools_reduce python3.11 bench/bench_chain.py --customers 4000 \
         --after-resolve
 
-(use the interpreter binary itself, not a pyenv shim). ``--count`` runs the whole chain's loop
+``--count`` runs the whole chain's loop
 as the timed run does (each batch through `JourneyChain.process` under the heap freezer, then
 `finish`), in one `functools.reduce` call and without the baseline, so that callgrind counts
 the chain alone: a figure that does not drift with the host as times do (bench/RESULTS.md,

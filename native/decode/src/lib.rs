@@ -1031,32 +1031,36 @@ impl Decoder {
         // computed on first read it grew the dict past its size)
         let ts_ms = p.occurred_at.as_ref().and_then(Moment::ts_ms);
         let d = match ts_ms {
-            Some(ms) => {
-                let d = self.template_ts.bind(py).copy()?;
-                match unsafe { str_entries(d.as_ptr()) } {
-                    // `ts_ms` is the entry after the fields (checked in `new`)
-                    Some((e, n)) if self.direct && n == N_FIELDS + 1 => unsafe {
-                        let v = ms.into_py(py).into_ptr();
-                        let old = std::mem::replace(&mut (*e.add(N_FIELDS))[1], v);
-                        ffi::Py_XDECREF(old);
-                    },
-                    _ => d.set_item(self.n_ts_ms.bind(py), ms)?,
-                }
-                d
-            }
+            Some(_) => self.template_ts.bind(py).copy()?,
             None => self.template.bind(py).copy()?,
         };
+        // the copy's entries, where the template's table is laid out as `str_entries` reads it
+        // (checked in `new`): field i is entry i (then `ts_ms`), its value replaced in place
+        let entries_of = |d: &Bound<'_, PyDict>| {
+            if self.direct {
+                unsafe { str_entries(d.as_ptr()) }.filter(|&(_, n)| n >= N_FIELDS)
+            } else {
+                None
+            }
+        };
+        let mut entries = entries_of(&d);
+        if let Some(ms) = ts_ms {
+            match entries {
+                Some((e, n)) if n == N_FIELDS + 1 => unsafe {
+                    let v = ms.into_py(py).into_ptr();
+                    let old = std::mem::replace(&mut (*e.add(N_FIELDS))[1], v);
+                    ffi::Py_XDECREF(old);
+                },
+                _ => {
+                    d.set_item(self.n_ts_ms.bind(py), ms)?;
+                    entries = entries_of(&d); // (an insert may have moved the table)
+                }
+            }
+        }
         let set = self.fields_set(py, p.seen)?;
         let m = p.occurred_at.unwrap_or_default();
         let tz = self.tz(py, m.offset_s)?;
         let f = &self.fields;
-        // the copy's entries, where the template's table is laid out as `str_entries` reads it
-        // (checked in `new`): field i is entry i, its value replaced in place
-        let entries = if self.direct {
-            unsafe { str_entries(d.as_ptr()) }.filter(|&(_, n)| n >= N_FIELDS)
-        } else {
-            None
-        };
         let put = |i: usize, v: &Bound<'_, PyAny>| -> PyResult<()> {
             if let Some((e, _)) = entries {
                 unsafe {
