@@ -284,6 +284,21 @@ impl NativePending {
     }
 }
 
+/// `recs` in `(ts, seq)` order. The keys are unique (seqs are), so an unstable sort of the
+/// keys alone gives the order a stable sort of the records would: the records (~80 bytes each,
+/// in the heap's arrangement, far from sorted) are each moved once, instead of through every
+/// pass of the sort (a stable sort of the records was ~1.8 % of the chain's instructions).
+fn sort_recs(recs: &mut Vec<Rec>) {
+    if recs.windows(2).all(|w| w[0].key() <= w[1].key()) {
+        return;
+    }
+    let mut keys: Vec<(i64, i64, u32)> =
+        recs.iter().enumerate().map(|(i, r)| (r.ts, r.seq, i as u32)).collect();
+    keys.sort_unstable();
+    let mut old: Vec<Option<Rec>> = std::mem::take(recs).into_iter().map(Some).collect();
+    *recs = keys.iter().map(|k| old[k.2 as usize].take().expect("each record once")).collect();
+}
+
 #[pymethods]
 impl NativePending {
     #[new]
@@ -455,8 +470,7 @@ impl NativePending {
         renamed: &Bound<'py, PyDict>,
         winner: &Bound<'py, PyAny>,
     ) -> PyResult<Option<(Bound<'py, PyList>, Py<NativeReleased>)>> {
-        // stable and adaptive: close to linear on what is mostly sorted already
-        self.recs.sort_by_key(Rec::key);
+        sort_recs(&mut self.recs);
         let k = match frontier_ms {
             None => self.recs.len(),
             Some(f) => self.recs.partition_point(|r| r.ts < f),
