@@ -20,7 +20,9 @@ One run, unique topics / consumer groups / ClickHouse database / Redis keys, loo
    taken in to 99 % of the backlog's `touchpoints` rows written (the chain releases, scores and
    writes an event once final; releases can come in bursts), polled every 0.5 s. RSS from
    /proc at a third of the backlog and at its end; RSS for 1M customers is extrapolated
-   linearly from the growth between the two, per true customer seen (simulator truth).
+   linearly from the growth between the two, per true customer seen (simulator truth): a
+   rough figure, from a few thousand customers early in the run; bench/bench_state_memory.py
+   measures the steady growth per customer over the 1M-line simulation.
    Also per CPU-second of each one's own process (/proc/<pid>/stat, between the same 10 % and
    90 % marks): events/s fall when other processes take the cores (on a shared 2-core machine
    the pass-through alone swung 2x between runs a minute apart), CPU time much less so.
@@ -792,7 +794,9 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> None:
           f"{w['rss_mb']:.0f} MB (peak {w['hwm_mb']:.0f} MB) at {w['customers']:,} = "
           f"{per_customer * 1024:.1f} kB per added customer -> "
           f"~{w['rss_mb'] + per_customer * (1e6 - w['customers']):,.0f} MB for 1M customers "
-          "(linear extrapolation of the growth between the two points)")
+          "(linear extrapolation of the growth between the two points: a few thousand "
+          "customers in a run's first seconds, so the worker's start-up growth is in it; the "
+          "steady figure per customer: bench/bench_state_memory.py --customers 100000)")
 
 
 if __name__ == "__main__":
