@@ -16,8 +16,9 @@ chain with the models, as the replay does (batches of 20k lines, in-memory ident
 prints model updates/s inside the chain and the share of the pipeline's CPU time the models take.
 `--sentiment` instead times the sentiment model per text on the simulation's texts, in the
 suite's test-then-train order (predict every text, learn the training ones): the share of texts
-among events, microseconds per predict and per learn, and, as the same-run baseline, River's own
-`predict_proba_one` on the same pipeline and River's `BagOfWords` alone.
+among events, microseconds per predict and per learn, and, as the same-run baselines, River's own
+`predict_proba_one` on the same pipeline, River's `Pipeline.learn_one` on a twin model (whose
+counts must end equal) and River's `BagOfWords` alone.
 `--fingerprint` instead prints a hash of every score of one run and the models' updates/s: a
 change meant to be exact must leave the hash as it was (compare with a checkout of the base).
 Every mode runs with the replay's collector settings (`streams.commands.replay.tune_gc`: start-up
@@ -114,16 +115,17 @@ def fingerprint(customers: int, seed: int) -> None:
 
 
 def sentiment(customers: int, seed: int) -> None:
-    """CPU time per text of SentimentModel.predict / .learn, River's predict_proba_one and
-    BagOfWords alone, on the simulation's texts in event order."""
+    """CPU time per text of SentimentModel.predict / .learn, River's predict_proba_one,
+    River's pipeline.learn_one (on a twin model, whose counts must end equal) and BagOfWords
+    alone, on the simulation's texts in event order."""
     from online_models.sentiment import SentimentModel
 
     data = simulated(customers, seed)
     train = train_texts(data)
     texts = [(e.event.event_id, e.event.text) for e in data.events if e.event.text]
-    model = SentimentModel()
+    model, twin = SentimentModel(), SentimentModel()
     bow = model.pipeline["bow"]
-    predict_s = learn_s = river_s = bow_s = 0.0
+    predict_s = learn_s = river_s = bow_s = river_learn_s = 0.0
     n_learned = 0
     clock = time.process_time
     for event_id, text in texts:
@@ -140,7 +142,10 @@ def sentiment(customers: int, seed: int) -> None:
         if event_id in train:
             t0 = clock()
             model.learn(text, data.sentiment_of[event_id])
-            learn_s += clock() - t0
+            t1 = clock()
+            twin.pipeline.learn_one(text, data.sentiment_of[event_id])  # type: ignore[arg-type]
+            learn_s += t1 - t0
+            river_learn_s += clock() - t1
             n_learned += 1
     n = len(texts)
     print(f"{len(data.events):,} events, {n:,} texts ({n / len(data.events):.1%} of events), "
@@ -148,6 +153,13 @@ def sentiment(customers: int, seed: int) -> None:
     print(f"SentimentModel.predict:            {predict_s / n * 1e6:7.1f} us per text")
     learn_us = learn_s / max(n_learned, 1) * 1e6
     print(f"SentimentModel.learn:              {learn_us:7.1f} us per text")
+    river_learn_us = river_learn_s / max(n_learned, 1) * 1e6
+    same = (model.nb.class_counts == twin.nb.class_counts
+            and model.nb.class_totals == twin.nb.class_totals
+            and model.nb.feature_counts == twin.nb.feature_counts)
+    print(f"River pipeline.learn_one:          {river_learn_us:7.1f} us per text "
+          f"(learn is {learn_us / max(river_learn_us, 1e-9):.2f} of it; same counts: "
+          f"{'yes' if same else 'NO'})")
     print(f"River pipeline.predict_proba_one:  {river_s / n * 1e6:7.1f} us per text "
           f"(predict is {predict_s / river_s:.2f} of it)")
     print(f"River BagOfWords alone:            {bow_s / n * 1e6:7.1f} us per text")

@@ -91,6 +91,25 @@ def joint_log_likelihood(nb: naive_bayes.MultinomialNB, x: dict[Any, float]) -> 
     return out
 
 
+def learn_naive_bayes(nb: naive_bayes.MultinomialNB, x: dict[Any, float], y: str) -> None:
+    """`nb.learn_one(x, y)`: the same counts from the same additions in the same order, without
+    River's two `Counter.update` calls per term (each builds a dict and walks it): 48-52 ->
+    24-25 µs per text on the simulation's texts."""
+    counts = nb.class_counts
+    counts[y] = counts.get(y, 0) + 1
+    if not x:
+        return
+    rows = nb.feature_counts
+    totals = nb.class_totals
+    total = totals.get(y)
+    for f, frequency in x.items():
+        row = rows[f]
+        before = row.get(y)
+        row[y] = frequency if before is None else frequency + before
+        total = frequency if total is None else frequency + total
+    totals[y] = total
+
+
 class SentimentModel(Snapshotting):
     """River's `BagOfWords | VocabularyCap | MultinomialNB` pipeline, online, by composition.
 
@@ -141,7 +160,13 @@ class SentimentModel(Snapshotting):
     def learn(self, text: str, label: str) -> None:
         if label not in LABELS:
             raise ValueError(f"sentiment label must be one of {LABELS}, got {label!r}")
-        self.pipeline.learn_one(text, label)  # type: ignore[arg-type]
+        # The pipeline's `learn_one`, step by step: the bag of words learns nothing, the cap
+        # learns the text's terms before it filters them, then the naive Bayes.
+        pipe = self.pipeline
+        x = pipe["bow"].transform_one(text)  # type: ignore[arg-type]
+        cap = pipe["vocab"]
+        cap.learn_one(x)
+        learn_naive_bayes(self.nb, cap.transform_one(x), label)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"version": STATE_VERSION, "max_vocab": self.max_vocab, "alpha": self.alpha,

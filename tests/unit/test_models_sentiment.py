@@ -127,6 +127,27 @@ def test_joint_log_likelihood_is_rivers_to_the_bit(max_vocab: int) -> None:
     assert len(nb.feature_counts) > 0
 
 
+@pytest.mark.parametrize("max_vocab", [20_000, 40])
+def test_learn_leaves_the_state_rivers_learn_one_leaves(max_vocab: int) -> None:
+    """`learn` (the pipeline's steps and `learn_naive_bayes`) against River's own
+    `Pipeline.learn_one` on a twin: the same counts, totals and vocabulary, the same types,
+    keys in the same order, under and past the cap, with empty and repeated-term texts."""
+    ours, river = SentimentModel(max_vocab=max_vocab), SentimentModel(max_vocab=max_vocab)
+    texts = [*_texts(11, 300), ("", "neutral"), ("billing billing billing", "negative"),
+             ("!!!", "positive")]
+    for text, label in texts:
+        ours.learn(text, label)
+        river.pipeline.learn_one(text, label)
+    a, b = ours.nb, river.nb
+    for mine, theirs in ((a.class_counts, b.class_counts), (a.class_totals, b.class_totals)):
+        assert list(mine.items()) == list(theirs.items())
+        assert [type(v) for v in mine.values()] == [type(v) for v in theirs.values()]
+    assert list(a.feature_counts) == list(b.feature_counts)
+    for term, row in b.feature_counts.items():
+        assert list(a.feature_counts[term].items()) == list(row.items()), term
+    assert ours.pipeline["vocab"].vocab == river.pipeline["vocab"].vocab
+
+
 def test_same_as_a_bare_river_pipeline_while_under_the_cap() -> None:
     """Below the cap every learned term is kept, so only unseen terms differ from bare River
     (dropped here; River's MultinomialNB would count them): probe texts without unseen terms."""
