@@ -90,6 +90,7 @@ from streams.outputs import (
     sentiments_of,
     snapshot_rows,
 )
+from streams.raw_batches import RawBatches
 from streams.replay import model_config
 from streams.serve import publish_partitions, serving_store
 from streams.settings import Settings
@@ -335,72 +336,88 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
 
     # -- ingest -----------------------------------------------------------------------------
 
-    @app.agent(raw_topic)
-    async def ingest(stream: faust.StreamT) -> None:
-        async for batch in take_ready(stream, batch_max, within):
-            runtime = R()
-            m = runtime.metrics
-            m.events_in.inc(len(batch))
-            # One Rust validation call per batch; dead letters keep their own reasons and offsets.
-            accepted, dead = decode_batch(zip(
-                [ev.message.value or b"" for ev in batch],
-                sources_of([ev.message for ev in batch]),  # positions made per partition run
+    # touchpoints.raw carries one event per message: batches of messages straight from the
+    # consumer, not through a Faust stream (streams.raw_batches); acknowledged after their work.
+    raw = RawBatches(app, raw_topic, batch_max, within,
+                     max_buffered=max(batch_max, settings.worker.raw_buffer_max))
+
+    @app.task
+    async def ingest() -> None:
+        async for messages in raw.batches():
+            try:
+                await _ingest(R(), [_Raw(message) for message in messages])
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # not acknowledged: a restart reads the batch again
+                log.exception("the ingest batch failed; stopping the worker")
+                await app.crash(exc)
+                raise
+            raw.ack(messages)
+
+    async def _ingest(runtime: Runtime, batch: list[_Raw]) -> None:
+        """One batch of raw messages: validate, resolve, re-key, dead-letter, write."""
+        m = runtime.metrics
+        m.events_in.inc(len(batch))
+        # One Rust validation call per batch; dead letters keep their own reasons and offsets.
+        accepted, dead = decode_batch(zip(
+            [ev.message.value or b"" for ev in batch],
+            sources_of([ev.message for ev in batch]),  # positions made per partition run
+            strict=True,
+        ), runtime.decode_engine)
+        resolved = await asyncio.to_thread(
+            _resolve, runtime, [a.event for a in accepted]
+        ) if accepted else None
+        sends = [dlq_topic.send(key=b"validate", value=d.to_json()) for d in dead]
+        produced: list[Outgoing] = []
+        m.dead.labels("validate").inc(len(dead))
+        letters: list[DeadLetter] = []
+        if resolved is not None:
+            m.accepted.inc(len(resolved.resolved))
+            for (event, reason), i in zip(resolved.dead, resolved.dead_at, strict=True):
+                letter = DeadLetter(
+                    event.model_dump_json().encode(), reason, accepted[i].source,
+                    stage="resolve",
+                )
+                letters.append(letter)
+                sends.append(dlq_topic.send(key=b"resolve", value=letter.to_json()))
+                m.dead.labels("resolve").inc()
+            m.merges.inc(len(resolved.merges))
+            # `resolved.resolved` keeps the order of `accepted`, the dead left out
+            dead_at = set(resolved.dead_at)
+            kept = [ev.message for i, (_, ev) in enumerate(_pairs(accepted, batch))
+                    if i not in dead_at]
+            produced.extend(_rekeyed(runtime, zip(  # the raw timestamp: latency end to end
+                [rev.customer_id.encode() for rev in resolved.resolved],
+                [msg.value for msg in kept],
+                [int(msg.timestamp * 1000) if msg.timestamp else None for msg in kept],
                 strict=True,
-            ), runtime.decode_engine)
-            resolved = await asyncio.to_thread(
-                _resolve, runtime, [a.event for a in accepted]
-            ) if accepted else None
-            sends = [dlq_topic.send(key=b"validate", value=d.to_json()) for d in dead]
-            produced: list[Outgoing] = []
-            m.dead.labels("validate").inc(len(dead))
-            letters: list[DeadLetter] = []
-            if resolved is not None:
-                m.accepted.inc(len(resolved.resolved))
-                for (event, reason), i in zip(resolved.dead, resolved.dead_at, strict=True):
-                    letter = DeadLetter(
-                        event.model_dump_json().encode(), reason, accepted[i].source,
-                        stage="resolve",
-                    )
-                    letters.append(letter)
-                    sends.append(dlq_topic.send(key=b"resolve", value=letter.to_json()))
-                    m.dead.labels("resolve").inc()
-                m.merges.inc(len(resolved.merges))
-                # `resolved.resolved` keeps the order of `accepted`, the dead left out
-                dead_at = set(resolved.dead_at)
-                kept = [ev.message for i, (_, ev) in enumerate(_pairs(accepted, batch))
-                        if i not in dead_at]
-                produced.extend(_rekeyed(runtime, zip(  # the raw timestamp: latency end to end
-                    [rev.customer_id.encode() for rev in resolved.resolved],
-                    [msg.value for msg in kept],
-                    [int(msg.timestamp * 1000) if msg.timestamp else None for msg in kept],
-                    strict=True,
-                )))
-            now_ms = int(time.time() * 1000)
-            out = ChainOutput(dead=dead)
-            if resolved is not None:
-                out.links.extend(resolved.links)
-                out.merges.extend(resolved.merges)
-                out.conflicts.extend(resolved.conflicts)
-                out.dead.extend(letters)
-            rows = chain_rows(out, now_ms, 0, {})
-            # The rows are written while the batch is produced (latency: the events do not wait
-            # for ClickHouse); both are done before the batch is acknowledged and before its
-            # merges and links leave the identity outbox. A batch whose only rows are identity
-            # links leaves them buffered with the journey agent's deferred rows instead: the
-            # links outbox keeps them until a write has stored them (`_write` acknowledges them
-            # then), so the batch does not wait for an insert.
-            own = [table for table, table_rows in rows.items() if table_rows]
-            defer = (own == ["identity_links"] and resolved is not None and not resolved.merges
-                     and resolved.commit_id is not None)
-            await asyncio.gather(
-                _write(runtime, rows, only=() if defer else own) if own else asyncio.sleep(0),
-                _produce_ingested(runtime, resolved, produced, sends),
-            )
-            if defer:
-                runtime.links_buffered.append(resolved.commit_id)  # type: ignore[union-attr]
-            elif resolved is not None and (resolved.merges or resolved.commit_id):
-                await asyncio.to_thread(_acknowledge, runtime.resolver.store, resolved)
-            _observe(runtime, "ingest", batch, {})
+            )))
+        now_ms = int(time.time() * 1000)
+        out = ChainOutput(dead=dead)
+        if resolved is not None:
+            out.links.extend(resolved.links)
+            out.merges.extend(resolved.merges)
+            out.conflicts.extend(resolved.conflicts)
+            out.dead.extend(letters)
+        rows = chain_rows(out, now_ms, 0, {})
+        # The rows are written while the batch is produced (latency: the events do not wait
+        # for ClickHouse); both are done before the batch is acknowledged and before its
+        # merges and links leave the identity outbox. A batch whose only rows are identity
+        # links leaves them buffered with the journey agent's deferred rows instead: the
+        # links outbox keeps them until a write has stored them (`_write` acknowledges them
+        # then), so the batch does not wait for an insert.
+        own = [table for table, table_rows in rows.items() if table_rows]
+        defer = (own == ["identity_links"] and resolved is not None and not resolved.merges
+                 and resolved.commit_id is not None)
+        await asyncio.gather(
+            _write(runtime, rows, only=() if defer else own) if own else asyncio.sleep(0),
+            _produce_ingested(runtime, resolved, produced, sends),
+        )
+        if defer:
+            runtime.links_buffered.append(resolved.commit_id)  # type: ignore[union-attr]
+        elif resolved is not None and (resolved.merges or resolved.commit_id):
+            await asyncio.to_thread(_acknowledge, runtime.resolver.store, resolved)
+        _observe(runtime, "ingest", batch, {})
 
     async def _produce_ingested(runtime: Runtime, resolved: ResolveResult | None,
                                 produced: list[Outgoing], sends: list[Any]) -> None:
@@ -721,6 +738,15 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
     }
     app.jm_runtime = R  # type: ignore[attr-defined]
     return app
+
+
+class _Raw:
+    """A raw message where the batch helpers expect a Faust event (`.message`)."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: Any) -> None:
+        self.message = message
 
 
 def _acknowledge(store: Any, resolved: ResolveResult) -> None:

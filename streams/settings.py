@@ -154,6 +154,10 @@ class WorkerSettings(_Group):
     # gathered (and how often an idle stream is looked at), it is no longer a wait per batch.
     batch_max: Annotated[int, Field(ge=1, le=100_000)] = 1_000
     batch_within_s: Annotated[float, Field(gt=0)] = 0.5
+    # How many touchpoints.raw messages may wait for the ingest task before the consumer stops
+    # fetching their partition until half have been taken (streams.raw_batches; at least
+    # batch_max). Faust's own stream buffer size, by default.
+    raw_buffer_max: Annotated[int, Field(ge=1, le=1_000_000)] = 4_096
     web_port: Annotated[int, Field(ge=1, le=65535)] = 6066
     # The address the worker's web server (/metrics) listens on. Loopback by default; in a
     # container set 0.0.0.0 and publish the port on the host's loopback (docker-compose.yml does).

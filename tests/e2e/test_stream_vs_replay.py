@@ -325,6 +325,11 @@ def test_two_workers_on_four_partitions_equal_the_replay(
         want = fingerprint(store, cutoff_ms)
     assert want["touchpoints"][0] > 2000
 
+    if disruption == "clean":
+        # small raw buffers: the ingest task's consumer pauses and resumes its partitions
+        # (streams.raw_batches) many times over the run
+        env = {**env, "JOURNEYMAP_WORKER__BATCH_MAX": "20",
+               "JOURNEYMAP_WORKER__RAW_BUFFER_MAX": "20"}
     run_cli(env, "topics", "create")
     run_cli(env, "migrate")
     logs = tmp_path / "logs"
