@@ -346,8 +346,6 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
         async for messages in raw.batches():
             try:
                 await _ingest(R(), [_Raw(message) for message in messages])
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:  # not acknowledged: a restart reads the batch again
                 log.exception("the ingest batch failed; stopping the worker")
                 await app.crash(exc)
