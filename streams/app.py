@@ -345,21 +345,21 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
     async def ingest() -> None:
         async for messages in raw.batches():
             try:
-                await _ingest(R(), [_Raw(message) for message in messages])
+                await _ingest(R(), messages)
             except Exception as exc:  # not acknowledged: a restart reads the batch again
                 log.exception("the ingest batch failed; stopping the worker")
                 await app.crash(exc)
                 raise
             raw.ack(messages)
 
-    async def _ingest(runtime: Runtime, batch: list[_Raw]) -> None:
+    async def _ingest(runtime: Runtime, batch: list[Any]) -> None:
         """One batch of raw messages: validate, resolve, re-key, dead-letter, write."""
         m = runtime.metrics
         m.events_in.inc(len(batch))
         # One Rust validation call per batch; dead letters keep their own reasons and offsets.
         accepted, dead = decode_batch(zip(
-            [ev.message.value or b"" for ev in batch],
-            sources_of([ev.message for ev in batch]),  # positions made per partition run
+            [msg.value or b"" for msg in batch],
+            sources_of(batch),  # positions made per partition run
             strict=True,
         ), runtime.decode_engine)
         resolved = await asyncio.to_thread(
@@ -382,7 +382,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
             m.merges.inc(len(resolved.merges))
             # `resolved.resolved` keeps the order of `accepted`, the dead left out
             dead_at = set(resolved.dead_at)
-            kept = [ev.message for i, (_, ev) in enumerate(_pairs(accepted, batch))
+            kept = [msg for i, (_, msg) in enumerate(_pairs(accepted, batch))
                     if i not in dead_at]
             produced.extend(_rekeyed(runtime, zip(  # the raw timestamp: latency end to end
                 [rev.customer_id.encode() for rev in resolved.resolved],
@@ -579,7 +579,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
                 runtime.in_flight.difference_update(by_partition)
             # the next offset of each partition's state as it is now (a partition revoked and
             # assigned again meanwhile has a new state, loaded from its checkpoint)
-            _observe(runtime, "journey", batch,
+            _observe(runtime, "journey", [ev.message for ev in batch],
                      {p: (runtime.partitions.get(p) or part).offset + 1 for p, part in touched})
 
     def _here(p: int) -> Any:
@@ -738,15 +738,6 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> faust.A
     return app
 
 
-class _Raw:
-    """A raw message where the batch helpers expect a Faust event (`.message`)."""
-
-    __slots__ = ("message",)
-
-    def __init__(self, message: Any) -> None:
-        self.message = message
-
-
 def _acknowledge(store: Any, resolved: ResolveResult) -> None:
     """The batch's merges are produced and its rows written: out of the identity outbox."""
     if resolved.merges:
@@ -770,23 +761,22 @@ def _forget(runtime: Runtime, touched: Sequence[tuple[int, PartitionState]]) -> 
 
 def _observe(runtime: Runtime, agent: str, batch: Sequence[Any], next_of: dict[int, int]
              ) -> None:
-    """Latency and lag after a batch's rows are flushed and its outputs produced.
+    """Latency and lag after a batch (its Kafka messages) is flushed and its outputs produced.
 
     Latency: now minus the oldest message timestamp (for touchpoints.resolved, the raw event's
     timestamp carried over by the ingest agent). Lag per partition: the consumer's highwater
     minus the next offset to process (`next_of`, else the batch's last offset + 1).
     """
     m = runtime.metrics
-    stamps = [ev.message.timestamp for ev in batch if ev.message.timestamp]
+    stamps = [msg.timestamp for msg in batch if msg.timestamp]
     if stamps:
         m.latency.labels(agent).set(max(0.0, time.time() - min(stamps)))
     app = runtime.app
     if app is None:
         return
     last: dict[Any, int] = {}
-    for ev in batch:
-        tp = ev.message.tp
-        last[tp] = max(last.get(tp, -1), ev.message.offset)
+    for msg in batch:
+        last[msg.tp] = max(last.get(msg.tp, -1), msg.offset)
     assigned = app.consumer.assignment()
     for tp, offset in last.items():
         if tp not in assigned:  # revoked while the batch ran: its new owner reports it
@@ -812,8 +802,8 @@ async def _deliver(producer: OutputProducer) -> None:
 
 
 def _pairs(accepted: Sequence[Accepted], batch: Sequence[Any]) -> list[tuple[Accepted, Any]]:
-    """Match accepted events to their Faust events by source offset."""
-    by_pos = {(ev.message.topic, ev.message.partition, ev.message.offset): ev for ev in batch}
+    """Match accepted events to their Kafka messages by source offset."""
+    by_pos = {(msg.topic, msg.partition, msg.offset): msg for msg in batch}
     return [
         (a, by_pos[(a.source.topic, a.source.partition, a.source.offset)]) for a in accepted
     ]
