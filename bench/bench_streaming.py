@@ -309,14 +309,15 @@ def drain_passthrough(env: dict[str, str], bootstrap: str, src: str, dst: str, g
         stop_pid(proc, "the pass-through")
 
 
-def start_worker(env: dict[str, str], workdir: Path, trace: Path | None = None
-                 ) -> subprocess.Popen[bytes]:
+def start_worker(env: dict[str, str], workdir: Path, trace: Path | None = None,
+                 *, models: bool = True) -> subprocess.Popen[bytes]:
     if trace is not None:  # bench/worker_trace.py, loaded by bench/trace/sitecustomize.py
         env = {**env, "JOURNEYMAP_BENCH_TRACE": str(trace),
                "PYTHONPATH": os.pathsep.join([str(ROOT / "bench" / "trace"), env["PYTHONPATH"]])}
     return subprocess.Popen(
         [sys.executable, "-m", "streams.cli", "worker", "--web-port", str(WORKER_PORT),
-         "--workdir", str(workdir / "worker"), "--loglevel", "warning"],
+         "--workdir", str(workdir / "worker"), "--loglevel", "warning",
+         *(() if models else ("--no-models",))],
         env=env, cwd=ROOT, stdout=(workdir / "worker.log").open("wb"), stderr=subprocess.STDOUT,
     )
 
@@ -498,6 +499,10 @@ def main() -> None:
     ap.add_argument("--trace", action="store_true",
                     help="trace the worker (bench/worker_trace.py) and break the sampled live "
                          "events' latency down by step")
+    ap.add_argument("--no-models", action="store_true",
+                    help="run the worker without the online models (`journeymap worker "
+                         "--no-models`): what the rest of the pipeline makes, the ceiling of "
+                         "taking the models off the worker's main thread")
     ap.add_argument("--old-passthrough", action="store_true",
                     help="also run the pass-through of sessions 1-5 (aiokafka sends, no "
                          "consumer patch) and report the worker's ratios to it")
@@ -581,7 +586,7 @@ def main() -> None:
 
         print("journeymap worker (models on) draining the same backlog ...", flush=True)
         trace = workdir / "trace.jsonl" if args.trace else None
-        worker = start_worker(env, workdir, trace)
+        worker = start_worker(env, workdir, trace, models=not args.no_models)
         w = drain_worker(worker, len(backlog), workdir, deadline, customers_at, client)
         print(f"  worker: {w['rate']:,.0f} events/s through the journey agent, "
               f"{w['rows_rate']:,.0f} events/s end to end into ClickHouse "

@@ -225,6 +225,10 @@ class ModelSuite(Snapshotting):
     _nba_best: dict[tuple[str, str], tuple[str | None, float, float]] = field(default_factory=dict)
     _conversion: frozenset[str] = field(init=False)
     _churn: frozenset[str] = field(init=False)
+    # When tracking: the customers whose segment a closing session moved (not the event's own
+    # customer, whose scores say it), for a caller that mirrors segments (a models process).
+    track_segments: bool = False
+    segment_moves: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         c = self.config
@@ -283,6 +287,8 @@ class ModelSuite(Snapshotting):
         """:meth:`__getstate__`'s state, or the default ``(None, fields)`` of the snapshots
         before session 20."""
         state, vectors = VectorPack.split(state)
+        for name, default in _UNSAVED.items():
+            setattr(self, name, default())
         for name, value in state.items():
             if isinstance(value, tuple) and value[:1] == (_PACKED_MODEL,):
                 model = PropensityModel.__new__(PropensityModel)
@@ -526,6 +532,8 @@ class ModelSuite(Snapshotting):
             if segments[i] != st.segment:
                 self.segments.move(st.segment, segments[i])
                 st.segment = segments[i]
+                if self.track_segments:
+                    self.segment_moves.add(cid)
             st.p_convert, st.p_churn = p_list[i], p_churn[i]
             st.top_features, st.lookalike = tops[i], looks[i]
             st.watch_segment = watched[i] if short[i] else segments[i]
@@ -705,6 +713,8 @@ class ModelSuite(Snapshotting):
         return self.sentiment_by.summary(dimension)
 
 
-_SUITE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ModelSuite))
+# the segment tracking is the running process's (a models process), not the snapshot's
+_UNSAVED = {"track_segments": bool, "segment_moves": set}
+_SUITE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ModelSuite) if f.name not in _UNSAVED)
 _PROPENSITY = ("convert", "churn")
 _PACKED_MODEL = "packed propensity model v1"
